@@ -1,0 +1,33 @@
+"""``ami-ros``: one command for the tooling. Each subcommand is a thin shell over
+a module in ``ami_ros/tools`` that is imported only when used."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module in ami_ros.tools, one-line help)
+COMMANDS = {
+    "collect": ("collect", "record exploratory episodes from the simulator as rosbag2 (MCAP)"),
+    "train": ("train", "train the JEPA world model from recorded episodes"),
+    "export": ("export", "write ONNX exports for an existing model folder"),
+    "eval": ("evaluate", "goal-reaching evaluation in the embedded simulator"),
+    "demo": ("demo", "the whole stack on the embedded simulator, reaching goals"),
+    "bench": ("bench", "speed and memory benchmarks"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ami-ros", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        mod = importlib.import_module(f"ami_ros.tools.{module}")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

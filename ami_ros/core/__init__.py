@@ -1,0 +1,1 @@
+"""Everything the stack decides, with no ROS in it (numpy, torch, yaml only)."""

@@ -1,0 +1,168 @@
+"""The arm's description: joint names, kinematic chain, hard limits, forward kinematics.
+
+Read from a YAML file (``config/arm.yaml``) whose ``joint_limits`` section has the
+form of the ROS joint_limits package, so a real arm's limits file drops in.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import yaml
+
+
+def share_dir() -> str:
+    """Folder holding ``config/``, ``launch/`` and ``models/``: the installed share
+    directory when ament_index knows the package, else the source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return get_package_share_directory("ami_ros")
+    except Exception:  # no ament index (pip install, source checkout)
+        here = os.path.dirname(os.path.abspath(__file__))
+        for cand in (os.path.join(here, "..", ".."), os.path.join(here, "..", "share")):
+            if os.path.isdir(os.path.join(cand, "config")):
+                return os.path.abspath(cand)
+        return os.path.abspath(os.path.join(here, "..", ".."))
+
+
+def default_arm_file() -> str:
+    return os.path.join(share_dir(), "config", "arm.yaml")
+
+
+@dataclass(frozen=True)
+class JointLimit:
+    min_position: float
+    max_position: float
+    max_velocity: float
+    max_acceleration: float
+    max_jerk: float
+    max_effort: float
+
+
+@dataclass(frozen=True)
+class Joint:
+    name: str
+    origin: np.ndarray   # (3,) in the parent frame
+    axis: np.ndarray     # (3,) unit
+    radius: float
+
+
+@dataclass(frozen=True)
+class ArmSpec:
+    name: str
+    joints: tuple[Joint, ...]
+    limits: tuple[JointLimit, ...]
+    tool_offset: np.ndarray
+    base_xyz: np.ndarray
+    home: np.ndarray
+    base_frame: str = "base_link"
+    tool_frame: str = "tool0"
+    source: str = field(default="", compare=False)
+
+    # ---- names and limit vectors (joint order = this spec's order) ----
+    @property
+    def joint_names(self) -> list[str]:
+        return [j.name for j in self.joints]
+
+    @property
+    def dof(self) -> int:
+        return len(self.joints)
+
+    @property
+    def q_min(self) -> np.ndarray:
+        return np.array([l.min_position for l in self.limits])
+
+    @property
+    def q_max(self) -> np.ndarray:
+        return np.array([l.max_position for l in self.limits])
+
+    @property
+    def v_max(self) -> np.ndarray:
+        return np.array([l.max_velocity for l in self.limits])
+
+    @property
+    def a_max(self) -> np.ndarray:
+        return np.array([l.max_acceleration for l in self.limits])
+
+    @property
+    def j_max(self) -> np.ndarray:
+        return np.array([l.max_jerk for l in self.limits])
+
+    @property
+    def effort_max(self) -> np.ndarray:
+        return np.array([l.max_effort for l in self.limits])
+
+    # ---- forward kinematics ----
+    def link_positions(self, q: np.ndarray) -> np.ndarray:
+        """Positions of every joint origin and the tool point in the world frame.
+
+        q: (..., dof) -> (..., dof + 1, 3); the last row is the tool point.
+        """
+        q = np.asarray(q, dtype=np.float64)
+        batch = q.shape[:-1]
+        R = np.broadcast_to(np.eye(3), batch + (3, 3)).copy()
+        p = np.broadcast_to(self.base_xyz, batch + (3,)).copy()
+        out = []
+        for i, j in enumerate(self.joints):
+            p = p + R @ j.origin
+            out.append(p)
+            R = R @ _axis_angle(j.axis, q[..., i])
+        out.append(p + R @ self.tool_offset)
+        return np.stack(out, axis=-2)
+
+    def tool_position(self, q: np.ndarray) -> np.ndarray:
+        """(..., dof) -> (..., 3)."""
+        return self.link_positions(q)[..., -1, :]
+
+    def clip(self, q: np.ndarray) -> np.ndarray:
+        return np.clip(q, self.q_min, self.q_max)
+
+    def index_of(self, names) -> list[int]:
+        """Indices into this spec's order for ``names``; KeyError naming the unknown ones."""
+        lookup = {n: i for i, n in enumerate(self.joint_names)}
+        unknown = [n for n in names if n not in lookup]
+        if unknown:
+            raise KeyError(f"unknown joint name(s) {unknown}; this arm has {self.joint_names}")
+        return [lookup[n] for n in names]
+
+
+def _axis_angle(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Rodrigues: unit axis (3,), angles (...,) -> rotations (..., 3, 3)."""
+    k = np.asarray(axis, dtype=np.float64)
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    a = np.asarray(angle)[..., None, None]
+    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * (K @ K)
+
+
+def load_arm(path: str | None = None) -> ArmSpec:
+    """Load an :class:`ArmSpec`; ValueError with the file name on anything malformed."""
+    path = path or default_arm_file()
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+        arm, lim = doc["arm"], doc["joint_limits"]
+        joints, limits = [], []
+        for j in arm["joints"]:
+            axis = np.asarray(j["axis"], dtype=np.float64)
+            joints.append(Joint(j["name"], np.asarray(j["origin"], dtype=np.float64),
+                                axis / np.linalg.norm(axis), float(j.get("radius", 0.04))))
+            l = lim[j["name"]]
+            limits.append(JointLimit(float(l["min_position"]), float(l["max_position"]),
+                                     float(l["max_velocity"]), float(l["max_acceleration"]),
+                                     float(l["max_jerk"]), float(l["max_effort"])))
+        spec = ArmSpec(
+            name=str(arm["name"]), joints=tuple(joints), limits=tuple(limits),
+            tool_offset=np.asarray(arm["tool_offset"], dtype=np.float64),
+            base_xyz=np.asarray(arm.get("base_xyz", [0, 0, 0]), dtype=np.float64),
+            home=np.asarray(arm["home"], dtype=np.float64),
+            base_frame=arm.get("base_frame", "base_link"),
+            tool_frame=arm.get("tool_frame", "tool0"), source=os.path.abspath(path))
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a valid arm description ({type(e).__name__}: {e})") from e
+    if len(spec.home) != spec.dof:
+        raise ValueError(f"{path}: home has {len(spec.home)} values for {spec.dof} joints")
+    if np.any(spec.q_min >= spec.q_max) or np.any(spec.v_max <= 0):
+        raise ValueError(f"{path}: joint limits must have min < max and positive velocity")
+    return spec

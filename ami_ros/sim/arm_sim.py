@@ -1,0 +1,159 @@
+"""ArmSim: the MuJoCo scene behind the interface a real arm and camera offer.
+
+Position-controlled actuators track the desired state of the active joint
+trajectory, sampled at every physics step as joint_trajectory_controller does;
+a new trajectory replaces the active one from its start time. Seeded and
+deterministic: the same seed and the same commands give the same states and
+the same images.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ami_ros.core.arm import ArmSpec, load_arm
+from ami_ros.core.trajectory import Trajectory, TrajectorySampler, validate
+from ami_ros.sim.scene import CUBE_HALF, build_mjcf
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
+
+# Where resets put the cube and draw joint configurations (a region the camera sees).
+CUBE_X = (0.30, 0.60)
+CUBE_Y = (-0.30, 0.30)
+
+
+class ArmSim:
+    def __init__(self, spec: ArmSpec | None = None, *, width: int = 64, height: int = 64,
+                 seed: int = 0, timestep: float = 0.002, render: bool = True):
+        if not (8 <= width <= 4096 and 8 <= height <= 4096):
+            raise ValueError(f"camera size {width}x{height} outside 8..4096")
+        self.spec = spec or load_arm()
+        self.width, self.height = int(width), int(height)
+        xml = build_mjcf(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)))
+        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.data = mujoco.MjData(self.model)
+        self._qadr = np.array([self.model.jnt_qposadr[self.model.joint(n).id] for n in self.spec.joint_names])
+        self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])
+        self._cube_q = self.model.jnt_qposadr[self.model.joint("cube").id]
+        self._tool = self.model.site(self.spec.tool_frame).id
+        self._renderer = mujoco.Renderer(self.model, self.height, self.width) if render else None
+        self.rng = np.random.default_rng(seed)
+        self._sampler: TrajectorySampler | None = None
+        self._hold = self.spec.home.copy()
+        self.reset()
+
+    # ---------------- state ----------------
+    @property
+    def joint_names(self) -> list[str]:
+        return self.spec.joint_names
+
+    @property
+    def time(self) -> float:
+        return float(self.data.time)
+
+    def joint_positions(self) -> np.ndarray:
+        return self.data.qpos[self._qadr].copy()
+
+    def joint_velocities(self) -> np.ndarray:
+        return self.data.qvel[self._vadr].copy()
+
+    def joint_efforts(self) -> np.ndarray:
+        return self.data.actuator_force.copy()
+
+    def tool_position(self) -> np.ndarray:
+        return self.data.site_xpos[self._tool].copy()
+
+    def cube_pose(self) -> np.ndarray:
+        """(7,) position xyz and quaternion wxyz."""
+        return self.data.qpos[self._cube_q:self._cube_q + 7].copy()
+
+    def command(self) -> np.ndarray:
+        """The position the actuators are currently commanded to."""
+        return self.data.ctrl.copy()
+
+    # ---------------- control ----------------
+    def random_configuration(self, margin: float = 0.15) -> np.ndarray:
+        """A joint configuration with the tool above the table in front of the arm."""
+        lo, hi = self.spec.q_min + margin, self.spec.q_max - margin
+        for _ in range(1000):
+            q = self.rng.uniform(lo, hi)
+            q[0] = self.rng.uniform(-1.0, 1.0)  # face the table
+            links = self.spec.link_positions(q)
+            tip = links[-1]
+            if links[2:, 2].min() > 0.06 and 0.2 <= tip[0] <= 0.75 and abs(tip[1]) <= 0.45 and tip[2] < 0.55:
+                return q
+        return self.spec.home.copy()
+
+    def reset(self, q: np.ndarray | None = None, cube_xy: np.ndarray | None = None) -> None:
+        """Put the arm at ``q`` (home if None) at rest, and the cube at ``cube_xy`` (random if None)."""
+        mujoco.mj_resetData(self.model, self.data)
+        q = self.spec.home.copy() if q is None else self.spec.clip(np.asarray(q, dtype=np.float64))
+        self.data.qpos[self._qadr] = q
+        if cube_xy is None:
+            cube_xy = (self.rng.uniform(*CUBE_X), self.rng.uniform(*CUBE_Y))
+        yaw = self.rng.uniform(-np.pi, np.pi)
+        self.data.qpos[self._cube_q:self._cube_q + 7] = [cube_xy[0], cube_xy[1], CUBE_HALF,
+                                                          np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
+        self.data.ctrl[:] = q
+        self._hold, self._sampler = q.copy(), None
+        mujoco.mj_forward(self.model, self.data)
+
+    def set_trajectory(self, traj: Trajectory) -> None:
+        """Replace the active trajectory (validated and reordered to the arm's joints)."""
+        traj = validate(traj, self.joint_names)
+        t0 = traj.start_time if traj.start_time > 0 else self.time
+        q0 = self.data.ctrl.copy()
+        v0 = self._sampler.sample(self.time)[1] if self._sampler else np.zeros(self.spec.dof)
+        self._sampler = TrajectorySampler(traj, q0, v0, t0)
+
+    def hold(self, q: np.ndarray | None = None) -> None:
+        """Drop the active trajectory and hold ``q`` (the current position if None)."""
+        self._sampler = None
+        self._hold = self.joint_positions() if q is None else np.asarray(q, dtype=np.float64)
+        self.data.ctrl[:] = self._hold
+
+    def step(self, duration: float) -> None:
+        """Advance physics by ``duration`` seconds, tracking the active trajectory."""
+        n = max(1, int(round(duration / self.model.opt.timestep)))
+        for _ in range(n):
+            if self._sampler is not None:
+                q, _ = self._sampler.sample(self.time)
+                self.data.ctrl[:] = self.spec.clip(q)
+            mujoco.mj_step(self.model, self.data)
+
+    # ---------------- camera ----------------
+    def render(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB from the fixed scene camera."""
+        if self._renderer is None:
+            raise RuntimeError("ArmSim was created with render=False")
+        self._renderer.update_scene(self.data, camera="scene")
+        return self._renderer.render()
+
+    def camera_matrix(self) -> np.ndarray:
+        """Pinhole intrinsics K (3, 3) of the scene camera at the image size."""
+        fovy = np.deg2rad(self.model.cam_fovy[self.model.camera("scene").id])
+        f = 0.5 * self.height / np.tan(fovy / 2)
+        return np.array([[f, 0, (self.width - 1) / 2], [0, f, (self.height - 1) / 2], [0, 0, 1]])
+
+    def render_configuration(self, q: np.ndarray) -> np.ndarray:
+        """Image of the scene with the arm at ``q`` (cube where it is); state is restored."""
+        saved_q, saved_v = self.data.qpos.copy(), self.data.qvel.copy()
+        self.data.qpos[self._qadr] = q
+        mujoco.mj_forward(self.model, self.data)
+        img = self.render()
+        self.data.qpos[:], self.data.qvel[:] = saved_q, saved_v
+        mujoco.mj_forward(self.model, self.data)
+        return img
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
