@@ -29,8 +29,8 @@ def _xyaxes(pos, target) -> str:
     return _fmt(np.concatenate([x, y]))
 
 
-def build_mjcf(spec: ArmSpec, *, camera_pos=(1.10, -0.80, 0.80), camera_target=(0.35, 0.0, 0.20),
-               camera_fovy=45.0, timestep=0.002, offscreen=(640, 480)) -> str:
+def build_mjcf(spec: ArmSpec, *, camera_pos=(1.05, -0.85, 0.85), camera_target=(0.32, 0.0, 0.26),
+               camera_fovy=50.0, timestep=0.002, offscreen=(640, 480)) -> str:
     bodies_open, bodies_close = [], []
     for i, (j, lim, rgba) in enumerate(zip(spec.joints, spec.limits, _COLOURS * 2)):
         nxt = spec.joints[i + 1].origin if i + 1 < spec.dof else spec.tool_offset

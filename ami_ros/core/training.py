@@ -1,0 +1,307 @@
+"""End-to-end training of the JEPA world model from pixels.
+
+loss = multi-step prediction error in embedding space (fine: teacher-forced one
+step + an autoregressive rollout; coarse: one jump + a chained rollout)
+       + lambda * SIGReg(all embeddings of the batch)
+No reconstruction, no EMA teacher, no stop-gradient. Collapse is watched each
+epoch (SIGReg statistic, effective rank, per-dimension std) and stops training.
+Checkpoints carry the model, optimizer, step and every random state, so a run
+killed at any point resumes and ends with the same weights as one that was not.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ami_ros.core.sigreg import collapse_stats, sigreg
+from ami_ros.core.world_model import ModelConfig, WorldModel, image_to_tensor
+
+log = logging.getLogger("ami_ros.train")
+
+
+class CollapseError(RuntimeError):
+    """The embeddings collapsed; training stopped."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    steps_per_epoch: int = 150
+    batch: int = 32               # sequences per step (per rank)
+    seq_len: int = 16             # control steps per sequence (>= 3 * k_coarse + 1)
+    rollout_steps: int = 8        # autoregressive fine steps in the loss
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    sigreg_lambda: float = 0.1
+    sigreg_proj: int = 256
+    holdout_frac: float = 0.1
+    seed: int = 0
+    ckpt_every: int = 25          # steps
+    min_effective_rank: float = 4.0
+    min_std: float = 1e-2
+    allow_collapse: bool = False  # for ablations (lambda = 0): warn instead of stopping
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+
+# ---------------------------------------------------------------- data
+class SequenceData:
+    """Episodes as flat arrays plus the windows of ``seq_len`` steps inside each."""
+
+    def __init__(self, episodes, seq_len: int):
+        self.episodes = episodes
+        self.frames = [torch.from_numpy(np.ascontiguousarray(e.frames)) for e in episodes]  # (T,S,S,3) u8
+        self.q = [torch.as_tensor(e.q, dtype=torch.float32) for e in episodes]
+        self.qd = [torch.as_tensor(e.qd, dtype=torch.float32) for e in episodes]
+        self.act = [torch.as_tensor(e.action, dtype=torch.float32) for e in episodes]   # (T-1, A)
+        self.windows = np.array([(i, s) for i, e in enumerate(episodes)
+                                 for s in range(len(e.q) - seq_len + 1)], dtype=np.int64)
+        self.seq_len = seq_len
+        if len(self.windows) == 0:
+            raise ValueError(f"no episode is at least {seq_len} control steps long")
+
+    def batch(self, rng: np.random.Generator, n: int):
+        """-> frames (n,L,3,S,S) float, q, qd (n,L,A), actions (n,L-1,A)."""
+        L = self.seq_len
+        idx = self.windows[rng.integers(0, len(self.windows), n)]
+        f = torch.stack([self.frames[i][s:s + L] for i, s in idx])
+        q = torch.stack([self.q[i][s:s + L] for i, s in idx])
+        qd = torch.stack([self.qd[i][s:s + L] for i, s in idx])
+        a = torch.stack([self.act[i][s:s + L - 1] for i, s in idx])
+        return image_to_tensor(f), q, qd, a
+
+
+def dataset_hash(paths: list[str]) -> str:
+    """sha256 over every file of the given bag folders (names and bytes), sorted."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        files = [os.path.join(r, f) for r, _, fs in os.walk(p) for f in fs] if os.path.isdir(p) else [p]
+        for fp in sorted(files):
+            h.update(os.path.relpath(fp, os.path.dirname(p)).encode())
+            with open(fp, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def split_episodes(episodes, holdout_frac: float):
+    """Last ``holdout_frac`` of the episodes (by path order) are held out."""
+    episodes = sorted(episodes, key=lambda e: e.path)
+    n_hold = max(1, int(round(len(episodes) * holdout_frac))) if len(episodes) > 1 else 0
+    return episodes[:len(episodes) - n_hold], episodes[len(episodes) - n_hold:]
+
+
+# ---------------------------------------------------------------- loss
+def encode_sequence(model: WorldModel, frames, q, qd):
+    """(B,L,3,S,S), (B,L,A), (B,L,A) -> z (B,L,D)."""
+    B, L = q.shape[:2]
+    z = model.encoder(frames.flatten(0, 1), q.flatten(0, 1), qd.flatten(0, 1))
+    return z.view(B, L, -1)
+
+
+def prediction_losses(model: WorldModel, z, a, rollout_steps: int) -> dict[str, torch.Tensor]:
+    """z (B,L,D) encoded sequence, a (B,L-1,A) -> MSE terms (teacher-forced and rollouts)."""
+    cfg = model.cfg
+    B, L, D = z.shape
+    h, k = cfg.history, cfg.k_coarse
+    # fine, teacher-forced one step at every position: windows z[t-h+1..t] -> z[t+1]
+    win = z.unfold(1, h, 1)[:, : L - h].permute(0, 1, 3, 2)                # (B, L-h, h, D)
+    pred1 = model.fine(win.flatten(0, 1), a[:, h - 1:L - 1].flatten(0, 1)).view(B, L - h, D)
+    losses = {"fine_1": F.mse_loss(pred1, z[:, h:])}
+    # fine, autoregressive from the first window
+    R = min(rollout_steps, L - h)
+    roll = model.rollout(z[:, :h], a[:, h - 1:h - 1 + R])                   # (B, R, D)
+    losses["fine_roll"] = F.mse_loss(roll, z[:, h:h + R])
+    # coarse: one jump from every position, and a chained rollout from t=0
+    n1 = L - k
+    chunks = a.unfold(1, k, 1)[:, :n1].transpose(2, 3).flatten(2)           # (B, n1, k*A)
+    pc = model.coarse(z[:, :n1].reshape(B * n1, 1, D), chunks.flatten(0, 1)).view(B, n1, D)
+    losses["coarse_1"] = F.mse_loss(pc, z[:, k:])
+    Hc = (L - 1) // k
+    if Hc >= 2:
+        rc = model.rollout_coarse(z[:, 0], chunks[:, 0:Hc * k:k])            # (B, Hc, D)
+        losses["coarse_roll"] = F.mse_loss(rc, z[:, k:Hc * k + 1:k])
+    return losses
+
+
+# ---------------------------------------------------------------- evaluation
+@torch.no_grad()
+def encode_episode(model: WorldModel, ep, device, chunk: int = 256):
+    zs = []
+    for s in range(0, len(ep.q), chunk):
+        f = image_to_tensor(ep.frames[s:s + chunk]).to(device)
+        q = torch.as_tensor(ep.q[s:s + chunk], dtype=torch.float32, device=device)
+        qd = torch.as_tensor(ep.qd[s:s + chunk], dtype=torch.float32, device=device)
+        zs.append(model.encoder(f, q, qd))
+    return torch.cat(zs)
+
+
+def _ridge_r2(Xtr, Ytr, Xte, Yte, alpha=1e-3):
+    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
+    Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+    Xtr = np.hstack([Xtr, np.ones((len(Xtr), 1))])
+    Xte = np.hstack([Xte, np.ones((len(Xte), 1))])
+    W = np.linalg.solve(Xtr.T @ Xtr + alpha * len(Xtr) * np.eye(Xtr.shape[1]), Xtr.T @ Ytr)
+    res = ((Yte - Xte @ W) ** 2).sum(0)
+    tot = ((Yte - Yte.mean(0)) ** 2).sum(0) + 1e-12
+    return float(np.mean(1 - res / tot))
+
+
+@torch.no_grad()
+def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)) -> dict:
+    """Held-out figures: prediction error vs copy-last, linear probes, collapse monitors."""
+    model.eval()
+    h = model.cfg.history
+    z_test = [encode_episode(model, e, device) for e in test_eps]
+    Z = torch.cat(z_test)
+    out = {"heldout_episodes": len(test_eps), "heldout_steps": int(Z.shape[0])}
+    out.update({f"heldout_{k}": v for k, v in collapse_stats(Z).items()})
+    out["heldout_sigreg"] = float(sigreg(Z, 1024, torch.Generator().manual_seed(0)))
+    Hmax = max(horizons)
+    err = {n: [] for n in horizons}
+    base = {n: [] for n in horizons}
+    for ep, z in zip(test_eps, z_test):
+        a = torch.as_tensor(ep.action, dtype=torch.float32, device=device)
+        starts = torch.arange(h - 1, len(z) - Hmax)
+        if len(starts) == 0:
+            continue
+        hist = torch.stack([z[s - h + 1:s + 1] for s in starts])                # (N, h, D)
+        acts = torch.stack([a[s:s + Hmax] for s in starts])                     # (N, H, A)
+        pred = model.rollout(hist, acts)                                        # (N, H, D)
+        for n in horizons:
+            target = torch.stack([z[s + n] for s in starts])
+            err[n].append(((pred[:, n - 1] - target) ** 2).sum(-1))
+            base[n].append(((hist[:, -1] - target) ** 2).sum(-1))
+    for n in horizons:
+        e, b = torch.cat(err[n]).mean().item(), torch.cat(base[n]).mean().item()
+        out[f"pred_err_{n}"], out[f"copy_err_{n}"], out[f"pred_over_copy_{n}"] = e, b, e / b
+    # linear probes fit on training episodes, scored on held-out ones
+    z_train = torch.cat([encode_episode(model, e, device) for e in train_eps]).cpu().numpy()
+    Zt = Z.cpu().numpy()
+    Dv = model.cfg.vis_dim
+    qtr, qte = np.concatenate([e.q for e in train_eps]), np.concatenate([e.q for e in test_eps])
+    out["probe_r2_joints"] = _ridge_r2(z_train, qtr, Zt, qte)
+    out["probe_r2_joints_from_image"] = _ridge_r2(z_train[:, :Dv], qtr, Zt[:, :Dv], qte)
+    if all(e.cube is not None for e in train_eps + test_eps):
+        ctr, cte = np.concatenate([e.cube[:, :2] for e in train_eps]), np.concatenate([e.cube[:, :2] for e in test_eps])
+        out["probe_r2_cube_xy"] = _ridge_r2(z_train[:, :Dv], ctr, Zt[:, :Dv], cte)
+    if all(e.tool is not None for e in train_eps + test_eps):
+        ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
+        out["probe_r2_tool_from_image"] = _ridge_r2(z_train[:, :Dv], ttr, Zt[:, :Dv], tte)
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------- loop
+class _TrainStep(torch.nn.Module):
+    """One forward of the training objective, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: WorldModel, rollout_steps: int):
+        super().__init__()
+        self.model, self.rollout_steps = model, rollout_steps
+
+    def forward(self, frames, q, qd, a):
+        z = encode_sequence(self.model, frames, q, qd)                      # (B, L, D)
+        return z, prediction_losses(self.model, z, a, self.rollout_steps)
+
+
+def _rank() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_checkpoint(path, model, opt, step, rng, extra):
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "rng": rng.bit_generator.state,
+             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), **extra}
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
+
+
+def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "cpu",
+          progress=None, on_epoch=None) -> tuple[WorldModel, list[dict]]:
+    """Train (or resume from ``ckpt_path``). Returns the model and the epoch logs.
+
+    Works unchanged under torchrun: each rank draws its own batches, gradients
+    are averaged by DistributedDataParallel and SIGReg sees the global batch.
+    """
+    rank, world = _rank()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = WorldModel(cfg.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, rank])
+    total = cfg.epochs * cfg.steps_per_epoch
+    step, logs = 0, []
+    if os.path.exists(ckpt_path):
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck.get("train_config") != cfg.to_dict():
+            raise ValueError(f"{ckpt_path}: checkpoint was made with another configuration; "
+                             "use another --out or delete the checkpoint")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, logs = ck["step"], ck["logs"]
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+        random.setstate(ck["python_rng"])
+        log.info("resumed from %s at step %d", ckpt_path, step)
+    net = _TrainStep(model, cfg.rollout_steps)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device != "cpu" else None)
+    data = SequenceData(train_eps, cfg.seq_len)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sched = lambda s: cfg.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / total))  # noqa: E731
+    model.train()
+    while step < total:
+        gen.manual_seed(cfg.seed * 100003 + step)        # SIGReg directions: a function of the step
+        for g in opt.param_groups:
+            g["lr"] = sched(step)
+        f, q, qd, a = (x.to(device) for x in data.batch(rng, cfg.batch))
+        z, pl = net(f, q, qd, a)
+        pred = sum(pl.values()) / len(pl)
+        reg = sigreg(z.flatten(0, 1), cfg.sigreg_proj, gen)
+        loss = pred + cfg.sigreg_lambda * reg
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if progress is not None:
+            progress(step, total, {"loss": loss.item(), "pred": pred.item(), "sigreg": reg.item()})
+        if step % cfg.steps_per_epoch == 0:
+            with torch.no_grad():
+                zs = torch.cat([encode_episode(model, e, device) for e in (test_eps or train_eps[:2])])
+            stats = collapse_stats(zs)
+            entry = {"epoch": step // cfg.steps_per_epoch, "step": step, "loss": loss.item(), "pred": pred.item(),
+                     "sigreg_train": reg.item(), "heldout_sigreg": float(sigreg(zs, 1024, torch.Generator().manual_seed(0))),
+                     **{k: v.item() for k, v in pl.items()}, **stats}
+            logs.append(entry)
+            if on_epoch is not None:
+                on_epoch(entry)
+            collapsed = stats["effective_rank"] < cfg.min_effective_rank or stats["std_mean"] < cfg.min_std
+            if rank == 0:
+                _save_checkpoint(ckpt_path, model, opt, step, rng, {"logs": logs, "train_config": cfg.to_dict()})
+            if collapsed:
+                msg = (f"embeddings collapsed at epoch {entry['epoch']}: effective rank {stats['effective_rank']:.2f} "
+                       f"(min {cfg.min_effective_rank}), mean std {stats['std_mean']:.4f} (min {cfg.min_std})")
+                if not cfg.allow_collapse:
+                    raise CollapseError(msg + "; raise sigreg_lambda or check the data")
+                log.warning(msg)
+        elif step % cfg.ckpt_every == 0 and rank == 0:
+            _save_checkpoint(ckpt_path, model, opt, step, rng, {"logs": logs, "train_config": cfg.to_dict()})
+    return model, logs

@@ -1,0 +1,181 @@
+"""The JEPA world model: encoder (perception) and action-conditioned predictors.
+
+Embedding of one time step: z = [z_vis | z_prop]
+  z_vis (Dv) from the camera frame alone, so a goal *image* has one too;
+  z_prop (Dp) from the joint state (positions and velocities).
+The fine predictor maps the last ``history`` embeddings and one action (a change
+of joint targets over one control step) to the next embedding; the coarse
+predictor jumps ``k_coarse`` control steps at once from the current embedding,
+its k actions concatenated. Nothing is ever predicted in pixel space.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 64          # square input frames, 64..128
+    channels: tuple = (16, 32, 64, 128)
+    vis_dim: int = 128            # Dv
+    prop_dim: int = 32            # Dp
+    dof: int = 6                  # A, joints
+    history: int = 2              # h, fine predictor context
+    k_coarse: int = 5             # control steps per coarse step
+    pred_width: int = 192
+    pred_cond: int = 128          # width of the action embedding that modulates each block
+    pred_blocks: int = 3
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vis_dim + self.prop_dim
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d["channels"] = tuple(d["channels"])
+        return cls(**d)
+
+
+class ImageEncoder(nn.Module):
+    """(B, 3, S, S) uint8-range floats -> (B, Dv). Strided convs keep the layout
+    (where the arm is matters), flattened, then one linear map."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers, c_in, s = [], 3, cfg.image_size
+        for c in cfg.channels:
+            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(max(1, c // 16), c), nn.SiLU()]
+            c_in, s = c, s // 2
+        self.conv = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in * s * s, cfg.vis_dim)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = img / 127.5 - 1.0                       # (B, 3, S, S) in [-1, 1]
+        return self.proj(self.conv(x).flatten(1))   # (B, Dv)
+
+
+class Encoder(nn.Module):
+    """Perception: frame + joint state -> embedding z (B, Dv + Dp)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.image = ImageEncoder(cfg)
+        self.prop = nn.Sequential(nn.Linear(2 * cfg.dof, 128), nn.SiLU(), nn.Linear(128, cfg.prop_dim))
+
+    def encode_image(self, img: torch.Tensor) -> torch.Tensor:
+        """img (B, 3, S, S) float 0..255 -> z_vis (B, Dv)."""
+        return self.image(img)
+
+    def forward(self, img: torch.Tensor, q: torch.Tensor, qd: torch.Tensor) -> torch.Tensor:
+        """img (B, 3, S, S), q (B, A), qd (B, A) -> z (B, D)."""
+        return torch.cat([self.image(img), self.prop(torch.cat([q, qd], -1))], -1)
+
+
+class AdaLNBlock(nn.Module):
+    """Residual MLP block whose LayerNorm is modulated by the action
+    (scale, shift, gate; the modulation starts at zero so a fresh block is identity)."""
+
+    def __init__(self, width: int, cond: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.SiLU(), nn.Linear(2 * width, width))
+        self.mod = nn.Linear(cond, 3 * width)
+        nn.init.zeros_(self.mod.weight)
+        nn.init.zeros_(self.mod.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift, gate = self.mod(c).chunk(3, -1)
+        return x + (1 + gate) * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class Predictor(nn.Module):
+    """(B, h, D) embedding history + (B, a) action -> (B, D) next embedding (residual)."""
+
+    def __init__(self, embed_dim: int, history: int, action_dim: int, width: int, cond: int, blocks: int):
+        super().__init__()
+        self.history, self.action_dim = history, action_dim
+        self.inp = nn.Linear(history * embed_dim, width)
+        self.act = nn.Sequential(nn.Linear(action_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
+        self.blocks = nn.ModuleList(AdaLNBlock(width, cond) for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
+
+    def forward(self, z_hist: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = self.inp(z_hist.flatten(1))              # (B, W)
+        c = self.act(action)                         # (B, C)
+        for blk in self.blocks:
+            x = blk(x, c)
+        return z_hist[:, -1] + self.out(x)           # (B, D)
+
+
+class WorldModel(nn.Module):
+    """Encoder + fine predictor + coarse predictor, with the planner's interface."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        D, A = cfg.embed_dim, cfg.dof
+        self.fine = Predictor(D, cfg.history, A, cfg.pred_width, cfg.pred_cond, cfg.pred_blocks)
+        self.coarse = Predictor(D, 1, cfg.k_coarse * A, cfg.pred_width, cfg.pred_cond, cfg.pred_blocks)
+
+    # planner-facing attributes
+    @property
+    def embed_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    @property
+    def goal_dims(self) -> slice:
+        return slice(0, self.cfg.vis_dim)
+
+    @property
+    def action_dim(self) -> int:
+        return self.cfg.dof
+
+    @property
+    def history(self) -> int:
+        return self.cfg.history
+
+    @property
+    def k_coarse(self) -> int:
+        return self.cfg.k_coarse
+
+    def rollout(self, z_hist: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """z_hist (B, h, D), actions (B, H, A) -> (B, H, D), autoregressive, one batched call per step."""
+        window, out = z_hist, []
+        for t in range(actions.shape[1]):
+            z = self.fine(window, actions[:, t])
+            out.append(z)
+            window = torch.cat([window[:, 1:], z.unsqueeze(1)], 1)
+        return torch.stack(out, 1)
+
+    def rollout_coarse(self, z_now: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """z_now (B, D), actions (B, Hc, k*A) -> (B, Hc, D)."""
+        z, out = z_now.unsqueeze(1), []
+        for t in range(actions.shape[1]):
+            z = self.coarse(z, actions[:, t]).unsqueeze(1)
+            out.append(z)
+        return torch.cat(out, 1)
+
+
+def image_to_tensor(frames) -> torch.Tensor:
+    """uint8 frames (..., H, W, 3) numpy or tensor -> float (..., 3, H, W) in 0..255."""
+    x = torch.as_tensor(frames)
+    return x.movedim(-1, -3).float()
+
+
+def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, size, size) by area averaging (no-op at the right size)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="area")

@@ -1,0 +1,141 @@
+"""Goal reaching in the embedded simulator, for evaluation and the demo.
+
+An episode draws a start and a goal configuration (and a cube pose), renders
+the goal image, and gives the agent only camera frames, joint states and the
+goal image. Success: the final tool position within ``success_radius`` of the
+goal configuration's tool position.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ami_ros.core.memory import ShortTermMemory
+from ami_ros.core.planner import Planner
+from ami_ros.core.trajectory import Trajectory
+from ami_ros.core.world_model import image_to_tensor
+
+SPLITS = {
+    # name: (min, max) tool displacement between start and goal (m), control steps allowed
+    "near": ((0.08, 0.20), 40),
+    "far": ((0.30, 0.60), 80),
+}
+
+
+def draw_episode(sim, split: str, rng: np.random.Generator):
+    """-> (q_start, q_goal, cube_xy) with the tool displacement of ``split``."""
+    (lo, hi), _ = SPLITS[split]
+    spec = sim.spec
+    for _ in range(10000):
+        q0 = sim.random_configuration()
+        if split == "near":  # a goal nearby in joint space, so near means near for the whole arm
+            qg = spec.clip(q0 + rng.uniform(-0.35, 0.35, spec.dof))
+            links = spec.link_positions(qg)
+            if links[2:, 2].min() < 0.06:
+                continue
+        else:
+            qg = sim.random_configuration()
+        d = np.linalg.norm(spec.tool_position(qg) - spec.tool_position(q0))
+        if lo <= d <= hi:
+            cube = (rng.uniform(0.3, 0.6), rng.uniform(-0.3, 0.3))
+            return q0, qg, cube
+    raise RuntimeError(f"could not draw a {split} episode")
+
+
+def command_actions(sim, q_cmd: np.ndarray, actions: np.ndarray, dt: float) -> np.ndarray:
+    """Send the planned actions as a trajectory from the current command; returns the next command."""
+    targets = sim.spec.clip(q_cmd + np.cumsum(actions, 0))                    # (H, A)
+    times = dt * np.arange(1, len(targets) + 1)
+    sim.set_trajectory(Trajectory(sim.joint_names, times, targets))
+    return targets[0]
+
+
+# ---------------------------------------------------------------- agents
+class WorldModelAgent:
+    """The stack's agent: JEPA encoder + memory + planner, from images and joint states only."""
+
+    def __init__(self, model, planner: Planner, action_bound: np.ndarray):
+        self.model, self.planner = model, planner
+        self.bound = action_bound
+        self.memory = ShortTermMemory(model.history, 64, model.embed_dim, model.action_dim)
+        self.goal = None
+
+    def reset(self, goal_image: np.ndarray, q_goal=None) -> None:
+        self.memory.clear()
+        self.planner.reset()
+        self.goal = self.model.encode_image(image_to_tensor(goal_image[None]))[0]
+
+    def act(self, stamp: float, frame, q, qd, q_cmd):
+        z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
+                              torch.as_tensor(qd[None], dtype=torch.float32))[0]
+        self.memory.push_embedding(stamp, z)
+        res = self.planner.plan(self.memory.z_hist(), self.goal, torch.as_tensor(q_cmd, dtype=torch.float32),
+                                self.memory.last_action())
+        actions = res.actions.numpy()
+        self.memory.push_action(res.actions[0])
+        self.memory.set_plan(res)
+        return actions, res
+
+
+class RandomAgent:
+    """Reference: uniform random actions within the bound."""
+
+    def __init__(self, action_bound, seed=0, horizon=1):
+        self.bound, self.rng, self.horizon = action_bound, np.random.default_rng(seed), horizon
+
+    def reset(self, goal_image, q_goal=None):
+        pass
+
+    def act(self, stamp, frame, q, qd, q_cmd):
+        return self.rng.uniform(-self.bound, self.bound, (self.horizon, len(self.bound))), None
+
+
+class OracleAgent:
+    """Reference upper bound: knows the goal's true joint configuration and moves
+    straight to it in joint space at the same action bound."""
+
+    def __init__(self, action_bound):
+        self.bound = action_bound
+
+    def reset(self, goal_image, q_goal=None):
+        self.q_goal = q_goal
+
+    def act(self, stamp, frame, q, qd, q_cmd):
+        return np.clip(self.q_goal - q_cmd, -self.bound, self.bound)[None], None
+
+
+# ---------------------------------------------------------------- episode
+@dataclass
+class EpisodeResult:
+    split: str
+    success: bool
+    steps_to_success: int | None
+    final_distance: float
+    start_distance: float
+    plan_times: list = field(default_factory=list)
+
+
+def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.1,
+                success_radius: float = 0.05, max_steps: int | None = None) -> EpisodeResult:
+    q0, qg, cube = draw_episode(sim, split, rng)
+    sim.reset(q0, cube_xy=cube)
+    goal_img = sim.render_configuration(qg)
+    goal_tool = sim.spec.tool_position(qg)
+    agent.reset(goal_img, qg)
+    q_cmd = sim.joint_positions()
+    start = float(np.linalg.norm(sim.tool_position() - goal_tool))
+    steps_ok, times = None, []
+    for k in range(max_steps or SPLITS[split][1]):
+        frame = sim.render()
+        t = time.perf_counter()
+        actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
+        times.append(time.perf_counter() - t)
+        q_cmd = command_actions(sim, q_cmd, actions, dt)
+        sim.step(dt)
+        if steps_ok is None and np.linalg.norm(sim.tool_position() - goal_tool) < success_radius:
+            steps_ok = k + 1
+    final = float(np.linalg.norm(sim.tool_position() - goal_tool))
+    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times)

@@ -1,0 +1,130 @@
+"""ami-ros train: the JEPA world model from recorded episodes (rosbag2 MCAP).
+
+Resumable (re-run the same command after an interruption), seeded, CPU or CUDA,
+and unchanged under torchrun for several GPUs.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder of episode bags (ami-ros collect or ros2 bag record)")
+    p.add_argument("--out", required=True, help="model folder to write, e.g. models/NAME")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--steps-per-epoch", type=int, default=150)
+    p.add_argument("--batch", type=int, default=32, help="sequences per step (per GPU under torchrun)")
+    p.add_argument("--seq-len", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lambda", dest="sigreg_lambda", type=float, default=0.1, help="SIGReg weight")
+    p.add_argument("--image-size", type=int, default=64, choices=range(32, 129), metavar="32..128")
+    p.add_argument("--control-hz", type=float, default=10.0)
+    p.add_argument("--k-coarse", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--allow-collapse", action="store_true", help="warn instead of stopping on collapse (ablations)")
+    p.add_argument("--keep-checkpoint", action="store_true")
+    p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
+
+
+def run(args) -> int:
+    import logging
+    import os
+    import sys
+    import time
+
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.model_io import save_model
+    from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, split_episodes,
+                                       train)
+    from ami_ros.core.world_model import ModelConfig
+    from ami_ros.data.bags import load_episodes
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    if world > 1:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    arm = load_arm()
+    episodes, errors = load_episodes(args.data, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
+                                     image_size=args.image_size)
+    for e in errors:
+        print(f"skipped: {e}", file=sys.stderr)
+    if len(episodes) < 2:
+        print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
+        return 2
+    mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse)
+    cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
+                      seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
+                      allow_collapse=args.allow_collapse, model=mcfg)
+    train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt = os.path.join(args.out, "checkpoint.pt")
+    if rank == 0:
+        print(f"training on {len(train_eps)} episodes ({sum(len(e.q) for e in train_eps)} steps), "
+              f"holding out {len(test_eps)}; device {device}, world size {world}; checkpoint {ckpt}")
+    bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc="train", unit="step", disable=rank != 0)
+
+    def progress(step, total, info):
+        bar.n = step
+        bar.set_postfix(loss=f"{info['loss']:.4f}", pred=f"{info['pred']:.4f}", sigreg=f"{info['sigreg']:.3f}",
+                        refresh=False)
+        bar.refresh()
+
+    def on_epoch(e):
+        if rank == 0:
+            tqdm.write(f"epoch {e['epoch']:3d}  loss {e['loss']:.4f}  pred {e['pred']:.4f}  "
+                       f"sigreg(held-out) {e['heldout_sigreg']:.3f}  eff.rank {e['effective_rank']:.1f}  "
+                       f"std mean {e['std_mean']:.3f} min {e['std_min']:.3f}")
+
+    t0 = time.time()
+    try:
+        model, logs = train(cfg, train_eps, test_eps, ckpt, device, progress, on_epoch)
+    except CollapseError as e:
+        bar.close()
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    bar.close()
+    wall = time.time() - t0
+    if rank == 0:
+        metrics = evaluate(model, train_eps, test_eps, device)
+        card = {
+            "name": args.name or os.path.basename(os.path.normpath(args.out)),
+            "joint_names": arm.joint_names,
+            "arm": arm.name,
+            "control_dt": 1.0 / args.control_hz,
+            "action": "change of the commanded joint position target over one control step (rad)",
+            "data": {"folder": os.path.abspath(args.data), "sha256": dataset_hash([e.path for e in episodes]),
+                     "episodes_train": len(train_eps), "episodes_heldout": len(test_eps),
+                     "steps_train": int(sum(len(e.q) for e in train_eps)), "skipped_bags": len(errors)},
+            "training": {**cfg.to_dict(), "device": device, "world_size": world,
+                         "wall_time_s_last_run": round(wall, 1),
+                         "command": "ami-ros " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("ami-ros") else
+                         " ".join(sys.argv)},
+            "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},
+            "epochs": logs,
+        }
+        card = save_model(args.out, model.cpu(), card)
+        if not args.keep_checkpoint and os.path.exists(ckpt):
+            os.remove(ckpt)
+        print(f"wrote {args.out} ({card['model_id']}) in {wall / 60:.1f} min")
+        for k, v in card["metrics"].items():
+            print(f"  {k:32s} {v}")
+    if world > 1:
+        dist.destroy_process_group()
+    return 0
