@@ -281,8 +281,6 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        if progress is not None:
-            progress(step, total, {"loss": loss.item(), "pred": pred.item(), "sigreg": reg.item()})
         if step % cfg.steps_per_epoch == 0:
             with torch.no_grad():
                 zs = torch.cat([encode_episode(model, e, device) for e in (test_eps or train_eps[:2])])
@@ -304,4 +302,6 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
                 log.warning(msg)
         elif step % cfg.ckpt_every == 0 and rank == 0:
             _save_checkpoint(ckpt_path, model, opt, step, rng, {"logs": logs, "train_config": cfg.to_dict()})
+        if progress is not None:
+            progress(step, total, {"loss": loss.item(), "pred": pred.item(), "sigreg": reg.item()})
     return model, logs

@@ -1,0 +1,21 @@
+"""Episodes as rosbag2 (MCAP) folders, written and read through ``rosbags`` (no rclpy)."""
+from ami_ros.data.bags import (
+    COMMAND_TOPIC,
+    CUBE_POSE_TOPIC,
+    CAMERA_INFO_TOPIC,
+    IMAGE_TOPIC,
+    JOINT_STATES_TOPIC,
+    TOOL_POSITION_TOPIC,
+    BagError,
+    Episode,
+    EpisodeWriter,
+    find_bags,
+    load_episode,
+    load_episodes,
+)
+
+__all__ = [
+    "BagError", "Episode", "EpisodeWriter", "find_bags", "load_episode", "load_episodes",
+    "IMAGE_TOPIC", "CAMERA_INFO_TOPIC", "JOINT_STATES_TOPIC", "COMMAND_TOPIC",
+    "CUBE_POSE_TOPIC", "TOOL_POSITION_TOPIC",
+]

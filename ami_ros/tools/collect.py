@@ -1,0 +1,229 @@
+"""``ami-ros collect``: record exploratory episodes from the simulator as rosbag2 (MCAP).
+
+Each episode starts from a random joint configuration and a random cube pose and
+moves through smooth random joint targets (a new one every 1-3 s, sometimes near
+the current configuration, sometimes far), approached with per-control-step
+increments of the commanded target bounded by ``v_max * control_dt * action_scale``
+plus a little smoothed noise. Every control step a short JointTrajectory is sent
+to the simulator and written to the bag; joint states, images with camera info,
+cube pose and tool position are written at their own rates on the sim clock.
+
+Episode ``i`` uses seed ``seed + i`` and does not depend on the other episodes.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
+    p.add_argument("--out", required=True, help="output folder; episodes go to OUT/episode_0000, ...")
+    p.add_argument("--steps", type=int, default=150, help="control steps per episode (default 150)")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default 0)")
+    p.add_argument("--width", type=int, default=64, help="camera image width (default 64)")
+    p.add_argument("--height", type=int, default=64, help="camera image height (default 64)")
+    p.add_argument("--camera-hz", type=float, default=20.0, help="image rate (default 20)")
+    p.add_argument("--joint-state-hz", type=float, default=50.0, help="joint state rate (default 50)")
+    p.add_argument("--control-hz", type=float, default=10.0, help="command rate (default 10)")
+    p.add_argument("--arm", default=None, help="arm description (default config/arm.yaml)")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _folder_bytes(path: str) -> int:
+    import os
+
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
+
+
+class Explorer:
+    """Smooth random joint-target exploration for one episode (its own RNG)."""
+
+    def __init__(self, sim, rng, control_dt: float, q_start):
+        import numpy as np
+
+        self.np = np
+        self.sim, self.rng, self.dt = sim, rng, control_dt
+        spec = sim.spec
+        self.action_scale = float(rng.uniform(0.5, 1.0))
+        self.noise_scale = float(rng.uniform(0.05, 0.25))
+        self.gain = float(rng.uniform(0.3, 0.7))
+        self.two_points = bool(rng.random() < 0.5)
+        self.bound = spec.v_max * control_dt * self.action_scale
+        self.dv_max = spec.a_max * control_dt * control_dt  # keeps the increments smooth
+        self.lo, self.hi = spec.q_min + 0.05, spec.q_max - 0.05
+        self.q_cmd = np.array(q_start, dtype=np.float64)
+        self.delta = np.zeros_like(self.q_cmd)
+        self.noise = np.zeros_like(self.q_cmd)
+        self.target = self.q_cmd.copy()
+        self.next_switch = 0.0
+
+    def _new_target(self) -> None:
+        q = self.sim.random_configuration()
+        if self.rng.random() < 0.5:  # near: part of the way towards a random configuration
+            q = self.q_cmd + self.rng.uniform(0.2, 0.5) * (q - self.q_cmd)
+        self.target = self.np.clip(q, self.lo, self.hi)
+
+    def step(self, t: float):
+        """Next commanded target: (times, positions, velocities|None) of the trajectory to send."""
+        np = self.np
+        if t >= self.next_switch:
+            self._new_target()
+            self.next_switch = t + float(self.rng.uniform(1.0, 3.0))
+        desired = np.clip(self.gain * (self.target - self.q_cmd), -self.bound, self.bound)
+        self.noise = 0.7 * self.noise + 0.3 * self.rng.normal(0.0, 1.0, self.q_cmd.shape) * self.noise_scale * self.bound
+        delta = self.delta + np.clip(desired + self.noise - self.delta, -self.dv_max, self.dv_max)
+        delta = np.clip(delta, -self.bound, self.bound)
+        q_next = np.clip(self.q_cmd + delta, self.lo, self.hi)
+        self.delta = q_next - self.q_cmd
+        self.q_cmd = q_next
+        dt = self.dt
+        if self.two_points:
+            q2 = np.clip(q_next + self.delta, self.lo, self.hi)
+            return (np.array([dt, 2 * dt]), np.stack([q_next, q2]),
+                    np.stack([self.delta / dt, np.zeros_like(q_next)]))
+        return np.array([dt]), q_next[None, :], None
+
+
+def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, camera_hz: float,
+                   joint_state_hz: float, progress=None) -> dict:
+    """Record one episode into the bag folder ``path``; returns its index entry."""
+    import math
+
+    import numpy as np
+
+    from ami_ros.core.trajectory import Trajectory
+    from ami_ros.data.bags import EpisodeWriter
+
+    sim_ss, gen_ss = np.random.SeedSequence(seed).spawn(2)
+    sim.rng = np.random.default_rng(sim_ss)
+    rng = np.random.default_rng(gen_ss)
+    q_start = sim.random_configuration()
+    sim.reset(q_start)  # random cube pose from sim.rng
+    names = sim.joint_names
+    control_dt = 1.0 / control_hz
+    explorer = Explorer(sim, rng, control_dt, sim.joint_positions())
+
+    phys_ns = int(round(sim.model.opt.timestep * 1e9))
+    end_ns = int(round(steps * control_dt * 1e9))
+    periods = {"js": 1e9 / joint_state_hz, "cam": 1e9 / camera_hz, "ctrl": 1e9 / control_hz}
+    count = {"js": 0, "cam": 0, "ctrl": 0}
+    K = sim.camera_matrix()
+    n_phys = 0
+    efforts_ok = len(sim.joint_efforts()) == len(names)
+
+    def due(stream: str) -> int | None:
+        ns = int(round(count[stream] * periods[stream]))
+        limit = end_ns if stream != "ctrl" else end_ns - 1  # commands for steps 0..steps-1 only
+        return ns if ns <= limit else None
+
+    with EpisodeWriter(path, joint_names=names, width=sim.width, height=sim.height) as w:
+        while True:
+            pending = {s: due(s) for s in count}
+            pending = {s: ns for s, ns in pending.items() if ns is not None}
+            if not pending:
+                break
+            te = min(pending.values())
+            target = math.ceil(te / phys_ns)
+            if target > n_phys:
+                sim.step((target - n_phys) * sim.model.opt.timestep)
+                n_phys = target
+            t = n_phys * phys_ns / 1e9  # exact on the physics grid (sim.time up to float rounding)
+            now = [s for s, ns in pending.items() if math.ceil(ns / phys_ns) <= n_phys]
+            if "js" in now:
+                w.write_joint_state(t, names, sim.joint_positions(), sim.joint_velocities(),
+                                    sim.joint_efforts() if efforts_ok else None)
+            if "cam" in now:
+                w.write_image(t, sim.render(), K)
+                w.write_cube_pose(t, sim.cube_pose())
+                w.write_tool_position(t, sim.tool_position())
+            if "ctrl" in now:  # decided from the state at t, after the observations at t
+                times, pos, vel = explorer.step(t)
+                sim.set_trajectory(Trajectory(names, times, pos, vel, start_time=t))
+                w.write_command(t, names, times, pos, vel)
+                if progress is not None:
+                    progress.update(1)
+            for s in now:
+                count[s] += 1
+        counts = dict(w.counts)
+        messages = w.messages
+    from ami_ros.data.bags import CAMERA_INFO_TOPIC, COMMAND_TOPIC, IMAGE_TOPIC, JOINT_STATES_TOPIC
+
+    return {
+        "name": path.rstrip("/").split("/")[-1], "seed": int(seed), "steps": int(steps),
+        "action_scale": round(explorer.action_scale, 4), "two_point_commands": explorer.two_points,
+        "frames": counts[IMAGE_TOPIC], "camera_infos": counts[CAMERA_INFO_TOPIC],
+        "joint_states": counts[JOINT_STATES_TOPIC], "commands": counts[COMMAND_TOPIC],
+        "messages": messages, "bytes": _folder_bytes(path),
+        "q_start": [round(float(x), 6) for x in q_start],
+    }
+
+
+def run(args) -> int:
+    import os
+    import sys
+    import time
+
+    import yaml
+    from tqdm import tqdm
+
+    from ami_ros.core.arm import load_arm
+
+    for name in ("episodes", "steps"):
+        if getattr(args, name) < 1:
+            print(f"collect: --{name} must be >= 1", file=sys.stderr)
+            return 2
+    for name in ("camera_hz", "joint_state_hz", "control_hz"):
+        if not getattr(args, name) > 0:
+            print(f"collect: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
+            return 2
+    try:
+        spec = load_arm(args.arm)
+    except ValueError as e:
+        print(f"collect: {e}", file=sys.stderr)
+        return 2
+    out = os.path.abspath(args.out)
+    names = [f"episode_{i:04d}" for i in range(args.episodes)]
+    taken = [n for n in names if os.path.exists(os.path.join(out, n))]
+    if taken:
+        print(f"collect: {out} already holds {taken[:3]}{'...' if len(taken) > 3 else ''}; "
+              f"choose another --out", file=sys.stderr)
+        return 1
+    os.makedirs(out, exist_ok=True)
+
+    from ami_ros.sim.arm_sim import ArmSim
+
+    t_wall = time.perf_counter()
+    sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed)
+    entries = []
+    try:
+        with tqdm(total=args.episodes * args.steps, unit="step", desc="collect", dynamic_ncols=True) as bar:
+            for i, name in enumerate(names):
+                bar.set_postfix_str(name)
+                entries.append(record_episode(
+                    sim, os.path.join(out, name), seed=args.seed + i, steps=args.steps,
+                    control_hz=args.control_hz, camera_hz=args.camera_hz,
+                    joint_state_hz=args.joint_state_hz, progress=bar))
+    finally:
+        sim.close()
+        index = {
+            "arm": spec.source, "joint_names": spec.joint_names, "seed": args.seed,
+            "steps": args.steps, "width": args.width, "height": args.height,
+            "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
+            "control_hz": args.control_hz, "episodes": entries,
+        }
+        with open(os.path.join(out, "index.yaml"), "w") as f:
+            yaml.safe_dump(index, f, sort_keys=False)
+    wall = time.perf_counter() - t_wall
+    frames = sum(e["frames"] for e in entries)
+    messages = sum(e["messages"] for e in entries)
+    size = sum(e["bytes"] for e in entries)
+    print(f"collect: {len(entries)} episodes, {frames} frames, {messages} messages, "
+          f"{_human(size)} on disk, {wall:.1f} s wall ({frames / max(wall, 1e-9):.0f} frames/s) -> {out}")
+    return 0

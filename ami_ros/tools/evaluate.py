@@ -1,0 +1,93 @@
+"""ami-ros eval: goal reaching in the embedded simulator from images alone.
+
+For each split (near, far) it runs the world-model planner and, in the same
+call and on the same episodes, two references: random actions, and an oracle
+that knows the goal's true joint configuration (an upper bound).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model folder (default: the package's models/default)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per split")
+    p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
+    p.add_argument("--splits", default="near,far", help="comma list of near, far")
+    p.add_argument("--method", choices=["cem", "mppi"], default=None, help="override the planner config's method")
+    p.add_argument("--config", default=None, help="planner/cost parameter file (default config/planner.yaml)")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
+    p.add_argument("--success-radius", type=float, default=0.05, help="metres (default 0.05)")
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--json", default=None, help="write the results here")
+
+
+def run(args) -> int:
+    import json
+    import os
+    import sys
+
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from ami_ros.core.arm import load_arm, share_dir
+    from ami_ros.core.model_io import ModelError, load_model
+    from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import OracleAgent, RandomAgent, WorldModelAgent, run_episode
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    arm = load_arm()
+    folder = args.model or os.path.join(share_dir(), "models", "default")
+    try:
+        model = load_model(folder, backend=args.backend, joint_names=arm.joint_names)
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stack = load_stack_config(args.config)
+    dt = model.control_dt
+    bound = action_bound(arm, dt, stack["action_scale"])
+    size = model.cfg.image_size
+    agents = {}
+    for mode in (["flat", "hier"] if args.planner == "both" else [args.planner]):
+        overrides = {"mode": mode, **({"method": args.method} if args.method else {})}
+        agents[f"planner_{mode}"] = WorldModelAgent(model, build_planner(model, arm, stack, dt, **overrides), bound)
+    if not args.no_references:
+        agents["random"] = RandomAgent(bound, seed=args.seed)
+        agents["oracle"] = OracleAgent(bound)
+    results = {"model": model.model_id, "backend": args.backend, "success_radius_m": args.success_radius,
+               "episodes_per_split": args.episodes, "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
+               "splits": {}}
+    sim = ArmSim(arm, width=size, height=size, seed=args.seed)
+    try:
+        for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+            results["splits"][split] = {}
+            for name, agent in agents.items():
+                rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split]])
+                sim.rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 7])
+                eps = []
+                for _ in tqdm(range(args.episodes), desc=f"{split:4s} {name:14s}", unit="ep", leave=False):
+                    eps.append(run_episode(sim, agent, split, rng, dt, args.success_radius))
+                times = np.array([t for e in eps for t in e.plan_times]) * 1000
+                ok = [e for e in eps if e.success]
+                results["splits"][split][name] = {
+                    "success_rate": len(ok) / len(eps),
+                    "successes": len(ok), "episodes": len(eps),
+                    "steps_to_success_median": float(np.median([e.steps_to_success for e in ok])) if ok else None,
+                    "final_distance_m_median": float(np.median([e.final_distance for e in eps])),
+                    "start_distance_m_median": float(np.median([e.start_distance for e in eps])),
+                    "plan_ms_median": float(np.median(times)), "plan_ms_p95": float(np.percentile(times, 95)),
+                }
+                r = results["splits"][split][name]
+                print(f"{split:4s} {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
+                      f"steps {r['steps_to_success_median']}  final dist {100 * r['final_distance_m_median']:.1f} cm "
+                      f"(start {100 * r['start_distance_m_median']:.1f})  plan {r['plan_ms_median']:.1f} ms "
+                      f"p95 {r['plan_ms_p95']:.1f} ms", flush=True)
+    finally:
+        sim.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0

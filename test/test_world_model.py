@@ -1,0 +1,134 @@
+"""World model: SIGReg, training (resume = uninterrupted), model folders, torch vs ONNX Runtime."""
+import os
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ami_ros.core.model_io import ModelError, load_model, save_model
+from ami_ros.core.sigreg import collapse_stats, sigreg
+from ami_ros.core.training import TrainConfig, train
+from ami_ros.core.world_model import ModelConfig, WorldModel
+
+JOINTS = [f"j{i}" for i in range(6)]
+TINY = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
+                   pred_blocks=1)
+
+
+def _episodes(n=3, T=40, size=32, seed=0):
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(n):
+        q = np.cumsum(rng.normal(0, 0.05, (T, 6)), 0).astype(np.float32)
+        eps.append(SimpleNamespace(frames=(rng.random((T, size, size, 3)) * 255).astype(np.uint8), q=q,
+                                   qd=np.zeros_like(q), action=np.diff(q, axis=0), cube=None, tool=None,
+                                   path=f"/episodes/{i}"))
+    return eps
+
+
+def test_sigreg_separates_gaussian_from_collapsed():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(2048, 32, generator=g)
+    collapsed = torch.randn(2048, 1, generator=g) * torch.ones(1, 32)      # all dims equal: rank 1
+    shifted = gauss * 0.1 + 3.0
+    s_gauss = sigreg(gauss, 256, torch.Generator().manual_seed(1)).item()
+    assert s_gauss < 1.0
+    assert sigreg(collapsed, 256, torch.Generator().manual_seed(1)).item() > 20 * s_gauss
+    assert sigreg(shifted, 256, torch.Generator().manual_seed(1)).item() > 20 * s_gauss
+    assert collapse_stats(collapsed)["effective_rank"] < 1.5
+    assert collapse_stats(gauss)["effective_rank"] > 25
+
+
+def test_sigreg_gradient_spreads_a_collapsed_batch():
+    z = (torch.randn(512, 1) * torch.ones(1, 8) + 0.01 * torch.randn(512, 8)).requires_grad_()
+    opt = torch.optim.SGD([z], lr=0.5)
+    before = collapse_stats(z.detach())["effective_rank"]
+    for step in range(200):
+        loss = sigreg(z, 64, torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert collapse_stats(z.detach())["effective_rank"] > before + 3
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    eps = _episodes()
+    cfg = TrainConfig(epochs=2, steps_per_epoch=4, batch=4, seq_len=16, ckpt_every=3, model=TINY)
+    full, _ = train(cfg, eps[:2], eps[2:], str(tmp_path / "a.pt"))
+    # the same run, "killed" after 3 steps (a checkpoint is written at step 3), then restarted
+    cut = TrainConfig(**{**cfg.__dict__, "epochs": 2})
+    calls = {"n": 0}
+
+    def kill(step, total, info):
+        calls["n"] += 1
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, eps[:2], eps[2:], str(tmp_path / "b.pt"), progress=kill)
+    assert os.path.exists(tmp_path / "b.pt")
+    resumed, logs = train(cut, eps[:2], eps[2:], str(tmp_path / "b.pt"))
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert [e["epoch"] for e in logs] == [1, 2]
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    eps = _episodes()
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, model=TINY)
+    train(cfg, eps[:2], eps[2:], str(tmp_path / "c.pt"))
+    other = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, lr=0.5, model=TINY)
+    with pytest.raises(ValueError, match="another configuration"):
+        train(other, eps[:2], eps[2:], str(tmp_path / "c.pt"))
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    m = WorldModel(TINY).eval()
+    folder = str(tmp_path_factory.mktemp("models") / "tiny")
+    save_model(folder, m, {"joint_names": JOINTS, "control_dt": 0.1})
+    return folder
+
+
+def test_onnx_runtime_agrees_with_torch(model_folder):
+    t, o = load_model(model_folder, "torch", "cpu"), load_model(model_folder, "onnx", "cpu")
+    assert t.model_id == o.model_id
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(5, 3, 32, 32, generator=g) * 255
+    q, qd = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    tol = dict(atol=1e-4, rtol=1e-4)   # the stated tolerance (float32, different kernels)
+    torch.testing.assert_close(o.encode(img, q, qd), t.encode(img, q, qd), **tol)
+    torch.testing.assert_close(o.encode_image(img), t.encode_image(img), **tol)
+    z_hist = torch.randn(7, TINY.history, TINY.embed_dim, generator=g)
+    acts = torch.randn(7, 4, 6, generator=g) * 0.1
+    torch.testing.assert_close(o.rollout(z_hist, acts), t.rollout(z_hist, acts), **tol)
+    chunks = torch.randn(7, 2, TINY.k_coarse * 6, generator=g) * 0.1
+    torch.testing.assert_close(o.rollout_coarse(z_hist[:, -1], chunks), t.rollout_coarse(z_hist[:, -1], chunks), **tol)
+
+
+def test_loading_refuses_tampered_or_mismatched_folders(model_folder, tmp_path):
+    bad = str(tmp_path / "bad")
+    shutil.copytree(model_folder, bad)
+    with pytest.raises(ModelError, match="joints"):
+        load_model(bad, "torch", joint_names=["a", "b"])
+    with pytest.raises(ModelError, match="coarse step"):
+        load_model(bad, "torch", k_coarse=TINY.k_coarse + 1)
+    with open(os.path.join(bad, "predictor.onnx"), "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="sha256"):
+        load_model(bad, "onnx")
+    # a card whose config does not match the weights
+    card = yaml.safe_load(open(os.path.join(bad, "card.yaml")))
+    card["config"]["vis_dim"] = 24
+    yaml.safe_dump(card, open(os.path.join(bad, "card.yaml"), "w"))
+    with pytest.raises(ModelError, match="do not match"):
+        load_model(bad, "torch")
+    os.remove(os.path.join(bad, "weights.pt"))
+    with pytest.raises(ModelError, match="missing"):
+        load_model(bad, "torch")
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(str(tmp_path / "nowhere"), "torch")
