@@ -1,0 +1,233 @@
+"""Planning cost: how good a batch of candidate action sequences is, given the
+embeddings the world model predicts for them.
+
+All terms are vectorized over candidates (B) and are *means* over time, joints
+and embedding dims (except the joint-limit barrier, summed over joints), so a
+weight means the same thing whatever the horizon, the number of joints or the
+embedding size.
+
+Terms (each multiplied by its weight in :class:`CostWeights`):
+
+- ``goal_terminal``: mean squared distance, on the goal dims, between the last
+  predicted embedding and the goal.
+- ``goal_running``: the same distance at every predicted step, averaged with
+  weights ``goal_discount**t`` (normalized to sum to 1).
+- ``smoothness``: mean over steps and joints of ``((a_t - a_{t-1}) / bound)**2``,
+  with ``a_{-1}`` = the previously executed action.
+- ``effort``: mean over steps and joints of ``(a_t / bound)**2``.
+- ``joint_limit``: soft barrier on the commanded positions ``q_t = q0 + cumsum(a)``:
+  ``(d / margin)**2`` where ``d`` is how far ``q_t`` is inside the margin band
+  ``[q_min, q_min + margin)`` or ``(q_max - margin, q_max]`` (or beyond the limit;
+  it keeps growing there); summed over joints, mean over steps. One joint sitting
+  exactly on its limit costs ``joint_limit`` per step.
+- ``subgoal``: (hierarchical low level only) mean squared distance, on ALL
+  embedding dims, between the prediction at step ``subgoal_step`` and a subgoal
+  embedding.
+
+Weights are swapped between planning cycles with :meth:`Cost.set_weights`, which
+validates first and keeps the old weights when the new ones are refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+
+class ValidatedConfig:
+    """Mixin for dataclasses with a class-level ``RANGES = {name: (lo, hi, description)}``
+    (inclusive bounds, numbers) and optional ``CHOICES = {name: (allowed, description)}``."""
+
+    RANGES: ClassVar[dict] = {}
+    CHOICES: ClassVar[dict] = {}
+
+    def validate(self):
+        """Return self, or raise ValueError naming the first bad field."""
+        for name, (allowed, desc) in self.CHOICES.items():
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ValueError(f"{name}={v!r} not one of {list(allowed)} ({desc})")
+        for name, (lo, hi, desc) in self.RANGES.items():
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name}={v!r} is not a number ({desc})")
+            if not math.isfinite(float(v)) or not (lo <= v <= hi):
+                raise ValueError(f"{name}={v!r} outside [{lo}, {hi}] ({desc})")
+            fdef = self.__dataclass_fields__[name]
+            if fdef.type in ("int", int) and not isinstance(v, int):
+                raise ValueError(f"{name}={v!r} must be an integer ({desc})")
+        self._check_consistency()
+        return self
+
+    def _check_consistency(self):
+        pass
+
+    def replace(self, **kw):
+        """A validated copy with some fields changed; ValueError naming an unknown or bad field."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(kw) - names)
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; valid: {sorted(names)}")
+        return dataclasses.replace(self, **kw).validate()
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        """Build and validate from a mapping (e.g. ROS parameters); unknown keys refused."""
+        return cls().replace(**dict(d))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def describe(cls) -> str:
+        """One line per field: name, range, description (for --help and parameter descriptors)."""
+        lines = [f"{n}: one of {list(a)} - {d}" for n, (a, d) in cls.CHOICES.items()]
+        lines += [f"{n}: [{lo}, {hi}] - {d}" for n, (lo, hi, d) in cls.RANGES.items()]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CostWeights(ValidatedConfig):
+    """Weights of the planning cost terms (see the module docstring for the exact terms)."""
+
+    goal_terminal: float = 1.0     # weight of the final-step goal distance
+    goal_running: float = 1.0      # weight of the discounted mean goal distance over all steps
+    goal_discount: float = 1.0     # per-step discount of the running goal term (1 = uniform)
+    smoothness: float = 0.01       # weight of squared consecutive action differences (relative to bound)
+    effort: float = 0.001          # weight of squared action magnitude (relative to bound)
+    joint_limit: float = 10.0      # weight of the soft joint-limit barrier
+    joint_limit_margin: float = 0.1  # rad: width of the barrier band inside each limit
+    subgoal: float = 1.0           # weight of the subgoal distance (hierarchical low level)
+
+    RANGES: ClassVar[dict] = {
+        "goal_terminal": (0.0, 1e6, "weight of the mean squared goal distance (goal dims) at the last predicted step"),
+        "goal_running": (0.0, 1e6, "weight of the discounted mean goal distance over all predicted steps"),
+        "goal_discount": (1e-3, 1.0, "per-step discount of the running goal term; 1 weighs all steps equally"),
+        "smoothness": (0.0, 1e6, "weight of mean ((a_t - a_{t-1}) / bound)^2, a_{-1} = last executed action"),
+        "effort": (0.0, 1e6, "weight of mean (a_t / bound)^2"),
+        "joint_limit": (0.0, 1e6, "weight of the quadratic barrier on commanded positions near q_min/q_max"),
+        "joint_limit_margin": (1e-4, 1.0, "rad; the barrier acts within this distance of a joint limit"),
+        "subgoal": (0.0, 1e6, "weight of the mean squared distance (all dims) to the hierarchical subgoal"),
+    }
+
+
+TERMS = ("goal_terminal", "goal_running", "smoothness", "effort", "joint_limit", "subgoal")
+
+
+class Cost:
+    """Batched planning cost.
+
+    q_min, q_max: (A,) joint limits (array-like; None disables the barrier).
+    action_bound: (A,) per-joint action bound (normalizes smoothness and effort);
+    goal_dims: the embedding dims a goal image determines. Both may be left None
+    here and filled in by :meth:`bind` (the :class:`~ami_ros.core.planner.Planner`
+    does it from the model and its own bound); unbound, the bound is 1 and the
+    goal covers every dim.
+    """
+
+    def __init__(self, weights: CostWeights, q_min=None, q_max=None, *,
+                 action_bound=None, goal_dims: slice | None = None):
+        self._weights = weights.validate()
+        self.q_min = None if q_min is None else torch.as_tensor(q_min, dtype=torch.float32)
+        self.q_max = None if q_max is None else torch.as_tensor(q_max, dtype=torch.float32)
+        if (self.q_min is None) != (self.q_max is None):
+            raise ValueError("q_min and q_max must be given together")
+        if self.q_min is not None and bool(torch.any(self.q_min >= self.q_max)):
+            raise ValueError("q_min must be < q_max for every joint")
+        self.action_bound = None if action_bound is None else torch.as_tensor(action_bound, dtype=torch.float32)
+        self.goal_dims = goal_dims
+
+    # ---- weights ----
+    @property
+    def weights(self) -> CostWeights:
+        return self._weights
+
+    def set_weights(self, weights: CostWeights | None = None, **kw) -> CostWeights:
+        """Replace the weights (whole object and/or some fields) for the next evaluation.
+
+        Validated first; on ValueError the current weights stay. Returns the new weights.
+        """
+        new = (weights or self._weights)
+        new = new.replace(**kw) if kw else new.validate()
+        self._weights = new
+        return new
+
+    def bind(self, goal_dims: slice | None = None, action_bound=None) -> "Cost":
+        """Fill in goal_dims / action_bound where unset; ValueError if set to something else."""
+        if goal_dims is not None:
+            if self.goal_dims is not None and self.goal_dims != goal_dims:
+                raise ValueError(f"goal_dims: cost has {self.goal_dims}, model has {goal_dims}")
+            self.goal_dims = goal_dims
+        if action_bound is not None:
+            b = torch.as_tensor(action_bound, dtype=torch.float32).cpu()
+            if self.action_bound is not None and not torch.allclose(self.action_bound.cpu(), b):
+                raise ValueError("action_bound: cost and planner disagree")
+            self.action_bound = b
+        return self
+
+    # ---- evaluation ----
+    def goal_part(self, goal: Tensor, embed_dim: int) -> Tensor:
+        """Goal restricted to the goal dims: accepts a full (D,) embedding or its (Dg,) goal part."""
+        gd = self.goal_dims if self.goal_dims is not None else slice(None)
+        dg = len(range(*gd.indices(embed_dim)))
+        if goal.shape[-1] == embed_dim:
+            return goal[..., gd]
+        if goal.shape[-1] == dg:
+            return goal
+        raise ValueError(f"goal has {goal.shape[-1]} values; expected {embed_dim} (full) or {dg} (goal dims)")
+
+    def breakdown(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
+                  subgoal: Tensor | None = None, subgoal_step: int = -1) -> dict[str, Tensor]:
+        """Weighted terms, each (B,), keyed by the names in ``TERMS``; their sum is the cost.
+
+        z_pred (B, Hz, D), actions (B, H, A) (Hz may differ from H: the coarse level
+        predicts one embedding per k actions), goal (D,) or (Dg,), q0 (A,) commanded
+        joint target now, prev_action (A,) last executed action, subgoal (D,) or None.
+        """
+        w = self._weights
+        dev, dt = z_pred.device, z_pred.dtype
+        B, Hz, D = z_pred.shape
+        gd = self.goal_dims if self.goal_dims is not None else slice(None)
+        g = self.goal_part(goal.to(dev, dt), D)
+        d_goal = (z_pred[..., gd] - g).pow(2).mean(-1)                   # (B, Hz)
+        out = {"goal_terminal": w.goal_terminal * d_goal[:, -1]}
+        disc = w.goal_discount ** torch.arange(Hz, device=dev, dtype=dt)
+        out["goal_running"] = w.goal_running * (d_goal @ (disc / disc.sum()))
+
+        bound = torch.ones(actions.shape[-1], device=dev, dtype=dt) if self.action_bound is None \
+            else self.action_bound.to(dev, dt)
+        a = actions / bound
+        prev = (prev_action.to(dev, dt) / bound).expand(B, 1, -1)
+        da = torch.diff(a, dim=1, prepend=prev)
+        out["smoothness"] = w.smoothness * da.pow(2).mean((1, 2))
+        out["effort"] = w.effort * a.pow(2).mean((1, 2))
+
+        if self.q_min is not None and w.joint_limit > 0:
+            q = q0.to(dev, dt) + actions.cumsum(1)                      # (B, H, A)
+            m = w.joint_limit_margin
+            lo = torch.relu(self.q_min.to(dev, dt) + m - q)
+            hi = torch.relu(q - (self.q_max.to(dev, dt) - m))
+            out["joint_limit"] = w.joint_limit * ((lo.pow(2) + hi.pow(2)) / m**2).sum(-1).mean(-1)
+        else:
+            out["joint_limit"] = torch.zeros(B, device=dev, dtype=dt)
+
+        if subgoal is not None and w.subgoal > 0:
+            out["subgoal"] = w.subgoal * (z_pred[:, subgoal_step] - subgoal.to(dev, dt)).pow(2).mean(-1)
+        else:
+            out["subgoal"] = torch.zeros(B, device=dev, dtype=dt)
+        return out
+
+    def __call__(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
+                 subgoal: Tensor | None = None, subgoal_step: int = -1) -> Tensor:
+        """Total cost (B,). Same arguments as :meth:`breakdown`."""
+        terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step)
+        return torch.stack(list(terms.values())).sum(0)
+
+    def goal_distance(self, z: Tensor, goal: Tensor) -> Tensor:
+        """Unweighted mean squared distance on the goal dims; z (..., D) -> (...)."""
+        gd = self.goal_dims if self.goal_dims is not None else slice(None)
+        return (z[..., gd] - self.goal_part(goal.to(z.device, z.dtype), z.shape[-1])).pow(2).mean(-1)

@@ -1,0 +1,325 @@
+"""Sampling-based planners (the actor): CEM and MPPI over a learned world model,
+flat or hierarchical, with a receding-horizon warm start.
+
+Every iteration samples all candidates at once (``(N, H, A)``), clamps them to
+``±action_bound``, makes ONE batched model call and one batched cost call, then
+refits the sampling distribution:
+
+- CEM (as in DINO-WM / LeWM): mean and std of the ``elites`` lowest-cost candidates.
+- MPPI (as in TD-MPC2 / PLDM): exponential weights ``softmax(-(c - min c) / (T * std c))``
+  over all candidates; weighted mean and std. The temperature ``T`` is in units of
+  the candidates' cost spread, so it needs no retuning when cost weights change.
+
+The new mean is ``momentum * old + (1 - momentum) * fitted``; the std is floored at
+``min_std * bound``. Candidate 0 of every iteration is the current mean itself, so
+the warm-start plan is always evaluated. The returned plan is the final mean
+(``select='mean'``, evaluated once more) or the lowest-cost plan seen including it
+(``select='best'``).
+
+Warm start (receding horizon): the returned plan, shifted by the number of executed
+steps (``advance``, default 1) with zeros appended, is the next call's initial mean.
+:meth:`Planner.reset` drops it and re-seeds the sampler.
+
+Hierarchical mode (``mode='hier'``):
+
+1. High level: searches ``coarse_horizon`` chunks of ``k_coarse`` actions each
+   (``(Nc, Hc, k*A)``, each action bounded by ``action_bound``) through
+   ``model.rollout_coarse``; the cost is the same :class:`~ami_ros.core.cost.Cost`
+   (goal terminal + running on the coarse predictions, plus the action terms on the
+   chunks flattened to ``Hc*k`` fine actions; no subgoal term). The predicted coarse
+   embeddings of the chosen chunks are the subgoals ``(Hc, D)``.
+2. Low level: plans ``horizon`` fine actions through ``model.rollout`` with the full
+   cost plus ``subgoal * mean((z_pred[s] - subgoal_1)**2)`` on ALL embedding dims
+   (the first subgoal fixes the proprio part too), at step ``s = min(k, H) - 1``;
+   when ``H < k`` the target is the point ``H/k`` of the way from the current
+   embedding to the first subgoal. It starts from the cheaper (under this cost) of
+   the first ``H`` fine actions of the chosen chunks and the shifted previous
+   low-level plan (zeros, i.e. "stay", on the first cycle).
+
+Compute is counted in model step evaluations (one predictor step for one candidate,
+fine or coarse): :attr:`PlanResult.model_steps`, :meth:`Planner.model_steps_per_plan`,
+so flat and hierarchical can be compared at equal compute.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+from .cost import Cost, ValidatedConfig
+
+
+class WorldModelProtocol(Protocol):
+    """What the planner needs from a world model (eval mode, called under no_grad)."""
+
+    embed_dim: int
+    goal_dims: slice
+    action_dim: int
+    history: int
+    k_coarse: int
+
+    def rollout(self, z_hist: Tensor, actions: Tensor) -> Tensor: ...          # (B,h,D),(B,H,A) -> (B,H,D)
+
+    def rollout_coarse(self, z_now: Tensor, actions: Tensor) -> Tensor: ...    # (B,D),(B,Hc,k*A) -> (B,Hc,D)
+
+
+@dataclass(frozen=True)
+class PlannerConfig(ValidatedConfig):
+    """Planner settings; ranges and meanings in ``RANGES`` / ``CHOICES``."""
+
+    method: str = "cem"
+    mode: str = "flat"
+    select: str = "mean"
+    warm_start: bool = True
+    candidates: int = 256
+    horizon: int = 8
+    iterations: int = 3
+    elites: int = 32
+    temperature: float = 0.5
+    init_std: float = 0.3
+    min_std: float = 0.05
+    momentum: float = 0.1
+    coarse_horizon: int = 3
+    coarse_candidates: int = 256
+    coarse_iterations: int = 3
+    coarse_elites: int = 32
+    seed: int = 0
+
+    CHOICES: ClassVar[dict] = {
+        "method": (("cem", "mppi"), "sampling distribution update: CEM elites or MPPI exponential weights"),
+        "mode": (("flat", "hier"), "flat: one level; hier: coarse subgoal search + fine low level"),
+        "select": (("mean", "best"), "returned plan: final distribution mean, or lowest-cost plan evaluated"),
+        "warm_start": ((True, False), "start from the previous plan shifted by the executed steps"),
+    }
+    RANGES: ClassVar[dict] = {
+        "candidates": (2, 65536, "sampled action sequences per iteration (fine / flat level)"),
+        "horizon": (1, 1000, "control steps planned by the fine / flat level"),
+        "iterations": (1, 100, "sampling iterations per plan (fine / flat level)"),
+        "elites": (1, 65536, "CEM: lowest-cost candidates refitted (<= candidates)"),
+        "temperature": (1e-4, 1e4, "MPPI: temperature in units of the candidates' cost std"),
+        "init_std": (1e-4, 10.0, "initial sampling std as a fraction of action_bound"),
+        "min_std": (0.0, 10.0, "floor of the sampling std as a fraction of action_bound (<= init_std)"),
+        "momentum": (0.0, 0.99, "fraction of the previous mean kept at each refit"),
+        "coarse_horizon": (1, 1000, "hier: coarse steps (= subgoals) searched by the high level"),
+        "coarse_candidates": (2, 65536, "hier: sampled chunk sequences per high-level iteration"),
+        "coarse_iterations": (1, 100, "hier: high-level sampling iterations per plan"),
+        "coarse_elites": (1, 65536, "hier CEM: high-level elites (<= coarse_candidates)"),
+        "seed": (0, 2**63 - 1, "sampler seed; same seed and inputs give the same plans"),
+    }
+
+    def _check_consistency(self):
+        if self.elites > self.candidates:
+            raise ValueError(f"elites={self.elites} > candidates={self.candidates}")
+        if self.coarse_elites > self.coarse_candidates:
+            raise ValueError(f"coarse_elites={self.coarse_elites} > coarse_candidates={self.coarse_candidates}")
+        if self.min_std > self.init_std:
+            raise ValueError(f"min_std={self.min_std} > init_std={self.init_std}")
+
+
+@dataclass
+class PlanResult:
+    actions: Tensor                  # (H, A) planned actions (CPU, float32); actions[0] is executed next
+    cost: float                      # total cost of ``actions`` (fine / flat level)
+    predicted: Tensor                # (H, D) predicted embeddings for steps t+1..t+H
+    subgoals: Tensor | None          # (Hc, D) hier subgoals, None when flat
+    iterations: int                  # sampling iterations run (both levels)
+    time_s: float                    # wall time of plan()
+    model_steps: int = 0             # model step evaluations spent (fine + coarse)
+    terms: dict = field(default_factory=dict)  # weighted cost terms of ``actions`` (floats)
+    coarse_cost: float | None = None  # hier: cost of the chosen chunks
+
+
+def _model_device(model) -> torch.device:
+    """Device of the model's first parameter or buffer; CPU when it has none."""
+    if hasattr(model, "parameters"):
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            return t.device
+    return torch.device("cpu")
+
+
+class Planner:
+    """CEM / MPPI planner over a world model; see the module docstring.
+
+    action_bound: (A,) positive per-joint bound on each action. ``cost`` is bound to
+    the model's ``goal_dims`` and this ``action_bound`` (:meth:`Cost.bind`).
+    """
+
+    def __init__(self, model: WorldModelProtocol, cost: Cost, config: PlannerConfig, action_bound,
+                 device: torch.device | str | None = None):
+        self.model = model
+        self.cost = cost
+        self.config = config.validate()
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.bound = torch.as_tensor(action_bound, dtype=torch.float32).to(self.device).flatten()
+        if self.bound.shape != (model.action_dim,) or not bool(torch.all(self.bound > 0)):
+            raise ValueError(f"action_bound: need {model.action_dim} positive values, got {tuple(self.bound.shape)}")
+        cost.bind(goal_dims=model.goal_dims, action_bound=self.bound.cpu())
+        self._gen = torch.Generator(device=self.device)
+        self.reset()
+
+    # ---- state ----
+    def reset(self) -> None:
+        """Drop the warm start and re-seed the sampler (next plan is as from a fresh planner)."""
+        self._warm: Tensor | None = None         # (H, A)
+        self._warm_coarse: Tensor | None = None  # (Hc, k*A)
+        self._gen.manual_seed(int(self.config.seed))
+
+    def set_config(self, config: PlannerConfig) -> None:
+        """Swap settings between cycles (validated; the old ones stay on ValueError).
+        The warm start is kept where its shape still fits."""
+        self.config = config.validate()
+        if self._warm is not None and self._warm.shape[0] != config.horizon:
+            self._warm = None
+        if self._warm_coarse is not None and self._warm_coarse.shape[0] != config.coarse_horizon:
+            self._warm_coarse = None
+
+    def model_steps_per_plan(self, config: PlannerConfig | None = None) -> int:
+        """Model step evaluations one plan() spends under ``config`` (default: current)."""
+        c = config or self.config
+        n = c.iterations * c.candidates * c.horizon + (c.horizon if c.select == "mean" else 0)
+        if c.mode == "hier":
+            n += 2 * c.horizon  # the low level's two starting points
+            n += c.coarse_iterations * c.coarse_candidates * c.coarse_horizon
+            n += c.coarse_horizon if c.select == "mean" else 0
+        return n
+
+    # ---- planning ----
+    @torch.no_grad()
+    def plan(self, z_hist: Tensor, goal: Tensor, q0, prev_action, advance: int = 1) -> PlanResult:
+        """Plan from the recent embeddings ``z_hist`` (h, D) towards ``goal`` (D,) or (Dg,).
+
+        q0 (A,): commanded joint target now; prev_action (A,): last executed action;
+        advance: control steps executed since the previous plan (warm-start shift).
+        """
+        t0 = time.perf_counter()
+        c, m, dev = self.config, self.model, self.device
+        f32 = dict(dtype=torch.float32, device=dev)
+        z_hist = torch.as_tensor(z_hist, **f32)
+        if z_hist.ndim != 2 or z_hist.shape[1] != m.embed_dim:
+            raise ValueError(f"z_hist: expected (h, {m.embed_dim}), got {tuple(z_hist.shape)}")
+        goal = torch.as_tensor(goal, **f32).flatten()
+        self.cost.goal_part(goal, m.embed_dim)  # shape check, raises ValueError
+        q0 = torch.as_tensor(q0, **f32).flatten()
+        prev = torch.as_tensor(prev_action, **f32).flatten()
+        A, D, H = m.action_dim, m.embed_dim, c.horizon
+        steps = 0
+        iters = 0
+
+        def fine_eval(cand: Tensor, subgoal=None, s=-1):
+            z = m.rollout(z_hist.expand(cand.shape[0], -1, -1), cand)
+            return self.cost(z, cand, goal, q0, prev, subgoal, s), z
+
+        subgoals, coarse_cost, extra = None, None, None
+        warm = self._shifted(self._warm, advance, A) if c.warm_start else None
+        if c.mode == "flat":
+            mean0 = warm if warm is not None else torch.zeros(H, A, **f32)
+            eval_fn = fine_eval
+        else:
+            k = int(m.k_coarse)
+            Hc = c.coarse_horizon
+            z_now = z_hist[-1]
+
+            def coarse_eval(cand: Tensor):
+                z = m.rollout_coarse(z_now.expand(cand.shape[0], -1), cand)
+                return self.cost(z, cand.reshape(cand.shape[0], Hc * k, A), goal, q0, prev), z
+
+            wc = self._shifted(self._warm_coarse, advance, A) if c.warm_start else None
+            mean_c = wc if wc is not None else torch.zeros(Hc, k * A, **f32)
+            bound_c = self.bound.repeat(k)
+            a_c, coarse_cost, subgoals, n = self._search(
+                coarse_eval, mean_c, bound_c, c.coarse_candidates, c.coarse_elites, c.coarse_iterations)
+            steps += n
+            iters += c.coarse_iterations
+            self._warm_coarse = a_c
+            # low level: chase the first subgoal, starting from the chosen chunks
+            fine_from_coarse = a_c.reshape(Hc * k, A)[:H]
+            mean0 = torch.zeros(H, A, **f32)
+            mean0[: fine_from_coarse.shape[0]] = fine_from_coarse
+            s = min(k, H) - 1
+            target = subgoals[0] if H >= k else z_now + (subgoals[0] - z_now) * (H / k)
+            extra = warm if warm is not None else torch.zeros(H, A, **f32)
+
+            def eval_fn(cand):
+                return fine_eval(cand, target, s)
+
+        actions, cost, predicted, n = self._search(eval_fn, mean0, self.bound, c.candidates, c.elites,
+                                                   c.iterations, extra)
+        steps += n
+        iters += c.iterations
+        self._warm = actions
+        if c.mode == "flat":
+            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev)
+        else:
+            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s)
+        return PlanResult(
+            actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
+            subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,
+            time_s=time.perf_counter() - t0, model_steps=steps,
+            terms={k_: float(v) for k_, v in terms.items()}, coarse_cost=coarse_cost)
+
+    @staticmethod
+    def _shifted(prev: Tensor | None, advance: int, A: int) -> Tensor | None:
+        """Previous plan (T, C) advanced by ``advance`` control steps (C = j*A: j actions per row)."""
+        if prev is None or advance <= 0:
+            return prev
+        T, C = prev.shape
+        flat = prev.reshape(-1, A)
+        if advance >= flat.shape[0]:
+            return None
+        flat = torch.cat([flat[advance:], torch.zeros(advance, A, dtype=flat.dtype, device=flat.device)])
+        return flat.reshape(T, C)
+
+    def _search(self, evaluate: Callable[[Tensor], tuple[Tensor, Tensor]], mean: Tensor, bound: Tensor,
+                n: int, elites: int, iterations: int, extra: Tensor | None = None):
+        """Sampling search over sequences (T, C) bounded by ``bound`` (C,).
+
+        Returns (plan (T, C), cost float, predicted embeddings, model steps spent).
+        """
+        c = self.config
+        T = mean.shape[0]
+        std = (c.init_std * bound).expand_as(mean).clone()
+        std_min = c.min_std * bound
+        mean = torch.maximum(torch.minimum(mean, bound), -bound)
+        best_c, best_a, best_z = math.inf, None, None
+        steps = 0
+        if extra is not None:  # two starting points: start from the cheaper one
+            pair = torch.maximum(torch.minimum(torch.stack([mean, extra]), bound), -bound)
+            cost, z = evaluate(pair)
+            steps += 2 * z.shape[1]
+            i = int(torch.argmin(cost))
+            mean, best_c, best_a, best_z = pair[i], float(cost[i]), pair[i].clone(), z[i].clone()
+        for it in range(iterations):
+            eps = torch.randn((n,) + tuple(mean.shape), generator=self._gen, device=mean.device)
+            cand = mean + std * eps
+            cand[0] = mean
+            cand = torch.maximum(torch.minimum(cand, bound), -bound)
+            cost, z = evaluate(cand)
+            steps += n * z.shape[1]
+            i = int(torch.argmin(cost))
+            if float(cost[i]) < best_c:
+                best_c, best_a, best_z = float(cost[i]), cand[i].clone(), z[i].clone()
+            if c.method == "cem":
+                idx = torch.topk(cost, elites, largest=False).indices
+                el = cand[idx]
+                fit_mean, fit_std = el.mean(0), el.std(0, unbiased=False)
+            else:
+                spread = cost.std() + 1e-12
+                w = torch.softmax(-(cost - cost.min()) / (c.temperature * spread), 0)[:, None, None]
+                fit_mean = (w * cand).sum(0)
+                fit_std = (w * (cand - fit_mean).pow(2)).sum(0).sqrt()
+            mean = c.momentum * mean + (1.0 - c.momentum) * fit_mean
+            std = torch.maximum(fit_std, std_min)
+        if c.select == "mean":
+            cost, z = evaluate(mean[None])
+            steps += z.shape[1]
+            return mean, float(cost[0]), z[0], steps
+        cost, z = evaluate(mean[None])  # the final mean may beat every sample
+        steps += z.shape[1]
+        if float(cost[0]) <= best_c:
+            return mean, float(cost[0]), z[0], steps
+        return best_a, best_c, best_z, steps
