@@ -1,0 +1,779 @@
+"""The safety gate: the only thing that decides what the arm is commanded to do.
+
+numpy + yaml only (no rclpy); ``ami_ros.nodes.safety_node`` is a thin shell around it.
+
+* :class:`SafetySpec` - hard limits (joint limits from ``config/arm.yaml``, Cartesian
+  and timing limits from ``config/safety.yaml``'s ``safety:`` section) plus tunables (the
+  ``safety_node: ros__parameters`` section) that may only narrow them.
+* :class:`Gate` - ``gate(traj, q_now, now)`` -> :class:`GateResult`: a trajectory is
+  passed, time-scaled, or refused with a stable reason code; never passed unchanged
+  when it violates a limit.
+* :func:`hold_trajectory`, :class:`Watchdog`, :class:`EStop` (latched).
+
+How the gate judges a trajectory (the controller model)
+-------------------------------------------------------
+The controller tracks the trajectory as ``core.trajectory.TrajectorySampler`` does:
+from the current state ``(q_now, v_now)`` to the first point (when its time is > 0),
+then point to point, linear without velocities and cubic Hermite with them, then it
+holds the last point. The gate builds exactly these polynomial pieces and checks
+
+* joint positions: exact extremes of every piece (cubics can overshoot their points);
+* velocity: exact extremes of every piece;
+* acceleration / jerk as the commanded position shows them at the controller's
+  ``derivative_period`` T, for ANY phase of the controller clock: an upper bound of
+  the second / third finite difference at spacing T built from the pieces' own
+  acceleration / jerk plus the velocity and acceleration jumps at the points
+  (a velocity jump dv contributes at most dv / T to acceleration and dv / T^2 to jerk;
+  an acceleration jump da at most 0.75 da / T to jerk, within windows of 2T / 3T);
+* tool speed: sum over joints of |joint speed| * (chain length from that joint to the
+  tool), an upper bound of the Cartesian tool speed;
+* workspace box and keep-out boxes for every joint origin, the tool point and the
+  straight link segments between them, at samples no further apart than
+  ``check_period`` with a margin that bounds how far any link point can move between
+  two samples, so the check also holds between samples.
+
+Time scaling stretches all times by k (and divides given velocities by k): velocity
+falls as 1/k, acceleration and jerk at least as 1/k, the path is unchanged. The gate
+takes the smallest k (bisection, relative precision 1e-4) that passes, and verifies the
+output trajectory again from scratch before it returns it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import yaml
+
+from ami_ros.core.arm import ArmSpec, load_arm, share_dir
+from ami_ros.core.trajectory import Trajectory, TrajectoryError, validate
+
+POLICIES = ("scale", "reject")
+
+# Reason codes of GateResult (besides those of core.trajectory.validate).
+OK, SCALED = "ok", "scaled"
+REASONS = (
+    "estop_latched", "bad_state", "stale_stamp", "future_stamp", "start_mismatch",
+    "segment_too_long", "too_long", "position_limit", "workspace", "keep_out",
+    "velocity_limit", "acceleration_limit", "jerk_limit", "tool_speed",
+    "scale_too_large", "verification_failed",
+)
+_DYNAMIC_REASONS = ("velocity_limit", "acceleration_limit", "jerk_limit", "tool_speed")
+
+
+def default_safety_file() -> str:
+    return os.path.join(share_dir(), "config", "safety.yaml")
+
+
+# ====================================================================== spec
+@dataclass(frozen=True)
+class Box:
+    """Axis-aligned box in the base frame (metres)."""
+    name: str
+    lo: np.ndarray
+    hi: np.ndarray
+
+    @staticmethod
+    def from_dict(name: str, d: dict) -> "Box":
+        lo = np.array([float(d[a][0]) for a in "xyz"])
+        hi = np.array([float(d[a][1]) for a in "xyz"])
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo < hi)):
+            raise ValueError(f"box {name!r}: need finite [min, max] with min < max for x, y, z")
+        return Box(name, lo, hi)
+
+    def grown(self, margin) -> "Box":
+        """The box grown by ``margin`` metres on every side (negative shrinks)."""
+        return Box(self.name, self.lo - margin, self.hi + margin)
+
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """(..., 3) -> (...,) bool, boundary included."""
+        p = np.asarray(points)
+        return np.all((p >= self.lo) & (p <= self.hi), axis=-1)
+
+
+def _keep_out_boxes(spec) -> tuple[Box, ...]:
+    """{name: {x, y, z}} (params-file form) or [{name, x, y, z}, ...] -> boxes."""
+    if not spec:
+        return ()
+    if isinstance(spec, dict):
+        return tuple(Box.from_dict(str(k), v) for k, v in spec.items())
+    return tuple(Box.from_dict(str(b["name"]), b) for b in spec)
+
+
+@dataclass(frozen=True)
+class HardSafety:
+    """The hard constraints of ``safety.yaml``'s ``safety:`` section."""
+    workspace: Box
+    keep_out: tuple[Box, ...]
+    max_tool_speed: float
+    max_segment_duration: float
+    max_duration: float
+    stamp_tolerance: float
+    start_tolerance: float
+    max_time_scale: float
+    derivative_period: float
+    check_period: float
+    hold_time: float
+    watchdog: dict  # input name -> longest allowed deadline (s)
+
+
+@dataclass(frozen=True)
+class Tunables:
+    """Runtime settings (the node's parameters); each may only narrow the hard spec."""
+    violation_policy: str = "scale"
+    velocity_scale: float = 1.0
+    acceleration_scale: float = 1.0
+    jerk_scale: float = 1.0
+    max_tool_speed: float = math.inf        # clipped to the hard value by SafetySpec.load
+    max_segment_duration: float = math.inf
+    max_duration: float = math.inf
+    stamp_tolerance: float = math.inf
+    start_tolerance: float = math.inf
+    max_time_scale: float = math.inf
+    position_margin: float = 0.0
+    workspace_margin: float = 0.0
+    plan_timeout: float = math.inf
+    joint_state_timeout: float = math.inf
+    camera_timeout: float = math.inf
+
+
+TUNABLE_NAMES = tuple(f for f in Tunables.__dataclass_fields__)
+_TUNABLE_HELP = {
+    "violation_policy": "what to do with a trajectory that breaks a velocity / acceleration / jerk / tool speed limit: 'scale' (stretch its times) or 'reject'",
+    "velocity_scale": "fraction of the hard joint velocity limits to enforce",
+    "acceleration_scale": "fraction of the hard joint acceleration limits to enforce",
+    "jerk_scale": "fraction of the hard joint jerk limits to enforce",
+    "max_tool_speed": "largest Cartesian tool speed (m/s)",
+    "max_segment_duration": "longest time between consecutive points, the first one counted from the current state (s)",
+    "max_duration": "longest trajectory, after time scaling (s)",
+    "stamp_tolerance": "a plan whose header stamp is further than this in the past or future is refused (s); a zero stamp means now",
+    "start_tolerance": "a first point at time 0 must be this close to the measured position (rad)",
+    "max_time_scale": "largest time stretch the gate may apply",
+    "position_margin": "margin kept inside the joint position limits (rad)",
+    "workspace_margin": "margin kept inside the workspace box and around keep-out boxes (m)",
+    "plan_timeout": "during motion, hold when no plan arrived for this long (s)",
+    "joint_state_timeout": "hold when no joint state arrived for this long (s)",
+    "camera_timeout": "hold when no camera image arrived for this long, if watched (s)",
+}
+
+
+@dataclass(frozen=True)
+class SafetySpec:
+    arm: ArmSpec
+    hard: HardSafety
+    tunables: Tunables = field(default_factory=Tunables)
+    node_defaults: dict = field(default_factory=dict, compare=False)
+
+    # ---------------- loading and tunables ----------------
+    @classmethod
+    def load(cls, safety_file: str | None = None, arm_file: str | None = None,
+             arm: ArmSpec | None = None, **tunables) -> "SafetySpec":
+        """Hard limits from ``arm_file`` (or ``arm``) and ``safety_file``; tunables from
+        the file's ``safety_node: ros__parameters`` section, then ``tunables``.
+        ValueError (naming the file) on anything malformed or widening."""
+        safety_file = safety_file or default_safety_file()
+        arm = arm or load_arm(arm_file)
+        try:
+            with open(safety_file) as f:
+                doc = yaml.safe_load(f) or {}
+            s = doc["safety"]
+            s = s.get("ros__parameters", s)
+            hard = HardSafety(
+                workspace=Box.from_dict("workspace", s["workspace"]),
+                keep_out=_keep_out_boxes(s.get("keep_out")),
+                max_tool_speed=float(s["max_tool_speed"]),
+                max_segment_duration=float(s["max_segment_duration"]),
+                max_duration=float(s["max_duration"]),
+                stamp_tolerance=float(s["stamp_tolerance"]),
+                start_tolerance=float(s["start_tolerance"]),
+                max_time_scale=float(s["max_time_scale"]),
+                derivative_period=float(s["derivative_period"]),
+                check_period=float(s["check_period"]),
+                hold_time=float(s.get("hold_time", 0.05)),
+                watchdog={str(k): float(v) for k, v in (s.get("watchdog") or {}).items()})
+            node_defaults = dict(((doc.get("safety_node") or {}).get("ros__parameters") or {}))
+        except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+            raise ValueError(f"{safety_file}: not a valid safety spec ({type(e).__name__}: {e})") from e
+        positive = ["max_tool_speed", "max_segment_duration", "max_duration", "derivative_period",
+                    "check_period"]
+        for name in positive:
+            v = getattr(hard, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{safety_file}: safety.{name} must be a positive number, got {v}")
+        for name in ("stamp_tolerance", "start_tolerance", "hold_time"):
+            v = getattr(hard, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{safety_file}: safety.{name} must be >= 0, got {v}")
+        if not (math.isfinite(hard.max_time_scale) and hard.max_time_scale >= 1):
+            raise ValueError(f"{safety_file}: safety.max_time_scale must be >= 1")
+        for k in ("plan", "joint_state", "camera"):
+            if not (hard.watchdog.get(k, 0) > 0):
+                raise ValueError(f"{safety_file}: safety.watchdog.{k} must be a positive deadline")
+        spec = cls(arm, hard, cls._hard_tunables(hard), node_defaults)
+        from_file = {k: v for k, v in node_defaults.items() if k in TUNABLE_NAMES}
+        try:
+            spec = spec.with_tunables(**from_file)
+        except ValueError as e:
+            raise ValueError(f"{safety_file}: safety_node parameters: {e}") from None
+        return spec.with_tunables(**tunables) if tunables else spec
+
+    @staticmethod
+    def _hard_tunables(hard: HardSafety) -> Tunables:
+        return Tunables(
+            max_tool_speed=hard.max_tool_speed, max_segment_duration=hard.max_segment_duration,
+            max_duration=hard.max_duration, stamp_tolerance=hard.stamp_tolerance,
+            start_tolerance=hard.start_tolerance, max_time_scale=hard.max_time_scale,
+            plan_timeout=hard.watchdog["plan"], joint_state_timeout=hard.watchdog["joint_state"],
+            camera_timeout=hard.watchdog["camera"])
+
+    def tunable_range(self, name: str) -> tuple[float, float]:
+        """Inclusive allowed range of a numeric tunable; the upper end is the hard limit."""
+        h = self.hard
+        ranges = {
+            "velocity_scale": (0.01, 1.0), "acceleration_scale": (0.01, 1.0), "jerk_scale": (0.01, 1.0),
+            "max_tool_speed": (0.001, h.max_tool_speed),
+            "max_segment_duration": (0.001, h.max_segment_duration),
+            "max_duration": (0.01, h.max_duration),
+            "stamp_tolerance": (0.0, h.stamp_tolerance),
+            "start_tolerance": (0.0, h.start_tolerance),
+            "max_time_scale": (1.0, h.max_time_scale),
+            # margins narrow by growing; bounded so the limits cannot invert
+            "position_margin": (0.0, 0.5 * float(np.min(self.arm.q_max - self.arm.q_min))),
+            "workspace_margin": (0.0, 0.5 * float(np.min(h.workspace.hi - h.workspace.lo))),
+            "plan_timeout": (0.001, h.watchdog["plan"]),
+            "joint_state_timeout": (0.001, h.watchdog["joint_state"]),
+            "camera_timeout": (0.001, h.watchdog["camera"]),
+        }
+        if name not in ranges:
+            raise KeyError(f"{name!r} is not a numeric tunable; known: {sorted(ranges)}")
+        return ranges[name]
+
+    @staticmethod
+    def tunable_description(name: str) -> str:
+        return _TUNABLE_HELP[name]
+
+    def check_tunable(self, name: str, value) -> str | None:
+        """Why ``name = value`` is not allowed (widens past the hard spec, out of range,
+        wrong type), or None when it is."""
+        if name not in TUNABLE_NAMES:
+            return f"unknown tunable {name!r}"
+        if name == "violation_policy":
+            return None if value in POLICIES else f"violation_policy must be one of {POLICIES}, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name} must be a finite number, got {value!r}"
+        lo, hi = self.tunable_range(name)
+        if value > hi:
+            return f"{name}={value} would widen past the hard limit {hi}"
+        if value < lo:
+            return f"{name}={value} is below the allowed minimum {lo}"
+        return None
+
+    def with_tunables(self, **changes) -> "SafetySpec":
+        """A copy with ``changes`` applied; ValueError (with every reason) if any widens
+        past the hard spec or is out of range. The spec itself is never changed."""
+        problems = [p for k, v in changes.items() if (p := self.check_tunable(k, v))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        clean = {k: (v if k == "violation_policy" else float(v)) for k, v in changes.items()}
+        return replace(self, tunables=replace(self.tunables, **clean))
+
+    # ---------------- effective limits ----------------
+    @property
+    def joint_names(self) -> list[str]:
+        return self.arm.joint_names
+
+    @property
+    def q_lo(self) -> np.ndarray:
+        return self.arm.q_min + self.tunables.position_margin
+
+    @property
+    def q_hi(self) -> np.ndarray:
+        return self.arm.q_max - self.tunables.position_margin
+
+    @property
+    def v_lim(self) -> np.ndarray:
+        return self.arm.v_max * self.tunables.velocity_scale
+
+    @property
+    def a_lim(self) -> np.ndarray:
+        return self.arm.a_max * self.tunables.acceleration_scale
+
+    @property
+    def j_lim(self) -> np.ndarray:
+        return self.arm.j_max * self.tunables.jerk_scale
+
+    @property
+    def tool_speed_lim(self) -> float:
+        return min(self.tunables.max_tool_speed, self.hard.max_tool_speed)
+
+    @property
+    def workspace(self) -> Box:
+        """The workspace box less the workspace margin."""
+        return self.hard.workspace.grown(-self.tunables.workspace_margin)
+
+    @property
+    def keep_out(self) -> tuple[Box, ...]:
+        """The keep-out boxes grown by the workspace margin."""
+        return tuple(b.grown(self.tunables.workspace_margin) for b in self.hard.keep_out)
+
+    def deadlines(self, watch_camera: bool = True) -> dict:
+        d = {"plan": self.tunables.plan_timeout, "joint_state": self.tunables.joint_state_timeout}
+        if watch_camera:
+            d["camera"] = self.tunables.camera_timeout
+        return d
+
+    @property
+    def chain_reach(self) -> np.ndarray:
+        """(dof,) chain length from each joint's origin to the tool point: a bound on how far
+        any link point is from that joint, so |d point| <= sum_j |dq_j| * chain_reach[j]."""
+        lengths = [float(np.linalg.norm(j.origin)) for j in self.arm.joints[1:]]
+        lengths.append(float(np.linalg.norm(self.arm.tool_offset)))
+        return np.cumsum(lengths[::-1])[::-1].copy()
+
+
+# ====================================================================== pieces
+@dataclass
+class _Pieces:
+    """The controller's commanded motion as polynomial pieces (per joint, local time s).
+
+    knots (m+1,), coefficients c0..c3 (m, dof): q(s) = c0 + c1 s + c2 s^2 + c3 s^3.
+    v_before: velocity before the first knot (the current state).
+    """
+    knots: np.ndarray
+    c: np.ndarray          # (4, m, dof)
+    v_before: np.ndarray
+    q_start: np.ndarray
+
+    @property
+    def h(self) -> np.ndarray:
+        return np.diff(self.knots)
+
+    def eval(self, i: np.ndarray, s: np.ndarray) -> np.ndarray:
+        c0, c1, c2, c3 = (self.c[k][i] for k in range(4))
+        s = s[..., None]
+        return c0 + s * (c1 + s * (c2 + s * c3))
+
+
+def _pieces(times, pos, vel, q0, v0) -> _Pieces:
+    """Same pieces as core.trajectory.TrajectorySampler (from (q0, v0) to the first point
+    when its time is > 0; linear without velocities, cubic Hermite with them)."""
+    if times[0] > 0:
+        knots = np.concatenate([[0.0], times])
+        P = np.vstack([q0, pos])
+        V = None if vel is None else np.vstack([v0, vel])
+    else:
+        knots, P, V = times, pos, vel
+    h = np.diff(knots)[:, None]
+    P0, P1 = P[:-1], P[1:]
+    if V is None:
+        c1 = (P1 - P0) / h
+        c2 = c3 = np.zeros_like(c1)
+    else:
+        V0, V1 = V[:-1], V[1:]
+        d = (P1 - P0) / h
+        c1 = V0.copy()
+        c2 = (3 * d - 2 * V0 - V1) / h
+        c3 = (V0 + V1 - 2 * d) / h**2
+    return _Pieces(np.asarray(knots, dtype=np.float64), np.stack([P0, c1, c2, c3]),
+                   np.asarray(v0, dtype=np.float64), P[0].copy())
+
+
+def _window_max(t: np.ndarray, x: np.ndarray, width: float) -> np.ndarray:
+    """max over windows [t_i, t_i + width] of the sum of x (t sorted; x (n, dof) >= 0)."""
+    if len(t) == 0:
+        return np.zeros(x.shape[1:])
+    cs = np.vstack([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
+    end = np.searchsorted(t, t + width * (1 + 1e-12), side="right")
+    return np.max(cs[end] - cs[np.arange(len(t))], axis=0)
+
+
+@dataclass
+class Dynamics:
+    """Upper bounds (per joint) of what the controller's command shows."""
+    velocity: np.ndarray
+    acceleration: np.ndarray
+    jerk: np.ndarray
+    tool_speed: float
+    piece_speed: np.ndarray  # (m, dof) max |v| per piece
+
+
+def dynamics_bounds(p: _Pieces, period: float, reach: np.ndarray) -> Dynamics:
+    m, dof = p.c.shape[1], p.c.shape[2]
+    c0, c1, c2, c3 = p.c
+    h = p.h[:, None]
+    if m:
+        # velocity extremes: ends and the vertex of the quadratic v(s)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sv = np.where(c3 != 0, -c2 / (3 * c3), 0.0)
+        sv = np.clip(np.nan_to_num(sv), 0.0, h)
+        vel = lambda s: c1 + 2 * c2 * s + 3 * c3 * s**2  # noqa: E731
+        acc = lambda s: 2 * c2 + 6 * c3 * s  # noqa: E731
+        piece_speed = np.maximum.reduce([np.abs(vel(0.0)), np.abs(vel(h)), np.abs(vel(sv))])
+        a_start, a_end, v_start, v_end = acc(0.0), acc(h), vel(0.0), vel(h)
+        a_cont = np.maximum(np.abs(a_start), np.abs(a_end)).max(axis=0)
+        j_cont = np.abs(6 * c3).max(axis=0)
+        v_cont = piece_speed.max(axis=0)
+        tool = float(np.max(piece_speed @ reach))
+    else:
+        piece_speed = np.zeros((0, dof))
+        a_start = a_end = v_start = v_end = np.zeros((0, dof))
+        a_cont = j_cont = v_cont = np.zeros(dof)
+        tool = 0.0
+    # jumps at the knots: before the first knot the current state (accel 0), after the last: hold
+    v_left = np.vstack([p.v_before[None], v_end])
+    v_right = np.vstack([v_start, np.zeros((1, dof))])
+    a_left = np.vstack([np.zeros((1, dof)), a_end])
+    a_right = np.vstack([a_start, np.zeros((1, dof))])
+    dv, da = np.abs(v_right - v_left), np.abs(a_right - a_left)
+    T = period
+    acc_bound = a_cont + _window_max(p.knots, dv, 2 * T) / T
+    jerk_bound = j_cont + _window_max(p.knots, 0.75 * da / T + dv / T**2, 3 * T)
+    return Dynamics(v_cont, acc_bound, jerk_bound, tool, piece_speed)
+
+
+def _segments_hit_box(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Segments a->b (..., 3) touching boxes [lo, hi] ((..., 3) broadcastable): bool (...)."""
+    d = b - a
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        t1, t2 = (lo - a) / d, (hi - a) / d
+    par = d == 0
+    inside = (a >= lo) & (a <= hi)
+    tmin = np.where(par, np.where(inside, -np.inf, np.inf), np.minimum(t1, t2))
+    tmax = np.where(par, np.where(inside, np.inf, -np.inf), np.maximum(t1, t2))
+    enter = np.maximum(tmin.max(axis=-1), 0.0)
+    leave = np.minimum(tmax.min(axis=-1), 1.0)
+    return enter <= leave
+
+
+# ====================================================================== results
+@dataclass
+class GateResult:
+    ok: bool
+    trajectory: Trajectory | None  # what to command (None: command nothing)
+    reason: str                    # "ok", "scaled", or a refusal code
+    message: str = ""
+    time_scale: float = 1.0
+    latency: float = 0.0           # seconds the gate took
+
+
+@dataclass
+class Violation:
+    reason: str
+    message: str
+    time: float
+
+
+def hold_trajectory(q_now, joint_names, hold_time: float = 0.05) -> Trajectory:
+    """A single point at ``q_now`` with zero velocity, ``hold_time`` from start, starting on arrival."""
+    q = np.asarray(q_now, dtype=np.float64).reshape(1, -1)
+    return Trajectory(list(joint_names), np.array([float(hold_time)]), q.copy(), np.zeros_like(q), 0.0)
+
+
+class EStop:
+    """Latched emergency stop: ``trip`` latches it, only an explicit ``reset`` clears it."""
+
+    def __init__(self):
+        self.latched = False
+        self.reason = ""
+        self.tripped_at: float | None = None
+        self.trips = 0
+
+    def trip(self, reason: str, t: float | None = None) -> bool:
+        """Latch; True when it was not latched before."""
+        newly = not self.latched
+        if newly:
+            self.latched, self.reason, self.tripped_at = True, str(reason), t
+        self.trips += 1
+        return newly
+
+    def reset(self) -> bool:
+        """Clear the latch; True when it was latched."""
+        was = self.latched
+        self.latched, self.reason, self.tripped_at = False, "", None
+        return was
+
+
+class Watchdog:
+    """Input freshness: ``feed(name, t)`` on every arrival, ``check(now)`` lists the inputs
+    not fed within their deadline (never fed counts as stale)."""
+
+    def __init__(self, deadlines: dict):
+        self.deadlines = {str(k): float(v) for k, v in deadlines.items()}
+        for k, v in self.deadlines.items():
+            if not (v > 0):
+                raise ValueError(f"watchdog deadline for {k!r} must be > 0, got {v}")
+        self.last: dict[str, float] = {}
+
+    def feed(self, name: str, t: float) -> None:
+        if name not in self.deadlines:
+            raise KeyError(f"watchdog does not watch {name!r}; watches {sorted(self.deadlines)}")
+        self.last[name] = float(t)
+
+    def set_deadline(self, name: str, seconds: float | None) -> None:
+        """Watch ``name`` with a new deadline, or stop watching it (None)."""
+        if seconds is None:
+            self.deadlines.pop(name, None)
+            self.last.pop(name, None)
+        elif not seconds > 0:
+            raise ValueError(f"watchdog deadline for {name!r} must be > 0, got {seconds}")
+        else:
+            self.deadlines[name] = float(seconds)
+
+    def age(self, name: str, now: float) -> float:
+        return now - self.last[name] if name in self.last else math.inf
+
+    def is_fresh(self, name: str, now: float) -> bool:
+        return self.age(name, now) <= self.deadlines[name]
+
+    def check(self, now: float) -> list[str]:
+        return [n for n in self.deadlines if not self.is_fresh(n, now)]
+
+
+# ====================================================================== the gate
+class Gate:
+    """Judges trajectories against a :class:`SafetySpec`; keeps counters."""
+
+    def __init__(self, spec: SafetySpec, estop: EStop | None = None):
+        self.spec = spec
+        self.estop = estop or EStop()
+        self.rejections: Counter = Counter()
+        self.passed = 0
+        self.scaled = 0
+        self.last_violation: Violation | None = None
+        self._reach = spec.chain_reach
+
+    def set_spec(self, spec: SafetySpec) -> None:
+        if spec.arm.joint_names != self.spec.arm.joint_names:
+            raise ValueError("a new spec must describe the same arm")
+        self.spec, self._reach = spec, spec.chain_reach
+
+    def hold(self, q_now) -> Trajectory:
+        return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time)
+
+    # ---------------- main entry ----------------
+    def gate(self, traj: Trajectory, q_now, now: float, v_now=None) -> GateResult:
+        """Pass, time-scale or refuse ``traj`` for an arm at ``q_now`` (velocity ``v_now``,
+        default at rest) at time ``now`` (the clock of ``traj.start_time``)."""
+        t0 = time.perf_counter()
+        res = self._gate(traj, q_now, now, v_now)
+        res.latency = time.perf_counter() - t0
+        if res.ok:
+            self.passed += 1
+            self.scaled += res.reason == SCALED
+        else:
+            self.rejections[res.reason] += 1
+            self.last_violation = Violation(res.reason, res.message, float(now))
+        return res
+
+    def _refuse(self, reason: str, message: str) -> GateResult:
+        return GateResult(False, None, reason, message)
+
+    def _gate(self, traj, q_now, now, v_now) -> GateResult:
+        spec, tun, dof = self.spec, self.spec.tunables, self.spec.arm.dof
+        q_now = np.asarray(q_now, dtype=np.float64).reshape(-1)
+        v_now = np.zeros(dof) if v_now is None else np.asarray(v_now, dtype=np.float64).reshape(-1)
+        if self.estop.latched:
+            hold = self.hold(q_now) if q_now.shape == (dof,) and np.all(np.isfinite(q_now)) else None
+            return GateResult(False, hold, "estop_latched", f"e-stop latched ({self.estop.reason}); holding")
+        if q_now.shape != (dof,) or v_now.shape != (dof,) or not (
+                np.all(np.isfinite(q_now)) and np.all(np.isfinite(v_now))):
+            return self._refuse("bad_state", "current joint state unknown or not finite")
+        try:
+            t = validate(traj, spec.joint_names)
+        except TrajectoryError as e:
+            return self._refuse(e.reason, str(e))
+
+        # --- stamp ---
+        start = t.start_time
+        if start != 0.0:
+            ahead = start - float(now)
+            if ahead < -tun.stamp_tolerance:
+                return self._refuse("stale_stamp", f"header stamp {-ahead:.3f} s in the past (> {tun.stamp_tolerance} s)")
+            if ahead > tun.stamp_tolerance:
+                return self._refuse("future_stamp", f"header stamp {ahead:.3f} s in the future (> {tun.stamp_tolerance} s)")
+            if ahead <= 0:  # a start in the past would make the controller jump ahead: start now
+                start = 0.0
+        times, pos = t.times.copy(), t.positions.copy()
+        vel = None if t.velocities is None else t.velocities.copy()
+
+        # --- first point at time 0: must be where the arm is ---
+        if times[0] == 0.0:
+            dev = float(np.max(np.abs(pos[0] - q_now)))
+            if dev > tun.start_tolerance:
+                return self._refuse("start_mismatch", f"first point at time 0 is {dev:.4f} rad from the measured "
+                                    f"position (> {tun.start_tolerance}); give it a time > 0")
+            pos[0] = q_now
+            if vel is not None:
+                vel[0] = v_now
+        knots = times if times[0] == 0.0 else np.concatenate([[0.0], times])
+        if len(knots) > 1 and np.max(np.diff(knots)) > tun.max_segment_duration * (1 + 1e-9):
+            i = int(np.argmax(np.diff(knots)))
+            where = f"points {i - 1} and {i}" if times[0] > 0 else f"points {i} and {i + 1}"
+            where = "the current state and point 0" if where == "points -1 and 0" else where
+            return self._refuse("segment_too_long", f"{np.diff(knots)[i]:.3f} s between {where} "
+                                f"(> {tun.max_segment_duration} s)")
+        if times[-1] > tun.max_duration:
+            return self._refuse("too_long", f"duration {times[-1]:.3f} s > {tun.max_duration} s")
+
+        cand = Trajectory(list(spec.joint_names), times, pos, vel, start)
+        p = _pieces(times, pos, vel, q_now, v_now)
+        bad = self._path_violation(p)
+        if bad:
+            return self._refuse(*bad)
+        bad = self._dynamics_violation(p)
+        scale = 1.0
+        if bad:
+            if tun.violation_policy == "reject":
+                return self._refuse(*bad)
+            scale = self._find_scale(cand, q_now, v_now)
+            if scale is None:
+                return self._refuse("scale_too_large", f"{bad[1]}; no time scale <= {tun.max_time_scale} fixes it")
+            if times[-1] * scale > tun.max_duration:
+                return self._refuse("too_long", f"{bad[1]}; time scale {scale:.3f} would make it "
+                                    f"{times[-1] * scale:.2f} s (> {tun.max_duration} s)")
+            cand = self._subdivide(self._scaled(cand, scale), q_now, v_now)
+        # --- verify what goes out, from scratch ---
+        p = _pieces(cand.times, cand.positions, cand.velocities, q_now, v_now)
+        final = self._path_violation(p) or self._dynamics_violation(p)
+        if final:
+            return self._refuse("verification_failed", f"output still violates: {final[1]}")
+        if scale > 1.0:
+            return GateResult(True, cand, SCALED, f"time scaled x{scale:.4f}: {bad[1]}", scale)
+        return GateResult(True, cand, OK, "", 1.0)
+
+    # ---------------- checks ----------------
+    def _path_violation(self, p: _Pieces) -> tuple[str, str] | None:
+        spec = self.spec
+        names = spec.joint_names
+        m = len(p.h)
+        c0, c1, c2, c3 = p.c
+        # joint positions: exact extremes (ends and roots of v(s) = 3c3 s^2 + 2c2 s + c1)
+        if m:
+            h = p.h[:, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                disc = np.sqrt(np.maximum(4 * c2**2 - 12 * c3 * c1, 0.0))
+                r1 = np.where(c3 != 0, (-2 * c2 + disc) / (6 * c3), np.where(c2 != 0, -c1 / (2 * c2), 0.0))
+                r2 = np.where(c3 != 0, (-2 * c2 - disc) / (6 * c3), 0.0)
+            cands = [np.zeros_like(h) + 0 * c0, np.broadcast_to(h, c0.shape)]
+            cands += [np.clip(np.nan_to_num(r), 0.0, h) for r in (r1, r2)]
+            q_ext = np.stack([c0 + s * (c1 + s * (c2 + s * c3)) for s in cands])
+            q_min, q_max = q_ext.min(axis=(0, 1)), q_ext.max(axis=(0, 1))
+        else:
+            q_min = q_max = p.q_start
+        q_min, q_max = np.minimum(q_min, p.q_start), np.maximum(q_max, p.q_start)
+        lo_bad, hi_bad = q_min < spec.q_lo, q_max > spec.q_hi
+        if np.any(lo_bad | hi_bad):
+            j = int(np.argmax(lo_bad | hi_bad))
+            val = q_min[j] if lo_bad[j] else q_max[j]
+            return "position_limit", (f"{names[j]} reaches {val:.4f} rad outside "
+                                      f"[{spec.q_lo[j]:.4f}, {spec.q_hi[j]:.4f}]")
+        # dense samples with a margin that covers the motion between samples
+        if m:
+            n = np.maximum(1, np.ceil(p.h / spec.hard.check_period).astype(int))
+            idx = np.repeat(np.arange(m), n)
+            frac = np.concatenate([np.arange(k) / k for k in n])
+            s = frac * p.h[idx]
+            dt = (p.h / n)[idx]
+            q = p.eval(idx, s)
+            q = np.vstack([q, p.eval(np.array([m - 1]), np.array([p.h[-1]]))])
+            dyn_speed = dynamics_bounds(p, spec.hard.derivative_period, self._reach).piece_speed
+            step = 0.5 * dt * (dyn_speed[idx] @ self._reach)   # any point within this of a sample
+            margin = np.maximum(np.concatenate([[0.0], step]), np.concatenate([step, [0.0]]))
+        else:
+            q = p.q_start[None]
+            margin = np.zeros(1)
+        pts = spec.arm.link_positions(q)                     # (S, dof+1, 3)
+        ws = spec.workspace
+        inside = np.all((pts >= ws.lo + margin[:, None, None]) & (pts <= ws.hi - margin[:, None, None]), axis=-1)
+        if not np.all(inside):
+            k, l = np.argwhere(~inside)[0]
+            what = "tool" if l == spec.arm.dof else f"origin of {names[l]}"
+            return "workspace", (f"{what} at {np.round(pts[k, l], 4).tolist()} leaves the workspace "
+                                 f"{ws.lo.tolist()}..{ws.hi.tolist()} (margin {margin[k]:.4f} m)")
+        a, b = pts[:, :-1], pts[:, 1:]
+        for box in spec.keep_out:
+            mg = margin[:, None, None]
+            hit = _segments_hit_box(a, b, box.lo - mg, box.hi + mg)
+            if np.any(hit):
+                k, l = np.argwhere(hit)[0]
+                return "keep_out", (f"link segment {l} ({np.round(a[k, l], 3).tolist()} -> "
+                                    f"{np.round(b[k, l], 3).tolist()}) enters keep-out box {box.name!r}")
+        return None
+
+    def _dynamics_violation(self, p: _Pieces) -> tuple[str, str] | None:
+        spec = self.spec
+        d = dynamics_bounds(p, spec.hard.derivative_period, self._reach)
+        names = spec.joint_names
+        tight = 1 - 1e-9
+        for reason, val, lim, unit in (("velocity_limit", d.velocity, spec.v_lim, "rad/s"),
+                                       ("acceleration_limit", d.acceleration, spec.a_lim, "rad/s^2"),
+                                       ("jerk_limit", d.jerk, spec.j_lim, "rad/s^3")):
+            bad = val > lim * tight
+            if np.any(bad):
+                j = int(np.argmax(val / lim))
+                return reason, f"{names[j]} {reason.split('_')[0]} up to {val[j]:.4g} {unit} > {lim[j]:.4g}"
+        if d.tool_speed > spec.tool_speed_lim * tight:
+            return "tool_speed", f"tool speed up to {d.tool_speed:.4g} m/s > {spec.tool_speed_lim:.4g}"
+        return None
+
+    # ---------------- scaling ----------------
+    @staticmethod
+    def _scaled(t: Trajectory, k: float) -> Trajectory:
+        vel = None if t.velocities is None else t.velocities / k
+        if vel is not None and t.times[0] == 0.0:
+            vel[0] = t.velocities[0]  # the current velocity (point 0 is the current state)
+        return Trajectory(list(t.joint_names), t.times * k, t.positions.copy(), vel, t.start_time)
+
+    def _find_scale(self, t: Trajectory, q_now, v_now) -> float | None:
+        kmax = self.spec.tunables.max_time_scale
+
+        def ok(k):
+            s = self._scaled(t, k)
+            return self._dynamics_violation(_pieces(s.times, s.positions, s.velocities, q_now, v_now)) is None
+
+        if not ok(kmax):
+            return None
+        lo, hi = 1.0, kmax
+        while hi / lo > 1 + 1e-4:
+            mid = math.sqrt(lo * hi)
+            lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+        return hi
+
+    def _subdivide(self, t: Trajectory, q_now, v_now) -> Trajectory:
+        """Insert points on the same path where scaling made segments longer than allowed
+        (exact: the same line or the same cubic)."""
+        limit = self.spec.tunables.max_segment_duration
+        p = _pieces(t.times, t.positions, t.velocities, q_now, v_now)
+        if len(p.h) == 0 or np.max(p.h) <= limit:
+            return t
+        times, pos, vel = [], [], []
+        c0, c1, c2, c3 = p.c
+        first = 0 if t.times[0] > 0 else 1  # pieces[0] ends at point 0 when times[0] > 0
+        if first == 1:
+            times.append(t.times[0]), pos.append(t.positions[0])
+            vel.append(None if t.velocities is None else t.velocities[0])
+        for i, h in enumerate(p.h):
+            n = int(np.ceil(h / limit * (1 + 1e-9)))
+            for k in range(1, n + 1):
+                s = h * k / n
+                if k == n:
+                    q, v = p.eval(np.array([i]), np.array([h]))[0], None
+                else:
+                    q = p.eval(np.array([i]), np.array([s]))[0]
+                    v = c1[i] + 2 * c2[i] * s + 3 * c3[i] * s**2
+                times.append(p.knots[i] + s)
+                pos.append(q)
+                vel.append(v)
+        # exact knots keep their given values
+        j = 0
+        for k, tt in enumerate(times):
+            while j < len(t.times) and t.times[j] < tt - 1e-12:
+                j += 1
+            if j < len(t.times) and abs(t.times[j] - tt) <= 1e-12 * max(1.0, tt):
+                times[k], pos[k] = t.times[j], t.positions[j]
+                vel[k] = None if t.velocities is None else t.velocities[j]
+        V = None if t.velocities is None else np.array(vel)
+        return Trajectory(list(t.joint_names), np.array(times), np.array(pos), V, t.start_time)

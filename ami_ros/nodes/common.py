@@ -1,0 +1,339 @@
+"""Message <-> array conversions and parameter / diagnostics helpers shared by the nodes.
+
+Everything here is small and generic: no node logic. Joints are always mapped by
+name (see docs/CONVENTIONS.md); arrays are float64 numpy arrays.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Duration as DurationMsg
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from ami_ros.core.trajectory import Trajectory, TrajectoryError
+
+
+# ---------------------------------------------------------------- time
+def stamp_to_seconds(stamp: TimeMsg) -> float:
+    """builtin_interfaces/Time -> float seconds."""
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+def seconds_to_stamp(t: float) -> TimeMsg:
+    """float seconds (>= 0) -> builtin_interfaces/Time."""
+    ns = int(round(max(0.0, float(t)) * 1e9))
+    return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def duration_to_seconds(d: DurationMsg) -> float:
+    return float(d.sec) + 1e-9 * float(d.nanosec)
+
+
+def seconds_to_duration(s: float) -> DurationMsg:
+    ns = int(round(float(s) * 1e9))
+    return DurationMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+# ---------------------------------------------------------------- trajectories
+def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
+    """JointTrajectory -> core Trajectory (in the message's joint order; run it through
+    ``core.trajectory.validate`` to check it and reorder it to the arm).
+
+    ``start_time`` is the header stamp in seconds, 0 for a zero stamp ("on arrival"),
+    in the clock the stamp was written in. Velocities are kept only when every point
+    has them. Ragged points raise TrajectoryError("size_mismatch").
+    """
+    names = list(msg.joint_names)
+    n = len(names)
+    pts = list(msg.points)
+    for i, p in enumerate(pts):
+        if len(p.positions) != n or len(p.velocities) not in (0, n):
+            raise TrajectoryError(
+                "size_mismatch", f"point {i} has {len(p.positions)} positions and "
+                f"{len(p.velocities)} velocities for {n} joints")
+    times = np.array([duration_to_seconds(p.time_from_start) for p in pts], dtype=np.float64)
+    pos = np.array([list(p.positions) for p in pts], dtype=np.float64).reshape(len(pts), n)
+    vel = None
+    if pts and all(len(p.velocities) == n for p in pts):
+        vel = np.array([list(p.velocities) for p in pts], dtype=np.float64).reshape(len(pts), n)
+    return Trajectory(names, times, pos, vel, stamp_to_seconds(msg.header.stamp))
+
+
+def trajectory_to_msg(traj: Trajectory, frame_id: str = "") -> JointTrajectory:
+    """core Trajectory -> JointTrajectory; header.stamp = traj.start_time (0 = on arrival)."""
+    msg = JointTrajectory()
+    msg.header.stamp = seconds_to_stamp(traj.start_time)
+    msg.header.frame_id = frame_id
+    msg.joint_names = list(traj.joint_names)
+    for i, t in enumerate(np.asarray(traj.times, dtype=np.float64)):
+        p = JointTrajectoryPoint()
+        p.positions = [float(x) for x in traj.positions[i]]
+        if traj.velocities is not None:
+            p.velocities = [float(x) for x in traj.velocities[i]]
+        p.time_from_start = seconds_to_duration(t)
+        msg.points.append(p)
+    return msg
+
+
+# ---------------------------------------------------------------- joint states
+def joint_state_msg(names: Sequence[str], positions, velocities=None, efforts=None,
+                    stamp: TimeMsg | None = None, frame_id: str = "") -> JointState:
+    msg = JointState()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.name = list(names)
+    msg.position = [float(x) for x in positions]
+    if velocities is not None:
+        msg.velocity = [float(x) for x in velocities]
+    if efforts is not None:
+        msg.effort = [float(x) for x in efforts]
+    return msg
+
+
+def joint_state_by_name(msg: JointState, names: Sequence[str]):
+    """(position, velocity | None, effort | None) of ``names`` in that order.
+
+    KeyError naming the joints the message lacks; velocity / effort are None when
+    the message leaves them empty.
+    """
+    lookup = {n: i for i, n in enumerate(msg.name)}
+    missing = [n for n in names if n not in lookup]
+    if missing:
+        raise KeyError(f"joint state lacks joint(s) {missing}; has {list(msg.name)}")
+    idx = [lookup[n] for n in names]
+
+    def pick(values):
+        if len(values) != len(msg.name):
+            return None
+        return np.asarray(values, dtype=np.float64)[idx]
+
+    pos = pick(msg.position)
+    if pos is None:
+        raise KeyError(f"joint state has {len(msg.position)} positions for {len(msg.name)} names")
+    return pos, pick(msg.velocity), pick(msg.effort)
+
+
+# ---------------------------------------------------------------- images
+def image_msg(rgb: np.ndarray, stamp: TimeMsg | None = None, frame_id: str = "") -> Image:
+    """(H, W, 3) uint8 RGB -> sensor_msgs/Image rgb8."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
+    msg = Image()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = 3 * msg.width
+    msg.data = rgb.tobytes()
+    return msg
+
+
+def image_to_array(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image rgb8 / bgr8 / mono8 -> (H, W, C) uint8 (rgb order for colour)."""
+    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
+    if channels is None:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r}")
+    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    img = buf.reshape(msg.height, msg.step)[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
+    return img[..., ::-1].copy() if msg.encoding == "bgr8" else img.copy()
+
+
+def camera_info_msg(K: np.ndarray, width: int, height: int, stamp: TimeMsg | None = None,
+                    frame_id: str = "") -> CameraInfo:
+    """Undistorted pinhole CameraInfo from intrinsics K (3, 3); P = [K | 0]."""
+    K = np.asarray(K, dtype=np.float64).reshape(3, 3)
+    msg = CameraInfo()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [float(x) for x in K.ravel()]
+    msg.r = [float(x) for x in np.eye(3).ravel()]
+    msg.p = [float(x) for x in np.hstack([K, np.zeros((3, 1))]).ravel()]
+    return msg
+
+
+# ---------------------------------------------------------------- parameters
+_PARAM_TYPES = {
+    bool: Parameter.Type.BOOL, int: Parameter.Type.INTEGER, float: Parameter.Type.DOUBLE,
+    str: Parameter.Type.STRING,
+}
+_ARRAY_TYPES = {
+    "double_array": Parameter.Type.DOUBLE_ARRAY, "integer_array": Parameter.Type.INTEGER_ARRAY,
+    "string_array": Parameter.Type.STRING_ARRAY, "bool_array": Parameter.Type.BOOL_ARRAY,
+}
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter: name, default, description, optional inclusive range.
+
+    ``kind`` is the Python type (bool, int, float, str) or one of 'double_array',
+    'integer_array', 'string_array', 'bool_array'; None infers it from ``default``.
+    """
+    name: str
+    default: Any
+    description: str
+    range: tuple[float, float] | None = None
+    read_only: bool = False
+    kind: Any = None
+
+    @property
+    def type(self) -> Parameter.Type:
+        kind = self.kind if self.kind is not None else type(self.default)
+        if kind in _PARAM_TYPES:
+            return _PARAM_TYPES[kind]
+        if kind in _ARRAY_TYPES:
+            return _ARRAY_TYPES[kind]
+        raise TypeError(f"parameter {self.name}: unsupported kind {kind!r}")
+
+    def coerce(self, value):
+        """``value`` in this parameter's Python type (int -> float for doubles, lists of floats...)."""
+        t = self.type
+        if t == Parameter.Type.DOUBLE:
+            return float(value)
+        if t == Parameter.Type.INTEGER:
+            if isinstance(value, float) and not value.is_integer():
+                raise TypeError(f"parameter {self.name}: {value} is not an integer")
+            return int(value)
+        if t == Parameter.Type.DOUBLE_ARRAY:
+            return [float(x) for x in value]
+        if t == Parameter.Type.INTEGER_ARRAY:
+            return [int(x) for x in value]
+        if t == Parameter.Type.STRING_ARRAY:
+            return [str(x) for x in value]
+        if t == Parameter.Type.BOOL_ARRAY:
+            return [bool(x) for x in value]
+        return value
+
+    def descriptor(self) -> ParameterDescriptor:
+        d = ParameterDescriptor(name=self.name, type=self.type.value, description=self.description,
+                                read_only=self.read_only)
+        if self.range is not None:
+            lo, hi = self.range
+            if self.type == Parameter.Type.INTEGER:
+                d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+            elif self.type == Parameter.Type.DOUBLE:
+                d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+            else:
+                raise TypeError(f"parameter {self.name}: a range needs an integer or double parameter")
+        return d
+
+    @property
+    def is_empty_array(self) -> bool:
+        return self.type.name.endswith("_ARRAY") and len(self.default) == 0
+
+
+def parameter_overrides(specs: Iterable[ParamSpec], overrides: dict | None) -> list[Parameter]:
+    """Typed rclpy Parameters for ``Node(parameter_overrides=...)`` from a plain dict.
+
+    Coerces ints to floats for double parameters; drops an empty-array override of a
+    parameter whose default is the empty array (rclpy would type a bare ``[]`` as a
+    byte array). ValueError names unknown keys.
+    """
+    overrides = dict(overrides or {})
+    by_name = {s.name: s for s in specs}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown}; known: {sorted(by_name)}")
+    return [Parameter(k, by_name[k].type, by_name[k].coerce(v)) for k, v in overrides.items()
+            if not (by_name[k].is_empty_array and len(v) == 0)]
+
+
+def declare_parameters(node, specs: Iterable[ParamSpec]) -> dict:
+    """Declare every spec on ``node`` (typed, described, ranged) and return {name: value}.
+
+    rclpy refuses an override outside a range or of the wrong type by raising.
+    Array parameters with an empty default are declared by type and then set to the
+    typed empty array when no override gave them a value.
+    """
+    specs = list(specs)
+    node.declare_parameters("", [(s.name, s.type if s.is_empty_array else s.coerce(s.default), s.descriptor())
+                                 for s in specs])
+    unset = [Parameter(s.name, s.type, []) for s in specs
+             if s.is_empty_array and node.get_parameter_or(s.name).type_ == Parameter.Type.NOT_SET]
+    if unset:
+        for result in node.set_parameters(unset):
+            if not result.successful:
+                raise ValueError(f"could not initialise {[p.name for p in unset]}: {result.reason}")
+    return {s.name: node.get_parameter(s.name).value for s in specs}
+
+
+def check_range(spec: ParamSpec, value) -> str | None:
+    """The reason ``value`` is outside ``spec.range`` (inclusive), or None."""
+    if spec.range is None:
+        return None
+    lo, hi = spec.range
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+        return f"{spec.name}={value!r} outside [{lo}, {hi}]"
+    return None
+
+
+# ---------------------------------------------------------------- diagnostics
+def diagnostic_status(name: str, level: int | bytes, message: str, values: dict | None = None,
+                      hardware_id: str = "") -> DiagnosticStatus:
+    """DiagnosticStatus with ``values`` as key/value strings (floats with 4 significant digits)."""
+    if isinstance(level, int):  # DiagnosticStatus.OK etc. are single bytes in rclpy
+        level = bytes([level])
+    st = DiagnosticStatus(name=name, level=level, message=message, hardware_id=hardware_id)
+    for k, v in (values or {}).items():
+        st.values.append(KeyValue(key=str(k), value=f"{v:.4g}" if isinstance(v, float) else str(v)))
+    return st
+
+
+def diagnostic_array(statuses: Sequence[DiagnosticStatus], stamp: TimeMsg | None = None) -> DiagnosticArray:
+    msg = DiagnosticArray()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.status = list(statuses)
+    return msg
+
+
+def diagnostic_values(status: DiagnosticStatus) -> dict[str, str]:
+    """{key: value} of a DiagnosticStatus."""
+    return {kv.key: kv.value for kv in status.values}
+
+
+class RateMeter:
+    """Counts events and reports their rate over the window since the last ``rate()`` call."""
+
+    def __init__(self, now: float):
+        self._t0, self._n, self.total = now, 0, 0
+
+    def tick(self, n: int = 1) -> None:
+        self._n += n
+        self.total += n
+
+    def rate(self, now: float) -> float:
+        dt = now - self._t0
+        r = self._n / dt if dt > 0 else 0.0
+        self._t0, self._n = now, 0
+        return r
+
+
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (size, size, C) by area averaging (no copy at the right size).
+
+    The model sees square frames; a non-square camera image is resized, not cropped,
+    exactly as the data it was trained on must have been.
+    """
+    if img.shape[0] == size and img.shape[1] == size:
+        return img
+    import cv2
+
+    out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return out[..., None] if out.ndim == 2 else out

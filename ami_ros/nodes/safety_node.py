@@ -1,0 +1,345 @@
+"""The safety node: the only publisher of /arm_controller/joint_trajectory.
+
+Plans (/ami/plan) go through ``core.safety.Gate`` against the measured joint state;
+what passes (possibly time-scaled) goes to the controller. A 50 Hz watchdog holds the
+arm (one hold trajectory to the measured position) when the joint states, the camera
+(if watched) or, during motion, the plans go stale, and whenever the latched e-stop
+trips (/ami/estop true or /ami/trip_estop); only /ami/reset_estop clears the latch.
+Until a fresh joint state arrives it publishes nothing to the controller.
+
+/ami/safety_state (transient local) carries one word: ok | holding | e-stopped | rejecting.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from ami_ros.core.safety import TUNABLE_NAMES, EStop, Gate, SafetySpec, Violation, Watchdog
+from ami_ros.core.trajectory import Trajectory, TrajectoryError
+from ami_ros.nodes import common
+
+STATES = ("ok", "holding", "e-stopped", "rejecting")
+_LEVEL = {"ok": DiagnosticStatus.OK, "holding": DiagnosticStatus.WARN, "rejecting": DiagnosticStatus.WARN,
+          "e-stopped": DiagnosticStatus.ERROR}
+_TIMEOUT_OF = {"plan_timeout": "plan", "joint_state_timeout": "joint_state", "camera_timeout": "camera"}
+
+
+def param_specs(spec: SafetySpec) -> list[common.ParamSpec]:
+    """The node's parameters: the gate's tunables (ranged so they cannot widen past the
+    hard spec) and the node's own settings; defaults from safety.yaml's safety_node section."""
+    d = spec.node_defaults
+    out = [
+        common.ParamSpec("safety_file", "", "safety spec YAML ('' = the package's config/safety.yaml)", read_only=True),
+        common.ParamSpec("arm_file", "", "arm description YAML ('' = the package's config/arm.yaml)", read_only=True),
+        common.ParamSpec("violation_policy", str(d.get("violation_policy", spec.tunables.violation_policy)),
+                         spec.tunable_description("violation_policy") + " (scale | reject)"),
+    ]
+    for name in TUNABLE_NAMES:
+        if name == "violation_policy":
+            continue
+        out.append(common.ParamSpec(name, float(d.get(name, getattr(spec.tunables, name))),
+                                    spec.tunable_description(name), range=spec.tunable_range(name), kind=float))
+    out += [
+        common.ParamSpec("watch_camera", bool(d.get("watch_camera", True)),
+                         "hold when /camera/image_raw goes stale (false where there is no camera)"),
+        common.ParamSpec("watchdog_rate", float(d.get("watchdog_rate", 50.0)), "watchdog timer rate (Hz)",
+                         range=(1.0, 1000.0), kind=float),
+        common.ParamSpec("diagnostics_period", float(d.get("diagnostics_period", 1.0)),
+                         "period of /diagnostics (s)", range=(0.05, 60.0), kind=float),
+    ]
+    return out
+
+
+class SafetyNode(Node):
+    """``parameter_overrides``: {name: value}; ``safety_file`` / ``arm_file`` override the
+    files the spec is read from (the parameters of the same names do too)."""
+
+    def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "safety_node",
+                 safety_file: str | None = None, arm_file: str | None = None, **node_kwargs):
+        overrides = dict(parameter_overrides or {})
+        safety_file = safety_file or overrides.get("safety_file") or None
+        arm_file = arm_file or overrides.get("arm_file") or None
+        base = SafetySpec.load(safety_file, arm_file)
+        self._specs = {s.name: s for s in param_specs(base)}
+        super().__init__(node_name, parameter_overrides=common.parameter_overrides(self._specs.values(), overrides),
+                         **node_kwargs)
+        p = common.declare_parameters(self, self._specs.values())
+        if p["safety_file"] and p["safety_file"] != safety_file or p["arm_file"] and p["arm_file"] != arm_file:
+            base = SafetySpec.load(p["safety_file"] or None, p["arm_file"] or None)
+        self.spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
+        self.names = self.spec.joint_names
+        self.estop = EStop()
+        self.gate = Gate(self.spec, self.estop)
+        self.watch_camera = bool(p["watch_camera"])
+        self.watchdog = Watchdog(self.spec.deadlines(self.watch_camera))
+
+        self.q: np.ndarray | None = None
+        self.v: np.ndarray | None = None
+        self.state = "holding"
+        self.hold_reason = "waiting for joint_states"
+        self._moving_until: float | None = None  # end of the last commanded motion (node clock)
+        self._holding = True                     # nothing moving commanded
+        self._forced_hold = ""                   # why the gate last forced a hold
+        self._last_rejected = False
+        self.holds_published = 0
+        self.commands_published = 0
+        self._latency_last = self._latency_max = 0.0
+        self._stale: list[str] = []
+
+        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._cmd_pub = self.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", reliable1)
+        self._state_pub = self.create_publisher(String, "/ami/safety_state", latched)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, reliable1)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
+        self.create_subscription(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
+        self.create_subscription(Bool, "/ami/estop", self._on_estop_msg, latched)
+        self.create_service(Trigger, "/ami/trip_estop", self._on_trip)
+        self.create_service(Trigger, "/ami/reset_estop", self._on_reset)
+        self._watchdog_timer = self.create_timer(1.0 / p["watchdog_rate"], self._on_watchdog)
+        self._diag_timer = self.create_timer(p["diagnostics_period"], self._on_diagnostics)
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._publish_state(force=True)
+        self.get_logger().info(
+            f"safety gate up: {len(self.names)} joints, policy {self.spec.tunables.violation_policy}, "
+            f"camera {'watched' if self.watch_camera else 'not watched'}; holding until joint states arrive")
+
+    # ------------------------------------------------------------------ helpers
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _publish_state(self, force: bool = False) -> None:
+        now = self._now()
+        stale = [s for s in self.watchdog.check(now) if s != "plan"]
+        if self.estop.latched:
+            state = "e-stopped"
+        elif stale or self.q is None:
+            state = "holding"
+            self.hold_reason = f"stale input(s): {', '.join(stale) or 'joint_state'}"
+        elif self._forced_hold:  # a hold went out; stays until the next accepted plan
+            state = "holding"
+            self.hold_reason = self._forced_hold
+        elif self._last_rejected:
+            state = "rejecting"
+        else:
+            state = "ok"
+        self._stale = stale
+        if force or state != self.state:
+            self.state = state
+            self._state_pub.publish(String(data=state))
+
+    def _publish_hold(self, reason: str) -> None:
+        """One hold trajectory to the measured position (nothing if none is known yet)."""
+        self._moving_until = None
+        self._forced_hold = self.hold_reason = reason
+        if self._holding:
+            return
+        self._holding = True
+        if self.q is None:
+            return
+        self._cmd_pub.publish(common.trajectory_to_msg(self.gate.hold(self.q)))
+        self.holds_published += 1
+        self.get_logger().warning(f"holding: {reason}")
+
+    def _in_motion(self, now: float) -> bool:
+        return not self._holding and self._moving_until is not None and now <= self._moving_until
+
+    # ------------------------------------------------------------------ inputs
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q, v, _ = common.joint_state_by_name(msg, self.names)
+        except KeyError as e:
+            self.get_logger().warning(f"ignoring joint state: {e}", throttle_duration_sec=5.0)
+            return
+        if not np.all(np.isfinite(q)):
+            self.get_logger().warning("ignoring joint state with NaN / Inf", throttle_duration_sec=5.0)
+            return
+        self.q = q
+        self.v = v if v is not None and np.all(np.isfinite(v)) else np.zeros_like(q)
+        self.watchdog.feed("joint_state", self._now())
+
+    def _on_image(self, msg: Image) -> None:
+        if self.watch_camera:
+            self.watchdog.feed("camera", self._now())
+
+    def _on_plan(self, msg: JointTrajectory) -> None:
+        now = self._now()
+        stale = [s for s in self.watchdog.check(now) if s != "plan"]
+        if self.estop.latched:  # the gate counts it and answers with a hold (already published)
+            q = self.q if self.q is not None else np.full(len(self.names), np.nan)
+            self.gate.gate(Trajectory(list(self.names), np.zeros(0), np.zeros((0, len(self.names)))), q, now)
+            self._publish_hold(f"e-stop latched ({self.estop.reason})")
+            self._last_rejected = True
+            self._publish_state()
+            return
+        if self.q is None or stale:
+            reason = "stale_" + (stale[0] if stale else "joint_state")
+            self._count(reason, f"plan refused: {', '.join(stale) or 'joint_state'} not fresh", now)
+            self._publish_state()
+            return
+        try:
+            traj = common.trajectory_from_msg(msg)
+        except TrajectoryError as e:
+            self._count(e.reason, str(e), now)
+            self._publish_state()
+            return
+        res = self.gate.gate(traj, self.q, now, self.v)
+        self._latency_last = res.latency
+        self._latency_max = max(self._latency_max, res.latency)
+        if res.ok:
+            out = res.trajectory
+            self._cmd_pub.publish(common.trajectory_to_msg(out))
+            self.commands_published += 1
+            start = out.start_time if out.start_time > 0 else now
+            self._moving_until = start + out.duration
+            self._holding = len(out.times) == 1 and np.allclose(out.positions[0], self.q)
+            self.hold_reason = self._forced_hold = ""
+            self._last_rejected = False
+            self.watchdog.feed("plan", now)
+            if res.reason == "scaled":
+                self.get_logger().info(res.message, throttle_duration_sec=2.0)
+        else:
+            self._last_rejected = True
+            self.get_logger().warning(f"plan refused ({res.reason}): {res.message}", throttle_duration_sec=1.0)
+        self._publish_state()
+
+    def _count(self, reason: str, message: str, now: float) -> None:
+        self.gate.rejections[reason] += 1
+        self.gate.last_violation = Violation(reason, message, now)
+        self._last_rejected = not reason.startswith("stale_")  # stale inputs show as "holding"
+        self.get_logger().warning(message, throttle_duration_sec=1.0)
+
+    def _trip(self, reason: str) -> None:
+        if self.estop.trip(reason, self._now()):
+            self.get_logger().error(f"E-STOP latched: {reason}")
+            self._holding = False  # one hold goes out now, even if already holding
+            self._publish_hold(f"e-stop latched ({reason})")
+        self._publish_state()
+
+    def _on_estop_msg(self, msg: Bool) -> None:
+        if msg.data:
+            self._trip("/ami/estop")
+
+    def _on_trip(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._trip("/ami/trip_estop")
+        response.success, response.message = True, "e-stop latched; holding"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        was = self.estop.reset()
+        if was:
+            self._forced_hold = "e-stop reset; waiting for a plan"
+        self._publish_state()
+        response.success = True
+        response.message = "e-stop reset; holding until a new plan" if was else "e-stop was not latched"
+        self.get_logger().info(response.message)
+        return response
+
+    # ------------------------------------------------------------------ timers
+    def _on_watchdog(self) -> None:
+        now = self._now()
+        stale = self.watchdog.check(now)
+        moving = self._in_motion(now)
+        if self.estop.latched and not self._holding:
+            self._publish_hold(f"e-stop latched ({self.estop.reason})")
+        elif moving and stale:
+            self._publish_hold(f"stale input(s) during motion: {', '.join(stale)}")
+        elif not self._holding and self._moving_until is not None and now > self._moving_until:
+            self._moving_until = None  # motion finished; the controller holds the last point
+        self._publish_state()
+
+    def _on_diagnostics(self) -> None:
+        now = self._now()
+        values = {
+            "state": self.state,
+            "hold_reason": self.hold_reason,
+            "estop_latched": self.estop.latched,
+            "estop_reason": self.estop.reason,
+            "violation_policy": self.spec.tunables.violation_policy,
+            "passed": self.gate.passed,
+            "scaled": self.gate.scaled,
+            "rejected": sum(self.gate.rejections.values()),
+            "holds_published": self.holds_published,
+            "stale_inputs": ",".join(self.watchdog.check(now)),
+            "gate_latency_ms": 1000.0 * self._latency_last,
+            "gate_latency_max_ms": 1000.0 * self._latency_max,
+        }
+        values.update({f"rejected.{k}": v for k, v in sorted(self.gate.rejections.items())})
+        lv = self.gate.last_violation
+        values["last_violation"] = f"{lv.reason}: {lv.message}" if lv else ""
+        message = {"ok": "gating plans", "rejecting": "refusing plans", "holding": f"holding: {self.hold_reason}",
+                   "e-stopped": f"e-stop latched: {self.estop.reason}"}[self.state]
+        status = common.diagnostic_status(f"{self.get_name()}: safety gate", _LEVEL[self.state], message, values)
+        self._diag_pub.publish(common.diagnostic_array([status], self.get_clock().now().to_msg()))
+
+    # ------------------------------------------------------------------ parameters
+    def _check_parameters(self, params) -> SetParametersResult:
+        changes = {}
+        for prm in params:
+            spec = self._specs.get(prm.name)
+            if spec is None:
+                continue
+            if spec.read_only:
+                return SetParametersResult(successful=False, reason=f"{prm.name} is read-only (restart the node)")
+            reason = common.check_range(spec, prm.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            if prm.name in TUNABLE_NAMES:
+                changes[prm.name] = prm.value
+        if changes:
+            try:
+                self.spec.with_tunables(**changes)
+            except ValueError as e:
+                return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        changes = {p.name: p.value for p in params if p.name in TUNABLE_NAMES}
+        if changes:
+            self.spec = self.spec.with_tunables(**changes)
+            self.gate.set_spec(self.spec)
+            for name, key in _TIMEOUT_OF.items():
+                if name in changes and key in self.watchdog.deadlines:
+                    self.watchdog.set_deadline(key, getattr(self.spec.tunables, name))
+        for prm in params:
+            if prm.name == "watch_camera":
+                self.watch_camera = bool(prm.value)
+                self.watchdog.set_deadline("camera", self.spec.tunables.camera_timeout if self.watch_camera else None)
+            elif prm.name == "watchdog_rate":
+                self.destroy_timer(self._watchdog_timer)
+                self._watchdog_timer = self.create_timer(1.0 / prm.value, self._on_watchdog)
+            elif prm.name == "diagnostics_period":
+                self.destroy_timer(self._diag_timer)
+                self._diag_timer = self.create_timer(prm.value, self._on_diagnostics)
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SafetyNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""Safety gate core: unit tests and property tests.
+
+Every accepted output is checked by an independent model of the controller: the
+trajectory sampled densely as core.trajectory.TrajectorySampler tracks it (cross-checked
+against it), finite differences at the derivative period for several clock phases.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ami_ros.core.safety import (EStop, Gate, SafetySpec, Watchdog, hold_trajectory)
+from ami_ros.core.trajectory import Trajectory, TrajectorySampler
+
+SPEC = SafetySpec.load()
+NAMES = SPEC.joint_names
+HOME = SPEC.arm.home.copy()
+DOF = len(NAMES)
+TOL = 1e-6
+
+
+# ---------------------------------------------------------------- independent checker
+def sample(traj: Trajectory, q0, ts):
+    """Vectorised TrajectorySampler positions at relative times ``ts`` (v0 = 0)."""
+    if traj.times[0] > 0:
+        kt = np.concatenate([[0.0], traj.times])
+        P = np.vstack([q0, traj.positions])
+        V = None if traj.velocities is None else np.vstack([np.zeros(DOF), traj.velocities])
+    else:
+        kt, P, V = traj.times, traj.positions, traj.velocities
+    out = np.empty((len(ts), DOF))
+    before, after = ts <= kt[0], ts >= kt[-1]
+    out[before], out[after] = P[0], P[-1]
+    mid = ~(before | after)
+    s = ts[mid]
+    i = np.searchsorted(kt, s, side="right") - 1
+    h = (kt[i + 1] - kt[i])[:, None]
+    u = ((s - kt[i])[:, None]) / h
+    p0, p1 = P[i], P[i + 1]
+    if V is None:
+        out[mid] = p0 + u * (p1 - p0)
+    else:
+        m0, m1 = V[i] * h, V[i + 1] * h
+        out[mid] = ((2 * u**3 - 3 * u**2 + 1) * p0 + (u**3 - 2 * u**2 + u) * m0
+                    + (-2 * u**3 + 3 * u**2) * p1 + (u**3 - u**2) * m1)
+    return out
+
+
+def assert_within_limits(spec: SafetySpec, out: Trajectory, q_now, now=0.0, dt=0.002, phases=5, rng=None):
+    rng = rng or np.random.default_rng(0)
+    assert out.joint_names == spec.joint_names
+    assert np.all(np.isfinite(out.positions)) and np.all(np.diff(out.times) > 0) and out.times[0] >= 0
+    if out.start_time != 0:
+        assert 0 < out.start_time - now <= spec.tunables.stamp_tolerance + 1e-9
+    knots = out.times if out.times[0] == 0 else np.concatenate([[0.0], out.times])
+    if len(knots) > 1:
+        assert np.diff(knots).max() <= spec.tunables.max_segment_duration * (1 + 1e-9)
+    assert out.duration <= spec.tunables.max_duration + 1e-9
+    if out.times[0] == 0:
+        np.testing.assert_allclose(out.positions[0], q_now, atol=1e-12)
+    # cross-check the vectorised sampler against the reference one
+    ref = TrajectorySampler(out, q_now, np.zeros(DOF), 0.0)
+    for t in rng.uniform(-0.1, out.duration + 0.1, 5):
+        np.testing.assert_allclose(sample(out, q_now, np.array([t]))[0], ref.sample(t)[0], atol=1e-9)
+    end = out.duration
+    ts = np.arange(-3 * dt, end + 3 * dt, dt)
+    ts = np.unique(np.round(np.concatenate([ts, knots]), 7))  # no near-duplicate times
+    q = sample(out, q_now, ts)
+    # positions
+    assert np.all(q >= spec.q_lo - 1e-9) and np.all(q <= spec.q_hi + 1e-9), "joint position limit"
+    # velocity and tool speed (mean-value: finite differences never exceed the true maximum)
+    d = np.diff(ts)[:, None]
+    v = np.diff(q, axis=0) / d
+    assert np.all(np.abs(v) <= spec.v_lim * (1 + TOL) + 1e-9), f"velocity {np.abs(v).max(axis=0)}"
+    pts = spec.arm.link_positions(q)
+    tool_speed = np.linalg.norm(np.diff(pts[:, -1], axis=0), axis=-1) / d[:, 0]
+    assert tool_speed.max() <= spec.tool_speed_lim * (1 + TOL) + 1e-9, f"tool speed {tool_speed.max()}"
+    # workspace and keep-out for link points and points along the links
+    frac = np.linspace(0, 1, 5)[:, None, None, None]
+    along = pts[None, :, :-1] + frac * (pts[None, :, 1:] - pts[None, :, :-1])   # (5, S, dof, 3)
+    ws = spec.workspace
+    assert np.all(ws.contains(pts)) and np.all(ws.contains(along)), "workspace"
+    for box in spec.keep_out:
+        assert not np.any(box.contains(pts)) and not np.any(box.contains(along)), f"keep-out {box.name}"
+    # acceleration and jerk at the derivative period, several controller clock phases
+    T = spec.hard.derivative_period
+    for phase in np.concatenate([[0.0], rng.uniform(0, T, phases - 1)]):
+        g = np.arange(-4 * T + phase, end + 4 * T, T)
+        qg = sample(out, q_now, g)
+        a = np.diff(qg, 2, axis=0) / T**2
+        j = np.diff(qg, 3, axis=0) / T**3
+        assert np.all(np.abs(a) <= spec.a_lim * (1 + TOL) + 1e-9), f"acceleration {np.abs(a).max(axis=0)}"
+        assert np.all(np.abs(j) <= spec.j_lim * (1 + TOL) + 1e-9), f"jerk {np.abs(j).max(axis=0)}"
+
+
+# ---------------------------------------------------------------- helpers
+def line(q0, dq, n=10, dt=0.1, vel=False, t0=None):
+    t = (np.arange(1, n + 1) * dt) if t0 is None else t0 + np.arange(n) * dt
+    P = q0 + np.outer(np.linspace(1.0 / n, 1.0, n), dq)
+    V = None
+    if vel:
+        V = np.gradient(P, dt, axis=0)
+        V[-1] = 0
+    return Trajectory(list(NAMES), t, P, V)
+
+
+def safe_q(rng, spread=0.4):
+    for _ in range(50):
+        q = HOME + rng.uniform(-spread, spread, DOF)
+        if Gate(SPEC)._path_violation(__import__("ami_ros.core.safety", fromlist=["_pieces"])._pieces(
+                np.array([0.1]), q[None], None, q, np.zeros(DOF))) is None:
+            return q
+    return HOME.copy()
+
+
+# ---------------------------------------------------------------- spec
+def test_spec_loads_hard_limits_from_arm_yaml():
+    np.testing.assert_allclose(SPEC.v_lim, SPEC.arm.v_max)
+    assert SPEC.hard.workspace.lo.tolist() == [-0.3, -0.7, 0.02]
+    assert [b.name for b in SPEC.hard.keep_out] == ["human_zone"]
+    assert SPEC.tunables.violation_policy == "scale"
+    assert SPEC.node_defaults["watch_camera"] is True
+
+
+@pytest.mark.parametrize("name,value", [("velocity_scale", 1.2), ("max_tool_speed", 2.0),
+                                        ("stamp_tolerance", 5.0), ("plan_timeout", 3.0),
+                                        ("max_time_scale", 100.0), ("position_margin", -0.1),
+                                        ("velocity_scale", float("nan")), ("violation_policy", "ignore")])
+def test_tunables_cannot_widen(name, value):
+    with pytest.raises(ValueError):
+        SPEC.with_tunables(**{name: value})
+
+
+def test_tunables_narrow():
+    s = SPEC.with_tunables(velocity_scale=0.5, max_tool_speed=0.3, workspace_margin=0.05)
+    np.testing.assert_allclose(s.v_lim, 0.5 * SPEC.arm.v_max)
+    assert s.tool_speed_lim == 0.3 and s.workspace.lo[2] == pytest.approx(0.07)
+    assert SPEC.tunables.velocity_scale == 1.0  # unchanged
+
+
+def test_bad_safety_file(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("safety: {workspace: {x: [1, 0], y: [0, 1], z: [0, 1]}}\n")
+    with pytest.raises(ValueError, match="s.yaml"):
+        SafetySpec.load(str(p))
+
+
+# ---------------------------------------------------------------- gate unit tests
+def test_slow_line_passes_unchanged():
+    g = Gate(SPEC)
+    t = line(HOME, [0.02, 0.0, 0.0, 0.0, 0.0, 0.0], n=10, dt=0.1, vel=True)
+    r = g.gate(t, HOME, 0.0)
+    assert r.ok and r.reason == "ok" and r.time_scale == 1.0
+    np.testing.assert_array_equal(r.trajectory.times, t.times)
+    assert_within_limits(SPEC, r.trajectory, HOME)
+
+
+def test_fast_line_is_scaled_and_velocities_divided():
+    g = Gate(SPEC)
+    t = line(HOME, [0.3, 0.2, -0.2, 0.2, 0.3, 0.3], n=5, dt=0.1, vel=True)
+    r = g.gate(t, HOME, 0.0)
+    assert r.ok and r.reason == "scaled" and r.time_scale > 1
+    np.testing.assert_allclose(r.trajectory.times[-1], t.times[-1] * r.time_scale)
+    # same path: the sampled positions at scaled times match
+    np.testing.assert_allclose(sample(r.trajectory, HOME, t.times * r.time_scale), t.positions, atol=1e-9)
+    assert_within_limits(SPEC, r.trajectory, HOME)
+    # the smallest factor: 1% less fails
+    s = Gate._scaled(t, r.time_scale * 0.99)
+    from ami_ros.core.safety import _pieces
+    assert g._dynamics_violation(_pieces(s.times, s.positions, s.velocities, HOME, np.zeros(DOF)))
+
+
+def test_reject_policy():
+    g = Gate(SPEC.with_tunables(violation_policy="reject"))
+    r = g.gate(line(HOME, [0.3, 0.2, -0.2, 0.2, 0.3, 0.3], n=5, vel=True), HOME, 0.0)
+    assert not r.ok and r.trajectory is None and r.reason in ("velocity_limit", "acceleration_limit", "jerk_limit", "tool_speed")
+    assert g.rejections[r.reason] == 1 and g.last_violation.reason == r.reason
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda t: Trajectory(t.joint_names, t.times, t.positions * np.nan), "non_finite"),
+    (lambda t: Trajectory(t.joint_names[:-1] + ["bogus"], t.times, t.positions), "unknown_joint"),
+    (lambda t: Trajectory(t.joint_names, t.times[::-1].copy(), t.positions), "non_monotonic_time"),
+    (lambda t: Trajectory(t.joint_names, t.times, t.positions + [0, 0, 0, 0, 0, 4.0]), "position_limit"),
+    (lambda t: Trajectory(t.joint_names, t.times * 10, t.positions), "segment_too_long"),
+    (lambda t: Trajectory(t.joint_names, t.times, t.positions, None, 100.0), "future_stamp"),
+    (lambda t: Trajectory(t.joint_names, t.times, t.positions, None, 5.0), "stale_stamp"),
+    (lambda t: Trajectory(t.joint_names, t.times - t.times[0], t.positions + 0.1), "start_mismatch"),
+])
+def test_refusals(mutate, reason):
+    g = Gate(SPEC)
+    r = g.gate(mutate(line(HOME, [0.02] * 6)), HOME, 10.0)
+    assert not r.ok and r.reason == reason and r.trajectory is None, r.message
+    assert g.rejections[reason] == 1
+
+
+def test_reordered_names_are_mapped_by_name():
+    g = Gate(SPEC)
+    t = line(HOME, [0.05, 0, 0, 0, 0, -0.05], n=5, dt=0.2)
+    perm = [5, 0, 3, 2, 4, 1]
+    r = g.gate(Trajectory([NAMES[i] for i in perm], t.times, t.positions[:, perm]), HOME, 0.0)
+    assert r.ok
+    np.testing.assert_allclose(r.trajectory.positions[-1], t.positions[-1])
+
+
+def test_keep_out_and_workspace():
+    g = Gate(SPEC)
+    # turn the arm toward -y while reaching out: the tool enters the human zone
+    q = HOME.copy()
+    goal = HOME + [-1.5, 0, -0.8, -0.4, 0, 0]
+    r = g.gate(Trajectory(NAMES, np.arange(1, 21) * 0.25, q + np.outer(np.linspace(0.05, 1, 20), goal - q)), q, 0.0)
+    assert not r.ok and r.reason == "keep_out", r.message
+    # dive into the table
+    goal = HOME + [0, 0.9, 0.5, 0, 0, 0]
+    r = g.gate(Trajectory(NAMES, np.arange(1, 21) * 0.25, q + np.outer(np.linspace(0.05, 1, 20), goal - q)), q, 0.0)
+    assert not r.ok and r.reason == "workspace", r.message
+
+
+def test_between_points_overshoot_is_caught():
+    """Points inside the limits, a cubic between them outside: refused."""
+    g = Gate(SPEC)
+    q = HOME.copy()
+    q[5] = 2.7
+    P = np.vstack([q, q])
+    V = np.zeros((2, DOF))
+    V[0, 5] = 2.4  # huge overshoot beyond 2.8 between the points
+    r = g.gate(Trajectory(NAMES, np.array([0.0, 0.4]), P, V), q, 0.0, v_now=V[0])
+    assert not r.ok and r.reason == "position_limit", r.reason
+
+
+def test_scaling_splits_long_segments():
+    g = Gate(SPEC)
+    t = line(HOME, [0.8, 0, 0, 0, 0, 0], n=4, dt=0.4)
+    r = g.gate(t, HOME, 0.0)
+    assert r.ok and r.reason == "scaled"
+    assert np.diff(np.concatenate([[0], r.trajectory.times])).max() <= 0.5 + 1e-9
+    assert_within_limits(SPEC, r.trajectory, HOME)
+
+
+def test_too_long_after_scaling():
+    g = Gate(SPEC.with_tunables(max_duration=2.0))
+    r = g.gate(line(HOME, [0.8, 0, 0, 0, 0, 0], n=4, dt=0.4), HOME, 0.0)
+    assert not r.ok and r.reason == "too_long"
+
+
+def test_past_stamp_within_tolerance_starts_now_future_kept():
+    g = Gate(SPEC)
+    t = line(HOME, [0.02] * 6)
+    t.start_time = 9.5
+    assert g.gate(t, HOME, 10.0).trajectory.start_time == 0.0
+    t.start_time = 10.5
+    assert g.gate(t, HOME, 10.0).trajectory.start_time == 10.5
+
+
+def test_estop_latches_hold_only():
+    e = EStop()
+    g = Gate(SPEC, e)
+    assert e.trip("test", 1.0) and e.latched and not e.trip("again")
+    r = g.gate(line(HOME, [0.02] * 6), HOME, 0.0)
+    assert not r.ok and r.reason == "estop_latched"
+    assert len(r.trajectory.times) == 1 and np.allclose(r.trajectory.positions[0], HOME)
+    assert e.latched
+    assert e.reset() and not e.latched and not e.reset()
+    assert g.gate(line(HOME, [0.02] * 6), HOME, 0.0).ok
+
+
+def test_hold_trajectory():
+    h = hold_trajectory(HOME, NAMES, 0.05)
+    assert h.times.tolist() == [0.05] and np.all(h.velocities == 0) and h.start_time == 0
+    r = Gate(SPEC).gate(h, HOME, 0.0)
+    assert r.ok and r.reason == "ok"
+
+
+def test_watchdog():
+    w = Watchdog({"plan": 0.5, "joint_state": 0.2})
+    assert w.check(0.0) == ["plan", "joint_state"]
+    w.feed("plan", 0.0)
+    w.feed("joint_state", 0.0)
+    assert w.check(0.2) == []
+    assert w.check(0.3) == ["joint_state"]
+    w.feed("joint_state", 0.4)
+    assert w.check(0.55) == ["plan"]
+    with pytest.raises(KeyError):
+        w.feed("camera", 0.0)
+    w.set_deadline("camera", 0.5)
+    assert "camera" in w.check(0.55)
+    w.set_deadline("camera", None)
+    assert "camera" not in w.check(0.55)
+
+
+# ---------------------------------------------------------------- property tests
+KINDS = ["smooth", "fast", "huge_jump", "tiny_dt", "nan", "unknown_name", "reordered",
+         "out_of_range", "keep_out", "stamp", "at_zero", "random_walk"]
+
+
+def random_trajectory(rng, kind):
+    q0 = safe_q(rng)
+    n = int(rng.integers(1, 12))
+    dt = rng.choice([rng.uniform(0.02, 0.3), rng.uniform(0.001, 0.02), rng.uniform(0.3, 0.55)])
+    times = np.cumsum(np.full(n, dt) * rng.uniform(0.5, 1.5, n))
+    step = {"smooth": 0.02, "fast": 0.3, "huge_jump": 3.0, "random_walk": 0.1}.get(kind, 0.1)
+    pos = q0 + np.cumsum(rng.normal(0, step, (n, DOF)), axis=0)
+    vel = None
+    if rng.random() < 0.5:
+        vel = rng.normal(0, 1.0, (n, DOF)) if rng.random() < 0.3 else (np.gradient(pos, axis=0) / max(dt, 1e-3) if n > 1 else np.zeros((n, DOF)))
+        if rng.random() < 0.5:
+            vel[-1] = 0
+    names = list(NAMES)
+    start = 0.0
+    if kind == "tiny_dt":
+        times = np.cumsum(rng.uniform(1e-6, 1e-3, n))
+    elif kind == "nan":
+        pos[rng.integers(n), rng.integers(DOF)] = rng.choice([np.nan, np.inf])
+    elif kind == "unknown_name":
+        names[rng.integers(DOF)] = "ghost_joint"
+    elif kind == "reordered":
+        perm = rng.permutation(DOF)
+        names = [names[i] for i in perm]
+        pos = pos[:, perm]
+        vel = None if vel is None else vel[:, perm]
+        q0_sorted = q0
+        return Trajectory(names, times, pos, vel, start), q0_sorted
+    elif kind == "out_of_range":
+        pos[rng.integers(n), rng.integers(DOF)] = rng.choice([-1, 1]) * rng.uniform(2.5, 10)
+    elif kind == "keep_out":
+        pos = q0 + np.outer(np.linspace(0.1, 1, n), [-rng.uniform(1.0, 2.0), rng.uniform(0, 0.8), 0, 0, 0, 0])
+    elif kind == "stamp":
+        start = 100.0 + rng.uniform(-3, 3)
+    elif kind == "at_zero":
+        times = times - times[0]
+        pos[0] = q0 + rng.normal(0, 0.01, DOF)
+    return Trajectory(names, times, pos, vel, start), q0
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**32 - 1), kind=st.sampled_from(KINDS),
+       policy=st.sampled_from(["scale", "scale", "reject"]))
+def test_property_every_output_within_limits(seed, kind, policy):
+    rng = np.random.default_rng(seed)
+    spec = SPEC.with_tunables(violation_policy=policy)
+    traj, q0 = random_trajectory(rng, kind)
+    g = Gate(spec)
+    r = g.gate(traj, q0, 100.0)
+    if not r.ok:
+        assert r.trajectory is None and r.reason and g.rejections[r.reason] == 1
+        return
+    assert r.reason in ("ok", "scaled")
+    if policy == "reject":
+        assert r.time_scale == 1.0
+    assert_within_limits(spec, r.trajectory, q0, now=100.0, rng=rng)
+    if r.reason == "ok":  # passed unchanged only when it was within limits as given
+        np.testing.assert_allclose(r.trajectory.times, traj.times)
+
+
+finite = st.floats(-3.0, 3.0, allow_nan=False)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(deltas=st.lists(st.lists(finite, min_size=DOF, max_size=DOF), min_size=1, max_size=6),
+       dts=st.lists(st.floats(1e-4, 0.6), min_size=6, max_size=6),
+       with_vel=st.booleans(), vscale=st.floats(-3, 3))
+def test_property_hypothesis_native(deltas, dts, with_vel, vscale):
+    n = len(deltas)
+    times = np.cumsum(dts[:n])
+    pos = HOME + 0.2 * np.asarray(deltas)
+    vel = np.full((n, DOF), vscale) if with_vel else None
+    r = Gate(SPEC).gate(Trajectory(NAMES, times, pos, vel), HOME, 0.0)
+    if r.ok:
+        assert_within_limits(SPEC, r.trajectory, HOME, phases=3)
+    else:
+        assert r.trajectory is None
+
+
+def test_many_plausible_plans_are_accepted():
+    """The gate is not vacuous: realistic slow plans mostly pass (possibly scaled)."""
+    rng = np.random.default_rng(1)
+    g = Gate(SPEC)
+    ok = 0
+    for _ in range(50):
+        q0 = safe_q(rng, 0.2)
+        r = g.gate(line(q0, rng.normal(0, 0.05, DOF), n=10, dt=0.1, vel=True), q0, 0.0)
+        ok += r.ok
+        if r.ok:
+            assert_within_limits(SPEC, r.trajectory, q0)
+    assert ok >= 40, g.rejections

@@ -1,0 +1,289 @@
+"""SafetyNode on a real rclpy graph: gating, refusals, watchdog hold, latched e-stop, parameters.
+
+One private rclpy context on its own ROS domain (DOMAIN_ID); one executor thread spins
+the safety node and a probe node that plays planner, arm (joint states) and operator.
+Tests run in file order on one node (the first one checks the start-up state).
+"""
+import os
+import threading
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from sensor_msgs.msg import JointState  # noqa: E402
+from std_msgs.msg import Bool, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from ami_ros.core.trajectory import Trajectory  # noqa: E402
+from ami_ros.nodes import common  # noqa: E402
+
+pytestmark = pytest.mark.ros
+DOMAIN_ID = 41  # unique to this module
+
+
+class Probe(Node):
+    def __init__(self, context, names, q):
+        super().__init__("safety_probe", context=context)
+        self.names, self.q = list(names), np.array(q, dtype=float)
+        self.cond = threading.Condition()
+        self.commands: deque = deque(maxlen=100)
+        self.states: deque = deque(maxlen=100)
+        self.diags: deque = deque(maxlen=10)
+        self.publish_states = False
+        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.plan_pub = self.create_publisher(JointTrajectory, "/ami/plan", reliable1)
+        self.js_pub = self.create_publisher(JointState, "/joint_states", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.estop_pub = self.create_publisher(Bool, "/ami/estop", latched)
+        self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._store(self.commands), reliable1)
+        self.create_subscription(String, "/ami/safety_state", self._store(self.states), latched)
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._store(self.diags), 10)
+        self.trip = self.create_client(Trigger, "/ami/trip_estop")
+        self.reset = self.create_client(Trigger, "/ami/reset_estop")
+        self.create_timer(0.02, self._on_timer)
+
+    def _store(self, queue):
+        def cb(msg):
+            with self.cond:
+                queue.append(msg)
+                self.cond.notify_all()
+        return cb
+
+    def _on_timer(self):
+        if self.publish_states:
+            self.js_pub.publish(common.joint_state_msg(self.names, self.q, np.zeros(len(self.q)),
+                                                       stamp=self.get_clock().now().to_msg()))
+
+    def wait_for(self, predicate, timeout=5.0, what="condition"):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+                self.cond.wait(min(left, 0.05))
+
+    def state(self):
+        return self.states[-1].data if self.states else None
+
+    def wait_state(self, word, timeout=5.0):
+        try:
+            self.wait_for(lambda: self.state() == word, timeout, f"safety state {word!r}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}; states seen: {[m.data for m in self.states]}") from None
+
+    def wait_command(self, n_before, timeout=5.0):
+        return self.wait_for(lambda: len(self.commands) > n_before and self.commands[-1], timeout, "a gated command")
+
+    def call(self, client):
+        assert client.wait_for_service(timeout_sec=5.0)
+        fut = client.call_async(Trigger.Request())
+        self.wait_for(fut.done, 5.0, client.srv_name)
+        return fut.result()
+
+
+def plan_msg(names, q0, dq, n=10, dt=0.1, perm=None, stamp=0.0):
+    times = np.arange(1, n + 1) * dt
+    pos = q0 + np.outer(np.linspace(1.0 / n, 1.0, n), dq)
+    order = np.arange(len(names)) if perm is None else np.asarray(perm)
+    return common.trajectory_to_msg(Trajectory([names[i] for i in order], times, pos[:, order], None, stamp))
+
+
+@pytest.fixture(scope="module")
+def graph():
+    from ami_ros.nodes.safety_node import SafetyNode
+
+    saved = os.environ.get("ROS_DOMAIN_ID")
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
+    node = SafetyNode({"watch_camera": False}, context=ctx)
+    probe = Probe(ctx, node.names, node.spec.arm.home)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    ex.add_node(probe)
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set() and ctx.ok():
+            ex.spin_once(timeout_sec=0.05)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    try:
+        probe.wait_for(lambda: probe.plan_pub.get_subscription_count() >= 1
+                       and probe.js_pub.get_subscription_count() >= 1
+                       and probe.estop_pub.get_subscription_count() >= 1, 10.0, "the safety node's subscriptions")
+        yield node, probe
+    finally:
+        stop.set()
+        thread.join(timeout=5.0)
+        ex.shutdown()
+        probe.destroy_node()
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        if saved is None:
+            os.environ.pop("ROS_DOMAIN_ID", None)
+        else:
+            os.environ["ROS_DOMAIN_ID"] = saved
+
+
+def test_starts_holding_until_joint_state(graph):
+    node, probe = graph
+    probe.wait_state("holding")
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
+    probe.wait_for(lambda: node.gate.rejections["stale_joint_state"] >= 1, 5.0, "refusal without joint state")
+    assert len(probe.commands) == 0  # nothing commanded before a joint state
+    probe.publish_states = True
+    probe.wait_state("ok")
+
+
+def test_plan_is_gated_and_forwarded_by_name(graph):
+    node, probe = graph
+    n = len(probe.commands)
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.05, 0.02, -0.02, 0.02, 0.03, 0.03],
+                                    perm=[3, 1, 5, 0, 2, 4]))
+    cmd = probe.wait_command(n)
+    assert list(cmd.joint_names) == node.names
+    out = common.trajectory_from_msg(cmd)
+    np.testing.assert_allclose(out.positions[-1], probe.q + [0.05, 0.02, -0.02, 0.02, 0.03, 0.03], atol=1e-9)
+    # too fast: time-scaled, never passed unchanged
+    n = len(probe.commands)
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.6, 0, 0, 0, 0, 0], n=3, dt=0.1))
+    out = common.trajectory_from_msg(probe.wait_command(n))
+    assert out.times[-1] > 0.3 + 1e-6
+    assert node.gate.scaled >= 1
+
+
+def test_bad_plan_is_refused_and_counted(graph):
+    node, probe = graph
+    n = len(probe.commands)
+    before = node.gate.rejections["position_limit"]
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0, 0, 0, 0, 0, 5.0]))
+    probe.wait_for(lambda: node.gate.rejections["position_limit"] == before + 1, 5.0, "position_limit refusal")
+    probe.wait_state("rejecting")
+    # nothing moving goes out (a hold may: the previous motion loses its plan feed)
+    assert all(len(m.points) == 1 for m in list(probe.commands)[n:])
+    # unknown joint names, too
+    msg = plan_msg(node.names, probe.q, [0.01] * 6)
+    msg.joint_names[2] = "ghost_joint"
+    probe.plan_pub.publish(msg)
+    probe.wait_for(lambda: node.gate.rejections["unknown_joint"] >= 1, 5.0, "unknown_joint refusal")
+
+    def diag_counts():
+        for d in probe.diags:
+            vals = common.diagnostic_values(d.status[0])
+            if vals.get("rejected.position_limit") and vals.get("rejected.unknown_joint"):
+                return vals
+        return None
+    vals = probe.wait_for(diag_counts, 3.0, "diagnostics with the refusal counts")
+    assert int(vals["rejected.position_limit"]) >= 1 and "last_violation" in vals and "gate_latency_ms" in vals
+    assert all(len(m.points) == 1 for m in list(probe.commands)[n:])
+
+
+def test_stale_joint_state_during_motion_holds(graph):
+    node, probe = graph
+    n = len(probe.commands)
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.2, 0, 0, 0, 0, 0], n=5, dt=0.4))
+    probe.wait_command(n)
+    probe.wait_state("ok")
+    n = len(probe.commands)
+    probe.publish_states = False
+    hold = common.trajectory_from_msg(probe.wait_command(n, timeout=3.0))
+    assert len(hold.times) == 1
+    np.testing.assert_allclose(hold.positions[0], probe.q)
+    probe.wait_state("holding")
+    assert node.holds_published >= 1 and "joint_state" in node.hold_reason
+    probe.publish_states = True
+    # fresh inputs again: a new plan goes through
+    probe.wait_for(lambda: not node.watchdog.check(node._now()) or node.watchdog.check(node._now()) == ["plan"],
+                   3.0, "fresh joint states")
+    n = len(probe.commands)
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
+    probe.wait_command(n)
+    probe.wait_state("ok")
+
+
+def test_estop_latches_and_only_reset_clears(graph):
+    node, probe = graph
+    n = len(probe.commands)
+    probe.estop_pub.publish(Bool(data=True))
+    probe.wait_state("e-stopped")
+    hold = common.trajectory_from_msg(probe.wait_command(n))
+    assert len(hold.times) == 1
+    probe.estop_pub.publish(Bool(data=False))  # does not clear
+    n = len(probe.commands)
+    before = node.gate.rejections["estop_latched"]
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
+    probe.wait_for(lambda: node.gate.rejections["estop_latched"] == before + 1, 5.0, "estop refusal")
+    assert node.estop.latched and probe.state() == "e-stopped"
+    assert all(len(m.points) == 1 for m in list(probe.commands)[n:])  # only holds
+    res = probe.call(probe.reset)
+    assert res.success
+    probe.wait_for(lambda: probe.state() != "e-stopped", 3.0, "e-stop cleared")
+    assert not node.estop.latched
+    # trip by service, reset again
+    assert probe.call(probe.trip).success
+    probe.wait_state("e-stopped")
+    assert probe.call(probe.reset).success and not node.estop.latched
+    n = len(probe.commands)
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
+    probe.wait_command(n)
+    probe.wait_state("ok")
+
+
+def test_parameters_cannot_widen(graph):
+    node, probe = graph
+    for name, value in (("velocity_scale", 1.5), ("max_tool_speed", 3.0), ("plan_timeout", 10.0),
+                        ("position_margin", -0.1)):
+        old = node.get_parameter(name).value
+        res = node.set_parameters([Parameter(name, value=value)])[0]
+        assert not res.successful and res.reason, name
+        assert node.get_parameter(name).value == old
+    res = node.set_parameters([Parameter("violation_policy", value="ignore")])[0]
+    assert not res.successful and "violation_policy" in res.reason
+    res = node.set_parameters([Parameter("velocity_scale", value=0.5)])[0]
+    assert res.successful
+    np.testing.assert_allclose(node.gate.spec.v_lim, 0.5 * node.spec.arm.v_max)
+    # descriptors carry the ranges
+    d = node.describe_parameter("max_tool_speed")
+    assert d.floating_point_range[0].to_value == node.spec.hard.max_tool_speed and d.description
+    assert node.set_parameters([Parameter("velocity_scale", value=1.0)])[0].successful
+
+
+def test_config_is_a_params_file_and_widening_override_fails():
+    """config/safety.yaml parses as a ROS 2 params file; an override past a hard limit stops the node."""
+    from rclpy.exceptions import InvalidParameterValueException
+
+    from ami_ros.core.safety import default_safety_file
+    from ami_ros.nodes.safety_node import SafetyNode
+
+    for extra, ok in ((["-p", "velocity_scale:=0.7"], True), (["-p", "max_tool_speed:=5.0"], False)):
+        ctx = Context()
+        rclpy.init(args=["--ros-args", "--params-file", default_safety_file(), *extra], context=ctx,
+                   domain_id=DOMAIN_ID + 1)
+        try:
+            if ok:
+                n = SafetyNode(context=ctx, node_name="safety_node")
+                assert n.spec.tunables.velocity_scale == 0.7 and n.watch_camera
+                assert [b.name for b in n.spec.hard.keep_out] == ["human_zone"]
+                n.destroy_node()
+            else:
+                with pytest.raises(InvalidParameterValueException):
+                    SafetyNode(context=ctx, node_name="safety_node")
+        finally:
+            rclpy.try_shutdown(context=ctx)
