@@ -3,10 +3,13 @@
 Embedding of one time step: z = [z_vis | z_prop]
   z_vis (Dv) from the camera frame alone, so a goal *image* has one too;
   z_prop (Dp) from the joint state (positions and velocities).
-The fine predictor maps the last ``history`` embeddings and one action (a change
-of joint targets over one control step) to the next embedding; the coarse
-predictor jumps ``k_coarse`` control steps at once from the current embedding,
-its k actions concatenated. Nothing is ever predicted in pixel space.
+The fine predictor maps the visual parts of the last ``history`` embeddings and
+one action (a change of joint targets over one control step) to the whole next
+embedding; the coarse predictor jumps ``k_coarse`` control steps at once from the
+current embedding, its k actions concatenated. The predictors never see z_prop:
+to predict the next joint-state embedding from vision, z_vis has to carry the
+arm's state, which is what a goal image must convey to the planner. Nothing is
+ever predicted in pixel space.
 """
 from __future__ import annotations
 
@@ -100,22 +103,28 @@ class AdaLNBlock(nn.Module):
 
 
 class Predictor(nn.Module):
-    """(B, h, D) embedding history + (B, a) action -> (B, D) next embedding (residual)."""
+    """(B, h, D) embedding history + (B, a) action -> (B, D) next embedding.
 
-    def __init__(self, embed_dim: int, history: int, action_dim: int, width: int, cond: int, blocks: int):
+    Reads only the visual dims of the history (the first ``vis_dim``); the visual
+    part of the output is residual on the last visual embedding."""
+
+    def __init__(self, embed_dim: int, vis_dim: int, history: int, action_dim: int, width: int, cond: int,
+                 blocks: int):
         super().__init__()
-        self.history, self.action_dim = history, action_dim
-        self.inp = nn.Linear(history * embed_dim, width)
+        self.history, self.action_dim, self.vis_dim = history, action_dim, vis_dim
+        self.inp = nn.Linear(history * vis_dim, width)
         self.act = nn.Sequential(nn.Linear(action_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.blocks = nn.ModuleList(AdaLNBlock(width, cond) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
 
     def forward(self, z_hist: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = self.inp(z_hist.flatten(1))              # (B, W)
+        v = z_hist[..., :self.vis_dim]                # (B, h, Dv)
+        x = self.inp(v.flatten(1))                   # (B, W)
         c = self.act(action)                         # (B, C)
         for blk in self.blocks:
             x = blk(x, c)
-        return z_hist[:, -1] + self.out(x)           # (B, D)
+        out = self.out(x)                            # (B, D)
+        return torch.cat([v[:, -1] + out[:, :self.vis_dim], out[:, self.vis_dim:]], -1)
 
 
 class WorldModel(nn.Module):
@@ -126,8 +135,9 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         D, A = cfg.embed_dim, cfg.dof
-        self.fine = Predictor(D, cfg.history, A, cfg.pred_width, cfg.pred_cond, cfg.pred_blocks)
-        self.coarse = Predictor(D, 1, cfg.k_coarse * A, cfg.pred_width, cfg.pred_cond, cfg.pred_blocks)
+        Dv, W, C, N = cfg.vis_dim, cfg.pred_width, cfg.pred_cond, cfg.pred_blocks
+        self.fine = Predictor(D, Dv, cfg.history, A, W, C, N)
+        self.coarse = Predictor(D, Dv, 1, cfg.k_coarse * A, W, C, N)
 
     # planner-facing attributes
     @property

@@ -141,13 +141,22 @@ def image_msg(rgb: np.ndarray, stamp: TimeMsg | None = None, frame_id: str = "")
 
 
 def image_to_array(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image rgb8 / bgr8 / mono8 -> (H, W, C) uint8 (rgb order for colour)."""
+    """sensor_msgs/Image rgb8 / bgr8 / mono8 -> (H, W, C) uint8 (rgb order for colour).
+
+    rgb8 and mono8 come back without a copy: a view of ``msg.data`` (kept alive by the
+    array; strided when ``step`` has row padding). Copy it before changing it in place.
+    bgr8 is reordered into a new array.
+    """
     channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
     if channels is None:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}")
-    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    img = buf.reshape(msg.height, msg.step)[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
-    return img[..., ::-1].copy() if msg.encoding == "bgr8" else img.copy()
+    row = msg.width * channels
+    if msg.step < row or len(msg.data) < msg.height * msg.step:
+        raise ValueError(f"image data too short: {len(msg.data)} bytes for {msg.height} rows of step {msg.step} "
+                         f"({msg.width} x {msg.encoding})")
+    buf = np.frombuffer(msg.data, dtype=np.uint8, count=msg.height * msg.step)
+    img = buf.reshape(msg.height, msg.step)[:, :row].reshape(msg.height, msg.width, channels)
+    return img[..., ::-1].copy() if msg.encoding == "bgr8" else img
 
 
 def camera_info_msg(K: np.ndarray, width: int, height: int, stamp: TimeMsg | None = None,

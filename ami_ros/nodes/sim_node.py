@@ -226,6 +226,21 @@ class SimNode(Node):
         self._info_pub.publish(common.camera_info_msg(K, img.shape[1], img.shape[0], stamp, CAMERA_FRAME))
         self._meters["camera"].tick()
 
+    def render_configuration(self, q) -> np.ndarray:
+        """Image of the scene with the arm at ``q`` and everything else as it is now
+        (a goal image); thread-safe, the simulation itself is not disturbed."""
+        with self._lock:
+            if self.sim is None:
+                raise RuntimeError("simulator closed")
+            try:
+                return self.sim.render_configuration(np.asarray(q, dtype=np.float64))
+            finally:
+                _release_gl_context()
+
+    def tool_position_at(self, q) -> np.ndarray:
+        """Forward kinematics of the tool point at ``q`` (world frame)."""
+        return self.spec.tool_position(np.asarray(q, dtype=np.float64))
+
     def _on_joint_states(self) -> None:
         with self._lock:
             if self.sim is None:

@@ -1,0 +1,201 @@
+"""encoder_node: camera frames + joint states -> stamped JEPA embeddings.
+
+Subscribes
+  /camera/image_raw  sensor_msgs/Image (rgb8, bgr8, mono8; any size, resized to the model's)  sensor data QoS, depth 1
+  /joint_states      sensor_msgs/JointState (mapped by name to the model's joints)            reliable, depth 10
+Publishes
+  /ami/embedding     sensor_msgs/Image 32FC1, 1 x D: header.stamp = the source frame's stamp,
+                     header.frame_id = the model id                                           reliable, depth 1
+  /diagnostics
+
+Frames are never queued: the subscription keeps only the newest, and a frame
+older than ``max_frame_age_s`` when its turn comes is dropped and counted. A
+frame without a fresh, finite joint state of every model joint is dropped too.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+
+from ami_ros.nodes import common
+
+PARAMS = [
+    common.ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
+    common.ParamSpec("backend", "torch", "Inference backend: torch or onnx (ONNX Runtime; TensorRT/CUDA "
+                     "execution providers where present, CPU otherwise).", read_only=True),
+    common.ParamSpec("device", "auto", "auto, cpu, cuda or tensorrt.", read_only=True),
+    common.ParamSpec("max_frame_age_s", 0.2, "Frames older than this when processed are dropped.", (0.01, 10.0)),
+    common.ParamSpec("max_joint_state_age_s", 0.2, "A frame needs a joint state at most this old.", (0.01, 10.0)),
+    common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
+]
+_SPECS = {s.name: s for s in PARAMS}
+BACKENDS = ("torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+
+
+class EncoderNode(Node):
+    def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "encoder_node", **kw):
+        super().__init__(node_name, parameter_overrides=common.parameter_overrides(PARAMS, parameter_overrides), **kw)
+        import torch
+
+        from ami_ros.core.model_io import load_model
+        from ami_ros.nodes.model_path import resolve_model_path
+
+        p = common.declare_parameters(self, PARAMS)
+        for name, value in p.items():
+            reason = common.check_range(_SPECS[name], value)
+            if reason:
+                raise ValueError(reason)
+        if p["backend"] not in BACKENDS or p["device"] not in DEVICES:
+            raise ValueError(f"backend must be one of {BACKENDS} and device one of {DEVICES}")
+        if p["threads"]:
+            torch.set_num_threads(p["threads"])
+        self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"])
+        self.model_id = self.model.model_id
+        self.joint_names = self.model.joint_names
+        self.size = self.model.cfg.image_size
+        self._torch = torch
+        self._lock = threading.Lock()
+        self._joint = None            # (t, q, qd)
+        self.counts = {"embeddings": 0, "dropped_stale": 0, "dropped_no_joint_state": 0, "refused_image": 0,
+                       "refused_joint_state": 0}
+        self._latency = []
+        now = time.monotonic()
+        self._meters = {k: common.RateMeter(now) for k in ("frames", "embeddings")}
+        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        camera_qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
+                                history=HistoryPolicy.KEEP_LAST, durability=qos_profile_sensor_data.durability)
+        self._pub = self.create_publisher(Image, "/ami/embedding", reliable1)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
+        self.create_subscription(Image, "/camera/image_raw", self._on_image, camera_qos)
+        self.create_timer(1.0, self._on_diagnostics)
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.get_logger().info(f"encoder ready: model {self.model_id} ({p['backend']}), "
+                               f"{self.size}x{self.size} frames -> {self.model.embed_dim}-d embeddings")
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q, qd, _ = common.joint_state_by_name(msg, self.joint_names)
+            if qd is None:
+                qd = np.zeros_like(q)
+            if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
+                raise ValueError("NaN or Inf in the joint state")
+        except (KeyError, ValueError) as e:
+            self.counts["refused_joint_state"] += 1
+            self.get_logger().warning(f"joint state refused: {e}", throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self._joint = (self._now(), q, qd)
+
+    def _on_image(self, msg: Image) -> None:
+        self._meters["frames"].tick()
+        now = self._now()
+        stamp = common.stamp_to_seconds(msg.header.stamp)
+        age = now - stamp
+        if stamp > 0 and age > self.get_parameter("max_frame_age_s").value:
+            self.counts["dropped_stale"] += 1
+            return
+        with self._lock:
+            joint = self._joint
+        if joint is None or now - joint[0] > self.get_parameter("max_joint_state_age_s").value:
+            self.counts["dropped_no_joint_state"] += 1
+            self.get_logger().warning("no fresh joint state; frame dropped", throttle_duration_sec=2.0)
+            return
+        try:
+            frame = common.image_to_array(msg)
+            if frame.shape[2] == 1:
+                frame = np.repeat(frame, 3, axis=2)
+            frame = common.resize_image(frame, self.size)
+        except ValueError as e:
+            self.counts["refused_image"] += 1
+            self.get_logger().warning(f"image refused: {e}", throttle_duration_sec=2.0)
+            return
+        t0 = time.perf_counter()
+        torch = self._torch
+        img = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
+        z = self.model.encode(img, torch.as_tensor(joint[1][None], dtype=torch.float32),
+                              torch.as_tensor(joint[2][None], dtype=torch.float32))[0].cpu().numpy()
+        self._latency.append(time.perf_counter() - t0)
+        self._pub.publish(embedding_msg(z, msg.header.stamp, self.model_id))
+        self.counts["embeddings"] += 1
+        self._meters["embeddings"].tick()
+
+    def _on_diagnostics(self) -> None:
+        now = time.monotonic()
+        lat = np.array(self._latency[-200:]) * 1000 if self._latency else np.zeros(1)
+        self._latency = self._latency[-200:]
+        values = {"model_id": self.model_id, "backend": self.model.backend,
+                  "frame_rate_hz": self._meters["frames"].rate(now),
+                  "embedding_rate_hz": self._meters["embeddings"].rate(now),
+                  "encode_ms_p50": float(np.percentile(lat, 50)), "encode_ms_p95": float(np.percentile(lat, 95)),
+                  **self.counts}
+        level = DiagnosticStatus.OK if self.counts["embeddings"] else DiagnosticStatus.WARN
+        msg = "encoding" if self.counts["embeddings"] else "no embedding published yet"
+        st = common.diagnostic_status(f"{self.get_name()}: encoder", level, msg, values, hardware_id=self.model_id)
+        self._diag_pub.publish(common.diagnostic_array([st], self.get_clock().now().to_msg()))
+
+    def _check_parameters(self, params):
+        from rcl_interfaces.msg import SetParametersResult
+
+        for prm in params:
+            spec = _SPECS.get(prm.name)
+            if spec is None:
+                continue
+            if spec.read_only:
+                return SetParametersResult(successful=False, reason=f"{prm.name} is read-only (restart the node)")
+            reason = common.check_range(spec, prm.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+
+def embedding_msg(z: np.ndarray, stamp, model_id: str) -> Image:
+    """(D,) float32 -> sensor_msgs/Image 32FC1, 1 x D, stamped with the source frame, frame_id = model id."""
+    z = np.ascontiguousarray(z, dtype=np.float32).reshape(1, -1)
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = model_id
+    msg.height, msg.width = 1, int(z.shape[1])
+    msg.encoding = "32FC1"
+    msg.is_bigendian = 0
+    msg.step = 4 * msg.width
+    msg.data = z.tobytes()
+    return msg
+
+
+def embedding_from_msg(msg: Image) -> np.ndarray:
+    """Inverse of :func:`embedding_msg`; ValueError on anything else."""
+    if msg.encoding != "32FC1" or msg.height != 1 or msg.step != 4 * msg.width or len(msg.data) != msg.step:
+        raise ValueError(f"not an embedding: encoding {msg.encoding}, {msg.height}x{msg.width}, {len(msg.data)} bytes")
+    return np.frombuffer(bytes(msg.data), dtype=np.float32).copy()
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = EncoderNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,349 @@
+"""planner_node: world model + cost + (hierarchical) planner + short-term memory.
+
+Subscribes
+  /ami/embedding    sensor_msgs/Image 32FC1 (encoder_node): refused when its frame_id is not
+                    this model's id, when older than ``max_embedding_age_s``, or not finite
+  /joint_states     sensor_msgs/JointState (by name): anchors the plan when no recent command
+  /ami/goal_image   sensor_msgs/Image: a new goal (encoded with the same model), transient local
+Services
+  /ami/teach_goal   std_srvs/Trigger: the current embedding becomes the goal (a taught goal)
+  /ami/clear_goal   std_srvs/Trigger: stop planning (the safety node then holds the arm)
+Publishes
+  /ami/plan         trajectory_msgs/JointTrajectory (ungated; the safety node gates it)
+  /ami/plan_markers visualization_msgs/MarkerArray: the planned tool path (forward kinematics)
+  /ami/goal_status  std_msgs/String: none | active | reached (+ goal distance)
+  /diagnostics
+
+Every cost weight (``cost.*``) and planner setting (``planner.*``) is a declared,
+typed, range-checked parameter; a change passes validation or is refused with the
+reason, and takes effect on the next planning cycle.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import Point
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import Marker, MarkerArray
+
+from ami_ros.core.cost import CostWeights
+from ami_ros.core.planner import PlannerConfig
+from ami_ros.core.trajectory import Trajectory
+from ami_ros.nodes import common
+from ami_ros.nodes.encoder_node import embedding_from_msg
+
+
+def _config_specs(prefix: str, cls) -> list[common.ParamSpec]:
+    """ParamSpecs for every field of a ValidatedConfig (ranges and descriptions from the class)."""
+    default = cls()
+    out = []
+    for name, (allowed, desc) in cls.CHOICES.items():
+        v = getattr(default, name)
+        out.append(common.ParamSpec(f"{prefix}.{name}", v, f"{desc}; one of {list(allowed)}"))
+    for name, (lo, hi, desc) in cls.RANGES.items():
+        v = getattr(default, name)
+        kind = int if isinstance(v, int) and not isinstance(v, bool) else float
+        out.append(common.ParamSpec(f"{prefix}.{name}", v, desc, range=(lo, min(hi, 2**62)), kind=kind))
+    return out
+
+
+PARAMS = [
+    common.ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
+    common.ParamSpec("backend", "torch", "Model backend for the predictor: torch or onnx.", read_only=True),
+    common.ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
+                     (0.5, 100.0), read_only=True),
+    common.ParamSpec("action_scale", 0.5, "Fraction of each joint's velocity limit one action may use.", (0.01, 1.0)),
+    common.ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
+    common.ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
+    common.ParamSpec("goal_tolerance", 0.0, "Goal distance (mean squared, goal dims) under which the goal "
+                     "counts as reached and planning stops; 0 = never stop.", (0.0, 1e6)),
+    common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
+] + _config_specs("planner", PlannerConfig) + _config_specs("cost", CostWeights)
+_SPECS = {s.name: s for s in PARAMS}
+
+
+class PlannerNode(Node):
+    def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "planner_node", **kw):
+        super().__init__(node_name, parameter_overrides=common.parameter_overrides(PARAMS, parameter_overrides), **kw)
+        import torch
+
+        from ami_ros.core.arm import load_arm
+        from ami_ros.core.memory import ShortTermMemory
+        from ami_ros.core.model_io import ModelError, load_model
+        from ami_ros.core.stack_config import action_bound, build_planner
+        from ami_ros.nodes.model_path import resolve_model_path
+
+        p = common.declare_parameters(self, PARAMS)
+        for name, value in p.items():
+            reason = common.check_range(_SPECS[name], value)
+            if reason:
+                raise ValueError(reason)
+        if p["threads"]:
+            torch.set_num_threads(p["threads"])
+        self._torch = torch
+        self.arm = load_arm()
+        self.dt = 1.0 / p["control_rate_hz"]
+        self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device="cpu",
+                                joint_names=self.arm.joint_names)
+        if abs(self.model.control_dt - self.dt) > 1e-6:
+            raise ModelError(f"model control period {self.model.control_dt} s != 1/control_rate_hz = {self.dt} s")
+        self.model_id = self.model.model_id
+        self._action_bound = action_bound
+        stack = {"planner": self._section(p, "planner"), "cost": self._section(p, "cost"),
+                 "action_scale": p["action_scale"]}
+        self.planner = build_planner(self.model, self.arm, stack, self.dt)
+        self.memory = ShortTermMemory(self.model.history, 64, self.model.embed_dim, self.model.action_dim)
+        self._lock = threading.RLock()        # planner, memory and goal between callbacks
+        self.goal = None                      # (Dv,) tensor
+        self.goal_status = "none"
+        self.goal_distance = float("nan")
+        self._joint = None                    # (t, q)
+        self._q_cmd = None                    # (t, q) commanded target after the first planned step
+        self.last_plan = None
+        self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
+                       "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0}
+        self._plan_ms: list[float] = []
+
+        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._plan_pub = self.create_publisher(JointTrajectory, "/ami/plan", reliable1)
+        self._marker_pub = self.create_publisher(MarkerArray, "/ami/plan_markers", reliable1)
+        self._status_pub = self.create_publisher(String, "/ami/goal_status", latched)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(Image, "/ami/embedding", self._on_embedding, reliable1)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
+        self.create_subscription(Image, "/ami/goal_image", self._on_goal_image, latched)
+        self.create_service(Trigger, "/ami/teach_goal", self._on_teach)
+        self.create_service(Trigger, "/ami/clear_goal", self._on_clear)
+        self.create_timer(self.dt, self._on_cycle)
+        self.create_timer(1.0, self._on_diagnostics)
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._publish_status()
+        self.get_logger().info(f"planner ready: model {self.model_id}, {self.planner.config.method} "
+                               f"{self.planner.config.mode}, {self.planner.model_steps_per_plan()} model steps/plan")
+
+    # ------------------------------------------------------------ helpers
+    @staticmethod
+    def _section(values: dict, prefix: str) -> dict:
+        return {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(prefix + ".")}
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _publish_status(self) -> None:
+        d = "" if np.isnan(self.goal_distance) else f" {self.goal_distance:.4f}"
+        self._status_pub.publish(String(data=self.goal_status + d))
+
+    # ------------------------------------------------------------ inputs
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q, _, _ = common.joint_state_by_name(msg, self.arm.joint_names)
+            if not np.all(np.isfinite(q)):
+                raise ValueError("NaN or Inf in the joint positions")
+        except (KeyError, ValueError) as e:
+            self.counts["refused_joint_state"] += 1
+            self.get_logger().warning(f"joint state refused: {e}", throttle_duration_sec=2.0)
+            return
+        self._joint = (self._now(), q)
+
+    def _on_embedding(self, msg: Image) -> None:
+        if msg.header.frame_id != self.model_id:
+            self.counts["refused_embedding_model"] += 1
+            self.get_logger().error(f"embedding from model {msg.header.frame_id!r} refused; this planner runs "
+                                    f"{self.model_id!r}", throttle_duration_sec=2.0)
+            return
+        stamp = common.stamp_to_seconds(msg.header.stamp)
+        if self._now() - stamp > self.get_parameter("max_embedding_age_s").value:
+            self.counts["refused_embedding_stale"] += 1
+            self.get_logger().warning(f"stale embedding ({self._now() - stamp:.3f} s old) refused",
+                                      throttle_duration_sec=2.0)
+            return
+        try:
+            z = embedding_from_msg(msg)
+            if z.shape != (self.model.embed_dim,) or not np.all(np.isfinite(z)):
+                raise ValueError(f"expected {self.model.embed_dim} finite values, got {z.shape}")
+        except ValueError as e:
+            self.counts["refused_embedding_bad"] += 1
+            self.get_logger().warning(f"embedding refused: {e}", throttle_duration_sec=2.0)
+            return
+        with self._lock:
+            self.memory.push_embedding(stamp, self._torch.from_numpy(z))
+
+    def _on_goal_image(self, msg: Image) -> None:
+        try:
+            frame = common.image_to_array(msg)
+            if frame.shape[2] == 1:
+                frame = np.repeat(frame, 3, axis=2)
+            frame = common.resize_image(frame, self.model.cfg.image_size)
+        except ValueError as e:
+            self.counts["refused_goal_image"] += 1
+            self.get_logger().warning(f"goal image refused: {e}")
+            return
+        img = self._torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
+        goal = self.model.encode_image(img)[0]
+        self._set_goal(goal, "goal image")
+
+    def _set_goal(self, goal, source: str) -> None:
+        with self._lock:
+            self.goal = goal
+            self.planner.reset()
+            self.goal_status, self.goal_distance = "active", float("nan")
+        self._publish_status()
+        self.get_logger().info(f"new goal from {source}")
+
+    def _on_teach(self, request, response):
+        with self._lock:
+            if len(self.memory) == 0:
+                response.success, response.message = False, "no embedding received yet"
+                return response
+            z = self.memory.z_hist()[-1]
+        self._set_goal(z[self.model.goal_dims].clone(), "the current embedding (taught)")
+        response.success, response.message = True, "goal taught from the current embedding"
+        return response
+
+    def _on_clear(self, request, response):
+        with self._lock:
+            self.goal, self.goal_status = None, "none"
+        self._publish_status()
+        response.success, response.message = True, "goal cleared"
+        return response
+
+    # ------------------------------------------------------------ planning
+    def _on_cycle(self) -> None:
+        now = self._now()
+        joint = self._joint
+        with self._lock:
+            if self.goal is None or self.goal_status == "reached" or len(self.memory) == 0:
+                return
+            if now - self.memory.latest_stamp() > self.get_parameter("max_embedding_age_s").value:
+                return       # no fresh embedding: publish nothing; the safety watchdog holds the arm
+            if joint is None or now - joint[0] > self.get_parameter("max_joint_state_age_s").value:
+                return
+            # anchor: the commanded target if we commanded within the last two cycles, else the measured q
+            q0 = self._q_cmd[1] if self._q_cmd is not None and now - self._q_cmd[0] < 2.5 * self.dt else joint[1]
+            z_hist = self.memory.z_hist()
+            t0 = time.perf_counter()
+            res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
+                                    self.memory.last_action())
+            self._plan_ms.append(1000 * (time.perf_counter() - t0))
+            self.memory.push_action(res.actions[0])
+            self.memory.set_plan(res)
+            dist = float(((z_hist[-1][self.model.goal_dims] - self.goal) ** 2).mean())
+            self.goal_distance = dist
+            tol = self.get_parameter("goal_tolerance").value
+            if tol > 0 and dist < tol:
+                self.goal_status = "reached"
+        actions = res.actions.numpy().astype(np.float64)
+        targets = self.arm.clip(q0 + np.cumsum(actions, 0))                     # (H, A)
+        times = self.dt * np.arange(1, len(targets) + 1)
+        vel = np.gradient(np.vstack([q0, targets]), self.dt, axis=0)[1:]          # smooth (cubic) tracking
+        vel[-1] = 0.0
+        traj = Trajectory(self.arm.joint_names, times, targets, vel, start_time=0.0)
+        msg = common.trajectory_to_msg(traj)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._plan_pub.publish(msg)
+        self._q_cmd = (now, targets[0])
+        self.last_plan = (now, targets)
+        self.counts["plans"] += 1
+        self._marker_pub.publish(self._markers(targets, msg.header.stamp))
+        self._publish_status()
+
+    def _markers(self, targets: np.ndarray, stamp) -> MarkerArray:
+        path = self.arm.tool_position(targets)                                   # (H, 3)
+        m = Marker()
+        m.header.frame_id, m.header.stamp = self.arm.base_frame, stamp
+        m.ns, m.id, m.type, m.action = "ami_plan", 0, Marker.LINE_STRIP, Marker.ADD
+        m.scale.x = 0.01
+        m.color.r, m.color.g, m.color.b, m.color.a = 0.1, 0.8, 1.0, 1.0
+        m.pose.orientation.w = 1.0
+        m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in path]
+        return MarkerArray(markers=[m])
+
+    # ------------------------------------------------------------ parameters
+    def _check_parameters(self, params) -> SetParametersResult:
+        changes = {"planner": {}, "cost": {}}
+        for prm in params:
+            spec = _SPECS.get(prm.name)
+            if spec is None:
+                continue
+            if spec.read_only:
+                return SetParametersResult(successful=False, reason=f"{prm.name} is read-only (restart the node)")
+            reason = common.check_range(spec, prm.value)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            prefix, _, field = prm.name.partition(".")
+            if prefix in changes:
+                changes[prefix][field] = prm.value
+        try:      # the whole new configuration must validate (cross-field rules too)
+            with self._lock:
+                if changes["planner"]:
+                    self.planner.config.replace(**changes["planner"])
+                if changes["cost"]:
+                    self.planner.cost.weights.replace(**changes["cost"])
+        except ValueError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        with self._lock:
+            planner = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("planner.")}
+            cost = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("cost.")}
+            if planner:
+                self.planner.set_config(self.planner.config.replace(**planner))
+            if cost:
+                self.planner.cost.set_weights(**cost)
+            for p in params:
+                if p.name == "action_scale":
+                    bound = self._action_bound(self.arm, self.dt, p.value)
+                    self.planner.bound = self._torch.as_tensor(bound, dtype=self._torch.float32)
+                    self.planner.cost.action_bound = self.planner.bound.clone()
+        if planner or cost:
+            self.get_logger().info(f"parameters changed for the next cycle: {planner or ''} {cost or ''}")
+
+    # ------------------------------------------------------------ diagnostics
+    def _on_diagnostics(self) -> None:
+        ms = np.array(self._plan_ms[-100:]) if self._plan_ms else np.zeros(1)
+        self._plan_ms = self._plan_ms[-100:]
+        values = {"model_id": self.model_id, "goal_status": self.goal_status, "goal_distance": self.goal_distance,
+                  "plan_ms_p50": float(np.percentile(ms, 50)), "plan_ms_p95": float(np.percentile(ms, 95)),
+                  "method": self.planner.config.method, "mode": self.planner.config.mode,
+                  "model_steps_per_plan": self.planner.model_steps_per_plan(), **self.counts}
+        slow = float(np.percentile(ms, 95)) > 1000 * self.dt
+        level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
+        msg = "planning slower than the control rate" if slow else f"goal {self.goal_status}"
+        st = common.diagnostic_status(f"{self.get_name()}: planner", level, msg, values, hardware_id=self.model_id)
+        self._diag_pub.publish(common.diagnostic_array([st], self.get_clock().now().to_msg()))
+
+
+def main(args=None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = PlannerNode()
+        executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""ami-ros demo: the whole stack on the embedded simulator, in one process.
+
+The same node classes that the launch files start (sim_node, encoder_node,
+planner_node, safety_node), with the same parameter files, composed in one
+multi-threaded executor. The demo then shows the arm a sequence of goal images
+(the scene rendered with the arm at a goal configuration), and reports for each
+goal whether the tool got within the success radius and how long it took.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--goals", type=int, default=3, help="number of goals in the sequence")
+    p.add_argument("--timeout", type=float, default=20.0, help="seconds allowed per goal")
+    p.add_argument("--model", default="", help="model folder (default: the package's models/default)")
+    p.add_argument("--success-radius", type=float, default=0.05, help="metres")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--params-file", action="append", default=[],
+                   help="extra ROS parameter files (after config/{sim,encoder,planner,safety}.yaml)")
+
+
+def goal_sequence(arm, q_start, n, rng):
+    """n goal configurations, each a short reach from the previous one, tool over the table."""
+    import numpy as np
+
+    goals, q = [], np.asarray(q_start, dtype=float)
+    while len(goals) < n:
+        qg = arm.clip(q + rng.uniform(-0.35, 0.35, arm.dof))
+        links = arm.link_positions(qg)
+        d = np.linalg.norm(arm.tool_position(qg) - arm.tool_position(q))
+        if links[2:, 2].min() > 0.06 and 0.2 <= links[-1, 0] <= 0.75 and abs(links[-1, 1]) < 0.45 \
+                and 0.08 <= d <= 0.2:
+            goals.append(qg)
+            q = qg
+    return goals
+
+
+def run(args) -> int:
+    import os
+    import threading
+    import time
+
+    import numpy as np
+    import rclpy
+    from geometry_msgs.msg import PointStamped
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+    from std_msgs.msg import String
+
+    from ami_ros.core.arm import share_dir
+    from ami_ros.nodes import common
+    from ami_ros.nodes.encoder_node import EncoderNode
+    from ami_ros.nodes.planner_node import PlannerNode
+    from ami_ros.nodes.safety_node import SafetyNode
+    from ami_ros.nodes.sim_node import SimNode
+
+    cfg = os.path.join(share_dir(), "config")
+    files = [os.path.join(cfg, f) for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")]
+    ros_args = ["--ros-args"] + [a for f in files + args.params_file for a in ("--params-file", f)]
+    if args.model:
+        ros_args += ["-p", f"encoder_node:model_path:={args.model}", "-p", f"planner_node:model_path:={args.model}"]
+    rclpy.init(args=ros_args)
+    nodes, executor = [], None
+    try:
+        print("starting sim_node, encoder_node, planner_node, safety_node ...", flush=True)
+        sim = SimNode()
+        nodes = [sim, EncoderNode(), PlannerNode(), SafetyNode()]
+        probe = rclpy.create_node("ami_demo")
+        nodes.append(probe)
+        tool, status = {}, {}
+        probe.create_subscription(PointStamped, "/ami/tool_position",
+                                  lambda m: tool.update(p=np.array([m.point.x, m.point.y, m.point.z])), 10)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        probe.create_subscription(String, "/ami/goal_status", lambda m: status.update(s=m.data), latched)
+        goal_pub = probe.create_publisher(Image, "/ami/goal_image", latched)
+        executor = MultiThreadedExecutor(num_threads=4)
+        for n in nodes:
+            executor.add_node(n)
+        threading.Thread(target=executor.spin, daemon=True).start()
+        t_wait = time.monotonic()
+        while "p" not in tool and time.monotonic() - t_wait < 10:
+            time.sleep(0.05)
+        if "p" not in tool:
+            print("error: no tool position from the simulator within 10 s")
+            return 1
+        rng = np.random.default_rng(args.seed)
+        goals = goal_sequence(sim.spec, sim.sim.joint_positions(), args.goals, rng)
+        reached = 0
+        for i, qg in enumerate(goals, 1):
+            target = sim.tool_position_at(qg)
+            img = sim.render_configuration(qg)
+            start = float(np.linalg.norm(tool["p"] - target))
+            goal_pub.publish(common.image_msg(img, probe.get_clock().now().to_msg(), "goal"))
+            t0, inside_since, ok = time.monotonic(), None, False
+            while time.monotonic() - t0 < args.timeout:
+                d = float(np.linalg.norm(tool["p"] - target))
+                if d < args.success_radius:
+                    inside_since = inside_since or time.monotonic()
+                    if time.monotonic() - inside_since > 0.5:   # stays there: reached, not passed through
+                        ok = True
+                        break
+                else:
+                    inside_since = None
+                time.sleep(0.05)
+            took = (inside_since or time.monotonic()) - t0
+            d = float(np.linalg.norm(tool["p"] - target))
+            reached += ok
+            print(f"goal {i}/{len(goals)}: {'reached' if ok else 'NOT reached'} in {took:.1f} s "
+                  f"(tool {100 * start:.1f} cm -> {100 * d:.1f} cm from the goal; planner: {status.get('s', '?')})",
+                  flush=True)
+        print(f"demo: {reached}/{len(goals)} goals reached (success radius {100 * args.success_radius:.0f} cm)")
+        return 0 if reached == len(goals) else 1
+    finally:
+        if executor is not None:
+            executor.shutdown(timeout_sec=2.0)
+        for n in reversed(nodes):
+            n.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,65 @@
+"""The ami_ros stack on any arm: encoder_node, planner_node, safety_node.
+
+Nothing here starts a camera, an arm driver or a simulator; point the stack at the
+topics the robot offers:
+
+    ros2 launch ami_ros robot.launch.py image:=/wrist_cam/image_raw \
+        joint_states:=/joint_states command:=/arm_controller/joint_trajectory
+
+Only safety_node publishes on ``command``. The parameter files default to the
+package's config/*.yaml; ``model`` ('' = the package's models/default) overrides
+their model_path.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    model = LaunchConfiguration("model")
+    encoder_params = LaunchConfiguration("encoder_params")
+    planner_params = LaunchConfiguration("planner_params")
+    safety_params = LaunchConfiguration("safety_params")
+    image = LaunchConfiguration("image")
+    joint_states = LaunchConfiguration("joint_states")
+    command = LaunchConfiguration("command")
+    use_sim_time = LaunchConfiguration("use_sim_time")
+
+    model_path = ParameterValue(model, value_type=str)
+    sim_time = ParameterValue(use_sim_time, value_type=bool)
+    inputs = [("/camera/image_raw", image), ("/joint_states", joint_states)]
+
+    return LaunchDescription([
+        DeclareLaunchArgument("model", default_value="",
+                              description="model folder ('' = the package's models/default)"),
+        DeclareLaunchArgument("encoder_params",
+                              default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "encoder.yaml"]),
+                              description="encoder_node parameter file"),
+        DeclareLaunchArgument("planner_params",
+                              default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "planner.yaml"]),
+                              description="planner_node parameter file"),
+        DeclareLaunchArgument("safety_params",
+                              default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "safety.yaml"]),
+                              description="safety_node parameter file"),
+        DeclareLaunchArgument("image", default_value="/camera/image_raw",
+                              description="camera image topic (sensor_msgs/Image)"),
+        DeclareLaunchArgument("joint_states", default_value="/joint_states",
+                              description="joint state topic (sensor_msgs/JointState)"),
+        DeclareLaunchArgument("command", default_value="/arm_controller/joint_trajectory",
+                              description="the arm controller's JointTrajectory command topic"),
+        DeclareLaunchArgument("use_sim_time", default_value="false",
+                              description="true when a simulator publishes /clock"),
+
+        Node(package="ami_ros", executable="encoder_node", name="encoder_node", output="screen",
+             parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time}],
+             remappings=inputs),
+        Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen",
+             parameters=[planner_params, {"model_path": model_path, "use_sim_time": sim_time}],
+             remappings=inputs),
+        Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen",
+             parameters=[safety_params, {"use_sim_time": sim_time}],
+             remappings=inputs + [("/arm_controller/joint_trajectory", command)]),
+    ])

@@ -1,0 +1,45 @@
+"""The whole stack on the embedded MuJoCo simulator: sim_node + robot.launch.py
+(encoder_node, planner_node, safety_node) on the default topics.
+
+    ros2 launch ami_ros sim.launch.py model:=/path/to/models/NAME
+
+Send a goal by publishing an image on /ami/goal_image; the gated trajectory
+appears on /arm_controller/joint_trajectory and the simulated arm follows it.
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("model", default_value="",
+                              description="model folder ('' = the package's models/default)"),
+        DeclareLaunchArgument("sim_params",
+                              default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "sim.yaml"]),
+                              description="sim_node parameter file"),
+        DeclareLaunchArgument("encoder_params",
+                              default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "encoder.yaml"]),
+                              description="encoder_node parameter file"),
+        DeclareLaunchArgument("planner_params",
+                              default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "planner.yaml"]),
+                              description="planner_node parameter file"),
+        DeclareLaunchArgument("safety_params",
+                              default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "safety.yaml"]),
+                              description="safety_node parameter file"),
+
+        Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen",
+             parameters=[LaunchConfiguration("sim_params")]),
+        IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(
+                PathJoinSubstitution([FindPackageShare("ami_ros"), "launch", "robot.launch.py"])),
+            launch_arguments={
+                "model": LaunchConfiguration("model"),
+                "encoder_params": LaunchConfiguration("encoder_params"),
+                "planner_params": LaunchConfiguration("planner_params"),
+                "safety_params": LaunchConfiguration("safety_params"),
+            }.items()),
+    ])

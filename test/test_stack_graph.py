@@ -1,0 +1,162 @@
+"""The whole stack on a real rclpy graph: camera frames in, gated trajectory out.
+
+sim_node + encoder_node + planner_node + safety_node with the package's parameter
+files and its default model, in one private context: a goal image makes the
+simulated arm reach the goal through the safety gate; a cost weight set through
+the parameter service changes the next plans; bad parameters are refused with a
+reason; embeddings from another model are refused.
+"""
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from geometry_msgs.msg import PointStamped  # noqa: E402
+from rcl_interfaces.srv import SetParameters  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from ami_ros.core.arm import share_dir  # noqa: E402
+from ami_ros.nodes import common  # noqa: E402
+
+DOMAIN_ID = 43
+MODEL = os.path.join(share_dir(), "models", "default")
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(MODEL, "card.yaml")),
+                                reason="no trained default model in models/default")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    from ami_ros.nodes.encoder_node import EncoderNode
+    from ami_ros.nodes.planner_node import PlannerNode
+    from ami_ros.nodes.safety_node import SafetyNode
+    from ami_ros.nodes.sim_node import SimNode
+
+    cfg = os.path.join(share_dir(), "config")
+    args = ["--ros-args"] + [a for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")
+                             for a in ("--params-file", os.path.join(cfg, f))]
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID, args=args)
+    sim = SimNode(context=ctx)
+    nodes = [sim, EncoderNode(context=ctx), PlannerNode(context=ctx), SafetyNode(context=ctx)]
+    probe = rclpy.create_node("stack_probe", context=ctx)
+    nodes.append(probe)
+    rec = {"tool": None, "gated": [], "plans": [], "lock": threading.Lock()}
+
+    def keep(key):
+        def cb(msg):
+            with rec["lock"]:
+                rec[key].append((time.monotonic(), msg))
+        return cb
+
+    def on_tool(m):
+        rec["tool"] = np.array([m.point.x, m.point.y, m.point.z])
+
+    probe.create_subscription(PointStamped, "/ami/tool_position", on_tool, 10)
+    probe.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", keep("gated"), 10)
+    probe.create_subscription(JointTrajectory, "/ami/plan", keep("plans"), 10)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    rec["goal_pub"] = probe.create_publisher(Image, "/ami/goal_image", latched)
+    rec["emb_pub"] = probe.create_publisher(Image, "/ami/embedding", 1)
+    rec["params"] = probe.create_client(SetParameters, "/planner_node/set_parameters")
+    ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+    for n in nodes:
+        ex.add_node(n)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    deadline = time.monotonic() + 15
+    while rec["tool"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield {"sim": sim, "encoder": nodes[1], "planner": nodes[2], "safety": nodes[3], "probe": probe, **rec}
+    ex.shutdown(timeout_sec=2)
+    for n in reversed(nodes):
+        n.destroy_node()
+    rclpy.try_shutdown(context=ctx)
+
+
+def _set(stack, **values):
+    client = stack["params"]
+    assert client.wait_for_service(timeout_sec=5)
+    req = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    fut = client.call_async(req)
+    deadline = time.monotonic() + 5
+    while not fut.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return fut.result().results
+
+
+def _wait(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    return pred()
+
+
+def test_bad_parameters_are_refused_with_a_reason(stack):
+    planner = stack["planner"]
+    before = planner.get_parameter("cost.effort").value
+    (r,) = _set(stack, **{"cost.effort": -1.0})
+    assert not r.successful and "cost.effort" in r.reason
+    (r,) = _set(stack, **{"planner.elites": 100000})
+    assert not r.successful and "elites" in r.reason
+    (r,) = _set(stack, **{"cost.effort": "heavy"})             # wrong type
+    assert not r.successful
+    assert planner.get_parameter("cost.effort").value == before
+    assert planner.planner.cost.weights.effort == before
+
+
+def test_embeddings_of_another_model_are_refused(stack):
+    from ami_ros.nodes.encoder_node import embedding_msg
+
+    planner = stack["planner"]
+    n0 = planner.counts["refused_embedding_model"]
+    z = np.zeros(planner.model.embed_dim, np.float32)
+    stack["emb_pub"].publish(embedding_msg(z, planner.get_clock().now().to_msg(), "other_model@0123456789ab"))
+    assert _wait(lambda: planner.counts["refused_embedding_model"] > n0, 5)
+
+
+def test_goal_image_is_reached_through_the_gate(stack):
+    sim, planner = stack["sim"], stack["planner"]
+    q0 = sim.sim.joint_positions()
+    qg = sim.spec.clip(q0 + np.array([0.25, -0.15, 0.2, 0.1, 0.0, 0.0]))
+    target = sim.tool_position_at(qg)
+    start = float(np.linalg.norm(stack["tool"] - target))
+    stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
+    reached = _wait(lambda: np.linalg.norm(stack["tool"] - target) < 0.05, 30)
+    final = float(np.linalg.norm(stack["tool"] - target))
+    assert reached, f"tool {start:.3f} m -> {final:.3f} m from the goal"
+    assert stack["gated"], "nothing reached the arm's controller"
+    assert stack["plans"] and planner.counts["plans"] > 0
+    assert stack["encoder"].counts["embeddings"] > 0
+
+
+def test_cost_weight_set_through_the_parameter_service_changes_the_plan(stack):
+    sim = stack["sim"]
+    q0 = sim.sim.joint_positions()
+    qg = sim.spec.clip(q0 + np.array([-0.3, 0.2, -0.2, 0.0, 0.0, 0.0]))
+    stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
+
+    def plan_step():  # mean planned joint motion per step over the last plans
+        with stack["lock"]:
+            msgs = [m for _, m in stack["plans"][-3:]]
+        return np.mean([np.abs(np.diff([p.positions for p in m.points], axis=0)).mean() for m in msgs])
+
+    time.sleep(1.5)
+    moving = plan_step()
+    (r,) = _set(stack, **{"cost.effort": 1e5, "cost.smoothness": 1e5})
+    assert r.successful, r.reason
+    n = len(stack["plans"])
+    assert _wait(lambda: len(stack["plans"]) >= n + 3, 5)
+    still = plan_step()
+    assert still < 0.3 * moving, (moving, still)
+    _set(stack, **{"cost.effort": 0.001, "cost.smoothness": 0.01})
