@@ -1,0 +1,71 @@
+"""Smoke test of ``ami-ros bench``: the tiny mode runs, and the JSON has every number (no timing asserted)."""
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.model_io import save_model
+    from ami_ros.core.world_model import ModelConfig, WorldModel
+
+    torch.manual_seed(0)
+    folder = str(tmp_path_factory.mktemp("bench") / "tiny")
+    save_model(folder, WorldModel(ModelConfig()), {"joint_names": load_arm().joint_names, "control_dt": 0.1})
+    return folder
+
+
+def _positive(d: dict, *keys):
+    for k in keys:
+        assert d[k] > 0, (k, d)
+
+
+def test_bench_quick_encoder_and_gate(tiny_model, tmp_path, capsys):
+    from ami_ros.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["bench", "--quick", "--sections", "encoder,gate", "--model", tiny_model, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "== encoder" in printed and "== safety gate" in printed
+    r = json.loads(out.read_text())
+    assert r["sections"] == ["encoder", "gate"] and r["quick"] is True
+    for k in ("cpu_model", "cpu_count", "torch", "onnxruntime", "gpu", "loadavg_end"):
+        assert k in r["device"]
+    backends = r["encoder"]["backends"]
+    assert "torch eager (cpu)" in backends
+    for b in backends.values():
+        _positive(b["batch1_ms"], "n", "p50", "p95")
+        assert b["throughput_fps"] > 0
+    assert "torch_compile_error" in r["encoder"]          # skipped in --quick, and says so
+    for s in r["encoder"]["image_conversion_us"].values():
+        _positive(s, "n", "p50")
+    g = r["gate"]
+    _positive(g["latency_ms"], "n", "p50", "p99")
+    assert sum(g["outcomes"].values()) == g["latency_ms"]["n"]
+    assert "== encoder" in r["tables"]
+
+
+def test_bench_refuses_unknown_section(tiny_model, tmp_path):
+    from ami_ros.cli import main
+
+    assert main(["bench", "--sections", "encoder,warp", "--model", tiny_model, "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_e2e_analysis_matches_chains():
+    """The hop analysis on synthetic records: one chain, 10 + 50 + 5 ms."""
+    from ami_ros.tools.bench import _e2e_analyse
+
+    rec = {"frames": [(100.0, 100.0, 0)], "emb": [(100.010, 100.0, 0)],
+           "cycles": [(100.0, 100.02, 100.055)], "plan": [(100.061, 100.060, 8)],
+           "gated": [(100.065, 0.0, 8), (100.07, 0.0, 1)]}
+    r = _e2e_analyse(rec, 1.0)["latency_ms"]
+    assert r["camera stamp -> embedding received"]["p50"] == pytest.approx(10.0)
+    assert r["embedding received -> /ami/plan publish"]["p50"] == pytest.approx(50.0)
+    assert r["/ami/plan publish -> gated received"]["p50"] == pytest.approx(5.0)
+    assert r["camera stamp -> gated (per chain, hook)"]["p50"] == pytest.approx(65.0)
