@@ -386,3 +386,24 @@ def test_many_plausible_plans_are_accepted():
         if r.ok:
             assert_within_limits(SPEC, r.trajectory, q0)
     assert ok >= 40, g.rejections
+
+
+def test_hold_brakes_within_the_acceleration_limits_instead_of_snapping_back():
+    """A hold from motion decelerates at most a_lim (the controller tracks the cubic
+    from (q, v) to the rest point), ends at rest, and never reverses a joint."""
+    from ami_ros.core.safety import SafetySpec, hold_trajectory
+    from ami_ros.core.trajectory import TrajectorySampler
+
+    spec = SafetySpec.load()
+    q = spec.arm.home.copy()
+    v = np.array([1.2, -0.8, 1.5, 2.0, -2.2, 0.5])
+    traj = hold_trajectory(q, spec.joint_names, 0.05, v, spec.a_lim, spec.q_lo, spec.q_hi)
+    s = TrajectorySampler(traj, q, v, 0.0)
+    ts = np.arange(0.0, traj.duration + 0.2, 0.002)
+    vel = np.array([s.sample(t)[1] for t in ts])
+    acc = np.diff(vel, axis=0) / 0.002
+    assert np.all(np.abs(acc) <= spec.a_lim * (1 + 1e-6))
+    assert np.all(vel * np.sign(v) >= -1e-9)            # no joint reverses
+    assert np.allclose(s.sample(traj.duration + 0.1)[1], 0.0)
+    at_rest = hold_trajectory(q, spec.joint_names, 0.05, np.zeros(6), spec.a_lim)
+    assert at_rest.duration == pytest.approx(0.05) and np.allclose(at_rest.positions[0], q)

@@ -132,3 +132,17 @@ def test_loading_refuses_tampered_or_mismatched_folders(model_folder, tmp_path):
         load_model(bad, "torch")
     with pytest.raises(ModelError, match="does not exist"):
         load_model(str(tmp_path / "nowhere"), "torch")
+
+
+def test_predictor_refinement_lowers_the_prediction_loss_and_leaves_the_encoder(tmp_path):
+    from ami_ros.core.training import refine_predictors
+
+    eps = _episodes(n=2, T=60)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, refine_steps=60, refine_batch=16,
+                      refine_rollout=4, model=TINY)
+    model, _ = train(cfg, eps, [], str(tmp_path / "r.pt"))
+    enc = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    out = refine_predictors(model, cfg, eps)
+    assert out["refine_loss_last"] < out["refine_loss_first"]
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, enc[k]), k

@@ -466,10 +466,28 @@ class Violation:
     time: float
 
 
-def hold_trajectory(q_now, joint_names, hold_time: float = 0.05) -> Trajectory:
-    """A single point at ``q_now`` with zero velocity, ``hold_time`` from start, starting on arrival."""
-    q = np.asarray(q_now, dtype=np.float64).reshape(1, -1)
-    return Trajectory(list(joint_names), np.array([float(hold_time)]), q.copy(), np.zeros_like(q), 0.0)
+def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_lim=None,
+                    q_lo=None, q_hi=None) -> Trajectory:
+    """Bring the arm to rest, starting on arrival.
+
+    At rest (or with no velocity known): one point at ``q_now``, ``hold_time`` from
+    start. Moving at ``v_now``: brake at constant deceleration within ``a_lim``
+    to where the arm comes to rest. The cubic the controller tracks from (q, v) to
+    (q + v T / 2, 0) over T has velocity v (1 - t / T), i.e. deceleration |v| / T,
+    so T = max(hold_time, max |v| / a_lim) keeps every joint within its limit
+    (rather than snapping back to the measured position, which the commanded
+    position already leads). The rest point is clipped to the position limits.
+    """
+    q = np.asarray(q_now, dtype=np.float64).reshape(-1)
+    T, stop = float(hold_time), q.copy()
+    if v_now is not None and a_lim is not None:
+        v = np.asarray(v_now, dtype=np.float64).reshape(-1)
+        if v.shape == q.shape and np.all(np.isfinite(v)):
+            T = max(T, float(np.max(np.abs(v) / np.asarray(a_lim, dtype=np.float64))))
+            stop = q + v * T / 2
+            if q_lo is not None and q_hi is not None:
+                stop = np.clip(stop, q_lo, q_hi)
+    return Trajectory(list(joint_names), np.array([T]), stop[None], np.zeros((1, q.size)), 0.0)
 
 
 class EStop:
@@ -550,8 +568,10 @@ class Gate:
             raise ValueError("a new spec must describe the same arm")
         self.spec, self._reach = spec, spec.chain_reach
 
-    def hold(self, q_now) -> Trajectory:
-        return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time)
+    def hold(self, q_now, v_now=None) -> Trajectory:
+        """Bring the arm to rest from (q_now, v_now) within the acceleration limits."""
+        return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time, v_now, self.spec.a_lim,
+                               self.spec.q_lo, self.spec.q_hi)
 
     # ---------------- main entry ----------------
     def gate(self, traj: Trajectory, q_now, now: float, v_now=None) -> GateResult:

@@ -50,6 +50,10 @@ class TrainConfig:
     min_effective_rank: float = 4.0
     min_std: float = 1e-2
     allow_collapse: bool = False  # for ablations (lambda = 0): warn instead of stopping
+    refine_steps: int = 2000      # stage 2: predictor steps on the frozen encoder's embeddings (0 = off)
+    refine_batch: int = 128
+    refine_lr: float = 1e-3
+    refine_rollout: int = 10      # autoregressive fine steps in the stage-2 loss
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict:
@@ -162,7 +166,7 @@ def _ridge_r2(Xtr, Ytr, Xte, Yte, alpha=1e-3):
 
 
 @torch.no_grad()
-def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)) -> dict:
+def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10), probes: bool = True) -> dict:
     """Held-out figures: prediction error vs copy-last, linear probes, collapse monitors."""
     model.eval()
     h = model.cfg.history
@@ -189,6 +193,9 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     for n in horizons:
         e, b = torch.cat(err[n]).mean().item(), torch.cat(base[n]).mean().item()
         out[f"pred_err_{n}"], out[f"copy_err_{n}"], out[f"pred_over_copy_{n}"] = e, b, e / b
+    if not probes:
+        model.train()
+        return out
     # linear probes fit on training episodes, scored on held-out ones
     z_train = torch.cat([encode_episode(model, e, device) for e in train_eps]).cpu().numpy()
     Zt = Z.cpu().numpy()
@@ -305,3 +312,46 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         if progress is not None:
             progress(step, total, {"loss": loss.item(), "pred": pred.item(), "sigreg": reg.item()})
     return model, logs
+
+
+def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "cpu", progress=None) -> dict:
+    """Stage 2: the encoder frozen, both predictors trained further on its embeddings.
+
+    Embeddings are computed once, so a predictor step costs no convolution; the
+    loss is stage 1's (teacher-forced and autoregressive, fine and coarse) with a
+    longer fine rollout. Seeded: a rerun after an interruption gives the same weights.
+    """
+    if cfg.refine_steps <= 0:
+        return {}
+    model.eval()
+    with torch.no_grad():
+        Z = [encode_episode(model, e, device) for e in train_eps]
+    A = [torch.as_tensor(e.action, dtype=torch.float32, device=device) for e in train_eps]
+    h, k = model.cfg.history, model.cfg.k_coarse
+    L = max(h + cfg.refine_rollout, 3 * k + 1)
+    windows = np.array([(i, s) for i, z in enumerate(Z) for s in range(len(z) - L + 1)], dtype=np.int64)
+    params = list(model.fine.parameters()) + list(model.coarse.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.refine_lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, 2])
+    torch.manual_seed(cfg.seed + 2)
+    first = last = None
+    model.fine.train()
+    model.coarse.train()
+    for step in range(cfg.refine_steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.refine_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.refine_steps))
+        idx = windows[rng.integers(0, len(windows), cfg.refine_batch)]
+        z = torch.stack([Z[i][s:s + L] for i, s in idx])                       # (B, L, D)
+        a = torch.stack([A[i][s:s + L - 1] for i, s in idx])                   # (B, L-1, A)
+        pl = prediction_losses(model, z, a, cfg.refine_rollout)
+        loss = sum(pl.values()) / len(pl)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+        if progress is not None:
+            progress(step + 1, cfg.refine_steps, {"loss": last})
+    model.eval()
+    return {"refine_loss_first": first, "refine_loss_last": last, "refine_steps": cfg.refine_steps}

@@ -150,6 +150,8 @@ def image_to_array(msg: Image) -> np.ndarray:
     channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
     if channels is None:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}")
+    if msg.width == 0 or msg.height == 0:
+        raise ValueError(f"empty image ({msg.width} x {msg.height})")
     row = msg.width * channels
     if msg.step < row or len(msg.data) < msg.height * msg.step:
         raise ValueError(f"image data too short: {len(msg.data)} bytes for {msg.height} rows of step {msg.step} "

@@ -10,7 +10,8 @@ Services
   /ami/clear_goal   std_srvs/Trigger: stop planning (the safety node then holds the arm)
 Publishes
   /ami/plan         trajectory_msgs/JointTrajectory (ungated; the safety node gates it)
-  /ami/plan_markers visualization_msgs/MarkerArray: the planned tool path (forward kinematics)
+  /ami/plan_markers visualization_msgs/MarkerArray: the planned tool path (forward kinematics),
+                    stamped with the source camera frame's stamp
   /ami/goal_status  std_msgs/String: none | active | reached (+ goal distance)
   /diagnostics
 
@@ -236,6 +237,7 @@ class PlannerNode(Node):
             # anchor: the commanded target if we commanded within the last two cycles, else the measured q
             q0 = self._q_cmd[1] if self._q_cmd is not None and now - self._q_cmd[0] < 2.5 * self.dt else joint[1]
             z_hist = self.memory.z_hist()
+            source_stamp = self.memory.latest_stamp()
             t0 = time.perf_counter()
             res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
                                     self.memory.last_action())
@@ -259,7 +261,8 @@ class PlannerNode(Node):
         self._q_cmd = (now, targets[0])
         self.last_plan = (now, targets)
         self.counts["plans"] += 1
-        self._marker_pub.publish(self._markers(targets, msg.header.stamp))
+        # the markers carry the stamp of the camera frame the plan started from (latency probes)
+        self._marker_pub.publish(self._markers(targets, common.seconds_to_stamp(source_stamp)))
         self._publish_status()
 
     def _markers(self, targets: np.ndarray, stamp) -> MarkerArray:

@@ -151,7 +151,7 @@ class SafetyNode(Node):
         self._holding = True
         if self.q is None:
             return
-        self._cmd_pub.publish(common.trajectory_to_msg(self.gate.hold(self.q)))
+        self._cmd_pub.publish(common.trajectory_to_msg(self.gate.hold(self.q, self.v)))
         self.holds_published += 1
         self.get_logger().warning(f"holding: {reason}")
 

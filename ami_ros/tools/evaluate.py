@@ -20,6 +20,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
     p.add_argument("--success-radius", type=float, default=0.05, help="metres (default 0.05)")
     p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a 2-core machine the "
+                   "sim and the planner share the cores)")
     p.add_argument("--json", default=None, help="write the results here")
 
 
@@ -38,7 +40,7 @@ def run(args) -> int:
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import OracleAgent, RandomAgent, WorldModelAgent, run_episode
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     arm = load_arm()
     folder = args.model or os.path.join(share_dir(), "models", "default")
     try:

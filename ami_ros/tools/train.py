@@ -20,9 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=64, choices=range(32, 129), metavar="32..128")
     p.add_argument("--control-hz", type=float, default=10.0)
     p.add_argument("--k-coarse", type=int, default=5)
+    p.add_argument("--vis-dim", type=int, default=32, help="image part of the embedding")
+    p.add_argument("--prop-dim", type=int, default=16, help="joint-state part of the embedding")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--refine-steps", type=int, default=2000,
+                   help="stage 2: predictor steps on the frozen encoder's embeddings (0 = off)")
     p.add_argument("--allow-collapse", action="store_true", help="warn instead of stopping on collapse (ablations)")
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
@@ -40,8 +44,8 @@ def run(args) -> int:
 
     from ami_ros.core.arm import load_arm
     from ami_ros.core.model_io import save_model
-    from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, split_episodes,
-                                       train)
+    from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, refine_predictors,
+                                       split_episodes, train)
     from ami_ros.core.world_model import ModelConfig
     from ami_ros.data.bags import load_episodes
 
@@ -68,10 +72,11 @@ def run(args) -> int:
     if len(episodes) < 2:
         print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
         return 2
-    mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse)
+    mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
+                       prop_dim=args.prop_dim)
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
-                      allow_collapse=args.allow_collapse, model=mcfg)
+                      allow_collapse=args.allow_collapse, refine_steps=args.refine_steps, model=mcfg)
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.pt")
@@ -100,9 +105,22 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 3
     bar.close()
+    if rank == 0:
+        stage1 = evaluate(model, train_eps, test_eps, device, probes=False)
+        bar = tqdm(total=cfg.refine_steps, desc="refine predictors", unit="step")
+
+        def refine_progress(step, total, info):
+            bar.n = step
+            bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
+            bar.refresh()
+
+        refine = refine_predictors(model, cfg, train_eps, device, refine_progress)
+        bar.close()
     wall = time.time() - t0
     if rank == 0:
         metrics = evaluate(model, train_eps, test_eps, device)
+        metrics.update({f"stage1_{k}": v for k, v in stage1.items() if k.startswith("pred_over_copy")})
+        metrics.update(refine)
         card = {
             "name": args.name or os.path.basename(os.path.normpath(args.out)),
             "joint_names": arm.joint_names,
