@@ -3,13 +3,14 @@
 Embedding of one time step: z = [z_vis | z_prop]
   z_vis (Dv) from the camera frame alone, so a goal *image* has one too;
   z_prop (Dp) from the joint state (positions and velocities).
-The fine predictor maps the visual parts of the last ``history`` embeddings and
-one action (a change of joint targets over one control step) to the whole next
-embedding; the coarse predictor jumps ``k_coarse`` control steps at once from the
-current embedding, its k actions concatenated. The predictors never see z_prop:
-to predict the next joint-state embedding from vision, z_vis has to carry the
-arm's state, which is what a goal image must convey to the planner. Nothing is
-ever predicted in pixel space.
+The fine predictor maps the last ``history`` embeddings and one action (a change
+of joint targets over one control step) to the next embedding; the coarse
+predictor jumps ``k_coarse`` control steps at once from the current embedding,
+its k actions concatenated. With ``predictor_reads_prop`` off (the default) the
+predictors read only z_vis and still predict all of z: to predict the next
+joint-state embedding from vision, z_vis has to carry the arm's state, which is
+what a goal image must convey to the planner. Nothing is ever predicted in
+pixel space.
 """
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ import torch.nn.functional as F
 class ModelConfig:
     image_size: int = 64          # square input frames, 64..128
     channels: tuple = (16, 32, 64, 128)
-    vis_dim: int = 128            # Dv
-    prop_dim: int = 32            # Dp
+    vis_dim: int = 32             # Dv
+    prop_dim: int = 16            # Dp
     dof: int = 6                  # A, joints
     history: int = 2              # h, fine predictor context
     k_coarse: int = 5             # control steps per coarse step
     pred_width: int = 192
     pred_cond: int = 128          # width of the action embedding that modulates each block
     pred_blocks: int = 3
+    predictor_reads_prop: bool = False  # predictors read [z_vis | z_prop] (True) or z_vis only
 
     @property
     def embed_dim(self) -> int:
@@ -105,26 +107,26 @@ class AdaLNBlock(nn.Module):
 class Predictor(nn.Module):
     """(B, h, D) embedding history + (B, a) action -> (B, D) next embedding.
 
-    Reads only the visual dims of the history (the first ``vis_dim``); the visual
-    part of the output is residual on the last visual embedding."""
+    Reads the first ``in_dim`` dims of each embedding; those are predicted as a
+    residual on the last embedding, the others directly."""
 
-    def __init__(self, embed_dim: int, vis_dim: int, history: int, action_dim: int, width: int, cond: int,
+    def __init__(self, embed_dim: int, in_dim: int, history: int, action_dim: int, width: int, cond: int,
                  blocks: int):
         super().__init__()
-        self.history, self.action_dim, self.vis_dim = history, action_dim, vis_dim
-        self.inp = nn.Linear(history * vis_dim, width)
+        self.history, self.action_dim, self.in_dim = history, action_dim, in_dim
+        self.inp = nn.Linear(history * in_dim, width)
         self.act = nn.Sequential(nn.Linear(action_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.blocks = nn.ModuleList(AdaLNBlock(width, cond) for _ in range(blocks))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, embed_dim))
 
     def forward(self, z_hist: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        v = z_hist[..., :self.vis_dim]                # (B, h, Dv)
+        v = z_hist[..., :self.in_dim]                # (B, h, Din)
         x = self.inp(v.flatten(1))                   # (B, W)
         c = self.act(action)                         # (B, C)
         for blk in self.blocks:
             x = blk(x, c)
         out = self.out(x)                            # (B, D)
-        return torch.cat([v[:, -1] + out[:, :self.vis_dim], out[:, self.vis_dim:]], -1)
+        return torch.cat([v[:, -1] + out[:, :self.in_dim], out[:, self.in_dim:]], -1)
 
 
 class WorldModel(nn.Module):
@@ -135,9 +137,10 @@ class WorldModel(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         D, A = cfg.embed_dim, cfg.dof
-        Dv, W, C, N = cfg.vis_dim, cfg.pred_width, cfg.pred_cond, cfg.pred_blocks
-        self.fine = Predictor(D, Dv, cfg.history, A, W, C, N)
-        self.coarse = Predictor(D, Dv, 1, cfg.k_coarse * A, W, C, N)
+        W, C, N = cfg.pred_width, cfg.pred_cond, cfg.pred_blocks
+        Din = D if cfg.predictor_reads_prop else cfg.vis_dim
+        self.fine = Predictor(D, Din, cfg.history, A, W, C, N)
+        self.coarse = Predictor(D, Din, 1, cfg.k_coarse * A, W, C, N)
 
     # planner-facing attributes
     @property
