@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import threading
@@ -272,7 +271,7 @@ def main(argv=None) -> int:
 
     import rclpy
     from geometry_msgs.msg import PointStamped
-    from rclpy.executors import MultiThreadedExecutor
+    from ami_ros.nodes.compose import NodeThreads
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
@@ -382,18 +381,10 @@ def main(argv=None) -> int:
         mon.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", on_cmd,
                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
 
-        ex = MultiThreadedExecutor(num_threads=4)
-        for n in nodes:
-            ex.add_node(n)
         spin_errors = []
-
-        def spin():
-            while rclpy.ok():
-                try:
-                    ex.spin_once(timeout_sec=0.1)
-                except Exception as e:  # noqa: BLE001 - counted and reported
-                    spin_errors.append(f"{type(e).__name__}: {e}")
-        threading.Thread(target=spin, daemon=True).start()
+        ex = NodeThreads(on_error=lambda node, e, tb: spin_errors.append(f"{type(e).__name__}: {e}"))
+        for n in nodes:
+            ex.add(n)
 
         # ---- monitor thread: drain the buffers into the streams once a second
         stop = threading.Event()
@@ -540,7 +531,7 @@ def main(argv=None) -> int:
         return 0
     finally:
         if ex is not None:
-            ex.shutdown(timeout_sec=2.0)
+            ex.shutdown()
         for n in reversed(nodes):
             n.destroy_node()
         rclpy.try_shutdown()

@@ -31,7 +31,6 @@ import os
 import re
 import threading
 import time
-import traceback
 from collections import deque
 
 import numpy as np
@@ -43,7 +42,6 @@ from builtin_interfaces.msg import Duration  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -55,6 +53,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E
 
 from ami_ros.core.arm import share_dir  # noqa: E402
 from ami_ros.nodes import common  # noqa: E402
+from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
 pytestmark = pytest.mark.ros
 DOMAIN_ID = 47  # unique to this module (see conftest.py)
@@ -216,37 +215,24 @@ def stack():
          "safety": SafetyNode(context=ctx), "errors": [], "tracebacks": [], "harness_errors": [], "destroyed": [],
          "make_planner": lambda: PlannerNode(context=ctx)}
     s["probe"] = Probe(ctx, sim.spec.joint_names)
-    ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+    def on_error(node, e, tb):  # a callback's exception is recorded instead of ending the spin
+        if isinstance(e, InvalidHandle) and s["destroyed"]:
+            # an entity of a node this module destroyed on purpose (the killed planner)
+            s["harness_errors"].append(f"InvalidHandle: {e}")
+            return
+        s["errors"].append(f"{type(e).__name__}: {e}")
+        s["tracebacks"].append(tb)
+
+    ex = NodeThreads(context=ctx, on_error=on_error)
     s["ex"] = ex
     for k in ("sim", "encoder", "planner", "safety", "probe"):
-        ex.add_node(s[k])
-    s["in_executor"] = {"sim", "encoder", "planner", "safety", "probe"}
-    stop = threading.Event()
-
-    def spin():  # like ex.spin(), but a callback's exception is recorded instead of ending the spin
-        while not stop.is_set() and ctx.ok():
-            try:
-                ex.spin_once(timeout_sec=0.1)
-            except InvalidHandle as e:
-                # an entity of a node this module destroyed on purpose (the killed planner), still
-                # queued in the executor: the test's doing, not a node crashing
-                (s["harness_errors"] if s["destroyed"] else s["errors"]).append(f"InvalidHandle: {e}")
-                if not s["destroyed"]:
-                    s["tracebacks"].append(traceback.format_exc())
-            except Exception as e:  # noqa: BLE001 - that is the point
-                s["errors"].append(f"{type(e).__name__}: {e}")
-                s["tracebacks"].append(traceback.format_exc())
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
+        ex.add(s[k])
     probe = s["probe"]
     assert _wait(lambda: len(probe.js) > 5 and len(probe.images) > 2, 20), "no joint states / images from the sim"
     try:
         yield s
     finally:
-        stop.set()
-        thread.join(timeout=5)
-        ex.shutdown(timeout_sec=2)
+        ex.shutdown()
         for k in ("probe", "safety", "planner", "encoder", "sim"):
             if s[k] is not None:
                 s[k].destroy_node()
@@ -260,15 +246,13 @@ def _where(tb):
 
 
 def _add(s, key):
-    if key not in s["in_executor"]:
-        s["ex"].add_node(s[key])
-        s["in_executor"].add(key)
+    if s[key] not in s["ex"]:
+        s["ex"].add(s[key])
 
 
 def _remove(s, key):
-    if key in s["in_executor"]:
-        s["ex"].remove_node(s[key])
-        s["in_executor"].discard(key)
+    if s[key] is not None and s[key] in s["ex"]:
+        s["ex"].remove(s[key])
 
 
 def _arm_still(probe, t_from, deadline, what):

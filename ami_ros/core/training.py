@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import random
-import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np

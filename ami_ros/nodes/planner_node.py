@@ -234,8 +234,13 @@ class PlannerNode(Node):
                 return       # no fresh embedding: publish nothing; the safety watchdog holds the arm
             if joint is None or now - joint[0] > self.get_parameter("max_joint_state_age_s").value:
                 return
-            # anchor: the commanded target if we commanded within the last two cycles, else the measured q
-            q0 = self._q_cmd[1] if self._q_cmd is not None and now - self._q_cmd[0] < 2.5 * self.dt else joint[1]
+            # anchor: our last commanded target while the arm follows it (commanded within the last two
+            # cycles and within a few steps of the measured position); else the measured position
+            # (the safety node held the arm, or a plan was refused)
+            q0 = joint[1]
+            if self._q_cmd is not None and now - self._q_cmd[0] < 2.5 * self.dt \
+                    and np.all(np.abs(self._q_cmd[1] - joint[1]) <= 3.0 * self.planner.bound.numpy()):
+                q0 = self._q_cmd[1]
             z_hist = self.memory.z_hist()
             source_stamp = self.memory.latest_stamp()
             t0 = time.perf_counter()
@@ -337,9 +342,7 @@ def main(args=None) -> None:
     node = None
     try:
         node = PlannerNode()
-        executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
+        rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -433,7 +433,7 @@ def _e2e_once(folder: str, args, threads: int, domain: int):
     import numpy as np
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import MultiThreadedExecutor
+    from ami_ros.nodes.compose import NodeThreads
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import Image
     from trajectory_msgs.msg import JointTrajectory
@@ -491,10 +491,9 @@ def _e2e_once(folder: str, args, threads: int, domain: int):
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         goal_pub = probe.create_publisher(Image, "/ami/goal_image", latched)
-        ex = MultiThreadedExecutor(num_threads=4, context=ctx)
+        ex = NodeThreads(context=ctx)
         for n in nodes:
-            ex.add_node(n)
-        threading.Thread(target=ex.spin, daemon=True).start()
+            ex.add(n)
         t_wait = time.monotonic()
         while not rec["emb"] and time.monotonic() - t_wait < 15:
             time.sleep(0.05)
@@ -515,7 +514,7 @@ def _e2e_once(folder: str, args, threads: int, domain: int):
         t_end = now()
     finally:
         if ex is not None:
-            ex.shutdown(timeout_sec=2.0)
+            ex.shutdown()
         for n in reversed(nodes):
             n.destroy_node()
         rclpy.try_shutdown(context=ctx)

@@ -32,6 +32,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
 
 
+def collection_record(folder: str) -> dict | None:
+    """How `ami-ros collect` made the data (from its index.yaml), for the card; None for other bags."""
+    import os
+
+    import yaml
+
+    path = os.path.join(folder, "index.yaml")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        idx = yaml.safe_load(f)
+    keys = ("seed", "steps", "width", "height", "camera_hz", "joint_state_hz", "control_hz")
+    rec = {k: idx.get(k) for k in keys}
+    rec["episodes"] = len(idx.get("episodes", []))
+    rec["command"] = (f"ami-ros collect --episodes {rec['episodes']} --steps {rec['steps']} --seed {rec['seed']} "
+                      f"--width {rec['width']} --height {rec['height']} --camera-hz {rec['camera_hz']} "
+                      f"--joint-state-hz {rec['joint_state_hz']} --control-hz {rec['control_hz']} --out DIR")
+    return rec
+
+
 def run(args) -> int:
     import logging
     import os
@@ -132,11 +152,11 @@ def run(args) -> int:
                      "steps_train": int(sum(len(e.q) for e in train_eps)), "skipped_bags": len(errors)},
             "training": {**cfg.to_dict(), "device": device, "world_size": world,
                          "wall_time_s_last_run": round(wall, 1),
-                         "command": "ami-ros " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("ami-ros") else
-                         " ".join(sys.argv)},
+                         "command": "ami-ros " + " ".join(sys.argv[1:])},
             "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},
             "epochs": logs,
         }
+        card["data"]["collection"] = collection_record(args.data)
         card = save_model(args.out, model.cpu(), card)
         if not args.keep_checkpoint and os.path.exists(ckpt):
             os.remove(ckpt)
