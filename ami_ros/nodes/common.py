@@ -348,3 +348,31 @@ def resize_image(img: np.ndarray, size: int) -> np.ndarray:
 
     out = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     return out[..., None] if out.ndim == 2 else out
+
+
+def frame_from_msg(msg: Image, size: int) -> np.ndarray:
+    """A camera or goal image as the model sees it: (size, size, 3) uint8 RGB.
+
+    ValueError (with the reason) on an unsupported encoding, an empty image or short data."""
+    frame = image_to_array(msg)
+    if frame.shape[2] == 1:
+        frame = np.repeat(frame, 3, axis=2)
+    return resize_image(frame, size)
+
+
+def spin_node(make_node, args=None) -> None:
+    """``main()`` of a node executable: init, spin until Ctrl-C or shutdown, clean up."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

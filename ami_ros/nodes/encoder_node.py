@@ -18,9 +18,7 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -115,10 +113,7 @@ class EncoderNode(Node):
             self.get_logger().warning("no fresh joint state; frame dropped", throttle_duration_sec=2.0)
             return
         try:
-            frame = common.image_to_array(msg)
-            if frame.shape[2] == 1:
-                frame = np.repeat(frame, 3, axis=2)
-            frame = common.resize_image(frame, self.size)
+            frame = common.frame_from_msg(msg, self.size)
         except ValueError as e:
             self.counts["refused_image"] += 1
             self.get_logger().warning(f"image refused: {e}", throttle_duration_sec=2.0)
@@ -184,17 +179,7 @@ def embedding_from_msg(msg: Image) -> np.ndarray:
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = EncoderNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    common.spin_node(EncoderNode, args)
 
 
 if __name__ == "__main__":

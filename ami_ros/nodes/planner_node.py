@@ -25,11 +25,9 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
@@ -186,10 +184,7 @@ class PlannerNode(Node):
 
     def _on_goal_image(self, msg: Image) -> None:
         try:
-            frame = common.image_to_array(msg)
-            if frame.shape[2] == 1:
-                frame = np.repeat(frame, 3, axis=2)
-            frame = common.resize_image(frame, self.model.cfg.image_size)
+            frame = common.frame_from_msg(msg, self.model.cfg.image_size)
         except ValueError as e:
             self.counts["refused_goal_image"] += 1
             self.get_logger().warning(f"goal image refused: {e}")
@@ -338,17 +333,7 @@ class PlannerNode(Node):
 
 
 def main(args=None) -> None:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = PlannerNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    common.spin_node(PlannerNode, args)
 
 
 if __name__ == "__main__":
