@@ -1,5 +1,6 @@
 """``ami-ros``: one command for the tooling. Each subcommand is a thin shell over
-a module in ``ami_ros/tools`` that is imported only when used."""
+a module in ``ami_ros/tools``; each keeps its heavy imports (torch, mujoco,
+rclpy) inside ``run`` so that ``--help`` and unrelated subcommands stay fast."""
 from __future__ import annotations
 
 import argparse
