@@ -284,6 +284,33 @@ def declare_parameters(node, specs: Iterable[ParamSpec]) -> dict:
     return {s.name: node.get_parameter(s.name).value for s in specs}
 
 
+def declare_checked(node, specs: Iterable[ParamSpec]) -> dict:
+    """:func:`declare_parameters`, then ValueError naming the first value outside its range."""
+    specs = list(specs)
+    values = declare_parameters(node, specs)
+    for s in specs:
+        reason = check_range(s, values[s.name])
+        if reason:
+            raise ValueError(reason)
+    return values
+
+
+def refusal(specs: dict, params) -> str | None:
+    """Why a parameter set must be refused (read-only, or outside its range), or None.
+
+    ``specs``: {name: ParamSpec}; parameters not in it are left to other checks."""
+    for prm in params:
+        spec = specs.get(prm.name)
+        if spec is None:
+            continue
+        if spec.read_only:
+            return f"{prm.name} is read-only (restart the node)"
+        reason = check_range(spec, prm.value)
+        if reason:
+            return reason
+    return None
+
+
 def check_range(spec: ParamSpec, value) -> str | None:
     """The reason ``value`` is outside ``spec.range`` (inclusive), or None."""
     if spec.range is None:

@@ -47,11 +47,7 @@ class EncoderNode(Node):
         from ami_ros.core.model_io import load_model
         from ami_ros.nodes.model_path import resolve_model_path
 
-        p = common.declare_parameters(self, PARAMS)
-        for name, value in p.items():
-            reason = common.check_range(_SPECS[name], value)
-            if reason:
-                raise ValueError(reason)
+        p = common.declare_checked(self, PARAMS)
         if p["backend"] not in BACKENDS or p["device"] not in DEVICES:
             raise ValueError(f"backend must be one of {BACKENDS} and device one of {DEVICES}")
         if p["threads"]:
@@ -145,16 +141,8 @@ class EncoderNode(Node):
     def _check_parameters(self, params):
         from rcl_interfaces.msg import SetParametersResult
 
-        for prm in params:
-            spec = _SPECS.get(prm.name)
-            if spec is None:
-                continue
-            if spec.read_only:
-                return SetParametersResult(successful=False, reason=f"{prm.name} is read-only (restart the node)")
-            reason = common.check_range(spec, prm.value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
+        reason = common.refusal(_SPECS, params)
+        return SetParametersResult(successful=reason is None, reason=reason or "")
 
 
 def embedding_msg(z: np.ndarray, stamp, model_id: str) -> Image:

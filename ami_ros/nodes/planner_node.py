@@ -83,11 +83,7 @@ class PlannerNode(Node):
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
 
-        p = common.declare_parameters(self, PARAMS)
-        for name, value in p.items():
-            reason = common.check_range(_SPECS[name], value)
-            if reason:
-                raise ValueError(reason)
+        p = common.declare_checked(self, PARAMS)
         if p["threads"]:
             torch.set_num_threads(p["threads"])
         self._torch = torch
@@ -278,18 +274,13 @@ class PlannerNode(Node):
 
     # ------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
+        reason = common.refusal(_SPECS, params)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
         changes = {"planner": {}, "cost": {}}
         for prm in params:
-            spec = _SPECS.get(prm.name)
-            if spec is None:
-                continue
-            if spec.read_only:
-                return SetParametersResult(successful=False, reason=f"{prm.name} is read-only (restart the node)")
-            reason = common.check_range(spec, prm.value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
             prefix, _, field = prm.name.partition(".")
-            if prefix in changes:
+            if prm.name in _SPECS and prefix in changes:
                 changes[prefix][field] = prm.value
         try:      # the whole new configuration must validate (cross-field rules too)
             with self._lock:

@@ -286,18 +286,10 @@ class SafetyNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
-        changes = {}
-        for prm in params:
-            spec = self._specs.get(prm.name)
-            if spec is None:
-                continue
-            if spec.read_only:
-                return SetParametersResult(successful=False, reason=f"{prm.name} is read-only (restart the node)")
-            reason = common.check_range(spec, prm.value)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-            if prm.name in TUNABLE_NAMES:
-                changes[prm.name] = prm.value
+        reason = common.refusal(self._specs, params)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        changes = {prm.name: prm.value for prm in params if prm.name in TUNABLE_NAMES}
         if changes:
             try:
                 self.spec.with_tunables(**changes)

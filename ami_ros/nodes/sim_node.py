@@ -115,11 +115,7 @@ class SimNode(Node):
     def _setup(self) -> None:
         from ami_ros.sim.arm_sim import ArmSim  # mujoco import sets MUJOCO_GL
 
-        p = common.declare_parameters(self, PARAMS)
-        for name, value in p.items():
-            reason = common.check_range(_SPECS[name], value)
-            if reason:
-                raise ValueError(reason)
+        p = common.declare_checked(self, PARAMS)
         self.spec = load_arm(p["arm_file"] or None)
         self.initial_positions = self._initial_positions(p["initial_positions"])
         self._lock = threading.RLock()
@@ -324,21 +320,14 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
+        reason = common.refusal(_SPECS, params)   # rclpy refuses read-only ones too; this says why
         for prm in params:
-            spec = _SPECS.get(prm.name)
-            if spec is None:
-                continue
-            if spec.read_only:  # rclpy refuses these too; say why
-                return SetParametersResult(successful=False, reason=f"{prm.name} is read-only (restart the node)")
-            reason = common.check_range(spec, prm.value)
             if reason is None and prm.name == "initial_positions":
                 try:
                     self._initial_positions(prm.value)
                 except ValueError as e:
                     reason = str(e)
-            if reason:
-                return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
+        return SetParametersResult(successful=reason is None, reason=reason or "")
 
     def _apply_parameters(self, params) -> None:
         for prm in params:
