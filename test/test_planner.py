@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 import pytest
+import numpy as np
 import torch
 
 from ami_ros.core.cost import TERMS, Cost, CostWeights
@@ -305,3 +306,25 @@ def test_time_per_plan(capsys):
         torch.set_num_threads(default_threads)
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+def test_workspace_term_prices_plans_that_leave_the_gates_box():
+    """With the arm's kinematics and the safety gate's workspace box, a plan driving the
+    tool into the table costs more than one that stays above it; the term is 0 inside."""
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.safety import SafetySpec
+
+    arm = load_arm()
+    box = SafetySpec.load(arm=arm).workspace
+    cost = Cost(CostWeights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0),
+                arm.q_min, arm.q_max, kinematics=arm.link_positions, workspace=(box.lo, box.hi))
+    q0 = torch.tensor(arm.home, dtype=torch.float32)           # tool about 0.14 m above the table
+    down = torch.zeros(1, 8, 6)
+    down[..., 1] = 0.1                                          # shoulder lift: tool towards the table
+    stay = torch.zeros(1, 8, 6)
+    z = torch.zeros(1, 8, 4)
+    terms_down = cost.breakdown(z, down, torch.zeros(4), q0, torch.zeros(6))
+    terms_stay = cost.breakdown(z, stay, torch.zeros(4), q0, torch.zeros(6))
+    assert arm.tool_position(arm.home + 0.8 * np.eye(6)[1])[2] < box.lo[2]   # the "down" plan ends below
+    assert terms_stay["workspace"].item() == 0.0
+    assert terms_down["workspace"].item() > 1.0

@@ -95,22 +95,34 @@ class ArmSpec:
         return np.array([l.max_effort for l in self.limits])
 
     # ---- forward kinematics ----
-    def link_positions(self, q: np.ndarray) -> np.ndarray:
+    def link_positions(self, q):
         """Positions of every joint origin and the tool point in the world frame.
 
-        q: (..., dof) -> (..., dof + 1, 3); the last row is the tool point.
+        q: (..., dof) numpy array or torch tensor -> (..., dof + 1, 3) of the same
+        kind (torch keeps dtype, device and autograd); the last row is the tool point.
         """
-        q = np.asarray(q, dtype=np.float64)
-        batch = q.shape[:-1]
-        R = np.broadcast_to(np.eye(3), batch + (3, 3)).copy()
-        p = np.broadcast_to(self.base_xyz, batch + (3,)).copy()
-        out = []
+        if type(q).__module__.startswith("torch"):
+            import torch
+
+            const = lambda a: torch.as_tensor(a, dtype=q.dtype, device=q.device)  # noqa: E731
+            sin, cos, stack = torch.sin, torch.cos, torch.stack
+            expand = lambda x, shape: x.expand(shape)  # noqa: E731
+        else:
+            q = np.asarray(q, dtype=np.float64)
+            const, sin, cos, stack = np.asarray, np.sin, np.cos, np.stack
+            expand = np.broadcast_to
+        eye = const(np.eye(3))
+        R, p, out = eye, const(self.base_xyz), []
         for i, j in enumerate(self.joints):
-            p = p + R @ j.origin
+            k = j.axis
+            K = const(np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]]))
+            p = p + R @ const(j.origin)
             out.append(p)
-            R = R @ _axis_angle(j.axis, q[..., i])
-        out.append(p + R @ self.tool_offset)
-        return np.stack(out, axis=-2)
+            a = q[..., i, None, None]
+            R = R @ (eye + sin(a) * K + (1 - cos(a)) * (K @ K))           # Rodrigues, (..., 3, 3)
+        out.append(p + R @ const(self.tool_offset))
+        shape = q.shape[:-1] + (3,)
+        return stack([expand(x, shape) for x in out], -2)
 
     def tool_position(self, q: np.ndarray) -> np.ndarray:
         """(..., dof) -> (..., 3)."""
@@ -126,14 +138,6 @@ class ArmSpec:
         if unknown:
             raise KeyError(f"unknown joint name(s) {unknown}; this arm has {self.joint_names}")
         return [lookup[n] for n in names]
-
-
-def _axis_angle(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
-    """Rodrigues: unit axis (3,), angles (...,) -> rotations (..., 3, 3)."""
-    k = np.asarray(axis, dtype=np.float64)
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    a = np.asarray(angle)[..., None, None]
-    return np.eye(3) + np.sin(a) * K + (1 - np.cos(a)) * (K @ K)
 
 
 def load_arm(path: str | None = None) -> ArmSpec:

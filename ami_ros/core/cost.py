@@ -20,6 +20,11 @@ Terms (each multiplied by its weight in :class:`CostWeights`):
   ``[q_min, q_min + margin)`` or ``(q_max - margin, q_max]`` (or beyond the limit;
   it keeps growing there); summed over joints, mean over steps. One joint sitting
   exactly on its limit costs ``joint_limit`` per step.
+- ``workspace``: soft barrier keeping the arm inside the safety gate's workspace box:
+  every joint origin and the tool point (forward kinematics of ``q_t``) within
+  ``workspace_margin`` of a face costs ``(d / margin)**2`` (d: depth into the band,
+  growing beyond the face), summed over points and axes, mean over steps. Plans the
+  gate would refuse (an arm reaching into the table) are priced before they are sent.
 - ``subgoal``: (hierarchical low level only) mean squared distance, on ALL
   embedding dims, between the prediction at step ``subgoal_step`` and a subgoal
   embedding.
@@ -102,6 +107,8 @@ class CostWeights(ValidatedConfig):
     joint_limit: float = 10.0      # weight of the soft joint-limit barrier
     joint_limit_margin: float = 0.1  # rad: width of the barrier band inside each limit
     subgoal: float = 1.0           # weight of the subgoal distance (hierarchical low level)
+    workspace: float = 10.0        # weight of the soft workspace barrier
+    workspace_margin: float = 0.03  # m: width of the workspace barrier band inside each face
 
     RANGES: ClassVar[dict] = {
         "goal_terminal": (0.0, 1e6, "weight of the mean squared goal distance (goal dims) at the last predicted step"),
@@ -112,10 +119,12 @@ class CostWeights(ValidatedConfig):
         "joint_limit": (0.0, 1e6, "weight of the quadratic barrier on commanded positions near q_min/q_max"),
         "joint_limit_margin": (1e-4, 1.0, "rad; the barrier acts within this distance of a joint limit"),
         "subgoal": (0.0, 1e6, "weight of the mean squared distance (all dims) to the hierarchical subgoal"),
+        "workspace": (0.0, 1e6, "weight of the barrier keeping every link point inside the workspace box"),
+        "workspace_margin": (1e-3, 0.5, "m; the workspace barrier acts within this distance of a face"),
     }
 
 
-TERMS = ("goal_terminal", "goal_running", "smoothness", "effort", "joint_limit", "subgoal")
+TERMS = ("goal_terminal", "goal_running", "smoothness", "effort", "joint_limit", "workspace", "subgoal")
 
 
 class Cost:
@@ -130,8 +139,13 @@ class Cost:
     """
 
     def __init__(self, weights: CostWeights, q_min=None, q_max=None, *,
-                 action_bound=None, goal_dims: slice | None = None):
+                 action_bound=None, goal_dims: slice | None = None, kinematics=None, workspace=None):
+        """kinematics: q (..., A) tensor -> link points (..., P, 3); workspace: (lo (3,), hi (3,))
+        box in the same frame. The workspace term is off unless both are given."""
         self._weights = weights.validate()
+        self.kinematics = kinematics
+        self.workspace = None if workspace is None else tuple(
+            torch.as_tensor(v, dtype=torch.float32) for v in workspace)
         self.q_min = None if q_min is None else torch.as_tensor(q_min, dtype=torch.float32)
         self.q_max = None if q_max is None else torch.as_tensor(q_max, dtype=torch.float32)
         if (self.q_min is None) != (self.q_max is None):
@@ -214,6 +228,16 @@ class Cost:
             out["joint_limit"] = w.joint_limit * ((lo.pow(2) + hi.pow(2)) / m**2).sum(-1).mean(-1)
         else:
             out["joint_limit"] = torch.zeros(B, device=dev, dtype=dt)
+
+        if self.kinematics is not None and self.workspace is not None and w.workspace > 0:
+            q = q0.to(dev, dt) + actions.cumsum(1)                      # (B, H, A)
+            pts = self.kinematics(q)                                    # (B, H, P, 3)
+            m = w.workspace_margin
+            lo, hi = (v.to(dev, dt) for v in self.workspace)
+            d = torch.relu(lo + m - pts) + torch.relu(pts - (hi - m))
+            out["workspace"] = w.workspace * (d / m).pow(2).sum((-1, -2)).mean(-1)
+        else:
+            out["workspace"] = torch.zeros(B, device=dev, dtype=dt)
 
         if subgoal is not None and w.subgoal > 0:
             out["subgoal"] = w.subgoal * (z_pred[:, subgoal_step] - subgoal.to(dev, dt)).pow(2).mean(-1)

@@ -48,6 +48,10 @@ def action_bound(arm: ArmSpec, control_dt: float, action_scale: float) -> np.nda
 
 
 def build_planner(model, arm: ArmSpec, stack: dict, control_dt: float, **overrides) -> Planner:
+    from ami_ros.core.safety import SafetySpec
+
     cfg = PlannerConfig.from_dict({**stack["planner"], **overrides})
-    cost = Cost(CostWeights.from_dict(stack["cost"]), arm.q_min, arm.q_max)
+    box = SafetySpec.load(arm=arm).workspace          # the gate's box: plans it would refuse cost more
+    cost = Cost(CostWeights.from_dict(stack["cost"]), arm.q_min, arm.q_max,
+                kinematics=arm.link_positions, workspace=(box.lo, box.hi))
     return Planner(model, cost, cfg, action_bound(arm, control_dt, stack["action_scale"]))
