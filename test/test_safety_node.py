@@ -1,10 +1,9 @@
 """SafetyNode on a real rclpy graph: gating, refusals, watchdog hold, latched e-stop, parameters.
 
-One private rclpy context on its own ROS domain (DOMAIN_ID); one executor thread spins
-the safety node and a probe node that plays planner, arm (joint states) and operator.
+One private rclpy context on its own ROS domain (DOMAIN_ID); the safety node and a probe
+node that plays planner, arm (joint states) and operator spin in threads of their own.
 Tests run in file order on one node (the first one checks the start-up state).
 """
-import os
 import threading
 import time
 from collections import deque
@@ -15,7 +14,6 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -27,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.trajectory import Trajectory  # noqa: E402
 from ami_ros.nodes import common  # noqa: E402
+from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
 pytestmark = pytest.mark.ros
 DOMAIN_ID = 41  # unique to this module
@@ -107,39 +106,24 @@ def plan_msg(names, q0, dq, n=10, dt=0.1, perm=None, stamp=0.0):
 def graph():
     from ami_ros.nodes.safety_node import SafetyNode
 
-    saved = os.environ.get("ROS_DOMAIN_ID")
-    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
     ctx = Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID)
     node = SafetyNode({"watch_camera": False}, context=ctx)
     probe = Probe(ctx, node.names, node.spec.arm.home)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
-    ex.add_node(probe)
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set() and ctx.ok():
-            ex.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
+    spinning = NodeThreads(context=ctx)
+    spinning.add(node)
+    spinning.add(probe)
     try:
         probe.wait_for(lambda: probe.plan_pub.get_subscription_count() >= 1
                        and probe.js_pub.get_subscription_count() >= 1
                        and probe.estop_pub.get_subscription_count() >= 1, 10.0, "the safety node's subscriptions")
         yield node, probe
     finally:
-        stop.set()
-        thread.join(timeout=5.0)
-        ex.shutdown()
+        spinning.shutdown()
         probe.destroy_node()
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
-        if saved is None:
-            os.environ.pop("ROS_DOMAIN_ID", None)
-        else:
-            os.environ["ROS_DOMAIN_ID"] = saved
+        assert not spinning.errors, spinning.errors
 
 
 def test_starts_holding_until_joint_state(graph):

@@ -1,9 +1,9 @@
 """SimNode on a real rclpy graph: camera, joint states, commands by name, refusals, reset, parameters.
 
 One private rclpy context on a ROS domain of its own (DOMAIN_ID) so test modules run
-in parallel do not hear each other; one executor thread spins the sim and a probe node.
+in parallel do not hear each other; the sim and a probe node spin in
+threads of their own (ami_ros.nodes.compose.NodeThreads).
 """
-import os
 import threading
 import time
 from collections import deque
@@ -14,7 +14,6 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
@@ -26,6 +25,7 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.trajectory import Trajectory  # noqa: E402
 from ami_ros.nodes import common  # noqa: E402
+from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
 DOMAIN_ID = 37  # unique to this module
 TOL = 0.02      # rad, arrival tolerance
@@ -125,38 +125,23 @@ def shuffled_msg(names, times, positions, seed=0, stamp=0.0):
 def graph():
     from ami_ros.nodes.sim_node import SimNode
 
-    saved = os.environ.get("ROS_DOMAIN_ID")
-    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN_ID)
     ctx = Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID)
     sim = SimNode(context=ctx)
     probe = Probe(ctx, sim.spec.joint_names)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(sim)
-    ex.add_node(probe)
-    stop = threading.Event()
-
-    def spin():
-        while not stop.is_set() and ctx.ok():
-            ex.spin_once(timeout_sec=0.05)
-
-    thread = threading.Thread(target=spin, daemon=True)
-    thread.start()
+    spinning = NodeThreads(context=ctx)
+    spinning.add(sim)
+    spinning.add(probe)
     try:
         probe.wait_for(lambda: probe.command_pub.get_subscription_count() >= 1, 10.0, "the sim's command subscription")
         probe.wait_for(lambda: len(probe.states) > 0, 10.0, "first joint state")
         yield sim, probe
     finally:
-        stop.set()
-        thread.join(timeout=5.0)
-        ex.shutdown()
+        spinning.shutdown()
         probe.destroy_node()
         sim.destroy_node()
         rclpy.try_shutdown(context=ctx)
-        if saved is None:
-            os.environ.pop("ROS_DOMAIN_ID", None)
-        else:
-            os.environ["ROS_DOMAIN_ID"] = saved
+        assert not spinning.errors, spinning.errors
 
 
 def test_camera_image_and_info(graph):
