@@ -20,7 +20,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
 from ami_ros.nodes import common
@@ -64,8 +64,8 @@ class EncoderNode(Node):
         self._latency = []
         now = time.monotonic()
         self._meters = {k: common.RateMeter(now) for k in ("frames", "embeddings")}
-        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        reliable10 = common.RELIABLE_10
+        reliable1 = common.RELIABLE_1
         camera_qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                                 history=HistoryPolicy.KEEP_LAST, durability=qos_profile_sensor_data.durability)
         self._pub = self.create_publisher(Image, "/ami/embedding", reliable1)

@@ -29,7 +29,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -110,10 +109,9 @@ class PlannerNode(Node):
                        "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0}
         self._plan_ms: list[float] = []
 
-        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        reliable1 = common.RELIABLE_1
+        reliable10 = common.RELIABLE_10
+        latched = common.LATCHED
         self._plan_pub = self.create_publisher(JointTrajectory, "/ami/plan", reliable1)
         self._marker_pub = self.create_publisher(MarkerArray, "/ami/plan_markers", reliable1)
         self._status_pub = self.create_publisher(String, "/ami/goal_status", latched)

@@ -38,7 +38,7 @@ import numpy as np
 from geometry_msgs.msg import PointStamped, PoseStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+from rclpy.qos import qos_profile_sensor_data
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
@@ -133,8 +133,8 @@ class SimNode(Node):
         self._meters = {k: common.RateMeter(now) for k in ("camera", "joint_states", "physics")}
         self._sim_t_meter = (now, self.sim.time)
 
-        reliable10 = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        reliable10 = common.RELIABLE_10
+        reliable1 = common.RELIABLE_1
         self._image_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         self._info_pub = self.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data)
         self._joint_pub = self.create_publisher(JointState, "/joint_states", reliable10)

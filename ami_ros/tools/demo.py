@@ -44,7 +44,6 @@ def run(args) -> int:
     import numpy as np
     import rclpy
     from geometry_msgs.msg import PointStamped
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
@@ -72,8 +71,7 @@ def run(args) -> int:
         tool, status = {}, {}
         probe.create_subscription(PointStamped, "/ami/tool_position",
                                   lambda m: tool.update(p=np.array([m.point.x, m.point.y, m.point.z])), 10)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        latched = common.LATCHED
         probe.create_subscription(String, "/ami/goal_status", lambda m: status.update(s=m.data), latched)
         goal_pub = probe.create_publisher(Image, "/ami/goal_image", latched)
         executor = NodeThreads()
