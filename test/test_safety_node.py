@@ -23,7 +23,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from ami_ros.core.trajectory import Trajectory  # noqa: E402
+from ami_ros.core.trajectory import Trajectory, TrajectorySampler  # noqa: E402
 from ami_ros.nodes import common  # noqa: E402
 from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
@@ -40,12 +40,15 @@ class Probe(Node):
         self.states: deque = deque(maxlen=100)
         self.diags: deque = deque(maxlen=10)
         self.publish_states = False
+        self.follower: TrajectorySampler | None = None  # the controller: tracks what it is commanded
+        self.lag = 0.0                                    # s the measured position trails the commanded one
+        self.stuck: np.ndarray | None = None              # measured position of an arm that does not follow
         reliable1 = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.plan_pub = self.create_publisher(JointTrajectory, "/ami/plan", reliable1)
         self.js_pub = self.create_publisher(JointState, "/joint_states", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
         self.estop_pub = self.create_publisher(Bool, "/ami/estop", latched)
-        self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._store(self.commands), reliable1)
+        self.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", self._on_command, reliable1)
         self.create_subscription(String, "/ami/safety_state", self._store(self.states), latched)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._store(self.diags), 10)
         self.trip = self.create_client(Trigger, "/ami/trip_estop")
@@ -59,10 +62,27 @@ class Probe(Node):
                 self.cond.notify_all()
         return cb
 
+    def _now(self):
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_command(self, msg):
+        traj = common.trajectory_from_msg(msg)
+        now = self._now()
+        with self.cond:
+            q0, v0 = self.follower.sample(now) if self.follower else (self.q, np.zeros(len(self.q)))
+            self.follower = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
+            self.commands.append(msg)
+            self.cond.notify_all()
+
     def _on_timer(self):
+        if self.stuck is not None:
+            self.q, v = self.stuck.copy(), np.zeros(len(self.q))
+        elif self.follower is not None:
+            self.q, v = self.follower.sample(self._now() - self.lag)
+        else:
+            v = np.zeros(len(self.q))
         if self.publish_states:
-            self.js_pub.publish(common.joint_state_msg(self.names, self.q, np.zeros(len(self.q)),
-                                                       stamp=self.get_clock().now().to_msg()))
+            self.js_pub.publish(common.joint_state_msg(self.names, self.q, v, stamp=self.get_clock().now().to_msg()))
 
     def wait_for(self, predicate, timeout=5.0, what="condition"):
         deadline = time.monotonic() + timeout
@@ -139,12 +159,13 @@ def test_starts_holding_until_joint_state(graph):
 def test_plan_is_gated_and_forwarded_by_name(graph):
     node, probe = graph
     n = len(probe.commands)
-    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.05, 0.02, -0.02, 0.02, 0.03, 0.03],
+    q0 = probe.q.copy()
+    probe.plan_pub.publish(plan_msg(node.names, q0, [0.05, 0.02, -0.02, 0.02, 0.03, 0.03],
                                     perm=[3, 1, 5, 0, 2, 4]))
     cmd = probe.wait_command(n)
     assert list(cmd.joint_names) == node.names
     out = common.trajectory_from_msg(cmd)
-    np.testing.assert_allclose(out.positions[-1], probe.q + [0.05, 0.02, -0.02, 0.02, 0.03, 0.03], atol=1e-9)
+    np.testing.assert_allclose(out.positions[-1], q0 + [0.05, 0.02, -0.02, 0.02, 0.03, 0.03], atol=1e-9)
     # too fast: time-scaled, never passed unchanged
     n = len(probe.commands)
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.6, 0, 0, 0, 0, 0], n=3, dt=0.1))
@@ -188,8 +209,9 @@ def test_stale_joint_state_during_motion_holds(graph):
     n = len(probe.commands)
     probe.publish_states = False
     hold = common.trajectory_from_msg(probe.wait_command(n, timeout=3.0))
-    assert len(hold.times) == 1
-    np.testing.assert_allclose(hold.positions[0], probe.q)
+    # one point: brakes from where the arm is commanded to rest (zero velocity), a short way on
+    assert len(hold.times) == 1 and not np.any(hold.velocities)
+    np.testing.assert_allclose(hold.positions[0], probe.q, atol=0.03)
     probe.wait_state("holding")
     assert node.holds_published >= 1 and "joint_state" in node.hold_reason
     probe.publish_states = True
@@ -200,6 +222,37 @@ def test_stale_joint_state_during_motion_holds(graph):
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
     probe.wait_command(n)
     probe.wait_state("ok")
+
+
+def test_plans_are_gated_from_the_commanded_state(graph):
+    """A plan that replaces a running one starts where the controller is commanded
+    (it continues from its own reference), not where the lagging arm is measured."""
+    node, probe = graph
+    probe.wait_state("ok")
+    probe.lag = 0.08
+    try:
+        n = len(probe.commands)
+        probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.3, 0, 0, 0, 0, 0], n=10, dt=0.1))
+        probe.wait_command(n)
+        time.sleep(0.4)                                   # mid-motion: measured ~0.02 rad behind
+        q_meas = probe.q.copy()
+        n, before = len(probe.commands), node.from_measured
+        probe.plan_pub.publish(plan_msg(node.names, q_meas, [-0.1, 0, 0, 0, 0, 0], n=5, dt=0.1))
+        probe.wait_command(n)
+        q0 = node._sent.pos[0]                            # the state the second plan was gated from
+        q_cmd = probe.follower.pos[0]                     # where the controller actually continued from
+        np.testing.assert_allclose(q0, q_cmd, atol=5e-3)
+        assert abs(q0[0] - q_meas[0]) > 0.01 and node.from_measured == before
+        # an arm that stopped following (beyond command_tracking_tolerance): gated from the measured state
+        probe.stuck = probe.q - [0.3, 0, 0, 0, 0, 0]
+        time.sleep(0.2)
+        n = len(probe.commands)
+        probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
+        probe.wait_command(n)
+        assert node.from_measured == before + 1
+        np.testing.assert_allclose(node._sent.pos[0], probe.q, atol=1e-9)
+    finally:
+        probe.lag, probe.stuck = 0.0, None
 
 
 def test_estop_latches_and_only_reset_clears(graph):

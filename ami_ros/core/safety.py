@@ -150,7 +150,7 @@ _TUNABLE_HELP = {
     "max_segment_duration": "longest time between consecutive points, the first one counted from the current state (s)",
     "max_duration": "longest trajectory, after time scaling (s)",
     "stamp_tolerance": "a plan whose header stamp is further than this in the past or future is refused (s); a zero stamp means now",
-    "start_tolerance": "a first point at time 0 must be this close to the measured position (rad)",
+    "start_tolerance": "a first point at time 0 must be this close to the position the gate starts from (rad)",
     "max_time_scale": "largest time stretch the gate may apply",
     "position_margin": "margin kept inside the joint position limits (rad)",
     "workspace_margin": "margin kept inside the workspace box and around keep-out boxes (m)",
@@ -623,7 +623,7 @@ class Gate:
         if times[0] == 0.0:
             dev = float(np.max(np.abs(pos[0] - q_now)))
             if dev > tun.start_tolerance:
-                return self._refuse("start_mismatch", f"first point at time 0 is {dev:.4f} rad from the measured "
+                return self._refuse("start_mismatch", f"first point at time 0 is {dev:.4f} rad from the current "
                                     f"position (> {tun.start_tolerance}); give it a time > 0")
             pos[0] = q_now
             if vel is not None:

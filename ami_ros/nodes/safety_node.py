@@ -1,8 +1,14 @@
 """The safety node: the only publisher of /arm_controller/joint_trajectory.
 
-Plans (/ami/plan) go through ``core.safety.Gate`` against the measured joint state;
-what passes (possibly time-scaled) goes to the controller. A 50 Hz watchdog holds the
-arm (one hold trajectory to the measured position) when the joint states, the camera
+Plans (/ami/plan) go through ``core.safety.Gate`` from the state the controller
+starts them from: like joint_trajectory_controller, the controller continues from its
+*commanded* position and velocity, not from the measured ones (which lag behind by the
+servo's tracking error), so the node samples the trajectory it last sent, exactly as the
+controller does, and gates from that; when the commanded position is more than
+``command_tracking_tolerance`` from the measured one (the arm is not following: a
+driver stop, a collision, a restart) it falls back to the measured state. What passes
+(possibly time-scaled) goes to the controller. A 50 Hz watchdog holds the arm (one
+braking hold trajectory from that same state) when the joint states, the camera
 (if watched) or, during motion, the plans go stale, and whenever the latched e-stop
 trips (/ami/estop true or /ami/trip_estop); only /ami/reset_estop clears the latch.
 Until a fresh joint state arrives it publishes nothing to the controller.
@@ -23,7 +29,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from ami_ros.core.safety import TUNABLE_NAMES, EStop, Gate, SafetySpec, Violation, Watchdog
-from ami_ros.core.trajectory import Trajectory, TrajectoryError
+from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
 from ami_ros.nodes import common
 
 STATES = ("ok", "holding", "e-stopped", "rejecting")
@@ -50,6 +56,9 @@ def param_specs(spec: SafetySpec) -> list[common.ParamSpec]:
     out += [
         common.ParamSpec("watch_camera", bool(d.get("watch_camera", True)),
                          "hold when /camera/image_raw goes stale (false where there is no camera)"),
+        common.ParamSpec("command_tracking_tolerance", float(d.get("command_tracking_tolerance", 0.15)),
+                         "gate plans from the controller's commanded state while it is within this of the measured "
+                         "position (rad); from the measured state otherwise", range=(0.0, 0.5), kind=float),
         common.ParamSpec("watchdog_rate", float(d.get("watchdog_rate", 50.0)), "watchdog timer rate (Hz)",
                          range=(1.0, 1000.0), kind=float),
         common.ParamSpec("diagnostics_period", float(d.get("diagnostics_period", 1.0)),
@@ -79,6 +88,9 @@ class SafetyNode(Node):
         self.estop = EStop()
         self.gate = Gate(self.spec, self.estop)
         self.watch_camera = bool(p["watch_camera"])
+        self.tracking_tolerance = float(p["command_tracking_tolerance"])
+        self._sent: TrajectorySampler | None = None  # what the controller is tracking (as far as we sent it)
+        self.from_measured = 0                       # plans gated from the measured state (arm not following)
         self.watchdog = Watchdog(self.spec.deadlines(self.watch_camera))
 
         self.q: np.ndarray | None = None
@@ -139,8 +151,28 @@ class SafetyNode(Node):
             self.state = state
             self._state_pub.publish(String(data=state))
 
+    def _command_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """The position and velocity the controller continues from at ``now``: the last
+        trajectory sent, sampled as the controller samples it, while the measured
+        position follows it; the measured state otherwise (call with self.q known)."""
+        if self._sent is not None:
+            qc, vc = self._sent.sample(now)
+            if float(np.max(np.abs(qc - self.q))) <= self.tracking_tolerance:
+                return qc, vc
+            self._sent = None
+            self.from_measured += 1
+            self.get_logger().warning(
+                f"commanded position {float(np.max(np.abs(qc - self.q))):.3f} rad from the measured one "
+                f"(> {self.tracking_tolerance}); gating from the measured state", throttle_duration_sec=2.0)
+        return self.q, self.v
+
+    def _send(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, now: float) -> None:
+        """Publish to the controller and remember what it will track."""
+        self._cmd_pub.publish(common.trajectory_to_msg(traj))
+        self._sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
+
     def _publish_hold(self, reason: str) -> None:
-        """One hold trajectory to the measured position (nothing if none is known yet)."""
+        """One braking hold trajectory from the commanded state (nothing if no joint state is known yet)."""
         self._moving_until = None
         self._forced_hold = self.hold_reason = reason
         if self._holding:
@@ -148,7 +180,9 @@ class SafetyNode(Node):
         self._holding = True
         if self.q is None:
             return
-        self._cmd_pub.publish(common.trajectory_to_msg(self.gate.hold(self.q, self.v)))
+        now = self._now()
+        q0, v0 = self._command_state(now)
+        self._send(self.gate.hold(q0, v0), q0, v0, now)
         self.holds_published += 1
         self.get_logger().warning(f"holding: {reason}")
 
@@ -194,16 +228,17 @@ class SafetyNode(Node):
             self._count(e.reason, str(e), now)
             self._publish_state()
             return
-        res = self.gate.gate(traj, self.q, now, self.v)
+        q0, v0 = self._command_state(now)
+        res = self.gate.gate(traj, q0, now, v0)
         self._latency_last = res.latency
         self._latency_max = max(self._latency_max, res.latency)
         if res.ok:
             out = res.trajectory
-            self._cmd_pub.publish(common.trajectory_to_msg(out))
+            self._send(out, q0, v0, now)
             self.commands_published += 1
             start = out.start_time if out.start_time > 0 else now
             self._moving_until = start + out.duration
-            self._holding = len(out.times) == 1 and np.allclose(out.positions[0], self.q)
+            self._holding = len(out.times) == 1 and np.allclose(out.positions[0], q0) and not np.any(v0)
             self.hold_reason = self._forced_hold = ""
             self._last_rejected = False
             self.watchdog.feed("plan", now)
@@ -271,6 +306,7 @@ class SafetyNode(Node):
             "scaled": self.gate.scaled,
             "rejected": sum(self.gate.rejections.values()),
             "holds_published": self.holds_published,
+            "gated_from_measured": self.from_measured,
             "stale_inputs": ",".join(self.watchdog.check(now)),
             "gate_latency_ms": 1000.0 * self._latency_last,
             "gate_latency_max_ms": 1000.0 * self._latency_max,
@@ -308,6 +344,8 @@ class SafetyNode(Node):
             if prm.name == "watch_camera":
                 self.watch_camera = bool(prm.value)
                 self.watchdog.set_deadline("camera", self.spec.tunables.camera_timeout if self.watch_camera else None)
+            elif prm.name == "command_tracking_tolerance":
+                self.tracking_tolerance = float(prm.value)
             elif prm.name == "watchdog_rate":
                 self.destroy_timer(self._watchdog_timer)
                 self._watchdog_timer = self.create_timer(1.0 / prm.value, self._on_watchdog)
