@@ -22,7 +22,9 @@ When the physics falls behind by more than ``MAX_LAG_S`` of sim time (a stalled
 process), the lost time is dropped and the anchor is reset (counted as ``overruns``).
 A command's ``header.stamp`` goes through the same mapping: a zero stamp starts the
 trajectory on arrival, any other stamp starts it at that instant (in the past too,
-as joint_trajectory_controller does).
+as joint_trajectory_controller does). Images and joint states carry the inverse
+mapping of the sim time they show (``ros_time_of``), the instant of acquisition as
+sensor drivers stamp it, not the publish time.
 
 Commands are validated by name with ``core.trajectory.validate``; a refused one is
 logged with its reason, counted (``refused_counts``) and leaves the arm doing what
@@ -189,6 +191,10 @@ class SimNode(Node):
         """Sim time (seconds since the last reset) of a node-clock instant."""
         return self._anchor_sim + (ros_seconds - self._anchor_ros) * self._rtf
 
+    def ros_time_of(self, sim_seconds: float) -> float:
+        """Node-clock instant of a sim time: the stamp of what the sim shows at that time."""
+        return self._anchor_ros + (sim_seconds - self._anchor_sim) / self._rtf
+
     # ------------------------------------------------------------------ callbacks
     def _on_physics(self) -> None:
         with self._lock:
@@ -215,7 +221,7 @@ class SimNode(Node):
             finally:
                 _release_gl_context()
             K = self.sim.camera_matrix()
-        stamp = self.get_clock().now().to_msg()
+            stamp = common.seconds_to_stamp(self.ros_time_of(self.sim.time))  # when the scene looked so
         self._image_pub.publish(common.image_msg(img, stamp, CAMERA_FRAME))
         self._info_pub.publish(common.camera_info_msg(K, img.shape[1], img.shape[0], stamp, CAMERA_FRAME))
         self._meters["camera"].tick()
@@ -241,7 +247,8 @@ class SimNode(Node):
                 return
             q, v, e = self.sim.joint_positions(), self.sim.joint_velocities(), self.sim.joint_efforts()
             tool, cube = self.sim.tool_position(), self.sim.cube_pose()
-        stamp = self.get_clock().now().to_msg()
+            # stamped with the instant the state is of (the physics step), not the publish time
+            stamp = common.seconds_to_stamp(self.ros_time_of(self.sim.time))
         self._joint_pub.publish(common.joint_state_msg(self.spec.joint_names, q, v, e, stamp))
         pt = PointStamped()
         pt.header.stamp, pt.header.frame_id = stamp, WORLD_FRAME
