@@ -57,7 +57,6 @@ setup(
     maintainer_email="maintainers@ami-ros.invalid",
     description="JEPA world models, planning by search and a safety gate for ROS 2 arms",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "ami-ros = ami_ros.cli:main",

@@ -10,6 +10,13 @@ a ROS distribution and are not on PyPI: in a pip-only environment this module is
 skipped. Run it in a sourced, built colcon workspace:
 
     colcon test --packages-select ami_ros --pytest-args -k test_launch
+
+or, without a ROS installation, on top of the venv of scripts/setup.sh: the script
+below builds a scratch venv with the launch packages from ros2/launch and
+ros2/launch_ros sources (checkouts or bare git directories; cloned when omitted),
+installs ami_ros into an ament prefix the way colcon does, and runs this module:
+
+    bash scripts/launch_test_env.sh [path/to/ros2/launch path/to/ros2/launch_ros]
 """
 import os
 import threading
@@ -20,7 +27,8 @@ import numpy as np
 import pytest
 
 _NO_LAUNCH = ("ROS 2 launch packages not installed (launch_ros / launch_pytest come with a "
-              "ROS distribution, not from PyPI); run in a sourced colcon workspace")
+              "ROS distribution, not from PyPI); run in a sourced colcon workspace, or "
+              "through scripts/launch_test_env.sh")
 pytest.importorskip("launch_ros", reason=_NO_LAUNCH)
 launch_pytest = pytest.importorskip("launch_pytest", reason=_NO_LAUNCH)
 launch = pytest.importorskip("launch", reason=_NO_LAUNCH)
