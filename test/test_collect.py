@@ -114,3 +114,28 @@ def test_loader_replays_the_commanded_targets(tmp_path, monkeypatch, capsys):
     for i, ref in enumerate(history):
         ep = load_episode(tmp_path / "r" / f"episode_{i:04d}")
         np.testing.assert_allclose(ep.q_cmd, np.array(ref), atol=1e-9)
+
+
+def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
+    """`ami-ros train` on the collected bags writes a loadable model folder; `--encoder-from`
+    reuses that encoder, frozen, with new predictors (here reading the joint-state part too)."""
+    import torch
+
+    from ami_ros.core.model_io import load_model
+    from ami_ros.tools import train as tool
+
+    def train(*argv):
+        p = argparse.ArgumentParser()
+        tool.add_arguments(p)
+        return tool.run(p.parse_args(list(argv)))
+
+    common = ["--data", str(out), "--batch", "2", "--refine-steps", "2", "--image-size", "32", "--threads", "1"]
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    assert train(*common, "--out", first, "--epochs", "1", "--steps-per-epoch", "2") == 0
+    assert train(*common, "--out", second, "--encoder-from", first, "--predictor-reads-prop") == 0
+    a, b = load_model(first, "torch"), load_model(second, "torch")
+    for k, v in a.torch_model.encoder.state_dict().items():
+        assert torch.equal(v, b.torch_model.encoder.state_dict()[k]), k
+    assert b.cfg.predictor_reads_prop and not a.cfg.predictor_reads_prop
+    assert b.card["encoder_from"]["model_id"] == a.model_id
+    assert train(*common, "--out", str(tmp_path / "x"), "--encoder-from", str(tmp_path / "nowhere")) == 2

@@ -16,6 +16,9 @@ from ami_ros.core.world_model import ModelConfig, WorldModel
 JOINTS = [f"j{i}" for i in range(6)]
 TINY = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
                    pred_blocks=1)
+# the other encoder choices: spatial-softmax keypoints, linear joint-state encoder, cross-modal head
+TINY_KP = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
+                      pred_blocks=1, encoder="keypoints", keypoints=6, prop_encoder="linear", vis_to_prop=True)
 
 
 def _episodes(n=3, T=40, size=32, seed=0):
@@ -85,17 +88,22 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         train(other, eps[:2], eps[2:], str(tmp_path / "c.pt"))
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
+def _save_tiny(folder, cfg):
     torch.manual_seed(0)
-    m = WorldModel(TINY).eval()
-    folder = str(tmp_path_factory.mktemp("models") / "tiny")
-    save_model(folder, m, {"joint_names": JOINTS, "control_dt": 0.1})
+    save_model(folder, WorldModel(cfg).eval(), {"joint_names": JOINTS, "control_dt": 0.1})
     return folder
 
 
-def test_onnx_runtime_agrees_with_torch(model_folder):
-    t, o = load_model(model_folder, "torch", "cpu"), load_model(model_folder, "onnx", "cpu")
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return _save_tiny(str(tmp_path_factory.mktemp("models") / "tiny"), TINY)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_KP], ids=["conv", "keypoints"])
+def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
+    folder = _save_tiny(str(tmp_path / "tiny"), cfg)
+    t, o = load_model(folder, "torch", "cpu"), load_model(folder, "onnx", "cpu")
+    assert t.cfg == cfg  # the card brings the encoder choices back
     assert t.model_id == o.model_id
     g = torch.Generator().manual_seed(3)
     img = torch.rand(5, 3, 32, 32, generator=g) * 255
@@ -132,6 +140,40 @@ def test_loading_refuses_tampered_or_mismatched_folders(model_folder, tmp_path):
         load_model(bad, "torch")
     with pytest.raises(ModelError, match="does not exist"):
         load_model(str(tmp_path / "nowhere"), "torch")
+
+
+def test_keypoints_are_image_positions_and_follow_a_moving_blob():
+    """The keypoint encoder's features are expected positions in [-1, 1]; a bright blob that
+    moves right moves the keypoint that locks onto it right (a hand-set heat map)."""
+    from ami_ros.core.world_model import KeypointImageEncoder
+
+    enc = KeypointImageEncoder(TINY_KP).eval()
+    enc.conv = torch.nn.AvgPool2d(4)        # (B, 3, 32, 32) -> (B, 3, 8, 8), the heat map side
+    enc.heat = torch.nn.Conv2d(3, TINY_KP.keypoints, 1)
+    with torch.no_grad():                   # keypoint 0's heat map: the red channel
+        enc.heat.weight.zero_()
+        enc.heat.bias.zero_()
+        enc.heat.weight[0, 0] = 10.0
+    xs = []
+    for col in (4, 14, 26):
+        img = torch.zeros(1, 3, 32, 32)
+        img[0, 0, 14:18, col:col + 4] = 255.0
+        with torch.no_grad():
+            kp = enc.keypoints(img)
+        assert kp.abs().max() <= 1.0
+        xs.append(kp[0, 0].item())
+    assert xs[0] < xs[1] < xs[2] and xs[2] - xs[0] > 1.0, xs
+
+
+def test_cross_modal_head_is_trained(tmp_path):
+    """With cross_weight > 0 the head from z_vis to z_prop gets gradients and the term is logged."""
+    cfg = TrainConfig(epochs=1, steps_per_epoch=3, batch=2, seq_len=16, cross_weight=1.0, model=TINY_KP)
+    torch.manual_seed(cfg.seed)                 # train() seeds the same way before building its model
+    before = {k: v.clone() for k, v in WorldModel(TINY_KP).state_dict().items()}
+    model, logs = train(cfg, _episodes(), _episodes(1, seed=1), str(tmp_path / "ck.pt"))
+    after = model.state_dict()
+    assert logs[-1]["cross"] > 0
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("vis_to_prop."))
 
 
 def test_predictor_refinement_lowers_the_prediction_loss_and_leaves_the_encoder(tmp_path):

@@ -2,6 +2,8 @@
 
 loss = multi-step prediction error in embedding space (fine: teacher-forced one
 step + an autoregressive rollout; coarse: one jump + a chained rollout)
+       + cross_weight * cross-modal prediction error (z_prop of a step predicted
+         from z_vis of the same step: the image embedding must carry the arm's state)
        + lambda * SIGReg(all embeddings of the batch)
 No reconstruction, no EMA teacher, no stop-gradient. Collapse is watched each
 epoch (SIGReg statistic, effective rank, per-dimension std) and stops training.
@@ -53,6 +55,7 @@ class TrainConfig:
     refine_batch: int = 128
     refine_lr: float = 1e-3
     refine_rollout: int = 10      # autoregressive fine steps in the stage-2 loss
+    cross_weight: float = 0.0     # weight of the cross-modal term (needs model.vis_to_prop)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict:
@@ -222,7 +225,10 @@ class _TrainStep(torch.nn.Module):
 
     def forward(self, frames, q, qd, a):
         z = encode_sequence(self.model, frames, q, qd)                      # (B, L, D)
-        return z, prediction_losses(self.model, z, a, self.rollout_steps)
+        pl = prediction_losses(self.model, z, a, self.rollout_steps)
+        head, Dv = self.model.vis_to_prop, self.model.cfg.vis_dim           # cross-modal: z_vis -> z_prop
+        cross = F.mse_loss(head(z[..., :Dv]), z[..., Dv:]) if head is not None else z.new_zeros(())
+        return z, pl, cross
 
 
 def _rank() -> tuple[int, int]:
@@ -278,10 +284,10 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         for g in opt.param_groups:
             g["lr"] = sched(step)
         f, q, qd, a = (x.to(device) for x in data.batch(rng, cfg.batch))
-        z, pl = net(f, q, qd, a)
+        z, pl, cross = net(f, q, qd, a)
         pred = sum(pl.values()) / len(pl)
         reg = sigreg(z.flatten(0, 1), cfg.sigreg_proj, gen)
-        loss = pred + cfg.sigreg_lambda * reg
+        loss = pred + cfg.cross_weight * cross + cfg.sigreg_lambda * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -292,7 +298,7 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
                 zs = torch.cat([encode_episode(model, e, device) for e in (test_eps or train_eps[:2])])
             stats = collapse_stats(zs)
             entry = {"epoch": step // cfg.steps_per_epoch, "step": step, "loss": loss.item(), "pred": pred.item(),
-                     "sigreg_train": reg.item(), "heldout_sigreg": float(sigreg(zs, 1024, torch.Generator().manual_seed(0))),
+                     "sigreg_train": reg.item(), "cross": cross.item(), "heldout_sigreg": float(sigreg(zs, 1024, torch.Generator().manual_seed(0))),
                      **{k: v.item() for k, v in pl.items()}, **stats}
             logs.append(entry)
             if on_epoch is not None:

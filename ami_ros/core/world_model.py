@@ -3,6 +3,15 @@
 Embedding of one time step: z = [z_vis | z_prop]
   z_vis (Dv) from the camera frame alone, so a goal *image* has one too;
   z_prop (Dp) from the joint state (positions and velocities).
+The image encoder is a strided CNN whose last feature map is flattened (the
+default, ``encoder: conv``) or a keypoint encoder (``encoder: keypoints``:
+convolutions that keep a quarter of the input resolution, one heat map per
+keypoint, a spatial softmax giving each keypoint's expected image position, one
+linear map of those positions to z_vis). The joint-state encoder is an MLP or,
+as DINO-WM embeds proprioception, linear (``prop_encoder: linear``). With
+``vis_to_prop`` a head predicts z_prop from z_vis of the same step (a
+cross-modal prediction in embedding space, weighted in training by
+``cross_weight``).
 The fine predictor maps the last ``history`` embeddings and one action (a change
 of joint targets over one control step) to the next embedding; the coarse
 predictor jumps ``k_coarse`` control steps at once from the current embedding,
@@ -24,7 +33,7 @@ import torch.nn.functional as F
 @dataclass
 class ModelConfig:
     image_size: int = 64          # square input frames, 64..128
-    channels: tuple = (16, 32, 64, 128)
+    channels: tuple = (16, 32, 64, 128)  # conv widths (conv: all stride 2; keypoints: two stride 2, then stride 1)
     vis_dim: int = 32             # Dv
     prop_dim: int = 16            # Dp
     dof: int = 6                  # A, joints
@@ -34,6 +43,17 @@ class ModelConfig:
     pred_cond: int = 128          # width of the action embedding that modulates each block
     pred_blocks: int = 3
     predictor_reads_prop: bool = False  # predictors read [z_vis | z_prop] (True) or z_vis only
+    encoder: str = "conv"         # image encoder: "conv" (strided CNN) or "keypoints" (spatial softmax)
+    keypoints: int = 32           # K, heat maps of the keypoint encoder
+    prop_encoder: str = "mlp"     # joint-state encoder: "mlp" or "linear"
+    vis_to_prop: bool = False     # a head reading z_prop off z_vis (trained as a cross-modal prediction)
+    prop_velocity: bool = True    # z_prop reads joint velocities too (False: positions only)
+
+    def __post_init__(self):
+        if self.encoder not in ("keypoints", "conv"):
+            raise ValueError(f"encoder must be 'keypoints' or 'conv', not {self.encoder!r}")
+        if self.prop_encoder not in ("linear", "mlp"):
+            raise ValueError(f"prop_encoder must be 'linear' or 'mlp', not {self.prop_encoder!r}")
 
     @property
     def embed_dim(self) -> int:
@@ -48,6 +68,10 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["channels"] = tuple(d["channels"])
+        d.setdefault("encoder", "conv")        # cards written before these fields existed
+        d.setdefault("prop_encoder", "mlp")
+        d.setdefault("vis_to_prop", False)
+        d.setdefault("prop_velocity", True)
         return cls(**d)
 
 
@@ -69,14 +93,56 @@ class ImageEncoder(nn.Module):
         return self.proj(self.conv(x).flatten(1))   # (B, Dv)
 
 
+class KeypointImageEncoder(nn.Module):
+    """(B, 3, S, S) uint8-range floats -> (B, Dv) through K keypoints.
+
+    Two stride-2 convs then stride-1 convs (feature maps at S/4), a 1x1 conv to K
+    heat maps, a spatial softmax per map, and each keypoint's expected (x, y) in
+    [-1, 1]; z_vis is one linear map of the 2K coordinates, so distances in z_vis
+    are distances between where things are in the image."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        layers, c_in = [], 3
+        for i, c in enumerate(cfg.channels):
+            k, stride = (5 if i == 0 else 3), (2 if i < 2 else 1)
+            layers += [nn.Conv2d(c_in, c, k, stride=stride, padding=k // 2), nn.GroupNorm(max(1, c // 16), c),
+                       nn.SiLU()]
+            c_in = c
+        self.conv = nn.Sequential(*layers)
+        self.heat = nn.Conv2d(c_in, cfg.keypoints, 1)
+        self.log_temp = nn.Parameter(torch.zeros(()))       # softmax temperature, learned
+        s = ((cfg.image_size + 1) // 2 + 1) // 2            # heat map side, S/4
+        grid = torch.linspace(-1.0, 1.0, s)
+        self.register_buffer("grid", grid, persistent=False)
+        self.proj = nn.Linear(2 * cfg.keypoints, cfg.vis_dim)
+
+    def keypoints(self, img: torch.Tensor) -> torch.Tensor:
+        """img (B, 3, S, S) -> (B, 2K): expected x of each keypoint, then expected y."""
+        x = img / 127.5 - 1.0                               # (B, 3, S, S) in [-1, 1]
+        h = self.heat(self.conv(x))                         # (B, K, s, s)
+        B, K, s, _ = h.shape
+        p = torch.softmax(h.flatten(2) * torch.exp(-self.log_temp), -1).view(B, K, s, s)
+        kx = (p.sum(2) * self.grid).sum(-1)                 # (B, K) marginal over rows -> x
+        ky = (p.sum(3) * self.grid).sum(-1)                 # (B, K) marginal over columns -> y
+        return torch.cat([kx, ky], -1)                      # (B, 2K)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.keypoints(img))               # (B, Dv)
+
+
 class Encoder(nn.Module):
     """Perception: frame + joint state -> embedding z (B, Dv + Dp)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.image = ImageEncoder(cfg)
-        self.prop = nn.Sequential(nn.Linear(2 * cfg.dof, 128), nn.SiLU(), nn.Linear(128, cfg.prop_dim))
+        self.image = KeypointImageEncoder(cfg) if cfg.encoder == "keypoints" else ImageEncoder(cfg)
+        n_in = (2 if cfg.prop_velocity else 1) * cfg.dof
+        if cfg.prop_encoder == "linear":
+            self.prop = nn.Linear(n_in, cfg.prop_dim)
+        else:
+            self.prop = nn.Sequential(nn.Linear(n_in, 128), nn.SiLU(), nn.Linear(128, cfg.prop_dim))
 
     def encode_image(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, 3, S, S) float 0..255 -> z_vis (B, Dv)."""
@@ -84,7 +150,8 @@ class Encoder(nn.Module):
 
     def forward(self, img: torch.Tensor, q: torch.Tensor, qd: torch.Tensor) -> torch.Tensor:
         """img (B, 3, S, S), q (B, A), qd (B, A) -> z (B, D)."""
-        return torch.cat([self.image(img), self.prop(torch.cat([q, qd], -1))], -1)
+        s = torch.cat([q, qd], -1) if self.cfg.prop_velocity else q
+        return torch.cat([self.image(img), self.prop(s)], -1)
 
 
 class AdaLNBlock(nn.Module):
@@ -141,6 +208,9 @@ class WorldModel(nn.Module):
         Din = D if cfg.predictor_reads_prop else cfg.vis_dim
         self.fine = Predictor(D, Din, cfg.history, A, W, C, N)
         self.coarse = Predictor(D, Din, 1, cfg.k_coarse * A, W, C, N)
+        # (B, Dv) -> (B, Dp): the joint-state embedding of the same instant, predicted from the image's
+        self.vis_to_prop = nn.Sequential(nn.Linear(cfg.vis_dim, W), nn.SiLU(), nn.Linear(W, cfg.prop_dim)) \
+            if cfg.vis_to_prop else None
 
     # planner-facing attributes
     @property

@@ -22,11 +22,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-coarse", type=int, default=5)
     p.add_argument("--vis-dim", type=int, default=32, help="image part of the embedding")
     p.add_argument("--prop-dim", type=int, default=16, help="joint-state part of the embedding")
+    p.add_argument("--encoder", default="conv", choices=["conv", "keypoints"],
+                   help="image encoder: a strided CNN (default) or spatial-softmax keypoints")
+    p.add_argument("--keypoints", type=int, default=32, help="keypoints of the keypoint encoder")
+    p.add_argument("--prop-encoder", default="mlp", choices=["mlp", "linear"], help="joint-state encoder")
+    p.add_argument("--cross-weight", type=float, default=0.0,
+                   help="weight of predicting z_prop from z_vis of the same step (0 = no such head)")
+    p.add_argument("--predictor-reads-prop", action="store_true",
+                   help="predictors read [z_vis | z_prop] instead of z_vis only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--refine-steps", type=int, default=2000,
                    help="stage 2: predictor steps on the frozen encoder's embeddings (0 = off)")
+    p.add_argument("--encoder-from", default=None, metavar="MODEL",
+                   help="take the encoder of this model folder, frozen, and train only new predictors on its "
+                        "embeddings (stage 2, --refine-steps); the encoder options above are then ignored")
     p.add_argument("--allow-collapse", action="store_true", help="warn instead of stopping on collapse (ablations)")
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
@@ -53,6 +64,7 @@ def collection_record(folder: str) -> dict | None:
 
 
 def run(args) -> int:
+    import dataclasses
     import logging
     import os
     import sys
@@ -63,10 +75,10 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ami_ros.core.arm import load_arm
-    from ami_ros.core.model_io import save_model
+    from ami_ros.core.model_io import ModelError, load_model, save_model
     from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, refine_predictors,
                                        split_episodes, train)
-    from ami_ros.core.world_model import ModelConfig
+    from ami_ros.core.world_model import ModelConfig, WorldModel
     from ami_ros.data.bags import load_episodes
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -85,6 +97,14 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
 
     arm = load_arm()
+    src = None
+    if args.encoder_from:  # its encoder, frozen; new predictors
+        try:
+            src = load_model(args.encoder_from, "torch", "cpu", joint_names=arm.joint_names)
+        except ModelError as e:
+            print(f"error: --encoder-from: {e}", file=sys.stderr)
+            return 2
+        args.image_size = src.cfg.image_size
     episodes, errors = load_episodes(args.data, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
                                      image_size=args.image_size)
     for e in errors:
@@ -93,10 +113,18 @@ def run(args) -> int:
         print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
         return 2
     mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
-                       prop_dim=args.prop_dim)
+                       prop_dim=args.prop_dim, encoder=args.encoder, keypoints=args.keypoints,
+                       prop_encoder=args.prop_encoder, vis_to_prop=args.cross_weight > 0,
+                       predictor_reads_prop=args.predictor_reads_prop,
+                       **({"channels": (16, 32, 32, 32)} if args.encoder == "keypoints" else {}))
+    if src is not None:
+        mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, predictor_reads_prop=args.predictor_reads_prop,
+                                   vis_to_prop=False)
+        args.epochs, args.cross_weight = 0, 0.0
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
-                      allow_collapse=args.allow_collapse, refine_steps=args.refine_steps, model=mcfg)
+                      allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
+                      cross_weight=args.cross_weight, model=mcfg)
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.pt")
@@ -118,15 +146,21 @@ def run(args) -> int:
                        f"std mean {e['std_mean']:.3f} min {e['std_min']:.3f}")
 
     t0 = time.time()
-    try:
-        model, logs = train(cfg, train_eps, test_eps, ckpt, device, progress, on_epoch)
-    except CollapseError as e:
-        bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    if src is not None:
+        torch.manual_seed(cfg.seed)
+        model = WorldModel(mcfg).to(device)
+        model.encoder.load_state_dict(src.torch_model.encoder.state_dict())
+        logs = []
+    else:
+        try:
+            model, logs = train(cfg, train_eps, test_eps, ckpt, device, progress, on_epoch)
+        except CollapseError as e:
+            bar.close()
+            print(f"error: {e}", file=sys.stderr)
+            return 3
     bar.close()
     if rank == 0:
-        stage1 = evaluate(model, train_eps, test_eps, device, probes=False)
+        stage1 = evaluate(model, train_eps, test_eps, device, probes=False) if src is None else {}
         bar = tqdm(total=cfg.refine_steps, desc="refine predictors", unit="step")
 
         def refine_progress(step, total, info):
@@ -157,6 +191,10 @@ def run(args) -> int:
             "epochs": logs,
         }
         card["data"]["collection"] = collection_record(args.data)
+        if src is not None:  # how the frozen encoder was made
+            card["encoder_from"] = {"folder": os.path.abspath(args.encoder_from), "model_id": src.model_id,
+                                    "data": src.card.get("data"), "training": src.card.get("training"),
+                                    "epochs": src.card.get("epochs")}
         card = save_model(args.out, model.cpu(), card)
         if not args.keep_checkpoint and os.path.exists(ckpt):
             os.remove(ckpt)
