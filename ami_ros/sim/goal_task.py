@@ -107,6 +107,31 @@ class OracleAgent:
         return np.clip(self.q_goal - q_cmd, -self.bound, self.bound)[None], None
 
 
+class TrueDynamicsAgent:
+    """Diagnostic reference: the model's goal energy, but the simulator's dynamics.
+
+    Each step it draws ``candidates`` actions (and the zero action), renders the scene
+    with the arm at each candidate's next commanded target, encodes the images and takes
+    the action whose image embedding is nearest the goal image's (greedy, one step). It
+    separates the two halves of the world model: when it reaches the goals and the
+    planner does not, the embedding is good enough and the predictor is what fails."""
+
+    def __init__(self, model, sim, action_bound, candidates: int = 48, seed: int = 0):
+        self.model, self.sim, self.bound = model, sim, action_bound
+        self.n, self.rng = candidates, np.random.default_rng(seed)
+        self.dims = model.goal_dims
+
+    def reset(self, goal_image, q_goal=None):
+        self.goal = self.model.encode_image(image_to_tensor(goal_image[None]))[0, self.dims]
+
+    def act(self, stamp, frame, q, qd, q_cmd):
+        cands = np.vstack([np.zeros(len(self.bound)), self.rng.uniform(-self.bound, self.bound, (self.n, len(self.bound)))])
+        imgs = np.stack([self.sim.render_configuration(self.sim.spec.clip(q_cmd + a)) for a in cands])
+        z = self.model.encode_image(image_to_tensor(imgs))[:, self.dims]                # (N+1, Dv)
+        best = int(torch.argmin(((z - self.goal) ** 2).sum(-1)))
+        return cands[best][None], None
+
+
 # ---------------------------------------------------------------- episode
 @dataclass
 class EpisodeResult:

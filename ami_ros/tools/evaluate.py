@@ -2,7 +2,10 @@
 
 For each split (near, far) it runs the world-model planner and, in the same
 call and on the same episodes, two references: random actions, and an oracle
-that knows the goal's true joint configuration (an upper bound).
+that knows the goal's true joint configuration (an upper bound). With
+``--true-dynamics`` a third, diagnostic one: the model's goal energy with the
+simulator's outcomes instead of the predictor's (see
+``ami_ros.sim.goal_task.TrueDynamicsAgent``).
 """
 from __future__ import annotations
 
@@ -18,6 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="planner/cost parameter file (default config/planner.yaml)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
+    p.add_argument("--true-dynamics", action="store_true",
+                   help="also run a diagnostic reference that scores actions with the model's goal energy but "
+                        "takes their outcome from the simulator (rendered and encoded): it tells whether the "
+                        "embedding or the predictor limits the planner")
     p.add_argument("--success-radius", type=float, default=0.05, help="metres (default 0.05)")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a 2-core machine the "
@@ -38,7 +45,7 @@ def run(args) -> int:
     from ami_ros.core.model_io import ModelError, load_model
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.sim.arm_sim import ArmSim
-    from ami_ros.sim.goal_task import OracleAgent, RandomAgent, WorldModelAgent, run_episode
+    from ami_ros.sim.goal_task import OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent, run_episode
 
     torch.set_num_threads(args.threads)
     arm = load_arm()
@@ -63,6 +70,8 @@ def run(args) -> int:
                "episodes_per_split": args.episodes, "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
                "splits": {}}
     sim = ArmSim(arm, width=size, height=size, seed=args.seed)
+    if args.true_dynamics:
+        agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed)
     try:
         for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
             results["splits"][split] = {}
