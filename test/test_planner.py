@@ -328,3 +328,31 @@ def test_workspace_term_prices_plans_that_leave_the_gates_box():
     assert arm.tool_position(arm.home + 0.8 * np.eye(6)[1])[2] < box.lo[2]   # the "down" plan ends below
     assert terms_stay["workspace"].item() == 0.0
     assert terms_down["workspace"].item() > 1.0
+
+
+def test_keep_out_term_prices_plans_that_reach_into_a_keep_out_box():
+    """The gate's keep-out box (the human zone) priced along the links: a plan swinging the
+    arm into it costs more than one staying clear, which costs exactly 0."""
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.safety import SafetySpec
+
+    arm = load_arm()
+    zone = SafetySpec.load(arm=arm).keep_out[0]
+    cost = Cost(CostWeights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0),
+                arm.q_min, arm.q_max, kinematics=arm.link_positions, keep_out=[(zone.lo, zone.hi)])
+    q_start = arm.home.copy()
+    q_start[2] = 0.6                                                    # elbow opened: a longer reach
+    q0 = torch.tensor(q_start, dtype=torch.float32)
+    pans = [p for p in np.linspace(-2.5, 0.0, 251)                       # pan angles that put the tool in the zone
+            if zone.contains(arm.tool_position(q_start + p * np.eye(6)[0])[None])[0]]
+    assert pans, "no pan angle reaches the keep-out box"
+    assert not zone.contains(arm.link_positions(q_start)).any()
+    into = torch.zeros(1, 8, 6)
+    into[..., 0] = float(pans[len(pans) // 2]) / 8                     # swing there over the horizon
+    stay = torch.zeros(1, 8, 6)
+    stay[..., 0] = 0.02
+    z = torch.zeros(1, 8, 4)
+    terms_into = cost.breakdown(z, into, torch.zeros(4), q0, torch.zeros(6))
+    terms_stay = cost.breakdown(z, stay, torch.zeros(4), q0, torch.zeros(6))
+    assert terms_stay["keep_out"].item() == 0.0
+    assert terms_into["keep_out"].item() > 1.0

@@ -25,6 +25,12 @@ Terms (each multiplied by its weight in :class:`CostWeights`):
   ``workspace_margin`` of a face costs ``(d / margin)**2`` (d: depth into the band,
   growing beyond the face), summed over points and axes, mean over steps. Plans the
   gate would refuse (an arm reaching into the table) are priced before they are sent.
+- ``keep_out``: soft barrier keeping the arm out of the safety gate's keep-out boxes
+  (a human zone): points along every link (each joint origin to the next at 0, 1/4,
+  1/2 and 3/4 of its length, and the tool point) that come within ``keep_out_margin``
+  of a box or enter it cost ``(d / margin)**2``, d = depth into the box grown by the
+  margin (its smallest distance to a face of the grown box), summed over points, mean
+  over steps.
 - ``subgoal``: (hierarchical low level only) mean squared distance, on ALL
   embedding dims, between the prediction at step ``subgoal_step`` and a subgoal
   embedding.
@@ -109,6 +115,8 @@ class CostWeights(ValidatedConfig):
     subgoal: float = 1.0           # weight of the subgoal distance (hierarchical low level)
     workspace: float = 10.0        # weight of the soft workspace barrier
     workspace_margin: float = 0.03  # m: width of the workspace barrier band inside each face
+    keep_out: float = 10.0         # weight of the soft keep-out barrier
+    keep_out_margin: float = 0.05  # m: the keep-out barrier acts within this distance of a box
 
     RANGES: ClassVar[dict] = {
         "goal_terminal": (0.0, 1e6, "weight of the mean squared goal distance (goal dims) at the last predicted step"),
@@ -121,10 +129,12 @@ class CostWeights(ValidatedConfig):
         "subgoal": (0.0, 1e6, "weight of the mean squared distance (all dims) to the hierarchical subgoal"),
         "workspace": (0.0, 1e6, "weight of the barrier keeping every link point inside the workspace box"),
         "workspace_margin": (1e-3, 0.5, "m; the workspace barrier acts within this distance of a face"),
+        "keep_out": (0.0, 1e6, "weight of the barrier keeping points along the links out of the keep-out boxes"),
+        "keep_out_margin": (1e-3, 0.5, "m; the keep-out barrier acts within this distance of a box"),
     }
 
 
-TERMS = ("goal_terminal", "goal_running", "smoothness", "effort", "joint_limit", "workspace", "subgoal")
+TERMS = ("goal_terminal", "goal_running", "smoothness", "effort", "joint_limit", "workspace", "keep_out", "subgoal")
 
 
 class Cost:
@@ -139,13 +149,16 @@ class Cost:
     """
 
     def __init__(self, weights: CostWeights, q_min=None, q_max=None, *,
-                 action_bound=None, goal_dims: slice | None = None, kinematics=None, workspace=None):
+                 action_bound=None, goal_dims: slice | None = None, kinematics=None, workspace=None,
+                 keep_out=()):
         """kinematics: q (..., A) tensor -> link points (..., P, 3); workspace: (lo (3,), hi (3,))
-        box in the same frame. The workspace term is off unless both are given."""
+        box in the same frame; keep_out: such boxes the arm must stay out of. The workspace and
+        keep-out terms are off unless the kinematics and their boxes are given."""
         self._weights = weights.validate()
         self.kinematics = kinematics
         self.workspace = None if workspace is None else tuple(
             torch.as_tensor(v, dtype=torch.float32) for v in workspace)
+        self.keep_out = [tuple(torch.as_tensor(v, dtype=torch.float32) for v in box) for box in keep_out]
         self.q_min = None if q_min is None else torch.as_tensor(q_min, dtype=torch.float32)
         self.q_max = None if q_max is None else torch.as_tensor(q_max, dtype=torch.float32)
         if (self.q_min is None) != (self.q_max is None):
@@ -238,6 +251,22 @@ class Cost:
             out["workspace"] = w.workspace * (d / m).pow(2).sum((-1, -2)).mean(-1)
         else:
             out["workspace"] = torch.zeros(B, device=dev, dtype=dt)
+
+        if self.kinematics is not None and self.keep_out and w.keep_out > 0:
+            q = q0.to(dev, dt) + actions.cumsum(1)                      # (B, H, A)
+            pts = self.kinematics(q)                                    # (B, H, P, 3)
+            f = torch.tensor([0.0, 0.25, 0.5, 0.75], device=dev, dtype=dt)[:, None]
+            along = pts[..., :-1, None, :] + f * (pts[..., 1:, None, :] - pts[..., :-1, None, :])
+            pts = torch.cat([along.flatten(-3, -2), pts[..., -1:, :]], -2)  # (B, H, 4(P-1)+1, 3)
+            m = w.keep_out_margin
+            cost = torch.zeros(B, device=dev, dtype=dt)
+            for lo, hi in self.keep_out:
+                lo, hi = lo.to(dev, dt) - m, hi.to(dev, dt) + m
+                depth = torch.relu(torch.minimum(pts - lo, hi - pts).min(-1).values)   # (B, H, P')
+                cost = cost + (depth / m).pow(2).sum(-1).mean(-1)
+            out["keep_out"] = w.keep_out * cost
+        else:
+            out["keep_out"] = torch.zeros(B, device=dev, dtype=dt)
 
         if subgoal is not None and w.subgoal > 0:
             out["subgoal"] = w.subgoal * (z_pred[:, subgoal_step] - subgoal.to(dev, dt)).pow(2).mean(-1)

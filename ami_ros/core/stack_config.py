@@ -51,7 +51,9 @@ def build_planner(model, arm: ArmSpec, stack: dict, control_dt: float, **overrid
     from ami_ros.core.safety import SafetySpec
 
     cfg = PlannerConfig.from_dict({**stack["planner"], **overrides})
-    box = SafetySpec.load(arm=arm).workspace          # the gate's box: plans it would refuse cost more
+    safety = SafetySpec.load(arm=arm)                 # the gate's boxes: plans it would refuse cost more
+    box = safety.workspace
     cost = Cost(CostWeights.from_dict(stack["cost"]), arm.q_min, arm.q_max,
-                kinematics=arm.link_positions, workspace=(box.lo, box.hi))
+                kinematics=arm.link_positions, workspace=(box.lo, box.hi),
+                keep_out=[(b.lo, b.hi) for b in safety.keep_out])
     return Planner(model, cost, cfg, action_bound(arm, control_dt, stack["action_scale"]))
