@@ -139,3 +139,31 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     assert b.cfg.predictor_reads_prop and not a.cfg.predictor_reads_prop
     assert b.card["encoder_from"]["model_id"] == a.model_id
     assert train(*common, "--out", str(tmp_path / "x"), "--encoder-from", str(tmp_path / "nowhere")) == 2
+
+
+def test_random_action_prob_mixes_abrupt_actions_within_the_bound():
+    """--random-action-prob p: about p of the steps take a uniform action within the bound; with p = 0
+    the exploration is the smooth one, draw for draw (old datasets stay reproducible)."""
+    from types import SimpleNamespace
+
+    from ami_ros.tools.collect import Explorer
+
+    arm = load_arm()
+
+    def deltas(p, seed=0):
+        rng = np.random.default_rng(seed)
+        sim = SimpleNamespace(spec=arm, random_configuration=lambda: arm.clip(arm.home + rng.uniform(-0.5, 0.5, 6)))
+        ex = Explorer(sim, rng, 0.1, arm.home.copy(), random_action_prob=p)
+        out = []
+        for k in range(400):
+            before = ex.q_cmd.copy()
+            ex.step(0.1 * k)
+            out.append(ex.q_cmd - before)
+        return np.array(out), ex.bound
+
+    smooth, bound = deltas(0.0)
+    mixed, _ = deltas(0.5)
+    assert np.all(np.abs(mixed) <= bound + 1e-12)
+    jumps = lambda d: np.abs(np.diff(d, axis=0)).max(1)            # noqa: E731  biggest change between steps
+    assert np.quantile(jumps(mixed), 0.75) > 3 * np.quantile(jumps(smooth), 0.75)
+    np.testing.assert_array_equal(smooth, deltas(0.0)[0])

@@ -25,6 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera-hz", type=float, default=20.0, help="image rate (default 20)")
     p.add_argument("--joint-state-hz", type=float, default=50.0, help="joint state rate (default 50)")
     p.add_argument("--control-hz", type=float, default=10.0, help="command rate (default 10)")
+    p.add_argument("--random-action-prob", type=float, default=0.0,
+                   help="chance per control step of an action drawn uniformly within the bound instead of the "
+                        "smooth exploration's (default 0): shows the predictor the abrupt changes a planner's "
+                        "candidates make")
     p.add_argument("--arm", default=None, help="arm description (default config/arm.yaml)")
 
 
@@ -45,7 +49,7 @@ def _folder_bytes(path: str) -> int:
 class Explorer:
     """Smooth random joint-target exploration for one episode (its own RNG)."""
 
-    def __init__(self, sim, rng, control_dt: float, q_start):
+    def __init__(self, sim, rng, control_dt: float, q_start, random_action_prob: float = 0.0):
         import numpy as np
 
         self.np = np
@@ -58,6 +62,7 @@ class Explorer:
         self.bound = spec.v_max * control_dt * self.action_scale
         self.dv_max = spec.a_max * control_dt * control_dt  # keeps the increments smooth
         self.lo, self.hi = spec.q_min + 0.05, spec.q_max - 0.05
+        self.random_action_prob = float(random_action_prob)
         self.q_cmd = np.array(q_start, dtype=np.float64)
         self.delta = np.zeros_like(self.q_cmd)
         self.noise = np.zeros_like(self.q_cmd)
@@ -80,6 +85,8 @@ class Explorer:
         self.noise = 0.7 * self.noise + 0.3 * self.rng.normal(0.0, 1.0, self.q_cmd.shape) * self.noise_scale * self.bound
         delta = self.delta + np.clip(desired + self.noise - self.delta, -self.dv_max, self.dv_max)
         delta = np.clip(delta, -self.bound, self.bound)
+        if self.random_action_prob > 0 and self.rng.random() < self.random_action_prob:
+            delta = self.rng.uniform(-self.bound, self.bound)
         q_next = np.clip(self.q_cmd + delta, self.lo, self.hi)
         self.delta = q_next - self.q_cmd
         self.q_cmd = q_next
@@ -92,7 +99,7 @@ class Explorer:
 
 
 def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, camera_hz: float,
-                   joint_state_hz: float, progress=None) -> dict:
+                   joint_state_hz: float, progress=None, random_action_prob: float = 0.0) -> dict:
     """Record one episode into the bag folder ``path``; returns its index entry."""
     import math
 
@@ -108,7 +115,7 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
     sim.reset(q_start)  # random cube pose from sim.rng
     names = sim.joint_names
     control_dt = 1.0 / control_hz
-    explorer = Explorer(sim, rng, control_dt, sim.joint_positions())
+    explorer = Explorer(sim, rng, control_dt, sim.joint_positions(), random_action_prob)
 
     phys_ns = int(round(sim.model.opt.timestep * 1e9))
     end_ns = int(round(steps * control_dt * 1e9))
@@ -179,6 +186,9 @@ def run(args) -> int:
         if getattr(args, name) < 1:
             print(f"collect: --{name} must be >= 1", file=sys.stderr)
             return 2
+    if not 0.0 <= args.random_action_prob <= 1.0:
+        print("collect: --random-action-prob must be in [0, 1]", file=sys.stderr)
+        return 2
     for name in ("camera_hz", "joint_state_hz", "control_hz"):
         if not getattr(args, name) > 0:
             print(f"collect: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
@@ -209,14 +219,15 @@ def run(args) -> int:
                 entries.append(record_episode(
                     sim, os.path.join(out, name), seed=args.seed + i, steps=args.steps,
                     control_hz=args.control_hz, camera_hz=args.camera_hz,
-                    joint_state_hz=args.joint_state_hz, progress=bar))
+                    joint_state_hz=args.joint_state_hz, progress=bar,
+                    random_action_prob=args.random_action_prob))
     finally:
         sim.close()
         index = {
             "arm": spec.source, "joint_names": spec.joint_names, "seed": args.seed,
             "steps": args.steps, "width": args.width, "height": args.height,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
-            "control_hz": args.control_hz, "episodes": entries,
+            "control_hz": args.control_hz, "random_action_prob": args.random_action_prob, "episodes": entries,
         }
         with open(os.path.join(out, "index.yaml"), "w") as f:
             yaml.safe_dump(index, f, sort_keys=False)
