@@ -57,6 +57,37 @@ def test_sigreg_gradient_spreads_a_collapsed_batch():
     assert collapse_stats(z.detach())["effective_rank"] > before + 3
 
 
+def _sigreg_rank(rank, world, init_file, z_all, out):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        z = z_all.chunk(world)[rank]
+        g = lambda: torch.Generator().manual_seed(5)   # noqa: E731  same directions on every rank
+        out[rank] = (float(sigreg(z, 64, g())), float(sigreg(z, 64, g(), global_batch=False)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sigreg_under_distributed_is_the_global_batchs(tmp_path):
+    """Two gloo ranks: SIGReg is the statistic of both halves together (as one process on the
+    whole batch computes it); with global_batch=False each rank's own (a monitor one rank runs)."""
+    import torch.multiprocessing as mp
+
+    z = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+    z[:, 0] *= 3.0                                     # not isotropic: a clearly nonzero statistic
+    out = mp.Manager().dict()
+    mp.spawn(_sigreg_rank, args=(2, str(tmp_path / "init"), z, out), nprocs=2, join=True)
+    g = lambda: torch.Generator().manual_seed(5)       # noqa: E731
+    whole = float(sigreg(z, 64, g()))
+    for rank, half in enumerate(z.chunk(2)):
+        glob, local = out[rank]
+        assert glob == pytest.approx(whole, rel=1e-5)
+        assert local == pytest.approx(float(sigreg(half, 64, g())), rel=1e-5)
+    assert out[0][1] != pytest.approx(whole, rel=1e-3)
+
+
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     eps = _episodes()
     cfg = TrainConfig(epochs=2, steps_per_epoch=4, batch=4, seq_len=16, ckpt_every=3, model=TINY)

@@ -20,13 +20,17 @@ def _knots(n_knots: int, t_max: float, device, dtype):
     return t, w * torch.exp(-0.5 * t**2)                                  # window
 
 
-def epps_pulley(x: torch.Tensor, n_knots: int = 17, t_max: float = 3.0) -> torch.Tensor:
-    """x (N, K) projections -> (K,) Epps-Pulley statistics against N(0, 1)."""
+def epps_pulley(x: torch.Tensor, n_knots: int = 17, t_max: float = 3.0, global_batch: bool = True) -> torch.Tensor:
+    """x (N, K) projections -> (K,) Epps-Pulley statistics against N(0, 1).
+
+    global_batch: under torch.distributed, the statistic of all ranks' samples together
+    (a collective: every rank must call it); False: of this rank's samples only (monitors
+    that one rank computes, or that every rank computes on the same data)."""
     n = x.shape[0]
     t, w = _knots(n_knots, t_max, x.device, x.dtype)
     xt = x.unsqueeze(-1) * t                                              # (N, K, T)
     re, im = torch.cos(xt).mean(0), torch.sin(xt).mean(0)                 # (K, T) ECF
-    if dist.is_available() and dist.is_initialized():
+    if global_batch and dist.is_available() and dist.is_initialized():
         ecf = torch.stack([re, im]) * n
         dist.all_reduce(ecf)                                              # sum over ranks
         n_total = torch.tensor([float(n)], device=x.device)
@@ -38,12 +42,12 @@ def epps_pulley(x: torch.Tensor, n_knots: int = 17, t_max: float = 3.0) -> torch
 
 
 def sigreg(z: torch.Tensor, n_proj: int = 256, generator: torch.Generator | None = None,
-           n_knots: int = 17, t_max: float = 3.0) -> torch.Tensor:
+           n_knots: int = 17, t_max: float = 3.0, global_batch: bool = True) -> torch.Tensor:
     """z (N, D) embeddings -> scalar SIGReg loss (mean Epps-Pulley over n_proj directions)."""
     d = z.shape[-1]
     dirs = torch.randn(d, n_proj, generator=generator, device="cpu").to(z)  # same on every rank
     dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    return epps_pulley(z @ dirs, n_knots, t_max).mean()
+    return epps_pulley(z @ dirs, n_knots, t_max, global_batch).mean()
 
 
 @torch.no_grad()

@@ -176,7 +176,7 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     Z = torch.cat(z_test)
     out = {"heldout_episodes": len(test_eps), "heldout_steps": int(Z.shape[0])}
     out.update({f"heldout_{k}": v for k, v in collapse_stats(Z).items()})
-    out["heldout_sigreg"] = float(sigreg(Z, 1024, torch.Generator().manual_seed(0)))
+    out["heldout_sigreg"] = float(sigreg(Z, 1024, torch.Generator().manual_seed(0), global_batch=False))
     Hmax = max(horizons)
     err = {n: [] for n in horizons}
     base = {n: [] for n in horizons}
@@ -297,8 +297,9 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
             with torch.no_grad():
                 zs = torch.cat([encode_episode(model, e, device) for e in (test_eps or train_eps[:2])])
             stats = collapse_stats(zs)
+            held = float(sigreg(zs, 1024, torch.Generator().manual_seed(0), global_batch=False))  # same on every rank
             entry = {"epoch": step // cfg.steps_per_epoch, "step": step, "loss": loss.item(), "pred": pred.item(),
-                     "sigreg_train": reg.item(), "cross": cross.item(), "heldout_sigreg": float(sigreg(zs, 1024, torch.Generator().manual_seed(0))),
+                     "sigreg_train": reg.item(), "cross": cross.item(), "heldout_sigreg": held,
                      **{k: v.item() for k, v in pl.items()}, **stats}
             logs.append(entry)
             if on_epoch is not None:
