@@ -99,6 +99,9 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.cross_weight < 0 or args.keypoints < 1:
+        print("error: --cross-weight must be >= 0 and --keypoints >= 1", file=sys.stderr)
+        return 2
     arm = load_arm()
     src = None
     if args.encoder_from:  # its encoder, frozen; new predictors
