@@ -233,8 +233,11 @@ class Cost:
         out["smoothness"] = w.smoothness * da.pow(2).mean((1, 2))
         out["effort"] = w.effort * a.pow(2).mean((1, 2))
 
+        q = q0.to(dev, dt) + actions.cumsum(1)                          # (B, H, A) commanded positions
+        use_ws = self.kinematics is not None and self.workspace is not None and w.workspace > 0
+        use_ko = self.kinematics is not None and bool(self.keep_out) and w.keep_out > 0
+        pts = self.kinematics(q) if use_ws or use_ko else None          # (B, H, P, 3), once for both
         if self.q_min is not None and w.joint_limit > 0:
-            q = q0.to(dev, dt) + actions.cumsum(1)                      # (B, H, A)
             m = w.joint_limit_margin
             lo = torch.relu(self.q_min.to(dev, dt) + m - q)
             hi = torch.relu(q - (self.q_max.to(dev, dt) - m))
@@ -242,9 +245,7 @@ class Cost:
         else:
             out["joint_limit"] = torch.zeros(B, device=dev, dtype=dt)
 
-        if self.kinematics is not None and self.workspace is not None and w.workspace > 0:
-            q = q0.to(dev, dt) + actions.cumsum(1)                      # (B, H, A)
-            pts = self.kinematics(q)                                    # (B, H, P, 3)
+        if use_ws:
             m = w.workspace_margin
             lo, hi = (v.to(dev, dt) for v in self.workspace)
             d = torch.relu(lo + m - pts) + torch.relu(pts - (hi - m))
@@ -252,17 +253,15 @@ class Cost:
         else:
             out["workspace"] = torch.zeros(B, device=dev, dtype=dt)
 
-        if self.kinematics is not None and self.keep_out and w.keep_out > 0:
-            q = q0.to(dev, dt) + actions.cumsum(1)                      # (B, H, A)
-            pts = self.kinematics(q)                                    # (B, H, P, 3)
+        if use_ko:
             f = torch.tensor([0.0, 0.25, 0.5, 0.75], device=dev, dtype=dt)[:, None]
             along = pts[..., :-1, None, :] + f * (pts[..., 1:, None, :] - pts[..., :-1, None, :])
-            pts = torch.cat([along.flatten(-3, -2), pts[..., -1:, :]], -2)  # (B, H, 4(P-1)+1, 3)
+            samples = torch.cat([along.flatten(-3, -2), pts[..., -1:, :]], -2)  # (B, H, 4(P-1)+1, 3)
             m = w.keep_out_margin
             cost = torch.zeros(B, device=dev, dtype=dt)
             for lo, hi in self.keep_out:
                 lo, hi = lo.to(dev, dt) - m, hi.to(dev, dt) + m
-                depth = torch.relu(torch.minimum(pts - lo, hi - pts).min(-1).values)   # (B, H, P')
+                depth = torch.relu(torch.minimum(samples - lo, hi - samples).min(-1).values)  # (B, H, P')
                 cost = cost + (depth / m).pow(2).sum(-1).mean(-1)
             out["keep_out"] = w.keep_out * cost
         else:

@@ -157,12 +157,13 @@ class SafetyNode(Node):
         position follows it; the measured state otherwise (call with self.q known)."""
         if self._sent is not None:
             qc, vc = self._sent.sample(now)
-            if float(np.max(np.abs(qc - self.q))) <= self.tracking_tolerance:
+            off = float(np.max(np.abs(qc - self.q)))
+            if off <= self.tracking_tolerance:
                 return qc, vc
             self._sent = None
             self.from_measured += 1
             self.get_logger().warning(
-                f"commanded position {float(np.max(np.abs(qc - self.q))):.3f} rad from the measured one "
+                f"commanded position {off:.3f} rad from the measured one "
                 f"(> {self.tracking_tolerance}); gating from the measured state", throttle_duration_sec=2.0)
         return self.q, self.v
 

@@ -118,15 +118,16 @@ def run(args) -> int:
     if len(episodes) < 2:
         print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
         return 2
-    mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
-                       prop_dim=args.prop_dim, encoder=args.encoder, keypoints=args.keypoints,
-                       prop_encoder=args.prop_encoder, vis_to_prop=args.cross_weight > 0,
-                       predictor_reads_prop=args.predictor_reads_prop,
-                       **({"channels": (16, 32, 32, 32)} if args.encoder == "keypoints" else {}))
-    if src is not None:
+    if src is not None:  # the source's encoder config; only the predictors' options apply
         mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, predictor_reads_prop=args.predictor_reads_prop,
                                    vis_to_prop=False)
         args.epochs, args.cross_weight = 0, 0.0
+    else:
+        mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
+                           prop_dim=args.prop_dim, encoder=args.encoder, keypoints=args.keypoints,
+                           prop_encoder=args.prop_encoder, vis_to_prop=args.cross_weight > 0,
+                           predictor_reads_prop=args.predictor_reads_prop,
+                           **({"channels": (16, 32, 32, 32)} if args.encoder == "keypoints" else {}))
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
                       allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
