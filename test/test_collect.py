@@ -92,6 +92,13 @@ def test_refuses_existing_output(out, capsys):
     assert "already holds" in capsys.readouterr().err
 
 
+def test_refuses_a_random_action_prob_outside_0_1(tmp_path, capsys):
+    for p in ("-0.1", "1.5"):
+        assert collect("--episodes", "1", "--out", str(tmp_path / "x"), "--random-action-prob", p) == 2
+        assert "--random-action-prob" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_loader_replays_the_commanded_targets(tmp_path, monkeypatch, capsys):
     """q_cmd from the bag equals the targets the tool commanded, tick by tick."""
     from ami_ros.tools import collect as tool
@@ -139,6 +146,9 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     assert b.cfg.predictor_reads_prop and not a.cfg.predictor_reads_prop
     assert b.card["encoder_from"]["model_id"] == a.model_id
     assert train(*common, "--out", str(tmp_path / "x"), "--encoder-from", str(tmp_path / "nowhere")) == 2
+    assert train(*common, "--out", str(tmp_path / "y"), "--cross-weight", "-1") == 2
+    assert train(*common, "--out", str(tmp_path / "y"), "--encoder", "keypoints", "--keypoints", "0") == 2
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_random_action_prob_mixes_abrupt_actions_within_the_bound():
