@@ -36,7 +36,7 @@ class Probe(Node):
         super().__init__("safety_probe", context=context)
         self.names, self.q = list(names), np.array(q, dtype=float)
         self.cond = threading.Condition()
-        self.commands: deque = deque(maxlen=100)
+        self.commands: list = []               # every gated command (unbounded: tests index it by count)
         self.states: deque = deque(maxlen=100)
         self.diags: deque = deque(maxlen=10)
         self.publish_states = False
