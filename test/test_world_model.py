@@ -19,6 +19,10 @@ TINY = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, 
 # the other encoder choices: spatial-softmax keypoints, linear joint-state encoder, cross-modal head
 TINY_KP = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
                       pred_blocks=1, encoder="keypoints", keypoints=6, prop_encoder="linear", vis_to_prop=True)
+TINY_DIRECT = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
+                          pred_blocks=1, direct=True, direct_width=32, direct_ensemble=2)
+TINY_GOALF = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
+                         pred_blocks=1, direct=True, direct_width=32, goal_features=5)
 
 
 def _episodes(n=3, T=40, size=32, seed=0):
@@ -27,7 +31,7 @@ def _episodes(n=3, T=40, size=32, seed=0):
     for i in range(n):
         q = np.cumsum(rng.normal(0, 0.05, (T, 6)), 0).astype(np.float32)
         eps.append(SimpleNamespace(frames=(rng.random((T, size, size, 3)) * 255).astype(np.uint8), q=q,
-                                   qd=np.zeros_like(q), action=np.diff(q, axis=0), cube=None, tool=None,
+                                   qd=np.zeros_like(q), q_cmd=q, action=np.diff(q, axis=0), cube=None, tool=None,
                                    path=f"/episodes/{i}"))
     return eps
 
@@ -130,7 +134,8 @@ def model_folder(tmp_path_factory):
     return _save_tiny(str(tmp_path_factory.mktemp("models") / "tiny"), TINY)
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_KP], ids=["conv", "keypoints"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_KP, TINY_DIRECT, TINY_GOALF],
+                         ids=["conv", "keypoints", "direct", "goal_features"])
 def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
     folder = _save_tiny(str(tmp_path / "tiny"), cfg)
     t, o = load_model(folder, "torch", "cpu"), load_model(folder, "onnx", "cpu")
@@ -147,6 +152,21 @@ def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
     torch.testing.assert_close(o.rollout(z_hist, acts), t.rollout(z_hist, acts), **tol)
     chunks = torch.randn(7, 2, TINY.k_coarse * 6, generator=g) * 0.1
     torch.testing.assert_close(o.rollout_coarse(z_hist[:, -1], chunks), t.rollout_coarse(z_hist[:, -1], chunks), **tol)
+    assert o.has_direct == t.has_direct == cfg.direct
+    if cfg.direct:  # per candidate from now; any horizon; every k-th step for the coarse level
+        q0, qd0, qc = (torch.randn(6, generator=g) for _ in range(3))
+        acts = torch.randn(7, 10, 6, generator=g) * 0.1
+        full = t.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts)
+        assert full.shape == (7, 10, cfg.goal_dim)
+        torch.testing.assert_close(o.encode_goal(img), t.encode_goal(img), **tol)
+        assert t.encode_goal(img).shape == (5, cfg.goal_dim)
+        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts), full, **tol)
+        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts[:, :3]), full[:, :3], **tol)
+        torch.testing.assert_close(t.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, every=5), full[:, 4::5], **tol)
+        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, every=5), full[:, 4::5], **tol)
+    else:
+        with pytest.raises(ModelError, match="no direct predictor"):
+            o.rollout_direct(z_hist[:, -1], q[0], qd[0], q[0], acts)
 
 
 def test_loading_refuses_tampered_or_mismatched_folders(model_folder, tmp_path):
@@ -219,3 +239,63 @@ def test_predictor_refinement_lowers_the_prediction_loss_and_leaves_the_encoder(
     assert out["refine_loss_last"] < out["refine_loss_first"]
     for k, v in model.encoder.state_dict().items():
         assert torch.equal(v, enc[k]), k
+
+
+def test_direct_predictor_training_lowers_its_loss_and_leaves_the_rest(tmp_path):
+    """Stage 3 trains only the direct predictor; its z_prop is the commanded target's at rest;
+    the held-out evaluation reports it next to the fine rollout and copy-last."""
+    from ami_ros.core.training import evaluate, train_direct
+
+    eps = _episodes(n=3, T=50)
+    for e in eps:  # frames that show the arm: brightness follows joint 0
+        e.frames[:] = np.clip(128 + 100 * np.tanh(e.q[:, :1, None, None]), 0, 255).astype(np.uint8)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, direct_steps=300, direct_batch=32,
+                      direct_span=5, model=TINY_DIRECT)
+    model, _ = train(cfg, eps[:2], [], str(tmp_path / "d.pt"))
+    rest = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("direct.")}
+    before = evaluate(model, [], eps[:2], "cpu", horizons=(1, 5), probes=False)   # on its training data
+    out = train_direct(model, cfg, eps[:2])
+    after = evaluate(model, [], eps[:2], "cpu", horizons=(1, 5), probes=False)
+    for n in (1, 5):
+        assert after[f"direct_err_vis_{n}"] < 0.5 * before[f"direct_err_vis_{n}"], (n, before, after, out)
+        assert after[f"copy_err_vis_{n}"] == before[f"copy_err_vis_{n}"] > 0
+        assert after[f"fine_err_vis_{n}"] == before[f"fine_err_vis_{n}"]
+    for k, v in model.state_dict().items():
+        if k in rest:
+            assert torch.equal(v, rest[k]), k
+
+
+def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):
+    """With goal_features = G, stage 3 fits the mean and the top-G principal axes of the image
+    encoder's feature maps (orthonormal, most variance first) and trains the direct predictor
+    to predict those coordinates; goals are encoded the same way."""
+    from ami_ros.core.training import evaluate, fit_goal_features, train_direct
+
+    eps = _episodes(n=3, T=50)
+    for e in eps:
+        e.frames[:] = np.clip(128 + 100 * np.tanh(e.q[:, :1, None, None]), 0, 255).astype(np.uint8)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, direct_steps=300, direct_batch=32,
+                      direct_span=5, model=TINY_GOALF)
+    model, _ = train(cfg, eps[:2], [], str(tmp_path / "g.pt"))
+    fit_goal_features(model, eps[:2], "cpu")          # the basis alone (train_direct fits it again, the same)
+    before = evaluate(model, [], eps[:2], "cpu", horizons=(1, 5), probes=False)
+    out = train_direct(model, cfg, eps[:2])
+    after = evaluate(model, [], eps[:2], "cpu", horizons=(1, 5), probes=False)
+    assert 0 < out["goal_features_explained_variance"] <= 1 + 1e-6
+    B = model.feature_basis
+    torch.testing.assert_close(B.T @ B, torch.eye(5), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        img = image_to_tensor_(eps[0].frames[:40])
+        f = model.encoder.image.features(img)
+        g = model.encode_goal(img)
+    torch.testing.assert_close(g, (f - model.feature_mean) @ B)
+    var = g.var(0)
+    assert var[0] >= var[-1]                            # most variance first
+    assert after["direct_err_goal_5"] < 0.5 * before["direct_err_goal_5"], (before, after)
+    assert after["copy_err_goal_5"] > 0 and "fine_err_vis_5" not in after
+
+
+def image_to_tensor_(frames):
+    from ami_ros.core.world_model import image_to_tensor
+
+    return image_to_tensor(frames)

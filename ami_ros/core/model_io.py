@@ -6,6 +6,9 @@ A model folder holds
   encoder_image.onnx      image -> z_vis (B,Dv)  (goal images)
   predictor.onnx          (z_hist (B,h,D), action (B,A)) -> z_next (B,D)
   predictor_coarse.onnx   (z (B,1,D), actions (B,k*A)) -> z_next (B,D)
+  predictor_direct.onnx   (models with a direct predictor) (z (B,D), q, qd, q_cmd (B,A),
+                          actions (B,H,A)) -> goal-space embeddings (B,H,G), H dynamic
+  encoder_goal.onnx       (models with a direct predictor) image -> goal-space embedding (B,G)
   card.yaml               config, joint names, control period, data set hash,
                           metrics, code version, and the sha256 of every file.
 Loading checks every hash and every shape against the card and refuses a
@@ -25,7 +28,13 @@ import yaml
 from ami_ros.core.world_model import ModelConfig, WorldModel
 
 ONNX_FILES = ("encoder.onnx", "encoder_image.onnx", "predictor.onnx", "predictor_coarse.onnx")
+DIRECT_ONNX = ("predictor_direct.onnx", "encoder_goal.onnx")
 ONNX_OPSET = 17
+
+
+def onnx_files(cfg: ModelConfig) -> tuple[str, ...]:
+    """The ONNX exports a model folder with this config holds."""
+    return ONNX_FILES + (DIRECT_ONNX if cfg.direct else ())
 
 
 class ModelError(ValueError):
@@ -66,7 +75,7 @@ def save_model(folder: str, model: WorldModel, card: dict) -> dict:
     card = dict(card)
     card["config"] = model.cfg.to_dict()
     card.setdefault("name", os.path.basename(os.path.normpath(folder)))
-    card["files"] = {f: sha256_file(os.path.join(folder, f)) for f in ("weights.pt",) + ONNX_FILES}
+    card["files"] = {f: sha256_file(os.path.join(folder, f)) for f in ("weights.pt",) + onnx_files(model.cfg)}
     card["shapes"] = {k: list(v.shape) for k, v in model.state_dict().items()}
     card["code_version"] = code_version()
     card["model_id"] = model_id(card)
@@ -75,17 +84,19 @@ def save_model(folder: str, model: WorldModel, card: dict) -> dict:
     return card
 
 
-class _Fine(torch.nn.Module):
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
+class _Method(torch.nn.Module):
+    """One method of a module as the forward of an exportable module."""
 
-    def forward(self, z_hist, action):
-        return self.m(z_hist, action)
+    def __init__(self, owner: torch.nn.Module, method: str):
+        super().__init__()
+        self.owner, self.method = owner, method
+
+    def forward(self, *args):
+        return getattr(self.owner, self.method)(*args)
 
 
 def export_onnx(folder: str, model: WorldModel) -> None:
-    """Export the encoder and both predictors (batch dimension dynamic)."""
+    """Export the encoder and the predictors (batch dimension dynamic; horizon too for the direct one)."""
     cfg = model.cfg
     model = model.eval().cpu()
     S, A, D, h = cfg.image_size, cfg.dof, cfg.embed_dim, cfg.history
@@ -93,24 +104,21 @@ def export_onnx(folder: str, model: WorldModel) -> None:
     batch = {0: "batch"}
     jobs = [
         ("encoder.onnx", model.encoder, (img, q, q), ["image", "q", "qd"], ["z"]),
-        ("encoder_image.onnx", _Image(model.encoder), (img,), ["image"], ["z_vis"]),
-        ("predictor.onnx", _Fine(model.fine), (torch.zeros(2, h, D), torch.zeros(2, A)), ["z_hist", "action"], ["z_next"]),
-        ("predictor_coarse.onnx", _Fine(model.coarse), (torch.zeros(2, 1, D), torch.zeros(2, cfg.k_coarse * A)),
+        ("encoder_image.onnx", _Method(model.encoder, "encode_image"), (img,), ["image"], ["z_vis"]),
+        ("predictor.onnx", _Method(model.fine, "forward"), (torch.zeros(2, h, D), torch.zeros(2, A)), ["z_hist", "action"], ["z_next"]),
+        ("predictor_coarse.onnx", _Method(model.coarse, "forward"), (torch.zeros(2, 1, D), torch.zeros(2, cfg.k_coarse * A)),
          ["z_hist", "action"], ["z_next"]),
     ]
+    axes = {}
+    if cfg.direct:
+        jobs.append((DIRECT_ONNX[0], _Method(model, "rollout_direct"), (torch.zeros(2, D), q, q, q, torch.zeros(2, 3, A)),
+                     ["z", "q", "qd", "q_cmd", "actions"], ["z_pred"]))
+        jobs.append((DIRECT_ONNX[1], _Method(model, "encode_goal"), (img,), ["image"], ["goal"]))
+        axes = {"actions": {0: "batch", 1: "horizon"}, "z_pred": {0: "batch", 1: "horizon"}}
     for name, module, args, inputs, outputs in jobs:
         torch.onnx.export(module, args, os.path.join(folder, name), input_names=inputs, output_names=outputs,
-                          dynamic_axes={n: batch for n in inputs + outputs}, opset_version=ONNX_OPSET,
+                          dynamic_axes={n: axes.get(n, batch) for n in inputs + outputs}, opset_version=ONNX_OPSET,
                           dynamo=False)
-
-
-class _Image(torch.nn.Module):
-    def __init__(self, enc):
-        super().__init__()
-        self.enc = enc
-
-    def forward(self, image):
-        return self.enc.encode_image(image)
 
 
 # ---------------------------------------------------------------- loading
@@ -168,6 +176,10 @@ class LoadedModel:
     @property
     def k_coarse(self): return self.cfg.k_coarse
     @property
+    def has_direct(self) -> bool: return bool(self.cfg.direct)
+    @property
+    def goal_dim(self) -> int: return self.cfg.goal_dim
+    @property
     def joint_names(self) -> list[str]: return list(self.card["joint_names"])
     @property
     def control_dt(self) -> float: return float(self.card["control_dt"])
@@ -205,6 +217,29 @@ class LoadedModel:
             out.append(z)
             window = torch.cat([window[:, 1:], z.unsqueeze(1)], 1)
         return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def encode_goal(self, image):
+        """image (B,3,S,S) -> (B,G) in the direct predictor's goal space; see WorldModel.encode_goal."""
+        if not self.cfg.direct:
+            raise ModelError(f"model {self.model_id} has no direct predictor (and no goal space)")
+        if self.backend == "torch":
+            return self.torch_model.encode_goal(image.to(self.device))
+        return self._ort(DIRECT_ONNX[1], image=image)
+
+    @torch.no_grad()
+    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every: int = 1):
+        """z_now (B,D), q, qd, q_cmd ((A,) or (B,A)), actions (B,T,A) -> (B,T//every,G);
+        see WorldModel.rollout_direct."""
+        if not self.cfg.direct:
+            raise ModelError(f"model {self.model_id} has no direct predictor")
+        if self.backend == "torch":
+            d = self.device
+            return self.torch_model.rollout_direct(z_now.to(d), q.to(d), qd.to(d), q_cmd.to(d), actions.to(d), every)
+        B = actions.shape[0]
+        rows = lambda x: x.reshape(-1, x.shape[-1]).expand(B, x.shape[-1])
+        z = self._ort(DIRECT_ONNX[0], z=rows(z_now), q=rows(q), qd=rows(qd), q_cmd=rows(q_cmd), actions=actions)
+        return z[:, every - 1::every]
 
     @torch.no_grad()
     def rollout_coarse(self, z_now, actions):
@@ -261,9 +296,10 @@ def load_model(folder: str, backend: str = "torch", device: str = "auto",
         return LoadedModel(card, cfg, "torch", mid, torch_model=model.eval().to(device), device=device)
     import onnxruntime as ort
 
-    _check_hashes(folder, card, ONNX_FILES)
+    files = onnx_files(cfg)
+    _check_hashes(folder, card, files)
     providers = onnx_providers("auto" if device == "auto" else device)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sessions = {f: ort.InferenceSession(os.path.join(folder, f), opts, providers=providers) for f in ONNX_FILES}
+    sessions = {f: ort.InferenceSession(os.path.join(folder, f), opts, providers=providers) for f in files}
     return LoadedModel(card, cfg, "onnx", mid, sessions=sessions, device="cpu")

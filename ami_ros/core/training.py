@@ -7,6 +7,11 @@ step + an autoregressive rollout; coarse: one jump + a chained rollout)
        + lambda * SIGReg(all embeddings of the batch)
 No reconstruction, no EMA teacher, no stop-gradient. Collapse is watched each
 epoch (SIGReg statistic, effective rank, per-dimension std) and stops training.
+Stage 2 trains the predictors further on the frozen encoder's embeddings, and
+stage 3 the direct predictor (when the model has one), also on frozen embeddings:
+pairs (t, t+j) of one episode, j uniform in 1..direct_span, loss = squared error
+of the goal-space embedding at t+j (z_vis, or the goal features, whose principal
+axes are fit on the training frames first).
 Checkpoints carry the model, optimizer, step and every random state, so a run
 killed at any point resumes and ends with the same weights as one that was not.
 """
@@ -56,6 +61,10 @@ class TrainConfig:
     refine_lr: float = 1e-3
     refine_rollout: int = 10      # autoregressive fine steps in the stage-2 loss
     cross_weight: float = 0.0     # weight of the cross-modal term (needs model.vis_to_prop)
+    direct_steps: int = 30000     # stage 3: direct-predictor steps (models with ``direct``)
+    direct_batch: int = 256
+    direct_lr: float = 1e-3
+    direct_span: int = 16         # control steps ahead the direct predictor is trained for (1..span)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict:
@@ -195,6 +204,8 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     for n in horizons:
         e, b = torch.cat(err[n]).mean().item(), torch.cat(base[n]).mean().item()
         out[f"pred_err_{n}"], out[f"copy_err_{n}"], out[f"pred_over_copy_{n}"] = e, b, e / b
+    if model.direct is not None:
+        out.update(evaluate_direct(model, test_eps, z_test, horizons, device))
     if not probes:
         model.train()
         return out
@@ -212,6 +223,52 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
         ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
         out["probe_r2_tool_from_image"] = _ridge_r2(z_train[:, :Dv], ttr, Zt[:, :Dv], tte)
     model.train()
+    return out
+
+
+def _episode_tensors(ep, device):
+    f = dict(dtype=torch.float32, device=device)
+    return (torch.as_tensor(ep.q, **f), torch.as_tensor(ep.qd, **f), torch.as_tensor(ep.q_cmd, **f),
+            torch.as_tensor(ep.action, **f))
+
+
+@torch.no_grad()
+def encode_goal_episode(model: WorldModel, ep, device, chunk: int = 256) -> torch.Tensor:
+    """(T, G): an episode's frames in the direct predictor's goal space."""
+    return torch.cat([model.encode_goal(image_to_tensor(ep.frames[s:s + chunk]).to(device))
+                      for s in range(0, len(ep.q), chunk)])
+
+
+@torch.no_grad()
+def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> dict:
+    """Held-out error (summed squares, mean over starts) of the direct predictor j steps
+    ahead in its goal space, and of copying the goal-space embedding of now; in z_vis
+    space also of the fine predictor's rollout."""
+    Dv, h, Hmax = model.cfg.vis_dim, model.cfg.history, max(horizons)
+    in_vis = not model.cfg.goal_features
+    err, fine, base = ({n: [] for n in horizons} for _ in range(3))
+    for ep, z in zip(test_eps, z_test):
+        q, qd, qc, a = _episode_tensors(ep, device)
+        g = z[:, :Dv] if in_vis else encode_goal_episode(model, ep, device)
+        s = torch.arange(h - 1, len(z) - Hmax, device=z.device)
+        if len(s) == 0:
+            continue
+        if in_vis:
+            roll = model.rollout(torch.stack([z[i - h + 1:i + 1] for i in s]), torch.stack([a[i:i + Hmax] for i in s]))
+        for n in horizons:
+            pred = model.direct(z[s, :Dv], q[s], qd[s], qc[s + n] - q[s], a[s + n - 1])
+            err[n].append(((pred - g[s + n]) ** 2).sum(-1))
+            base[n].append(((g[s] - g[s + n]) ** 2).sum(-1))
+            if in_vis:
+                fine[n].append(((roll[:, n - 1, :Dv] - g[s + n]) ** 2).sum(-1))
+    out, space = {}, "vis" if in_vis else "goal"
+    for n in horizons:
+        e, b = torch.cat(err[n]).mean().item(), torch.cat(base[n]).mean().item()
+        ratio = e / b if b > 0 else float("nan")
+        out.update({f"direct_err_{space}_{n}": e, f"copy_err_{space}_{n}": b, f"direct_over_copy_{space}_{n}": ratio})
+        if in_vis:
+            f = torch.cat(fine[n]).mean().item()
+            out.update({f"fine_err_vis_{n}": f, f"fine_over_copy_vis_{n}": f / b if b > 0 else float("nan")})
     return out
 
 
@@ -361,3 +418,85 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
             progress(step + 1, cfg.refine_steps, {"loss": last})
     model.eval()
     return {"refine_loss_first": first, "refine_loss_last": last, "refine_steps": cfg.refine_steps}
+
+
+def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "cpu", progress=None) -> dict:
+    """Stage 3: the direct predictor on the frozen encoder's z_vis (module docstring).
+    Each ensemble member gets its own batch of pairs. Seeded: the same data and
+    config give the same weights."""
+    if model.direct is None or cfg.direct_steps <= 0:
+        return {}
+    model.eval()
+    Dv, J, E, G = model.cfg.vis_dim, cfg.direct_span, model.cfg.direct_ensemble, model.cfg.goal_dim
+    with torch.no_grad():
+        Z = torch.cat([encode_episode(model, e, device)[:, :Dv] for e in train_eps])          # (N, Dv)
+        pca = fit_goal_features(model, train_eps, device) if model.cfg.goal_features else {}
+        if model.cfg.goal_features:
+            Y = torch.cat([encode_goal_episode(model, e, device) for e in train_eps])         # (N, G)
+        else:
+            Y = Z
+    f = dict(dtype=torch.float32, device=device)
+    q = torch.as_tensor(np.concatenate([e.q for e in train_eps]), **f)                     # (N, A)
+    qd = torch.as_tensor(np.concatenate([e.qd for e in train_eps]), **f)
+    qc = torch.as_tensor(np.concatenate([e.q_cmd for e in train_eps]), **f)
+    act = torch.as_tensor(np.concatenate([np.vstack([e.action, np.zeros((1, e.q.shape[1]))])
+                                          for e in train_eps]), **f)                       # row t: action t -> t+1
+    lengths = np.array([len(e.q) for e in train_eps])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    usable = np.flatnonzero(lengths > 1)
+    if len(usable) == 0:
+        raise ValueError("direct predictor: episodes need at least 2 steps")
+    opt = torch.optim.AdamW(model.direct.parameters(), lr=cfg.direct_lr, weight_decay=cfg.weight_decay)
+    flush = torch.set_flush_denormal(True)   # subnormal Adam moments made CPU steps ~20x slower; restored below
+    rng = np.random.default_rng([cfg.seed, 3])
+    torch.manual_seed(cfg.seed + 3)
+    model.direct.train()
+    first = last = None
+    n = E * cfg.direct_batch
+    for step in range(cfg.direct_steps):
+        for g in opt.param_groups:
+            g["lr"] = cfg.direct_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.direct_steps))
+        ei = usable[rng.integers(0, len(usable), n)]
+        j = rng.integers(1, np.minimum(J, lengths[ei] - 1) + 1)                  # steps ahead
+        t = starts[ei] + (rng.random(n) * (lengths[ei] - j)).astype(np.int64)   # start row
+        t, u = torch.as_tensor(t, device=device), torch.as_tensor(t + j, device=device)
+        x = model.direct.features(Z[t], q[t], qd[t], qc[u] - q[t], act[u - 1])   # (n, Din)
+        pred = model.direct.members(x.view(E, cfg.direct_batch, -1))              # (E, B, G)
+        if model.direct.residual:
+            pred = pred + Z[t].view(E, -1, Dv)
+        loss = ((pred - Y[u].view(E, -1, G)) ** 2).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+        if progress is not None:
+            progress(step + 1, cfg.direct_steps, {"loss": last})
+    if flush:
+        torch.set_flush_denormal(False)
+    model.eval()
+    return {"direct_loss_first": first, "direct_loss_last": last, "direct_steps": cfg.direct_steps, **pca}
+
+
+@torch.no_grad()
+def fit_goal_features(model: WorldModel, train_eps, device, max_rows: int = 30000, seed: int = 0) -> dict:
+    """Set the model's goal-feature basis: mean and top-G principal axes of the image
+    encoder's flattened last feature map over (at most ``max_rows``) training frames."""
+    G = model.cfg.goal_features
+    rows = np.concatenate([[(i, t) for t in range(len(e.q))] for i, e in enumerate(train_eps)])
+    pick = np.random.default_rng(seed).permutation(len(rows))[:max_rows]
+    pick = rows[np.sort(pick)]
+    feats = []
+    for i in np.unique(pick[:, 0]):
+        ts = pick[pick[:, 0] == i, 1]
+        feats.append(model.encoder.image.features(image_to_tensor(train_eps[i].frames[ts]).to(device)))
+    F_ = torch.cat(feats)                                                       # (M, F)
+    mean = F_.mean(0)
+    X = (F_ - mean).double()
+    evals, evecs = torch.linalg.eigh(X.T @ X)                                   # ascending
+    model.feature_mean.copy_(mean)
+    model.feature_basis.copy_(evecs[:, -G:].flip(-1).float())                   # (F, G) top axes first
+    explained = float(evals[-G:].sum() / evals.clamp(min=0).sum())
+    log.info("goal features: top %d principal axes of %d-dim feature maps explain %.3f of the variance "
+             "(%d frames)", G, F_.shape[1], explained, F_.shape[0])
+    return {"goal_features_explained_variance": explained, "goal_features_frames": int(F_.shape[0])}

@@ -15,7 +15,16 @@ cross-modal prediction in embedding space, weighted in training by
 The fine predictor maps the last ``history`` embeddings and one action (a change
 of joint targets over one control step) to the next embedding; the coarse
 predictor jumps ``k_coarse`` control steps at once from the current embedding,
-its k actions concatenated. With ``predictor_reads_prop`` off (the default) the
+its k actions concatenated. With ``direct`` a third predictor jumps from the
+current image embedding straight to the one ``j`` control steps ahead, given the
+current joint state and the commanded joint target the actions lead to then
+(``q_cmd + a_1 + ... + a_j``); it is not autoregressive, so its error does not
+compound over the horizon. It predicts in the model's *goal space*: z_vis, or with
+``goal_features = G`` the top G principal components of the image encoder's last
+feature map (a spatial map that tells arm poses apart better than the 32 numbers of
+z_vis; DINO-WM plans on patch features for the same reason), and goal images are
+encoded into the same space (:meth:`WorldModel.encode_goal`). The planner uses it
+with ``predictor: direct``. With ``predictor_reads_prop`` off (the default) the
 predictors read only z_vis and still predict all of z: to predict the next
 joint-state embedding from vision, z_vis has to carry the arm's state, which is
 what a goal image must convey to the planner. Nothing is ever predicted in
@@ -48,12 +57,32 @@ class ModelConfig:
     prop_encoder: str = "mlp"     # joint-state encoder: "mlp" or "linear"
     vis_to_prop: bool = False     # a head reading z_prop off z_vis (trained as a cross-modal prediction)
     prop_velocity: bool = True    # z_prop reads joint velocities too (False: positions only)
+    direct: bool = False          # a direct predictor: z_vis now + joint state + commanded target j steps on -> goal space then
+    direct_width: int = 256       # its MLP width
+    direct_ensemble: int = 1      # its members (MLPs averaged)
+    goal_features: int = 0        # G > 0: the direct predictor predicts, and goals are compared in, the top G principal
+                                  # components of the image encoder's last feature map (conv only); 0: in z_vis
 
     def __post_init__(self):
         if self.encoder not in ("keypoints", "conv"):
             raise ValueError(f"encoder must be 'keypoints' or 'conv', not {self.encoder!r}")
         if self.prop_encoder not in ("linear", "mlp"):
             raise ValueError(f"prop_encoder must be 'linear' or 'mlp', not {self.prop_encoder!r}")
+        if self.goal_features and (not self.direct or self.encoder != "conv"):
+            raise ValueError("goal_features needs direct=True and encoder='conv'")
+
+    @property
+    def feature_map_dim(self) -> int:
+        """F: size of the conv image encoder's flattened last feature map."""
+        s = self.image_size
+        for _ in self.channels:
+            s = s // 2
+        return self.channels[-1] * s * s
+
+    @property
+    def goal_dim(self) -> int:
+        """Dimension of the space the direct predictor predicts in (goal features, or z_vis)."""
+        return self.goal_features or self.vis_dim
 
     @property
     def embed_dim(self) -> int:
@@ -72,6 +101,10 @@ class ModelConfig:
         d.setdefault("prop_encoder", "mlp")
         d.setdefault("vis_to_prop", False)
         d.setdefault("prop_velocity", True)
+        d.setdefault("direct", False)
+        d.setdefault("direct_width", 256)
+        d.setdefault("direct_ensemble", 1)
+        d.setdefault("goal_features", 0)
         return cls(**d)
 
 
@@ -88,9 +121,12 @@ class ImageEncoder(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.proj = nn.Linear(c_in * s * s, cfg.vis_dim)
 
+    def features(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> the last feature map, flattened (B, F)."""
+        return self.conv(img / 127.5 - 1.0).flatten(1)
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        x = img / 127.5 - 1.0                       # (B, 3, S, S) in [-1, 1]
-        return self.proj(self.conv(x).flatten(1))   # (B, Dv)
+        return self.proj(self.features(img))        # (B, Dv)
 
 
 class KeypointImageEncoder(nn.Module):
@@ -196,6 +232,64 @@ class Predictor(nn.Module):
         return torch.cat([v[:, -1] + out[:, :self.in_dim], out[:, self.in_dim:]], -1)
 
 
+class DirectPredictor(nn.Module):
+    """z_vis now (B, Dv), joint state q, qd (B, A), commanded target offset
+    dq = q_cmd[t+j] - q[t] (B, A) and the action into step t+j (B, A, the commanded
+    velocity then) -> the goal-space embedding at t+j (B, G): z_vis (a residual on
+    z_vis now) or, with ``goal_features``, the image's goal features.
+
+    z_vis now carries the scene (where the cube is); the joint state and the target
+    say where the arm will be. An ensemble of E MLPs (``direct_ensemble``) held as
+    stacked weights, so all members run in one batched matmul per layer; the
+    prediction is their mean. One call for every (candidate, step) at once."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        E, W = cfg.direct_ensemble, cfg.direct_width
+        self.residual = not cfg.goal_features       # z_vis -> z_vis: a residual; -> goal features: absolute
+        dims = [cfg.vis_dim + 4 * cfg.dof, W, W, W, cfg.goal_dim]
+        self.weight = nn.ParameterList()
+        self.bias = nn.ParameterList()
+        for d_in, d_out in zip(dims[:-1], dims[1:]):
+            bound = d_in ** -0.5                       # nn.Linear's default initialization
+            self.weight.append(nn.Parameter(torch.empty(E, d_in, d_out).uniform_(-bound, bound)))
+            self.bias.append(nn.Parameter(torch.empty(E, 1, d_out).uniform_(-bound, bound)))
+
+    def members(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, Din), shared, or (E, B, Din), one batch per member -> each member's output (E, B, G)."""
+        h = x.expand(self.weight[0].shape[0], -1, -1) if x.ndim == 2 else x
+        for i, (w, b) in enumerate(zip(self.weight, self.bias)):
+            h = torch.baddbmm(b, h, w)                 # (E, B, d_out)
+            if i < len(self.weight) - 1:
+                h = F.silu(h)
+        return h
+
+    @staticmethod
+    def features(z_vis, q, qd, dq, action) -> torch.Tensor:
+        return torch.cat([z_vis, q, qd, dq, action], -1)
+
+    def forward(self, z_vis, q, qd, dq, action):
+        """-> (B, G) the goal-space prediction (G = goal_dim)."""
+        out = self.members(self.features(z_vis, q, qd, dq, action)).mean(0)
+        return z_vis + out if self.residual else out
+
+
+def direct_inputs(z_now, q, qd, q_cmd, actions, every: int = 1):
+    """Planner-side inputs of the direct predictor for every (candidate, step).
+
+    z_now (B, D) or (D,), q, qd, q_cmd (A,) or (B, A), actions (B, T, A) ->
+    (z_vis, q, qd, dq, action) each flattened to (B*H, .), for the steps every-1,
+    2*every-1, ... (H = T // every), the commanded target there being q_cmd plus the
+    actions so far."""
+    A = actions.shape[2]
+    targets = (q_cmd.reshape(-1, 1, A) + actions.cumsum(1))[:, every - 1::every]  # (B, H, A)
+    actions = actions[:, every - 1::every]                                        # (B, H, A) the last of each stride
+    B, H, _ = actions.shape
+    rows = lambda x: x.reshape(-1, 1, x.shape[-1]).expand(B, H, x.shape[-1]).reshape(B * H, x.shape[-1])
+    return (rows(z_now), rows(q), rows(qd), (targets - q.reshape(-1, 1, A)).reshape(B * H, A),
+            actions.reshape(B * H, A))
+
+
 class WorldModel(nn.Module):
     """Encoder + fine predictor + coarse predictor, with the planner's interface."""
 
@@ -211,6 +305,10 @@ class WorldModel(nn.Module):
         # (B, Dv) -> (B, Dp): the joint-state embedding of the same instant, predicted from the image's
         self.vis_to_prop = nn.Sequential(nn.Linear(cfg.vis_dim, W), nn.SiLU(), nn.Linear(W, cfg.prop_dim)) \
             if cfg.vis_to_prop else None
+        self.direct = DirectPredictor(cfg) if cfg.direct else None
+        if cfg.goal_features:  # principal axes of the feature map, fit on the training frames (stage 3)
+            self.register_buffer("feature_mean", torch.zeros(cfg.feature_map_dim))
+            self.register_buffer("feature_basis", torch.zeros(cfg.feature_map_dim, cfg.goal_features))
 
     # planner-facing attributes
     @property
@@ -241,6 +339,29 @@ class WorldModel(nn.Module):
             out.append(z)
             window = torch.cat([window[:, 1:], z.unsqueeze(1)], 1)
         return torch.stack(out, 1)
+
+    @property
+    def has_direct(self) -> bool:
+        return self.direct is not None
+
+    @property
+    def goal_dim(self) -> int:
+        return self.cfg.goal_dim
+
+    def encode_goal(self, img: torch.Tensor) -> torch.Tensor:
+        """img (B, 3, S, S) -> (B, G): an image in the direct predictor's space (goal features or z_vis)."""
+        if not self.cfg.goal_features:
+            return self.encoder.encode_image(img)
+        return (self.encoder.image.features(img) - self.feature_mean) @ self.feature_basis
+
+    def rollout_direct(self, z_now: torch.Tensor, q: torch.Tensor, qd: torch.Tensor, q_cmd: torch.Tensor,
+                       actions: torch.Tensor, every: int = 1) -> torch.Tensor:
+        """z_now (B, D), joint state q, qd and commanded target q_cmd now ((A,) or (B, A)),
+        actions (B, T, A) -> (B, H, G), the goal-space embeddings (see :meth:`encode_goal`)
+        at the steps every-1, 2*every-1, ... (H = T // every; every = k_coarse gives the
+        coarse steps)."""
+        inputs = direct_inputs(z_now[..., :self.cfg.vis_dim], q, qd, q_cmd, actions, every)
+        return self.direct(*inputs).view(actions.shape[0], actions.shape[1] // every, -1)
 
     def rollout_coarse(self, z_now: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """z_now (B, D), actions (B, Hc, k*A) -> (B, Hc, D)."""

@@ -38,20 +38,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-from", default=None, metavar="MODEL",
                    help="take the encoder of this model folder, frozen, and train only new predictors on its "
                         "embeddings (stage 2, --refine-steps); the encoder options above are then ignored")
+    p.add_argument("--keep-predictors", action="store_true",
+                   help="with --encoder-from: start the fine and coarse predictors from that model's too "
+                        "(--refine-steps trains them further; 0 keeps them)")
+    p.add_argument("--direct", action="store_true",
+                   help="also train a direct predictor (stage 3, on the frozen encoder's embeddings): from the "
+                        "current image embedding and joint state to the image embedding j steps ahead, given the "
+                        "commanded target then; the planner uses it with predictor: direct")
+    p.add_argument("--direct-steps", type=int, default=30000, help="stage-3 steps of the direct predictor")
+    p.add_argument("--direct-ensemble", type=int, default=1, help="members of the direct predictor (averaged)")
+    p.add_argument("--direct-width", type=int, default=256, help="MLP width of the direct predictor")
+    p.add_argument("--goal-features", type=int, default=0, metavar="G",
+                   help="with --direct: predict and compare goals in the top G principal components of the image "
+                        "encoder's last feature map (conv encoder) instead of in z_vis (0)")
+    p.add_argument("--direct-span", type=int, default=16, help="control steps ahead the direct predictor learns")
     p.add_argument("--allow-collapse", action="store_true", help="warn instead of stopping on collapse (ablations)")
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
 
 
 def collection_record(folder: str) -> dict | None:
-    """How `ami-ros collect` made the data (from its index.yaml), for the card; None for other bags."""
+    """How `ami-ros collect` made the data (from its index.yaml), for the card; for a folder
+    of several collections, {"parts": {subfolder: record}}; None for other bags."""
     import os
 
     import yaml
 
     path = os.path.join(folder, "index.yaml")
     if not os.path.exists(path):
-        return None
+        parts = {d: collection_record(os.path.join(folder, d)) for d in sorted(os.listdir(folder))
+                 if os.path.isfile(os.path.join(folder, d, "index.yaml"))}
+        return {"parts": parts} if parts else None
     with open(path) as f:
         idx = yaml.safe_load(f)
     keys = ("seed", "steps", "width", "height", "camera_hz", "joint_state_hz", "control_hz")
@@ -80,7 +97,7 @@ def run(args) -> int:
     from ami_ros.core.arm import load_arm
     from ami_ros.core.model_io import ModelError, load_model, save_model
     from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, refine_predictors,
-                                       split_episodes, train)
+                                       split_episodes, train, train_direct)
     from ami_ros.core.world_model import ModelConfig, WorldModel
     from ami_ros.data.bags import load_episodes
 
@@ -102,6 +119,16 @@ def run(args) -> int:
     if args.cross_weight < 0 or args.keypoints < 1:
         print("error: --cross-weight must be >= 0 and --keypoints >= 1", file=sys.stderr)
         return 2
+    if args.direct_steps < 0 or args.direct_span < 1 or args.direct_ensemble < 1 or args.direct_width < 1:
+        print("error: --direct-steps must be >= 0, --direct-span, --direct-ensemble and --direct-width >= 1",
+              file=sys.stderr)
+        return 2
+    if args.goal_features < 0 or (args.goal_features and not args.direct):
+        print("error: --goal-features needs --direct and must be >= 0", file=sys.stderr)
+        return 2
+    if args.keep_predictors and not args.encoder_from:
+        print("error: --keep-predictors needs --encoder-from", file=sys.stderr)
+        return 2
     arm = load_arm()
     src = None
     if args.encoder_from:  # its encoder, frozen; new predictors
@@ -118,20 +145,33 @@ def run(args) -> int:
     if len(episodes) < 2:
         print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
         return 2
-    if src is not None:  # the source's encoder config; only the predictors' options apply
-        mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, predictor_reads_prop=args.predictor_reads_prop,
-                                   vis_to_prop=False)
+    direct = dict(direct=args.direct, direct_width=args.direct_width, direct_ensemble=args.direct_ensemble,
+                  goal_features=args.goal_features)
+    try:
+        if src is not None:  # the source's encoder config; only the predictors' options apply
+            mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, predictor_reads_prop=args.predictor_reads_prop,
+                                       vis_to_prop=False, **direct)
+        else:
+            mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
+                               prop_dim=args.prop_dim, encoder=args.encoder, keypoints=args.keypoints,
+                               prop_encoder=args.prop_encoder, vis_to_prop=args.cross_weight > 0,
+                               predictor_reads_prop=args.predictor_reads_prop, **direct,
+                               **({"channels": (16, 32, 32, 32)} if args.encoder == "keypoints" else {}))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if src is not None:
+        if args.keep_predictors and (mcfg.k_coarse, mcfg.predictor_reads_prop) != (src.cfg.k_coarse,
+                                                                                   src.cfg.predictor_reads_prop):
+            print("error: --keep-predictors: --k-coarse / --predictor-reads-prop differ from the source model's",
+                  file=sys.stderr)
+            return 2
         args.epochs, args.cross_weight = 0, 0.0
-    else:
-        mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
-                           prop_dim=args.prop_dim, encoder=args.encoder, keypoints=args.keypoints,
-                           prop_encoder=args.prop_encoder, vis_to_prop=args.cross_weight > 0,
-                           predictor_reads_prop=args.predictor_reads_prop,
-                           **({"channels": (16, 32, 32, 32)} if args.encoder == "keypoints" else {}))
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
                       allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
-                      cross_weight=args.cross_weight, model=mcfg)
+                      cross_weight=args.cross_weight, direct_steps=args.direct_steps,
+                      direct_span=args.direct_span, model=mcfg)
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.pt")
@@ -157,6 +197,9 @@ def run(args) -> int:
         torch.manual_seed(cfg.seed)
         model = WorldModel(mcfg).to(device)
         model.encoder.load_state_dict(src.torch_model.encoder.state_dict())
+        if args.keep_predictors:
+            model.fine.load_state_dict(src.torch_model.fine.state_dict())
+            model.coarse.load_state_dict(src.torch_model.coarse.state_dict())
         logs = []
     else:
         try:
@@ -177,6 +220,10 @@ def run(args) -> int:
 
         refine = refine_predictors(model, cfg, train_eps, device, refine_progress)
         bar.close()
+        if model.direct is not None:
+            bar = tqdm(total=cfg.direct_steps, desc="direct predictor", unit="step")
+            refine.update(train_direct(model, cfg, train_eps, device, refine_progress))
+            bar.close()
     wall = time.time() - t0
     if rank == 0:
         metrics = evaluate(model, train_eps, test_eps, device)
@@ -200,8 +247,9 @@ def run(args) -> int:
         card["data"]["collection"] = collection_record(args.data)
         if src is not None:  # how the frozen encoder was made
             card["encoder_from"] = {"folder": os.path.abspath(args.encoder_from), "model_id": src.model_id,
+                                    "predictors_kept": bool(args.keep_predictors),
                                     "data": src.card.get("data"), "training": src.card.get("training"),
-                                    "epochs": src.card.get("epochs")}
+                                    "epochs": src.card.get("epochs"), "encoder_from": src.card.get("encoder_from")}
         card = save_model(args.out, model.cpu(), card)
         if not args.keep_checkpoint and os.path.exists(ckpt):
             os.remove(ckpt)
