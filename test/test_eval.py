@@ -54,3 +54,21 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     for r in near.values():
         assert r["episodes"] == 2 and np.isfinite(r["final_distance_m_median"])
     assert res["model"] == load_model(MODEL, "torch").model_id
+
+
+def test_eval_refuses_the_direct_predictor_for_a_model_without_one(tmp_path, capsys):
+    import torch
+
+    from ami_ros.core.model_io import save_model
+    from ami_ros.core.world_model import ModelConfig, WorldModel
+    from ami_ros.tools import evaluate as tool
+
+    folder = str(tmp_path / "no_direct")
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_size=32, channels=(8, 8), vis_dim=8, prop_dim=4, pred_width=16, pred_cond=8, pred_blocks=1)
+    save_model(folder, WorldModel(cfg).eval(), {"joint_names": load_arm().joint_names, "control_dt": 0.1})
+    p = argparse.ArgumentParser()
+    tool.add_arguments(p)
+    assert tool.run(p.parse_args(["--model", folder, "--episodes", "1", "--splits", "near",
+                                  "--predictor", "direct"])) == 2
+    assert "no direct predictor" in capsys.readouterr().err

@@ -40,6 +40,17 @@ class ToyModel(torch.nn.Module):
         a = actions.reshape(n, hc * self.k_coarse, self.action_dim)
         return (z_now[:, None, :] + a.cumsum(1) @ self.B.T)[:, self.k_coarse - 1::self.k_coarse]
 
+    has_direct = True
+    goal_dim = DV
+
+    def encode_goal(self, image):
+        """Toy 'image' = the joint configuration it shows -> its visual part."""
+        return self.embed(image)[..., :DV]
+
+    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every=1):
+        """The visual part of the commanded target's embedding (the toy arm follows its command exactly)."""
+        return ((q_cmd + actions.cumsum(1)) @ self.B[:DV].T)[:, every - 1::every]
+
 
 def make(config=None, weights=None, model=None):
     model = model or ToyModel()
@@ -47,7 +58,7 @@ def make(config=None, weights=None, model=None):
     return Planner(model, cost, config or PlannerConfig(), BOUND), model
 
 
-def run_cycles(planner, model, q_start, q_goal, n, memory=None):
+def run_cycles(planner, model, q_start, q_goal, n, memory=None, direct=False):
     """Receding horizon: plan, execute the first action exactly, observe. Returns goal distances."""
     mem = memory or ShortTermMemory(model.history, 16, model.embed_dim, model.action_dim)
     q = torch.as_tensor(q_start, dtype=torch.float32).clone()
@@ -55,7 +66,8 @@ def run_cycles(planner, model, q_start, q_goal, n, memory=None):
     mem.push_embedding(0.0, model.embed(q))
     dists, results = [planner.cost.goal_distance(model.embed(q), goal).item()], []
     for t in range(n):
-        res = planner.plan(mem.z_hist(), goal, q, mem.last_action())
+        res = planner.plan(mem.z_hist(), goal, q, mem.last_action(),
+                           joint_state=(q, torch.zeros(A)) if direct else None)
         mem.set_plan(res)
         a = res.actions[0]
         assert torch.all(a.abs() <= BOUND + 1e-6)
@@ -356,3 +368,40 @@ def test_keep_out_term_prices_plans_that_reach_into_a_keep_out_box():
     terms_stay = cost.breakdown(z, stay, torch.zeros(4), q0, torch.zeros(6))
     assert terms_stay["keep_out"].item() == 0.0
     assert terms_into["keep_out"].item() > 1.0
+
+
+# ---------------- direct predictor ----------------
+@pytest.mark.parametrize("mode", ["flat", "hier"])
+def test_direct_predictor_reaches_goal(mode):
+    """predictor='direct' plans through the model's rollout_direct from the joint state and
+    the commanded target, flat and hierarchical (the far goal needs the coarse level)."""
+    cfg = PlannerConfig(predictor="direct", mode=mode, seed=1)
+    planner, model = make(cfg)
+    q_goal = Q_NEAR if mode == "flat" else Q_FAR
+    dists, _, q = run_cycles(planner, model, torch.zeros(A), q_goal, 12 if mode == "flat" else 24, direct=True)
+    assert dists[-1] < 0.05 * dists[0], dists
+    assert torch.allclose(q, q_goal, atol=0.1), q
+
+
+def test_direct_predictor_refusals():
+    planner, model = make(PlannerConfig(predictor="direct"))
+    z = model.embed(torch.zeros(A))[None].repeat(H_HIST, 1)
+    goal = model.embed(Q_NEAR)[model.goal_dims]
+    with pytest.raises(ValueError, match="joint state"):
+        planner.plan(z, goal, torch.zeros(A), torch.zeros(A))
+    with pytest.raises(ValueError, match="goal space"):   # a full embedding is not a goal-space goal
+        planner.plan(z, model.embed(Q_NEAR), torch.zeros(A), torch.zeros(A), joint_state=(torch.zeros(A),) * 2)
+    with pytest.raises(ValueError, match="joint_state"):
+        planner.plan(z, goal, torch.zeros(A), torch.zeros(A), joint_state=(torch.zeros(A), torch.full((A,), math.nan)))
+    with pytest.raises(ValueError, match="joint_state"):
+        planner.plan(z, goal, torch.zeros(A), torch.zeros(A), joint_state=(torch.zeros(A + 1), torch.zeros(A + 1)))
+
+    class NoDirect(ToyModel):
+        has_direct = False
+
+    with pytest.raises(ValueError, match="no direct predictor"):
+        make(PlannerConfig(predictor="direct"), model=NoDirect())
+    rollout_planner, _ = make(PlannerConfig(), model=NoDirect())
+    with pytest.raises(ValueError, match="no direct predictor"):
+        rollout_planner.set_config(PlannerConfig(predictor="direct"))
+    assert rollout_planner.config.predictor == "rollout"     # the old settings stay

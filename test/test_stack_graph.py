@@ -170,6 +170,37 @@ def test_cost_weight_set_through_the_parameter_service_changes_the_plan(stack):
     _set(stack, **{"cost.effort": 0.001, "cost.smoothness": 0.01})
 
 
+def test_teach_goal_and_predictor_switch_keep_the_goal_in_the_planners_space(stack):
+    """/ami/teach_goal sets the goal from the current embedding and joint state; switching
+    planner.predictor re-encodes the goal for the new space, and the planner keeps planning."""
+    from std_srvs.srv import Trigger
+
+    planner, probe = stack["planner"], stack["probe"]
+    client = probe.create_client(Trigger, "/ami/teach_goal")
+    assert client.wait_for_service(timeout_sec=5)
+    fut = client.call_async(Trigger.Request())
+    assert _wait(fut.done, 5) and fut.result().success, fut.result()
+    assert planner.goal.shape == (planner.planner.encode_goal(_blank(planner)).shape[-1],)
+    try:
+        for predictor in ("rollout", "direct"):
+            (r,) = _set(stack, **{"planner.predictor": predictor})
+            assert r.successful, r.reason
+            assert planner.planner.config.predictor == predictor
+            want = planner.model.cfg.vis_dim if predictor == "rollout" else planner.model.goal_dim
+            assert planner.goal.shape == (want,)
+            n = planner.counts["plans"]
+            assert _wait(lambda: planner.counts["plans"] > n + 2, 10), f"no plans with predictor {predictor}"
+    finally:
+        _set(stack, **{"planner.predictor": "direct"})
+
+
+def _blank(planner):
+    import torch
+
+    S = planner.model.cfg.image_size
+    return torch.zeros(1, 3, S, S)
+
+
 def planner_weights(stack):
     w = stack["planner"].planner.cost.weights
     return (w.effort, w.smoothness)

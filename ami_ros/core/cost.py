@@ -197,9 +197,10 @@ class Cost:
         return self
 
     # ---- evaluation ----
-    def goal_part(self, goal: Tensor, embed_dim: int) -> Tensor:
-        """Goal restricted to the goal dims: accepts a full (D,) embedding or its (Dg,) goal part."""
-        gd = self.goal_dims if self.goal_dims is not None else slice(None)
+    def goal_part(self, goal: Tensor, embed_dim: int, goal_dims: slice | None = None) -> Tensor:
+        """Goal restricted to the goal dims: accepts a full (D,) embedding or its (Dg,) goal part.
+        goal_dims overrides the bound ones (the direct predictor predicts the goal space only)."""
+        gd = goal_dims or (self.goal_dims if self.goal_dims is not None else slice(None))
         dg = len(range(*gd.indices(embed_dim)))
         if goal.shape[-1] == embed_dim:
             return goal[..., gd]
@@ -208,18 +209,20 @@ class Cost:
         raise ValueError(f"goal has {goal.shape[-1]} values; expected {embed_dim} (full) or {dg} (goal dims)")
 
     def breakdown(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
-                  subgoal: Tensor | None = None, subgoal_step: int = -1) -> dict[str, Tensor]:
+                  subgoal: Tensor | None = None, subgoal_step: int = -1,
+                  goal_dims: slice | None = None) -> dict[str, Tensor]:
         """Weighted terms, each (B,), keyed by the names in ``TERMS``; their sum is the cost.
 
         z_pred (B, Hz, D), actions (B, H, A) (Hz may differ from H: the coarse level
         predicts one embedding per k actions), goal (D,) or (Dg,), q0 (A,) commanded
-        joint target now, prev_action (A,) last executed action, subgoal (D,) or None.
+        joint target now, prev_action (A,) last executed action, subgoal (D,) or None;
+        goal_dims overrides the bound goal dims.
         """
         w = self._weights
         dev, dt = z_pred.device, z_pred.dtype
         B, Hz, D = z_pred.shape
-        gd = self.goal_dims if self.goal_dims is not None else slice(None)
-        g = self.goal_part(goal.to(dev, dt), D)
+        gd = goal_dims or (self.goal_dims if self.goal_dims is not None else slice(None))
+        g = self.goal_part(goal.to(dev, dt), D, gd)
         d_goal = (z_pred[..., gd] - g).pow(2).mean(-1)                   # (B, Hz)
         out = {"goal_terminal": w.goal_terminal * d_goal[:, -1]}
         disc = w.goal_discount ** torch.arange(Hz, device=dev, dtype=dt)
@@ -274,9 +277,9 @@ class Cost:
         return out
 
     def __call__(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
-                 subgoal: Tensor | None = None, subgoal_step: int = -1) -> Tensor:
+                 subgoal: Tensor | None = None, subgoal_step: int = -1, goal_dims: slice | None = None) -> Tensor:
         """Total cost (B,). Same arguments as :meth:`breakdown`."""
-        terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step)
+        terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step, goal_dims)
         return torch.stack(list(terms.values())).sum(0)
 
     def goal_distance(self, z: Tensor, goal: Tensor) -> Tensor:

@@ -20,6 +20,13 @@ Warm start (receding horizon): the returned plan, shifted by the number of execu
 steps (``advance``, default 1) with zeros appended, is the next call's initial mean.
 :meth:`Planner.reset` drops it and re-seeds the sampler.
 
+Predictions (``predictor``): ``'rollout'`` steps the fine predictor (and, for the
+high level, the coarse one) autoregressively from the recent embeddings;
+``'direct'`` asks the model's direct predictor for each step's embedding straight
+from the current one, the measured joint state and the commanded target the
+candidate's actions lead to (``q0 + a_1 + ... + a_t``; the high level takes every
+``k_coarse``-th step). ``plan`` then needs ``joint_state=(q, qd)``.
+
 Hierarchical mode (``mode='hier'``):
 
 1. High level: searches ``coarse_horizon`` chunks of ``k_coarse`` actions each
@@ -67,6 +74,10 @@ class WorldModelProtocol(Protocol):
 
     def rollout_coarse(self, z_now: Tensor, actions: Tensor) -> Tensor: ...    # (B,D),(B,Hc,k*A) -> (B,Hc,D)
 
+    # models with a direct predictor (``predictor: direct``) also have has_direct = True, goal_dim = G,
+    # encode_goal(image (B,3,S,S)) -> (B,G) and
+    # rollout_direct(z_now (B,D), q, qd, q_cmd (A,), actions (B,T,A), every) -> (B,T//every,G)
+
 
 @dataclass(frozen=True)
 class PlannerConfig(ValidatedConfig):
@@ -74,6 +85,7 @@ class PlannerConfig(ValidatedConfig):
 
     method: str = "cem"
     mode: str = "flat"
+    predictor: str = "rollout"
     select: str = "mean"
     warm_start: bool = True
     candidates: int = 256
@@ -93,6 +105,8 @@ class PlannerConfig(ValidatedConfig):
     CHOICES: ClassVar[dict] = {
         "method": (("cem", "mppi"), "sampling distribution update: CEM elites or MPPI exponential weights"),
         "mode": (("flat", "hier"), "flat: one level; hier: coarse subgoal search + fine low level"),
+        "predictor": (("rollout", "direct"), "rollout: the fine/coarse predictors step by step; direct: the model's "
+                      "direct predictor, each step from now and the commanded target (needs the joint state)"),
         "select": (("mean", "best"), "returned plan: final distribution mean, or lowest-cost plan evaluated"),
         "warm_start": ((True, False), "start from the previous plan shifted by the executed steps"),
     }
@@ -125,7 +139,7 @@ class PlannerConfig(ValidatedConfig):
 class PlanResult:
     actions: Tensor                  # (H, A) planned actions (CPU, float32); actions[0] is executed next
     cost: float                      # total cost of ``actions`` (fine / flat level)
-    predicted: Tensor                # (H, D) predicted embeddings for steps t+1..t+H
+    predicted: Tensor                # (H, D) predicted embeddings for steps t+1..t+H ((H, G), goal space, if direct)
     subgoals: Tensor | None          # (Hc, D) hier subgoals, None when flat
     iterations: int                  # sampling iterations run (both levels)
     time_s: float                    # wall time of plan()
@@ -159,6 +173,7 @@ class Planner:
         if self.bound.shape != (model.action_dim,) or not bool(torch.all(self.bound > 0)):
             raise ValueError(f"action_bound: need {model.action_dim} positive values, got {tuple(self.bound.shape)}")
         cost.bind(goal_dims=model.goal_dims, action_bound=self.bound.cpu())
+        self.check_config(self.config)
         self._gen = torch.Generator(device=self.device)
         self.reset()
 
@@ -169,10 +184,37 @@ class Planner:
         self._warm_coarse: Tensor | None = None  # (Hc, k*A)
         self._gen.manual_seed(int(self.config.seed))
 
+    def encode_goal(self, image: Tensor) -> Tensor:
+        """Goal image(s) (B, 3, S, S) -> what ``plan`` takes as ``goal`` under the current
+        config: the model's goal-space embedding (``predictor='direct'``) or z_vis.
+        Re-encode the goal after changing ``predictor``."""
+        if self.config.predictor == "direct":
+            return self.model.encode_goal(image)
+        return self.model.encode_image(image)[..., self.model.goal_dims]
+
+    @torch.no_grad()
+    def goal_from_embedding(self, z: Tensor, joint_state) -> Tensor:
+        """A goal taught from an embedding z (D,) and the joint state (q, qd) it was seen with:
+        z's goal dims, or (``predictor='direct'``) the direct predictor's goal-space
+        embedding of staying there."""
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.device).flatten()
+        if self.config.predictor != "direct":
+            return z[self.model.goal_dims]
+        q, qd = (torch.as_tensor(x, dtype=torch.float32, device=self.device).flatten() for x in joint_state)
+        return self.model.rollout_direct(z[None], q, qd, q, torch.zeros(1, 1, q.shape[0], device=self.device))[0, 0]
+
+    def check_config(self, config: PlannerConfig) -> PlannerConfig:
+        """``config`` validated and servable by this planner's model, or ValueError saying why not."""
+        config.validate()
+        if config.predictor == "direct" and not getattr(self.model, "has_direct", False):
+            raise ValueError("predictor='direct' but the model has no direct predictor (train it with "
+                             "ami-ros train --direct, or plan with predictor='rollout')")
+        return config
+
     def set_config(self, config: PlannerConfig) -> None:
         """Swap settings between cycles (validated; the old ones stay on ValueError).
         The warm start is kept where its shape still fits."""
-        self.config = config.validate()
+        self.config = self.check_config(config)
         if self._warm is not None and self._warm.shape[0] != config.horizon:
             self._warm = None
         if self._warm_coarse is not None and self._warm_coarse.shape[0] != config.coarse_horizon:
@@ -190,11 +232,13 @@ class Planner:
 
     # ---- planning ----
     @torch.no_grad()
-    def plan(self, z_hist: Tensor, goal: Tensor, q0, prev_action, advance: int = 1) -> PlanResult:
+    def plan(self, z_hist: Tensor, goal: Tensor, q0, prev_action, advance: int = 1,
+             joint_state=None) -> PlanResult:
         """Plan from the recent embeddings ``z_hist`` (h, D) towards ``goal`` (D,) or (Dg,).
 
         q0 (A,): commanded joint target now; prev_action (A,): last executed action;
-        advance: control steps executed since the previous plan (warm-start shift).
+        advance: control steps executed since the previous plan (warm-start shift);
+        joint_state: measured (q, qd), each (A,); needed by ``predictor='direct'``.
         """
         t0 = time.perf_counter()
         c, m, dev = self.config, self.model, self.device
@@ -203,16 +247,36 @@ class Planner:
         if z_hist.ndim != 2 or z_hist.shape[1] != m.embed_dim:
             raise ValueError(f"z_hist: expected (h, {m.embed_dim}), got {tuple(z_hist.shape)}")
         goal = torch.as_tensor(goal, **f32).flatten()
-        self.cost.goal_part(goal, m.embed_dim)  # shape check, raises ValueError
+        direct = c.predictor == "direct"
+        gdims = slice(None) if direct else None          # direct: predictions are the goal space itself
+        if direct and goal.shape != (m.goal_dim,):
+            raise ValueError(f"goal: predictor='direct' plans in the model's goal space, {m.goal_dim} values "
+                             f"(Planner.encode_goal), got {tuple(goal.shape)}")
+        self.cost.goal_part(goal, m.goal_dim if direct else m.embed_dim, gdims)  # shape check, raises ValueError
         q0 = torch.as_tensor(q0, **f32).flatten()
         prev = torch.as_tensor(prev_action, **f32).flatten()
         A, D, H = m.action_dim, m.embed_dim, c.horizon
         steps = 0
         iters = 0
+        if direct:
+            if joint_state is None:
+                raise ValueError("predictor='direct' needs the measured joint state (q, qd)")
+            jq, jqd = (torch.as_tensor(x, **f32).flatten() for x in joint_state)
+            if jq.shape != (A,) or jqd.shape != (A,) or not bool(torch.isfinite(jq).all() & torch.isfinite(jqd).all()):
+                raise ValueError(f"joint_state: need two finite ({A},) vectors")
+
+        def predict(cand: Tensor, every: int = 1) -> Tensor:
+            """cand (N, T, A) fine actions -> predicted embeddings (N, T // every, D)."""
+            n = cand.shape[0]
+            if direct:
+                return m.rollout_direct(z_hist[-1].expand(n, -1), jq, jqd, q0, cand, every)
+            if every == 1:
+                return m.rollout(z_hist.expand(n, -1, -1), cand)
+            return m.rollout_coarse(z_hist[-1].expand(n, -1), cand.reshape(n, -1, every * A))
 
         def fine_eval(cand: Tensor, subgoal=None, s=-1):
-            z = m.rollout(z_hist.expand(cand.shape[0], -1, -1), cand)
-            return self.cost(z, cand, goal, q0, prev, subgoal, s), z
+            z = predict(cand)
+            return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims), z
 
         subgoals, coarse_cost, extra = None, None, None
         warm = self._shifted(self._warm, advance, A) if c.warm_start else None
@@ -222,11 +286,12 @@ class Planner:
         else:
             k = int(m.k_coarse)
             Hc = c.coarse_horizon
-            z_now = z_hist[-1]
+            z_now = predict(torch.zeros(1, 1, A, **f32))[0, 0] if direct else z_hist[-1]  # now, in planning space
 
             def coarse_eval(cand: Tensor):
-                z = m.rollout_coarse(z_now.expand(cand.shape[0], -1), cand)
-                return self.cost(z, cand.reshape(cand.shape[0], Hc * k, A), goal, q0, prev), z
+                fine = cand.reshape(cand.shape[0], Hc * k, A)
+                z = predict(fine, k)
+                return self.cost(z, fine, goal, q0, prev, goal_dims=gdims), z
 
             wc = self._shifted(self._warm_coarse, advance, A) if c.warm_start else None
             mean_c = wc if wc is not None else torch.zeros(Hc, k * A, **f32)
@@ -253,9 +318,9 @@ class Planner:
         iters += c.iterations
         self._warm = actions
         if c.mode == "flat":
-            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev)
+            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, goal_dims=gdims)
         else:
-            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s)
+            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s, gdims)
         return PlanResult(
             actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,

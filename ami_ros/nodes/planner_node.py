@@ -99,10 +99,13 @@ class PlannerNode(Node):
         self.planner = build_planner(self.model, self.arm, stack, self.dt)
         self.memory = ShortTermMemory(self.model.history, 64, self.model.embed_dim, self.model.action_dim)
         self._lock = threading.RLock()        # planner, memory and goal between callbacks
-        self.goal = None                      # (Dv,) tensor
+        self.goal = None                      # the planner's goal (Planner.encode_goal), tensor
+        self.goal_vis = None                  # (Dv,) the goal's z_vis: goal_distance and goal_tolerance
+        self._goal_source = None              # ("image", image) or ("taught", z, (q, qd)): re-encoded on a
+                                              # change of planner.predictor
         self.goal_status = "none"
         self.goal_distance = float("nan")
-        self._joint = None                    # (t, q)
+        self._joint = None                    # (t, q, qd) latest measured joint state
         self._q_cmd = None                    # (t, q) commanded target after the first planned step
         self.last_plan = None
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
@@ -126,8 +129,9 @@ class PlannerNode(Node):
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._publish_status()
-        self.get_logger().info(f"planner ready: model {self.model_id}, {self.planner.config.method} "
-                               f"{self.planner.config.mode}, {self.planner.model_steps_per_plan()} model steps/plan")
+        c = self.planner.config
+        self.get_logger().info(f"planner ready: model {self.model_id}, {c.method} {c.mode}, predictor {c.predictor}, "
+                               f"{self.planner.model_steps_per_plan()} model steps/plan")
 
     # ------------------------------------------------------------ helpers
     @staticmethod
@@ -144,14 +148,16 @@ class PlannerNode(Node):
     # ------------------------------------------------------------ inputs
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            q, _, _ = common.joint_state_by_name(msg, self.arm.joint_names)
-            if not np.all(np.isfinite(q)):
-                raise ValueError("NaN or Inf in the joint positions")
+            q, qd, _ = common.joint_state_by_name(msg, self.arm.joint_names)
+            if qd is None:
+                qd = np.zeros_like(q)
+            if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
+                raise ValueError("NaN or Inf in the joint positions or velocities")
         except (KeyError, ValueError) as e:
             self.counts["refused_joint_state"] += 1
             self.get_logger().warning(f"joint state refused: {e}", throttle_duration_sec=2.0)
             return
-        self._joint = (self._now(), q)
+        self._joint = (self._now(), q, qd)
 
     def _on_embedding(self, msg: Image) -> None:
         if msg.header.frame_id != self.model_id:
@@ -184,12 +190,18 @@ class PlannerNode(Node):
             self.get_logger().warning(f"goal image refused: {e}")
             return
         img = self._torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
-        goal = self.model.encode_image(img)[0]
-        self._set_goal(goal, "goal image")
+        self._set_goal(("image", img), "goal image")
 
-    def _set_goal(self, goal, source: str) -> None:
+    def _encode_goal(self, src):
+        """(planner goal, z_vis goal) of a goal source."""
+        if src[0] == "image":
+            return self.planner.encode_goal(src[1])[0], self.model.encode_image(src[1])[0, self.model.goal_dims]
+        return self.planner.goal_from_embedding(src[1], src[2]), src[1][self.model.goal_dims]
+
+    def _set_goal(self, src, source: str) -> None:
         with self._lock:
-            self.goal = goal
+            self.goal, self.goal_vis = self._encode_goal(src)
+            self._goal_source = src
             self.planner.reset()
             self.goal_status, self.goal_distance = "active", float("nan")
         self._publish_status()
@@ -197,17 +209,18 @@ class PlannerNode(Node):
 
     def _on_teach(self, request, response):
         with self._lock:
-            if len(self.memory) == 0:
-                response.success, response.message = False, "no embedding received yet"
+            joint = self._joint
+            if len(self.memory) == 0 or joint is None:
+                response.success, response.message = False, "no embedding or joint state received yet"
                 return response
-            z = self.memory.z_hist()[-1]
-        self._set_goal(z[self.model.goal_dims].clone(), "the current embedding (taught)")
+            z = self.memory.z_hist()[-1].clone()
+        self._set_goal(("taught", z, (joint[1], joint[2])), "the current embedding (taught)")
         response.success, response.message = True, "goal taught from the current embedding"
         return response
 
     def _on_clear(self, request, response):
         with self._lock:
-            self.goal, self.goal_status = None, "none"
+            self.goal, self.goal_vis, self._goal_source, self.goal_status = None, None, None, "none"
         self._publish_status()
         response.success, response.message = True, "goal cleared"
         return response
@@ -234,11 +247,11 @@ class PlannerNode(Node):
             source_stamp = self.memory.latest_stamp()
             t0 = time.perf_counter()
             res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
-                                    self.memory.last_action())
+                                    self.memory.last_action(), joint_state=(joint[1], joint[2]))
             self._plan_ms.append(1000 * (time.perf_counter() - t0))
             self.memory.push_action(res.actions[0])
             self.memory.set_plan(res)
-            dist = float(((z_hist[-1][self.model.goal_dims] - self.goal) ** 2).mean())
+            dist = float(((z_hist[-1][self.model.goal_dims] - self.goal_vis) ** 2).mean())
             self.goal_distance = dist
             tol = self.get_parameter("goal_tolerance").value
             if tol > 0 and dist < tol:
@@ -283,7 +296,7 @@ class PlannerNode(Node):
         try:      # the whole new configuration must validate (cross-field rules too)
             with self._lock:
                 if changes["planner"]:
-                    self.planner.config.replace(**changes["planner"])
+                    self.planner.check_config(self.planner.config.replace(**changes["planner"]))
                 if changes["cost"]:
                     self.planner.cost.weights.replace(**changes["cost"])
         except ValueError as e:
@@ -296,6 +309,8 @@ class PlannerNode(Node):
             cost = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("cost.")}
             if planner:
                 self.planner.set_config(self.planner.config.replace(**planner))
+                if "predictor" in planner and self._goal_source is not None:  # the goal lives in its space
+                    self.goal, self.goal_vis = self._encode_goal(self._goal_source)
             if cost:
                 self.planner.cost.set_weights(**cost)
             for p in params:
@@ -313,6 +328,7 @@ class PlannerNode(Node):
         values = {"model_id": self.model_id, "goal_status": self.goal_status, "goal_distance": self.goal_distance,
                   "plan_ms_p50": float(np.percentile(ms, 50)), "plan_ms_p95": float(np.percentile(ms, 95)),
                   "method": self.planner.config.method, "mode": self.planner.config.mode,
+                  "predictor": self.planner.config.predictor,
                   "model_steps_per_plan": self.planner.model_steps_per_plan(), **self.counts}
         slow = float(np.percentile(ms, 95)) > 1000 * self.dt
         level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK

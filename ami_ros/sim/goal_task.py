@@ -66,14 +66,14 @@ class WorldModelAgent:
     def reset(self, goal_image: np.ndarray, q_goal=None) -> None:
         self.memory.clear()
         self.planner.reset()
-        self.goal = self.model.encode_image(image_to_tensor(goal_image[None]))[0]
+        self.goal = self.planner.encode_goal(image_to_tensor(goal_image[None]))[0]
 
     def act(self, stamp: float, frame, q, qd, q_cmd):
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
         self.memory.push_embedding(stamp, z)
         res = self.planner.plan(self.memory.z_hist(), self.goal, torch.as_tensor(q_cmd, dtype=torch.float32),
-                                self.memory.last_action())
+                                self.memory.last_action(), joint_state=(q, qd))
         actions = res.actions.numpy()
         self.memory.push_action(res.actions[0])
         self.memory.set_plan(res)
@@ -116,18 +116,19 @@ class TrueDynamicsAgent:
     separates the two halves of the world model: when it reaches the goals and the
     planner does not, the embedding is good enough and the predictor is what fails."""
 
-    def __init__(self, model, sim, action_bound, candidates: int = 48, seed: int = 0):
+    def __init__(self, model, sim, action_bound, candidates: int = 48, seed: int = 0, encode_goal=None):
         self.model, self.sim, self.bound = model, sim, action_bound
         self.n, self.rng = candidates, np.random.default_rng(seed)
-        self.dims = model.goal_dims
+        # the goal space: the planner's (Planner.encode_goal), or z_vis
+        self.encode = encode_goal or (lambda img: model.encode_image(img)[:, model.goal_dims])
 
     def reset(self, goal_image, q_goal=None):
-        self.goal = self.model.encode_image(image_to_tensor(goal_image[None]))[0, self.dims]
+        self.goal = self.encode(image_to_tensor(goal_image[None]))[0]
 
     def act(self, stamp, frame, q, qd, q_cmd):
         cands = np.vstack([np.zeros(len(self.bound)), self.rng.uniform(-self.bound, self.bound, (self.n, len(self.bound)))])
         imgs = np.stack([self.sim.render_configuration(self.sim.spec.clip(q_cmd + a)) for a in cands])
-        z = self.model.encode_image(image_to_tensor(imgs))[:, self.dims]                # (N+1, Dv)
+        z = self.encode(image_to_tensor(imgs))                                         # (N+1, G)
         best = int(torch.argmin(((z - self.goal) ** 2).sum(-1)))
         return cands[best][None], None
 

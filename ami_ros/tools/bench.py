@@ -257,8 +257,7 @@ def _planner_inputs(model, arm):
 
     g = torch.Generator().manual_seed(0)
     z_hist = torch.randn(model.history, model.embed_dim, generator=g)
-    goal = torch.randn(model.embed_dim, generator=g)[model.goal_dims]
-    return z_hist, goal, np.asarray(arm.home, dtype=np.float64), np.zeros(arm.dof)
+    return z_hist, np.asarray(arm.home, dtype=np.float64), np.zeros(arm.dof)
 
 
 def _hier_equal(stack: dict, N: int, H: int, I: int, flat_steps: int) -> dict:
@@ -288,7 +287,13 @@ def bench_planner(folder: str, args, out: dict) -> str:
     stack = load_stack_config()
     model = load_model(folder, device="cpu", joint_names=arm.joint_names)
     dt = model.control_dt
-    z_hist, goal, q0, prev = _planner_inputs(model, arm)
+    z_hist, q0, prev = _planner_inputs(model, arm)
+    joint_state = (q0, 0.0 * q0)                      # the direct predictor's input; unused by 'rollout'
+    S = model.cfg.image_size
+    goal_image = torch.rand(1, 3, S, S, generator=torch.Generator().manual_seed(1)) * 255
+
+    def goal_for(pl):  # the goal in the planner's space (z_vis, or the direct predictor's goal space)
+        return pl.encode_goal(goal_image)[0]
     min_reps, max_reps, budget = (2, 3, 0.2) if quick else (3, 15, 1.0)
     res = {"default_config": stack["planner"], "elites_rule": "elites = candidates // 8 (256 -> 32, the default)"}
     texts = []
@@ -296,7 +301,9 @@ def bench_planner(folder: str, args, out: dict) -> str:
 
     def time_plan(**over):
         pl = build_planner(model, arm, stack, dt, **over)
-        ts = _time_calls(lambda: pl.plan(z_hist, goal, q0, prev), min_reps, max_reps, budget, warmup=1)
+        goal = goal_for(pl)
+        ts = _time_calls(lambda: pl.plan(z_hist, goal, q0, prev, joint_state=joint_state), min_reps, max_reps,
+                         budget, warmup=1)
         return _stats(ts), pl.model_steps_per_plan()
 
     # --- threads 1 vs 2 (default config, flat CEM) ---
@@ -313,29 +320,35 @@ def bench_planner(folder: str, args, out: dict) -> str:
                        f"x {stack['planner']['iterations']} it, flat CEM), torch threads (ms per plan)",
                        ["threads", "p50 ms", "p95 ms", "n"], rows))
 
-    # --- default config: CEM / MPPI, flat / hier, torch / onnx predictor ---
+    # --- default config: CEM / MPPI, flat / hier, rollout / direct predictor, torch / onnx ---
     rows, res["default"] = [], {}
-    variants = [("cem", "flat", "torch"), ("mppi", "flat", "torch")]
+    predictors = [stack["planner"].get("predictor", "rollout")]
+    if getattr(model, "has_direct", False):
+        predictors = sorted(set(predictors) | {"rollout", "direct"})
+    variants = [("cem", "flat", pr, "torch") for pr in predictors] + [("mppi", "flat", predictors[0], "torch")]
     if not quick:
-        variants += [("cem", "hier", "torch"), ("mppi", "hier", "torch"), ("cem", "flat", "onnx")]
+        variants += [("cem", "hier", pr, "torch") for pr in predictors]
+        variants += [("mppi", "hier", predictors[0], "torch"), ("cem", "flat", predictors[0], "onnx")]
     onnx_model = None
-    for method, mode, backend in variants:
+    for method, mode, predictor, backend in variants:
         if backend == "onnx":
             try:
                 onnx_model = onnx_model or load_model(folder, backend="onnx", device="cpu")
             except Exception as e:  # noqa: BLE001
                 res["onnx_error"] = f"{type(e).__name__}: {e}"
                 continue
-            pl = build_planner(onnx_model, arm, stack, dt, method=method, mode=mode)
-            s = _stats(_time_calls(lambda: pl.plan(z_hist, goal, q0, prev), min_reps, max_reps, budget, 1))
+            pl = build_planner(onnx_model, arm, stack, dt, method=method, mode=mode, predictor=predictor)
+            goal = goal_for(pl)
+            s = _stats(_time_calls(lambda: pl.plan(z_hist, goal, q0, prev, joint_state=joint_state), min_reps,
+                                   max_reps, budget, 1))
             steps = pl.model_steps_per_plan()
         else:
-            s, steps = time_plan(method=method, mode=mode)
-        key = f"{method}/{mode}/{backend}"
+            s, steps = time_plan(method=method, mode=mode, predictor=predictor)
+        key = f"{method}/{mode}/{predictor}/{backend}"
         res["default"][key] = {**s, "model_steps": steps}
         rows.append([key, steps, s["p50"], s["p95"], s["n"]])
     texts.append(table(f"planner: default config, threads={best_threads} (ms per plan)",
-                       ["method/mode/predictor", "model steps", "p50 ms", "p95 ms", "n"], rows))
+                       ["method/mode/predictor/backend", "model steps", "p50 ms", "p95 ms", "n"], rows))
 
     # --- grid ---
     grid = ([64], [5], [2]) if quick else ([64, 128, 256, 512], [5, 8], [2, 3])

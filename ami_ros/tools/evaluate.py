@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
     p.add_argument("--splits", default="near,far", help="comma list of near, far")
     p.add_argument("--method", choices=["cem", "mppi"], default=None, help="override the planner config's method")
+    p.add_argument("--predictor", choices=["rollout", "direct"], default=None,
+                   help="override the planner config's predictor")
     p.add_argument("--config", default=None, help="planner/cost parameter file (default config/planner.yaml)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
@@ -61,8 +63,14 @@ def run(args) -> int:
     size = model.cfg.image_size
     agents = {}
     for mode in (["flat", "hier"] if args.planner == "both" else [args.planner]):
-        overrides = {"mode": mode, **({"method": args.method} if args.method else {})}
-        agents[f"planner_{mode}"] = WorldModelAgent(model, build_planner(model, arm, stack, dt, **overrides), bound)
+        overrides = {"mode": mode, **({"method": args.method} if args.method else {}),
+                     **({"predictor": args.predictor} if args.predictor else {})}
+        try:  # e.g. predictor: direct with a model that has none
+            planner = build_planner(model, arm, stack, dt, **overrides)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound)
     if not args.no_references:
         agents["random"] = RandomAgent(bound, seed=args.seed)
         agents["oracle"] = OracleAgent(bound)
@@ -71,7 +79,9 @@ def run(args) -> int:
                "splits": {}}
     sim = ArmSim(arm, width=size, height=size, seed=args.seed)
     if args.true_dynamics:
-        agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed)
+        first = next(iter(agents.values()))    # the same goal space as the (first) planner
+        agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed,
+                                                    encode_goal=first.planner.encode_goal)
     try:
         for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
             results["splits"][split] = {}
