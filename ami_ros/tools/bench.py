@@ -537,7 +537,11 @@ def _e2e_once(folder: str, args, threads: int, domain: int):
     frames = res["frames_received_by_probe"]
     res["frames_seen_by_encoder_callback"] = c1["frames_enc"] - c0["frames_enc"]
     res["embeddings_published"] = c1["embeddings"] - c0["embeddings"]
-    res["dropped_frame_rate"] = 1.0 - res["embeddings_published"] / frames if frames else None
+    # frames the encoder received but did not embed (stale ones it drops). The window's two snapshots can split
+    # one frame from its embedding (received before, embedded after the first), so one more embedding than
+    # frames means none dropped, not a negative rate.
+    seen = res["frames_seen_by_encoder_callback"]
+    res["dropped_frame_rate"] = max(0, seen - res["embeddings_published"]) / seen if seen else None
     res["encoder_counts_total"] = enc_counts
     res["seconds"] = t_end - t_start
     res["camera_rate_hz"] = 30.0
