@@ -43,8 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(--refine-steps trains them further; 0 keeps them)")
     p.add_argument("--direct", action="store_true",
                    help="also train a direct predictor (stage 3, on the frozen encoder's embeddings): from the "
-                        "current image embedding and joint state to the image embedding j steps ahead, given the "
-                        "commanded target then; the planner uses it with predictor: direct")
+                        "current image embedding and joint state to the image's embedding j steps ahead (z_vis, or "
+                        "the goal features of --goal-features), given the commanded target then; the planner uses "
+                        "it with predictor: direct")
     p.add_argument("--direct-steps", type=int, default=30000, help="stage-3 steps of the direct predictor")
     p.add_argument("--direct-ensemble", type=int, default=1, help="members of the direct predictor (averaged)")
     p.add_argument("--direct-width", type=int, default=256, help="MLP width of the direct predictor")
