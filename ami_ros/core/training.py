@@ -421,9 +421,10 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
 
 
 def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "cpu", progress=None) -> dict:
-    """Stage 3: the direct predictor on the frozen encoder's z_vis (module docstring).
-    Each ensemble member gets its own batch of pairs. Seeded: the same data and
-    config give the same weights."""
+    """Stage 3: the direct predictor on the frozen encoder (module docstring): inputs from
+    z_vis and the joint states, targets in the goal space (z_vis, or the goal features,
+    whose basis is fit here first). Each ensemble member gets its own batch of pairs.
+    Seeded: the same data and config give the same weights."""
     if model.direct is None or cfg.direct_steps <= 0:
         return {}
     model.eval()
