@@ -11,7 +11,7 @@ import yaml
 from ami_ros.core.model_io import ModelError, load_model, save_model
 from ami_ros.core.sigreg import collapse_stats, sigreg
 from ami_ros.core.training import TrainConfig, train
-from ami_ros.core.world_model import ModelConfig, WorldModel
+from ami_ros.core.world_model import ModelConfig, WorldModel, image_to_tensor
 
 JOINTS = [f"j{i}" for i in range(6)]
 TINY = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
@@ -33,6 +33,14 @@ def _episodes(n=3, T=40, size=32, seed=0):
         eps.append(SimpleNamespace(frames=(rng.random((T, size, size, 3)) * 255).astype(np.uint8), q=q,
                                    qd=np.zeros_like(q), q_cmd=q, action=np.diff(q, axis=0), cube=None, tool=None,
                                    path=f"/episodes/{i}"))
+    return eps
+
+
+def _arm_episodes(n=3, T=50):
+    """Episodes whose frames show the arm: their brightness follows joint 0."""
+    eps = _episodes(n=n, T=T)
+    for e in eps:
+        e.frames[:] = np.clip(128 + 100 * np.tanh(e.q[:, :1, None, None]), 0, 255).astype(np.uint8)
     return eps
 
 
@@ -242,13 +250,11 @@ def test_predictor_refinement_lowers_the_prediction_loss_and_leaves_the_encoder(
 
 
 def test_direct_predictor_training_lowers_its_loss_and_leaves_the_rest(tmp_path):
-    """Stage 3 trains only the direct predictor; its z_prop is the commanded target's at rest;
-    the held-out evaluation reports it next to the fine rollout and copy-last."""
+    """Stage 3 trains only the direct predictor; the held-out evaluation reports it next to
+    the fine rollout and copy-last."""
     from ami_ros.core.training import evaluate, train_direct
 
-    eps = _episodes(n=3, T=50)
-    for e in eps:  # frames that show the arm: brightness follows joint 0
-        e.frames[:] = np.clip(128 + 100 * np.tanh(e.q[:, :1, None, None]), 0, 255).astype(np.uint8)
+    eps = _arm_episodes()
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, direct_steps=300, direct_batch=32,
                       direct_span=5, model=TINY_DIRECT)
     model, _ = train(cfg, eps[:2], [], str(tmp_path / "d.pt"))
@@ -271,9 +277,7 @@ def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):
     to predict those coordinates; goals are encoded the same way."""
     from ami_ros.core.training import evaluate, fit_goal_features, train_direct
 
-    eps = _episodes(n=3, T=50)
-    for e in eps:
-        e.frames[:] = np.clip(128 + 100 * np.tanh(e.q[:, :1, None, None]), 0, 255).astype(np.uint8)
+    eps = _arm_episodes()
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, direct_steps=300, direct_batch=32,
                       direct_span=5, model=TINY_GOALF)
     model, _ = train(cfg, eps[:2], [], str(tmp_path / "g.pt"))
@@ -285,7 +289,7 @@ def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):
     B = model.feature_basis
     torch.testing.assert_close(B.T @ B, torch.eye(5), atol=1e-4, rtol=0)
     with torch.no_grad():
-        img = image_to_tensor_(eps[0].frames[:40])
+        img = image_to_tensor(eps[0].frames[:40])
         f = model.encoder.image.features(img)
         g = model.encode_goal(img)
     torch.testing.assert_close(g, (f - model.feature_mean) @ B)
@@ -293,9 +297,3 @@ def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):
     assert var[0] >= var[-1]                            # most variance first
     assert after["direct_err_goal_5"] < 0.5 * before["direct_err_goal_5"], (before, after)
     assert after["copy_err_goal_5"] > 0 and "fine_err_vis_5" not in after
-
-
-def image_to_tensor_(frames):
-    from ami_ros.core.world_model import image_to_tensor
-
-    return image_to_tensor(frames)

@@ -197,10 +197,14 @@ class Cost:
         return self
 
     # ---- evaluation ----
+    def _goal_dims(self, override: slice | None = None) -> slice:
+        """The goal dims: ``override``, else the bound ones, else all."""
+        return override or (self.goal_dims if self.goal_dims is not None else slice(None))
+
     def goal_part(self, goal: Tensor, embed_dim: int, goal_dims: slice | None = None) -> Tensor:
         """Goal restricted to the goal dims: accepts a full (D,) embedding or its (Dg,) goal part.
         goal_dims overrides the bound ones (the direct predictor predicts the goal space only)."""
-        gd = goal_dims or (self.goal_dims if self.goal_dims is not None else slice(None))
+        gd = self._goal_dims(goal_dims)
         dg = len(range(*gd.indices(embed_dim)))
         if goal.shape[-1] == embed_dim:
             return goal[..., gd]
@@ -221,7 +225,7 @@ class Cost:
         w = self._weights
         dev, dt = z_pred.device, z_pred.dtype
         B, Hz, D = z_pred.shape
-        gd = goal_dims or (self.goal_dims if self.goal_dims is not None else slice(None))
+        gd = self._goal_dims(goal_dims)
         g = self.goal_part(goal.to(dev, dt), D, gd)
         d_goal = (z_pred[..., gd] - g).pow(2).mean(-1)                   # (B, Hz)
         out = {"goal_terminal": w.goal_terminal * d_goal[:, -1]}
@@ -284,5 +288,5 @@ class Cost:
 
     def goal_distance(self, z: Tensor, goal: Tensor) -> Tensor:
         """Unweighted mean squared distance on the goal dims; z (..., D) -> (...)."""
-        gd = self.goal_dims if self.goal_dims is not None else slice(None)
+        gd = self._goal_dims()
         return (z[..., gd] - self.goal_part(goal.to(z.device, z.dtype), z.shape[-1])).pow(2).mean(-1)

@@ -233,10 +233,11 @@ def _episode_tensors(ep, device):
 
 
 @torch.no_grad()
-def encode_goal_episode(model: WorldModel, ep, device, chunk: int = 256) -> torch.Tensor:
-    """(T, G): an episode's frames in the direct predictor's goal space."""
-    return torch.cat([model.encode_goal(image_to_tensor(ep.frames[s:s + chunk]).to(device))
-                      for s in range(0, len(ep.q), chunk)])
+def encode_vis_and_goal_episode(model: WorldModel, ep, device, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """An episode's frames as z_vis (T, Dv) and in the direct predictor's goal space (T, G), one encoder pass."""
+    parts = [model.encode_vis_and_goal(image_to_tensor(ep.frames[s:s + chunk]).to(device))
+             for s in range(0, len(ep.q), chunk)]
+    return torch.cat([v for v, _ in parts]), torch.cat([g for _, g in parts])
 
 
 @torch.no_grad()
@@ -249,7 +250,7 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
     err, fine, base = ({n: [] for n in horizons} for _ in range(3))
     for ep, z in zip(test_eps, z_test):
         q, qd, qc, a = _episode_tensors(ep, device)
-        g = z[:, :Dv] if in_vis else encode_goal_episode(model, ep, device)
+        g = z[:, :Dv] if in_vis else encode_vis_and_goal_episode(model, ep, device)[1]
         s = torch.arange(h - 1, len(z) - Hmax, device=z.device)
         if len(s) == 0:
             continue
@@ -430,12 +431,10 @@ def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "
     model.eval()
     Dv, J, E, G = model.cfg.vis_dim, cfg.direct_span, model.cfg.direct_ensemble, model.cfg.goal_dim
     with torch.no_grad():
-        Z = torch.cat([encode_episode(model, e, device)[:, :Dv] for e in train_eps])          # (N, Dv)
         pca = fit_goal_features(model, train_eps, device) if model.cfg.goal_features else {}
-        if model.cfg.goal_features:
-            Y = torch.cat([encode_goal_episode(model, e, device) for e in train_eps])         # (N, G)
-        else:
-            Y = Z
+        parts = [encode_vis_and_goal_episode(model, e, device) for e in train_eps]
+        Z = torch.cat([v for v, _ in parts])                                                # (N, Dv)
+        Y = torch.cat([g for _, g in parts])                                                # (N, G)
     f = dict(dtype=torch.float32, device=device)
     q = torch.as_tensor(np.concatenate([e.q for e in train_eps]), **f)                     # (N, A)
     qd = torch.as_tensor(np.concatenate([e.qd for e in train_eps]), **f)

@@ -97,15 +97,7 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["channels"] = tuple(d["channels"])
-        d.setdefault("encoder", "conv")        # cards written before these fields existed
-        d.setdefault("prop_encoder", "mlp")
-        d.setdefault("vis_to_prop", False)
-        d.setdefault("prop_velocity", True)
-        d.setdefault("direct", False)
-        d.setdefault("direct_width", 256)
-        d.setdefault("direct_ensemble", 1)
-        d.setdefault("goal_features", 0)
-        return cls(**d)
+        return cls(**d)  # fields a card written before them lacks take the defaults above
 
 
 class ImageEncoder(nn.Module):
@@ -114,12 +106,12 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        layers, c_in, s = [], 3, cfg.image_size
+        layers, c_in = [], 3
         for c in cfg.channels:
             layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(max(1, c // 16), c), nn.SiLU()]
-            c_in, s = c, s // 2
+            c_in = c
         self.conv = nn.Sequential(*layers)
-        self.proj = nn.Linear(c_in * s * s, cfg.vis_dim)
+        self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> the last feature map, flattened (B, F)."""
@@ -350,9 +342,15 @@ class WorldModel(nn.Module):
 
     def encode_goal(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, 3, S, S) -> (B, G): an image in the direct predictor's space (goal features or z_vis)."""
+        return self.encode_vis_and_goal(img)[1]
+
+    def encode_vis_and_goal(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """img (B, 3, S, S) -> z_vis (B, Dv) and the goal-space embedding (B, G), one encoder pass."""
         if not self.cfg.goal_features:
-            return self.encoder.encode_image(img)
-        return (self.encoder.image.features(img) - self.feature_mean) @ self.feature_basis
+            z = self.encoder.encode_image(img)
+            return z, z
+        f = self.encoder.image.features(img)                                  # (B, F)
+        return self.encoder.image.proj(f), (f - self.feature_mean) @ self.feature_basis
 
     def rollout_direct(self, z_now: torch.Tensor, q: torch.Tensor, qd: torch.Tensor, q_cmd: torch.Tensor,
                        actions: torch.Tensor, every: int = 1) -> torch.Tensor:
