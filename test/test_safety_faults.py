@@ -578,7 +578,8 @@ def test_malformed_burst_is_refused_and_counted(restored):
             if _wait(lambda: encoder.counts["refused_image"] > before, 0.01, 0.005):
                 break
         assert encoder.counts["refused_image"] > before, f"image {img.encoding} {img.height}x{img.width} not refused"
-    for j in states[:2] + states[5:]:      # no positions for every joint: refused by name / length
+    for j in states:                       # by name / length, and NaN or Inf positions or velocities (the
+                                           # direct predictor reads them)
         before = planner.counts["refused_joint_state"]
         for _ in range(20):
             probe.js_pub.publish(j)
