@@ -39,6 +39,42 @@ def test_true_dynamics_agent_takes_the_candidate_whose_image_is_the_goal(model):
     np.testing.assert_allclose(actions[0], drawn[5])
 
 
+def test_world_model_agent_holds_once_the_goal_image_is_seen(model):
+    """goal_tolerance: the agent plans while the frame is far from the goal image, and
+    once a frame is within the tolerance it holds (zero actions) without planning again."""
+    from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import WorldModelAgent
+
+    arm, stack = load_arm(), load_stack_config()
+    bound = action_bound(arm, 0.1, stack["action_scale"])
+    agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), bound, goal_tolerance=0.005)
+    with ArmSim(arm, width=64, height=64, seed=3) as sim:
+        sim.reset(arm.home)
+        q, qd = sim.joint_positions(), np.zeros(arm.dof)
+        agent.reset(sim.render_configuration(arm.clip(q + np.array([0.3, -0.2, 0.2, 0.0, 0.0, 0.0]))))
+        actions, res = agent.act(0.0, sim.render(), q, qd, q)
+        assert res is not None and not agent.reached and np.abs(actions).max() > 0
+        agent.reset(sim.render())                               # the goal is what the camera sees now
+        actions, res = agent.act(0.1, sim.render(), q, qd, q + 0.01)      # commanded ahead of the arm:
+        assert res is None and agent.reached                               # back to where it is measured
+        np.testing.assert_allclose(actions, np.full((1, arm.dof), -0.01), atol=1e-12)
+        far = sim.render_configuration(arm.clip(q + 0.3))       # reached is final until the next reset
+        actions, res = agent.act(0.2, far, q, qd, q)
+        assert res is None and not actions.any()
+
+
+def test_tolerance_check_separates_poses_near_the_goal_from_far_ones(model):
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import tolerance_check
+
+    with ArmSim(load_arm(), width=64, height=64, seed=3) as sim:
+        tc = tolerance_check(model, sim, "near", np.random.default_rng(0), 0.005, goals=3, poses=100)
+    assert sum(tc[b]["poses"] for b in ("0-1cm", "1-2cm", "2-5cm", ">5cm")) == 300
+    assert tc["0-1cm"]["poses"] > 0 and tc[">5cm"]["poses"] > 0
+    assert tc["0-1cm"]["under_tolerance"] > 0.5 > tc[">5cm"]["under_tolerance"]
+
+
 def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     from ami_ros.tools import evaluate as tool
 
@@ -50,6 +86,7 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     res = json.loads(out.read_text())
     near = res["splits"]["near"]
     assert set(near) == {"planner_flat", "random", "oracle", "true_dynamics"}
+    assert res["goal_tolerance"] > 0                        # the shipped planner config's goal-reached rule
     assert near["oracle"]["successes"] == 2                 # straight to the goal configuration
     for r in near.values():
         assert r["episodes"] == 2 and np.isfinite(r["final_distance_m_median"])

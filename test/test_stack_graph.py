@@ -24,6 +24,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.arm import share_dir  # noqa: E402
+from ami_ros.core.stack_config import load_stack_config  # noqa: E402
 from ami_ros.nodes import common  # noqa: E402
 from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
@@ -43,6 +44,8 @@ def stack():
     cfg = os.path.join(share_dir(), "config")
     args = ["--ros-args"] + [a for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")
                              for a in ("--params-file", os.path.join(cfg, f))]
+    # planning never stops by itself here (tests that need the goal-reached rule set it)
+    args += ["-p", "planner_node:goal_tolerance:=0.0"]
     ctx = Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID, args=args)
     sim = SimNode(context=ctx)
@@ -129,22 +132,60 @@ def test_embeddings_of_another_model_are_refused(stack):
 def test_goal_image_closes_the_loop_through_the_gate(stack):
     """Camera frames in, gated trajectory out: a goal given only as an image makes the
     planner lower its energy (embedding distance to the goal) by moving the simulated
-    arm through the safety gate. Reaching within 5 cm of the goal's tool position is
-    measured by `ami-ros eval` (see the model card), not asserted here: the default
-    model does not do it reliably yet."""
+    arm through the safety gate, until (shipped goal_tolerance) the planner reports the
+    goal reached and holds the arm, the tool at most half as far from the goal as at the
+    start (13.2 cm). Within 5 cm is not asserted: for this goal the measured distance
+    is not monotone between 1 and 5 cm, and two graph runs stopped at 5.6 and 5.8 cm;
+    the success rate over random goals is measured by `ami-ros eval` (README)."""
     sim, planner = stack["sim"], stack["planner"]
-    q0 = sim.sim.joint_positions()
-    qg = sim.spec.clip(q0 + np.array([0.25, -0.15, 0.2, 0.1, 0.0, 0.0]))
-    n0 = planner.counts["plans"]
-    stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
-    assert _wait(lambda: planner.counts["plans"] > n0 + 2, 10), "no plans for the goal image"
-    first = planner.goal_distance
-    lowered = _wait(lambda: planner.goal_distance < 0.5 * first, 20)
-    moved = float(np.abs(sim.sim.joint_positions() - q0).max())
-    assert lowered, f"goal distance {first:.4f} -> {planner.goal_distance:.4f}"
-    assert moved > 0.05, f"the arm moved only {moved:.3f} rad"
-    assert stack["gated"], "nothing reached the arm's controller"
-    assert sim.commands_accepted > 0 and stack["encoder"].counts["embeddings"] > 0
+    tol = load_stack_config()["goal_tolerance"]
+    assert tol > 0
+    (r,) = _set(stack, goal_tolerance=tol)
+    assert r.successful, r.reason
+    try:
+        q0 = sim.sim.joint_positions()
+        qg = sim.spec.clip(q0 + np.array([0.25, -0.15, 0.2, 0.1, 0.0, 0.0]))
+        target = sim.tool_position_at(qg)
+        n0 = planner.counts["plans"]
+        stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
+        assert _wait(lambda: planner.counts["plans"] > n0 + 2, 10), "no plans for the goal image"
+        first = planner.goal_distance
+        reached = _wait(lambda: planner.goal_status == "reached", 30)
+        time.sleep(1.0)                      # the hold has settled the arm
+        d = float(np.linalg.norm(stack["tool"] - target))
+        moved = float(np.abs(sim.sim.joint_positions() - q0).max())
+        assert reached, f"goal not reached: distance {first:.4f} -> {planner.goal_distance:.4f}, tool {100 * d:.1f} cm away"
+        assert planner.goal_distance < 0.5 * first
+        assert d < 0.5 * float(np.linalg.norm(sim.tool_position_at(q0) - target)), f"tool {100 * d:.1f} cm from the goal"
+        assert moved > 0.05, f"the arm moved only {moved:.3f} rad"
+        assert stack["gated"], "nothing reached the arm's controller"
+        assert sim.commands_accepted > 0 and stack["encoder"].counts["embeddings"] > 0
+    finally:
+        _set(stack, goal_tolerance=0.0)
+
+
+def test_reached_goal_holds_the_arm_and_stops_planning(stack):
+    """A goal image of the arm's current view is reached at once: the planner publishes
+    one last plan that holds the commanded target, reports 'reached' and plans no more;
+    the arm stays put."""
+    sim, planner = stack["sim"], stack["planner"]
+    (r,) = _set(stack, goal_tolerance=0.005)
+    assert r.successful, r.reason
+    try:
+        assert _wait(lambda: float(np.abs(sim.sim.joint_velocities()).max()) < 0.01, 10), "arm not at rest"
+        stack["goal_pub"].publish(common.image_msg(sim.render_configuration(sim.sim.joint_positions())))
+        assert _wait(lambda: planner.goal_status == "reached", 10), (planner.goal_status, planner.goal_distance)
+        time.sleep(0.3)
+        with stack["lock"]:
+            last = stack["plans"][-1][1]
+        pts = np.array([p.positions for p in last.points])
+        assert np.ptp(pts, axis=0).max() == 0.0, "the last plan does not hold one target"
+        n, q = planner.counts["plans"], sim.sim.joint_positions()
+        time.sleep(1.0)
+        assert planner.counts["plans"] == n, "the planner kept planning after the goal was reached"
+        assert float(np.abs(sim.sim.joint_positions() - q).max()) < 0.01
+    finally:
+        _set(stack, goal_tolerance=0.0)
 
 
 def test_cost_weight_set_through_the_parameter_service_changes_the_plan(stack):

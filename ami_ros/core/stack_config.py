@@ -35,10 +35,13 @@ def load_stack_config(path: str | None = None) -> dict:
         out["planner"] = PlannerConfig.from_dict(params.get("planner", {})).to_dict()
         out["cost"] = CostWeights.from_dict(params.get("cost", {})).to_dict()
         out["action_scale"] = float(params.get("action_scale", 0.5))
+        out["goal_tolerance"] = float(params.get("goal_tolerance", 0.0))
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: bad planner configuration ({type(e).__name__}: {e})") from e
     if not 0.0 < out["action_scale"] <= 1.0:
         raise ValueError(f"{path}: action_scale must be in (0, 1], got {out['action_scale']}")
+    if not 0.0 <= out["goal_tolerance"] <= 1e6:
+        raise ValueError(f"{path}: goal_tolerance must be in [0, 1e6], got {out['goal_tolerance']}")
     return out
 
 

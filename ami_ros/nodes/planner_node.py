@@ -64,8 +64,9 @@ PARAMS = [
     common.ParamSpec("action_scale", 0.5, "Fraction of each joint's velocity limit one action may use.", (0.01, 1.0)),
     common.ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
     common.ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
-    common.ParamSpec("goal_tolerance", 0.0, "Goal distance (mean squared, goal dims) under which the goal "
-                     "counts as reached and planning stops; 0 = never stop.", (0.0, 1e6)),
+    common.ParamSpec("goal_tolerance", 0.0, "Goal distance (mean squared over z_vis, measured on the latest "
+                     "frame) under which the goal counts as reached: the arm holds and planning stops; "
+                     "0 = never stop.", (0.0, 1e6)),
     common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
 ] + _config_specs("planner", PlannerConfig) + _config_specs("cost", CostWeights)
 _SPECS = {s.name: s for s in PARAMS}
@@ -245,18 +246,24 @@ class PlannerNode(Node):
                 q0 = self._q_cmd[1]
             z_hist = self.memory.z_hist()
             source_stamp = self.memory.latest_stamp()
-            t0 = time.perf_counter()
-            res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
-                                    self.memory.last_action(), joint_state=(joint[1], joint[2]))
-            self._plan_ms.append(1000 * (time.perf_counter() - t0))
-            self.memory.push_action(res.actions[0])
-            self.memory.set_plan(res)
-            dist = float(((z_hist[-1][self.model.goal_dims] - self.goal_vis) ** 2).mean())
-            self.goal_distance = dist
+            # measured, not predicted: the latest frame's distance to the goal image
+            self.goal_distance = float(((z_hist[-1][self.model.goal_dims] - self.goal_vis) ** 2).mean())
             tol = self.get_parameter("goal_tolerance").value
-            if tol > 0 and dist < tol:
+            if tol > 0 and self.goal_distance < tol:
+                # reached: a last plan that holds the arm where it is measured now (the frame that
+                # showed the goal is older: stop at once rather than finish the step), then stop planning
                 self.goal_status = "reached"
-        actions = res.actions.numpy().astype(np.float64)
+                q0 = joint[1]
+                actions = np.zeros((self.planner.config.horizon, self.model.action_dim))
+            else:
+                t0 = time.perf_counter()
+                res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
+                                        self.memory.last_action(), joint_state=(joint[1], joint[2]))
+                self._plan_ms.append(1000 * (time.perf_counter() - t0))
+                self.memory.push_action(res.actions[0])
+                self.memory.set_plan(res)
+                actions = res.actions.numpy().astype(np.float64)
+                self.counts["plans"] += 1
         targets = self.arm.clip(q0 + np.cumsum(actions, 0))                     # (H, A)
         times = self.dt * np.arange(1, len(targets) + 1)
         vel = np.gradient(np.vstack([q0, targets]), self.dt, axis=0)[1:]          # smooth (cubic) tracking
@@ -267,7 +274,6 @@ class PlannerNode(Node):
         self._plan_pub.publish(msg)
         self._q_cmd = (now, targets[0])
         self.last_plan = (now, targets)
-        self.counts["plans"] += 1
         # the markers carry the stamp of the camera frame the plan started from (latency probes)
         self._marker_pub.publish(self._markers(targets, common.seconds_to_stamp(source_stamp)))
         self._publish_status()

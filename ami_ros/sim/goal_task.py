@@ -55,22 +55,37 @@ def command_actions(sim, q_cmd: np.ndarray, actions: np.ndarray, dt: float) -> n
 
 # ---------------------------------------------------------------- agents
 class WorldModelAgent:
-    """The stack's agent: JEPA encoder + memory + planner, from images and joint states only."""
+    """The stack's agent: JEPA encoder + memory + planner, from images and joint states only.
 
-    def __init__(self, model, planner: Planner, action_bound: np.ndarray):
+    ``goal_tolerance`` (> 0) is the planner node's rule: once the latest frame's z_vis is
+    that close to the goal image's (mean squared), the goal is reached: the agent brings
+    the commanded target back to the measured position (one bounded step) and holds it,
+    without planning again."""
+
+    def __init__(self, model, planner: Planner, action_bound: np.ndarray, goal_tolerance: float = 0.0):
         self.model, self.planner = model, planner
         self.bound = action_bound
+        self.goal_tolerance = float(goal_tolerance)
         self.memory = ShortTermMemory(model.history, 64, model.embed_dim, model.action_dim)
-        self.goal = None
+        self.goal = self.goal_vis = None
+        self.reached = False
 
     def reset(self, goal_image: np.ndarray, q_goal=None) -> None:
         self.memory.clear()
         self.planner.reset()
-        self.goal = self.planner.encode_goal(image_to_tensor(goal_image[None]))[0]
+        img = image_to_tensor(goal_image[None])
+        self.goal = self.planner.encode_goal(img)[0]
+        self.goal_vis = self.model.encode_image(img)[0, self.model.goal_dims]
+        self.reached = False
 
     def act(self, stamp: float, frame, q, qd, q_cmd):
+        if self.reached:
+            return np.zeros((1, len(self.bound))), None
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
+        if self.goal_tolerance > 0 and float(((z[self.model.goal_dims] - self.goal_vis) ** 2).mean()) < self.goal_tolerance:
+            self.reached = True
+            return np.clip(np.asarray(q) - q_cmd, -self.bound, self.bound)[None], None
         self.memory.push_embedding(stamp, z)
         res = self.planner.plan(self.memory.z_hist(), self.goal, torch.as_tensor(q_cmd, dtype=torch.float32),
                                 self.memory.last_action(), joint_state=(q, qd))
@@ -158,10 +173,40 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
         frame = sim.render()
         t = time.perf_counter()
         actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
-        times.append(time.perf_counter() - t)
+        if not getattr(agent, "reached", False):    # planning time: cycles that planned
+            times.append(time.perf_counter() - t)
         q_cmd = command_actions(sim, q_cmd, actions, dt)
         sim.step(dt)
         if steps_ok is None and np.linalg.norm(sim.tool_position() - goal_tool) < success_radius:
             steps_ok = k + 1
     final = float(np.linalg.norm(sim.tool_position() - goal_tool))
     return EpisodeResult(split, final < success_radius, steps_ok, final, start, times)
+
+
+def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance: float, goals: int = 25,
+                    poses: int = 200) -> dict:
+    """How the goal-reached rule (``goal_tolerance`` on the z_vis distance) separates
+    poses near a goal from far ones: for ``goals`` goals of ``split`` (cube placed as in
+    an episode), ``poses`` arm poses around each goal (joint offsets up to 0.5 rad,
+    denser near it) are rendered; returns, per band of tool distance to the goal, the
+    number of poses and the fraction whose distance to the goal image is under
+    ``tolerance``."""
+    bands = {"0-1cm": (0.0, 0.01), "1-2cm": (0.01, 0.02), "2-5cm": (0.02, 0.05), ">5cm": (0.05, np.inf)}
+    dist, energy = [], []
+    for _ in range(goals):
+        _, qg, cube = draw_episode(sim, split, rng)
+        sim.reset(qg, cube_xy=cube)
+        qs = sim.spec.clip(qg + rng.uniform(-0.5, 0.5, (poses, sim.spec.dof)) * rng.uniform(0, 1, (poses, 1)) ** 2)
+        z_goal = model.encode_image(image_to_tensor(sim.render_configuration(qg)[None]))[0, model.goal_dims]
+        z = torch.cat([model.encode_image(image_to_tensor(np.stack([sim.render_configuration(q) for q in qs[i:i + 50]])))
+                       for i in range(0, poses, 50)])[:, model.goal_dims]
+        energy.append(((z - z_goal) ** 2).mean(-1).numpy())
+        dist.append(np.linalg.norm(sim.spec.tool_position(qs) - sim.spec.tool_position(qg), axis=-1))
+    dist, energy = np.concatenate(dist), np.concatenate(energy)
+    out = {"tolerance": tolerance, "goals": goals, "poses_per_goal": poses}
+    for name, (lo, hi) in bands.items():
+        inside = (dist >= lo) & (dist < hi)
+        out[name] = {"poses": int(inside.sum()),
+                     "under_tolerance": float(np.mean(energy[inside] < tolerance)) if inside.any() else None}
+    return out
+

@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also run a diagnostic reference that scores actions with the model's goal energy but "
                         "takes their outcome from the simulator (rendered and encoded): it tells whether the "
                         "embedding or the predictor limits the planner")
+    p.add_argument("--tolerance-check", type=int, default=0, metavar="GOALS",
+                   help="also check the goal-reached rule (goal_tolerance in the planner config) on GOALS goals "
+                        "per split: the fraction of poses under the tolerance, by tool distance to the goal")
     p.add_argument("--success-radius", type=float, default=0.05, help="metres (default 0.05)")
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a 2-core machine the "
@@ -47,7 +50,8 @@ def run(args) -> int:
     from ami_ros.core.model_io import ModelError, load_model
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.sim.arm_sim import ArmSim
-    from ami_ros.sim.goal_task import OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent, run_episode
+    from ami_ros.sim.goal_task import (OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent, run_episode,
+                                      tolerance_check)
 
     torch.set_num_threads(args.threads)
     arm = load_arm()
@@ -70,12 +74,13 @@ def run(args) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound)
+        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound, stack["goal_tolerance"])
     if not args.no_references:
         agents["random"] = RandomAgent(bound, seed=args.seed)
         agents["oracle"] = OracleAgent(bound)
     results = {"model": model.model_id, "backend": args.backend, "success_radius_m": args.success_radius,
-               "episodes_per_split": args.episodes, "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
+               "episodes_per_split": args.episodes, "goal_tolerance": stack["goal_tolerance"],
+               "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
                "splits": {}}
     sim = ArmSim(arm, width=size, height=size, seed=args.seed)
     if args.true_dynamics:
@@ -106,6 +111,13 @@ def run(args) -> int:
                       f"steps {r['steps_to_success_median']}  final dist {100 * r['final_distance_m_median']:.1f} cm "
                       f"(start {100 * r['start_distance_m_median']:.1f})  plan {r['plan_ms_median']:.1f} ms "
                       f"p95 {r['plan_ms_p95']:.1f} ms", flush=True)
+            if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
+                rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 11])
+                tc = tolerance_check(model, sim, split, rng, stack["goal_tolerance"], goals=args.tolerance_check)
+                results["splits"][split]["tolerance_check"] = tc
+                print(f"{split:4s} goal_tolerance {tc['tolerance']}: poses under it by tool distance to the goal: "
+                      + ", ".join(f"{b} {100 * tc[b]['under_tolerance']:.1f}% of {tc[b]['poses']}"
+                                  for b in ("0-1cm", "1-2cm", "2-5cm", ">5cm") if tc[b]["poses"]), flush=True)
     finally:
         sim.close()
     if args.json:
