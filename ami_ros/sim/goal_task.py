@@ -83,7 +83,8 @@ class WorldModelAgent:
             return np.zeros((1, len(self.bound))), None
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
-        if self.goal_tolerance > 0 and float(((z[self.model.goal_dims] - self.goal_vis) ** 2).mean()) < self.goal_tolerance:
+        distance = float(((z[self.model.goal_dims] - self.goal_vis) ** 2).mean())   # measured, as the node's
+        if self.goal_tolerance > 0 and distance < self.goal_tolerance:
             self.reached = True
             return np.clip(np.asarray(q) - q_cmd, -self.bound, self.bound)[None], None
         self.memory.push_embedding(stamp, z)
@@ -209,4 +210,3 @@ def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance:
         out[name] = {"poses": int(inside.sum()),
                      "under_tolerance": float(np.mean(energy[inside] < tolerance)) if inside.any() else None}
     return out
-

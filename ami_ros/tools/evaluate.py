@@ -114,7 +114,7 @@ def run(args) -> int:
             if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
                 rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 11])
                 tc = tolerance_check(model, sim, split, rng, stack["goal_tolerance"], goals=args.tolerance_check)
-                results["splits"][split]["tolerance_check"] = tc
+                results.setdefault("tolerance_check", {})[split] = tc
                 print(f"{split:4s} goal_tolerance {tc['tolerance']}: poses under it by tool distance to the goal: "
                       + ", ".join(f"{b} {100 * tc[b]['under_tolerance']:.1f}% of {tc[b]['poses']}"
                                   for b in ("0-1cm", "1-2cm", "2-5cm", ">5cm") if tc[b]["poses"]), flush=True)
