@@ -252,7 +252,8 @@ class Planner:
         if direct and goal.shape != (m.goal_dim,):
             raise ValueError(f"goal: predictor='direct' plans in the model's goal space, {m.goal_dim} values "
                              f"(Planner.encode_goal), got {tuple(goal.shape)}")
-        self.cost.goal_part(goal, m.goal_dim if direct else m.embed_dim, gdims)  # shape check, raises ValueError
+        if not direct:
+            self.cost.goal_part(goal, m.embed_dim)       # shape check (full or goal dims), raises ValueError
         q0 = torch.as_tensor(q0, **f32).flatten()
         prev = torch.as_tensor(prev_action, **f32).flatten()
         A, D, H = m.action_dim, m.embed_dim, c.horizon

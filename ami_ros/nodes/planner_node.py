@@ -247,7 +247,7 @@ class PlannerNode(Node):
             z_hist = self.memory.z_hist()
             source_stamp = self.memory.latest_stamp()
             # measured, not predicted: the latest frame's distance to the goal image
-            self.goal_distance = float(((z_hist[-1][self.model.goal_dims] - self.goal_vis) ** 2).mean())
+            self.goal_distance = float(self.planner.cost.goal_distance(z_hist[-1], self.goal_vis))
             tol = self.get_parameter("goal_tolerance").value
             if tol > 0 and self.goal_distance < tol:
                 # reached: a last plan that holds the arm where it is measured now (the frame that

@@ -83,7 +83,7 @@ class WorldModelAgent:
             return np.zeros((1, len(self.bound))), None
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
-        distance = float(((z[self.model.goal_dims] - self.goal_vis) ** 2).mean())   # measured, as the node's
+        distance = float(self.planner.cost.goal_distance(z, self.goal_vis))         # measured, as the node's
         if self.goal_tolerance > 0 and distance < self.goal_tolerance:
             self.reached = True
             return np.clip(np.asarray(q) - q_cmd, -self.bound, self.bound)[None], None
