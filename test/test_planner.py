@@ -405,3 +405,20 @@ def test_direct_predictor_refusals():
     with pytest.raises(ValueError, match="no direct predictor"):
         rollout_planner.set_config(PlannerConfig(predictor="direct"))
     assert rollout_planner.config.predictor == "rollout"     # the old settings stay
+
+
+@pytest.mark.parametrize("value", ["-0.1", "nan", "'x'"])
+def test_stack_config_refuses_a_bad_goal_tolerance(tmp_path, value):
+    """The planner parameter file's goal_tolerance (read by eval and the demo's planner node):
+    negative, NaN or not a number is refused with the file and the reason; the shipped one loads."""
+    import yaml
+
+    from ami_ros.core.stack_config import default_planner_file, load_stack_config
+
+    assert load_stack_config()["goal_tolerance"] >= 0
+    doc = yaml.safe_load(open(default_planner_file()))
+    doc["planner_node"]["ros__parameters"]["goal_tolerance"] = yaml.safe_load(value)
+    path = tmp_path / "planner.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match="goal_tolerance|bad planner configuration"):
+        load_stack_config(str(path))
