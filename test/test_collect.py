@@ -151,16 +151,19 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     # stage 3 alone: encoder and predictors kept, a direct predictor in a goal-feature space added
     third = str(tmp_path / "third")
     assert train(*common, "--out", third, "--encoder-from", first, "--keep-predictors", "--refine-steps", "0",
-                 "--direct", "--goal-features", "4", "--direct-steps", "3", "--direct-ensemble", "2") == 0
+                 "--direct", "--goal-features", "4", "--direct-steps", "3", "--direct-ensemble", "2",
+                 "--direct-fourier", "2") == 0
     c = load_model(third, "onnx")
     assert c.has_direct and c.goal_dim == 4 and c.card["encoder_from"]["predictors_kept"]
+    assert c.cfg.direct_fourier == 2
     assert "direct_err_goal_1" in c.card["metrics"] and "goal_features_explained_variance" in c.card["metrics"]
     c = load_model(third, "torch")
     for part in ("encoder", "fine", "coarse"):
         for k, v in getattr(a.torch_model, part).state_dict().items():
             assert torch.equal(v, getattr(c.torch_model, part).state_dict()[k]), (part, k)
     for bad in (["--keep-predictors"], ["--goal-features", "4"], ["--direct", "--direct-ensemble", "0"],
-                ["--direct", "--goal-features", "4", "--encoder", "keypoints"]):
+                ["--direct", "--goal-features", "4", "--encoder", "keypoints"], ["--direct-fourier", "2"],
+                ["--direct", "--direct-fourier", "9"]):
         assert train(*common, "--out", str(tmp_path / "y"), *bad) == 2, bad
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 

@@ -90,6 +90,9 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     assert near["oracle"]["successes"] == 2                 # straight to the goal configuration
     for r in near.values():
         assert r["episodes"] == 2 and np.isfinite(r["final_distance_m_median"])
+    c = res["planner_config"]                               # flat: iterations x candidates x horizon + the mean's
+    assert near["planner_flat"]["model_steps_per_plan"] == c["iterations"] * c["candidates"] * c["horizon"] + c["horizon"]
+    assert "model_steps_per_plan" not in near["random"]
     assert res["model"] == load_model(MODEL, "torch").model_id
 
 
@@ -109,3 +112,24 @@ def test_eval_refuses_the_direct_predictor_for_a_model_without_one(tmp_path, cap
     assert tool.run(p.parse_args(["--model", folder, "--episodes", "1", "--splits", "near",
                                   "--predictor", "direct"])) == 2
     assert "no direct predictor" in capsys.readouterr().err
+
+
+def test_equal_compute_gives_the_hierarchical_planner_the_flat_planners_model_steps(tmp_path, capsys):
+    """--equal-compute: the hierarchical planner gets the most low-level candidates that keep its
+    model steps per plan within the flat planner's; without --planner both it is refused."""
+    from ami_ros.tools import evaluate as tool
+
+    p = argparse.ArgumentParser()
+    tool.add_arguments(p)
+    out = tmp_path / "eval.json"
+    assert tool.run(p.parse_args(["--planner", "both", "--equal-compute", "--episodes", "1", "--splits", "near",
+                                  "--no-references", "--json", str(out)])) == 0
+    res = json.loads(out.read_text())
+    flat, hier = res["splits"]["near"]["planner_flat"], res["splits"]["near"]["planner_hier"]
+    assert res["equal_compute"] and flat["candidates"] == res["planner_config"]["candidates"]
+    assert hier["model_steps_per_plan"] <= flat["model_steps_per_plan"]
+    assert hier["candidates"] < flat["candidates"]        # the high level's search is paid for by the low level
+    c = res["planner_config"]                              # one more low-level candidate would exceed the budget
+    assert hier["model_steps_per_plan"] + c["iterations"] * c["horizon"] > flat["model_steps_per_plan"]
+    assert tool.run(p.parse_args(["--equal-compute", "--episodes", "1", "--splits", "near"])) == 2
+    assert "--planner both" in capsys.readouterr().err

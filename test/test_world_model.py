@@ -22,7 +22,7 @@ TINY_KP = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=
 TINY_DIRECT = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
                           pred_blocks=1, direct=True, direct_width=32, direct_ensemble=2)
 TINY_GOALF = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
-                         pred_blocks=1, direct=True, direct_width=32, goal_features=5)
+                         pred_blocks=1, direct=True, direct_width=32, goal_features=5, direct_fourier=3)
 
 
 def _episodes(n=3, T=40, size=32, seed=0):
@@ -175,6 +175,24 @@ def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
     else:
         with pytest.raises(ModelError, match="no direct predictor"):
             o.rollout_direct(z_hist[:, -1], q[0], qd[0], q[0], acts)
+
+
+def test_direct_predictor_reads_the_target_at_octaves_only_when_asked():
+    """direct_fourier = K adds sin and cos of the commanded target q + dq at K octaves to the
+    direct predictor's input; a bad K, or K without a direct predictor, is refused."""
+    g = torch.Generator().manual_seed(0)
+    z, q, qd, dq, a = torch.randn(4, 16, generator=g), *(torch.randn(4, 6, generator=g) for _ in range(4))
+    plain = WorldModel(TINY_DIRECT).direct.features(z, q, qd, dq, a)
+    fourier = WorldModel(TINY_GOALF).direct.features(z, q, qd, dq, a)
+    assert plain.shape == (4, 16 + 4 * 6) and fourier.shape == (4, 16 + 4 * 6 + 2 * 3 * 6)
+    torch.testing.assert_close(fourier[:, :40], plain)
+    angle = (q + dq)[:, 2]                                   # joint 2: its octaves 1, 2, 4
+    torch.testing.assert_close(fourier[:, 40 + 6:40 + 9], torch.sin(angle[:, None] * torch.tensor([1., 2., 4.])))
+    torch.testing.assert_close(fourier[:, 58 + 6:58 + 9], torch.cos(angle[:, None] * torch.tensor([1., 2., 4.])))
+    with pytest.raises(ValueError, match="direct_fourier"):
+        ModelConfig(direct=True, direct_fourier=9)
+    with pytest.raises(ValueError, match="direct_fourier needs direct"):
+        ModelConfig(direct_fourier=2)
 
 
 def test_loading_refuses_tampered_or_mismatched_folders(model_folder, tmp_path):

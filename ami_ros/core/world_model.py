@@ -60,6 +60,7 @@ class ModelConfig:
     direct: bool = False          # a direct predictor: z_vis now + joint state + commanded target j steps on -> goal space then
     direct_width: int = 256       # its MLP width
     direct_ensemble: int = 1      # its members (MLPs averaged)
+    direct_fourier: int = 0       # K > 0: it also reads sin and cos of the commanded target at K octaves (1, 2, 4, ..)
     goal_features: int = 0        # G > 0: the direct predictor predicts, and goals are compared in, the top G principal
                                   # components of the image encoder's last feature map (conv only); 0: in z_vis
 
@@ -70,6 +71,10 @@ class ModelConfig:
             raise ValueError(f"prop_encoder must be 'linear' or 'mlp', not {self.prop_encoder!r}")
         if self.goal_features and (not self.direct or self.encoder != "conv"):
             raise ValueError("goal_features needs direct=True and encoder='conv'")
+        if not 0 <= self.direct_fourier <= 8:
+            raise ValueError(f"direct_fourier must be in [0, 8], not {self.direct_fourier}")
+        if self.direct_fourier and not self.direct:
+            raise ValueError("direct_fourier needs direct=True")
 
     @property
     def feature_map_dim(self) -> int:
@@ -231,15 +236,22 @@ class DirectPredictor(nn.Module):
     z_vis now) or, with ``goal_features``, the image's goal features.
 
     z_vis now carries the scene (where the cube is); the joint state and the target
-    say where the arm will be. An ensemble of E MLPs (``direct_ensemble``) held as
-    stacked weights, so all members run in one batched matmul per layer; the
+    say where the arm will be. With ``direct_fourier = K`` the MLP also reads sin and
+    cos of the commanded target ``q + dq`` at K octaves (1, 2, 4, .. times the angle):
+    what the camera sees is a smooth but strongly nonlinear function of the joint
+    angles, which an MLP fits far better from such periodic features than from the
+    raw angles (one 384-wide MLP, 15,000 steps on 945 episodes, 3 octaves: held-out
+    error 1.25 against 1.60 at 1 step). An ensemble of E MLPs (``direct_ensemble``)
+    held as stacked weights, so all members run in one batched matmul per layer; the
     prediction is their mean. One call for every (candidate, step) at once."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, W = cfg.direct_ensemble, cfg.direct_width
         self.residual = not cfg.goal_features       # z_vis -> z_vis: a residual; -> goal features: absolute
-        dims = [cfg.vis_dim + 4 * cfg.dof, W, W, W, cfg.goal_dim]
+        K = cfg.direct_fourier
+        self.register_buffer("octaves", 2.0 ** torch.arange(K, dtype=torch.float32), persistent=False)  # (K,)
+        dims = [cfg.vis_dim + 4 * cfg.dof + 2 * K * cfg.dof, W, W, W, cfg.goal_dim]
         self.weight = nn.ParameterList()
         self.bias = nn.ParameterList()
         for d_in, d_out in zip(dims[:-1], dims[1:]):
@@ -256,9 +268,13 @@ class DirectPredictor(nn.Module):
                 h = F.silu(h)
         return h
 
-    @staticmethod
-    def features(z_vis, q, qd, dq, action) -> torch.Tensor:
-        return torch.cat([z_vis, q, qd, dq, action], -1)
+    def features(self, z_vis, q, qd, dq, action) -> torch.Tensor:
+        """(B, Dv), four (B, A) -> the MLP input (B, Dv + 4A [+ 2KA])."""
+        x = [z_vis, q, qd, dq, action]
+        if self.octaves.numel():
+            angle = ((q + dq).unsqueeze(-1) * self.octaves).flatten(-2)   # (B, A*K) the target, K octaves
+            x += [torch.sin(angle), torch.cos(angle)]
+        return torch.cat(x, -1)
 
     def forward(self, z_vis, q, qd, dq, action):
         """-> (B, G) the goal-space prediction (G = goal_dim)."""

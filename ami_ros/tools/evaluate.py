@@ -20,6 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=["cem", "mppi"], default=None, help="override the planner config's method")
     p.add_argument("--predictor", choices=["rollout", "direct"], default=None,
                    help="override the planner config's predictor")
+    p.add_argument("--equal-compute", action="store_true",
+                   help="with --planner both: give the hierarchical planner the most low-level candidates that keep "
+                        "its model steps per plan within the flat planner's (both are reported)")
     p.add_argument("--config", default=None, help="planner/cost parameter file (default config/planner.yaml)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
     p.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
@@ -75,12 +78,26 @@ def run(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound, stack["goal_tolerance"])
+    if args.equal_compute:
+        if args.planner != "both":
+            print("error: --equal-compute compares the two planners: use it with --planner both", file=sys.stderr)
+            return 2
+        hier = agents["planner_hier"].planner
+        budget = agents["planner_flat"].planner.model_steps_per_plan()
+        fits = [c for c in range(hier.config.elites, hier.config.candidates + 1)
+                if hier.model_steps_per_plan(hier.config.replace(candidates=c)) <= budget]
+        if not fits:
+            print(f"error: the hierarchical planner needs more than the flat planner's {budget} model steps per "
+                  f"plan even with {hier.config.elites} low-level candidates", file=sys.stderr)
+            return 2
+        hier.set_config(hier.config.replace(candidates=fits[-1]))
     if not args.no_references:
         agents["random"] = RandomAgent(bound, seed=args.seed)
         agents["oracle"] = OracleAgent(bound)
     results = {"model": model.model_id, "backend": args.backend, "success_radius_m": args.success_radius,
                "episodes_per_split": args.episodes, "goal_tolerance": stack["goal_tolerance"],
                "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
+               "equal_compute": bool(args.equal_compute),
                "splits": {}}
     sim = ArmSim(arm, width=size, height=size, seed=args.seed)
     if args.true_dynamics:
@@ -106,11 +123,16 @@ def run(args) -> int:
                     "start_distance_m_median": float(np.median([e.start_distance for e in eps])),
                     "plan_ms_median": float(np.median(times)), "plan_ms_p95": float(np.percentile(times, 95)),
                 }
+                if isinstance(agent, WorldModelAgent):  # compute per plan, to compare planners at equal compute
+                    results["splits"][split][name].update(model_steps_per_plan=agent.planner.model_steps_per_plan(),
+                                                          candidates=agent.planner.config.candidates)
                 r = results["splits"][split][name]
                 print(f"{split:4s} {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
                       f"steps {r['steps_to_success_median']}  final dist {100 * r['final_distance_m_median']:.1f} cm "
                       f"(start {100 * r['start_distance_m_median']:.1f})  plan {r['plan_ms_median']:.1f} ms "
-                      f"p95 {r['plan_ms_p95']:.1f} ms", flush=True)
+                      f"p95 {r['plan_ms_p95']:.1f} ms"
+                      + (f"  {r['model_steps_per_plan']} model steps/plan" if "model_steps_per_plan" in r else ""),
+                      flush=True)
             if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
                 rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 11])
                 tc = tolerance_check(model, sim, split, rng, stack["goal_tolerance"], goals=args.tolerance_check)

@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--direct-steps", type=int, default=30000, help="stage-3 steps of the direct predictor")
     p.add_argument("--direct-ensemble", type=int, default=1, help="members of the direct predictor (averaged)")
     p.add_argument("--direct-width", type=int, default=256, help="MLP width of the direct predictor")
+    p.add_argument("--direct-fourier", type=int, default=0, metavar="K",
+                   help="the direct predictor also reads sin and cos of the commanded target at K octaves (0..8)")
     p.add_argument("--goal-features", type=int, default=0, metavar="G",
                    help="with --direct: predict and compare goals in the top G principal components of the image "
                         "encoder's last feature map (conv encoder) instead of in z_vis (0)")
@@ -147,7 +149,7 @@ def run(args) -> int:
         print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
         return 2
     direct = dict(direct=args.direct, direct_width=args.direct_width, direct_ensemble=args.direct_ensemble,
-                  goal_features=args.goal_features)
+                  direct_fourier=args.direct_fourier, goal_features=args.goal_features)
     try:
         if src is not None:  # the source's encoder config; only the predictors' options apply
             mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, predictor_reads_prop=args.predictor_reads_prop,
