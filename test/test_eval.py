@@ -55,9 +55,11 @@ def test_world_model_agent_holds_once_the_goal_image_is_seen(model):
         agent.reset(sim.render_configuration(arm.clip(q + np.array([0.3, -0.2, 0.2, 0.0, 0.0, 0.0]))))
         actions, res = agent.act(0.0, sim.render(), q, qd, q)
         assert res is not None and not agent.reached and np.abs(actions).max() > 0
+        assert agent.measured_distance > 0.005                  # the frame's goal distance, as the rule saw it
         agent.reset(sim.render())                               # the goal is what the camera sees now
         actions, res = agent.act(0.1, sim.render(), q, qd, q + 0.01)      # commanded ahead of the arm:
         assert res is None and agent.reached                               # back to where it is measured
+        assert agent.measured_distance < 0.005
         np.testing.assert_allclose(actions, np.full((1, arm.dof), -0.01), atol=1e-12)
         far = sim.render_configuration(arm.clip(q + 0.3))       # reached is final until the next reset
         actions, res = agent.act(0.2, far, q, qd, q)
@@ -90,6 +92,9 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     assert near["oracle"]["successes"] == 2                 # straight to the goal configuration
     for r in near.values():
         assert r["episodes"] == 2 and np.isfinite(r["final_distance_m_median"])
+        assert r["successes"] <= r["passed_within_radius"] <= 2        # an episode that ends inside passed inside
+    assert near["planner_flat"]["nearest_image_within_radius"] <= near["planner_flat"]["passed_within_radius"]
+    assert "nearest_image_within_radius" not in near["oracle"]         # the oracle measures no goal distance
     c = res["planner_config"]                               # flat: iterations x candidates x horizon + the mean's
     assert near["planner_flat"]["model_steps_per_plan"] == c["iterations"] * c["candidates"] * c["horizon"] + c["horizon"]
     assert "model_steps_per_plan" not in near["random"]
@@ -133,3 +138,38 @@ def test_equal_compute_gives_the_hierarchical_planner_the_flat_planners_model_st
     assert hier["model_steps_per_plan"] + c["iterations"] * c["horizon"] > flat["model_steps_per_plan"]
     assert tool.run(p.parse_args(["--equal-compute", "--episodes", "1", "--splits", "near"])) == 2
     assert "--planner both" in capsys.readouterr().err
+
+
+def test_run_episode_records_the_closest_approach_and_the_frame_measured_nearest():
+    """run_episode: closest_distance is the tool's closest approach; nearest_image_distance is
+    the tool's distance at the frame the agent measured nearest the goal (None for an agent
+    that measures nothing). An agent that sweeps past the goal and measures the true tool
+    distance: its nearest frame is its closest approach, which the final distance is not."""
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import OracleAgent, run_episode
+
+    class Overshoot(OracleAgent):
+        """Heads for the goal at twice the distance, measuring the true tool distance of each frame."""
+
+        def __init__(self, bound, sim):
+            super().__init__(bound)
+            self.sim, self.measured_distance = sim, float("nan")
+
+        def reset(self, goal_image, q_goal=None):
+            super().reset(goal_image, q_goal)
+            self.q_goal = 2 * q_goal - self.sim.joint_positions()
+            self.tool_goal = self.sim.spec.tool_position(q_goal)
+
+        def act(self, stamp, frame, q, qd, q_cmd):
+            self.measured_distance = float(np.linalg.norm(self.sim.spec.tool_position(q) - self.tool_goal))
+            return super().act(stamp, frame, q, qd, q_cmd)
+
+    arm = load_arm()
+    bound = arm.v_max * 0.1 * 0.5
+    with ArmSim(arm, width=32, height=32, seed=4) as sim:
+        r = run_episode(sim, Overshoot(bound, sim), "near", np.random.default_rng(5))
+        plain = run_episode(sim, OracleAgent(bound), "near", np.random.default_rng(5))
+    assert r.closest_distance < 0.05 < r.final_distance                 # passed the goal, ended beyond it
+    assert r.nearest_image_distance < 0.05                              # the frame measured nearest was near it
+    assert r.closest_distance <= r.nearest_image_distance               # frames are taken between steps
+    assert plain.nearest_image_distance is None and plain.closest_distance < 0.05

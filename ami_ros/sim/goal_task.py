@@ -69,6 +69,7 @@ class WorldModelAgent:
         self.memory = ShortTermMemory(model.history, 64, model.embed_dim, model.action_dim)
         self.goal = self.goal_vis = None
         self.reached = False
+        self.measured_distance = float("nan")   # goal distance of the latest frame (z_vis, as goal_tolerance)
 
     def reset(self, goal_image: np.ndarray, q_goal=None) -> None:
         self.memory.clear()
@@ -77,6 +78,7 @@ class WorldModelAgent:
         self.goal = self.planner.encode_goal(img)[0]
         self.goal_vis = self.model.encode_image(img)[0, self.model.goal_dims]
         self.reached = False
+        self.measured_distance = float("nan")
 
     def act(self, stamp: float, frame, q, qd, q_cmd):
         if self.reached:
@@ -84,6 +86,7 @@ class WorldModelAgent:
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
         distance = float(self.planner.cost.goal_distance(z, self.goal_vis))         # measured, as the node's
+        self.measured_distance = distance
         if self.goal_tolerance > 0 and distance < self.goal_tolerance:
             self.reached = True
             return np.clip(np.asarray(q) - q_cmd, -self.bound, self.bound)[None], None
@@ -158,6 +161,9 @@ class EpisodeResult:
     final_distance: float
     start_distance: float
     plan_times: list = field(default_factory=list)
+    closest_distance: float = float("nan")        # the tool's closest approach to the goal during the episode
+    nearest_image_distance: float | None = None   # the tool's distance at the frame the agent measured nearest
+                                                  # the goal image (agents that measure one), else None
 
 
 def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.1,
@@ -169,19 +175,26 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
     agent.reset(goal_img, qg)
     q_cmd = sim.joint_positions()
     start = float(np.linalg.norm(sim.tool_position() - goal_tool))
-    steps_ok, times = None, []
+    steps_ok, times, closest = None, [], start
+    nearest = (np.inf, None)                       # (measured goal distance, tool distance at that frame)
     for k in range(max_steps or SPLITS[split][1]):
         frame = sim.render()
+        tool_now = float(np.linalg.norm(sim.tool_position() - goal_tool))
         t = time.perf_counter()
         actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
         if not getattr(agent, "reached", False):    # planning time: cycles that planned
             times.append(time.perf_counter() - t)
+        measured = getattr(agent, "measured_distance", float("nan"))
+        if measured < nearest[0]:                  # NaN (not measured) never is
+            nearest = (measured, tool_now)
         q_cmd = command_actions(sim, q_cmd, actions, dt)
         sim.step(dt)
-        if steps_ok is None and np.linalg.norm(sim.tool_position() - goal_tool) < success_radius:
+        d = float(np.linalg.norm(sim.tool_position() - goal_tool))
+        closest = min(closest, d)
+        if steps_ok is None and d < success_radius:
             steps_ok = k + 1
     final = float(np.linalg.norm(sim.tool_position() - goal_tool))
-    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times)
+    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times, closest, nearest[1])
 
 
 def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance: float, goals: int = 25,

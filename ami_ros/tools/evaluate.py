@@ -126,12 +126,22 @@ def run(args) -> int:
                 if isinstance(agent, WorldModelAgent):  # compute per plan, to compare planners at equal compute
                     results["splits"][split][name].update(model_steps_per_plan=agent.planner.model_steps_per_plan(),
                                                           candidates=agent.planner.config.candidates)
+                # where misses come from: the tool passed within the radius at some step; the frame the agent
+                # measured nearest the goal image showed the tool within it (what a stopping rule could get)
+                results["splits"][split][name]["passed_within_radius"] = sum(
+                    e.closest_distance < args.success_radius for e in eps)
+                if all(e.nearest_image_distance is not None for e in eps):
+                    results["splits"][split][name]["nearest_image_within_radius"] = sum(
+                        e.nearest_image_distance < args.success_radius for e in eps)
                 r = results["splits"][split][name]
                 print(f"{split:4s} {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
                       f"steps {r['steps_to_success_median']}  final dist {100 * r['final_distance_m_median']:.1f} cm "
                       f"(start {100 * r['start_distance_m_median']:.1f})  plan {r['plan_ms_median']:.1f} ms "
                       f"p95 {r['plan_ms_p95']:.1f} ms"
-                      + (f"  {r['model_steps_per_plan']} model steps/plan" if "model_steps_per_plan" in r else ""),
+                      + (f"  {r['model_steps_per_plan']} model steps/plan" if "model_steps_per_plan" in r else "")
+                      + f"  passed within {r['passed_within_radius']}"
+                      + (f", nearest image within {r['nearest_image_within_radius']}"
+                         if "nearest_image_within_radius" in r else ""),
                       flush=True)
             if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
                 rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 11])
