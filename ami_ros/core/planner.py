@@ -134,6 +134,21 @@ class PlannerConfig(ValidatedConfig):
         if self.min_std > self.init_std:
             raise ValueError(f"min_std={self.min_std} > init_std={self.init_std}")
 
+    def model_steps(self) -> int:
+        """Model step evaluations one plan spends under this config."""
+        n = self.iterations * self.candidates * self.horizon + (self.horizon if self.select == "mean" else 0)
+        if self.mode == "hier":
+            n += 2 * self.horizon  # the low level's two starting points
+            n += self.coarse_iterations * self.coarse_candidates * self.coarse_horizon
+            n += self.coarse_horizon if self.select == "mean" else 0
+        return n
+
+    def candidates_within(self, budget: int) -> int:
+        """The most fine / flat candidates with which, all else as here, a plan spends at most
+        ``budget`` model steps (to compare planners at equal compute; may come out below 2)."""
+        per_candidate = self.iterations * self.horizon
+        return (budget - (self.model_steps() - per_candidate * self.candidates)) // per_candidate
+
 
 @dataclass
 class PlanResult:
@@ -222,13 +237,7 @@ class Planner:
 
     def model_steps_per_plan(self, config: PlannerConfig | None = None) -> int:
         """Model step evaluations one plan() spends under ``config`` (default: current)."""
-        c = config or self.config
-        n = c.iterations * c.candidates * c.horizon + (c.horizon if c.select == "mean" else 0)
-        if c.mode == "hier":
-            n += 2 * c.horizon  # the low level's two starting points
-            n += c.coarse_iterations * c.coarse_candidates * c.coarse_horizon
-            n += c.coarse_horizon if c.select == "mean" else 0
-        return n
+        return (config or self.config).model_steps()
 
     # ---- planning ----
     @torch.no_grad()

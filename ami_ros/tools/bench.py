@@ -264,13 +264,13 @@ def _hier_equal(stack: dict, N: int, H: int, I: int, flat_steps: int) -> dict:
     """Hier settings whose model steps per plan come close to flat_steps: the coarse
     level keeps the stack's horizon/iterations with min(stack, N/2) candidates, the fine
     level gets the candidates left over."""
+    from ami_ros.core.planner import PlannerConfig
+
     p = stack["planner"]
     cc = max(2, min(p["coarse_candidates"], N // 2))
-    coarse = p["coarse_iterations"] * cc * p["coarse_horizon"] + p["coarse_horizon"]
-    fine = (flat_steps - coarse - 3 * H) // (I * H)
-    fine = max(2, fine)
-    return dict(mode="hier", candidates=fine, elites=max(1, fine // 8), coarse_candidates=cc,
-                coarse_elites=max(1, cc // 8))
+    coarse = dict(mode="hier", horizon=H, iterations=I, coarse_candidates=cc, coarse_elites=max(1, cc // 8))
+    fine = max(2, PlannerConfig.from_dict({**p, **coarse}).candidates_within(flat_steps))
+    return dict(coarse, candidates=fine, elites=max(1, fine // 8))
 
 
 def bench_planner(folder: str, args, out: dict) -> str:

@@ -84,13 +84,12 @@ def run(args) -> int:
             return 2
         hier = agents["planner_hier"].planner
         budget = agents["planner_flat"].planner.model_steps_per_plan()
-        fits = [c for c in range(hier.config.elites, hier.config.candidates + 1)
-                if hier.model_steps_per_plan(hier.config.replace(candidates=c)) <= budget]
-        if not fits:
+        fit = min(hier.config.candidates_within(budget), hier.config.candidates)
+        if fit < hier.config.elites:
             print(f"error: the hierarchical planner needs more than the flat planner's {budget} model steps per "
                   f"plan even with {hier.config.elites} low-level candidates", file=sys.stderr)
             return 2
-        hier.set_config(hier.config.replace(candidates=fits[-1]))
+        hier.set_config(hier.config.replace(candidates=fit))
     if not args.no_references:
         agents["random"] = RandomAgent(bound, seed=args.seed)
         agents["oracle"] = OracleAgent(bound)
