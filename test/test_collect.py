@@ -163,7 +163,7 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
             assert torch.equal(v, getattr(c.torch_model, part).state_dict()[k]), (part, k)
     for bad in (["--keep-predictors"], ["--goal-features", "4"], ["--direct", "--direct-ensemble", "0"],
                 ["--direct", "--goal-features", "4", "--encoder", "keypoints"], ["--direct-fourier", "2"],
-                ["--direct", "--direct-fourier", "9"]):
+                ["--direct", "--direct-fourier", "9"], ["--direct", "--goal-features", "-1"]):
         assert train(*common, "--out", str(tmp_path / "y"), *bad) == 2, bad
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 

@@ -69,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"encoder must be 'keypoints' or 'conv', not {self.encoder!r}")
         if self.prop_encoder not in ("linear", "mlp"):
             raise ValueError(f"prop_encoder must be 'linear' or 'mlp', not {self.prop_encoder!r}")
+        if self.goal_features < 0:
+            raise ValueError(f"goal_features must be >= 0, not {self.goal_features}")
         if self.goal_features and (not self.direct or self.encoder != "conv"):
             raise ValueError("goal_features needs direct=True and encoder='conv'")
         if not 0 <= self.direct_fourier <= 8:

@@ -126,9 +126,6 @@ def run(args) -> int:
         print("error: --direct-steps must be >= 0, --direct-span, --direct-ensemble and --direct-width >= 1",
               file=sys.stderr)
         return 2
-    if args.goal_features < 0 or (args.goal_features and not args.direct):
-        print("error: --goal-features needs --direct and must be >= 0", file=sys.stderr)
-        return 2
     if args.keep_predictors and not args.encoder_from:
         print("error: --keep-predictors needs --encoder-from", file=sys.stderr)
         return 2
@@ -141,13 +138,6 @@ def run(args) -> int:
             print(f"error: --encoder-from: {e}", file=sys.stderr)
             return 2
         args.image_size = src.cfg.image_size
-    episodes, errors = load_episodes(args.data, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
-                                     image_size=args.image_size)
-    for e in errors:
-        print(f"skipped: {e}", file=sys.stderr)
-    if len(episodes) < 2:
-        print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
-        return 2
     direct = dict(direct=args.direct, direct_width=args.direct_width, direct_ensemble=args.direct_ensemble,
                   direct_fourier=args.direct_fourier, goal_features=args.goal_features)
     try:
@@ -170,6 +160,14 @@ def run(args) -> int:
                   file=sys.stderr)
             return 2
         args.epochs, args.cross_weight = 0, 0.0
+    # the configuration is settled before the (slow) loading of the episodes
+    episodes, errors = load_episodes(args.data, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
+                                     image_size=args.image_size)
+    for e in errors:
+        print(f"skipped: {e}", file=sys.stderr)
+    if len(episodes) < 2:
+        print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
                       allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
