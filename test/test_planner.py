@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from ami_ros.core.cost import TERMS, Cost, CostWeights
-from ami_ros.core.memory import ShortTermMemory
+from ami_ros.core.memory import JointStateHistory, ShortTermMemory
 from ami_ros.core.planner import Planner, PlannerConfig, PlanResult
+from ami_ros.core.trajectory import straight_line_actions
 
 A, DV, H_HIST, K = 4, 12, 2, 4
 BOUND = torch.full((A,), 0.1)
@@ -291,6 +292,47 @@ def test_memory_bounded_and_ordered():
         ShortTermMemory(history=4, capacity=3, embed_dim=2, action_dim=2)
     mem.clear()
     assert len(mem) == 0 and mem.last_plan is None and mem.num_actions == 0
+
+
+
+def test_joint_state_history_answers_where_the_arm_was():
+    h = JointStateHistory(capacity=4, dof=2)
+    assert h.position_at(1.0) is None                          # nothing held
+    for t in (1.0, 1.1, 1.2):
+        assert h.push(t, [10 * t, -t])
+    assert h.push(1.2, [0.0, 0.0]) is False                    # not newer: refused
+    np.testing.assert_allclose(h.position_at(1.15), [11.5, -1.15])   # between two states: linear
+    np.testing.assert_allclose(h.position_at(1.1), [11.0, -1.1])
+    np.testing.assert_allclose(h.position_at(1.3), [12.0, -1.2])    # past the newest, within max_gap
+    assert h.position_at(1.6) is None                          # past it by more
+    assert h.position_at(0.9) is None                          # before the oldest held
+    h.push(1.3, [13.0, -1.3])
+    h.push(1.4, [14.0, -1.4])                                  # capacity 4: 1.0 is gone
+    assert len(h) == 4 and h.position_at(1.05) is None
+    h.push(2.5, [25.0, -2.5])                                  # a gap longer than max_gap
+    assert h.position_at(2.0) is None and h.position_at(2.0, max_gap=2.0) is not None
+    for bad in ([1.0], [math.nan, 0.0]):
+        with pytest.raises(ValueError):
+            h.push(3.0, bad)
+    with pytest.raises(ValueError):
+        JointStateHistory(capacity=1, dof=2)
+    h.clear()
+    assert len(h) == 0 and h.position_at(2.5) is None
+
+
+def test_straight_line_actions_stay_within_the_bound_and_arrive():
+    q_from, q_to, bound = np.array([0.0, 1.0, 2.0]), np.array([0.25, 1.0, 1.9]), np.array([0.1, 0.1, 0.02])
+    a = straight_line_actions(q_from, q_to, bound)
+    assert a.shape == (5, 3)                                   # joint 2: 0.1 at 0.02 per step
+    assert np.all(np.abs(a) <= bound + 1e-12)
+    np.testing.assert_allclose(q_from + a.sum(0), q_to)
+    np.testing.assert_allclose(a, np.broadcast_to(a[0], a.shape))   # a straight line: every step the same
+    a = straight_line_actions(q_from, q_from, bound, min_steps=8)
+    assert a.shape == (8, 3) and not a.any()                   # already there: a hold
+    with pytest.raises(ValueError):
+        straight_line_actions(q_from, q_to, [0.1, 0.0, 0.1])
+    with pytest.raises(ValueError):
+        straight_line_actions(q_from, [math.nan, 0.0, 0.0], bound)
 
 
 # ---------------- timing (printed, not asserted) ----------------

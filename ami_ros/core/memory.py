@@ -1,12 +1,14 @@
 """Short-term memory: the recent embeddings the world model conditions on, the
-actions actually executed, and the last plan. Bounded ring buffers (never more
-than ``capacity`` entries each); safe to use from several callback threads.
+actions actually executed, the last plan, and the recent measured joint states.
+Bounded ring buffers (never more than ``capacity`` entries each); safe to use
+from several callback threads.
 """
 from __future__ import annotations
 
 import math
 import threading
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -130,3 +132,62 @@ class ShortTermMemory:
     @property
     def last_plan(self):
         return self._plan
+
+
+class JointStateHistory:
+    """The recent measured joint positions with their stamps (the instant each is of),
+    bounded to ``capacity`` entries; :meth:`position_at` answers where the arm was when a
+    camera frame was taken (frames and joint states stamped by the same clock).
+    Safe to use from several callback threads.
+    """
+
+    def __init__(self, capacity: int, dof: int):
+        for name, v, least in (("capacity", capacity, 2), ("dof", dof, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise ValueError(f"{name}={v!r} must be an integer >= {least}")
+        self.capacity, self.dof = capacity, dof
+        self._lock = threading.Lock()
+        self._t = np.zeros(capacity)
+        self._q = np.zeros((capacity, dof))
+        self.clear()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._n = 0           # entries held (<= capacity)
+            self._h = 0           # next write slot
+
+    def __len__(self) -> int:
+        return self._n
+
+    def push(self, stamp: float, q) -> bool:
+        """Store q (dof,) measured at ``stamp`` (s). Returns False (stores nothing) when the
+        stamp is not newer than the latest one; ValueError on a wrong shape or NaN/Inf."""
+        q = np.asarray(q, dtype=np.float64).reshape(-1)
+        if q.shape[0] != self.dof:
+            raise ValueError(f"joint state has {q.shape[0]} positions, expected {self.dof}")
+        if not (np.all(np.isfinite(q)) and math.isfinite(float(stamp))):
+            raise ValueError("joint positions or stamp not finite")
+        with self._lock:
+            if self._n and float(stamp) <= self._t[(self._h - 1) % self.capacity]:
+                return False
+            self._t[self._h], self._q[self._h] = float(stamp), q
+            self._h = (self._h + 1) % self.capacity
+            self._n = min(self._n + 1, self.capacity)
+        return True
+
+    def position_at(self, stamp: float, max_gap: float = 0.3) -> np.ndarray | None:
+        """q (dof,) at ``stamp``, linear between the two held states around it; None when
+        ``stamp`` lies outside the held span (by more than ``max_gap`` s past the newest)
+        or the two states around it are more than ``max_gap`` s apart."""
+        with self._lock:
+            idx = (np.arange(self._h - self._n, self._h) % self.capacity)
+            t, q = self._t[idx].copy(), self._q[idx].copy()
+        if len(t) == 0 or not math.isfinite(float(stamp)) or stamp < t[0]:
+            return None
+        if stamp >= t[-1]:
+            return q[-1] if stamp - t[-1] <= max_gap else None
+        i = int(np.searchsorted(t, stamp, side="right"))     # t[i-1] <= stamp < t[i]
+        if t[i] - t[i - 1] > max_gap:
+            return None
+        w = (stamp - t[i - 1]) / (t[i] - t[i - 1])
+        return (1 - w) * q[i - 1] + w * q[i]

@@ -70,6 +70,22 @@ def validate(traj: Trajectory, joint_names: list[str]) -> Trajectory:
                       None if vel is None else vel[:, order], float(traj.start_time))
 
 
+def straight_line_actions(q_from, q_to, bound, min_steps: int = 1) -> np.ndarray:
+    """Actions (T, dof) that take the commanded target from ``q_from`` to ``q_to`` on a
+    straight line in joint space, no joint moving more than ``bound`` (dof,) per step,
+    in as few steps as that allows, then zeros up to ``min_steps`` steps:
+    ``q_from + cumsum(actions)`` ends at ``q_to``."""
+    q_from, q_to = np.asarray(q_from, np.float64), np.asarray(q_to, np.float64)
+    bound = np.broadcast_to(np.asarray(bound, np.float64), q_from.shape)
+    if not (np.all(np.isfinite(q_from)) and np.all(np.isfinite(q_to)) and np.all(bound > 0)):
+        raise ValueError("straight_line_actions needs finite positions and positive bounds")
+    delta = q_to - q_from
+    n = max(1, int(np.ceil(np.max(np.abs(delta) / bound) - 1e-9)))
+    actions = np.zeros((max(n, int(min_steps)), len(delta)))
+    actions[:n] = delta / n
+    return actions
+
+
 class TrajectorySampler:
     """Desired position and velocity along a validated trajectory.
 

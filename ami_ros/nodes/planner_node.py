@@ -3,7 +3,9 @@
 Subscribes
   /ami/embedding    sensor_msgs/Image 32FC1 (encoder_node): refused when its frame_id is not
                     this model's id, when older than ``max_embedding_age_s``, or not finite
-  /joint_states     sensor_msgs/JointState (by name): anchors the plan when no recent command
+  /joint_states     sensor_msgs/JointState (by name, newest only): anchors the plan when no recent
+                    command; kept with their stamps, so a goal reached on a frame the arm has since
+                    moved on from brings the arm back to where that frame was taken
   /ami/goal_image   sensor_msgs/Image: a new goal (encoded with the same model), transient local
 Services
   /ami/teach_goal   std_srvs/Trigger: the current embedding becomes the goal (a taught goal)
@@ -37,7 +39,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ami_ros.core.cost import CostWeights
 from ami_ros.core.planner import PlannerConfig
-from ami_ros.core.trajectory import Trajectory
+from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.nodes import common
 from ami_ros.nodes.encoder_node import embedding_from_msg
 
@@ -78,7 +80,7 @@ class PlannerNode(Node):
         import torch
 
         from ami_ros.core.arm import load_arm
-        from ami_ros.core.memory import ShortTermMemory
+        from ami_ros.core.memory import JointStateHistory, ShortTermMemory
         from ami_ros.core.model_io import ModelError, load_model
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
@@ -107,6 +109,7 @@ class PlannerNode(Node):
         self.goal_status = "none"
         self.goal_distance = float("nan")
         self._joint = None                    # (t, q, qd) latest measured joint state
+        self.joint_history = JointStateHistory(2048, self.arm.dof)   # where the arm was when a frame was taken
         self._q_cmd = None                    # (t, q) commanded target after the first planned step
         self.last_plan = None
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
@@ -114,14 +117,15 @@ class PlannerNode(Node):
         self._plan_ms: list[float] = []
 
         reliable1 = common.RELIABLE_1
-        reliable10 = common.RELIABLE_10
         latched = common.LATCHED
         self._plan_pub = self.create_publisher(JointTrajectory, "/ami/plan", reliable1)
         self._marker_pub = self.create_publisher(MarkerArray, "/ami/plan_markers", reliable1)
         self._status_pub = self.create_publisher(String, "/ami/goal_status", latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(Image, "/ami/embedding", self._on_embedding, reliable1)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
+        # depth 1: a plan takes most of a cycle and this node's callbacks run between plans, so a
+        # deeper queue would hand the planner its oldest state (at 50 Hz and depth 10, 0.2 s old)
+        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable1)
         self.create_subscription(Image, "/ami/goal_image", self._on_goal_image, latched)
         self.create_service(Trigger, "/ami/teach_goal", self._on_teach)
         self.create_service(Trigger, "/ami/clear_goal", self._on_clear)
@@ -159,6 +163,8 @@ class PlannerNode(Node):
             self.get_logger().warning(f"joint state refused: {e}", throttle_duration_sec=2.0)
             return
         self._joint = (self._now(), q, qd)
+        stamp = common.stamp_to_seconds(msg.header.stamp)      # the instant the state is of (0: unstamped)
+        self.joint_history.push(stamp if stamp > 0 else self._joint[0], q)
 
     def _on_embedding(self, msg: Image) -> None:
         if msg.header.frame_id != self.model_id:
@@ -250,11 +256,19 @@ class PlannerNode(Node):
             self.goal_distance = float(self.planner.cost.goal_distance(z_hist[-1], self.goal_vis))
             tol = self.get_parameter("goal_tolerance").value
             if tol > 0 and self.goal_distance < tol:
-                # reached: a last plan that holds the arm where it is measured now (the frame that
-                # showed the goal is older: stop at once rather than finish the step), then stop planning
+                # reached: the frame that showed the goal is older than the measured state (camera,
+                # encoder and cycle latency), and a moving arm has gone on since; a last plan brings it
+                # back to where it was when that frame was taken (straight, within the action bound)
+                # and holds it there, then planning stops
                 self.goal_status = "reached"
                 q0 = joint[1]
-                actions = np.zeros((self.planner.config.horizon, self.model.action_dim))
+                q_seen = self.joint_history.position_at(source_stamp)
+                if q_seen is None:
+                    self.get_logger().warning("no joint state at the goal frame's stamp: holding where the arm is")
+                    q_seen = q0
+                actions = straight_line_actions(q0, self.arm.clip(q_seen), self.planner.bound.numpy())
+                self.get_logger().info(f"goal reached (distance {self.goal_distance:.4f}): back to the pose of "
+                                       f"that frame, {float(np.abs(q_seen - q0).max()):.3f} rad away")
             else:
                 t0 = time.perf_counter()
                 res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
