@@ -95,6 +95,10 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
         assert r["successes"] <= r["passed_within_radius"] <= 2        # an episode that ends inside passed inside
     assert near["planner_flat"]["nearest_image_within_radius"] <= near["planner_flat"]["passed_within_radius"]
     assert "nearest_image_within_radius" not in near["oracle"]         # the oracle measures no goal distance
+    assert near["oracle"]["misses_along_sight_median"] is None         # no miss
+    for r in near.values():
+        m = r["misses_along_sight_median"]
+        assert (m is None) == (r["successes"] == r["episodes"]) and (m is None or 0.0 <= m <= 1.0)
     c = res["planner_config"]                               # flat: iterations x candidates x horizon + the mean's
     assert near["planner_flat"]["model_steps_per_plan"] == c["iterations"] * c["candidates"] * c["horizon"] + c["horizon"]
     assert "model_steps_per_plan" not in near["random"]
@@ -173,3 +177,22 @@ def test_run_episode_records_the_closest_approach_and_the_frame_measured_nearest
     assert r.nearest_image_distance < 0.05                              # the frame measured nearest was near it
     assert r.closest_distance <= r.nearest_image_distance               # frames are taken between steps
     assert plain.nearest_image_distance is None and plain.closest_distance < 0.05
+    assert 0.0 <= r.error_along_sight <= 1.0
+
+
+def test_along_line_of_sight_and_the_camera_position():
+    import inspect
+
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import along_line_of_sight
+    from ami_ros.sim.scene import build_mjcf
+
+    cam, target = np.array([1.0, -1.0, 1.0]), np.array([0.0, 0.0, 0.0])
+    assert along_line_of_sight([0.03, -0.03, 0.03], target, cam) == pytest.approx(1.0)    # all in depth
+    assert along_line_of_sight([-0.03, 0.03, -0.03], target, cam) == pytest.approx(1.0)   # either way
+    assert along_line_of_sight([0.02, 0.02, 0.0], target, cam) == pytest.approx(0.0)      # across the image
+    assert along_line_of_sight([0.0, 0.0, 0.05], target, cam) == pytest.approx(1 / np.sqrt(3))
+    assert np.isnan(along_line_of_sight([0.0, 0.0, 0.0], target, cam))
+    with ArmSim(load_arm(), width=16, height=16, seed=0) as sim:
+        np.testing.assert_allclose(sim.camera_position(),
+                                   inspect.signature(build_mjcf).parameters["camera_pos"].default, atol=1e-9)

@@ -137,6 +137,10 @@ class ArmSim:
         f = 0.5 * self.height / np.tan(fovy / 2)
         return np.array([[f, 0, (self.width - 1) / 2], [0, f, (self.height - 1) / 2], [0, 0, 1]])
 
+    def camera_position(self) -> np.ndarray:
+        """(3,) world position of the scene camera's optical centre."""
+        return self.data.cam_xpos[self.model.camera("scene").id].copy()
+
     def render_configuration(self, q: np.ndarray) -> np.ndarray:
         """Image of the scene with the arm at ``q`` (cube where it is); state is restored."""
         saved_q, saved_v = self.data.qpos.copy(), self.data.qvel.copy()

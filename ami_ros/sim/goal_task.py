@@ -164,6 +164,17 @@ class EpisodeResult:
     closest_distance: float = float("nan")        # the tool's closest approach to the goal during the episode
     nearest_image_distance: float | None = None   # the tool's distance at the frame the agent measured nearest
                                                   # the goal image (agents that measure one), else None
+    error_along_sight: float = float("nan")       # |cos| of the final tool error with the camera's line of sight
+                                                  # to the goal (1: all of it in depth, what one camera sees worst)
+
+
+def along_line_of_sight(error, target, camera) -> float:
+    """|cos| of the angle between a position error (3,) and the line of sight from
+    ``camera`` (3,) to ``target`` (3,): 1 when the error lies all in depth, 0 when it lies
+    across the image; NaN for a zero error. A random direction gives 0.5 in the median."""
+    error, sight = np.asarray(error, float), np.asarray(target, float) - np.asarray(camera, float)
+    n = float(np.linalg.norm(error) * np.linalg.norm(sight))
+    return abs(float(error @ sight)) / n if n > 0 else float("nan")
 
 
 def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.1,
@@ -194,7 +205,8 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
         if steps_ok is None and d < success_radius:
             steps_ok = k + 1
     final = float(np.linalg.norm(sim.tool_position() - goal_tool))
-    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times, closest, nearest[1])
+    along = along_line_of_sight(sim.tool_position() - goal_tool, goal_tool, sim.camera_position())
+    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times, closest, nearest[1], along)
 
 
 def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance: float, goals: int = 25,

@@ -132,6 +132,10 @@ def run(args) -> int:
                 if all(e.nearest_image_distance is not None for e in eps):
                     results["splits"][split][name]["nearest_image_within_radius"] = sum(
                         e.nearest_image_distance < args.success_radius for e in eps)
+                # the single camera resolves depth worst: how much of a miss's error lies along its line of sight
+                miss_along = [e.error_along_sight for e in eps if not e.success]
+                results["splits"][split][name]["misses_along_sight_median"] = \
+                    float(np.median(miss_along)) if miss_along else None
                 r = results["splits"][split][name]
                 print(f"{split:4s} {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
                       f"steps {r['steps_to_success_median']}  final dist {100 * r['final_distance_m_median']:.1f} cm "
@@ -140,7 +144,9 @@ def run(args) -> int:
                       + (f"  {r['model_steps_per_plan']} model steps/plan" if "model_steps_per_plan" in r else "")
                       + f"  passed within {r['passed_within_radius']}"
                       + (f", nearest image within {r['nearest_image_within_radius']}"
-                         if "nearest_image_within_radius" in r else ""),
+                         if "nearest_image_within_radius" in r else "")
+                      + (f"  misses along sight {r['misses_along_sight_median']:.2f}"
+                         if r["misses_along_sight_median"] is not None else ""),
                       flush=True)
             if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
                 rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 11])
