@@ -311,13 +311,15 @@ def test_joint_state_history_answers_where_the_arm_was():
     assert len(h) == 4 and h.position_at(1.05) is None
     h.push(2.5, [25.0, -2.5])                                  # a gap longer than max_gap
     assert h.position_at(2.0) is None and h.position_at(2.0, max_gap=2.0) is not None
+    assert h.push(2.5 - JointStateHistory.CLOCK_RESET_S - 0.1, [1.0, 1.0])   # a clock reset: starts over
+    assert len(h) == 1 and h.position_at(2.5) is None
     for bad in ([1.0], [math.nan, 0.0]):
         with pytest.raises(ValueError):
             h.push(3.0, bad)
     with pytest.raises(ValueError):
         JointStateHistory(capacity=1, dof=2)
     h.clear()
-    assert len(h) == 0 and h.position_at(2.5) is None
+    assert len(h) == 0 and h.position_at(1.4) is None
 
 
 def test_straight_line_actions_stay_within_the_bound_and_arrive():

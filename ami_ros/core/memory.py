@@ -159,16 +159,25 @@ class JointStateHistory:
     def __len__(self) -> int:
         return self._n
 
+    #: a stamp this much (s) older than the newest held is a clock reset (a restarted
+    #: simulator, a bag played again), not a late message: the history starts over
+    CLOCK_RESET_S = 1.0
+
     def push(self, stamp: float, q) -> bool:
         """Store q (dof,) measured at ``stamp`` (s). Returns False (stores nothing) when the
-        stamp is not newer than the latest one; ValueError on a wrong shape or NaN/Inf."""
+        stamp is not newer than the latest one (unless it is older by more than
+        CLOCK_RESET_S: then the history starts over from it); ValueError on a wrong shape
+        or NaN/Inf."""
         q = np.asarray(q, dtype=np.float64).reshape(-1)
         if q.shape[0] != self.dof:
             raise ValueError(f"joint state has {q.shape[0]} positions, expected {self.dof}")
         if not (np.all(np.isfinite(q)) and math.isfinite(float(stamp))):
             raise ValueError("joint positions or stamp not finite")
         with self._lock:
-            if self._n and float(stamp) <= self._t[(self._h - 1) % self.capacity]:
+            newest = self._t[(self._h - 1) % self.capacity]
+            if self._n and float(stamp) < newest - self.CLOCK_RESET_S:
+                self._n = self._h = 0
+            elif self._n and float(stamp) <= newest:
                 return False
             self._t[self._h], self._q[self._h] = float(stamp), q
             self._h = (self._h + 1) % self.capacity
