@@ -181,11 +181,9 @@ def test_run_episode_records_the_closest_approach_and_the_frame_measured_nearest
 
 
 def test_along_line_of_sight_and_the_camera_position():
-    import inspect
-
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import along_line_of_sight
-    from ami_ros.sim.scene import build_mjcf
+    from ami_ros.sim.scene import CAMERA_RIGS
 
     cam, target = np.array([1.0, -1.0, 1.0]), np.array([0.0, 0.0, 0.0])
     assert along_line_of_sight([0.03, -0.03, 0.03], target, cam) == pytest.approx(1.0)    # all in depth
@@ -194,5 +192,23 @@ def test_along_line_of_sight_and_the_camera_position():
     assert along_line_of_sight([0.0, 0.0, 0.05], target, cam) == pytest.approx(1 / np.sqrt(3))
     assert np.isnan(along_line_of_sight([0.0, 0.0, 0.0], target, cam))
     with ArmSim(load_arm(), width=16, height=16, seed=0) as sim:
-        np.testing.assert_allclose(sim.camera_position(),
-                                   inspect.signature(build_mjcf).parameters["camera_pos"].default, atol=1e-9)
+        np.testing.assert_allclose(sim.camera_position(), CAMERA_RIGS[1][0][1], atol=1e-9)
+
+
+def test_two_view_rig_stacks_two_cameras():
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.scene import CAMERA_RIGS
+
+    arm = load_arm()
+    with ArmSim(arm, width=32, height=32, seed=0, views=2) as sim:
+        img = sim.render()
+        assert img.shape == (32, 32, 3) and sim.camera_names == ["scene", "scene2"]
+        top, bottom = img[:16].astype(int), img[16:].astype(int)
+        assert np.abs(top - bottom).mean() > 5                       # two viewpoints, not one twice
+        np.testing.assert_allclose(sim.camera_position(1), CAMERA_RIGS[2][1][1], atol=1e-9)
+        assert sim.camera_matrix()[1, 2] == 7.5                      # intrinsics of one 32 x 16 view
+        moved = sim.render_configuration(sim.spec.clip(sim.joint_positions() + 0.3))
+        assert np.abs(moved[:16].astype(int) - top).sum() > 0 and np.abs(moved[16:].astype(int) - bottom).sum() > 0
+    for bad in (dict(views=3), dict(views=2, height=33)):
+        with pytest.raises(ValueError):
+            ArmSim(arm, width=32, **{"height": 32, **bad}, render=False)

@@ -138,6 +138,18 @@ def read_card(folder: str) -> dict:
     return card
 
 
+def camera_views(card: dict) -> int:
+    """How many camera views each training frame stacked (``ami-ros collect --views``), from
+    the card's data record: 1 for data without the record; ModelError when the parts of the
+    data disagree (a model trained on mixed rigs fits no camera)."""
+    rec = (card.get("data") or {}).get("collection") or {}
+    recs = list((rec.get("parts") or {}).values()) if "parts" in rec else [rec]
+    views = {int((r or {}).get("views", 1)) for r in recs} or {1}
+    if len(views) > 1:
+        raise ModelError(f"model {card.get('name')!r} was trained on frames of {sorted(views)} views (mixed rigs)")
+    return views.pop()
+
+
 def _check_hashes(folder: str, card: dict, files) -> None:
     for f in files:
         p = os.path.join(folder, f)
@@ -167,6 +179,8 @@ class LoadedModel:
     # planner-facing attributes (same as WorldModel)
     @property
     def embed_dim(self): return self.cfg.embed_dim
+    @property
+    def views(self) -> int: return camera_views(self.card)
     @property
     def goal_dims(self): return slice(0, self.cfg.vis_dim)
     @property

@@ -64,6 +64,8 @@ PARAMS = [
                      (1.0, 1000.0)),
     common.ParamSpec("camera_width", 64, "Image width in pixels.", (8, 4096), read_only=True),
     common.ParamSpec("camera_height", 64, "Image height in pixels.", (8, 4096), read_only=True),
+    common.ParamSpec("camera_views", 1, "Camera views stacked top to bottom in each image (sim/scene.py "
+                     "CAMERA_RIGS); must match the model's (its card's data record).", (1, 2), read_only=True),
     common.ParamSpec("seed", 0, "Seed of the simulator's random draws (cube placement).",
                      (0, 2**31 - 1), read_only=True),
     common.ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.",
@@ -121,7 +123,8 @@ class SimNode(Node):
         self.spec = load_arm(p["arm_file"] or None)
         self.initial_positions = self._initial_positions(p["initial_positions"])
         self._lock = threading.RLock()
-        self.sim = ArmSim(self.spec, width=p["camera_width"], height=p["camera_height"], seed=p["seed"])
+        self.sim = ArmSim(self.spec, width=p["camera_width"], height=p["camera_height"], seed=p["seed"],
+                          views=p["camera_views"])
         _release_gl_context()
         self.sim.reset(self.initial_positions)
         self._dt = float(self.sim.model.opt.timestep)
@@ -223,6 +226,7 @@ class SimNode(Node):
             K = self.sim.camera_matrix()
             stamp = common.seconds_to_stamp(self.ros_time_of(self.sim.time))  # when the scene looked so
         self._image_pub.publish(common.image_msg(img, stamp, CAMERA_FRAME))
+        # with several views stacked, the intrinsics are the top view's (its rows are the image's first H / views)
         self._info_pub.publish(common.camera_info_msg(K, img.shape[1], img.shape[0], stamp, CAMERA_FRAME))
         self._meters["camera"].tick()
 

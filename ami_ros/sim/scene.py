@@ -29,8 +29,19 @@ def _xyaxes(pos, target) -> str:
     return _fmt(np.concatenate([x, y]))
 
 
-def build_mjcf(spec: ArmSpec, *, camera_pos=(1.05, -0.85, 0.85), camera_target=(0.32, 0.0, 0.26),
-               camera_fovy=50.0, timestep=0.002, offscreen=(640, 480)) -> str:
+#: Camera rigs by number of views: (name, position, target, vertical fov in degrees) per view.
+#: One view (the default) from the front right. Two: that view and its mirror from the front
+#: left (lines of sight 84 degrees apart, so what one sees in depth the other sees across its
+#: image), each rendered at half the image height and stacked top to bottom in one frame, as a
+#: side-by-side stereo camera publishes one image; narrower fov, so the arm keeps its size.
+CAMERA_RIGS = {
+    1: (("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.26), 50.0),),
+    2: (("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.30), 34.0),
+        ("scene2", (1.05, 0.85, 0.85), (0.32, 0.0, 0.30), 34.0)),
+}
+
+
+def build_mjcf(spec: ArmSpec, *, views: int = 1, timestep=0.002, offscreen=(640, 480)) -> str:
     bodies_open, bodies_close = [], []
     for i, (j, lim, rgba) in enumerate(zip(spec.joints, spec.limits, _COLOURS * 2)):
         nxt = spec.joints[i + 1].origin if i + 1 < spec.dof else spec.tool_offset
@@ -49,6 +60,10 @@ def build_mjcf(spec: ArmSpec, *, camera_pos=(1.05, -0.85, 0.85), camera_target=(
         f'<position name="{j.name}_pos" joint="{j.name}" kp="{800 if lim.max_effort > 80 else 300}" '
         f'dampratio="1" forcerange="{-lim.max_effort} {lim.max_effort}" ctrlrange="{lim.min_position} {lim.max_position}"/>'
         for j, lim in zip(spec.joints, spec.limits))
+    if views not in CAMERA_RIGS:
+        raise ValueError(f"views={views!r}: camera rigs exist for {sorted(CAMERA_RIGS)} views")
+    cameras = "\n    ".join(f'<camera name="{name}" pos="{_fmt(pos)}" xyaxes="{_xyaxes(pos, target)}" fovy="{fovy}"/>'
+                            for name, pos, target, fovy in CAMERA_RIGS[views])
     tx, ty = TABLE_CENTER
     hx, hy = TABLE_HALF
     return f"""
@@ -77,7 +92,7 @@ def build_mjcf(spec: ArmSpec, *, camera_pos=(1.05, -0.85, 0.85), camera_target=(
       <freejoint name="cube"/>
       <geom name="cube" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" rgba="0.1 0.75 0.2 1" mass="0.1" contype="1" conaffinity="3" friction="0.8 0.01 0.001"/>
     </body>
-    <camera name="scene" pos="{_fmt(camera_pos)}" xyaxes="{_xyaxes(camera_pos, camera_target)}" fovy="{camera_fovy}"/>
+    {cameras}
   </worldbody>
   <actuator>{actuators}</actuator>
 </mujoco>

@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default 0)")
     p.add_argument("--width", type=int, default=64, help="camera image width (default 64)")
     p.add_argument("--height", type=int, default=64, help="camera image height (default 64)")
+    p.add_argument("--views", type=int, default=1, choices=(1, 2),
+                   help="camera views stacked top to bottom in each frame (default 1; see sim/scene.py CAMERA_RIGS)")
     p.add_argument("--camera-hz", type=float, default=20.0, help="image rate (default 20)")
     p.add_argument("--joint-state-hz", type=float, default=50.0, help="joint state rate (default 50)")
     p.add_argument("--control-hz", type=float, default=10.0, help="command rate (default 10)")
@@ -210,7 +212,7 @@ def run(args) -> int:
     from ami_ros.sim.arm_sim import ArmSim
 
     t_wall = time.perf_counter()
-    sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed)
+    sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed, views=args.views)
     entries = []
     try:
         with tqdm(total=args.episodes * args.steps, unit="step", desc="collect", dynamic_ncols=True) as bar:
@@ -225,7 +227,7 @@ def run(args) -> int:
         sim.close()
         index = {
             "arm": spec.source, "joint_names": spec.joint_names, "seed": args.seed,
-            "steps": args.steps, "width": args.width, "height": args.height,
+            "steps": args.steps, "width": args.width, "height": args.height, "views": args.views,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
             "control_hz": args.control_hz, "random_action_prob": args.random_action_prob, "episodes": entries,
         }

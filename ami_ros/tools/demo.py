@@ -39,6 +39,7 @@ def goal_sequence(arm, q_start, n, rng):
 
 def run(args) -> int:
     import os
+    import sys
     import time
 
     import numpy as np
@@ -60,6 +61,13 @@ def run(args) -> int:
     ros_args = ["--ros-args"] + [a for f in files + args.params_file for a in ("--params-file", f)]
     if args.model:
         ros_args += ["-p", f"encoder_node:model_path:={args.model}", "-p", f"planner_node:model_path:={args.model}"]
+    from ami_ros.core.model_io import ModelError, camera_views, read_card
+    try:    # the simulated camera rig the model was trained on
+        views = camera_views(read_card(args.model or os.path.join(share_dir(), "models", "default")))
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ros_args += ["-p", f"sim_node:camera_views:={views}"]
     rclpy.init(args=ros_args)
     nodes, executor = [], None
     try:
