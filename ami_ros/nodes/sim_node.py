@@ -49,6 +49,7 @@ from trajectory_msgs.msg import JointTrajectory
 from ami_ros.core.arm import load_arm
 from ami_ros.core.trajectory import TrajectoryError, validate
 from ami_ros.nodes import common
+from ami_ros.sim.scene import CAMERA_RIGS
 
 CAMERA_FRAME = "scene_camera_optical_frame"
 WORLD_FRAME = "world"
@@ -65,7 +66,8 @@ PARAMS = [
     common.ParamSpec("camera_width", 64, "Image width in pixels.", (8, 4096), read_only=True),
     common.ParamSpec("camera_height", 64, "Image height in pixels.", (8, 4096), read_only=True),
     common.ParamSpec("camera_views", 1, "Camera views stacked top to bottom in each image (sim/scene.py "
-                     "CAMERA_RIGS); must match the model's (its card's data record).", (1, 2), read_only=True),
+                     "CAMERA_RIGS); must match the model's (its card's data record).",
+                     (min(CAMERA_RIGS), max(CAMERA_RIGS)), read_only=True),
     common.ParamSpec("seed", 0, "Seed of the simulator's random draws (cube placement).",
                      (0, 2**31 - 1), read_only=True),
     common.ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.",

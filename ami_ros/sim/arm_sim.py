@@ -14,7 +14,7 @@ import numpy as np
 
 from ami_ros.core.arm import ArmSpec, load_arm
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler, validate
-from ami_ros.sim.scene import CAMERA_RIGS, CUBE_HALF, build_mjcf
+from ami_ros.sim.scene import CUBE_HALF, build_mjcf, camera_rig
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
@@ -29,13 +29,12 @@ class ArmSim:
                  seed: int = 0, timestep: float = 0.002, render: bool = True, views: int = 1):
         if not (8 <= width <= 4096 and 8 <= height <= 4096):
             raise ValueError(f"camera size {width}x{height} outside 8..4096")
-        if views not in CAMERA_RIGS:
-            raise ValueError(f"views={views!r}: camera rigs exist for {sorted(CAMERA_RIGS)} views")
+        rig = camera_rig(views)
         if height % views:
             raise ValueError(f"image height {height} does not split into {views} views")
         self.spec = spec or load_arm()
         self.width, self.height, self.views = int(width), int(height), int(views)
-        self.camera_names = [c[0] for c in CAMERA_RIGS[views]]
+        self.camera_names = [c[0] for c in rig]
         xml = build_mjcf(self.spec, views=views, timestep=timestep, offscreen=(max(640, width), max(480, height)))
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)

@@ -41,6 +41,13 @@ CAMERA_RIGS = {
 }
 
 
+def camera_rig(views: int) -> tuple:
+    """The rig of ``views`` views (CAMERA_RIGS); ValueError for a number no rig has."""
+    if views not in CAMERA_RIGS:
+        raise ValueError(f"views={views!r}: camera rigs exist for {sorted(CAMERA_RIGS)} views")
+    return CAMERA_RIGS[views]
+
+
 def build_mjcf(spec: ArmSpec, *, views: int = 1, timestep=0.002, offscreen=(640, 480)) -> str:
     bodies_open, bodies_close = [], []
     for i, (j, lim, rgba) in enumerate(zip(spec.joints, spec.limits, _COLOURS * 2)):
@@ -60,10 +67,8 @@ def build_mjcf(spec: ArmSpec, *, views: int = 1, timestep=0.002, offscreen=(640,
         f'<position name="{j.name}_pos" joint="{j.name}" kp="{800 if lim.max_effort > 80 else 300}" '
         f'dampratio="1" forcerange="{-lim.max_effort} {lim.max_effort}" ctrlrange="{lim.min_position} {lim.max_position}"/>'
         for j, lim in zip(spec.joints, spec.limits))
-    if views not in CAMERA_RIGS:
-        raise ValueError(f"views={views!r}: camera rigs exist for {sorted(CAMERA_RIGS)} views")
     cameras = "\n    ".join(f'<camera name="{name}" pos="{_fmt(pos)}" xyaxes="{_xyaxes(pos, target)}" fovy="{fovy}"/>'
-                            for name, pos, target, fovy in CAMERA_RIGS[views])
+                            for name, pos, target, fovy in camera_rig(views))
     tx, ty = TABLE_CENTER
     hx, hy = TABLE_HALF
     return f"""
