@@ -212,3 +212,15 @@ def test_two_view_rig_stacks_two_cameras():
     for bad in (dict(views=3), dict(views=2, height=33)):
         with pytest.raises(ValueError):
             ArmSim(arm, width=32, **{"height": 32, **bad}, render=False)
+
+
+def test_demo_refuses_a_model_folder_that_is_not_one(tmp_path, capsys):
+    """The demo reads the model's camera rig from its card before it starts any node: a
+    folder that is not a model is refused there, with the reason."""
+    pytest.importorskip("rclpy")
+    from ami_ros.tools import demo
+
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    assert demo.run(p.parse_args(["--model", str(tmp_path / "nowhere")])) == 2
+    assert "does not exist" in capsys.readouterr().err
