@@ -29,7 +29,7 @@ def test_true_dynamics_agent_takes_the_candidate_whose_image_is_the_goal(model):
 
     arm = load_arm()
     bound = arm.v_max * 0.1 * 0.5
-    with ArmSim(arm, width=64, height=64, seed=3) as sim:
+    with ArmSim(arm, width=64, height=64, seed=3, views=model.views) as sim:
         sim.reset(arm.home)
         agent = TrueDynamicsAgent(model, sim, bound, candidates=8, seed=1)
         q_cmd = sim.joint_positions()
@@ -49,7 +49,7 @@ def test_world_model_agent_holds_once_the_goal_image_is_seen(model):
     arm, stack = load_arm(), load_stack_config()
     bound = action_bound(arm, 0.1, stack["action_scale"])
     agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), bound, goal_tolerance=0.005)
-    with ArmSim(arm, width=64, height=64, seed=3) as sim:
+    with ArmSim(arm, width=64, height=64, seed=3, views=model.views) as sim:
         sim.reset(arm.home)
         q, qd = sim.joint_positions(), np.zeros(arm.dof)
         agent.reset(sim.render_configuration(arm.clip(q + np.array([0.3, -0.2, 0.2, 0.0, 0.0, 0.0]))))
@@ -66,11 +66,46 @@ def test_world_model_agent_holds_once_the_goal_image_is_seen(model):
         assert res is None and not actions.any()
 
 
+def test_world_model_agent_settles_back_at_the_closest_frame(model):
+    """settle_patience: cycles without progress settle the goal; the agent then brings the
+    commanded target back to where the arm was at the frame nearest the goal image, within
+    the action bound, and plans no more."""
+    from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import WorldModelAgent
+
+    arm, stack = load_arm(), load_stack_config()
+    bound = action_bound(arm, 0.1, stack["action_scale"])
+    agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), bound, goal_tolerance=0.0,
+                            settle_patience=2)
+    with ArmSim(arm, width=64, height=64, seed=3, views=model.views) as sim:
+        sim.reset(arm.home)
+        q_goal = sim.joint_positions()
+        q_far = arm.clip(q_goal + np.array([0.4, -0.3, 0.3, 0.0, 0.0, 0.0]))
+        q_near = arm.clip(q_goal + np.array([0.1, -0.08, 0.08, 0.0, 0.0, 0.0]))
+        frame_far, frame_near = sim.render_configuration(q_far), sim.render_configuration(q_near)
+        agent.reset(sim.render_configuration(q_goal))
+        qd = np.zeros(arm.dof)
+        _, res = agent.act(0.0, frame_far, q_far, qd, q_far)
+        d_far = agent.measured_distance
+        _, res2 = agent.act(0.1, frame_near, q_near, qd, q_near)
+        assert agent.measured_distance < 0.98 * d_far, "the nearer pose must measure nearer (test premise)"
+        assert res is not None and res2 is not None and agent.status == "active"
+        _, res = agent.act(0.2, frame_far, q_far, qd, q_far)                # no progress: 1
+        assert res is not None and agent.status == "active"
+        actions, res = agent.act(0.3, frame_far, q_far, qd, q_far)          # no progress: 2 -> settled
+        assert res is None and agent.status == "settled" and not agent.reached and not agent.planning
+        assert np.all(np.abs(actions) <= bound + 1e-12)
+        np.testing.assert_allclose(q_far + actions.sum(0), q_near, atol=1e-9)   # back to the nearest frame's pose
+        actions, res = agent.act(0.4, frame_far, q_far, qd, q_near)         # there: holds
+        assert res is None and not actions.any()
+
+
 def test_tolerance_check_separates_poses_near_the_goal_from_far_ones(model):
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import tolerance_check
 
-    with ArmSim(load_arm(), width=64, height=64, seed=3) as sim:
+    with ArmSim(load_arm(), width=64, height=64, seed=3, views=model.views) as sim:
         tc = tolerance_check(model, sim, "near", np.random.default_rng(0), 0.005, goals=3, poses=100)
     assert sum(tc[b]["poses"] for b in ("0-1cm", "1-2cm", "2-5cm", ">5cm")) == 300
     assert tc["0-1cm"]["poses"] > 0 and tc[">5cm"]["poses"] > 0

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ami_ros.core.cost import TERMS, Cost, CostWeights
-from ami_ros.core.memory import JointStateHistory, ShortTermMemory
+from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
 from ami_ros.core.planner import Planner, PlannerConfig, PlanResult
 from ami_ros.core.trajectory import straight_line_actions
 
@@ -320,6 +320,41 @@ def test_joint_state_history_answers_where_the_arm_was():
         JointStateHistory(capacity=1, dof=2)
     h.clear()
     assert len(h) == 0 and h.position_at(1.4) is None
+    h.push(1.0, [0.0, 0.0], [1.0, -1.0])                       # with velocities: (q, qd) at a frame's stamp
+    h.push(1.1, [0.1, -0.1], [3.0, -3.0])
+    q, qd = h.state_at(1.05)
+    np.testing.assert_allclose(q, [0.05, -0.05])
+    np.testing.assert_allclose(qd, [2.0, -2.0])
+    assert h.state_at(0.5) is None
+    with pytest.raises(ValueError):
+        h.push(1.2, [0.0, 0.0], [math.inf, 0.0])
+
+
+def test_goal_monitor_reaches_settles_and_remembers_the_closest_frame():
+    m = GoalMonitor(tolerance=0.01, patience=3, min_improvement=0.1)
+    assert [m.update(d, t) for t, d in enumerate([1.0, 0.5, 0.2])] == ["active"] * 3   # progress each cycle
+    assert m.best_distance == 0.2 and m.best_stamp == 2.0 and m.stalled_cycles == 0
+    assert m.update(0.19, 3.0) == "active" and m.stalled_cycles == 1    # closer, by less than 10%: no progress,
+    assert m.best_stamp == 3.0                                           # but the closest frame yet
+    assert m.update(0.3, 4.0) == "active" and m.stalled_cycles == 2
+    assert m.update(math.nan, 5.0) == "settled"                          # NaN: no progress; 3 cycles without
+    assert m.hold_stamp == 3.0 and m.best_distance == 0.19               # go back to the closest frame
+    assert m.update(0.001, 7.0) == "settled"                             # final until reset
+    m.reset()
+    assert m.status == "active" and m.best_stamp is None and m.hold_stamp is None
+    assert m.update(0.5, 8.0) == "active" and m.update(0.005, 9.0) == "reached" and m.hold_stamp == 9.0
+    m = GoalMonitor(tolerance=0.0, patience=0)                           # both rules off: never stops
+    assert all(m.update(d, t) == "active" for t, d in enumerate([0.0] * 50))
+    m = GoalMonitor(patience=2)                                          # all NaN: settles, no frame to go to
+    assert [m.update(math.nan, t) for t in (0.0, 1.0)] == ["active", "settled"] and m.hold_stamp is None
+    for kw in ({"tolerance": -1.0, "patience": 1}, {"tolerance": math.nan, "patience": 1},
+               {"tolerance": 0.0, "patience": -1}, {"tolerance": 0.0, "patience": 1.5},
+               {"tolerance": 0.0, "patience": 1, "min_improvement": 1.0}):
+        with pytest.raises(ValueError):
+            GoalMonitor(**kw)
+    with pytest.raises(ValueError):
+        m.configure(0.0, True)                                           # a bool is not a count
+    assert m.patience == 2                                               # refused: nothing changed
 
 
 def test_straight_line_actions_stay_within_the_bound_and_arrive():
@@ -465,4 +500,20 @@ def test_stack_config_refuses_a_bad_goal_tolerance(tmp_path, value):
     path = tmp_path / "planner.yaml"
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ValueError, match="goal_tolerance|bad planner configuration"):
+        load_stack_config(str(path))
+
+
+@pytest.mark.parametrize("field,value", [("settle_patience", "-1"), ("settle_patience", "2.5"),
+                                         ("settle_patience", "true"), ("settle_min_improvement", "1.0"),
+                                         ("settle_min_improvement", "nan")])
+def test_stack_config_refuses_a_bad_settle_rule(tmp_path, field, value):
+    import yaml
+
+    from ami_ros.core.stack_config import default_planner_file, load_stack_config
+
+    doc = yaml.safe_load(open(default_planner_file()))
+    doc["planner_node"]["ros__parameters"][field] = yaml.safe_load(value)
+    path = tmp_path / "planner.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=field):
         load_stack_config(str(path))

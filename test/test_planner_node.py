@@ -1,5 +1,6 @@
 """planner_node alone on a real rclpy graph, fed by hand: a goal reached on a frame the
-arm has since moved on from brings the arm back to where that frame was taken.
+arm has since moved on from brings the arm back to where that frame was taken; a goal
+settled (no progress for settle_patience cycles) brings it back to the closest frame's pose.
 """
 import os
 import threading
@@ -33,63 +34,128 @@ def _wait(pred, timeout):
     return bool(pred())
 
 
+class _Graph:
+    """planner_node and a probe node on a fresh context: the probe records the plans and
+    feeds joint states, embeddings and the teach service by hand."""
+
+    def __init__(self, domain_id, overrides):
+        from ami_ros.nodes.planner_node import PlannerNode
+
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.planner = PlannerNode(context=self.ctx, parameter_overrides=overrides)
+        self.probe = rclpy.create_node("probe", context=self.ctx)
+        self.plans, self.lock = [], threading.Lock()
+        self.probe.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, common.RELIABLE_10)
+        self._js_pub = self.probe.create_publisher(JointState, "/joint_states", common.RELIABLE_10)
+        self._emb_pub = self.probe.create_publisher(Image, "/ami/embedding", common.RELIABLE_1)
+        self._teach = self.probe.create_client(Trigger, "/ami/teach_goal")
+        self.ex = NodeThreads(context=self.ctx)
+        for n in (self.planner, self.probe):
+            self.ex.add(n)
+
+    def _on_plan(self, msg):
+        with self.lock:
+            self.plans.append(msg)
+
+    def last_plan(self) -> np.ndarray:
+        """(T, A) positions of the newest plan, in the arm's joint order."""
+        with self.lock:
+            last = self.plans[-1]
+        assert list(last.joint_names) == self.planner.arm.joint_names
+        return np.array([p.positions for p in last.points])
+
+    def clock(self) -> float:
+        return self.planner.get_clock().now().nanoseconds * 1e-9
+
+    def publish_state(self, t, q):
+        """One at a time: the planner keeps only the newest unread state."""
+        n = len(self.planner.joint_history)
+        self._js_pub.publish(common.joint_state_msg(self.planner.arm.joint_names, q, np.zeros(6), None,
+                                                    common.seconds_to_stamp(t)))
+        assert _wait(lambda: len(self.planner.joint_history) == n + 1, 5), "joint state not received"
+
+    def publish_embedding(self, t, z):
+        from ami_ros.nodes.encoder_node import embedding_msg
+
+        self._emb_pub.publish(embedding_msg(z, common.seconds_to_stamp(t), self.planner.model_id))
+        assert _wait(lambda: self.planner.memory.latest_stamp() == pytest.approx(t), 5), "embedding not received"
+
+    def teach(self):
+        assert self._teach.wait_for_service(timeout_sec=5)
+        fut = self._teach.call_async(Trigger.Request())
+        assert _wait(fut.done, 5) and fut.result().success, fut.result()
+
+    def close(self):
+        self.ex.shutdown()
+        self.planner.destroy_node()
+        self.probe.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+        assert not self.ex.errors, self.ex.errors
+
+
 def test_reached_goal_returns_the_arm_to_the_pose_of_its_frame(ros_domain_id):
-    from ami_ros.nodes.encoder_node import embedding_msg
-    from ami_ros.nodes.planner_node import PlannerNode
-
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=ros_domain_id)
-    planner = PlannerNode(context=ctx, parameter_overrides={"goal_tolerance": 0.01, "max_embedding_age_s": 5.0})
-    probe = rclpy.create_node("probe", context=ctx)
-    plans, lock = [], threading.Lock()
-
-    def on_plan(msg):
-        with lock:
-            plans.append(msg)
-
-    probe.create_subscription(JointTrajectory, "/ami/plan", on_plan, common.RELIABLE_10)
-    js_pub = probe.create_publisher(JointState, "/joint_states", common.RELIABLE_10)
-    emb_pub = probe.create_publisher(Image, "/ami/embedding", common.RELIABLE_1)
-    teach = probe.create_client(Trigger, "/ami/teach_goal")
-    ex = NodeThreads(context=ctx)
+    g = _Graph(ros_domain_id, {"goal_tolerance": 0.01, "max_embedding_age_s": 5.0})
     try:
-        for n in (planner, probe):
-            ex.add(n)
-        names, arm = planner.arm.joint_names, planner.arm
+        planner, arm = g.planner, g.planner.arm
         q_frame = arm.home.copy()                                   # where the arm was when the frame was taken
         q_now = arm.clip(q_frame + np.array([0.3, -0.2, 0.0, 0.0, 0.0, 0.0]))   # where it has gone since
-        clock = lambda: planner.get_clock().now().nanoseconds * 1e-9   # noqa: E731
-        t_frame = clock()
-
-        def publish_state(t, q):      # one at a time: the planner keeps only the newest unread state
-            n = len(planner.joint_history)
-            js_pub.publish(common.joint_state_msg(names, q, np.zeros(6), None, common.seconds_to_stamp(t)))
-            assert _wait(lambda: len(planner.joint_history) == n + 1, 5), "joint state not received"
-
+        t_frame = g.clock()
         for dt in (-0.04, -0.02, 0.0):
-            publish_state(t_frame + dt, q_frame)
-        z = np.random.default_rng(0).normal(size=planner.model.embed_dim).astype(np.float32)
-        emb_pub.publish(embedding_msg(z, common.seconds_to_stamp(t_frame), planner.model_id))
-        assert _wait(lambda: len(planner.memory) == 1, 5), "embedding not received"
+            g.publish_state(t_frame + dt, q_frame)
+        g.publish_embedding(t_frame, np.random.default_rng(0).normal(size=planner.model.embed_dim).astype(np.float32))
         for dt in (0.02, 0.04):          # the arm moved on after the frame
-            publish_state(t_frame + dt, q_now)
-        assert teach.wait_for_service(timeout_sec=5)
-        fut = teach.call_async(Trigger.Request())
-        assert _wait(fut.done, 5) and fut.result().success, fut.result()
+            g.publish_state(t_frame + dt, q_now)
+        g.teach()
         # the goal is the frame's own embedding: distance 0 < goal_tolerance on the next cycle
         assert _wait(lambda: planner.goal_status == "reached", 5), planner.goal_status
-        assert _wait(lambda: len(plans) > 0, 5), "no last plan"
-        with lock:
-            last = plans[-1]
-        assert list(last.joint_names) == names
-        pts = np.array([p.positions for p in last.points])                        # (T, A)
+        assert _wait(lambda: len(g.plans) > 0, 5), "no last plan"
+        pts = g.last_plan()                                                        # (T, A)
         np.testing.assert_allclose(pts[-1], q_frame, atol=1e-9)                    # back where the frame was taken
         steps = np.abs(np.diff(np.vstack([q_now, pts]), axis=0))
         assert len(pts) > 1 and np.all(steps <= planner.planner.bound.numpy() + 1e-9)   # within the action bound
         assert planner.counts["plans"] == 0                                        # reached without planning
     finally:
-        ex.shutdown()
-        planner.destroy_node()
-        probe.destroy_node()
-        rclpy.try_shutdown(context=ctx)
-    assert not ex.errors, ex.errors
+        g.close()
+
+
+def test_settled_goal_returns_the_arm_to_the_pose_of_the_closest_frame(ros_domain_id):
+    """settle_patience: a goal no later frame comes closer to settles; the last plan takes
+    the arm back to where it was at the closest frame seen, and planning stops. The plans
+    before read the joint state of the frame's instant, not the newest one."""
+    g = _Graph(ros_domain_id, {"goal_tolerance": 0.0, "settle_patience": 5, "max_embedding_age_s": 5.0,
+                               "max_joint_state_age_s": 5.0})
+    try:
+        planner, arm = g.planner, g.planner.arm
+        rng = np.random.default_rng(1)
+        q_close = arm.home.copy()                                     # where the arm was at the closest frame
+        q_later = arm.clip(q_close + np.array([-0.2, 0.25, 0.1, 0.0, 0.0, 0.0]))
+        t_close = g.clock()
+        for dt in (-0.02, 0.0):
+            g.publish_state(t_close + dt, q_close)
+        z_goal = rng.normal(size=planner.model.embed_dim).astype(np.float32)
+        g.publish_embedding(t_close, z_goal)
+        q_moved = arm.clip(q_close + np.array([0.05, 0.0, -0.05, 0.0, 0.0, 0.0]))
+        g.publish_state(t_close + 0.05, q_moved)                      # the arm moved on after the frame
+        seen = []                                                     # the joint state each plan was made with
+        plan = planner.planner.plan
+        planner.planner.plan = lambda *a, **kw: seen.append(kw["joint_state"]) or plan(*a, **kw)
+        g.teach()
+        assert _wait(lambda: planner.monitor.best_stamp == pytest.approx(t_close), 5), "closest frame not measured"
+        assert _wait(lambda: len(seen) > 0, 5), "no plan"
+        np.testing.assert_allclose(seen[0][0], q_close, atol=1e-9)    # the frame's instant, not the newest state
+        t_later = g.clock()                                           # the arm moved on; no later frame is closer
+        g.publish_state(t_later, q_later)
+        g.publish_embedding(t_later, z_goal + rng.normal(size=z_goal.shape).astype(np.float32))
+        assert _wait(lambda: planner.goal_status == "settled", 20), (planner.goal_status, planner.monitor.stalled_cycles)
+        n_plans = planner.counts["plans"]
+        assert n_plans > 0                                            # it planned until it settled
+        # the last plan goes back to where the closest frame was taken
+        assert _wait(lambda: g.plans and np.allclose(g.last_plan()[-1], q_close, atol=1e-9), 5), \
+            (g.last_plan()[-1] if g.plans else "no plan")
+        pts = g.last_plan()
+        assert np.all(np.abs(np.diff(np.vstack([q_later, pts]), axis=0)) <= planner.planner.bound.numpy() + 1e-9)
+        time.sleep(0.5)
+        assert planner.counts["plans"] == n_plans                     # planning stopped
+    finally:
+        g.close()

@@ -71,8 +71,10 @@ MOVING = 0.05        # rad/s: the arm counts as moving above this joint speed
 # The planner is made cheaper than config/planner.yaml (one torch thread, fewer candidates) so that
 # its plans keep the 10 Hz control rate on a small, shared CI machine: these tests are about the
 # safety path, and a planner slower than plan_timeout would (rightly) make the gate hold all along.
+# It never settles a goal (settle_patience 0): the faults must meet a planner that keeps planning.
 PLANNER_OVERRIDES = ("planner_node:threads:=1", "encoder_node:threads:=1", "planner_node:planner.candidates:=64",
-                     "planner_node:planner.iterations:=2", "planner_node:planner.elites:=16")
+                     "planner_node:planner.iterations:=2", "planner_node:planner.elites:=16",
+                     "planner_node:settle_patience:=0")
 GARBAGE = "fault_probe_garbage"  # frame_id of the malformed messages (the recorder skips them)
 # two goal configurations (offsets from home), tool over the table, ~0.45 m apart
 GOAL_OFFSETS = (np.array([0.5, 0.2, -0.3, 0.1, 0.0, 0.0]), np.array([-0.5, -0.1, 0.2, -0.1, 0.0, 0.0]))

@@ -45,7 +45,7 @@ def stack():
     args = ["--ros-args"] + [a for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")
                              for a in ("--params-file", os.path.join(cfg, f))]
     # planning never stops by itself here (tests that need the goal-reached rule set it)
-    args += ["-p", "planner_node:goal_tolerance:=0.0"]
+    args += ["-p", "planner_node:goal_tolerance:=0.0", "-p", "planner_node:settle_patience:=0"]
     ctx = Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID, args=args)
     sim = SimNode(context=ctx)

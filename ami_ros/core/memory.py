@@ -135,9 +135,10 @@ class ShortTermMemory:
 
 
 class JointStateHistory:
-    """The recent measured joint positions with their stamps (the instant each is of),
-    bounded to ``capacity`` entries; :meth:`position_at` answers where the arm was when a
-    camera frame was taken (frames and joint states stamped by the same clock).
+    """The recent measured joint positions and velocities with their stamps (the instant
+    each is of), bounded to ``capacity`` entries; :meth:`position_at` and :meth:`state_at`
+    answer where the arm was, and how it moved, when a camera frame was taken (frames and
+    joint states stamped by the same clock).
     Safe to use from several callback threads.
     """
 
@@ -149,6 +150,7 @@ class JointStateHistory:
         self._lock = threading.Lock()
         self._t = np.zeros(capacity)
         self._q = np.zeros((capacity, dof))
+        self._qd = np.zeros((capacity, dof))
         self.clear()
 
     def clear(self) -> None:
@@ -163,23 +165,25 @@ class JointStateHistory:
     #: simulator, a bag played again), not a late message: the history starts over
     CLOCK_RESET_S = 1.0
 
-    def push(self, stamp: float, q) -> bool:
-        """Store q (dof,) measured at ``stamp`` (s). Returns False (stores nothing) when the
-        stamp is not newer than the latest one (unless it is older by more than
-        CLOCK_RESET_S: then the history starts over from it); ValueError on a wrong shape
-        or NaN/Inf."""
+    def push(self, stamp: float, q, qd=None) -> bool:
+        """Store q and qd (dof,) (qd None: zeros) measured at ``stamp`` (s). Returns False
+        (stores nothing) when the stamp is not newer than the latest one (unless it is older
+        by more than CLOCK_RESET_S: then the history starts over from it); ValueError on a
+        wrong shape or NaN/Inf."""
         q = np.asarray(q, dtype=np.float64).reshape(-1)
-        if q.shape[0] != self.dof:
-            raise ValueError(f"joint state has {q.shape[0]} positions, expected {self.dof}")
-        if not (np.all(np.isfinite(q)) and math.isfinite(float(stamp))):
-            raise ValueError("joint positions or stamp not finite")
+        qd = np.zeros_like(q) if qd is None else np.asarray(qd, dtype=np.float64).reshape(-1)
+        if q.shape[0] != self.dof or qd.shape[0] != self.dof:
+            raise ValueError(f"joint state has {q.shape[0]} positions and {qd.shape[0]} velocities, "
+                             f"expected {self.dof}")
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd)) and math.isfinite(float(stamp))):
+            raise ValueError("joint positions, velocities or stamp not finite")
         with self._lock:
             newest = self._t[(self._h - 1) % self.capacity]
             if self._n and float(stamp) < newest - self.CLOCK_RESET_S:
                 self._n = self._h = 0
             elif self._n and float(stamp) <= newest:
                 return False
-            self._t[self._h], self._q[self._h] = float(stamp), q
+            self._t[self._h], self._q[self._h], self._qd[self._h] = float(stamp), q, qd
             self._h = (self._h + 1) % self.capacity
             self._n = min(self._n + 1, self.capacity)
         return True
@@ -188,15 +192,76 @@ class JointStateHistory:
         """q (dof,) at ``stamp``, linear between the two held states around it; None when
         ``stamp`` lies outside the held span (by more than ``max_gap`` s past the newest)
         or the two states around it are more than ``max_gap`` s apart."""
+        state = self.state_at(stamp, max_gap)
+        return None if state is None else state[0]
+
+    def state_at(self, stamp: float, max_gap: float = 0.3) -> tuple[np.ndarray, np.ndarray] | None:
+        """(q, qd) (dof,) each at ``stamp``, as :meth:`position_at`."""
         with self._lock:
             idx = (np.arange(self._h - self._n, self._h) % self.capacity)
-            t, q = self._t[idx].copy(), self._q[idx].copy()
+            t, q, qd = self._t[idx].copy(), self._q[idx].copy(), self._qd[idx].copy()
         if len(t) == 0 or not math.isfinite(float(stamp)) or stamp < t[0]:
             return None
         if stamp >= t[-1]:
-            return q[-1] if stamp - t[-1] <= max_gap else None
+            return (q[-1], qd[-1]) if stamp - t[-1] <= max_gap else None
         i = int(np.searchsorted(t, stamp, side="right"))     # t[i-1] <= stamp < t[i]
         if t[i] - t[i - 1] > max_gap:
             return None
         w = (stamp - t[i - 1]) / (t[i] - t[i - 1])
-        return (1 - w) * q[i - 1] + w * q[i]
+        return (1 - w) * q[i - 1] + w * q[i], (1 - w) * qd[i - 1] + w * qd[i]
+
+
+class GoalMonitor:
+    """When to stop planning toward a goal, from the goal distance measured on each frame.
+
+    Each planning cycle hands it the latest frame's measured goal distance and that
+    frame's stamp (:meth:`update`). The answer is the goal's status:
+
+    - ``"reached"``: the distance is under ``tolerance`` (> 0; 0 never reaches);
+    - ``"settled"``: for ``patience`` cycles in a row (> 0; 0 never settles) no frame
+      came closer than the best one so far by more than ``min_improvement`` (a fraction
+      of it): the search is stuck, and the best frame seen is the best place known;
+    - ``"active"``: neither; plan on.
+
+    Once reached or settled it stays so until :meth:`reset` (a new goal).
+    :attr:`hold_stamp` is the stamp of the frame the arm should go back to: the one
+    that showed the goal (reached) or the best one seen (settled).
+    """
+
+    def __init__(self, tolerance: float = 0.0, patience: int = 0, min_improvement: float = 0.02):
+        self.configure(tolerance, patience, min_improvement)
+        self.reset()
+
+    def configure(self, tolerance: float, patience: int, min_improvement: float = 0.02) -> None:
+        """ValueError (nothing changed) on a value out of range."""
+        if not (math.isfinite(float(tolerance)) and tolerance >= 0):
+            raise ValueError(f"tolerance={tolerance!r} must be a finite number >= 0")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience={patience!r} must be an integer >= 0")
+        if not 0.0 <= min_improvement < 1.0:
+            raise ValueError(f"min_improvement={min_improvement!r} must be in [0, 1)")
+        self.tolerance, self.patience, self.min_improvement = float(tolerance), patience, float(min_improvement)
+
+    def reset(self) -> None:
+        self.status = "active"
+        self.best_distance = math.inf
+        self.best_stamp = None
+        self.hold_stamp = None
+        self.stalled_cycles = 0      # cycles since the distance last improved by min_improvement
+        self._progress = math.inf    # the distance that improvement is counted from
+
+    def update(self, distance: float, stamp: float) -> str:
+        """One cycle's measured goal distance (NaN counts as no improvement) and its frame's stamp -> status."""
+        if self.status != "active":
+            return self.status
+        if distance < self.best_distance:              # the closest frame yet (NaN never is)
+            self.best_distance, self.best_stamp = float(distance), float(stamp)
+        if distance < self._progress * (1.0 - self.min_improvement):
+            self._progress, self.stalled_cycles = float(distance), 0
+        else:
+            self.stalled_cycles += 1
+        if self.tolerance > 0 and distance < self.tolerance:
+            self.status, self.hold_stamp = "reached", float(stamp)
+        elif self.patience > 0 and self.stalled_cycles >= self.patience:
+            self.status, self.hold_stamp = "settled", self.best_stamp
+        return self.status

@@ -14,7 +14,8 @@ Publishes
   /ami/plan         trajectory_msgs/JointTrajectory (ungated; the safety node gates it)
   /ami/plan_markers visualization_msgs/MarkerArray: the planned tool path (forward kinematics),
                     stamped with the source camera frame's stamp
-  /ami/goal_status  std_msgs/String: none | active | reached (+ goal distance)
+  /ami/goal_status  std_msgs/String: none | active | reached | settled (+ goal distance); settled:
+                    no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics
 
 Every cost weight (``cost.*``) and planner setting (``planner.*``) is a declared,
@@ -69,6 +70,12 @@ PARAMS = [
     common.ParamSpec("goal_tolerance", 0.0, "Goal distance (mean squared over z_vis, measured on the latest "
                      "frame) under which the goal counts as reached: the arm holds and planning stops; "
                      "0 = never stop.", (0.0, 1e6)),
+    common.ParamSpec("settle_patience", 0, "Planning cycles in a row without progress (no frame closer to the "
+                     "goal by settle_min_improvement than the best before) after which the goal is settled: the arm "
+                     "goes back to the pose of the closest frame seen and holds, planning stops; 0 = never settle.",
+                     (0, 10000), kind=int),
+    common.ParamSpec("settle_min_improvement", 0.02, "Fraction by which a frame's goal distance must beat the "
+                     "best before it for the cycle to count as progress (settle_patience).", (0.0, 0.99)),
     common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
 ] + _config_specs("planner", PlannerConfig) + _config_specs("cost", CostWeights)
 _SPECS = {s.name: s for s in PARAMS}
@@ -80,7 +87,7 @@ class PlannerNode(Node):
         import torch
 
         from ami_ros.core.arm import load_arm
-        from ami_ros.core.memory import JointStateHistory, ShortTermMemory
+        from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
         from ami_ros.core.model_io import ModelError, load_model
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
@@ -110,6 +117,7 @@ class PlannerNode(Node):
         self.goal_distance = float("nan")
         self._joint = None                    # (t, q, qd) latest measured joint state
         self.joint_history = JointStateHistory(2048, self.arm.dof)   # where the arm was when a frame was taken
+        self.monitor = GoalMonitor(p["goal_tolerance"], p["settle_patience"], p["settle_min_improvement"])
         self._q_cmd = None                    # (t, q) commanded target after the first planned step
         self.last_plan = None
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
@@ -164,7 +172,7 @@ class PlannerNode(Node):
             return
         self._joint = (self._now(), q, qd)
         stamp = common.stamp_to_seconds(msg.header.stamp)      # the instant the state is of (0: unstamped)
-        self.joint_history.push(stamp if stamp > 0 else self._joint[0], q)
+        self.joint_history.push(stamp if stamp > 0 else self._joint[0], q, qd)
 
     def _on_embedding(self, msg: Image) -> None:
         if msg.header.frame_id != self.model_id:
@@ -210,6 +218,7 @@ class PlannerNode(Node):
             self.goal, self.goal_vis = self._encode_goal(src)
             self._goal_source = src
             self.planner.reset()
+            self.monitor.reset()
             self.goal_status, self.goal_distance = "active", float("nan")
         self._publish_status()
         self.get_logger().info(f"new goal from {source}")
@@ -237,7 +246,7 @@ class PlannerNode(Node):
         now = self._now()
         joint = self._joint
         with self._lock:
-            if self.goal is None or self.goal_status == "reached" or len(self.memory) == 0:
+            if self.goal is None or self.goal_status != "active" or len(self.memory) == 0:
                 return
             if now - self.memory.latest_stamp() > self.get_parameter("max_embedding_age_s").value:
                 return       # no fresh embedding: publish nothing; the safety watchdog holds the arm
@@ -254,25 +263,33 @@ class PlannerNode(Node):
             source_stamp = self.memory.latest_stamp()
             # measured, not predicted: the latest frame's distance to the goal image
             self.goal_distance = float(self.planner.cost.goal_distance(z_hist[-1], self.goal_vis))
-            tol = self.get_parameter("goal_tolerance").value
-            if tol > 0 and self.goal_distance < tol:
-                # reached: the frame that showed the goal is older than the measured state (camera,
-                # encoder and cycle latency), and a moving arm has gone on since; a last plan brings it
-                # back to where it was when that frame was taken (straight, within the action bound)
-                # and holds it there, then planning stops
-                self.goal_status = "reached"
+            self.goal_status = self.monitor.update(self.goal_distance, source_stamp)
+            if self.goal_status != "active":
+                # reached (a frame within goal_tolerance) or settled (no progress for settle_patience
+                # cycles): the frame to go back to (the one that showed the goal, or the closest seen) is
+                # older than the measured state (camera, encoder and cycle latency, or the search since),
+                # so a last plan brings the arm back to where it was when that frame was taken (straight,
+                # within the action bound) and holds it there; planning stops
                 q0 = joint[1]
-                q_seen = self.joint_history.position_at(source_stamp)
+                q_seen = self.joint_history.position_at(self.monitor.hold_stamp) \
+                    if self.monitor.hold_stamp is not None else None
                 if q_seen is None:
-                    self.get_logger().warning("no joint state at the goal frame's stamp: holding where the arm is")
+                    self.get_logger().warning("no joint state at that frame's stamp: holding where the arm is")
                     q_seen = q0
                 actions = straight_line_actions(q0, self.arm.clip(q_seen), self.planner.bound.numpy())
-                self.get_logger().info(f"goal reached (distance {self.goal_distance:.4f}): back to the pose of "
-                                       f"that frame, {float(np.abs(q_seen - q0).max()):.3f} rad away")
+                how = "reached" if self.goal_status == "reached" else \
+                    f"settled after {self.monitor.stalled_cycles} cycles without progress"
+                self.get_logger().info(f"goal {how} (distance now {self.goal_distance:.4f}, closest "
+                                       f"{self.monitor.best_distance:.4f}): back to the pose of that frame, "
+                                       f"{float(np.abs(q_seen - q0).max()):.3f} rad away")
             else:
+                # the joint state of the frame's instant: the predictor reads the frame's embedding with
+                # the state the arm was in when it was taken (the newest measured state is later by the
+                # camera, encoder and cycle latency, 0.1-0.4 s on a loaded machine)
+                state = self.joint_history.state_at(source_stamp) or (joint[1], joint[2])
                 t0 = time.perf_counter()
                 res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
-                                        self.memory.last_action(), joint_state=(joint[1], joint[2]))
+                                        self.memory.last_action(), joint_state=state)
                 self._plan_ms.append(1000 * (time.perf_counter() - t0))
                 self.memory.push_action(res.actions[0])
                 self.memory.set_plan(res)
@@ -333,6 +350,10 @@ class PlannerNode(Node):
                     self.goal, self.goal_vis = self._encode_goal(self._goal_source)
             if cost:
                 self.planner.cost.set_weights(**cost)
+            if any(p.name in ("goal_tolerance", "settle_patience", "settle_min_improvement") for p in params):
+                new = {p.name: p.value for p in params}
+                self.monitor.configure(*(new.get(n, self.get_parameter(n).value)
+                                         for n in ("goal_tolerance", "settle_patience", "settle_min_improvement")))
             for p in params:
                 if p.name == "action_scale":
                     bound = self._action_bound(self.arm, self.dt, p.value)

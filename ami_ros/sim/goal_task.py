@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ami_ros.core.memory import ShortTermMemory
+from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
 from ami_ros.core.planner import Planner
-from ami_ros.core.trajectory import Trajectory
+from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.core.world_model import image_to_tensor
 
 SPLITS = {
@@ -57,39 +57,61 @@ def command_actions(sim, q_cmd: np.ndarray, actions: np.ndarray, dt: float) -> n
 class WorldModelAgent:
     """The stack's agent: JEPA encoder + memory + planner, from images and joint states only.
 
-    ``goal_tolerance`` (> 0) is the planner node's rule: once the latest frame's z_vis is
-    that close to the goal image's (mean squared), the goal is reached: the agent brings
-    the commanded target back to the measured position (one bounded step) and holds it,
-    without planning again."""
+    It stops planning as the planner node does (:class:`~ami_ros.core.memory.GoalMonitor`
+    on each frame's measured z_vis distance to the goal image): ``goal_tolerance`` (> 0):
+    a frame that close reaches the goal; ``settle_patience`` (> 0): that many cycles
+    without progress settle it. Either way the agent then brings the commanded target
+    back, straight and within the bound, to where the arm was when the frame that
+    showed the goal (reached) or came closest to it (settled) was taken, and holds it
+    there without planning again."""
 
-    def __init__(self, model, planner: Planner, action_bound: np.ndarray, goal_tolerance: float = 0.0):
+    def __init__(self, model, planner: Planner, action_bound: np.ndarray, goal_tolerance: float = 0.0,
+                 settle_patience: int = 0, settle_min_improvement: float = 0.02):
         self.model, self.planner = model, planner
         self.bound = action_bound
-        self.goal_tolerance = float(goal_tolerance)
+        self.monitor = GoalMonitor(goal_tolerance, settle_patience, settle_min_improvement)
         self.memory = ShortTermMemory(model.history, 64, model.embed_dim, model.action_dim)
+        self.joints = JointStateHistory(256, model.action_dim)
         self.goal = self.goal_vis = None
-        self.reached = False
+        self.hold = None                        # the commanded target held once reached or settled
         self.measured_distance = float("nan")   # goal distance of the latest frame (z_vis, as goal_tolerance)
+
+    @property
+    def status(self) -> str:
+        """active | reached | settled"""
+        return self.monitor.status
+
+    @property
+    def reached(self) -> bool:
+        return self.monitor.status == "reached"
+
+    @property
+    def planning(self) -> bool:
+        return self.monitor.status == "active"
 
     def reset(self, goal_image: np.ndarray, q_goal=None) -> None:
         self.memory.clear()
+        self.joints.clear()
         self.planner.reset()
+        self.monitor.reset()
         img = image_to_tensor(goal_image[None])
         self.goal = self.planner.encode_goal(img)[0]
         self.goal_vis = self.model.encode_image(img)[0, self.model.goal_dims]
-        self.reached = False
+        self.hold = None
         self.measured_distance = float("nan")
 
     def act(self, stamp: float, frame, q, qd, q_cmd):
-        if self.reached:
-            return np.zeros((1, len(self.bound))), None
+        if self.hold is not None:
+            return straight_line_actions(q_cmd, self.hold, self.bound), None
+        self.joints.push(stamp, q, qd)
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
         distance = float(self.planner.cost.goal_distance(z, self.goal_vis))         # measured, as the node's
         self.measured_distance = distance
-        if self.goal_tolerance > 0 and distance < self.goal_tolerance:
-            self.reached = True
-            return np.clip(np.asarray(q) - q_cmd, -self.bound, self.bound)[None], None
+        if self.monitor.update(distance, stamp) != "active":
+            seen = None if self.monitor.hold_stamp is None else self.joints.position_at(self.monitor.hold_stamp)
+            self.hold = np.asarray(q if seen is None else seen, dtype=np.float64)
+            return straight_line_actions(q_cmd, self.hold, self.bound), None
         self.memory.push_embedding(stamp, z)
         res = self.planner.plan(self.memory.z_hist(), self.goal, torch.as_tensor(q_cmd, dtype=torch.float32),
                                 self.memory.last_action(), joint_state=(q, qd))
@@ -166,6 +188,7 @@ class EpisodeResult:
                                                   # the goal image (agents that measure one), else None
     error_along_sight: float = float("nan")       # |cos| of the final tool error with the camera's line of sight
                                                   # to the goal (1: all of it in depth, what one camera sees worst)
+    status: str | None = None                     # how the agent ended: active | reached | settled (None: no rule)
 
 
 def along_line_of_sight(error, target, camera) -> float:
@@ -193,7 +216,7 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
         tool_now = float(np.linalg.norm(sim.tool_position() - goal_tool))
         t = time.perf_counter()
         actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
-        if not getattr(agent, "reached", False):    # planning time: cycles that planned
+        if getattr(agent, "planning", True):        # planning time: cycles that planned
             times.append(time.perf_counter() - t)
         measured = getattr(agent, "measured_distance", float("nan"))
         if measured < nearest[0]:                  # NaN (not measured) never is
@@ -206,7 +229,8 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
             steps_ok = k + 1
     final = float(np.linalg.norm(sim.tool_position() - goal_tool))
     along = along_line_of_sight(sim.tool_position() - goal_tool, goal_tool, sim.camera_position())
-    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times, closest, nearest[1], along)
+    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times, closest, nearest[1], along,
+                         getattr(agent, "status", None))
 
 
 def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance: float, goals: int = 25,

@@ -77,7 +77,8 @@ def run(args) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound, stack["goal_tolerance"])
+        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound, stack["goal_tolerance"],
+                                                    stack["settle_patience"], stack["settle_min_improvement"])
     if args.equal_compute:
         if args.planner != "both":
             print("error: --equal-compute compares the two planners: use it with --planner both", file=sys.stderr)
@@ -95,6 +96,8 @@ def run(args) -> int:
         agents["oracle"] = OracleAgent(bound)
     results = {"model": model.model_id, "backend": args.backend, "success_radius_m": args.success_radius,
                "episodes_per_split": args.episodes, "goal_tolerance": stack["goal_tolerance"],
+               "settle_patience": stack["settle_patience"],
+               "settle_min_improvement": stack["settle_min_improvement"],
                "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
                "equal_compute": bool(args.equal_compute),
                "splits": {}}
@@ -136,6 +139,14 @@ def run(args) -> int:
                 miss_along = [e.error_along_sight for e in eps if not e.success]
                 results["splits"][split][name]["misses_along_sight_median"] = \
                     float(np.median(miss_along)) if miss_along else None
+                if all(e.status is not None for e in eps):   # how the stopping rules ended the episodes
+                    results["splits"][split][name]["ended"] = {
+                        st: {"episodes": sum(e.status == st for e in eps),
+                             "successes": sum(e.status == st and e.success for e in eps)}
+                        for st in ("reached", "settled", "active")}
+                results["splits"][split][name]["per_episode"] = [   # in episode order, for analysis
+                    {"success": e.success, "start_m": round(e.start_distance, 4), "final_m": round(e.final_distance, 4),
+                     "closest_m": round(e.closest_distance, 4), "ended": e.status} for e in eps]
                 r = results["splits"][split][name]
                 print(f"{split:4s} {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
                       f"steps {r['steps_to_success_median']}  final dist {100 * r['final_distance_m_median']:.1f} cm "
@@ -146,7 +157,9 @@ def run(args) -> int:
                       + (f", nearest image within {r['nearest_image_within_radius']}"
                          if "nearest_image_within_radius" in r else "")
                       + (f"  misses along sight {r['misses_along_sight_median']:.2f}"
-                         if r["misses_along_sight_median"] is not None else ""),
+                         if r["misses_along_sight_median"] is not None else "")
+                      + ("  ended " + ", ".join(f"{k} {v['successes']}/{v['episodes']}" for k, v in r["ended"].items())
+                         if "ended" in r else ""),
                       flush=True)
             if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
                 rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 11])
