@@ -115,6 +115,12 @@ def test_reached_goal_returns_the_arm_to_the_pose_of_its_frame(ros_domain_id):
         steps = np.abs(np.diff(np.vstack([q_now, pts]), axis=0))
         assert len(pts) > 1 and np.all(steps <= planner.planner.bound.numpy() + 1e-9)   # within the action bound
         assert planner.counts["plans"] == 0                                        # reached without planning
+        # the stopping rules are parameters: a change reaches the monitor, a bad value is refused
+        from rclpy.parameter import Parameter
+        assert planner.set_parameters([Parameter("settle_patience", value=7)])[0].successful
+        assert (planner.monitor.patience, planner.monitor.tolerance) == (7, 0.01)
+        assert not planner.set_parameters([Parameter("settle_patience", value=-1)])[0].successful
+        assert planner.monitor.patience == 7
     finally:
         g.close()
 

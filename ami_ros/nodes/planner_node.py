@@ -350,10 +350,9 @@ class PlannerNode(Node):
                     self.goal, self.goal_vis = self._encode_goal(self._goal_source)
             if cost:
                 self.planner.cost.set_weights(**cost)
-            if any(p.name in ("goal_tolerance", "settle_patience", "settle_min_improvement") for p in params):
-                new = {p.name: p.value for p in params}
-                self.monitor.configure(*(new.get(n, self.get_parameter(n).value)
-                                         for n in ("goal_tolerance", "settle_patience", "settle_min_improvement")))
+            rules = ("goal_tolerance", "settle_patience", "settle_min_improvement")
+            if any(p.name in rules for p in params):   # set already: this callback runs after the change
+                self.monitor.configure(*(self.get_parameter(n).value for n in rules))
             for p in params:
                 if p.name == "action_scale":
                     bound = self._action_bound(self.arm, self.dt, p.value)

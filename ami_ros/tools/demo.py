@@ -62,8 +62,9 @@ def run(args) -> int:
     if args.model:
         ros_args += ["-p", f"encoder_node:model_path:={args.model}", "-p", f"planner_node:model_path:={args.model}"]
     from ami_ros.core.model_io import ModelError, camera_views, read_card
+    from ami_ros.nodes.model_path import resolve_model_path
     try:    # the simulated camera rig the model was trained on
-        views = camera_views(read_card(args.model or os.path.join(share_dir(), "models", "default")))
+        views = camera_views(read_card(resolve_model_path(args.model)))
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,23 +42,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     import json
-    import os
     import sys
 
     import numpy as np
     import torch
     from tqdm import tqdm
 
-    from ami_ros.core.arm import load_arm, share_dir
+    from ami_ros.core.arm import load_arm
     from ami_ros.core.model_io import ModelError, load_model
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
+    from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import (OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent, run_episode,
                                       tolerance_check)
 
     torch.set_num_threads(args.threads)
     arm = load_arm()
-    folder = args.model or os.path.join(share_dir(), "models", "default")
+    folder = resolve_model_path(args.model)
     try:
         model = load_model(folder, backend=args.backend, joint_names=arm.joint_names)
     except ModelError as e:
