@@ -112,11 +112,45 @@ def test_refuses_existing_output(out, capsys):
     assert "already holds" in capsys.readouterr().err
 
 
-def test_refuses_a_random_action_prob_outside_0_1(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--random-action-prob", "--push-prob"])
+def test_refuses_a_probability_outside_0_1(tmp_path, capsys, flag):
     for p in ("-0.1", "1.5"):
-        assert collect("--episodes", "1", "--out", str(tmp_path / "x"), "--random-action-prob", p) == 2
-        assert "--random-action-prob" in capsys.readouterr().err
+        assert collect("--episodes", "1", "--out", str(tmp_path / "x"), flag, p) == 2
+        assert flag in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_pushes_move_the_cube(tmp_path):
+    """--push-prob 1: every exploration target is a push, and the recorded cube moves
+    (without pushes it stays where it was put in nearly every episode)."""
+    d = tmp_path / "push"
+    assert collect("--episodes", "2", "--out", str(d), "--steps", "80", "--seed", "5", "--push-prob", "1",
+                   "--width", "32", "--height", "24") == 0
+    index = yaml.safe_load((d / "index.yaml").read_text())
+    assert index["push_prob"] == 1.0
+    for entry in index["episodes"]:
+        ep = load_episode(d / entry["name"])
+        moved = float(np.linalg.norm(ep.cube[-1, :2] - ep.cube[0, :2]))
+        assert entry["pushes"] >= 1 and moved > 0.02, (entry, moved)
+        assert abs(moved - entry["cube_moved_m"]) < 0.02
+    from ami_ros.tools.train import collection_record   # what a model card says of this data
+    rec = collection_record(str(d))
+    assert rec["push_prob"] == 1.0 and "--push-prob 1.0 " in rec["command"]
+
+
+def test_tool_inverse_kinematics():
+    """ArmSpec.solve_tool_position reaches reachable points (to 1 mm) within the joint limits,
+    and returns the nearest it found, with its distance, for an unreachable one."""
+    arm = load_arm()
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        q_true = arm.clip(arm.home + rng.uniform(-0.8, 0.8, arm.dof))
+        target = arm.tool_position(q_true)
+        q, err = arm.solve_tool_position(target, arm.home)
+        assert err < 1e-3 and np.linalg.norm(arm.tool_position(q) - target) < 1e-3
+        assert np.all(q >= arm.q_min) and np.all(q <= arm.q_max)
+    q, err = arm.solve_tool_position([5.0, 0.0, 0.3], arm.home)
+    assert err > 3.0 and np.isclose(err, np.linalg.norm(arm.tool_position(q) - [5.0, 0.0, 0.3]))
 
 
 def test_loader_replays_the_commanded_targets(tmp_path, monkeypatch, capsys):

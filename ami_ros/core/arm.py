@@ -128,6 +128,25 @@ class ArmSpec:
         """(..., dof) -> (..., 3)."""
         return self.link_positions(q)[..., -1, :]
 
+    def solve_tool_position(self, target, q_init, iterations: int = 100, damping: float = 0.05,
+                            tol: float = 1e-3) -> tuple[np.ndarray, float]:
+        """Joints that put the tool point at ``target`` (3,): damped least squares from
+        ``q_init`` (dof,) with the Jacobian by central differences, kept within the joint
+        limits. -> (q, remaining distance in metres); the caller decides if that is close
+        enough (an unreachable target gives the nearest reachable point's joints)."""
+        target = np.asarray(target, dtype=np.float64)
+        q = self.clip(np.asarray(q_init, dtype=np.float64).copy())
+        h = 1e-5
+        for _ in range(iterations):
+            e = target - self.tool_position(q)                                   # (3,)
+            if float(np.linalg.norm(e)) < tol:
+                break
+            steps = q[None, :] + h * np.eye(self.dof)                            # (dof, dof)
+            J = (self.tool_position(steps) - self.tool_position(q[None, :] - h * np.eye(self.dof))).T / (2 * h)
+            dq = J.T @ np.linalg.solve(J @ J.T + damping ** 2 * np.eye(3), e)    # (dof,)
+            q = self.clip(q + dq)
+        return q, float(np.linalg.norm(target - self.tool_position(q)))
+
     def clip(self, q: np.ndarray) -> np.ndarray:
         return np.clip(q, self.q_min, self.q_max)
 

@@ -2,7 +2,10 @@
 
 Each episode starts from a random joint configuration and a random cube pose and
 moves through smooth random joint targets (a new one every 1-3 s, sometimes near
-the current configuration, sometimes far), approached with per-control-step
+the current configuration, sometimes far), or, with ``--push-prob``, a push: the tool
+goes above a point behind the cube, down to the table and through the cube's place
+(joints by inverse kinematics), so that the cube moves and a model has to follow it.
+Targets are approached with per-control-step
 increments of the commanded target bounded by ``v_max * control_dt * action_scale``
 plus a little smoothed noise. Every control step a short JointTrajectory is sent
 to the simulator and written to the bag; joint states, images with camera info,
@@ -33,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="chance per control step of an action drawn uniformly within the bound instead of the "
                         "smooth exploration's (default 0): shows the predictor the abrupt changes a planner's "
                         "candidates make")
+    p.add_argument("--push-prob", type=float, default=0.0,
+                   help="chance that a new exploration target is a push of the cube instead (default 0): "
+                        "without pushes the cube hardly ever moves and nothing makes a model represent it")
     p.add_argument("--arm", default=None, help="arm description (default config/arm.yaml)")
 
 
@@ -53,7 +59,14 @@ def _folder_bytes(path: str) -> int:
 class Explorer:
     """Smooth random joint-target exploration for one episode (its own RNG)."""
 
-    def __init__(self, sim, rng, control_dt: float, q_start, random_action_prob: float = 0.0):
+    PUSH_HEIGHT = 0.03      # m, tool point above the table while pushing (the cube is 0.05 high)
+    PUSH_BEHIND = 0.09      # m, start this far behind the cube's centre
+    PUSH_THROUGH = (0.04, 0.12)  # m, end this far beyond it
+    PUSH_CLEARANCE = 0.035  # m, the other links' lowest allowed height in a push pose
+    PUSH_SPEED = 0.4        # fraction of the episode's action bound used while pushing (the cube stays in view)
+
+    def __init__(self, sim, rng, control_dt: float, q_start, random_action_prob: float = 0.0,
+                 push_prob: float = 0.0):
         import numpy as np
 
         self.np = np
@@ -67,13 +80,49 @@ class Explorer:
         self.dv_max = spec.a_max * control_dt * control_dt  # keeps the increments smooth
         self.lo, self.hi = spec.q_min + 0.05, spec.q_max - 0.05
         self.random_action_prob = float(random_action_prob)
+        self.push_prob = float(push_prob)
+        self.waypoints: list = []   # a push's remaining joint targets
+        self.pushing = False        # the current target is a push's
+        self.pushes = 0
         self.q_cmd = np.array(q_start, dtype=np.float64)
         self.delta = np.zeros_like(self.q_cmd)
         self.noise = np.zeros_like(self.q_cmd)
         self.target = self.q_cmd.copy()
         self.next_switch = 0.0
 
+    def _push_waypoints(self) -> list:
+        """Joint targets above-behind, down-behind and through the cube, or [] if the
+        inverse kinematics finds no pose that keeps the arm's other links off the table."""
+        np, spec = self.np, self.sim.spec
+        cube = self.sim.cube_pose()[:3]
+        if not (0.25 <= cube[0] <= 0.7 and abs(cube[1]) <= 0.4):   # pushed out of the work area: leave it
+            return []
+        a = self.rng.uniform(-np.pi, np.pi)
+        u = np.array([np.cos(a), np.sin(a), 0.0])
+        behind = cube[:2] - self.PUSH_BEHIND * u[:2]
+        through = cube[:2] + self.rng.uniform(*self.PUSH_THROUGH) * u[:2]
+        points = [(behind, cube[2] + 0.08), (behind, self.PUSH_HEIGHT), (through, self.PUSH_HEIGHT)]  # (xy, z)
+        q, out = self.q_cmd, []
+        for xy, z in points:
+            q, err = spec.solve_tool_position(np.array([xy[0], xy[1], z]), q)
+            if err > 0.01 or spec.link_positions(q)[2:-1, 2].min() < self.PUSH_CLEARANCE \
+                    or np.any(q < self.lo) or np.any(q > self.hi):
+                return []
+            out.append(q)
+        return out
+
     def _new_target(self) -> None:
+        self.pushing = bool(self.waypoints)
+        if self.waypoints:
+            self.target = self.waypoints.pop(0)
+            return
+        if self.push_prob > 0 and self.rng.random() < self.push_prob:
+            self.waypoints = self._push_waypoints()
+            if self.waypoints:
+                self.pushes += 1
+                self.pushing = True
+                self.target = self.waypoints.pop(0)
+                return
         q = self.sim.random_configuration()
         if self.rng.random() < 0.5:  # near: part of the way towards a random configuration
             q = self.q_cmd + self.rng.uniform(0.2, 0.5) * (q - self.q_cmd)
@@ -82,13 +131,16 @@ class Explorer:
     def step(self, t: float):
         """Next commanded target: (times, positions, velocities|None) of the trajectory to send."""
         np = self.np
-        if t >= self.next_switch:
+        # a push's next waypoint once this one is reached (or after 3 s)
+        reached = bool(self.waypoints) and float(np.abs(self.target - self.q_cmd).max()) < 0.05
+        if t >= self.next_switch or reached:
             self._new_target()
-            self.next_switch = t + float(self.rng.uniform(1.0, 3.0))
-        desired = np.clip(self.gain * (self.target - self.q_cmd), -self.bound, self.bound)
+            self.next_switch = t + (3.0 if self.waypoints else float(self.rng.uniform(1.0, 3.0)))
+        bound = self.bound * (self.PUSH_SPEED if self.pushing else 1.0)
+        desired = np.clip(self.gain * (self.target - self.q_cmd), -bound, bound)
         self.noise = 0.7 * self.noise + 0.3 * self.rng.normal(0.0, 1.0, self.q_cmd.shape) * self.noise_scale * self.bound
         delta = self.delta + np.clip(desired + self.noise - self.delta, -self.dv_max, self.dv_max)
-        delta = np.clip(delta, -self.bound, self.bound)
+        delta = np.clip(delta, -bound, bound)
         if self.random_action_prob > 0 and self.rng.random() < self.random_action_prob:
             delta = self.rng.uniform(-self.bound, self.bound)
         q_next = np.clip(self.q_cmd + delta, self.lo, self.hi)
@@ -103,7 +155,8 @@ class Explorer:
 
 
 def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, camera_hz: float,
-                   joint_state_hz: float, progress=None, random_action_prob: float = 0.0) -> dict:
+                   joint_state_hz: float, progress=None, random_action_prob: float = 0.0,
+                   push_prob: float = 0.0) -> dict:
     """Record one episode into the bag folder ``path``; returns its index entry."""
     import math
 
@@ -119,7 +172,8 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
     sim.reset(q_start)  # random cube pose from sim.rng
     names = sim.joint_names
     control_dt = 1.0 / control_hz
-    explorer = Explorer(sim, rng, control_dt, sim.joint_positions(), random_action_prob)
+    explorer = Explorer(sim, rng, control_dt, sim.joint_positions(), random_action_prob, push_prob)
+    cube_start = sim.cube_pose()[:2].copy()
 
     phys_ns = int(round(sim.model.opt.timestep * 1e9))
     end_ns = int(round(steps * control_dt * 1e9))
@@ -173,6 +227,8 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
         "joint_states": counts[JOINT_STATES_TOPIC], "commands": counts[COMMAND_TOPIC],
         "messages": messages, "bytes": _folder_bytes(path),
         "q_start": [round(float(x), 6) for x in q_start],
+        "pushes": explorer.pushes,
+        "cube_moved_m": round(float(np.linalg.norm(sim.cube_pose()[:2] - cube_start)), 4),
     }
 
 
@@ -190,9 +246,10 @@ def run(args) -> int:
         if getattr(args, name) < 1:
             print(f"collect: --{name} must be >= 1", file=sys.stderr)
             return 2
-    if not 0.0 <= args.random_action_prob <= 1.0:
-        print("collect: --random-action-prob must be in [0, 1]", file=sys.stderr)
-        return 2
+    for name in ("random_action_prob", "push_prob"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            print(f"collect: --{name.replace('_', '-')} must be in [0, 1]", file=sys.stderr)
+            return 2
     for name in ("camera_hz", "joint_state_hz", "control_hz"):
         if not getattr(args, name) > 0:
             print(f"collect: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
@@ -224,14 +281,15 @@ def run(args) -> int:
                     sim, os.path.join(out, name), seed=args.seed + i, steps=args.steps,
                     control_hz=args.control_hz, camera_hz=args.camera_hz,
                     joint_state_hz=args.joint_state_hz, progress=bar,
-                    random_action_prob=args.random_action_prob))
+                    random_action_prob=args.random_action_prob, push_prob=args.push_prob))
     finally:
         sim.close()
         index = {
             "arm": spec.source, "joint_names": spec.joint_names, "seed": args.seed,
             "steps": args.steps, "width": args.width, "height": args.height, "views": args.views,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
-            "control_hz": args.control_hz, "random_action_prob": args.random_action_prob, "episodes": entries,
+            "control_hz": args.control_hz, "random_action_prob": args.random_action_prob,
+            "push_prob": args.push_prob, "episodes": entries,
         }
         with open(os.path.join(out, "index.yaml"), "w") as f:
             yaml.safe_dump(index, f, sort_keys=False)

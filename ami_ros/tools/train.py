@@ -77,12 +77,14 @@ def collection_record(folder: str) -> dict | None:
     keys = ("seed", "steps", "width", "height", "camera_hz", "joint_state_hz", "control_hz")
     rec = {k: idx.get(k) for k in keys}
     rec["random_action_prob"] = idx.get("random_action_prob", 0.0)
+    rec["push_prob"] = idx.get("push_prob", 0.0)
     rec["views"] = idx.get("views", 1)
     rec["episodes"] = len(idx.get("episodes", []))
     rec["command"] = (f"ami-ros collect --episodes {rec['episodes']} --steps {rec['steps']} --seed {rec['seed']} "
                       f"--width {rec['width']} --height {rec['height']} --camera-hz {rec['camera_hz']} "
                       f"--joint-state-hz {rec['joint_state_hz']} --control-hz {rec['control_hz']} "
                       + (f"--random-action-prob {rec['random_action_prob']} " if rec["random_action_prob"] else "")
+                      + (f"--push-prob {rec['push_prob']} " if rec["push_prob"] else "")
                       + (f"--views {rec['views']} " if rec["views"] != 1 else "")
                       + "--out DIR")
     return rec
