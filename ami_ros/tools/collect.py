@@ -57,7 +57,8 @@ def _folder_bytes(path: str) -> int:
 
 
 class Explorer:
-    """Smooth random joint-target exploration for one episode (its own RNG)."""
+    """Smooth random joint-target exploration for one episode (its own RNG); with
+    ``push_prob`` > 0 some targets are pushes of the cube (three waypoints in a row)."""
 
     PUSH_HEIGHT = 0.03      # m, tool point above the table while pushing (the cube is 0.05 high)
     PUSH_BEHIND = 0.09      # m, start this far behind the cube's centre
