@@ -339,9 +339,14 @@ def test_goal_monitor_reaches_settles_and_remembers_the_closest_frame():
     assert m.update(0.3, 4.0) == "active" and m.stalled_cycles == 2
     assert m.update(math.nan, 5.0) == "settled"                          # NaN: no progress; 3 cycles without
     assert m.hold_stamp == 3.0 and m.best_distance == 0.19               # go back to the closest frame
+    h = JointStateHistory(8, 1)
+    h.push(2.9, [0.2]); h.push(3.1, [0.4])
+    np.testing.assert_allclose(m.hold_position(h), [0.3])                # where the arm was then
+    assert m.hold_position(JointStateHistory(8, 1)) is None             # no state at that instant
     assert m.update(0.001, 7.0) == "settled"                             # final until reset
     m.reset()
     assert m.status == "active" and m.best_stamp is None and m.hold_stamp is None
+    assert m.hold_position(h) is None                                    # active: nowhere to go back to
     assert m.update(0.5, 8.0) == "active" and m.update(0.005, 9.0) == "reached" and m.hold_stamp == 9.0
     m = GoalMonitor(tolerance=0.0, patience=0)                           # both rules off: never stops
     assert all(m.update(d, t) == "active" for t, d in enumerate([0.0] * 50))

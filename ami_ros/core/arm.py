@@ -137,12 +137,12 @@ class ArmSpec:
         target = np.asarray(target, dtype=np.float64)
         q = self.clip(np.asarray(q_init, dtype=np.float64).copy())
         h = 1e-5
+        step = h * np.eye(self.dof)                                              # (dof, dof) one joint each
         for _ in range(iterations):
             e = target - self.tool_position(q)                                   # (3,)
             if float(np.linalg.norm(e)) < tol:
                 break
-            steps = q[None, :] + h * np.eye(self.dof)                            # (dof, dof)
-            J = (self.tool_position(steps) - self.tool_position(q[None, :] - h * np.eye(self.dof))).T / (2 * h)
+            J = (self.tool_position(q + step) - self.tool_position(q - step)).T / (2 * h)   # (3, dof)
             dq = J.T @ np.linalg.solve(J @ J.T + damping ** 2 * np.eye(3), e)    # (dof,)
             q = self.clip(q + dq)
         return q, float(np.linalg.norm(target - self.tool_position(q)))

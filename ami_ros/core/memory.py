@@ -265,3 +265,8 @@ class GoalMonitor:
         elif self.patience > 0 and self.stalled_cycles >= self.patience:
             self.status, self.hold_stamp = "settled", self.best_stamp
         return self.status
+
+    def hold_position(self, history: JointStateHistory):
+        """Where the arm was when the frame at :attr:`hold_stamp` was taken, from ``history``
+        (q (dof,)); None while active or when the history holds no state at that instant."""
+        return None if self.hold_stamp is None else history.position_at(self.hold_stamp)

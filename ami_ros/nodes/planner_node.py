@@ -271,8 +271,7 @@ class PlannerNode(Node):
                 # so a last plan brings the arm back to where it was when that frame was taken (straight,
                 # within the action bound) and holds it there; planning stops
                 q0 = joint[1]
-                q_seen = self.joint_history.position_at(self.monitor.hold_stamp) \
-                    if self.monitor.hold_stamp is not None else None
+                q_seen = self.monitor.hold_position(self.joint_history)
                 if q_seen is None:
                     self.get_logger().warning("no joint state at that frame's stamp: holding where the arm is")
                     q_seen = q0

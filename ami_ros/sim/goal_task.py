@@ -109,7 +109,7 @@ class WorldModelAgent:
         distance = float(self.planner.cost.goal_distance(z, self.goal_vis))         # measured, as the node's
         self.measured_distance = distance
         if self.monitor.update(distance, stamp) != "active":
-            seen = None if self.monitor.hold_stamp is None else self.joints.position_at(self.monitor.hold_stamp)
+            seen = self.monitor.hold_position(self.joints)
             self.hold = np.asarray(q if seen is None else seen, dtype=np.float64)
             return straight_line_actions(q_cmd, self.hold, self.bound), None
         self.memory.push_embedding(stamp, z)
