@@ -509,9 +509,11 @@ def test_stack_config_refuses_a_bad_goal_tolerance(tmp_path, value):
 
 
 @pytest.mark.parametrize("field,value", [("settle_patience", "-1"), ("settle_patience", "2.5"),
-                                         ("settle_patience", "true"), ("settle_min_improvement", "1.0"),
+                                         ("settle_patience", "true"), ("settle_patience", "10001"),
+                                         ("settle_min_improvement", "1.0"), ("settle_min_improvement", "0.995"),
                                          ("settle_min_improvement", "nan")])
 def test_stack_config_refuses_a_bad_settle_rule(tmp_path, field, value):
+    """The file loader refuses what the planner node's parameters refuse (one set of ranges, GoalMonitor's)."""
     import yaml
 
     from ami_ros.core.stack_config import default_planner_file, load_stack_config

@@ -407,3 +407,21 @@ def test_hold_brakes_within_the_acceleration_limits_instead_of_snapping_back():
     assert np.allclose(s.sample(traj.duration + 0.1)[1], 0.0)
     at_rest = hold_trajectory(q, spec.joint_names, 0.05, np.zeros(6), spec.a_lim)
     assert at_rest.duration == pytest.approx(0.05) and np.allclose(at_rest.positions[0], q)
+
+
+def test_hold_from_an_impossible_velocity_brakes_from_the_hard_limit():
+    """A measured velocity beyond the joints' hard limit (a glitch or a fault: no joint can
+    move that fast) must not stretch the braking: the gate's hold brakes as from v_max, all
+    joints together, so it lasts at most T = max(v_max / a_lim), no joint travels more than
+    v_max T / 2, and the arm still comes to rest along its motion."""
+    spec = SafetySpec.load()
+    gate = Gate(spec)
+    q = spec.arm.home.copy()
+    v = 2.4 * spec.arm.v_max * np.array([1, -1, 1, -1, 1, -1])     # e.g. 3.6 rad/s on a 1.5 rad/s joint
+    hold = gate.hold(q, v)
+    T = max(spec.hard.hold_time, float(np.max(spec.arm.v_max / spec.a_lim)))
+    assert hold.duration <= T + 1e-9
+    travel = np.abs(hold.positions[-1] - q)
+    assert np.all(travel <= spec.arm.v_max * T / 2 + 1e-9), travel
+    assert np.allclose(hold.velocities[-1], 0.0)
+    assert np.all(np.sign(hold.positions[-1] - q) * np.sign(v) >= 0)  # still brakes along the motion

@@ -228,18 +228,32 @@ class GoalMonitor:
     that showed the goal (reached) or the best one seen (settled).
     """
 
+    # The valid ranges, here only: the planner's file loader and its ROS parameters use these.
+    TOLERANCE_RANGE = (0.0, 1e6)
+    PATIENCE_RANGE = (0, 10000)
+    MIN_IMPROVEMENT_RANGE = (0.0, 0.99)
+
     def __init__(self, tolerance: float = 0.0, patience: int = 0, min_improvement: float = 0.02):
         self.configure(tolerance, patience, min_improvement)
         self.reset()
 
+    @classmethod
+    def check(cls, tolerance, patience, min_improvement) -> None:
+        """ValueError naming the first value out of its range (tolerance, patience, min_improvement)."""
+        lo, hi = cls.TOLERANCE_RANGE
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not lo <= tolerance <= hi:
+            raise ValueError(f"goal_tolerance={tolerance!r} must be a number in [{lo:g}, {hi:g}]")
+        lo, hi = cls.PATIENCE_RANGE
+        if isinstance(patience, bool) or not isinstance(patience, int) or not lo <= patience <= hi:
+            raise ValueError(f"settle_patience={patience!r} must be an integer in [{lo}, {hi}]")
+        lo, hi = cls.MIN_IMPROVEMENT_RANGE
+        if (isinstance(min_improvement, bool) or not isinstance(min_improvement, (int, float))
+                or not lo <= min_improvement <= hi):
+            raise ValueError(f"settle_min_improvement={min_improvement!r} must be a number in [{lo:g}, {hi:g}]")
+
     def configure(self, tolerance: float, patience: int, min_improvement: float = 0.02) -> None:
-        """ValueError (nothing changed) on a value out of range."""
-        if not (math.isfinite(float(tolerance)) and tolerance >= 0):
-            raise ValueError(f"tolerance={tolerance!r} must be a finite number >= 0")
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience={patience!r} must be an integer >= 0")
-        if not 0.0 <= min_improvement < 1.0:
-            raise ValueError(f"min_improvement={min_improvement!r} must be in [0, 1)")
+        """ValueError (nothing changed) on a value out of range (:meth:`check`)."""
+        self.check(tolerance, patience, min_improvement)
         self.tolerance, self.patience, self.min_improvement = float(tolerance), patience, float(min_improvement)
 
     def reset(self) -> None:

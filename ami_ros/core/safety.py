@@ -467,7 +467,7 @@ class Violation:
 
 
 def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_lim=None,
-                    q_lo=None, q_hi=None) -> Trajectory:
+                    q_lo=None, q_hi=None, v_max=None) -> Trajectory:
     """Bring the arm to rest, starting on arrival.
 
     At rest (or with no velocity known): one point at ``q_now``, ``hold_time`` from
@@ -477,12 +477,19 @@ def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_l
     so T = max(hold_time, max |v| / a_lim) keeps every joint within its limit
     (rather than snapping back to the measured position, which the commanded
     position already leads). The rest point is clipped to the position limits.
+    With ``v_max`` (the joints' hard velocity limits) a velocity beyond it counts as
+    ``v_max``: no joint can move faster, so such a reading is a fault, and taken at
+    face value it would stretch the braking to |v| / a_lim and send the arm v^2 / (2 a_lim)
+    on (a 3.6 rad/s glitch on a 1.5 rad/s joint: 1.4 rad instead of 0.25).
     """
     q = np.asarray(q_now, dtype=np.float64).reshape(-1)
     T, stop = float(hold_time), q.copy()
     if v_now is not None and a_lim is not None:
         v = np.asarray(v_now, dtype=np.float64).reshape(-1)
         if v.shape == q.shape and np.all(np.isfinite(v)):
+            if v_max is not None:
+                vm = np.asarray(v_max, dtype=np.float64)
+                v = np.clip(v, -vm, vm)
             T = max(T, float(np.max(np.abs(v) / np.asarray(a_lim, dtype=np.float64))))
             stop = q + v * T / 2
             if q_lo is not None and q_hi is not None:
@@ -571,7 +578,7 @@ class Gate:
     def hold(self, q_now, v_now=None) -> Trajectory:
         """Bring the arm to rest from (q_now, v_now) within the acceleration limits."""
         return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time, v_now, self.spec.a_lim,
-                               self.spec.q_lo, self.spec.q_hi)
+                               self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max)
 
     # ---------------- main entry ----------------
     def gate(self, traj: Trajectory, q_now, now: float, v_now=None) -> GateResult:

@@ -16,6 +16,7 @@ import yaml
 
 from ami_ros.core.arm import ArmSpec, share_dir
 from ami_ros.core.cost import Cost, CostWeights
+from ami_ros.core.memory import GoalMonitor
 from ami_ros.core.planner import Planner, PlannerConfig
 
 NODE = "planner_node"
@@ -35,20 +36,19 @@ def load_stack_config(path: str | None = None) -> dict:
         out["planner"] = PlannerConfig.from_dict(params.get("planner", {})).to_dict()
         out["cost"] = CostWeights.from_dict(params.get("cost", {})).to_dict()
         out["action_scale"] = float(params.get("action_scale", 0.5))
-        out["goal_tolerance"] = float(params.get("goal_tolerance", 0.0))
+        out["goal_tolerance"] = params.get("goal_tolerance", 0.0)
         out["settle_patience"] = params.get("settle_patience", 0)
-        out["settle_min_improvement"] = float(params.get("settle_min_improvement", 0.02))
+        out["settle_min_improvement"] = params.get("settle_min_improvement", 0.02)
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: bad planner configuration ({type(e).__name__}: {e})") from e
     if not 0.0 < out["action_scale"] <= 1.0:
         raise ValueError(f"{path}: action_scale must be in (0, 1], got {out['action_scale']}")
-    if not 0.0 <= out["goal_tolerance"] <= 1e6:
-        raise ValueError(f"{path}: goal_tolerance must be in [0, 1e6], got {out['goal_tolerance']}")
-    p = out["settle_patience"]
-    if isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 10000:
-        raise ValueError(f"{path}: settle_patience must be an integer in [0, 10000], got {p!r}")
-    if not 0.0 <= out["settle_min_improvement"] < 1.0:
-        raise ValueError(f"{path}: settle_min_improvement must be in [0, 1), got {out['settle_min_improvement']}")
+    try:
+        GoalMonitor.check(out["goal_tolerance"], out["settle_patience"], out["settle_min_improvement"])
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    out["goal_tolerance"] = float(out["goal_tolerance"])
+    out["settle_min_improvement"] = float(out["settle_min_improvement"])
     return out
 
 

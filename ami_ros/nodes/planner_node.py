@@ -39,6 +39,7 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ami_ros.core.cost import CostWeights
+from ami_ros.core.memory import GoalMonitor
 from ami_ros.core.planner import PlannerConfig
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.nodes import common
@@ -69,13 +70,14 @@ PARAMS = [
     common.ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
     common.ParamSpec("goal_tolerance", 0.0, "Goal distance (mean squared over z_vis, measured on the latest "
                      "frame) under which the goal counts as reached: the arm holds and planning stops; "
-                     "0 = never stop.", (0.0, 1e6)),
+                     "0 = never stop.", GoalMonitor.TOLERANCE_RANGE),
     common.ParamSpec("settle_patience", 0, "Planning cycles in a row without progress (no frame closer to the "
                      "goal by settle_min_improvement than the best before) after which the goal is settled: the arm "
                      "goes back to the pose of the closest frame seen and holds, planning stops; 0 = never settle.",
-                     (0, 10000), kind=int),
+                     GoalMonitor.PATIENCE_RANGE, kind=int),
     common.ParamSpec("settle_min_improvement", 0.02, "Fraction by which a frame's goal distance must beat the "
-                     "best before it for the cycle to count as progress (settle_patience).", (0.0, 0.99)),
+                     "best before it for the cycle to count as progress (settle_patience).",
+                     GoalMonitor.MIN_IMPROVEMENT_RANGE),
     common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
 ] + _config_specs("planner", PlannerConfig) + _config_specs("cost", CostWeights)
 _SPECS = {s.name: s for s in PARAMS}
@@ -87,7 +89,7 @@ class PlannerNode(Node):
         import torch
 
         from ami_ros.core.arm import load_arm
-        from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
+        from ami_ros.core.memory import JointStateHistory, ShortTermMemory
         from ami_ros.core.model_io import ModelError, load_model
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
