@@ -192,15 +192,18 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
 
     common = ["--data", str(out), "--batch", "2", "--refine-steps", "2", "--image-size", "32", "--threads", "1"]
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
-    assert train(*common, "--out", first, "--epochs", "1", "--steps-per-epoch", "2") == 0
+    assert train(*common, "--out", first, "--epochs", "1", "--steps-per-epoch", "2", "--slow-dim", "4") == 0
     assert train(*common, "--out", second, "--encoder-from", first, "--predictor-reads-prop") == 0
     a, b = load_model(first, "torch"), load_model(second, "torch")
     for k, v in a.torch_model.encoder.state_dict().items():
         assert torch.equal(v, b.torch_model.encoder.state_dict()[k]), k
     assert b.cfg.predictor_reads_prop and not a.cfg.predictor_reads_prop
     assert b.card["encoder_from"]["model_id"] == a.model_id
+    assert a.card["training"]["slow_dim"] == 4 and "slow" in a.card["epochs"][-1]
     assert train(*common, "--out", str(tmp_path / "x"), "--encoder-from", str(tmp_path / "nowhere")) == 2
     assert train(*common, "--out", str(tmp_path / "y"), "--cross-weight", "-1") == 2
+    assert train(*common, "--out", str(tmp_path / "y"), "--vis-dim", "8", "--slow-dim", "9") == 2
+    assert train(*common, "--out", str(tmp_path / "y"), "--slow-dim", "4", "--slow-weight", "-1") == 2
     assert train(*common, "--out", str(tmp_path / "y"), "--encoder", "keypoints", "--keypoints", "0") == 2
     # stage 3 alone: encoder and predictors kept, a direct predictor in a goal-feature space added
     third = str(tmp_path / "third")

@@ -253,6 +253,32 @@ def test_cross_modal_head_is_trained(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("vis_to_prop."))
 
 
+def test_slow_dims_stay_put_over_an_episode_and_tell_episodes_apart(tmp_path):
+    """With slow_dim > 0 the last dims of z_vis vary far less within an episode than across
+    episodes (each episode's scene has its own fixed blob, the arm's brightness moves), unlike
+    the other dims; SIGReg keeps them from collapsing to a constant."""
+    eps = _arm_episodes(n=8, T=40)
+    rng = np.random.default_rng(3)
+    for e in eps:                                   # a fixed 6x6 blob per episode, somewhere else each time
+        r, c = rng.integers(0, 26, 2)
+        e.frames[:, r:r + 6, c:c + 6] = (30, 220, 60)
+    cfg = TrainConfig(epochs=2, steps_per_epoch=30, batch=8, seq_len=16, slow_dim=4, slow_weight=5.0, model=TINY,
+                      allow_collapse=True)            # three factors in all: a low effective rank is right here
+    model, logs = train(cfg, eps, eps[:2], str(tmp_path / "ck.pt"))
+    assert "slow" in logs[-1]
+    model.eval()
+    with torch.no_grad():
+        Z = torch.stack([model.encoder.encode_image(image_to_tensor(e.frames)) for e in eps])   # (E, T, Dv)
+    within = Z.var(1).mean(0)                      # (Dv,) variance over time, averaged over episodes
+    total = Z.flatten(0, 1).var(0)                 # (Dv,)
+    frac = (within / total).numpy()
+    assert frac[-4:].max() < 0.2 and frac[-4:].mean() < 0.5 * frac[:-4].mean(), frac
+    assert total[-4:].min() > 1e-2                 # not collapsed
+    with pytest.raises(ValueError, match="slow_dim"):
+        train(TrainConfig(epochs=1, steps_per_epoch=1, batch=2, slow_dim=TINY.vis_dim + 1, model=TINY),
+              eps, eps[:1], str(tmp_path / "ck2.pt"))
+
+
 def test_predictor_refinement_lowers_the_prediction_loss_and_leaves_the_encoder(tmp_path):
     from ami_ros.core.training import refine_predictors
 

@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prop-encoder", default="mlp", choices=["mlp", "linear"], help="joint-state encoder")
     p.add_argument("--cross-weight", type=float, default=0.0,
                    help="weight of predicting z_prop from z_vis of the same step (0 = no such head)")
+    p.add_argument("--slow-dim", type=int, default=0, metavar="N",
+                   help="train the last N dims of z_vis to stay put over an episode (slow features: they must match "
+                        "those of a frame drawn anywhere in the same episode, relative to their spread across "
+                        "episodes; they keep what stays put in the scene, such as where an object lies; 0 = off)")
+    p.add_argument("--slow-weight", type=float, default=1.0, help="weight of the --slow-dim term")
     p.add_argument("--predictor-reads-prop", action="store_true",
                    help="predictors read [z_vis | z_prop] instead of z_vis only")
     p.add_argument("--seed", type=int, default=0)
@@ -126,6 +131,9 @@ def run(args) -> int:
     if args.cross_weight < 0 or args.keypoints < 1:
         print("error: --cross-weight must be >= 0 and --keypoints >= 1", file=sys.stderr)
         return 2
+    if not 0 <= args.slow_dim <= args.vis_dim or args.slow_weight < 0:
+        print(f"error: --slow-dim must be in [0, --vis-dim={args.vis_dim}] and --slow-weight >= 0", file=sys.stderr)
+        return 2
     if args.direct_steps < 0 or args.direct_span < 1 or args.direct_ensemble < 1 or args.direct_width < 1:
         print("error: --direct-steps must be >= 0, --direct-span, --direct-ensemble and --direct-width >= 1",
               file=sys.stderr)
@@ -163,7 +171,7 @@ def run(args) -> int:
             print("error: --keep-predictors: --k-coarse / --predictor-reads-prop differ from the source model's",
                   file=sys.stderr)
             return 2
-        args.epochs, args.cross_weight = 0, 0.0
+        args.epochs, args.cross_weight, args.slow_dim = 0, 0.0, 0
     # the configuration is settled before the (slow) loading of the episodes
     episodes, errors = load_episodes(args.data, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
                                      image_size=args.image_size)
@@ -175,7 +183,8 @@ def run(args) -> int:
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
                       allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
-                      cross_weight=args.cross_weight, direct_steps=args.direct_steps,
+                      cross_weight=args.cross_weight, slow_dim=args.slow_dim, slow_weight=args.slow_weight,
+                      direct_steps=args.direct_steps,
                       direct_span=args.direct_span, model=mcfg)
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
     os.makedirs(args.out, exist_ok=True)
@@ -195,7 +204,8 @@ def run(args) -> int:
         if rank == 0:
             tqdm.write(f"epoch {e['epoch']:3d}  loss {e['loss']:.4f}  pred {e['pred']:.4f}  "
                        f"sigreg(held-out) {e['heldout_sigreg']:.3f}  eff.rank {e['effective_rank']:.1f}  "
-                       f"std mean {e['std_mean']:.3f} min {e['std_min']:.3f}")
+                       f"std mean {e['std_mean']:.3f} min {e['std_min']:.3f}"
+                       + (f"  slow {e['slow']:.3f}" if cfg.slow_dim else ""))
 
     t0 = time.time()
     if src is not None:
