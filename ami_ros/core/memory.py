@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ami_ros.core.cost import ValidatedConfig
 
 
 class ShortTermMemory:
@@ -211,6 +215,28 @@ class JointStateHistory:
         return (1 - w) * q[i - 1] + w * q[i], (1 - w) * qd[i - 1] + w * qd[i]
 
 
+@dataclass(frozen=True)
+class StopRules(ValidatedConfig):
+    """When the planner stops on a goal (:class:`GoalMonitor`); ranges and meanings in ``RANGES``,
+    which the planner's parameter file and its ROS parameters are checked against."""
+
+    goal_tolerance: float = 0.0
+    settle_patience: int = 0
+    settle_min_improvement: float = 0.02
+
+    RANGES: ClassVar[dict] = {
+        "goal_tolerance": (0.0, 1e6, "Goal distance (mean squared over z_vis, measured on the latest frame) "
+                           "under which the goal counts as reached: the arm holds and planning stops; "
+                           "0 = never stop."),
+        "settle_patience": (0, 10000, "Planning cycles in a row without progress (no frame closer to the goal by "
+                            "settle_min_improvement than the best before) after which the goal is settled: the "
+                            "arm goes back to the pose of the closest frame seen and holds, planning stops; "
+                            "0 = never settle."),
+        "settle_min_improvement": (0.0, 0.99, "Fraction by which a frame's goal distance must beat the best "
+                                   "before it for the cycle to count as progress (settle_patience)."),
+    }
+
+
 class GoalMonitor:
     """When to stop planning toward a goal, from the goal distance measured on each frame.
 
@@ -228,32 +254,13 @@ class GoalMonitor:
     that showed the goal (reached) or the best one seen (settled).
     """
 
-    # The valid ranges, here only: the planner's file loader and its ROS parameters use these.
-    TOLERANCE_RANGE = (0.0, 1e6)
-    PATIENCE_RANGE = (0, 10000)
-    MIN_IMPROVEMENT_RANGE = (0.0, 0.99)
-
     def __init__(self, tolerance: float = 0.0, patience: int = 0, min_improvement: float = 0.02):
         self.configure(tolerance, patience, min_improvement)
         self.reset()
 
-    @classmethod
-    def check(cls, tolerance, patience, min_improvement) -> None:
-        """ValueError naming the first value out of its range (tolerance, patience, min_improvement)."""
-        lo, hi = cls.TOLERANCE_RANGE
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not lo <= tolerance <= hi:
-            raise ValueError(f"goal_tolerance={tolerance!r} must be a number in [{lo:g}, {hi:g}]")
-        lo, hi = cls.PATIENCE_RANGE
-        if isinstance(patience, bool) or not isinstance(patience, int) or not lo <= patience <= hi:
-            raise ValueError(f"settle_patience={patience!r} must be an integer in [{lo}, {hi}]")
-        lo, hi = cls.MIN_IMPROVEMENT_RANGE
-        if (isinstance(min_improvement, bool) or not isinstance(min_improvement, (int, float))
-                or not lo <= min_improvement <= hi):
-            raise ValueError(f"settle_min_improvement={min_improvement!r} must be a number in [{lo:g}, {hi:g}]")
-
     def configure(self, tolerance: float, patience: int, min_improvement: float = 0.02) -> None:
-        """ValueError (nothing changed) on a value out of range (:meth:`check`)."""
-        self.check(tolerance, patience, min_improvement)
+        """ValueError (nothing changed) on a value out of range (:class:`StopRules`)."""
+        StopRules(tolerance, patience, min_improvement).validate()
         self.tolerance, self.patience, self.min_improvement = float(tolerance), patience, float(min_improvement)
 
     def reset(self) -> None:

@@ -16,7 +16,7 @@ import yaml
 
 from ami_ros.core.arm import ArmSpec, share_dir
 from ami_ros.core.cost import Cost, CostWeights
-from ami_ros.core.memory import GoalMonitor
+from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import Planner, PlannerConfig
 
 NODE = "planner_node"
@@ -36,19 +36,17 @@ def load_stack_config(path: str | None = None) -> dict:
         out["planner"] = PlannerConfig.from_dict(params.get("planner", {})).to_dict()
         out["cost"] = CostWeights.from_dict(params.get("cost", {})).to_dict()
         out["action_scale"] = float(params.get("action_scale", 0.5))
-        out["goal_tolerance"] = params.get("goal_tolerance", 0.0)
-        out["settle_patience"] = params.get("settle_patience", 0)
-        out["settle_min_improvement"] = params.get("settle_min_improvement", 0.02)
+        rules = {k: params[k] for k in StopRules.RANGES if k in params}
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: bad planner configuration ({type(e).__name__}: {e})") from e
     if not 0.0 < out["action_scale"] <= 1.0:
         raise ValueError(f"{path}: action_scale must be in (0, 1], got {out['action_scale']}")
     try:
-        GoalMonitor.check(out["goal_tolerance"], out["settle_patience"], out["settle_min_improvement"])
+        rules = StopRules.from_dict(rules)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
-    out["goal_tolerance"] = float(out["goal_tolerance"])
-    out["settle_min_improvement"] = float(out["settle_min_improvement"])
+    out.update(rules.to_dict(), goal_tolerance=float(rules.goal_tolerance),
+               settle_min_improvement=float(rules.settle_min_improvement))
     return out
 
 

@@ -39,7 +39,7 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ami_ros.core.cost import CostWeights
-from ami_ros.core.memory import GoalMonitor
+from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import PlannerConfig
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.nodes import common
@@ -47,16 +47,18 @@ from ami_ros.nodes.encoder_node import embedding_from_msg
 
 
 def _config_specs(prefix: str, cls) -> list[common.ParamSpec]:
-    """ParamSpecs for every field of a ValidatedConfig (ranges and descriptions from the class)."""
+    """ParamSpecs for every field of a ValidatedConfig (ranges and descriptions from the class),
+    named ``prefix.field`` (``field`` with an empty prefix)."""
     default = cls()
     out = []
+    name_of = (lambda n: f"{prefix}.{n}") if prefix else (lambda n: n)  # noqa: E731
     for name, (allowed, desc) in cls.CHOICES.items():
         v = getattr(default, name)
-        out.append(common.ParamSpec(f"{prefix}.{name}", v, f"{desc}; one of {list(allowed)}"))
+        out.append(common.ParamSpec(name_of(name), v, f"{desc}; one of {list(allowed)}"))
     for name, (lo, hi, desc) in cls.RANGES.items():
         v = getattr(default, name)
         kind = int if isinstance(v, int) and not isinstance(v, bool) else float
-        out.append(common.ParamSpec(f"{prefix}.{name}", v, desc, range=(lo, min(hi, 2**62)), kind=kind))
+        out.append(common.ParamSpec(name_of(name), v, desc, range=(lo, min(hi, 2**62)), kind=kind))
     return out
 
 
@@ -68,18 +70,8 @@ PARAMS = [
     common.ParamSpec("action_scale", 0.5, "Fraction of each joint's velocity limit one action may use.", (0.01, 1.0)),
     common.ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
     common.ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
-    common.ParamSpec("goal_tolerance", 0.0, "Goal distance (mean squared over z_vis, measured on the latest "
-                     "frame) under which the goal counts as reached: the arm holds and planning stops; "
-                     "0 = never stop.", GoalMonitor.TOLERANCE_RANGE),
-    common.ParamSpec("settle_patience", 0, "Planning cycles in a row without progress (no frame closer to the "
-                     "goal by settle_min_improvement than the best before) after which the goal is settled: the arm "
-                     "goes back to the pose of the closest frame seen and holds, planning stops; 0 = never settle.",
-                     GoalMonitor.PATIENCE_RANGE, kind=int),
-    common.ParamSpec("settle_min_improvement", 0.02, "Fraction by which a frame's goal distance must beat the "
-                     "best before it for the cycle to count as progress (settle_patience).",
-                     GoalMonitor.MIN_IMPROVEMENT_RANGE),
     common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
-] + _config_specs("planner", PlannerConfig) + _config_specs("cost", CostWeights)
+] + _config_specs("", StopRules) + _config_specs("planner", PlannerConfig) + _config_specs("cost", CostWeights)
 _SPECS = {s.name: s for s in PARAMS}
 
 
@@ -89,7 +81,7 @@ class PlannerNode(Node):
         import torch
 
         from ami_ros.core.arm import load_arm
-        from ami_ros.core.memory import JointStateHistory, ShortTermMemory
+        from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
         from ami_ros.core.model_io import ModelError, load_model
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
@@ -351,7 +343,7 @@ class PlannerNode(Node):
                     self.goal, self.goal_vis = self._encode_goal(self._goal_source)
             if cost:
                 self.planner.cost.set_weights(**cost)
-            rules = ("goal_tolerance", "settle_patience", "settle_min_improvement")
+            rules = tuple(StopRules.RANGES)                  # goal_tolerance, settle_patience, settle_min_improvement
             if any(p.name in rules for p in params):   # set already: this callback runs after the change
                 self.monitor.configure(*(self.get_parameter(n).value for n in rules))
             for p in params:
