@@ -113,17 +113,13 @@ class Explorer:
         return out
 
     def _new_target(self) -> None:
+        if not self.waypoints and self.push_prob > 0 and self.rng.random() < self.push_prob:
+            self.waypoints = self._push_waypoints()     # [] when no safe push pose exists
+            self.pushes += bool(self.waypoints)
         self.pushing = bool(self.waypoints)
-        if self.waypoints:
+        if self.pushing:
             self.target = self.waypoints.pop(0)
             return
-        if self.push_prob > 0 and self.rng.random() < self.push_prob:
-            self.waypoints = self._push_waypoints()
-            if self.waypoints:
-                self.pushes += 1
-                self.pushing = True
-                self.target = self.waypoints.pop(0)
-                return
         q = self.sim.random_configuration()
         if self.rng.random() < 0.5:  # near: part of the way towards a random configuration
             q = self.q_cmd + self.rng.uniform(0.2, 0.5) * (q - self.q_cmd)
