@@ -138,6 +138,39 @@ def test_pushes_move_the_cube(tmp_path):
     assert rec["push_prob"] == 1.0 and "--push-prob 1.0 " in rec["command"]
 
 
+def test_target_jitter_reaches_the_workspace_edges_clear_of_the_table(tmp_path, capsys):
+    """--target-jitter R moves each random exploration target by up to R per joint: more of
+    the targets put the tool outside the region random configurations keep to, none puts
+    a link beyond the shoulder near the table; the collection and the card record it."""
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.tools.collect import Explorer
+
+    with ArmSim(width=16, height=16, seed=3) as sim:
+        spec = sim.spec
+        ex = Explorer(sim, np.random.default_rng(4), 0.1, spec.home, target_jitter=0.35)
+        plain = np.array([sim.random_configuration() for _ in range(300)])
+        jit = np.array([ex._jittered(q) for q in plain])
+
+    def outside(tips):   # where ArmSim.random_configuration does not put the tool
+        return (tips[:, 0] < 0.2) | (tips[:, 0] > 0.75) | (np.abs(tips[:, 1]) > 0.45) | (tips[:, 2] >= 0.55)
+
+    assert outside(spec.tool_position(plain)).mean() == 0
+    assert outside(spec.tool_position(jit)).mean() > 0.1
+    assert np.abs(jit - plain).max() <= 0.35 and np.abs(jit - plain).mean() > 0.1
+    assert spec.link_positions(jit)[:, 2:, 2].min() >= Explorer.CLEARANCE - 1e-9
+    assert np.all(jit >= spec.q_min) and np.all(jit <= spec.q_max)
+    d = tmp_path / "jit"
+    assert collect("--episodes", "1", "--out", str(d), "--steps", "10", "--target-jitter", "0.35",
+                   "--width", "16", "--height", "16") == 0
+    from ami_ros.tools.train import collection_record
+    rec = collection_record(str(d))
+    assert rec["target_jitter"] == 0.35 and "--target-jitter 0.35 " in rec["command"]
+    for bad in ("-0.1", "4"):
+        assert collect("--episodes", "1", "--out", str(tmp_path / "x"), "--target-jitter", bad) == 2
+        assert "--target-jitter" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
 def test_tool_inverse_kinematics():
     """ArmSpec.solve_tool_position reaches reachable points (to 1 mm) within the joint limits,
     and returns the nearest it found, with its distance, for an unreachable one."""
@@ -218,6 +251,21 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     for part in ("encoder", "fine", "coarse"):
         for k, v in getattr(a.torch_model, part).state_dict().items():
             assert torch.equal(v, getattr(c.torch_model, part).state_dict()[k]), (part, k)
+    # stage 4 alone: everything kept (the direct predictor too: same options, --direct-steps 0), a tool readout added
+    fourth = str(tmp_path / "fourth")
+    assert train(*common, "--out", fourth, "--encoder-from", third, "--keep-predictors", "--refine-steps", "0",
+                 "--direct", "--goal-features", "4", "--direct-steps", "0", "--direct-ensemble", "2",
+                 "--direct-fourier", "2", "--tool-readout-steps", "3") == 0
+    d = load_model(fourth, "onnx")
+    assert d.has_tool_readout and d.card["encoder_from"]["direct_kept"]
+    assert d.read_tool(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+    assert {"tool_readout_err_cm_median", "tool_readout_err_cm_p90"} <= set(d.card["metrics"])
+    d = load_model(fourth, "torch")
+    for k, v in c.torch_model.state_dict().items():
+        assert torch.equal(v, d.torch_model.state_dict()[k]), k
+    assert train(*common, "--out", str(tmp_path / "y"), "--tool-readout-steps", "-1") == 2
+    assert train(*common, "--out", str(tmp_path / "y"), "--encoder-from", first, "--keep-predictors",
+                 "--direct", "--direct-steps", "0") == 2                  # nothing to keep: untrained
     for bad in (["--keep-predictors"], ["--goal-features", "4"], ["--direct", "--direct-ensemble", "0"],
                 ["--direct", "--goal-features", "4", "--encoder", "keypoints"], ["--direct-fourier", "2"],
                 ["--direct", "--direct-fourier", "9"], ["--direct", "--goal-features", "-1"]):

@@ -524,3 +524,58 @@ def test_stack_config_refuses_a_bad_settle_rule(tmp_path, field, value):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ValueError, match=field):
         load_stack_config(str(path))
+
+
+def test_goal_tool_term_steers_the_tool_to_the_goals_reading():
+    """goal_tool prices the commanded tool point's distance from the tool position read off
+    the goal image, beyond goal_tool_radius (exactly w * mean_t (d_t - r)^2, 0 within r); with
+    only that term a planner brings the tool to within the radius of it."""
+    from ami_ros.core.arm import load_arm
+
+    arm = load_arm()
+    w = CostWeights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0,
+                    keep_out=0, goal_tool=100.0, goal_tool_radius=0.03)
+    cost = Cost(w, arm.q_min, arm.q_max, kinematics=arm.link_positions)
+    q0 = torch.tensor(arm.home, dtype=torch.float32)
+    target = torch.tensor(arm.tool_position(arm.home + np.array([0.4, -0.2, 0.2, 0.0, 0.0, 0.0])),
+                          dtype=torch.float32)
+    acts = torch.zeros(2, 8, 6)
+    acts[1, :, 0] = 0.05                                                   # pan 0.4 rad over the horizon
+    z = torch.zeros(2, 8, 4)
+    terms = cost.breakdown(z, acts, torch.zeros(4), q0, torch.zeros(6), goal_tool=target)
+    d = (arm.link_positions(q0 + acts.cumsum(1))[..., -1, :] - target).norm(dim=-1)          # (2, 8)
+    torch.testing.assert_close(terms["goal_tool"], 100.0 * (torch.relu(d - 0.03) ** 2).mean(-1))
+    assert terms["goal_tool"][0] > terms["goal_tool"][1] > 0
+    near = torch.tensor(arm.tool_position(arm.home), dtype=torch.float32) + torch.tensor([0.0, 0.02, 0.0])
+    assert cost.breakdown(z[:1], torch.zeros(1, 8, 6), torch.zeros(4), q0, torch.zeros(6),
+                          goal_tool=near)["goal_tool"].item() == 0.0
+    assert cost.breakdown(z, acts, torch.zeros(4), q0, torch.zeros(6))["goal_tool"].abs().sum() == 0  # no reading
+    # one measured pose (the stopping rules add it to a frame's goal distance): the term of a plan staying there
+    q_end = q0 + acts[1].sum(0)
+    still = cost.breakdown(z[:1], torch.zeros(1, 8, 6), torch.zeros(4), q_end, torch.zeros(6), goal_tool=target)
+    assert cost.goal_tool_at(q_end, target) == pytest.approx(float(still["goal_tool"][0]), rel=1e-5)
+    assert cost.goal_tool_at(q_end, target) > 0 and cost.goal_tool_at(q_end, None) == 0.0
+    assert cost.goal_tool_at(q0, near) == 0.0
+
+    class Blind(torch.nn.Module):          # predicts nothing useful: only goal_tool can steer
+        embed_dim, goal_dims, action_dim, history, k_coarse = 4, slice(0, 2), 6, 1, 4
+
+        def rollout(self, z_hist, actions):
+            return torch.zeros(actions.shape[0], actions.shape[1], 4)
+
+        def rollout_coarse(self, z_now, actions):
+            return torch.zeros(actions.shape[0], actions.shape[1], 4)
+
+    bound = torch.full((6,), 0.08)
+    planner = Planner(Blind(), Cost(w.replace(goal_tool_radius=0.02), arm.q_min, arm.q_max,
+                                    kinematics=arm.link_positions), PlannerConfig(seed=2), bound)
+    q, start = q0.clone(), float((arm.link_positions(q0)[-1] - target).norm())
+    for _ in range(15):
+        res = planner.plan(torch.zeros(1, 4), torch.zeros(4), q, torch.zeros(6), goal_tool=target)
+        q = q + res.actions[0]
+    final = float((arm.link_positions(q)[-1] - target).norm())
+    assert start > 0.15 and final < 0.04, (start, final)
+    with pytest.raises(ValueError, match="goal_tool"):
+        planner.plan(torch.zeros(1, 4), torch.zeros(4), q, torch.zeros(6), goal_tool=torch.tensor([0.1, math.nan, 0]))
+    with pytest.raises(ValueError, match="goal_tool"):
+        planner.plan(torch.zeros(1, 4), torch.zeros(4), q, torch.zeros(6), goal_tool=torch.zeros(2))

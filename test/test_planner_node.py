@@ -107,6 +107,9 @@ def test_reached_goal_returns_the_arm_to_the_pose_of_its_frame(ros_domain_id):
         for dt in (0.02, 0.04):          # the arm moved on after the frame
             g.publish_state(t_frame + dt, q_now)
         g.teach()
+        # a taught goal's tool position (the goal_tool term) is the forward kinematics of the joint
+        # state of its frame's instant, not of the newest one
+        np.testing.assert_allclose(planner.goal_tool.numpy(), arm.tool_position(q_frame), atol=1e-6)
         # the goal is the frame's own embedding: distance 0 < goal_tolerance on the next cycle
         assert _wait(lambda: planner.goal_status == "reached", 5), planner.goal_status
         assert _wait(lambda: len(g.plans) > 0, 5), "no last plan"

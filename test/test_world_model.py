@@ -22,7 +22,8 @@ TINY_KP = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=
 TINY_DIRECT = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
                           pred_blocks=1, direct=True, direct_width=32, direct_ensemble=2)
 TINY_GOALF = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
-                         pred_blocks=1, direct=True, direct_width=32, goal_features=5, direct_fourier=3)
+                         pred_blocks=1, direct=True, direct_width=32, goal_features=5, direct_fourier=3,
+                         tool_readout=True, tool_channels=(8, 16))
 
 
 def _episodes(n=3, T=40, size=32, seed=0):
@@ -175,6 +176,14 @@ def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
     else:
         with pytest.raises(ModelError, match="no direct predictor"):
             o.rollout_direct(z_hist[:, -1], q[0], qd[0], q[0], acts)
+    assert o.has_tool_readout == t.has_tool_readout == cfg.tool_readout
+    if cfg.tool_readout:
+        assert t.read_tool(img).shape == (5, 3)
+        torch.testing.assert_close(o.read_tool(img), t.read_tool(img), **tol)
+    else:
+        for m in (o, t):
+            with pytest.raises(ModelError, match="no tool readout"):
+                m.read_tool(img)
 
 
 def test_direct_predictor_reads_the_target_at_octaves_only_when_asked():
@@ -313,6 +322,34 @@ def test_direct_predictor_training_lowers_its_loss_and_leaves_the_rest(tmp_path)
     for k, v in model.state_dict().items():
         if k in rest:
             assert torch.equal(v, rest[k]), k
+
+
+def test_tool_readout_learns_where_the_tool_is_and_leaves_the_rest(tmp_path):
+    """Stage 4 trains only the tool readout, on labels from the joint states (here a stand-in
+    for forward kinematics that the frames show: their brightness follows joint 0); its
+    held-out error, reported in cm, ends far below that of always answering the mean."""
+    from ami_ros.core.training import train_tool_readout
+
+    eps = _arm_episodes(n=4)
+    fk = lambda q: np.stack([0.4 + 0.2 * np.tanh(q[:, 0]), 0.1 * np.tanh(q[:, 0]), np.full(len(q), 0.2)], 1)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, tool_steps=300, tool_batch=32,
+                      model=TINY_GOALF)
+    model = WorldModel(TINY_GOALF)
+    rest = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("tool_readout.")}
+    out = train_tool_readout(model, cfg, eps[:3], eps[3:], fk)
+    y = fk(eps[3].q)
+    mean_err = 100 * np.median(np.linalg.norm(y - fk(np.concatenate([e.q for e in eps[:3]])).mean(0), axis=1))
+    assert out["tool_readout_err_cm_median"] < 0.3 * mean_err, (out, mean_err)
+    read = model.read_tool(image_to_tensor(eps[3].frames)).detach().numpy()
+    assert 100 * np.median(np.linalg.norm(read - y, axis=1)) == pytest.approx(out["tool_readout_err_cm_median"],
+                                                                              rel=1e-4)
+    for k, v in model.state_dict().items():
+        if k in rest:
+            assert torch.equal(v, rest[k]), k
+    with pytest.raises(ValueError, match="no tool readout"):
+        WorldModel(TINY).read_tool(image_to_tensor(eps[3].frames))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        ModelConfig(image_size=40, tool_readout=True)
 
 
 def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):

@@ -31,6 +31,13 @@ Terms (each multiplied by its weight in :class:`CostWeights`):
   of a box or enter it cost ``(d / margin)**2``, d = depth into the box grown by the
   margin (its smallest distance to a face of the grown box), summed over points, mean
   over steps.
+- ``goal_tool``: where the arm's tool point goes, against where the goal image shows
+  it: ``relu(|p_t - p_goal| - goal_tool_radius)**2`` (metres), mean over steps, p_t the
+  tool point by forward kinematics of the commanded position ``q_t``, p_goal the model's
+  tool readout of the goal image (:meth:`~ami_ros.core.world_model.WorldModel.read_tool`). It steers
+  from afar, where the image-goal distance guides poorly; within the radius (about
+  the readout's error) it costs nothing and the image-goal distance alone places the
+  arm. Off without kinematics or a goal reading.
 - ``subgoal``: (hierarchical low level only) mean squared distance, on ALL
   embedding dims, between the prediction at step ``subgoal_step`` and a subgoal
   embedding.
@@ -117,6 +124,9 @@ class CostWeights(ValidatedConfig):
     workspace_margin: float = 0.03  # m: width of the workspace barrier band inside each face
     keep_out: float = 10.0         # weight of the soft keep-out barrier
     keep_out_margin: float = 0.05  # m: the keep-out barrier acts within this distance of a box
+    goal_tool: float = 0.0         # weight (per m^2) of the tool point's distance beyond goal_tool_radius from
+                                   # the goal's, squared, mean over the planned steps
+    goal_tool_radius: float = 0.03  # m: within this distance of the goal image's tool reading the goal_tool term is 0
 
     RANGES: ClassVar[dict] = {
         "goal_terminal": (0.0, 1e6, "weight of the mean squared goal distance (goal dims) at the last predicted step"),
@@ -131,10 +141,15 @@ class CostWeights(ValidatedConfig):
         "workspace_margin": (1e-3, 0.5, "m; the workspace barrier acts within this distance of a face"),
         "keep_out": (0.0, 1e6, "weight of the barrier keeping points along the links out of the keep-out boxes"),
         "keep_out_margin": (1e-3, 0.5, "m; the keep-out barrier acts within this distance of a box"),
+        "goal_tool": (0.0, 1e8, "weight (per m^2) of the mean squared distance, beyond goal_tool_radius, of the "
+                      "commanded tool point from the tool position read off the goal image"),
+        "goal_tool_radius": (0.0, 1.0, "m; within this distance of the goal image's tool reading the goal_tool "
+                             "term is 0 (about the tool readout's error)"),
     }
 
 
-TERMS = ("goal_terminal", "goal_running", "smoothness", "effort", "joint_limit", "workspace", "keep_out", "subgoal")
+TERMS = ("goal_terminal", "goal_running", "smoothness", "effort", "joint_limit", "workspace", "keep_out", "subgoal",
+         "goal_tool")
 
 
 class Cost:
@@ -214,13 +229,14 @@ class Cost:
 
     def breakdown(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
                   subgoal: Tensor | None = None, subgoal_step: int = -1,
-                  goal_dims: slice | None = None) -> dict[str, Tensor]:
+                  goal_dims: slice | None = None, goal_tool: Tensor | None = None) -> dict[str, Tensor]:
         """Weighted terms, each (B,), keyed by the names in ``TERMS``; their sum is the cost.
 
         z_pred (B, Hz, D), actions (B, H, A) (Hz may differ from H: the coarse level
         predicts one embedding per k actions), goal (D,) or (Dg,), q0 (A,) commanded
         joint target now, prev_action (A,) last executed action, subgoal (D,) or None;
-        goal_dims overrides the bound goal dims.
+        goal_dims overrides the bound goal dims; goal_tool (3,) the tool position read off
+        the goal image (m), or None.
         """
         w = self._weights
         dev, dt = z_pred.device, z_pred.dtype
@@ -243,7 +259,8 @@ class Cost:
         q = q0.to(dev, dt) + actions.cumsum(1)                          # (B, H, A) commanded positions
         use_ws = self.kinematics is not None and self.workspace is not None and w.workspace > 0
         use_ko = self.kinematics is not None and bool(self.keep_out) and w.keep_out > 0
-        pts = self.kinematics(q) if use_ws or use_ko else None          # (B, H, P, 3), once for both
+        use_gt = self.kinematics is not None and goal_tool is not None and w.goal_tool > 0
+        pts = self.kinematics(q) if use_ws or use_ko or use_gt else None  # (B, H, P, 3), once for all
         if self.q_min is not None and w.joint_limit > 0:
             m = w.joint_limit_margin
             lo = torch.relu(self.q_min.to(dev, dt) + m - q)
@@ -274,6 +291,12 @@ class Cost:
         else:
             out["keep_out"] = torch.zeros(B, device=dev, dtype=dt)
 
+        if use_gt:
+            miss = (pts[..., -1, :] - goal_tool.to(dev, dt).reshape(3)).norm(dim=-1)   # (B, H) m, the tool's
+            out["goal_tool"] = w.goal_tool * torch.relu(miss - w.goal_tool_radius).pow(2).mean(-1)
+        else:
+            out["goal_tool"] = torch.zeros(B, device=dev, dtype=dt)
+
         if subgoal is not None and w.subgoal > 0:
             out["subgoal"] = w.subgoal * (z_pred[:, subgoal_step] - subgoal.to(dev, dt)).pow(2).mean(-1)
         else:
@@ -281,10 +304,24 @@ class Cost:
         return out
 
     def __call__(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
-                 subgoal: Tensor | None = None, subgoal_step: int = -1, goal_dims: slice | None = None) -> Tensor:
+                 subgoal: Tensor | None = None, subgoal_step: int = -1, goal_dims: slice | None = None,
+                 goal_tool: Tensor | None = None) -> Tensor:
         """Total cost (B,). Same arguments as :meth:`breakdown`."""
-        terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step, goal_dims)
+        terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step, goal_dims, goal_tool)
         return torch.stack(list(terms.values())).sum(0)
+
+    def goal_tool_at(self, q, goal_tool: Tensor | None) -> float:
+        """The ``goal_tool`` term (weighted) of one measured pose: q (A,) joint positions; 0 when
+        the term is off (no kinematics, no goal reading or weight 0). The stopping rules add it to
+        a frame's measured goal distance, so a frame whose image looks like the goal's while the
+        arm's tool is far from where the goal shows it neither reaches the goal nor is the one to
+        go back to."""
+        w = self._weights
+        if self.kinematics is None or goal_tool is None or w.goal_tool <= 0:
+            return 0.0
+        tool = self.kinematics(torch.as_tensor(q, dtype=torch.float32).flatten())[-1]
+        miss = float((tool - torch.as_tensor(goal_tool, dtype=torch.float32).flatten()).norm())
+        return w.goal_tool * max(0.0, miss - w.goal_tool_radius) ** 2
 
     def goal_distance(self, z: Tensor, goal: Tensor) -> Tensor:
         """Unweighted mean squared distance on the goal dims; z (..., D) -> (...)."""

@@ -225,9 +225,9 @@ class StopRules(ValidatedConfig):
     settle_min_improvement: float = 0.02
 
     RANGES: ClassVar[dict] = {
-        "goal_tolerance": (0.0, 1e6, "Goal distance (mean squared over z_vis, measured on the latest frame) "
-                           "under which the goal counts as reached: the arm holds and planning stops; "
-                           "0 = never stop."),
+        "goal_tolerance": (0.0, 1e6, "Goal distance measured on the latest frame (mean squared over z_vis, "
+                           "plus the cost's goal_tool term of the arm's pose then) under which the goal counts "
+                           "as reached: the arm holds and planning stops; 0 = never stop."),
         "settle_patience": (0, 10000, "Planning cycles in a row without progress (no frame closer to the goal by "
                             "settle_min_improvement than the best before) after which the goal is settled: the "
                             "arm goes back to the pose of the closest frame seen and holds, planning stops; "

@@ -29,12 +29,13 @@ from ami_ros.core.world_model import ModelConfig, WorldModel
 
 ONNX_FILES = ("encoder.onnx", "encoder_image.onnx", "predictor.onnx", "predictor_coarse.onnx")
 DIRECT_ONNX = ("predictor_direct.onnx", "encoder_goal.onnx")
+TOOL_ONNX = "tool_readout.onnx"
 ONNX_OPSET = 17
 
 
 def onnx_files(cfg: ModelConfig) -> tuple[str, ...]:
     """The ONNX exports a model folder with this config holds."""
-    return ONNX_FILES + (DIRECT_ONNX if cfg.direct else ())
+    return ONNX_FILES + (DIRECT_ONNX if cfg.direct else ()) + ((TOOL_ONNX,) if cfg.tool_readout else ())
 
 
 class ModelError(ValueError):
@@ -115,6 +116,8 @@ def export_onnx(folder: str, model: WorldModel) -> None:
                      ["z", "q", "qd", "q_cmd", "actions"], ["z_pred"]))
         jobs.append((DIRECT_ONNX[1], _Method(model, "encode_goal"), (img,), ["image"], ["goal"]))
         axes = {"actions": {0: "batch", 1: "horizon"}, "z_pred": {0: "batch", 1: "horizon"}}
+    if cfg.tool_readout:
+        jobs.append((TOOL_ONNX, model.tool_readout, (img,), ["image"], ["tool"]))
     for name, module, args, inputs, outputs in jobs:
         torch.onnx.export(module, args, os.path.join(folder, name), input_names=inputs, output_names=outputs,
                           dynamic_axes={n: axes.get(n, batch) for n in inputs + outputs}, opset_version=ONNX_OPSET,
@@ -194,6 +197,8 @@ class LoadedModel:
     @property
     def goal_dim(self) -> int: return self.cfg.goal_dim
     @property
+    def has_tool_readout(self) -> bool: return bool(self.cfg.tool_readout)
+    @property
     def joint_names(self) -> list[str]: return list(self.card["joint_names"])
     @property
     def control_dt(self) -> float: return float(self.card["control_dt"])
@@ -240,6 +245,15 @@ class LoadedModel:
         if self.backend == "torch":
             return self.torch_model.encode_goal(image.to(self.device))
         return self._ort(DIRECT_ONNX[1], image=image)
+
+    @torch.no_grad()
+    def read_tool(self, image):
+        """image (B,3,S,S) -> (B,3) the tool point's position it shows (m); see WorldModel.read_tool."""
+        if not self.cfg.tool_readout:
+            raise ModelError(f"model {self.model_id} has no tool readout (ami-ros train --tool-readout-steps)")
+        if self.backend == "torch":
+            return self.torch_model.read_tool(image.to(self.device))
+        return self._ort(TOOL_ONNX, image=image)
 
     @torch.no_grad()
     def rollout_direct(self, z_now, q, qd, q_cmd, actions, every: int = 1):

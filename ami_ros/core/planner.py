@@ -208,6 +208,14 @@ class Planner:
         return self.model.encode_image(image)[..., self.model.goal_dims]
 
     @torch.no_grad()
+    def read_goal_tool(self, image: Tensor) -> Tensor | None:
+        """Goal image (1, 3, S, S) -> (3,) the tool position it shows (m), what ``plan`` takes as
+        ``goal_tool``; None when the model has no tool readout (the term is then off)."""
+        if not getattr(self.model, "has_tool_readout", False):
+            return None
+        return self.model.read_tool(image.to(self.device))[0]
+
+    @torch.no_grad()
     def goal_from_embedding(self, z: Tensor, joint_state) -> Tensor:
         """A goal taught from an embedding z (D,) and the joint state (q, qd) it was seen with:
         z's goal dims, or (``predictor='direct'``) the direct predictor's goal-space
@@ -242,12 +250,14 @@ class Planner:
     # ---- planning ----
     @torch.no_grad()
     def plan(self, z_hist: Tensor, goal: Tensor, q0, prev_action, advance: int = 1,
-             joint_state=None) -> PlanResult:
+             joint_state=None, goal_tool=None) -> PlanResult:
         """Plan from the recent embeddings ``z_hist`` (h, D) towards ``goal`` (D,) or (Dg,).
 
         q0 (A,): commanded joint target now; prev_action (A,): last executed action;
         advance: control steps executed since the previous plan (warm-start shift);
-        joint_state: measured (q, qd), each (A,); needed by ``predictor='direct'``.
+        joint_state: measured (q, qd), each (A,); needed by ``predictor='direct'``;
+        goal_tool: (3,) the tool position read off the goal image (m) for the cost's
+        ``goal_tool`` term (:meth:`read_goal_tool`), or None.
         """
         t0 = time.perf_counter()
         c, m, dev = self.config, self.model, self.device
@@ -265,6 +275,10 @@ class Planner:
             self.cost.goal_part(goal, m.embed_dim)       # shape check (full or goal dims), raises ValueError
         q0 = torch.as_tensor(q0, **f32).flatten()
         prev = torch.as_tensor(prev_action, **f32).flatten()
+        if goal_tool is not None:
+            goal_tool = torch.as_tensor(goal_tool, **f32).flatten()
+            if goal_tool.shape != (3,) or not bool(torch.isfinite(goal_tool).all()):
+                raise ValueError(f"goal_tool: need a finite (3,) position, got {tuple(goal_tool.shape)}")
         A, D, H = m.action_dim, m.embed_dim, c.horizon
         steps = 0
         iters = 0
@@ -286,7 +300,7 @@ class Planner:
 
         def fine_eval(cand: Tensor, subgoal=None, s=-1):
             z = predict(cand)
-            return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims), z
+            return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims, goal_tool), z
 
         subgoals, coarse_cost, extra = None, None, None
         warm = self._shifted(self._warm, advance, A) if c.warm_start else None
@@ -301,7 +315,7 @@ class Planner:
             def coarse_eval(cand: Tensor):
                 fine = cand.reshape(cand.shape[0], Hc * k, A)
                 z = predict(fine, k)
-                return self.cost(z, fine, goal, q0, prev, goal_dims=gdims), z
+                return self.cost(z, fine, goal, q0, prev, goal_dims=gdims, goal_tool=goal_tool), z
 
             wc = self._shifted(self._warm_coarse, advance, A) if c.warm_start else None
             mean_c = wc if wc is not None else torch.zeros(Hc, k * A, **f32)
@@ -328,9 +342,10 @@ class Planner:
         iters += c.iterations
         self._warm = actions
         if c.mode == "flat":
-            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, goal_dims=gdims)
+            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, goal_dims=gdims,
+                                        goal_tool=goal_tool)
         else:
-            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s, gdims)
+            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s, gdims, goal_tool)
         return PlanResult(
             actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,

@@ -72,6 +72,9 @@ class TrainConfig:
     direct_batch: int = 256
     direct_lr: float = 1e-3
     direct_span: int = 16         # control steps ahead the direct predictor is trained for (1..span)
+    tool_steps: int = 0           # stage 4: tool-readout steps (models with ``tool_readout``)
+    tool_batch: int = 128
+    tool_lr: float = 1e-3
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def to_dict(self) -> dict:
@@ -400,6 +403,27 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     return model, logs
 
 
+def _fit(opt, steps: int, lr: float, loss_at, progress=None, clip=None) -> tuple[float | None, float | None]:
+    """``steps`` optimizer steps on ``loss_at(step)`` (a scalar tensor) at a cosine-decayed
+    learning rate from ``lr``; gradients clipped to norm 1 over ``clip`` when given.
+    Returns the first and last loss."""
+    first = last = None
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(clip, 1.0)
+        opt.step()
+        first = loss.item() if first is None else first
+        last = loss.item()
+        if progress is not None:
+            progress(step + 1, steps, {"loss": last})
+    return first, last
+
+
 def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "cpu", progress=None) -> dict:
     """Stage 2: the encoder frozen, both predictors trained further on its embeddings.
 
@@ -420,25 +444,17 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
     opt = torch.optim.AdamW(params, lr=cfg.refine_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, 2])
     torch.manual_seed(cfg.seed + 2)
-    first = last = None
     model.fine.train()
     model.coarse.train()
-    for step in range(cfg.refine_steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.refine_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.refine_steps))
+
+    def loss_at(step):
         idx = windows[rng.integers(0, len(windows), cfg.refine_batch)]
         z = torch.stack([Z[i][s:s + L] for i, s in idx])                       # (B, L, D)
         a = torch.stack([A[i][s:s + L - 1] for i, s in idx])                   # (B, L-1, A)
         pl = prediction_losses(model, z, a, cfg.refine_rollout)
-        loss = sum(pl.values()) / len(pl)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        first = loss.item() if first is None else first
-        last = loss.item()
-        if progress is not None:
-            progress(step + 1, cfg.refine_steps, {"loss": last})
+        return sum(pl.values()) / len(pl)
+
+    first, last = _fit(opt, cfg.refine_steps, cfg.refine_lr, loss_at, progress, clip=params)
     model.eval()
     return {"refine_loss_first": first, "refine_loss_last": last, "refine_steps": cfg.refine_steps}
 
@@ -475,11 +491,9 @@ def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "
     rng = np.random.default_rng([cfg.seed, 3])
     torch.manual_seed(cfg.seed + 3)
     model.direct.train()
-    first = last = None
     n = E * cfg.direct_batch
-    for step in range(cfg.direct_steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.direct_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.direct_steps))
+
+    def loss_at(step):
         ei = usable[rng.integers(0, len(usable), n)]
         j = rng.integers(1, np.minimum(J, lengths[ei] - 1) + 1)                  # steps ahead
         t = starts[ei] + (rng.random(n) * (lengths[ei] - j)).astype(np.int64)   # start row
@@ -488,18 +502,56 @@ def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "
         pred = model.direct.members(x.view(E, cfg.direct_batch, -1))              # (E, B, G)
         if model.direct.residual:
             pred = pred + Z[t].view(E, -1, Dv)
-        loss = ((pred - Y[u].view(E, -1, G)) ** 2).sum(-1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        first = loss.item() if first is None else first
-        last = loss.item()
-        if progress is not None:
-            progress(step + 1, cfg.direct_steps, {"loss": last})
+        return ((pred - Y[u].view(E, -1, G)) ** 2).sum(-1).mean()
+
+    first, last = _fit(opt, cfg.direct_steps, cfg.direct_lr, loss_at, progress)
     if flush:
         torch.set_flush_denormal(False)
     model.eval()
     return {"direct_loss_first": first, "direct_loss_last": last, "direct_steps": cfg.direct_steps, **pca}
+
+
+def train_tool_readout(model: WorldModel, cfg: TrainConfig, train_eps, test_eps, tool_position,
+                       device: str = "cpu", progress=None) -> dict:
+    """Stage 4: the tool readout (:class:`~ami_ros.core.world_model.ToolReadout`), supervised by
+    ``tool_position`` (forward kinematics, (T, A) joint positions -> (T, 3) metres) of the
+    joint state measured with each frame; nothing else is trained. Seeded. Returns its loss
+    and its held-out error (the distance between read and true tool point, in cm)."""
+    net = model.tool_readout
+    if net is None or cfg.tool_steps <= 0:
+        return {}
+
+    def frames_and_labels(eps):
+        eps = [e for e in eps if len(e.q)]
+        return (np.concatenate([e.frames for e in eps]),
+                np.concatenate([tool_position(e.q) for e in eps]).astype(np.float32))
+
+    frames, y = frames_and_labels(train_eps)                                  # (N, S, S, 3) uint8, (N, 3)
+    mean, std = y.mean(0), y.std(0) + 1e-6
+    net.mean.copy_(torch.as_tensor(mean))
+    net.std.copy_(torch.as_tensor(std))
+    target = torch.as_tensor((y - mean) / std, device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.tool_lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, 4])
+    torch.manual_seed(cfg.seed + 4)
+    net.train()
+
+    def loss_at(step):
+        i = rng.integers(0, len(frames), cfg.tool_batch)
+        return (net.normalized(image_to_tensor(frames[i]).to(device)) - target[i]).pow(2).mean()
+
+    first, last = _fit(opt, cfg.tool_steps, cfg.tool_lr, loss_at, progress)
+    net.eval()
+    out = {"tool_loss_first": first, "tool_loss_last": last, "tool_steps": cfg.tool_steps}
+    if test_eps:
+        frames, y = frames_and_labels(test_eps)
+        with torch.no_grad():
+            read = torch.cat([net(image_to_tensor(frames[j:j + 512]).to(device)).cpu()
+                              for j in range(0, len(frames), 512)]).numpy()
+        err = 100 * np.linalg.norm(read - y, axis=1)
+        out.update(tool_readout_err_cm_median=float(np.median(err)),
+                   tool_readout_err_cm_p90=float(np.percentile(err, 90)))
+    return out
 
 
 @torch.no_grad()

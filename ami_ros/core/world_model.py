@@ -63,6 +63,8 @@ class ModelConfig:
     direct_fourier: int = 0       # K > 0: it also reads sin and cos of the commanded target at K octaves (1, 2, 4, ..)
     goal_features: int = 0        # G > 0: the direct predictor predicts, and goals are compared in, the top G principal
                                   # components of the image encoder's last feature map (conv only); 0: in z_vis
+    tool_readout: bool = False    # a separate CNN reading the tool point's position (m, base frame) off an image
+    tool_channels: tuple = (16, 32, 64, 128)  # its conv widths (all stride 2)
 
     def __post_init__(self):
         if self.encoder not in ("keypoints", "conv"):
@@ -77,6 +79,9 @@ class ModelConfig:
             raise ValueError(f"direct_fourier must be in [0, 8], not {self.direct_fourier}")
         if self.direct_fourier and not self.direct:
             raise ValueError("direct_fourier needs direct=True")
+        if self.tool_readout and self.image_size % 2 ** len(self.tool_channels):
+            raise ValueError(f"tool_readout: image_size {self.image_size} must be a multiple of "
+                             f"{2 ** len(self.tool_channels)} (one halving per tool channel)")
 
     @property
     def feature_map_dim(self) -> int:
@@ -98,13 +103,26 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
+        d["tool_channels"] = list(self.tool_channels)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         d = dict(d)
         d["channels"] = tuple(d["channels"])
+        if "tool_channels" in d:
+            d["tool_channels"] = tuple(d["tool_channels"])
         return cls(**d)  # fields a card written before them lacks take the defaults above
+
+
+def strided_convs(channels) -> nn.Sequential:
+    """(B, 3, S, S) -> (B, C_last, S / 2^n, S / 2^n): n = len(channels) 4x4 stride-2 convs, each
+    with GroupNorm and SiLU."""
+    layers, c_in = [], 3
+    for c in channels:
+        layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(max(1, c // 16), c), nn.SiLU()]
+        c_in = c
+    return nn.Sequential(*layers)
 
 
 class ImageEncoder(nn.Module):
@@ -113,11 +131,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        layers, c_in = [], 3
-        for c in cfg.channels:
-            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(max(1, c // 16), c), nn.SiLU()]
-            c_in = c
-        self.conv = nn.Sequential(*layers)
+        self.conv = strided_convs(cfg.channels)
         self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
@@ -126,6 +140,35 @@ class ImageEncoder(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(img))        # (B, Dv)
+
+
+class ToolReadout(nn.Module):
+    """(B, 3, S, S) uint8-range floats -> (B, 3): where the tool point is (metres, in the
+    arm's base frame), read off the image by its own strided CNN.
+
+    It is trained after the world model (``ami-ros train --tool-readout-steps``) on the
+    recorded frames, labelled with the forward kinematics of the joint state measured
+    with each frame, so any robot's recordings train it. The planner reads a goal
+    image's tool position with it (the ``goal_tool`` cost term): the self-supervised
+    embedding keeps the arm's pose too coarsely to steer by from far away (a linear
+    probe reads the tool position from z_vis at R^2 0.58), and its distances order
+    poses within a few cm of the goal poorly along the camera's line of sight."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.conv = strided_convs(cfg.tool_channels)
+        s = cfg.image_size // 2 ** len(cfg.tool_channels)
+        self.head = nn.Sequential(nn.Linear(cfg.tool_channels[-1] * s * s, 256), nn.SiLU(), nn.Linear(256, 3))
+        # the labels' mean and std over the training frames (set by the training stage); outputs are in metres
+        self.register_buffer("mean", torch.zeros(3))
+        self.register_buffer("std", torch.ones(3))
+
+    def normalized(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, 3), standardized as in training."""
+        return self.head(self.conv(img / 127.5 - 1.0).flatten(1))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.normalized(img) * self.std + self.mean       # (B, 3) metres
 
 
 class KeypointImageEncoder(nn.Module):
@@ -319,6 +362,7 @@ class WorldModel(nn.Module):
         if cfg.goal_features:  # principal axes of the feature map, fit on the training frames (stage 3)
             self.register_buffer("feature_mean", torch.zeros(cfg.feature_map_dim))
             self.register_buffer("feature_basis", torch.zeros(cfg.feature_map_dim, cfg.goal_features))
+        self.tool_readout = ToolReadout(cfg) if cfg.tool_readout else None
 
     # planner-facing attributes
     @property
@@ -357,6 +401,16 @@ class WorldModel(nn.Module):
     @property
     def goal_dim(self) -> int:
         return self.cfg.goal_dim
+
+    @property
+    def has_tool_readout(self) -> bool:
+        return self.tool_readout is not None
+
+    def read_tool(self, img: torch.Tensor) -> torch.Tensor:
+        """img (B, 3, S, S) -> (B, 3): the tool point's position the image shows (m, base frame)."""
+        if self.tool_readout is None:
+            raise ValueError("this model has no tool readout (ami-ros train --tool-readout-steps)")
+        return self.tool_readout(img)
 
     def encode_goal(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, 3, S, S) -> (B, G): an image in the direct predictor's space (goal features or z_vis)."""

@@ -13,7 +13,9 @@ Services
 Publishes
   /ami/plan         trajectory_msgs/JointTrajectory (ungated; the safety node gates it)
   /ami/plan_markers visualization_msgs/MarkerArray: the planned tool path (forward kinematics),
-                    stamped with the source camera frame's stamp
+                    stamped with the source camera frame's stamp, and a sphere where the goal has the
+                    tool point (the model's reading of the goal image, or a taught goal's), as wide as
+                    cost.goal_tool_radius
   /ami/goal_status  std_msgs/String: none | active | reached | settled (+ goal distance); settled:
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics
@@ -104,7 +106,8 @@ class PlannerNode(Node):
         self.memory = ShortTermMemory(self.model.history, 64, self.model.embed_dim, self.model.action_dim)
         self._lock = threading.RLock()        # planner, memory and goal between callbacks
         self.goal = None                      # the planner's goal (Planner.encode_goal), tensor
-        self.goal_vis = None                  # (Dv,) the goal's z_vis: goal_distance and goal_tolerance
+        self.goal_vis = None                  # (Dv,) the goal's z_vis: goal_distance (with goal_tool) and goal_tolerance
+        self.goal_tool = None                 # (3,) where the goal has the tool point (m): the goal_tool term
         self._goal_source = None              # ("image", image) or ("taught", z, (q, qd)): re-encoded on a
                                               # change of planner.predictor
         self.goal_status = "none"
@@ -202,14 +205,18 @@ class PlannerNode(Node):
         self._set_goal(("image", img), "goal image")
 
     def _encode_goal(self, src):
-        """(planner goal, z_vis goal) of a goal source."""
+        """(planner goal, z_vis goal, goal tool position or None) of a goal source: an image's tool
+        position is the model's reading of it, a taught goal's the forward kinematics of its joint state."""
         if src[0] == "image":
-            return self.planner.encode_goal(src[1])[0], self.model.encode_image(src[1])[0, self.model.goal_dims]
-        return self.planner.goal_from_embedding(src[1], src[2]), src[1][self.model.goal_dims]
+            return (self.planner.encode_goal(src[1])[0], self.model.encode_image(src[1])[0, self.model.goal_dims],
+                    self.planner.read_goal_tool(src[1]))
+        tool = self.arm.tool_position(np.asarray(src[2][0], dtype=np.float64))
+        return (self.planner.goal_from_embedding(src[1], src[2]), src[1][self.model.goal_dims],
+                self._torch.as_tensor(tool, dtype=self._torch.float32))
 
     def _set_goal(self, src, source: str) -> None:
         with self._lock:
-            self.goal, self.goal_vis = self._encode_goal(src)
+            self.goal, self.goal_vis, self.goal_tool = self._encode_goal(src)
             self._goal_source = src
             self.planner.reset()
             self.monitor.reset()
@@ -224,13 +231,16 @@ class PlannerNode(Node):
                 response.success, response.message = False, "no embedding or joint state received yet"
                 return response
             z = self.memory.z_hist()[-1].clone()
-        self._set_goal(("taught", z, (joint[1], joint[2])), "the current embedding (taught)")
+            # the joint state the arm had when that embedding's frame was taken (the newest is later)
+            state = self.joint_history.state_at(self.memory.latest_stamp()) or (joint[1], joint[2])
+        self._set_goal(("taught", z, state), "the current embedding (taught)")
         response.success, response.message = True, "goal taught from the current embedding"
         return response
 
     def _on_clear(self, request, response):
         with self._lock:
-            self.goal, self.goal_vis, self._goal_source, self.goal_status = None, None, None, "none"
+            self.goal = self.goal_vis = self.goal_tool = self._goal_source = None
+            self.goal_status = "none"
         self._publish_status()
         response.success, response.message = True, "goal cleared"
         return response
@@ -255,8 +265,14 @@ class PlannerNode(Node):
                 q0 = self._q_cmd[1]
             z_hist = self.memory.z_hist()
             source_stamp = self.memory.latest_stamp()
-            # measured, not predicted: the latest frame's distance to the goal image
-            self.goal_distance = float(self.planner.cost.goal_distance(z_hist[-1], self.goal_vis))
+            # the joint state of the frame's instant: the predictor reads the frame's embedding with the
+            # state the arm was in when it was taken (the newest measured state is later by the camera,
+            # encoder and cycle latency, 0.1-0.4 s on a loaded machine)
+            state = self.joint_history.state_at(source_stamp) or (joint[1], joint[2])
+            # measured, not predicted: the latest frame's distance to the goal image, plus the goal_tool
+            # term of where the arm was then
+            self.goal_distance = float(self.planner.cost.goal_distance(z_hist[-1], self.goal_vis)) \
+                + self.planner.cost.goal_tool_at(state[0], self.goal_tool)
             self.goal_status = self.monitor.update(self.goal_distance, source_stamp)
             if self.goal_status != "active":
                 # reached (a frame within goal_tolerance) or settled (no progress for settle_patience
@@ -276,13 +292,9 @@ class PlannerNode(Node):
                                        f"{self.monitor.best_distance:.4f}): back to the pose of that frame, "
                                        f"{float(np.abs(q_seen - q0).max()):.3f} rad away")
             else:
-                # the joint state of the frame's instant: the predictor reads the frame's embedding with
-                # the state the arm was in when it was taken (the newest measured state is later by the
-                # camera, encoder and cycle latency, 0.1-0.4 s on a loaded machine)
-                state = self.joint_history.state_at(source_stamp) or (joint[1], joint[2])
                 t0 = time.perf_counter()
                 res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
-                                        self.memory.last_action(), joint_state=state)
+                                        self.memory.last_action(), joint_state=state, goal_tool=self.goal_tool)
                 self._plan_ms.append(1000 * (time.perf_counter() - t0))
                 self.memory.push_action(res.actions[0])
                 self.memory.set_plan(res)
@@ -311,7 +323,17 @@ class PlannerNode(Node):
         m.color.r, m.color.g, m.color.b, m.color.a = 0.1, 0.8, 1.0, 1.0
         m.pose.orientation.w = 1.0
         m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in path]
-        return MarkerArray(markers=[m])
+        markers = [m]
+        if self.goal_tool is not None:   # where the goal has the tool (the goal image's reading, or taught)
+            g = Marker()
+            g.header = m.header
+            g.ns, g.id, g.type, g.action = "ami_goal_tool", 1, Marker.SPHERE, Marker.ADD
+            g.scale.x = g.scale.y = g.scale.z = 2 * self.planner.cost.weights.goal_tool_radius or 0.01
+            g.color.r, g.color.g, g.color.b, g.color.a = 1.0, 0.4, 0.1, 0.5
+            g.pose.position = Point(**{k: float(v) for k, v in zip("xyz", self.goal_tool)})
+            g.pose.orientation.w = 1.0
+            markers.append(g)
+        return MarkerArray(markers=markers)
 
     # ------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
@@ -340,7 +362,7 @@ class PlannerNode(Node):
             if planner:
                 self.planner.set_config(self.planner.config.replace(**planner))
                 if "predictor" in planner and self._goal_source is not None:  # the goal lives in its space
-                    self.goal, self.goal_vis = self._encode_goal(self._goal_source)
+                    self.goal, self.goal_vis, self.goal_tool = self._encode_goal(self._goal_source)
             if cost:
                 self.planner.cost.set_weights(**cost)
             rules = tuple(StopRules.RANGES)                  # goal_tolerance, settle_patience, settle_min_improvement

@@ -73,6 +73,7 @@ class WorldModelAgent:
         self.memory = ShortTermMemory(model.history, 64, model.embed_dim, model.action_dim)
         self.joints = JointStateHistory(256, model.action_dim)
         self.goal = self.goal_vis = None
+        self.goal_tool = None                   # the tool position read off the goal image (m), or None
         self.hold = None                        # the commanded target held once reached or settled
         self.measured_distance = float("nan")   # goal distance of the latest frame (z_vis, as goal_tolerance)
 
@@ -97,6 +98,7 @@ class WorldModelAgent:
         img = image_to_tensor(goal_image[None])
         self.goal = self.planner.encode_goal(img)[0]
         self.goal_vis = self.model.encode_image(img)[0, self.model.goal_dims]
+        self.goal_tool = self.planner.read_goal_tool(img)
         self.hold = None
         self.measured_distance = float("nan")
 
@@ -106,7 +108,9 @@ class WorldModelAgent:
         self.joints.push(stamp, q, qd)
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
-        distance = float(self.planner.cost.goal_distance(z, self.goal_vis))         # measured, as the node's
+        # measured, as the node's: the frame's z_vis distance and the goal_tool term of the arm's pose then
+        distance = float(self.planner.cost.goal_distance(z, self.goal_vis)) \
+            + self.planner.cost.goal_tool_at(q, self.goal_tool)
         self.measured_distance = distance
         if self.monitor.update(distance, stamp) != "active":
             seen = self.monitor.hold_position(self.joints)
@@ -114,7 +118,7 @@ class WorldModelAgent:
             return straight_line_actions(q_cmd, self.hold, self.bound), None
         self.memory.push_embedding(stamp, z)
         res = self.planner.plan(self.memory.z_hist(), self.goal, torch.as_tensor(q_cmd, dtype=torch.float32),
-                                self.memory.last_action(), joint_state=(q, qd))
+                                self.memory.last_action(), joint_state=(q, qd), goal_tool=self.goal_tool)
         actions = res.actions.numpy()
         self.memory.push_action(res.actions[0])
         self.memory.set_plan(res)

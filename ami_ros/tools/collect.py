@@ -5,6 +5,9 @@ moves through smooth random joint targets (a new one every 1-3 s, sometimes near
 the current configuration, sometimes far), or, with ``--push-prob``, a push: the tool
 goes above a point behind the cube, down to the table and through the cube's place
 (joints by inverse kinematics), so that the cube moves and a model has to follow it.
+With ``--target-jitter R`` each random target is moved by up to R rad per joint (kept
+clear of the table), so the arm also visits the edges of the workspace, beyond the
+region in front of it where the random configurations lie.
 Targets are approached with per-control-step
 increments of the commanded target bounded by ``v_max * control_dt * action_scale``
 plus a little smoothed noise. Every control step a short JointTrajectory is sent
@@ -39,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--push-prob", type=float, default=0.0,
                    help="chance that a new exploration target is a push of the cube instead (default 0): "
                         "without pushes the cube hardly ever moves and nothing makes a model represent it")
+    p.add_argument("--target-jitter", type=float, default=0.0, metavar="RAD",
+                   help="move each random exploration target by up to RAD per joint, clear of the table (default 0): "
+                        "poses at the workspace's edges, as a goal nearby may ask for")
     p.add_argument("--arm", default=None, help="arm description (default config/arm.yaml)")
 
 
@@ -66,8 +72,10 @@ class Explorer:
     PUSH_CLEARANCE = 0.035  # m, the other links' lowest allowed height in a push pose
     PUSH_SPEED = 0.4        # fraction of the episode's action bound used while pushing (the cube stays in view)
 
+    CLEARANCE = 0.06        # m, lowest allowed height of the links beyond the shoulder in a jittered target
+
     def __init__(self, sim, rng, control_dt: float, q_start, random_action_prob: float = 0.0,
-                 push_prob: float = 0.0):
+                 push_prob: float = 0.0, target_jitter: float = 0.0):
         import numpy as np
 
         self.np = np
@@ -82,6 +90,7 @@ class Explorer:
         self.lo, self.hi = spec.q_min + 0.05, spec.q_max - 0.05
         self.random_action_prob = float(random_action_prob)
         self.push_prob = float(push_prob)
+        self.target_jitter = float(target_jitter)
         self.waypoints: list = []   # a push's remaining joint targets
         self.pushing = False        # the current target is a push's
         self.pushes = 0
@@ -112,6 +121,16 @@ class Explorer:
             out.append(q)
         return out
 
+    def _jittered(self, q):
+        """q moved by up to ``target_jitter`` per joint, within the limits and with the links
+        beyond the shoulder at least CLEARANCE above the table (q itself if 20 draws are not)."""
+        np, spec = self.np, self.sim.spec
+        for _ in range(20):
+            qj = np.clip(q + self.rng.uniform(-self.target_jitter, self.target_jitter, q.shape), self.lo, self.hi)
+            if spec.link_positions(qj)[2:, 2].min() >= self.CLEARANCE:
+                return qj
+        return q
+
     def _new_target(self) -> None:
         if not self.waypoints and self.push_prob > 0 and self.rng.random() < self.push_prob:
             self.waypoints = self._push_waypoints()     # [] when no safe push pose exists
@@ -121,6 +140,8 @@ class Explorer:
             self.target = self.waypoints.pop(0)
             return
         q = self.sim.random_configuration()
+        if self.target_jitter > 0:
+            q = self._jittered(q)
         if self.rng.random() < 0.5:  # near: part of the way towards a random configuration
             q = self.q_cmd + self.rng.uniform(0.2, 0.5) * (q - self.q_cmd)
         self.target = self.np.clip(q, self.lo, self.hi)
@@ -153,7 +174,7 @@ class Explorer:
 
 def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, camera_hz: float,
                    joint_state_hz: float, progress=None, random_action_prob: float = 0.0,
-                   push_prob: float = 0.0) -> dict:
+                   push_prob: float = 0.0, target_jitter: float = 0.0) -> dict:
     """Record one episode into the bag folder ``path``; returns its index entry."""
     import math
 
@@ -169,7 +190,7 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
     sim.reset(q_start)  # random cube pose from sim.rng
     names = sim.joint_names
     control_dt = 1.0 / control_hz
-    explorer = Explorer(sim, rng, control_dt, sim.joint_positions(), random_action_prob, push_prob)
+    explorer = Explorer(sim, rng, control_dt, sim.joint_positions(), random_action_prob, push_prob, target_jitter)
     cube_start = sim.cube_pose()[:2].copy()
 
     phys_ns = int(round(sim.model.opt.timestep * 1e9))
@@ -247,6 +268,9 @@ def run(args) -> int:
         if not 0.0 <= getattr(args, name) <= 1.0:
             print(f"collect: --{name.replace('_', '-')} must be in [0, 1]", file=sys.stderr)
             return 2
+    if not 0.0 <= args.target_jitter <= 3.2:
+        print("collect: --target-jitter must be in [0, 3.2] rad", file=sys.stderr)
+        return 2
     for name in ("camera_hz", "joint_state_hz", "control_hz"):
         if not getattr(args, name) > 0:
             print(f"collect: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
@@ -278,7 +302,8 @@ def run(args) -> int:
                     sim, os.path.join(out, name), seed=args.seed + i, steps=args.steps,
                     control_hz=args.control_hz, camera_hz=args.camera_hz,
                     joint_state_hz=args.joint_state_hz, progress=bar,
-                    random_action_prob=args.random_action_prob, push_prob=args.push_prob))
+                    random_action_prob=args.random_action_prob, push_prob=args.push_prob,
+                    target_jitter=args.target_jitter))
     finally:
         sim.close()
         index = {
@@ -286,7 +311,7 @@ def run(args) -> int:
             "steps": args.steps, "width": args.width, "height": args.height, "views": args.views,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
             "control_hz": args.control_hz, "random_action_prob": args.random_action_prob,
-            "push_prob": args.push_prob, "episodes": entries,
+            "push_prob": args.push_prob, "target_jitter": args.target_jitter, "episodes": entries,
         }
         with open(os.path.join(out, "index.yaml"), "w") as f:
             yaml.safe_dump(index, f, sort_keys=False)

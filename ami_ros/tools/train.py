@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "embeddings (stage 2, --refine-steps); the encoder options above are then ignored")
     p.add_argument("--keep-predictors", action="store_true",
                    help="with --encoder-from: start the fine and coarse predictors from that model's too "
-                        "(--refine-steps trains them further; 0 keeps them)")
+                        "(--refine-steps trains them further; 0 keeps them), and its direct predictor where the "
+                        "--direct-* and --goal-features options match (--direct-steps 0 keeps it as is)")
     p.add_argument("--direct", action="store_true",
                    help="also train a direct predictor (stage 3, on the frozen encoder's embeddings): from the "
                         "current image embedding and joint state to the image's embedding j steps ahead (z_vis, or "
@@ -60,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --direct: predict and compare goals in the top G principal components of the image "
                         "encoder's last feature map (conv encoder) instead of in z_vis (0)")
     p.add_argument("--direct-span", type=int, default=16, help="control steps ahead the direct predictor learns")
+    p.add_argument("--tool-readout-steps", type=int, default=0, metavar="N",
+                   help="also train a tool readout for N steps (stage 4): a CNN reading the tool point's position off "
+                        "an image, labelled by forward kinematics of the recorded joint states; the planner's "
+                        "goal_tool cost term steers by the goal image's reading (0: none)")
     p.add_argument("--allow-collapse", action="store_true", help="warn instead of stopping on collapse (ablations)")
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
@@ -83,6 +88,7 @@ def collection_record(folder: str) -> dict | None:
     rec = {k: idx.get(k) for k in keys}
     rec["random_action_prob"] = idx.get("random_action_prob", 0.0)
     rec["push_prob"] = idx.get("push_prob", 0.0)
+    rec["target_jitter"] = idx.get("target_jitter", 0.0)
     rec["views"] = idx.get("views", 1)
     rec["episodes"] = len(idx.get("episodes", []))
     rec["command"] = (f"ami-ros collect --episodes {rec['episodes']} --steps {rec['steps']} --seed {rec['seed']} "
@@ -90,6 +96,7 @@ def collection_record(folder: str) -> dict | None:
                       f"--joint-state-hz {rec['joint_state_hz']} --control-hz {rec['control_hz']} "
                       + (f"--random-action-prob {rec['random_action_prob']} " if rec["random_action_prob"] else "")
                       + (f"--push-prob {rec['push_prob']} " if rec["push_prob"] else "")
+                      + (f"--target-jitter {rec['target_jitter']} " if rec["target_jitter"] else "")
                       + (f"--views {rec['views']} " if rec["views"] != 1 else "")
                       + "--out DIR")
     return rec
@@ -109,7 +116,7 @@ def run(args) -> int:
     from ami_ros.core.arm import load_arm
     from ami_ros.core.model_io import ModelError, load_model, save_model
     from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, refine_predictors,
-                                       split_episodes, train, train_direct)
+                                       split_episodes, train, train_direct, train_tool_readout)
     from ami_ros.core.world_model import ModelConfig, WorldModel
     from ami_ros.data.bags import load_episodes
 
@@ -138,6 +145,9 @@ def run(args) -> int:
         print("error: --direct-steps must be >= 0, --direct-span, --direct-ensemble and --direct-width >= 1",
               file=sys.stderr)
         return 2
+    if args.tool_readout_steps < 0:
+        print("error: --tool-readout-steps must be >= 0", file=sys.stderr)
+        return 2
     if args.keep_predictors and not args.encoder_from:
         print("error: --keep-predictors needs --encoder-from", file=sys.stderr)
         return 2
@@ -151,7 +161,8 @@ def run(args) -> int:
             return 2
         args.image_size = src.cfg.image_size
     direct = dict(direct=args.direct, direct_width=args.direct_width, direct_ensemble=args.direct_ensemble,
-                  direct_fourier=args.direct_fourier, goal_features=args.goal_features)
+                  direct_fourier=args.direct_fourier, goal_features=args.goal_features,
+                  tool_readout=args.tool_readout_steps > 0)
     try:
         if src is not None:  # the source's encoder config; only the predictors' options apply
             mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, predictor_reads_prop=args.predictor_reads_prop,
@@ -172,6 +183,13 @@ def run(args) -> int:
                   file=sys.stderr)
             return 2
         args.epochs, args.cross_weight, args.slow_dim = 0, 0.0, 0
+        direct_keys = ("direct", "direct_width", "direct_ensemble", "direct_fourier", "goal_features")
+        keep_direct = args.keep_predictors and mcfg.direct and all(
+            getattr(mcfg, k) == getattr(src.cfg, k) for k in direct_keys)
+        if mcfg.direct and args.direct_steps == 0 and not keep_direct:
+            print("error: --direct-steps 0 leaves the direct predictor untrained (keep the source's with "
+                  "--keep-predictors and the same --direct-* / --goal-features options)", file=sys.stderr)
+            return 2
     # the configuration is settled before the (slow) loading of the episodes
     episodes, errors = load_episodes(args.data, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
                                      image_size=args.image_size)
@@ -185,7 +203,7 @@ def run(args) -> int:
                       allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
                       cross_weight=args.cross_weight, slow_dim=args.slow_dim, slow_weight=args.slow_weight,
                       direct_steps=args.direct_steps,
-                      direct_span=args.direct_span, model=mcfg)
+                      direct_span=args.direct_span, tool_steps=args.tool_readout_steps, model=mcfg)
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.pt")
@@ -215,6 +233,10 @@ def run(args) -> int:
         if args.keep_predictors:
             model.fine.load_state_dict(src.torch_model.fine.state_dict())
             model.coarse.load_state_dict(src.torch_model.coarse.state_dict())
+        if keep_direct:  # with its goal-feature basis
+            kept = {k: v for k, v in src.torch_model.state_dict().items()
+                    if k.startswith("direct.") or k in ("feature_mean", "feature_basis")}
+            model.load_state_dict({**model.state_dict(), **kept})
         logs = []
     else:
         try:
@@ -238,6 +260,11 @@ def run(args) -> int:
         if model.direct is not None:
             bar = tqdm(total=cfg.direct_steps, desc="direct predictor", unit="step")
             refine.update(train_direct(model, cfg, train_eps, device, refine_progress))
+            bar.close()
+        if model.tool_readout is not None:
+            bar = tqdm(total=cfg.tool_steps, desc="tool readout", unit="step")
+            refine.update(train_tool_readout(model, cfg, train_eps, test_eps, arm.tool_position, device,
+                                             refine_progress))
             bar.close()
     wall = time.time() - t0
     if rank == 0:
@@ -263,6 +290,7 @@ def run(args) -> int:
         if src is not None:  # how the frozen encoder was made
             card["encoder_from"] = {"folder": os.path.abspath(args.encoder_from), "model_id": src.model_id,
                                     "predictors_kept": bool(args.keep_predictors),
+                                    "direct_kept": bool(keep_direct),
                                     "data": src.card.get("data"), "training": src.card.get("training"),
                                     "epochs": src.card.get("epochs"), "encoder_from": src.card.get("encoder_from")}
         card = save_model(args.out, model.cpu(), card)
