@@ -125,8 +125,15 @@ def test_embeddings_of_another_model_are_refused(stack):
     planner = stack["planner"]
     n0 = planner.counts["refused_embedding_model"]
     z = np.zeros(planner.model.embed_dim, np.float32)
-    stack["emb_pub"].publish(embedding_msg(z, planner.get_clock().now().to_msg(), "other_model@0123456789ab"))
-    assert _wait(lambda: planner.counts["refused_embedding_model"] > n0, 5)
+
+    def refused():
+        # sent again each poll: one message can be lost to discovery (a fresh publisher) or be
+        # overwritten in the planner's depth-1 queue by the encoder's next embedding
+        stack["emb_pub"].publish(embedding_msg(z, planner.get_clock().now().to_msg(), "other_model@0123456789ab"))
+        time.sleep(0.05)
+        return planner.counts["refused_embedding_model"] > n0
+
+    assert _wait(refused, 5)
 
 
 def test_goal_image_closes_the_loop_through_the_gate(stack):
@@ -192,26 +199,34 @@ def test_reached_goal_holds_the_arm_and_stops_planning(stack):
 
 
 def test_cost_weight_set_through_the_parameter_service_changes_the_plan(stack):
+    """Heavy effort and smoothness weights set through the parameter service make the plans
+    towards a goal nearly still; set back, the next plans move again (the arm is still far
+    from the goal then: it hardly moved under the heavy weights)."""
     sim = stack["sim"]
-    q0 = sim.sim.joint_positions()
-    qg = sim.spec.clip(q0 + np.array([-0.3, 0.2, -0.2, 0.0, 0.0, 0.0]))
-    stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
 
-    def plan_step():  # mean planned joint motion per step over the last plans
-        with stack["lock"]:
-            msgs = [m for _, m in stack["plans"][-3:]]
+    def step_size(msgs):  # mean planned joint motion per step over these plans
         return np.mean([np.abs(np.diff([p.positions for p in m.points], axis=0)).mean() for m in msgs])
 
-    time.sleep(1.5)
-    moving = plan_step()
+    def next_plans(k):
+        with stack["lock"]:
+            n = len(stack["plans"])
+        assert _wait(lambda: len(stack["plans"]) >= n + k, 10), "no plans"
+        with stack["lock"]:
+            return [m for _, m in stack["plans"][n:n + k]]
+
     results = _set(stack, **{"cost.effort": 1e5, "cost.smoothness": 1e5})
     assert all(r.successful for r in results), [r.reason for r in results]
-    n = len(stack["plans"])
-    assert _wait(lambda: len(stack["plans"]) >= n + 8, 10)
-    still = plan_step()
     assert planner_weights(stack) == (1e5, 1e5)
-    assert still < 0.6 * moving, (moving, still)
-    _set(stack, **{"cost.effort": 0.001, "cost.smoothness": 0.01})
+    try:
+        q0 = sim.sim.joint_positions()
+        qg = sim.spec.clip(q0 + np.array([-0.3, 0.2, -0.2, 0.0, 0.0, 0.0]))
+        stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
+        next_plans(2)                                   # the goal has arrived
+        still = step_size(next_plans(3))
+    finally:
+        _set(stack, **{"cost.effort": 0.001, "cost.smoothness": 0.01})
+    moving = step_size(next_plans(3))
+    assert still < 0.6 * moving, (still, moving)
 
 
 def test_teach_goal_and_predictor_switch_keep_the_goal_in_the_planners_space(stack):

@@ -126,7 +126,7 @@ class CostWeights(ValidatedConfig):
     keep_out_margin: float = 0.05  # m: the keep-out barrier acts within this distance of a box
     goal_tool: float = 0.0         # weight (per m^2) of the tool point's distance beyond goal_tool_radius from
                                    # the goal's, squared, mean over the planned steps
-    goal_tool_radius: float = 0.03  # m: within this distance of the goal image's tool reading the goal_tool term is 0
+    goal_tool_radius: float = 0.02  # m: within this distance of the goal image's tool reading the goal_tool term is 0
 
     RANGES: ClassVar[dict] = {
         "goal_terminal": (0.0, 1e6, "weight of the mean squared goal distance (goal dims) at the last predicted step"),
