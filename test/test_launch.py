@@ -3,7 +3,9 @@ planner_node and safety_node as real processes on a ROS domain of their own.
 
 Checks the loop: camera images arrive on /camera/image_raw; after a goal image is
 published on /ami/goal_image, a gated trajectory for the arm's joints appears on
-/arm_controller/joint_trajectory.
+/arm_controller/joint_trajectory, and the simulated arm reaches the goal: the planner
+reports it reached or settled, and the tool (/ami/tool_position) ends within 5 cm of
+the goal's.
 
 Needs the ROS 2 launch packages (launch, launch_ros, launch_pytest), which come with
 a ROS distribution and are not on PyPI: in a pip-only environment this module is
@@ -42,7 +44,9 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,  # noqa: E402
                        qos_profile_sensor_data)
+from geometry_msgs.msg import PointStamped  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.arm import load_arm, share_dir  # noqa: E402
@@ -102,11 +106,16 @@ class Probe:
         rclpy.init(context=self.ctx, domain_id=DOMAIN_ID)
         self.node = rclpy.create_node("launch_test_probe", context=self.ctx)
         self.cond = threading.Condition()
-        self.images, self.trajectories = [], []
+        self.images, self.trajectories, self.tool, self.status = [], [], [], []
         self.node.create_subscription(Image, "/camera/image_raw", self._store(self.images), qos_profile_sensor_data)
         self.node.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory",
                                       self._store(self.trajectories),
                                       QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        self.node.create_subscription(PointStamped, "/ami/tool_position", self._store(self.tool),
+                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+        self.node.create_subscription(String, "/ami/goal_status", self._store(self.status),
+                                      QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                                 durability=DurabilityPolicy.TRANSIENT_LOCAL))
         self.goal_pub = self.node.create_publisher(
             Image, "/ami/goal_image",
             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
@@ -144,16 +153,16 @@ class Probe:
         rclpy.try_shutdown(context=self.ctx)
 
 
-def _goal_image(spec) -> np.ndarray:
+def _goal_image(spec) -> tuple[np.ndarray, np.ndarray]:
     """The scene rendered with the arm away from home (by the default model's camera rig): a goal
-    the planner must move to."""
+    the planner must move to; and the goal's joint configuration."""
     from ami_ros.core.model_io import camera_views, read_card
     from ami_ros.sim.arm_sim import ArmSim
 
     q = spec.clip(spec.home + np.array([0.4, -0.2, 0.2, 0.0, 0.0, 0.0])[:spec.dof])
     views = camera_views(read_card(os.path.join(share_dir(), "models", "default")))
     with ArmSim(spec, width=64, height=64, seed=0, views=views) as sim:
-        return sim.render_configuration(q)
+        return sim.render_configuration(q), q
 
 
 @pytest.mark.launch(fixture=sim_stack)
@@ -166,7 +175,8 @@ def test_images_then_gated_trajectory_after_goal():
         assert (img.encoding, img.width, img.height) == ("rgb8", 64, 64)
         assert not probe.trajectories, "a trajectory reached the arm before any goal was given"
 
-        probe.goal_pub.publish(common.image_msg(_goal_image(spec), probe.node.get_clock().now().to_msg()))
+        goal_image, q_goal = _goal_image(spec)
+        probe.goal_pub.publish(common.image_msg(goal_image, probe.node.get_clock().now().to_msg()))
         probe.wait_for(lambda: len(probe.trajectories) >= 1, PLAN_TIMEOUT,
                        "a gated trajectory on /arm_controller/joint_trajectory")
         msg = probe.trajectories[-1]
@@ -178,5 +188,13 @@ def test_images_then_gated_trajectory_after_goal():
         order = [list(msg.joint_names).index(n) for n in spec.joint_names]
         q = traj.positions[:, order]
         assert np.all(q >= spec.q_min - 1e-9) and np.all(q <= spec.q_max + 1e-9)
+        # the arm reaches the goal: the planner stops (reached or settled) with the tool within 5 cm
+        probe.wait_for(lambda: probe.status and probe.status[-1].data.split()[0] in ("reached", "settled"),
+                       PLAN_TIMEOUT, "the planner to report the goal reached or settled")
+        time.sleep(1.0)                                  # the arm goes back to that frame's pose and holds
+        with probe.cond:
+            p = probe.tool[-1].point
+        miss = float(np.linalg.norm(np.array([p.x, p.y, p.z]) - spec.tool_position(q_goal)))
+        assert miss < 0.05, f"the tool ended {100 * miss:.1f} cm from the goal ({probe.status[-1].data})"
     finally:
         probe.close()

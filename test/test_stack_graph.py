@@ -140,13 +140,11 @@ def test_goal_image_closes_the_loop_through_the_gate(stack):
     """Camera frames in, gated trajectory out: a goal given only as an image makes the
     planner lower its energy (embedding distance to the goal) by moving the simulated
     arm through the safety gate, until (shipped goal_tolerance) the planner reports the
-    goal reached and holds the arm, the tool at most 3/4 as far from the goal as at the
-    start (14.5 cm). The goal lies across the camera's line of sight (8% of the start
-    to goal displacement along it): along it one 64 px camera barely resolves depth, and
-    an earlier goal displaced along it (92%) was reported reached 5-6 cm short in most
-    runs. 30 graph runs of this test: the tool ended 4.0 cm from the goal (median), 24
-    within 5 cm, all within 9.1 cm; the success rate over random goals is measured by
-    `ami-ros eval` (README)."""
+    goal reached and holds the arm with the tool within the eval's success radius (5 cm)
+    of the goal's, from 14.5 cm. With the image energy alone (before the goal_tool term)
+    30 graph runs ended 4.0 cm away in the median, 24 of them within 5 cm; with it, 6 runs
+    ended 0.9-1.2 cm away. The success rate over random goals is measured by `ami-ros
+    eval` (README)."""
     sim, planner = stack["sim"], stack["planner"]
     tol = load_stack_config()["goal_tolerance"]
     assert tol > 0
@@ -166,7 +164,7 @@ def test_goal_image_closes_the_loop_through_the_gate(stack):
         moved = float(np.abs(sim.sim.joint_positions() - q0).max())
         assert reached, f"goal not reached: distance {first:.4f} -> {planner.goal_distance:.4f}, tool {100 * d:.1f} cm away"
         assert planner.goal_distance < 0.5 * first
-        assert d < 0.75 * float(np.linalg.norm(sim.tool_position_at(q0) - target)), f"tool {100 * d:.1f} cm from the goal"
+        assert d < 0.05, f"tool {100 * d:.1f} cm from the goal"
         assert moved > 0.05, f"the arm moved only {moved:.3f} rad"
         assert stack["gated"], "nothing reached the arm's controller"
         assert sim.commands_accepted > 0 and stack["encoder"].counts["embeddings"] > 0
