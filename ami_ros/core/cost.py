@@ -292,8 +292,7 @@ class Cost:
             out["keep_out"] = torch.zeros(B, device=dev, dtype=dt)
 
         if use_gt:
-            miss = (pts[..., -1, :] - goal_tool.to(dev, dt).reshape(3)).norm(dim=-1)   # (B, H) m, the tool's
-            out["goal_tool"] = w.goal_tool * torch.relu(miss - w.goal_tool_radius).pow(2).mean(-1)
+            out["goal_tool"] = self._goal_tool_penalty(pts[..., -1, :], goal_tool).mean(-1)   # tool points (B, H, 3)
         else:
             out["goal_tool"] = torch.zeros(B, device=dev, dtype=dt)
 
@@ -310,18 +309,27 @@ class Cost:
         terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step, goal_dims, goal_tool)
         return torch.stack(list(terms.values())).sum(0)
 
+    def _goal_tool_penalty(self, tool: Tensor, goal_tool: Tensor) -> Tensor:
+        """Weighted goal_tool penalty of tool points (..., 3): w * relu(|p - p_goal| - r)^2 -> (...)."""
+        w = self._weights
+        miss = (tool - goal_tool.to(tool.device, tool.dtype).reshape(3)).norm(dim=-1)          # m
+        return w.goal_tool * torch.relu(miss - w.goal_tool_radius).pow(2)
+
     def goal_tool_at(self, q, goal_tool: Tensor | None) -> float:
         """The ``goal_tool`` term (weighted) of one measured pose: q (A,) joint positions; 0 when
-        the term is off (no kinematics, no goal reading or weight 0). The stopping rules add it to
-        a frame's measured goal distance, so a frame whose image looks like the goal's while the
-        arm's tool is far from where the goal shows it neither reaches the goal nor is the one to
-        go back to."""
-        w = self._weights
-        if self.kinematics is None or goal_tool is None or w.goal_tool <= 0:
+        the term is off (no kinematics, no goal reading or weight 0)."""
+        if self.kinematics is None or goal_tool is None or self._weights.goal_tool <= 0:
             return 0.0
         tool = self.kinematics(torch.as_tensor(q, dtype=torch.float32).flatten())[-1]
-        miss = float((tool - torch.as_tensor(goal_tool, dtype=torch.float32).flatten()).norm())
-        return w.goal_tool * max(0.0, miss - w.goal_tool_radius) ** 2
+        return float(self._goal_tool_penalty(tool, torch.as_tensor(goal_tool, dtype=torch.float32)))
+
+    def measured_goal_distance(self, z: Tensor, goal_vis: Tensor, q, goal_tool: Tensor | None) -> float:
+        """What the stopping rules (goal_tolerance, settle_patience) measure of a frame: its z_vis
+        distance to the goal image (:meth:`goal_distance`; z (D,)) plus the ``goal_tool`` term of the
+        arm's pose q (A,) when it was taken, so a frame whose image looks like the goal's while the
+        arm's tool is far from where the goal shows it neither reaches the goal nor is the one to
+        go back to."""
+        return float(self.goal_distance(z, goal_vis)) + self.goal_tool_at(q, goal_tool)
 
     def goal_distance(self, z: Tensor, goal: Tensor) -> Tensor:
         """Unweighted mean squared distance on the goal dims; z (..., D) -> (...)."""

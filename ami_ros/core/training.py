@@ -521,12 +521,9 @@ def train_tool_readout(model: WorldModel, cfg: TrainConfig, train_eps, test_eps,
     if net is None or cfg.tool_steps <= 0:
         return {}
 
-    def frames_and_labels(eps):
-        eps = [e for e in eps if len(e.q)]
-        return (np.concatenate([e.frames for e in eps]),
-                np.concatenate([tool_position(e.q) for e in eps]).astype(np.float32))
-
-    frames, y = frames_and_labels(train_eps)                                  # (N, S, S, 3) uint8, (N, 3)
+    eps = [e for e in train_eps if len(e.q)]
+    y = np.concatenate([tool_position(e.q) for e in eps]).astype(np.float32)  # (N, 3) labels, row = frame
+    starts = np.cumsum([0] + [len(e.q) for e in eps[:-1]])                   # first row of each episode
     mean, std = y.mean(0), y.std(0) + 1e-6
     net.mean.copy_(torch.as_tensor(mean))
     net.std.copy_(torch.as_tensor(std))
@@ -537,18 +534,22 @@ def train_tool_readout(model: WorldModel, cfg: TrainConfig, train_eps, test_eps,
     net.train()
 
     def loss_at(step):
-        i = rng.integers(0, len(frames), cfg.tool_batch)
-        return (net.normalized(image_to_tensor(frames[i]).to(device)) - target[i]).pow(2).mean()
+        i = rng.integers(0, len(y), cfg.tool_batch)                              # rows
+        e = np.searchsorted(starts, i, side="right") - 1                          # their episodes
+        frames = np.stack([eps[k].frames[r - starts[k]] for k, r in zip(e, i)])  # gathered, not copied whole
+        return (net.normalized(image_to_tensor(frames).to(device)) - target[i]).pow(2).mean()
 
     first, last = _fit(opt, cfg.tool_steps, cfg.tool_lr, loss_at, progress)
     net.eval()
     out = {"tool_loss_first": first, "tool_loss_last": last, "tool_steps": cfg.tool_steps}
     if test_eps:
-        frames, y = frames_and_labels(test_eps)
+        err = []
         with torch.no_grad():
-            read = torch.cat([net(image_to_tensor(frames[j:j + 512]).to(device)).cpu()
-                              for j in range(0, len(frames), 512)]).numpy()
-        err = 100 * np.linalg.norm(read - y, axis=1)
+            for e in test_eps:
+                if len(e.q):
+                    read = net(image_to_tensor(e.frames).to(device)).cpu().numpy()
+                    err.append(100 * np.linalg.norm(read - tool_position(e.q), axis=1))
+        err = np.concatenate(err)
         out.update(tool_readout_err_cm_median=float(np.median(err)),
                    tool_readout_err_cm_p90=float(np.percentile(err, 90)))
     return out

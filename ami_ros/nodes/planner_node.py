@@ -271,8 +271,8 @@ class PlannerNode(Node):
             state = self.joint_history.state_at(source_stamp) or (joint[1], joint[2])
             # measured, not predicted: the latest frame's distance to the goal image, plus the goal_tool
             # term of where the arm was then
-            self.goal_distance = float(self.planner.cost.goal_distance(z_hist[-1], self.goal_vis)) \
-                + self.planner.cost.goal_tool_at(state[0], self.goal_tool)
+            self.goal_distance = self.planner.cost.measured_goal_distance(z_hist[-1], self.goal_vis, state[0],
+                                                                          self.goal_tool)
             self.goal_status = self.monitor.update(self.goal_distance, source_stamp)
             if self.goal_status != "active":
                 # reached (a frame within goal_tolerance) or settled (no progress for settle_patience

@@ -22,6 +22,8 @@ import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
 # Where resets put the cube and draw joint configurations (a region the camera sees).
 CUBE_X = (0.30, 0.60)
 CUBE_Y = (-0.30, 0.30)
+# m: the lowest the links beyond the shoulder may be in a drawn configuration (start, goal, exploration target)
+TABLE_CLEARANCE = 0.06
 
 
 class ArmSim:
@@ -86,9 +88,14 @@ class ArmSim:
             q[0] = self.rng.uniform(-1.0, 1.0)  # face the table
             links = self.spec.link_positions(q)
             tip = links[-1]
-            if links[2:, 2].min() > 0.06 and 0.2 <= tip[0] <= 0.75 and abs(tip[1]) <= 0.45 and tip[2] < 0.55:
+            if links[2:, 2].min() > TABLE_CLEARANCE and 0.2 <= tip[0] <= 0.75 and abs(tip[1]) <= 0.45 \
+                    and tip[2] < 0.55:
                 return q
         return self.spec.home.copy()
+
+    def clear_of_table(self, q: np.ndarray) -> bool:
+        """The links beyond the shoulder at least TABLE_CLEARANCE above the table at joint positions q."""
+        return bool(self.spec.link_positions(q)[2:, 2].min() >= TABLE_CLEARANCE)
 
     def reset(self, q: np.ndarray | None = None, cube_xy: np.ndarray | None = None) -> None:
         """Put the arm at ``q`` (home if None) at rest, and the cube at ``cube_xy`` (random if None)."""

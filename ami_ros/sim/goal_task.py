@@ -33,8 +33,7 @@ def draw_episode(sim, split: str, rng: np.random.Generator):
         q0 = sim.random_configuration()
         if split == "near":  # a goal nearby in joint space, so near means near for the whole arm
             qg = spec.clip(q0 + rng.uniform(-0.35, 0.35, spec.dof))
-            links = spec.link_positions(qg)
-            if links[2:, 2].min() < 0.06:
+            if not sim.clear_of_table(qg):
                 continue
         else:
             qg = sim.random_configuration()
@@ -75,7 +74,7 @@ class WorldModelAgent:
         self.goal = self.goal_vis = None
         self.goal_tool = None                   # the tool position read off the goal image (m), or None
         self.hold = None                        # the commanded target held once reached or settled
-        self.measured_distance = float("nan")   # goal distance of the latest frame (z_vis, as goal_tolerance)
+        self.measured_distance = float("nan")   # measured goal distance of the latest frame (as goal_tolerance)
 
     @property
     def status(self) -> str:
@@ -108,9 +107,7 @@ class WorldModelAgent:
         self.joints.push(stamp, q, qd)
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
-        # measured, as the node's: the frame's z_vis distance and the goal_tool term of the arm's pose then
-        distance = float(self.planner.cost.goal_distance(z, self.goal_vis)) \
-            + self.planner.cost.goal_tool_at(q, self.goal_tool)
+        distance = self.planner.cost.measured_goal_distance(z, self.goal_vis, q, self.goal_tool)  # as the node's
         self.measured_distance = distance
         if self.monitor.update(distance, stamp) != "active":
             seen = self.monitor.hold_position(self.joints)

@@ -72,8 +72,6 @@ class Explorer:
     PUSH_CLEARANCE = 0.035  # m, the other links' lowest allowed height in a push pose
     PUSH_SPEED = 0.4        # fraction of the episode's action bound used while pushing (the cube stays in view)
 
-    CLEARANCE = 0.06        # m, lowest allowed height of the links beyond the shoulder in a jittered target
-
     def __init__(self, sim, rng, control_dt: float, q_start, random_action_prob: float = 0.0,
                  push_prob: float = 0.0, target_jitter: float = 0.0):
         import numpy as np
@@ -122,12 +120,12 @@ class Explorer:
         return out
 
     def _jittered(self, q):
-        """q moved by up to ``target_jitter`` per joint, within the limits and with the links
-        beyond the shoulder at least CLEARANCE above the table (q itself if 20 draws are not)."""
-        np, spec = self.np, self.sim.spec
+        """q moved by up to ``target_jitter`` per joint, within the limits and clear of the table
+        (``ArmSim.clear_of_table``; q itself if 20 draws are not)."""
+        np = self.np
         for _ in range(20):
             qj = np.clip(q + self.rng.uniform(-self.target_jitter, self.target_jitter, q.shape), self.lo, self.hi)
-            if spec.link_positions(qj)[2:, 2].min() >= self.CLEARANCE:
+            if self.sim.clear_of_table(qj):
                 return qj
         return q
 
