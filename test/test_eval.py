@@ -259,3 +259,41 @@ def test_demo_refuses_a_model_folder_that_is_not_one(tmp_path, capsys):
     demo.add_arguments(p)
     assert demo.run(p.parse_args(["--model", str(tmp_path / "nowhere")])) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_wall_split_is_across_a_keep_out_wall_and_entering_it_fails_an_episode(capsys):
+    """The wall split: start and goal tools low on opposite sides of WALL, every link clear of it.
+    The oracle, told of the wall, goes over it and reaches the goal without entering it; the same
+    oracle not told of it goes straight, through the wall: it reaches the goal and still fails."""
+    from ami_ros.core.safety import links_enter_box
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import SPLITS, WALL, WALL_CLEARANCE, OracleAgent, draw_episode, run_episode
+    from ami_ros.tools import evaluate as tool
+
+    class Straight(OracleAgent):
+        def set_keep_out(self, boxes):
+            pass                                    # not told of the wall
+
+    arm = load_arm()
+    bound = arm.v_max * 0.1 * 0.5
+    assert SPLITS["wall"].keep_out == (WALL,)
+    with ArmSim(arm, width=32, height=32, seed=4) as sim:
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            q0, qg, _ = draw_episode(sim, "wall", rng)
+            p0, pg = arm.tool_position(q0), arm.tool_position(qg)
+            assert p0[1] * pg[1] < 0 and min(abs(p0[1]), abs(pg[1])) > WALL.hi[1]           # either side
+            assert max(p0[2], pg[2]) < WALL.hi[2]                                             # below its top
+            assert not links_enter_box(arm, q0, WALL.grown(WALL_CLEARANCE))
+            assert not links_enter_box(arm, qg, WALL.grown(WALL_CLEARANCE))
+        over = [run_episode(sim, OracleAgent(bound), "wall", np.random.default_rng(k)) for k in range(3)]
+        straight = [run_episode(sim, Straight(bound), "wall", np.random.default_rng(k)) for k in range(3)]
+    assert all(r.success and not r.entered_keep_out for r in over), [(r.final_distance, r.entered_keep_out)
+                                                                      for r in over]
+    assert all(r.entered_keep_out and not r.success and r.final_distance < 0.05 for r in straight), \
+        [(r.final_distance, r.entered_keep_out) for r in straight]
+    p = argparse.ArgumentParser()
+    tool.add_arguments(p)
+    assert tool.run(p.parse_args(["--episodes", "1", "--splits", "near,walls"])) == 2
+    assert "walls" in capsys.readouterr().err
+

@@ -168,3 +168,40 @@ def test_settled_goal_returns_the_arm_to_the_pose_of_the_closest_frame(ros_domai
         assert planner.counts["plans"] == n_plans                     # planning stopped
     finally:
         g.close()
+
+
+def test_plan_markers_show_where_the_next_subgoal_has_the_tool_in_hierarchical_mode(ros_domain_id):
+    """/ami/plan_markers: in hierarchical mode a sphere where the low level aims the tool (the
+    next subgoal's point, within the arm's reach); switched to flat, that sphere is deleted."""
+    from rclpy.parameter import Parameter
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    g = _Graph(ros_domain_id, {"goal_tolerance": 0.0, "settle_patience": 0, "max_embedding_age_s": 10.0,
+                               "max_joint_state_age_s": 10.0, "planner.mode": "hier"})
+    arrays, lock = [], threading.Lock()
+
+    def on_markers(msg):
+        with lock:
+            arrays.append(msg)
+
+    def subgoal_markers():
+        with lock:
+            return [m for a in arrays for m in a.markers if m.ns == "ami_subgoal_tool"]
+
+    g.probe.create_subscription(MarkerArray, "/ami/plan_markers", on_markers, common.RELIABLE_10)
+    try:
+        planner, arm = g.planner, g.planner.arm
+        t = g.clock()
+        g.publish_state(t, arm.home)
+        g.publish_embedding(t, np.random.default_rng(2).normal(size=planner.model.embed_dim).astype(np.float32))
+        g.teach()
+        assert _wait(lambda: any(m.action == Marker.ADD for m in subgoal_markers()), 10), "no subgoal marker"
+        m = next(m for m in subgoal_markers() if m.action == Marker.ADD)
+        p = np.array([m.pose.position.x, m.pose.position.y, m.pose.position.z])
+        assert m.type == Marker.SPHERE and m.header.frame_id == arm.base_frame
+        assert np.all(np.isfinite(p)) and np.linalg.norm(p) < 1.0            # within the arm's reach
+        assert planner.set_parameters([Parameter("planner.mode", value="flat")])[0].successful
+        n = len(subgoal_markers())
+        assert _wait(lambda: any(m.action == Marker.DELETE for m in subgoal_markers()[n:]), 10), "not deleted"
+    finally:
+        g.close()

@@ -173,7 +173,8 @@ class Cost:
         self.kinematics = kinematics
         self.workspace = None if workspace is None else tuple(
             torch.as_tensor(v, dtype=torch.float32) for v in workspace)
-        self.keep_out = [tuple(torch.as_tensor(v, dtype=torch.float32) for v in box) for box in keep_out]
+        self.keep_out: list[tuple[Tensor, Tensor]] = []
+        self.set_keep_out(keep_out)
         self.q_min = None if q_min is None else torch.as_tensor(q_min, dtype=torch.float32)
         self.q_max = None if q_max is None else torch.as_tensor(q_max, dtype=torch.float32)
         if (self.q_min is None) != (self.q_max is None):
@@ -197,6 +198,18 @@ class Cost:
         new = new.replace(**kw) if kw else new.validate()
         self._weights = new
         return new
+
+    def set_keep_out(self, boxes) -> None:
+        """Replace the keep-out boxes: an iterable of (lo (3,), hi (3,)), metres, finite, lo < hi
+        on every axis (ValueError otherwise; the old boxes stay)."""
+        new = []
+        for box in boxes:
+            lo, hi = (torch.as_tensor(v, dtype=torch.float32).flatten() for v in box)
+            if lo.shape != (3,) or hi.shape != (3,) or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()) \
+                    or not bool((lo < hi).all()):
+                raise ValueError(f"keep-out box: need finite (3,) corners lo < hi, got {lo.tolist()}, {hi.tolist()}")
+            new.append((lo, hi))
+        self.keep_out = new
 
     def bind(self, goal_dims: slice | None = None, action_bound=None) -> "Cost":
         """Fill in goal_dims / action_bound where unset; ValueError if set to something else."""

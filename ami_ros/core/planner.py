@@ -32,16 +32,23 @@ Hierarchical mode (``mode='hier'``):
 1. High level: searches ``coarse_horizon`` chunks of ``k_coarse`` actions each
    (``(Nc, Hc, k*A)``, each action bounded by ``action_bound``) through
    ``model.rollout_coarse``; the cost is the same :class:`~ami_ros.core.cost.Cost`
-   (goal terminal + running on the coarse predictions, plus the action terms on the
-   chunks flattened to ``Hc*k`` fine actions; no subgoal term). The predicted coarse
-   embeddings of the chosen chunks are the subgoals ``(Hc, D)``.
+   (goal terminal + running on the coarse predictions, plus the action and
+   kinematic terms on the chunks flattened to ``Hc*k`` fine actions; no subgoal
+   term). Its sampling noise is one draw per chunk, the same for the chunk's ``k``
+   actions: a chunk's displacement then spreads ``k`` times as wide as one action's
+   rather than ``sqrt(k)`` times, so the search reaches what lies ``Hc*k`` steps out
+   (a way around an obstacle, not only a jitter of the warm start). The predicted
+   coarse embeddings of the chosen chunks are the subgoals ``(Hc, D)``.
 2. Low level: plans ``horizon`` fine actions through ``model.rollout`` with the full
    cost plus ``subgoal * mean((z_pred[s] - subgoal_1)**2)`` on ALL embedding dims
    (the first subgoal fixes the proprio part too), at step ``s = min(k, H) - 1``;
    when ``H < k`` the target is the point ``H/k`` of the way from the current
-   embedding to the first subgoal. It starts from the cheaper (under this cost) of
-   the first ``H`` fine actions of the chosen chunks and the shifted previous
-   low-level plan (zeros, i.e. "stay", on the first cycle).
+   embedding to the first subgoal. Its ``goal_tool`` term aims at the subgoal's
+   tool point (forward kinematics of the chosen chunks' commanded target at step
+   ``s``), not the goal's: the high level has chosen the way, and the low level
+   follows it even where that first leads away from the goal. It starts from the
+   cheaper (under this cost) of the first ``H`` fine actions of the chosen chunks and
+   the shifted previous low-level plan (zeros, i.e. "stay", on the first cycle).
 
 Compute is counted in model step evaluations (one predictor step for one candidate,
 fine or coarse): :attr:`PlanResult.model_steps`, :meth:`Planner.model_steps_per_plan`,
@@ -161,6 +168,7 @@ class PlanResult:
     model_steps: int = 0             # model step evaluations spent (fine + coarse)
     terms: dict = field(default_factory=dict)  # weighted cost terms of ``actions`` (floats)
     coarse_cost: float | None = None  # hier: cost of the chosen chunks
+    subgoal_tool: Tensor | None = None  # hier with a goal_tool reading: (3,) the tool point the low level aims at (m)
 
 
 def _model_device(model) -> torch.device:
@@ -302,7 +310,7 @@ class Planner:
             z = predict(cand)
             return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims, goal_tool), z
 
-        subgoals, coarse_cost, extra = None, None, None
+        subgoals, coarse_cost, extra, subgoal_tool = None, None, None, None
         warm = self._shifted(self._warm, advance, A) if c.warm_start else None
         if c.mode == "flat":
             mean0 = warm if warm is not None else torch.zeros(H, A, **f32)
@@ -321,7 +329,7 @@ class Planner:
             mean_c = wc if wc is not None else torch.zeros(Hc, k * A, **f32)
             bound_c = self.bound.repeat(k)
             a_c, coarse_cost, subgoals, n = self._search(
-                coarse_eval, mean_c, bound_c, c.coarse_candidates, c.coarse_elites, c.coarse_iterations)
+                coarse_eval, mean_c, bound_c, c.coarse_candidates, c.coarse_elites, c.coarse_iterations, chunk=k)
             steps += n
             iters += c.coarse_iterations
             self._warm_coarse = a_c
@@ -332,6 +340,8 @@ class Planner:
             s = min(k, H) - 1
             target = subgoals[0] if H >= k else z_now + (subgoals[0] - z_now) * (H / k)
             extra = warm if warm is not None else torch.zeros(H, A, **f32)
+            if goal_tool is not None and self.cost.kinematics is not None:   # the tool where the subgoal has it
+                goal_tool = subgoal_tool = self.cost.kinematics(q0 + a_c.reshape(Hc * k, A)[: s + 1].sum(0))[-1]
 
             def eval_fn(cand):
                 return fine_eval(cand, target, s)
@@ -350,7 +360,8 @@ class Planner:
             actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,
             time_s=time.perf_counter() - t0, model_steps=steps,
-            terms={k_: float(v) for k_, v in terms.items()}, coarse_cost=coarse_cost)
+            terms={k_: float(v) for k_, v in terms.items()}, coarse_cost=coarse_cost,
+            subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu())
 
     @staticmethod
     def _shifted(prev: Tensor | None, advance: int, A: int) -> Tensor | None:
@@ -365,8 +376,9 @@ class Planner:
         return flat.reshape(T, C)
 
     def _search(self, evaluate: Callable[[Tensor], tuple[Tensor, Tensor]], mean: Tensor, bound: Tensor,
-                n: int, elites: int, iterations: int, extra: Tensor | None = None):
-        """Sampling search over sequences (T, C) bounded by ``bound`` (C,).
+                n: int, elites: int, iterations: int, extra: Tensor | None = None, chunk: int = 1):
+        """Sampling search over sequences (T, C) bounded by ``bound`` (C,); ``chunk``: each row holds
+        that many actions of C / chunk values, and one noise draw serves them all.
 
         Returns (plan (T, C), cost float, predicted embeddings, model steps spent).
         """
@@ -384,7 +396,8 @@ class Planner:
             i = int(torch.argmin(cost))
             mean, best_c, best_a, best_z = pair[i], float(cost[i]), pair[i].clone(), z[i].clone()
         for it in range(iterations):
-            eps = torch.randn((n,) + tuple(mean.shape), generator=self._gen, device=mean.device)
+            T_, C_ = mean.shape
+            eps = torch.randn((n, T_, C_ // chunk), generator=self._gen, device=mean.device).repeat(1, 1, chunk)
             cand = mean + std * eps
             cand[0] = mean
             cand = torch.maximum(torch.minimum(cand, bound), -bound)

@@ -434,6 +434,13 @@ def dynamics_bounds(p: _Pieces, period: float, reach: np.ndarray) -> Dynamics:
     return Dynamics(v_cont, acc_bound, jerk_bound, tool, piece_speed)
 
 
+def links_enter_box(arm, q, box: Box) -> bool:
+    """Whether any link segment (joint origin to joint origin, last to the tool point; the
+    centre lines, as the gate checks them) of the arm at joint positions q (dof,) touches ``box``."""
+    pts = arm.link_positions(np.asarray(q, dtype=np.float64))
+    return bool(np.any(_segments_hit_box(pts[:-1], pts[1:], box.lo, box.hi)))
+
+
 def _segments_hit_box(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Segments a->b (..., 3) touching boxes [lo, hi] ((..., 3) broadcastable): bool (...)."""
     d = b - a

@@ -15,7 +15,8 @@ Publishes
   /ami/plan_markers visualization_msgs/MarkerArray: the planned tool path (forward kinematics),
                     stamped with the source camera frame's stamp, and a sphere where the goal has the
                     tool point (the model's reading of the goal image, or a taught goal's), as wide as
-                    cost.goal_tool_radius
+                    cost.goal_tool_radius; in hierarchical mode a smaller one where the next subgoal has
+                    it (the low level's aim)
   /ami/goal_status  std_msgs/String: none | active | reached | settled (+ goal distance); settled:
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics
@@ -274,6 +275,7 @@ class PlannerNode(Node):
             self.goal_distance = self.planner.cost.measured_goal_distance(z_hist[-1], self.goal_vis, state[0],
                                                                           self.goal_tool)
             self.goal_status = self.monitor.update(self.goal_distance, source_stamp)
+            res = None
             if self.goal_status != "active":
                 # reached (a frame within goal_tolerance) or settled (no progress for settle_patience
                 # cycles): the frame to go back to (the one that showed the goal, or the closest seen) is
@@ -311,10 +313,11 @@ class PlannerNode(Node):
         self._q_cmd = (now, targets[0])
         self.last_plan = (now, targets)
         # the markers carry the stamp of the camera frame the plan started from (latency probes)
-        self._marker_pub.publish(self._markers(targets, common.seconds_to_stamp(source_stamp)))
+        subgoal_tool = None if res is None or res.subgoal_tool is None else res.subgoal_tool.numpy()
+        self._marker_pub.publish(self._markers(targets, common.seconds_to_stamp(source_stamp), subgoal_tool))
         self._publish_status()
 
-    def _markers(self, targets: np.ndarray, stamp) -> MarkerArray:
+    def _markers(self, targets: np.ndarray, stamp, subgoal_tool=None) -> MarkerArray:
         path = self.arm.tool_position(targets)                                   # (H, 3)
         m = Marker()
         m.header.frame_id, m.header.stamp = self.arm.base_frame, stamp
@@ -333,6 +336,18 @@ class PlannerNode(Node):
             g.pose.position = Point(**{k: float(v) for k, v in zip("xyz", self.goal_tool)})
             g.pose.orientation.w = 1.0
             markers.append(g)
+        sg = Marker()                    # where the next subgoal has the tool (hier), else delete the last one
+        sg.header = m.header
+        sg.ns, sg.id = "ami_subgoal_tool", 2
+        if subgoal_tool is None:
+            sg.action = Marker.DELETE
+        else:
+            sg.type, sg.action = Marker.SPHERE, Marker.ADD
+            sg.scale.x = sg.scale.y = sg.scale.z = 0.025
+            sg.color.r, sg.color.g, sg.color.b, sg.color.a = 0.9, 0.1, 0.9, 0.7
+            sg.pose.position = Point(**{k: float(v) for k, v in zip("xyz", subgoal_tool)})
+            sg.pose.orientation.w = 1.0
+        markers.append(sg)
         return MarkerArray(markers=markers)
 
     # ------------------------------------------------------------ parameters

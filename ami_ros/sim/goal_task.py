@@ -3,7 +3,15 @@
 An episode draws a start and a goal configuration (and a cube pose), renders
 the goal image, and gives the agent only camera frames, joint states and the
 goal image. Success: the final tool position within ``success_radius`` of the
-goal configuration's tool position.
+goal configuration's tool position (and, where the split has keep-out boxes, no
+link of the arm entered one on the way).
+
+Splits (:data:`SPLITS`): ``near`` and ``far`` goals by tool displacement, and
+``wall``: start and goal low on either side of a keep-out box standing on the table
+across the arm's front (:data:`WALL`, 0.30 m high), which the planner is told of as
+it is told of the safety config's keep-out boxes (its cost's ``keep_out`` term). The
+straight way is blocked; the arm must go over or around, a detour that first takes
+the tool away from the goal (a long-horizon search).
 """
 from __future__ import annotations
 
@@ -15,21 +23,45 @@ import torch
 
 from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
 from ami_ros.core.planner import Planner
+from ami_ros.core.safety import Box, links_enter_box
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.core.world_model import image_to_tensor
 
+# A keep-out box standing on the table across the arm's front (m, base frame).
+WALL = Box("wall", np.array([0.2, -0.03, 0.0]), np.array([0.9, 0.03, 0.30]))
+WALL_CLEARANCE = 0.05   # m: the wall split's start and goal keep every link this far from the wall
+KEEP_OUT_CHECK_PERIOD = 0.02   # s: how often an episode checks the arm against its split's keep-out boxes
+
+
+@dataclass(frozen=True)
+class Split:
+    displacement: tuple[float, float]   # (min, max) tool displacement between start and goal (m)
+    steps: int                          # control steps allowed
+    keep_out: tuple[Box, ...] = ()      # boxes the planner is told of and the arm must stay out of
+
+
 SPLITS = {
-    # name: (min, max) tool displacement between start and goal (m), control steps allowed
-    "near": ((0.08, 0.20), 40),
-    "far": ((0.30, 0.60), 80),
+    "near": Split((0.08, 0.20), 40),
+    "far": Split((0.30, 0.60), 80),
+    "wall": Split((0.30, 0.90), 80, (WALL,)),
 }
+
+
+def _across_the_wall(spec, q0, qg) -> bool:
+    """Start and goal tools low on opposite sides of WALL, every link clear of it."""
+    p0, pg = spec.tool_position(q0), spec.tool_position(qg)
+    side = WALL.hi[1] + 0.09, WALL.lo[1] - 0.09
+    opposite = (p0[1] > side[0] and pg[1] < side[1]) or (pg[1] > side[0] and p0[1] < side[1])
+    low = max(p0[2], pg[2]) < WALL.hi[2] - WALL_CLEARANCE
+    grown = WALL.grown(WALL_CLEARANCE)
+    return opposite and low and not links_enter_box(spec, q0, grown) and not links_enter_box(spec, qg, grown)
 
 
 def draw_episode(sim, split: str, rng: np.random.Generator):
     """-> (q_start, q_goal, cube_xy) with the tool displacement of ``split``."""
-    (lo, hi), _ = SPLITS[split]
+    lo, hi = SPLITS[split].displacement
     spec = sim.spec
-    for _ in range(10000):
+    for _ in range(100000):
         q0 = sim.random_configuration()
         if split == "near":  # a goal nearby in joint space, so near means near for the whole arm
             qg = spec.clip(q0 + rng.uniform(-0.35, 0.35, spec.dof))
@@ -37,6 +69,8 @@ def draw_episode(sim, split: str, rng: np.random.Generator):
                 continue
         else:
             qg = sim.random_configuration()
+            if split == "wall" and not _across_the_wall(spec, q0, qg):
+                continue
         d = np.linalg.norm(spec.tool_position(qg) - spec.tool_position(q0))
         if lo <= d <= hi:
             cube = (rng.uniform(0.3, 0.6), rng.uniform(-0.3, 0.3))
@@ -75,6 +109,11 @@ class WorldModelAgent:
         self.goal_tool = None                   # the tool position read off the goal image (m), or None
         self.hold = None                        # the commanded target held once reached or settled
         self.measured_distance = float("nan")   # measured goal distance of the latest frame (as goal_tolerance)
+        self._keep_out = list(planner.cost.keep_out)   # the planner's own (the safety config's)
+
+    def set_keep_out(self, boxes) -> None:
+        """Tell the planner of keep-out boxes besides its own (a split's; () for none)."""
+        self.planner.cost.set_keep_out(self._keep_out + [(b.lo, b.hi) for b in boxes])
 
     @property
     def status(self) -> str:
@@ -131,22 +170,43 @@ class RandomAgent:
     def reset(self, goal_image, q_goal=None):
         pass
 
+    def set_keep_out(self, boxes) -> None:
+        pass
+
     def act(self, stamp, frame, q, qd, q_cmd):
         return self.rng.uniform(-self.bound, self.bound, (self.horizon, len(self.bound))), None
 
 
+# the oracle's pose above keep-out boxes on the table (joints after the pan): the links from the
+# shoulder on stay within 0.1 m of the base axis up to 0.47 m high, and above 0.46 m beyond it
+RAISED = np.array([0.3, 0.6, 0.6, 0.0, 0.0])
+
+
 class OracleAgent:
     """Reference upper bound: knows the goal's true joint configuration and moves
-    straight to it in joint space at the same action bound."""
+    straight to it in joint space at the same action bound. Told of keep-out boxes
+    (:meth:`set_keep_out`), it goes over them: up to :data:`RAISED` at the start's pan,
+    across to the goal's pan, and down to the goal."""
 
     def __init__(self, action_bound):
         self.bound = action_bound
+        self.keep_out = ()
+        self.route: list[np.ndarray] = []
+
+    def set_keep_out(self, boxes) -> None:
+        self.keep_out = tuple(boxes)
 
     def reset(self, goal_image, q_goal=None):
         self.q_goal = q_goal
+        self.route = []
 
     def act(self, stamp, frame, q, qd, q_cmd):
-        return np.clip(self.q_goal - q_cmd, -self.bound, self.bound)[None], None
+        if not self.route:          # first step: plan the route from where the arm is
+            over = [np.concatenate([[pan], RAISED]) for pan in (q_cmd[0], self.q_goal[0])] if self.keep_out else []
+            self.route = over + [np.asarray(self.q_goal, dtype=np.float64)]
+        while len(self.route) > 1 and np.allclose(self.route[0], q_cmd, atol=1e-6):
+            self.route.pop(0)
+        return np.clip(self.route[0] - q_cmd, -self.bound, self.bound)[None], None
 
 
 class TrueDynamicsAgent:
@@ -166,6 +226,9 @@ class TrueDynamicsAgent:
 
     def reset(self, goal_image, q_goal=None):
         self.goal = self.encode(image_to_tensor(goal_image[None]))[0]
+
+    def set_keep_out(self, boxes) -> None:
+        pass   # it scores images alone
 
     def act(self, stamp, frame, q, qd, q_cmd):
         cands = np.vstack([np.zeros(len(self.bound)), self.rng.uniform(-self.bound, self.bound, (self.n, len(self.bound)))])
@@ -190,6 +253,7 @@ class EpisodeResult:
     error_along_sight: float = float("nan")       # |cos| of the final tool error with the camera's line of sight
                                                   # to the goal (1: all of it in depth, what one camera sees worst)
     status: str | None = None                     # how the agent ended: active | reached | settled (None: no rule)
+    entered_keep_out: bool = False                # a link entered one of the split's keep-out boxes (a failure)
 
 
 def along_line_of_sight(error, target, camera) -> float:
@@ -204,6 +268,9 @@ def along_line_of_sight(error, target, camera) -> float:
 def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.1,
                 success_radius: float = 0.05, max_steps: int | None = None) -> EpisodeResult:
     q0, qg, cube = draw_episode(sim, split, rng)
+    boxes = SPLITS[split].keep_out
+    if hasattr(agent, "set_keep_out"):
+        agent.set_keep_out(boxes)
     sim.reset(q0, cube_xy=cube)
     goal_img = sim.render_configuration(qg)
     goal_tool = sim.spec.tool_position(qg)
@@ -212,7 +279,8 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
     start = float(np.linalg.norm(sim.tool_position() - goal_tool))
     steps_ok, times, closest = None, [], start
     nearest = (np.inf, None)                       # (measured goal distance, tool distance at that frame)
-    for k in range(max_steps or SPLITS[split][1]):
+    entered = False
+    for k in range(max_steps or SPLITS[split].steps):
         frame = sim.render()
         tool_now = float(np.linalg.norm(sim.tool_position() - goal_tool))
         t = time.perf_counter()
@@ -223,15 +291,20 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
         if measured < nearest[0]:                  # NaN (not measured) never is
             nearest = (measured, tool_now)
         q_cmd = command_actions(sim, q_cmd, actions, dt)
-        sim.step(dt)
+        if boxes:   # the arm's links against the boxes every 20 ms (the tool moves under 3 cm in that time)
+            for _ in range(max(1, round(dt / KEEP_OUT_CHECK_PERIOD))):
+                sim.step(KEEP_OUT_CHECK_PERIOD)
+                entered = entered or any(links_enter_box(sim.spec, sim.joint_positions(), b) for b in boxes)
+        else:
+            sim.step(dt)
         d = float(np.linalg.norm(sim.tool_position() - goal_tool))
         closest = min(closest, d)
         if steps_ok is None and d < success_radius:
             steps_ok = k + 1
     final = float(np.linalg.norm(sim.tool_position() - goal_tool))
     along = along_line_of_sight(sim.tool_position() - goal_tool, goal_tool, sim.camera_position())
-    return EpisodeResult(split, final < success_radius, steps_ok, final, start, times, closest, nearest[1], along,
-                         getattr(agent, "status", None))
+    return EpisodeResult(split, final < success_radius and not entered, steps_ok, final, start, times, closest,
+                         nearest[1], along, getattr(agent, "status", None), entered)
 
 
 def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance: float, goals: int = 25,

@@ -1,6 +1,6 @@
 """ami-ros eval: goal reaching in the embedded simulator from images alone.
 
-For each split (near, far) it runs the world-model planner and, in the same
+For each split (near, far, wall) it runs the world-model planner and, in the same
 call and on the same episodes, two references: random actions, and an oracle
 that knows the goal's true joint configuration (an upper bound). With
 ``--true-dynamics`` a third, diagnostic one: the model's goal energy with the
@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the package's models/default)")
     p.add_argument("--episodes", type=int, default=20, help="episodes per split")
     p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
-    p.add_argument("--splits", default="near,far", help="comma list of near, far")
+    p.add_argument("--splits", default="near,far", help="comma list of near, far, wall (far goals across a keep-out "
+                   "wall the planner is told of: the way around is a long-horizon search)")
     p.add_argument("--method", choices=["cem", "mppi"], default=None, help="override the planner config's method")
     p.add_argument("--predictor", choices=["rollout", "direct"], default=None,
                    help="override the planner config's predictor")
@@ -53,9 +54,14 @@ def run(args) -> int:
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.sim.arm_sim import ArmSim
-    from ami_ros.sim.goal_task import (OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent, run_episode,
-                                      tolerance_check)
+    from ami_ros.sim.goal_task import (SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent,
+                                      run_episode, tolerance_check)
 
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        print(f"error: --splits: unknown {unknown or 'empty'}; choose from {', '.join(SPLITS)}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     arm = load_arm()
     folder = resolve_model_path(args.model)
@@ -107,11 +113,12 @@ def run(args) -> int:
         agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed,
                                                     encode_goal=first.planner.encode_goal)
     try:
-        for split in [s.strip() for s in args.splits.split(",") if s.strip()]:
+        for split in splits:
             results["splits"][split] = {}
+            key = list(SPLITS).index(split) + 1     # near 1, far 2, wall 3
             for name, agent in agents.items():
-                rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split]])
-                sim.rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 7])
+                rng = np.random.default_rng([args.seed, key])
+                sim.rng = np.random.default_rng([args.seed, key, 7])
                 eps = []
                 for _ in tqdm(range(args.episodes), desc=f"{split:4s} {name:14s}", unit="ep", leave=False):
                     eps.append(run_episode(sim, agent, split, rng, dt, args.success_radius))
@@ -132,6 +139,8 @@ def run(args) -> int:
                 # measured nearest the goal image showed the tool within it (what a stopping rule could get)
                 results["splits"][split][name]["passed_within_radius"] = sum(
                     e.closest_distance < args.success_radius for e in eps)
+                if SPLITS[split].keep_out:   # episodes in which a link entered a keep-out box (failures)
+                    results["splits"][split][name]["entered_keep_out"] = sum(e.entered_keep_out for e in eps)
                 if all(e.nearest_image_distance is not None for e in eps):
                     results["splits"][split][name]["nearest_image_within_radius"] = sum(
                         e.nearest_image_distance < args.success_radius for e in eps)
@@ -146,7 +155,8 @@ def run(args) -> int:
                         for st in ("reached", "settled", "active")}
                 results["splits"][split][name]["per_episode"] = [   # in episode order, for analysis
                     {"success": e.success, "start_m": round(e.start_distance, 4), "final_m": round(e.final_distance, 4),
-                     "closest_m": round(e.closest_distance, 4), "ended": e.status} for e in eps]
+                     "closest_m": round(e.closest_distance, 4), "ended": e.status,
+                     **({"entered_keep_out": e.entered_keep_out} if SPLITS[split].keep_out else {})} for e in eps]
                 r = results["splits"][split][name]
                 print(f"{split:4s} {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
                       f"steps {r['steps_to_success_median']}  final dist {100 * r['final_distance_m_median']:.1f} cm "
@@ -154,6 +164,7 @@ def run(args) -> int:
                       f"p95 {r['plan_ms_p95']:.1f} ms"
                       + (f"  {r['model_steps_per_plan']} model steps/plan" if "model_steps_per_plan" in r else "")
                       + f"  passed within {r['passed_within_radius']}"
+                      + (f"  entered keep-out {r['entered_keep_out']}" if "entered_keep_out" in r else "")
                       + (f", nearest image within {r['nearest_image_within_radius']}"
                          if "nearest_image_within_radius" in r else "")
                       + (f"  misses along sight {r['misses_along_sight_median']:.2f}"
@@ -162,7 +173,7 @@ def run(args) -> int:
                          if "ended" in r else ""),
                       flush=True)
             if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
-                rng = np.random.default_rng([args.seed, {"near": 1, "far": 2}[split], 11])
+                rng = np.random.default_rng([args.seed, key, 11])
                 tc = tolerance_check(model, sim, split, rng, stack["goal_tolerance"], goals=args.tolerance_check)
                 results.setdefault("tolerance_check", {})[split] = tc
                 print(f"{split:4s} goal_tolerance {tc['tolerance']}: poses under it by tool distance to the goal: "
