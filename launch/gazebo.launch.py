@@ -33,6 +33,9 @@ def generate_launch_description():
         DeclareLaunchArgument("safety_params",
                               default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "safety.yaml"]),
                               description="safety_node parameter file"),
+        DeclareLaunchArgument("safety_file", default_value="",
+                              description="hard safety spec YAML (workspace, keep-out boxes) for safety_node and "
+                                          "planner_node ('' = the package's config/safety.yaml)"),
 
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
@@ -48,6 +51,7 @@ def generate_launch_description():
                 "encoder_params": LaunchConfiguration("encoder_params"),
                 "planner_params": LaunchConfiguration("planner_params"),
                 "safety_params": LaunchConfiguration("safety_params"),
+                "safety_file": LaunchConfiguration("safety_file"),
                 "image": "/camera/image_raw",
                 "joint_states": "/joint_states",
                 "command": "/arm_controller/joint_trajectory",

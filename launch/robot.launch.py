@@ -8,7 +8,11 @@ topics the robot offers:
 
 Only safety_node publishes on ``command``. The parameter files default to the
 package's config/*.yaml; ``model`` ('' = the package's models/default) overrides
-their model_path.
+their model_path. ``safety_file`` ('' = the package's config/safety.yaml) is the
+hard safety spec (workspace, keep-out boxes) for both the safety node, which
+enforces it, and the planner node, whose cost prices it:
+
+    ros2 launch ami_ros robot.launch.py safety_file:=/path/to/my_cell_safety.yaml
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
@@ -23,6 +27,7 @@ def generate_launch_description():
     encoder_params = LaunchConfiguration("encoder_params")
     planner_params = LaunchConfiguration("planner_params")
     safety_params = LaunchConfiguration("safety_params")
+    safety_file = ParameterValue(LaunchConfiguration("safety_file"), value_type=str)
     image = LaunchConfiguration("image")
     joint_states = LaunchConfiguration("joint_states")
     command = LaunchConfiguration("command")
@@ -44,6 +49,9 @@ def generate_launch_description():
         DeclareLaunchArgument("safety_params",
                               default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "safety.yaml"]),
                               description="safety_node parameter file"),
+        DeclareLaunchArgument("safety_file", default_value="",
+                              description="hard safety spec YAML (workspace, keep-out boxes) for safety_node and "
+                                          "planner_node ('' = the package's config/safety.yaml)"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw",
                               description="camera image topic (sensor_msgs/Image)"),
         DeclareLaunchArgument("joint_states", default_value="/joint_states",
@@ -57,9 +65,10 @@ def generate_launch_description():
              parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time}],
              remappings=inputs),
         Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen",
-             parameters=[planner_params, {"model_path": model_path, "use_sim_time": sim_time}],
+             parameters=[planner_params, {"model_path": model_path, "safety_file": safety_file,
+                                          "use_sim_time": sim_time}],
              remappings=inputs),
         Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen",
-             parameters=[safety_params, {"use_sim_time": sim_time}],
+             parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time}],
              remappings=inputs + [("/arm_controller/joint_trajectory", command)]),
     ])

@@ -42,6 +42,9 @@ def generate_launch_description():
         DeclareLaunchArgument("safety_params",
                               default_value=PathJoinSubstitution([FindPackageShare("ami_ros"), "config", "safety.yaml"]),
                               description="safety_node parameter file"),
+        DeclareLaunchArgument("safety_file", default_value="",
+                              description="hard safety spec YAML (workspace, keep-out boxes) for safety_node and "
+                                          "planner_node ('' = the package's config/safety.yaml)"),
 
         OpaqueFunction(function=_sim_node),
         IncludeLaunchDescription(
@@ -52,5 +55,6 @@ def generate_launch_description():
                 "encoder_params": LaunchConfiguration("encoder_params"),
                 "planner_params": LaunchConfiguration("planner_params"),
                 "safety_params": LaunchConfiguration("safety_params"),
+                "safety_file": LaunchConfiguration("safety_file"),
             }.items()),
     ])

@@ -205,3 +205,40 @@ def test_plan_markers_show_where_the_next_subgoal_has_the_tool_in_hierarchical_m
         assert _wait(lambda: any(m.action == Marker.DELETE for m in subgoal_markers()[n:]), 10), "not deleted"
     finally:
         g.close()
+
+
+def test_planner_prices_the_keep_out_boxes_of_the_safety_nodes_file(ros_domain_id, tmp_path):
+    """safety_file: the planner's cost takes its workspace and keep-out boxes from the same safety
+    spec file as the safety node (a cell's own boxes), not always the package's; a file that is
+    not a safety spec is refused, naming it."""
+    import yaml
+
+    from ami_ros.core.safety import default_safety_file
+
+    doc = yaml.safe_load(open(default_safety_file()))
+    doc["safety"]["ros__parameters"]["keep_out"]["fixture"] = {"x": [0.3, 0.5], "y": [0.1, 0.3], "z": [0.0, 0.2]}
+    path = tmp_path / "cell_safety.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    g = _Graph(ros_domain_id, {"safety_file": str(path)})
+    try:
+        boxes = [(b[0].tolist(), b[1].tolist()) for b in g.planner.planner.cost.keep_out]
+        assert len(boxes) == 2 and ([0.3, 0.1, 0.0], [0.5, 0.3, 0.2]) in [
+            (np.round(lo, 6).tolist(), np.round(hi, 6).tolist()) for lo, hi in boxes]
+    finally:
+        g.close()
+    g = _Graph(ros_domain_id, {})
+    try:
+        assert len(g.planner.planner.cost.keep_out) == 1                  # the package's: the human zone
+    finally:
+        g.close()
+    bad = tmp_path / "not_safety.yaml"
+    bad.write_text("planner_node: {}\n")
+    from ami_ros.nodes.planner_node import PlannerNode
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=ros_domain_id)
+    try:
+        with pytest.raises(ValueError, match="not_safety.yaml"):
+            PlannerNode(context=ctx, parameter_overrides={"safety_file": str(bad)})
+    finally:
+        rclpy.try_shutdown(context=ctx)

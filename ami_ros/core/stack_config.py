@@ -55,11 +55,15 @@ def action_bound(arm: ArmSpec, control_dt: float, action_scale: float) -> np.nda
     return arm.v_max * control_dt * action_scale
 
 
-def build_planner(model, arm: ArmSpec, stack: dict, control_dt: float, **overrides) -> Planner:
+def build_planner(model, arm: ArmSpec, stack: dict, control_dt: float, safety_file: str | None = None,
+                  **overrides) -> Planner:
+    """The planner of ``stack`` (load_stack_config), its cost pricing the workspace and keep-out
+    boxes of ``safety_file`` (None: the package's config/safety.yaml), the gate's: plans it would
+    refuse cost more. ``overrides``: planner settings. ValueError on a bad setting or file."""
     from ami_ros.core.safety import SafetySpec
 
     cfg = PlannerConfig.from_dict({**stack["planner"], **overrides})
-    safety = SafetySpec.load(arm=arm)                 # the gate's boxes: plans it would refuse cost more
+    safety = SafetySpec.load(safety_file, arm=arm)
     box = safety.workspace
     cost = Cost(CostWeights.from_dict(stack["cost"]), arm.q_min, arm.q_max,
                 kinematics=arm.link_positions, workspace=(box.lo, box.hi),

@@ -68,6 +68,8 @@ def _config_specs(prefix: str, cls) -> list[common.ParamSpec]:
 PARAMS = [
     common.ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
     common.ParamSpec("backend", "torch", "Model backend for the predictor: torch or onnx.", read_only=True),
+    common.ParamSpec("safety_file", "", "Safety spec YAML whose workspace and keep-out boxes the cost prices: the "
+                     "safety node's (same parameter); empty = the package's config/safety.yaml.", read_only=True),
     common.ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
                      (0.5, 100.0), read_only=True),
     common.ParamSpec("action_scale", 0.5, "Fraction of each joint's velocity limit one action may use.", (0.01, 1.0)),
@@ -103,7 +105,7 @@ class PlannerNode(Node):
         self._action_bound = action_bound
         stack = {"planner": self._section(p, "planner"), "cost": self._section(p, "cost"),
                  "action_scale": p["action_scale"]}
-        self.planner = build_planner(self.model, self.arm, stack, self.dt)
+        self.planner = build_planner(self.model, self.arm, stack, self.dt, safety_file=p["safety_file"] or None)
         self.memory = ShortTermMemory(self.model.history, 64, self.model.embed_dim, self.model.action_dim)
         self._lock = threading.RLock()        # planner, memory and goal between callbacks
         self.goal = None                      # the planner's goal (Planner.encode_goal), tensor
