@@ -297,3 +297,23 @@ def test_wall_split_is_across_a_keep_out_wall_and_entering_it_fails_an_episode(c
     assert tool.run(p.parse_args(["--episodes", "1", "--splits", "near,walls"])) == 2
     assert "walls" in capsys.readouterr().err
 
+
+
+def test_demo_wall_sequence_and_its_safety_file(tmp_path):
+    """ami-ros demo --wall: each goal lies low across the wall from the one before (the start
+    for the first), and the safety file both nodes read is the package's spec plus the wall."""
+    from ami_ros.core.safety import SafetySpec, default_safety_file
+    from ami_ros.sim.goal_task import WALL, across_the_wall
+    from ami_ros.tools.demo import wall_safety_file, wall_sequence
+
+    arm = load_arm()
+    start, goals = wall_sequence(arm, 3, seed=7)
+    assert len(goals) == 3
+    for a, b in zip([start] + goals[:-1], goals):
+        assert across_the_wall(arm, a, b)
+    spec = SafetySpec.load(wall_safety_file(str(tmp_path)), arm=arm)
+    base = SafetySpec.load(default_safety_file(), arm=arm)
+    assert [b.name for b in spec.hard.keep_out] == [b.name for b in base.hard.keep_out] + ["wall"]
+    wall = spec.hard.keep_out[-1]
+    np.testing.assert_allclose(wall.lo, WALL.lo)
+    np.testing.assert_allclose(wall.hi, WALL.hi)

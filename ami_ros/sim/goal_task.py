@@ -47,7 +47,7 @@ SPLITS = {
 }
 
 
-def _across_the_wall(spec, q0, qg) -> bool:
+def across_the_wall(spec, q0, qg) -> bool:
     """Start and goal tools low on opposite sides of WALL, every link clear of it."""
     p0, pg = spec.tool_position(q0), spec.tool_position(qg)
     side = WALL.hi[1] + 0.09, WALL.lo[1] - 0.09
@@ -69,7 +69,7 @@ def draw_episode(sim, split: str, rng: np.random.Generator):
                 continue
         else:
             qg = sim.random_configuration()
-            if split == "wall" and not _across_the_wall(spec, q0, qg):
+            if split == "wall" and not across_the_wall(spec, q0, qg):
                 continue
         d = np.linalg.norm(spec.tool_position(qg) - spec.tool_position(q0))
         if lo <= d <= hi:

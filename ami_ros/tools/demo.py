@@ -5,6 +5,14 @@ planner_node, safety_node), with the same parameter files, composed in one
 process (one executor thread per node, see ami_ros/nodes/compose.py). The demo then shows the arm a sequence of goal images
 (the scene rendered with the arm at a goal configuration), and reports for each
 goal whether the tool got within the success radius and how long it took.
+
+``--wall``: the eval's wall split on the ROS graph. A keep-out wall stands on the
+table across the arm's front (``WALL``); it goes into a safety spec file that both
+the safety node (which refuses any plan entering it) and the planner node (whose
+cost prices it) read through their ``safety_file`` parameter; the planner plans
+hierarchically, and each goal lies low across the wall from the one before. The
+demo also reports whether any link entered the wall and how many plans the gate
+refused for it.
 """
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="model folder (default: the package's models/default)")
     p.add_argument("--success-radius", type=float, default=0.05, help="metres")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--wall", action="store_true",
+                   help="goals behind a keep-out wall, planned round hierarchically (the eval's wall split)")
     p.add_argument("--params-file", action="append", default=[],
                    help="extra ROS parameter files (after config/{sim,encoder,planner,safety}.yaml)")
 
@@ -35,6 +45,41 @@ def goal_sequence(arm, q_start, n, rng):
             goals.append(qg)
             q = qg
     return goals
+
+
+def wall_sequence(arm, n, seed):
+    """(start, [n goals]) for --wall: the start and each goal low across WALL from the one before
+    (the eval's wall split's rule), every link clear of it."""
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import across_the_wall
+
+    with ArmSim(arm, render=False, seed=seed) as sim:
+        start, goals = None, []
+        while len(goals) < n:
+            q, qg = goals[-1] if goals else sim.random_configuration(), sim.random_configuration()
+            if across_the_wall(arm, q, qg):     # (a first start high above the table has none: draw again)
+                start = q if start is None else start
+                goals.append(qg)
+    return start, goals
+
+
+def wall_safety_file(folder: str) -> str:
+    """The package's safety spec with WALL added to its keep-out boxes, written into ``folder``."""
+    import os
+
+    import yaml
+
+    from ami_ros.core.safety import default_safety_file
+    from ami_ros.sim.goal_task import WALL
+
+    with open(default_safety_file()) as f:
+        doc = yaml.safe_load(f)
+    doc["safety"]["ros__parameters"].setdefault("keep_out", {})[WALL.name] = {
+        a: [float(WALL.lo[i]), float(WALL.hi[i])] for i, a in enumerate("xyz")}
+    path = os.path.join(folder, "safety_wall.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(doc, f)
+    return path
 
 
 def run(args) -> int:
@@ -69,12 +114,26 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ros_args += ["-p", f"sim_node:camera_views:={views}"]
+    wall_goals = None
+    if args.wall:
+        import tempfile
+
+        from ami_ros.core.arm import load_arm
+        from ami_ros.core.safety import links_enter_box
+        from ami_ros.sim.goal_task import WALL
+
+        q_start, wall_goals = wall_sequence(load_arm(), args.goals, args.seed)
+        safety_file = wall_safety_file(tempfile.mkdtemp(prefix="ami_demo_"))
+        ros_args += ["-p", f"safety_node:safety_file:={safety_file}", "-p", f"planner_node:safety_file:={safety_file}",
+                     "-p", "planner_node:planner.mode:=hier",
+                     "-p", f"sim_node:initial_positions:={[float(x) for x in q_start]}"]
     rclpy.init(args=ros_args)
     nodes, executor = [], None
     try:
         print("starting sim_node, encoder_node, planner_node, safety_node ...", flush=True)
         sim = SimNode()
-        nodes = [sim, EncoderNode(), PlannerNode(), SafetyNode()]
+        safety = SafetyNode()
+        nodes = [sim, EncoderNode(), PlannerNode(), safety]
         probe = rclpy.create_node("ami_demo")
         nodes.append(probe)
         tool, status = {}, {}
@@ -93,15 +152,17 @@ def run(args) -> int:
             print("error: no tool position from the simulator within 10 s")
             return 1
         rng = np.random.default_rng(args.seed)
-        goals = goal_sequence(sim.spec, sim.sim.joint_positions(), args.goals, rng)
+        goals = wall_goals or goal_sequence(sim.spec, sim.sim.joint_positions(), args.goals, rng)
         reached = 0
         for i, qg in enumerate(goals, 1):
             target = sim.tool_position_at(qg)
             img = sim.render_configuration(qg)
             start = float(np.linalg.norm(tool["p"] - target))
             goal_pub.publish(common.image_msg(img, probe.get_clock().now().to_msg(), "goal"))
-            t0, inside_since, ok = time.monotonic(), None, False
+            t0, inside_since, ok, entered = time.monotonic(), None, False, False
             while time.monotonic() - t0 < args.timeout:
+                if args.wall:
+                    entered = entered or links_enter_box(sim.spec, sim.sim.joint_positions(), WALL)
                 d = float(np.linalg.norm(tool["p"] - target))
                 if d < args.success_radius:
                     inside_since = inside_since or time.monotonic()
@@ -113,11 +174,14 @@ def run(args) -> int:
                 time.sleep(0.05)
             took = (inside_since or time.monotonic()) - t0
             d = float(np.linalg.norm(tool["p"] - target))
+            ok = ok and not entered
             reached += ok
             print(f"goal {i}/{len(goals)}: {'reached' if ok else 'NOT reached'} in {took:.1f} s "
-                  f"(tool {100 * start:.1f} cm -> {100 * d:.1f} cm from the goal; planner: {status.get('s', '?')})",
-                  flush=True)
-        print(f"demo: {reached}/{len(goals)} goals reached (success radius {100 * args.success_radius:.0f} cm)")
+                  f"(tool {100 * start:.1f} cm -> {100 * d:.1f} cm from the goal; planner: {status.get('s', '?')}"
+                  + (f"; {'ENTERED' if entered else 'clear of'} the wall" if args.wall else "") + ")", flush=True)
+        print(f"demo: {reached}/{len(goals)} goals reached (success radius {100 * args.success_radius:.0f} cm)"
+              + (f"; plans the gate refused for a keep-out box: {safety.gate.rejections['keep_out']}"
+                 if args.wall else ""))
         return 0
     finally:
         if executor is not None:
