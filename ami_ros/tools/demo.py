@@ -114,7 +114,7 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ros_args += ["-p", f"sim_node:camera_views:={views}"]
-    wall_goals = None
+    wall_goals = tmp = None
     if args.wall:
         import tempfile
 
@@ -123,7 +123,8 @@ def run(args) -> int:
         from ami_ros.sim.goal_task import WALL
 
         q_start, wall_goals = wall_sequence(load_arm(), args.goals, args.seed)
-        safety_file = wall_safety_file(tempfile.mkdtemp(prefix="ami_demo_"))
+        tmp = tempfile.TemporaryDirectory(prefix="ami_demo_")
+        safety_file = wall_safety_file(tmp.name)
         ros_args += ["-p", f"safety_node:safety_file:={safety_file}", "-p", f"planner_node:safety_file:={safety_file}",
                      "-p", "planner_node:planner.mode:=hier",
                      "-p", f"sim_node:initial_positions:={[float(x) for x in q_start]}"]
@@ -189,3 +190,5 @@ def run(args) -> int:
         for n in reversed(nodes):
             n.destroy_node()
         rclpy.try_shutdown()
+        if tmp is not None:
+            tmp.cleanup()

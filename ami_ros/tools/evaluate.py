@@ -164,9 +164,9 @@ def run(args) -> int:
                       f"p95 {r['plan_ms_p95']:.1f} ms"
                       + (f"  {r['model_steps_per_plan']} model steps/plan" if "model_steps_per_plan" in r else "")
                       + f"  passed within {r['passed_within_radius']}"
-                      + (f"  entered keep-out {r['entered_keep_out']}" if "entered_keep_out" in r else "")
                       + (f", nearest image within {r['nearest_image_within_radius']}"
                          if "nearest_image_within_radius" in r else "")
+                      + (f"  entered keep-out {r['entered_keep_out']}" if "entered_keep_out" in r else "")
                       + (f"  misses along sight {r['misses_along_sight_median']:.2f}"
                          if r["misses_along_sight_median"] is not None else "")
                       + ("  ended " + ", ".join(f"{k} {v['successes']}/{v['episodes']}" for k, v in r["ended"].items())
