@@ -334,14 +334,15 @@ class Planner:
             iters += c.coarse_iterations
             self._warm_coarse = a_c
             # low level: chase the first subgoal, starting from the chosen chunks
-            fine_from_coarse = a_c.reshape(Hc * k, A)[:H]
+            fine_c = a_c.reshape(Hc * k, A)                   # the chosen chunks as fine actions
+            fine_from_coarse = fine_c[:H]
             mean0 = torch.zeros(H, A, **f32)
             mean0[: fine_from_coarse.shape[0]] = fine_from_coarse
             s = min(k, H) - 1
             target = subgoals[0] if H >= k else z_now + (subgoals[0] - z_now) * (H / k)
             extra = warm if warm is not None else torch.zeros(H, A, **f32)
             if goal_tool is not None and self.cost.kinematics is not None:   # the tool where the subgoal has it
-                goal_tool = subgoal_tool = self.cost.kinematics(q0 + a_c.reshape(Hc * k, A)[: s + 1].sum(0))[-1]
+                goal_tool = subgoal_tool = self.cost.kinematics(q0 + fine_c[: s + 1].sum(0))[-1]
 
             def eval_fn(cand):
                 return fine_eval(cand, target, s)

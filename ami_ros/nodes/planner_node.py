@@ -80,6 +80,16 @@ PARAMS = [
 _SPECS = {s.name: s for s in PARAMS}
 
 
+def _sphere(header, ns: str, marker_id: int, position, diameter: float, rgba) -> Marker:
+    """A sphere marker of ``diameter`` (m) at ``position`` (3,), colour ``rgba``."""
+    g = Marker(header=header, ns=ns, id=marker_id, type=Marker.SPHERE, action=Marker.ADD)
+    g.scale.x = g.scale.y = g.scale.z = float(diameter)
+    g.color.r, g.color.g, g.color.b, g.color.a = rgba
+    g.pose.position = Point(**{k: float(v) for k, v in zip("xyz", position)})
+    g.pose.orientation.w = 1.0
+    return g
+
+
 class PlannerNode(Node):
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "planner_node", **kw):
         super().__init__(node_name, parameter_overrides=common.parameter_overrides(PARAMS, parameter_overrides), **kw)
@@ -330,25 +340,12 @@ class PlannerNode(Node):
         m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in path]
         markers = [m]
         if self.goal_tool is not None:   # where the goal has the tool (the goal image's reading, or taught)
-            g = Marker()
-            g.header = m.header
-            g.ns, g.id, g.type, g.action = "ami_goal_tool", 1, Marker.SPHERE, Marker.ADD
-            g.scale.x = g.scale.y = g.scale.z = 2 * self.planner.cost.weights.goal_tool_radius or 0.01
-            g.color.r, g.color.g, g.color.b, g.color.a = 1.0, 0.4, 0.1, 0.5
-            g.pose.position = Point(**{k: float(v) for k, v in zip("xyz", self.goal_tool)})
-            g.pose.orientation.w = 1.0
-            markers.append(g)
-        sg = Marker()                    # where the next subgoal has the tool (hier), else delete the last one
-        sg.header = m.header
-        sg.ns, sg.id = "ami_subgoal_tool", 2
-        if subgoal_tool is None:
-            sg.action = Marker.DELETE
+            diameter = 2 * self.planner.cost.weights.goal_tool_radius or 0.01
+            markers.append(_sphere(m.header, "ami_goal_tool", 1, self.goal_tool, diameter, (1.0, 0.4, 0.1, 0.5)))
+        if subgoal_tool is None:         # where the next subgoal has the tool (hier), else delete the last one
+            sg = Marker(header=m.header, ns="ami_subgoal_tool", id=2, action=Marker.DELETE)
         else:
-            sg.type, sg.action = Marker.SPHERE, Marker.ADD
-            sg.scale.x = sg.scale.y = sg.scale.z = 0.025
-            sg.color.r, sg.color.g, sg.color.b, sg.color.a = 0.9, 0.1, 0.9, 0.7
-            sg.pose.position = Point(**{k: float(v) for k, v in zip("xyz", subgoal_tool)})
-            sg.pose.orientation.w = 1.0
+            sg = _sphere(m.header, "ami_subgoal_tool", 2, subgoal_tool, 0.025, (0.9, 0.1, 0.9, 0.7))
         markers.append(sg)
         return MarkerArray(markers=markers)
 
