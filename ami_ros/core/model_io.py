@@ -138,6 +138,8 @@ def read_card(folder: str) -> dict:
         raise ModelError(f"{path}: missing (not a model folder)") from None
     except (KeyError, TypeError, yaml.YAMLError) as e:
         raise ModelError(f"{path}: malformed card ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise ModelError(f"{path}: {e}") from None
     return card
 
 

@@ -2,14 +2,7 @@
 
 loss = multi-step prediction error in embedding space (fine: teacher-forced one
 step + an autoregressive rollout; coarse: one jump + a chained rollout)
-       + cross_weight * cross-modal prediction error (z_prop of a step predicted
-         from z_vis of the same step: the image embedding must carry the arm's state)
        + lambda * SIGReg(all embeddings of the batch)
-       + slow_weight * slowness of the last slow_dim dims of z_vis (their squared
-         distance from those of a frame drawn anywhere in the same episode, over twice
-         their variance across the batch, so 1 for unrelated frames: what in the scene
-         stays put, such as where an object lies, which the prediction loss has no
-         reason to keep; a constant does not lower it, so they must tell episodes apart)
 No reconstruction, no EMA teacher, no stop-gradient. Collapse is watched each
 epoch (SIGReg statistic, effective rank, per-dimension std) and stops training.
 Stage 2 trains the predictors further on the frozen encoder's embeddings, and
@@ -65,9 +58,6 @@ class TrainConfig:
     refine_batch: int = 128
     refine_lr: float = 1e-3
     refine_rollout: int = 10      # autoregressive fine steps in the stage-2 loss
-    cross_weight: float = 0.0     # weight of the cross-modal term (needs model.vis_to_prop)
-    slow_dim: int = 0             # last dims of z_vis trained to stay put over an episode (0 = off)
-    slow_weight: float = 1.0      # weight of that slowness term
     direct_steps: int = 30000     # stage 3: direct-predictor steps (models with ``direct``)
     direct_batch: int = 256
     direct_lr: float = 1e-3
@@ -99,20 +89,15 @@ class SequenceData:
         if len(self.windows) == 0:
             raise ValueError(f"no episode is at least {seq_len} control steps long")
 
-    def batch(self, rng: np.random.Generator, n: int, far: bool = False):
-        """-> frames (n,L,3,S,S) float, q, qd (n,L,A), actions (n,L-1,A); with ``far``, also
-        one frame (n,3,S,S) of each window's episode at a time drawn uniformly over it."""
+    def batch(self, rng: np.random.Generator, n: int):
+        """-> frames (n,L,3,S,S) float, q, qd (n,L,A), actions (n,L-1,A)."""
         L = self.seq_len
         idx = self.windows[rng.integers(0, len(self.windows), n)]
         f = torch.stack([self.frames[i][s:s + L] for i, s in idx])
         q = torch.stack([self.q[i][s:s + L] for i, s in idx])
         qd = torch.stack([self.qd[i][s:s + L] for i, s in idx])
         a = torch.stack([self.act[i][s:s + L - 1] for i, s in idx])
-        if not far:
-            return image_to_tensor(f), q, qd, a
-        t = [int(rng.integers(0, len(self.frames[i]))) for i, _ in idx]
-        ff = torch.stack([self.frames[i][ti] for (i, _), ti in zip(idx, t)])
-        return image_to_tensor(f), q, qd, a, image_to_tensor(ff)
+        return image_to_tensor(f), q, qd, a
 
 
 def dataset_hash(paths: list[str]) -> str:
@@ -292,23 +277,13 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
 class _TrainStep(torch.nn.Module):
     """One forward of the training objective, so DistributedDataParallel can wrap it."""
 
-    def __init__(self, model: WorldModel, rollout_steps: int, slow_dim: int = 0):
+    def __init__(self, model: WorldModel, rollout_steps: int):
         super().__init__()
-        self.model, self.rollout_steps, self.slow_dim = model, rollout_steps, slow_dim
+        self.model, self.rollout_steps = model, rollout_steps
 
-    def forward(self, frames, q, qd, a, far=None):
+    def forward(self, frames, q, qd, a):
         z = encode_sequence(self.model, frames, q, qd)                      # (B, L, D)
-        pl = prediction_losses(self.model, z, a, self.rollout_steps)
-        head, Dv = self.model.vis_to_prop, self.model.cfg.vis_dim           # cross-modal: z_vis -> z_prop
-        cross = F.mse_loss(head(z[..., :Dv]), z[..., Dv:]) if head is not None else z.new_zeros(())
-        slow = z.new_zeros(())
-        if self.slow_dim:
-            s0 = Dv - self.slow_dim
-            zs = z[..., s0:Dv]                                              # (B, L, s)
-            zf = self.model.encoder.encode_image(far)[:, s0:]               # (B, s) a frame far off in the episode
-            var = zs.flatten(0, 1).var(0, unbiased=False)                   # (s,) across the batch
-            slow = ((zs - zf[:, None]).pow(2).mean((0, 1)) / (2 * var + 1e-4)).mean()  # 1 for unrelated frames
-        return z, pl, cross, slow
+        return z, prediction_losses(self.model, z, a, self.rollout_steps)
 
 
 def _rank() -> tuple[int, int]:
@@ -352,10 +327,7 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["python_rng"])
         log.info("resumed from %s at step %d", ckpt_path, step)
-    if not 0 <= cfg.slow_dim <= cfg.model.vis_dim or cfg.slow_weight < 0:
-        raise ValueError(f"slow_dim={cfg.slow_dim} must be in [0, vis_dim={cfg.model.vis_dim}] "
-                         f"and slow_weight={cfg.slow_weight} >= 0")
-    net = _TrainStep(model, cfg.rollout_steps, cfg.slow_dim)
+    net = _TrainStep(model, cfg.rollout_steps)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device != "cpu" else None)
     data = SequenceData(train_eps, cfg.seq_len)
@@ -366,11 +338,11 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         gen.manual_seed(cfg.seed * 100003 + step)        # SIGReg directions: a function of the step
         for g in opt.param_groups:
             g["lr"] = sched(step)
-        f, q, qd, a, *far = (x.to(device) for x in data.batch(rng, cfg.batch, far=cfg.slow_dim > 0))
-        z, pl, cross, slow = net(f, q, qd, a, *far)
+        f, q, qd, a = (x.to(device) for x in data.batch(rng, cfg.batch))
+        z, pl = net(f, q, qd, a)
         pred = sum(pl.values()) / len(pl)
         reg = sigreg(z.flatten(0, 1), cfg.sigreg_proj, gen)
-        loss = pred + cfg.cross_weight * cross + cfg.sigreg_lambda * reg + cfg.slow_weight * slow
+        loss = pred + cfg.sigreg_lambda * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -382,7 +354,7 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
             stats = collapse_stats(zs)
             held = float(sigreg(zs, 1024, torch.Generator().manual_seed(0), global_batch=False))  # same on every rank
             entry = {"epoch": step // cfg.steps_per_epoch, "step": step, "loss": loss.item(), "pred": pred.item(),
-                     "sigreg_train": reg.item(), "cross": cross.item(), "slow": slow.item(), "heldout_sigreg": held,
+                     "sigreg_train": reg.item(), "heldout_sigreg": held,
                      **{k: v.item() for k, v in pl.items()}, **stats}
             logs.append(entry)
             if on_epoch is not None:

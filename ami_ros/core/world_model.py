@@ -3,34 +3,26 @@
 Embedding of one time step: z = [z_vis | z_prop]
   z_vis (Dv) from the camera frame alone, so a goal *image* has one too;
   z_prop (Dp) from the joint state (positions and velocities).
-The image encoder is a strided CNN whose last feature map is flattened (the
-default, ``encoder: conv``) or a keypoint encoder (``encoder: keypoints``:
-convolutions that keep a quarter of the input resolution, one heat map per
-keypoint, a spatial softmax giving each keypoint's expected image position, one
-linear map of those positions to z_vis). The joint-state encoder is an MLP or,
-as DINO-WM embeds proprioception, linear (``prop_encoder: linear``). With
-``vis_to_prop`` a head predicts z_prop from z_vis of the same step (a
-cross-modal prediction in embedding space, weighted in training by
-``cross_weight``).
+The image encoder is a strided CNN whose last feature map is flattened and mapped
+linearly to z_vis; the joint-state encoder is a small MLP.
 The fine predictor maps the last ``history`` embeddings and one action (a change
 of joint targets over one control step) to the next embedding; the coarse
 predictor jumps ``k_coarse`` control steps at once from the current embedding,
-its k actions concatenated. With ``direct`` a third predictor jumps from the
-current image embedding straight to the one ``j`` control steps ahead, given the
-current joint state and the commanded joint target the actions lead to then
-(``q_cmd + a_1 + ... + a_j``); it is not autoregressive, so its error does not
-compound over the horizon. It predicts in the model's *goal space*: z_vis, or with
-``goal_features = G`` the top G principal components of the image encoder's last
-feature map (a spatial map that tells arm poses apart better than the 32 numbers of
-z_vis; DINO-WM plans on patch features for the same reason), and goal images are
-encoded into the same space (:meth:`WorldModel.encode_goal`). The planner uses it
-with ``predictor: direct``. With ``predictor_reads_prop`` off (the default) the
-predictors read only z_vis and still predict all of z: to predict the next
-joint-state embedding from vision, z_vis has to carry the arm's state, which is
-what a goal image must convey to the planner. With ``tool_readout`` a separate
-small CNN reads the tool point's position off an image (:class:`ToolReadout`); the
-planner steers by its reading of the goal image. Nothing is ever predicted in
-pixel space.
+its k actions concatenated. Both read only z_vis and predict all of z: to predict
+the next joint-state embedding from vision, z_vis has to carry the arm's state,
+which is what a goal image must convey to the planner. With ``direct`` a third
+predictor jumps from the current image embedding straight to the one ``j``
+control steps ahead, given the current joint state and the commanded joint target
+the actions lead to then (``q_cmd + a_1 + ... + a_j``); it is not autoregressive,
+so its error does not compound over the horizon. It predicts in the model's *goal
+space*: z_vis, or with ``goal_features = G`` the top G principal components of
+the image encoder's last feature map (a spatial map that tells arm poses apart
+better than the 32 numbers of z_vis; DINO-WM plans on patch features for the same
+reason), and goal images are encoded into the same space
+(:meth:`WorldModel.encode_goal`). The planner uses it with ``predictor: direct``.
+With ``tool_readout`` a separate small CNN reads the tool point's position off an
+image (:class:`ToolReadout`); the planner steers by its reading of the goal image.
+Nothing is ever predicted in pixel space.
 """
 from __future__ import annotations
 
@@ -44,7 +36,7 @@ import torch.nn.functional as F
 @dataclass
 class ModelConfig:
     image_size: int = 64          # square input frames, 64..128
-    channels: tuple = (16, 32, 64, 128)  # conv widths (conv: all stride 2; keypoints: two stride 2, then stride 1)
+    channels: tuple = (16, 32, 64, 128)  # image encoder conv widths (all stride 2)
     vis_dim: int = 32             # Dv
     prop_dim: int = 16            # Dp
     dof: int = 6                  # A, joints
@@ -53,34 +45,20 @@ class ModelConfig:
     pred_width: int = 192
     pred_cond: int = 128          # width of the action embedding that modulates each block
     pred_blocks: int = 3
-    predictor_reads_prop: bool = False  # predictors read [z_vis | z_prop] (True) or z_vis only
-    encoder: str = "conv"         # image encoder: "conv" (strided CNN) or "keypoints" (spatial softmax)
-    keypoints: int = 32           # K, heat maps of the keypoint encoder
-    prop_encoder: str = "mlp"     # joint-state encoder: "mlp" or "linear"
-    vis_to_prop: bool = False     # a head reading z_prop off z_vis (trained as a cross-modal prediction)
     prop_velocity: bool = True    # z_prop reads joint velocities too (False: positions only)
     direct: bool = False          # a direct predictor: z_vis now + joint state + commanded target j steps on -> goal space then
     direct_width: int = 256       # its MLP width
     direct_ensemble: int = 1      # its members (MLPs averaged)
-    direct_fourier: int = 0       # K > 0: it also reads sin and cos of the commanded target at K octaves (1, 2, 4, ..)
     goal_features: int = 0        # G > 0: the direct predictor predicts, and goals are compared in, the top G principal
-                                  # components of the image encoder's last feature map (conv only); 0: in z_vis
+                                  # components of the image encoder's last feature map; 0: in z_vis
     tool_readout: bool = False    # a separate CNN reading the tool point's position (m, base frame) off an image
     tool_channels: tuple = (16, 32, 64, 128)  # its conv widths (all stride 2)
 
     def __post_init__(self):
-        if self.encoder not in ("keypoints", "conv"):
-            raise ValueError(f"encoder must be 'keypoints' or 'conv', not {self.encoder!r}")
-        if self.prop_encoder not in ("linear", "mlp"):
-            raise ValueError(f"prop_encoder must be 'linear' or 'mlp', not {self.prop_encoder!r}")
         if self.goal_features < 0:
             raise ValueError(f"goal_features must be >= 0, not {self.goal_features}")
-        if self.goal_features and (not self.direct or self.encoder != "conv"):
-            raise ValueError("goal_features needs direct=True and encoder='conv'")
-        if not 0 <= self.direct_fourier <= 8:
-            raise ValueError(f"direct_fourier must be in [0, 8], not {self.direct_fourier}")
-        if self.direct_fourier and not self.direct:
-            raise ValueError("direct_fourier needs direct=True")
+        if self.goal_features and not self.direct:
+            raise ValueError("goal_features needs direct=True")
         if self.tool_readout and self.image_size % 2 ** len(self.tool_channels):
             raise ValueError(f"tool_readout: image_size {self.image_size} must be a multiple of "
                              f"{2 ** len(self.tool_channels)} (one halving per tool channel)")
@@ -110,11 +88,24 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        """From a card's ``model`` record. Options of earlier versions that only ever had one
+        value in a usable model are dropped at that value; a card that set one otherwise names
+        a model this code cannot build (ValueError)."""
         d = dict(d)
+        for key, only in RETIRED_OPTIONS.items():
+            if key in d and d.pop(key) != only and only is not None:
+                raise ValueError(f"the model was built with {key}, an option this version no longer has "
+                                 f"(only {key}={only!r} is supported); retrain it")
         d["channels"] = tuple(d["channels"])
         if "tool_channels" in d:
             d["tool_channels"] = tuple(d["tool_channels"])
         return cls(**d)  # fields a card written before them lacks take the defaults above
+
+
+#: model options that were tried and retired (docs/results.md), with the value the code builds
+#: (None: the option had no effect on the models this code builds)
+RETIRED_OPTIONS = {"encoder": "conv", "keypoints": None, "prop_encoder": "mlp", "vis_to_prop": False,
+                   "predictor_reads_prop": False, "direct_fourier": 0}
 
 
 def strided_convs(channels) -> nn.Sequential:
@@ -174,56 +165,15 @@ class ToolReadout(nn.Module):
         return self.normalized(img) * self.std + self.mean       # (B, 3) metres
 
 
-class KeypointImageEncoder(nn.Module):
-    """(B, 3, S, S) uint8-range floats -> (B, Dv) through K keypoints.
-
-    Two stride-2 convs then stride-1 convs (feature maps at S/4), a 1x1 conv to K
-    heat maps, a spatial softmax per map, and each keypoint's expected (x, y) in
-    [-1, 1]; z_vis is one linear map of the 2K coordinates, so distances in z_vis
-    are distances between where things are in the image."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        layers, c_in = [], 3
-        for i, c in enumerate(cfg.channels):
-            k, stride = (5 if i == 0 else 3), (2 if i < 2 else 1)
-            layers += [nn.Conv2d(c_in, c, k, stride=stride, padding=k // 2), nn.GroupNorm(max(1, c // 16), c),
-                       nn.SiLU()]
-            c_in = c
-        self.conv = nn.Sequential(*layers)
-        self.heat = nn.Conv2d(c_in, cfg.keypoints, 1)
-        self.log_temp = nn.Parameter(torch.zeros(()))       # softmax temperature, learned
-        s = ((cfg.image_size + 1) // 2 + 1) // 2            # heat map side, S/4
-        grid = torch.linspace(-1.0, 1.0, s)
-        self.register_buffer("grid", grid, persistent=False)
-        self.proj = nn.Linear(2 * cfg.keypoints, cfg.vis_dim)
-
-    def keypoints(self, img: torch.Tensor) -> torch.Tensor:
-        """img (B, 3, S, S) -> (B, 2K): expected x of each keypoint, then expected y."""
-        x = img / 127.5 - 1.0                               # (B, 3, S, S) in [-1, 1]
-        h = self.heat(self.conv(x))                         # (B, K, s, s)
-        B, K, s, _ = h.shape
-        p = torch.softmax(h.flatten(2) * torch.exp(-self.log_temp), -1).view(B, K, s, s)
-        kx = (p.sum(2) * self.grid).sum(-1)                 # (B, K) marginal over rows -> x
-        ky = (p.sum(3) * self.grid).sum(-1)                 # (B, K) marginal over columns -> y
-        return torch.cat([kx, ky], -1)                      # (B, 2K)
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.keypoints(img))               # (B, Dv)
-
-
 class Encoder(nn.Module):
     """Perception: frame + joint state -> embedding z (B, Dv + Dp)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.image = KeypointImageEncoder(cfg) if cfg.encoder == "keypoints" else ImageEncoder(cfg)
+        self.image = ImageEncoder(cfg)
         n_in = (2 if cfg.prop_velocity else 1) * cfg.dof
-        if cfg.prop_encoder == "linear":
-            self.prop = nn.Linear(n_in, cfg.prop_dim)
-        else:
-            self.prop = nn.Sequential(nn.Linear(n_in, 128), nn.SiLU(), nn.Linear(128, cfg.prop_dim))
+        self.prop = nn.Sequential(nn.Linear(n_in, 128), nn.SiLU(), nn.Linear(128, cfg.prop_dim))
 
     def encode_image(self, img: torch.Tensor) -> torch.Tensor:
         """img (B, 3, S, S) float 0..255 -> z_vis (B, Dv)."""
@@ -284,12 +234,7 @@ class DirectPredictor(nn.Module):
     z_vis now) or, with ``goal_features``, the image's goal features.
 
     z_vis now carries the scene (where the cube is); the joint state and the target
-    say where the arm will be. With ``direct_fourier = K`` the MLP also reads sin and
-    cos of the commanded target ``q + dq`` at K octaves (1, 2, 4, .. times the angle):
-    what the camera sees is a smooth but strongly nonlinear function of the joint
-    angles, which an MLP fits far better from such periodic features than from the
-    raw angles (one 384-wide MLP, 15,000 steps on 945 episodes, 3 octaves: held-out
-    error 1.25 against 1.60 at 1 step). An ensemble of E MLPs (``direct_ensemble``)
+    say where the arm will be. An ensemble of E MLPs (``direct_ensemble``)
     held as stacked weights, so all members run in one batched matmul per layer; the
     prediction is their mean. One call for every (candidate, step) at once."""
 
@@ -297,9 +242,7 @@ class DirectPredictor(nn.Module):
         super().__init__()
         E, W = cfg.direct_ensemble, cfg.direct_width
         self.residual = not cfg.goal_features       # z_vis -> z_vis: a residual; -> goal features: absolute
-        K = cfg.direct_fourier
-        self.register_buffer("octaves", 2.0 ** torch.arange(K, dtype=torch.float32), persistent=False)  # (K,)
-        dims = [cfg.vis_dim + 4 * cfg.dof + 2 * K * cfg.dof, W, W, W, cfg.goal_dim]
+        dims = [cfg.vis_dim + 4 * cfg.dof, W, W, W, cfg.goal_dim]
         self.weight = nn.ParameterList()
         self.bias = nn.ParameterList()
         for d_in, d_out in zip(dims[:-1], dims[1:]):
@@ -317,12 +260,8 @@ class DirectPredictor(nn.Module):
         return h
 
     def features(self, z_vis, q, qd, dq, action) -> torch.Tensor:
-        """(B, Dv), four (B, A) -> the MLP input (B, Dv + 4A [+ 2KA])."""
-        x = [z_vis, q, qd, dq, action]
-        if self.octaves.numel():
-            angle = ((q + dq).unsqueeze(-1) * self.octaves).flatten(-2)   # (B, A*K) the target, K octaves
-            x += [torch.sin(angle), torch.cos(angle)]
-        return torch.cat(x, -1)
+        """(B, Dv), four (B, A) -> the MLP input (B, Dv + 4A)."""
+        return torch.cat([z_vis, q, qd, dq, action], -1)
 
     def forward(self, z_vis, q, qd, dq, action):
         """-> (B, G) the goal-space prediction (G = goal_dim)."""
@@ -355,12 +294,8 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(cfg)
         D, A = cfg.embed_dim, cfg.dof
         W, C, N = cfg.pred_width, cfg.pred_cond, cfg.pred_blocks
-        Din = D if cfg.predictor_reads_prop else cfg.vis_dim
-        self.fine = Predictor(D, Din, cfg.history, A, W, C, N)
-        self.coarse = Predictor(D, Din, 1, cfg.k_coarse * A, W, C, N)
-        # (B, Dv) -> (B, Dp): the joint-state embedding of the same instant, predicted from the image's
-        self.vis_to_prop = nn.Sequential(nn.Linear(cfg.vis_dim, W), nn.SiLU(), nn.Linear(W, cfg.prop_dim)) \
-            if cfg.vis_to_prop else None
+        self.fine = Predictor(D, cfg.vis_dim, cfg.history, A, W, C, N)
+        self.coarse = Predictor(D, cfg.vis_dim, 1, cfg.k_coarse * A, W, C, N)
         self.direct = DirectPredictor(cfg) if cfg.direct else None
         if cfg.goal_features:  # principal axes of the feature map, fit on the training frames (stage 3)
             self.register_buffer("feature_mean", torch.zeros(cfg.feature_map_dim))

@@ -1,7 +1,9 @@
 """ami-ros train: the JEPA world model from recorded episodes (rosbag2 MCAP).
 
 Resumable (re-run the same command after an interruption), seeded, CPU or CUDA,
-and unchanged under torchrun for several GPUs.
+and unchanged under torchrun for several GPUs. ``--recipe FILE`` rebuilds a model
+from nothing: it collects the recipe's data and runs its training stages
+(ami_ros/tools/recipe.py).
 """
 from __future__ import annotations
 
@@ -9,8 +11,17 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="folder of episode bags (ami-ros collect or ros2 bag record)")
-    p.add_argument("--out", required=True, help="model folder to write, e.g. models/NAME")
+    p.add_argument("--data", nargs="+", default=None, metavar="DIR",
+                   help="folder(s) of episode bags (ami-ros collect or ros2 bag record)")
+    p.add_argument("--out", default=None, help="model folder to write, e.g. models/NAME (with --recipe: "
+                                               "default models/<the recipe's name>)")
+    p.add_argument("--recipe", default=None, metavar="FILE",
+                   help="rebuild a model from nothing: collect the recipe's data and run its training stages "
+                        "(e.g. recipes/default.yaml); the other training options come from the recipe")
+    p.add_argument("--work", default=None, metavar="DIR",
+                   help="with --recipe: where its data and intermediate stages go (default runs/<name>); "
+                        "data already collected there is reused, a finished stage is not run again")
+    p.add_argument("--jobs", type=int, default=2, help="with --recipe: collection processes at once")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--steps-per-epoch", type=int, default=150)
     p.add_argument("--batch", type=int, default=32, help="sequences per step (per GPU under torchrun)")
@@ -22,19 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-coarse", type=int, default=5)
     p.add_argument("--vis-dim", type=int, default=32, help="image part of the embedding")
     p.add_argument("--prop-dim", type=int, default=16, help="joint-state part of the embedding")
-    p.add_argument("--encoder", default="conv", choices=["conv", "keypoints"],
-                   help="image encoder: a strided CNN (default) or spatial-softmax keypoints")
-    p.add_argument("--keypoints", type=int, default=32, help="keypoints of the keypoint encoder")
-    p.add_argument("--prop-encoder", default="mlp", choices=["mlp", "linear"], help="joint-state encoder")
-    p.add_argument("--cross-weight", type=float, default=0.0,
-                   help="weight of predicting z_prop from z_vis of the same step (0 = no such head)")
-    p.add_argument("--slow-dim", type=int, default=0, metavar="N",
-                   help="train the last N dims of z_vis to stay put over an episode (slow features: they must match "
-                        "those of a frame drawn anywhere in the same episode, relative to their spread across "
-                        "episodes; they keep what stays put in the scene, such as where an object lies; 0 = off)")
-    p.add_argument("--slow-weight", type=float, default=1.0, help="weight of the --slow-dim term")
-    p.add_argument("--predictor-reads-prop", action="store_true",
-                   help="predictors read [z_vis | z_prop] instead of z_vis only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -55,8 +53,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--direct-steps", type=int, default=30000, help="stage-3 steps of the direct predictor")
     p.add_argument("--direct-ensemble", type=int, default=1, help="members of the direct predictor (averaged)")
     p.add_argument("--direct-width", type=int, default=256, help="MLP width of the direct predictor")
-    p.add_argument("--direct-fourier", type=int, default=0, metavar="K",
-                   help="the direct predictor also reads sin and cos of the commanded target at K octaves (0..8)")
     p.add_argument("--goal-features", type=int, default=0, metavar="G",
                    help="with --direct: predict and compare goals in the top G principal components of the image "
                         "encoder's last feature map (conv encoder) instead of in z_vis (0)")
@@ -65,18 +61,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also train a tool readout for N steps (stage 4): a CNN reading the tool point's position off "
                         "an image, labelled by forward kinematics of the recorded joint states; the planner's "
                         "goal_tool cost term steers by the goal image's reading (0: none)")
-    p.add_argument("--allow-collapse", action="store_true", help="warn instead of stopping on collapse (ablations)")
+    p.add_argument("--allow-collapse", action="store_true",
+                   help="warn instead of stopping when the embeddings collapse (to study a collapsing setting, "
+                        "e.g. --lambda 0)")
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
 
 
-def collection_record(folder: str) -> dict | None:
+def collection_record(folder) -> dict | None:
     """How `ami-ros collect` made the data (from its index.yaml), for the card; for a folder
-    of several collections, {"parts": {subfolder: record}}; None for other bags."""
+    of several collections, or a list of folders, {"parts": {folder name: record}}; None for
+    other bags."""
     import os
 
     import yaml
 
+    if isinstance(folder, (list, tuple)):
+        if len(folder) == 1:
+            return collection_record(folder[0])
+        parts = {os.path.basename(os.path.normpath(f)): collection_record(f) for f in folder}
+        return {"parts": parts} if any(parts.values()) else None
     path = os.path.join(folder, "index.yaml")
     if not os.path.exists(path):
         parts = {d: collection_record(os.path.join(folder, d)) for d in sorted(os.listdir(folder))
@@ -86,7 +90,6 @@ def collection_record(folder: str) -> dict | None:
         idx = yaml.safe_load(f)
     keys = ("seed", "steps", "width", "height", "camera_hz", "joint_state_hz", "control_hz")
     rec = {k: idx.get(k) for k in keys}
-    rec["random_action_prob"] = idx.get("random_action_prob", 0.0)
     rec["push_prob"] = idx.get("push_prob", 0.0)
     rec["target_jitter"] = idx.get("target_jitter", 0.0)
     rec["views"] = idx.get("views", 1)
@@ -94,7 +97,6 @@ def collection_record(folder: str) -> dict | None:
     rec["command"] = (f"ami-ros collect --episodes {rec['episodes']} --steps {rec['steps']} --seed {rec['seed']} "
                       f"--width {rec['width']} --height {rec['height']} --camera-hz {rec['camera_hz']} "
                       f"--joint-state-hz {rec['joint_state_hz']} --control-hz {rec['control_hz']} "
-                      + (f"--random-action-prob {rec['random_action_prob']} " if rec["random_action_prob"] else "")
                       + (f"--push-prob {rec['push_prob']} " if rec["push_prob"] else "")
                       + (f"--target-jitter {rec['target_jitter']} " if rec["target_jitter"] else "")
                       + (f"--views {rec['views']} " if rec["views"] != 1 else "")
@@ -121,6 +123,13 @@ def run(args) -> int:
     from ami_ros.data.bags import load_episodes
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.recipe:
+        from ami_ros.tools.recipe import run_recipe
+
+        return run_recipe(args)
+    if not args.data or not args.out:
+        print("error: --data and --out are needed (or --recipe)", file=sys.stderr)
+        return 2
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = args.device
@@ -135,12 +144,6 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    if args.cross_weight < 0 or args.keypoints < 1:
-        print("error: --cross-weight must be >= 0 and --keypoints >= 1", file=sys.stderr)
-        return 2
-    if not 0 <= args.slow_dim <= args.vis_dim or args.slow_weight < 0:
-        print(f"error: --slow-dim must be in [0, --vis-dim={args.vis_dim}] and --slow-weight >= 0", file=sys.stderr)
-        return 2
     if args.direct_steps < 0 or args.direct_span < 1 or args.direct_ensemble < 1 or args.direct_width < 1:
         print("error: --direct-steps must be >= 0, --direct-span, --direct-ensemble and --direct-width >= 1",
               file=sys.stderr)
@@ -161,29 +164,22 @@ def run(args) -> int:
             return 2
         args.image_size = src.cfg.image_size
     direct = dict(direct=args.direct, direct_width=args.direct_width, direct_ensemble=args.direct_ensemble,
-                  direct_fourier=args.direct_fourier, goal_features=args.goal_features,
-                  tool_readout=args.tool_readout_steps > 0)
+                  goal_features=args.goal_features, tool_readout=args.tool_readout_steps > 0)
     try:
         if src is not None:  # the source's encoder config; only the predictors' options apply
-            mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, predictor_reads_prop=args.predictor_reads_prop,
-                                       vis_to_prop=False, **direct)
+            mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, **direct)
         else:
             mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
-                               prop_dim=args.prop_dim, encoder=args.encoder, keypoints=args.keypoints,
-                               prop_encoder=args.prop_encoder, vis_to_prop=args.cross_weight > 0,
-                               predictor_reads_prop=args.predictor_reads_prop, **direct,
-                               **({"channels": (16, 32, 32, 32)} if args.encoder == "keypoints" else {}))
+                               prop_dim=args.prop_dim, **direct)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if src is not None:
-        if args.keep_predictors and (mcfg.k_coarse, mcfg.predictor_reads_prop) != (src.cfg.k_coarse,
-                                                                                   src.cfg.predictor_reads_prop):
-            print("error: --keep-predictors: --k-coarse / --predictor-reads-prop differ from the source model's",
-                  file=sys.stderr)
+        if args.keep_predictors and mcfg.k_coarse != src.cfg.k_coarse:
+            print("error: --keep-predictors: --k-coarse differs from the source model's", file=sys.stderr)
             return 2
-        args.epochs, args.cross_weight, args.slow_dim = 0, 0.0, 0
-        direct_keys = ("direct", "direct_width", "direct_ensemble", "direct_fourier", "goal_features")
+        args.epochs = 0
+        direct_keys = ("direct", "direct_width", "direct_ensemble", "goal_features")
         keep_direct = args.keep_predictors and mcfg.direct and all(
             getattr(mcfg, k) == getattr(src.cfg, k) for k in direct_keys)
         if mcfg.direct and args.direct_steps == 0 and not keep_direct:
@@ -191,17 +187,21 @@ def run(args) -> int:
                   "--keep-predictors and the same --direct-* / --goal-features options)", file=sys.stderr)
             return 2
     # the configuration is settled before the (slow) loading of the episodes
-    episodes, errors = load_episodes(args.data, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
-                                     image_size=args.image_size)
+    episodes, errors = [], []
+    for folder in args.data:
+        eps, errs = load_episodes(folder, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
+                                  image_size=args.image_size)
+        episodes += eps
+        errors += errs
     for e in errors:
         print(f"skipped: {e}", file=sys.stderr)
     if len(episodes) < 2:
-        print(f"error: need at least 2 loadable episodes in {args.data}, found {len(episodes)}", file=sys.stderr)
+        print(f"error: need at least 2 loadable episodes in {' '.join(args.data)}, found {len(episodes)}",
+              file=sys.stderr)
         return 2
     cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                       seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
                       allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
-                      cross_weight=args.cross_weight, slow_dim=args.slow_dim, slow_weight=args.slow_weight,
                       direct_steps=args.direct_steps,
                       direct_span=args.direct_span, tool_steps=args.tool_readout_steps, model=mcfg)
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
@@ -222,8 +222,7 @@ def run(args) -> int:
         if rank == 0:
             tqdm.write(f"epoch {e['epoch']:3d}  loss {e['loss']:.4f}  pred {e['pred']:.4f}  "
                        f"sigreg(held-out) {e['heldout_sigreg']:.3f}  eff.rank {e['effective_rank']:.1f}  "
-                       f"std mean {e['std_mean']:.3f} min {e['std_min']:.3f}"
-                       + (f"  slow {e['slow']:.3f}" if cfg.slow_dim else ""))
+                       f"std mean {e['std_mean']:.3f} min {e['std_min']:.3f}")
 
     t0 = time.time()
     if src is not None:
@@ -277,18 +276,21 @@ def run(args) -> int:
             "arm": arm.name,
             "control_dt": 1.0 / args.control_hz,
             "action": "change of the commanded joint position target over one control step (rad)",
-            "data": {"folder": os.path.abspath(args.data), "sha256": dataset_hash([e.path for e in episodes]),
+            "data": {"folders": [os.path.basename(os.path.normpath(f)) for f in args.data],
+                     "sha256": dataset_hash([e.path for e in episodes]),
                      "episodes_train": len(train_eps), "episodes_heldout": len(test_eps),
                      "steps_train": int(sum(len(e.q) for e in train_eps)), "skipped_bags": len(errors)},
             "training": {**cfg.to_dict(), "device": device, "world_size": world,
                          "wall_time_s_last_run": round(wall, 1),
-                         "command": "ami-ros " + " ".join(sys.argv[1:])},
+                         "command": getattr(args, "command_line", None) or "ami-ros " + " ".join(sys.argv[1:])},
             "metrics": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in metrics.items()},
             "epochs": logs,
         }
         card["data"]["collection"] = collection_record(args.data)
+        if getattr(args, "recipe_record", None):
+            card["recipe"] = args.recipe_record
         if src is not None:  # how the frozen encoder was made
-            card["encoder_from"] = {"folder": os.path.abspath(args.encoder_from), "model_id": src.model_id,
+            card["encoder_from"] = {"model_id": src.model_id, "recipe": src.card.get("recipe"),
                                     "predictors_kept": bool(args.keep_predictors),
                                     "direct_kept": bool(keep_direct),
                                     "data": src.card.get("data"), "training": src.card.get("training"),
