@@ -16,13 +16,10 @@ from ami_ros.core.world_model import ModelConfig, WorldModel, image_to_tensor
 JOINTS = [f"j{i}" for i in range(6)]
 TINY = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
                    pred_blocks=1)
-# the other encoder choices: spatial-softmax keypoints, linear joint-state encoder, cross-modal head
-TINY_KP = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
-                      pred_blocks=1, encoder="keypoints", keypoints=6, prop_encoder="linear", vis_to_prop=True)
 TINY_DIRECT = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
                           pred_blocks=1, direct=True, direct_width=32, direct_ensemble=2)
 TINY_GOALF = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
-                         pred_blocks=1, direct=True, direct_width=32, goal_features=5, direct_fourier=3,
+                         pred_blocks=1, direct=True, direct_width=32, goal_features=5,
                          tool_readout=True, tool_channels=(8, 16))
 
 
@@ -143,12 +140,11 @@ def model_folder(tmp_path_factory):
     return _save_tiny(str(tmp_path_factory.mktemp("models") / "tiny"), TINY)
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_KP, TINY_DIRECT, TINY_GOALF],
-                         ids=["conv", "keypoints", "direct", "goal_features"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_DIRECT, TINY_GOALF], ids=["plain", "direct", "goal_features"])
 def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
     folder = _save_tiny(str(tmp_path / "tiny"), cfg)
     t, o = load_model(folder, "torch", "cpu"), load_model(folder, "onnx", "cpu")
-    assert t.cfg == cfg  # the card brings the encoder choices back
+    assert t.cfg == cfg  # the card brings the configuration back
     assert t.model_id == o.model_id
     g = torch.Generator().manual_seed(3)
     img = torch.rand(5, 3, 32, 32, generator=g) * 255
@@ -186,24 +182,6 @@ def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
                 m.read_tool(img)
 
 
-def test_direct_predictor_reads_the_target_at_octaves_only_when_asked():
-    """direct_fourier = K adds sin and cos of the commanded target q + dq at K octaves to the
-    direct predictor's input; a bad K, or K without a direct predictor, is refused."""
-    g = torch.Generator().manual_seed(0)
-    z, q, qd, dq, a = torch.randn(4, 16, generator=g), *(torch.randn(4, 6, generator=g) for _ in range(4))
-    plain = WorldModel(TINY_DIRECT).direct.features(z, q, qd, dq, a)
-    fourier = WorldModel(TINY_GOALF).direct.features(z, q, qd, dq, a)
-    assert plain.shape == (4, 16 + 4 * 6) and fourier.shape == (4, 16 + 4 * 6 + 2 * 3 * 6)
-    torch.testing.assert_close(fourier[:, :40], plain)
-    angle = (q + dq)[:, 2]                                   # joint 2: its octaves 1, 2, 4
-    torch.testing.assert_close(fourier[:, 40 + 6:40 + 9], torch.sin(angle[:, None] * torch.tensor([1., 2., 4.])))
-    torch.testing.assert_close(fourier[:, 58 + 6:58 + 9], torch.cos(angle[:, None] * torch.tensor([1., 2., 4.])))
-    with pytest.raises(ValueError, match="direct_fourier"):
-        ModelConfig(direct=True, direct_fourier=9)
-    with pytest.raises(ValueError, match="direct_fourier needs direct"):
-        ModelConfig(direct_fourier=2)
-
-
 def test_loading_refuses_tampered_or_mismatched_folders(model_folder, tmp_path):
     bad = str(tmp_path / "bad")
     shutil.copytree(model_folder, bad)
@@ -228,64 +206,20 @@ def test_loading_refuses_tampered_or_mismatched_folders(model_folder, tmp_path):
         load_model(str(tmp_path / "nowhere"), "torch")
 
 
-def test_keypoints_are_image_positions_and_follow_a_moving_blob():
-    """The keypoint encoder's features are expected positions in [-1, 1]; a bright blob that
-    moves right moves the keypoint that locks onto it right (a hand-set heat map)."""
-    from ami_ros.core.world_model import KeypointImageEncoder
-
-    enc = KeypointImageEncoder(TINY_KP).eval()
-    enc.conv = torch.nn.AvgPool2d(4)        # (B, 3, 32, 32) -> (B, 3, 8, 8), the heat map side
-    enc.heat = torch.nn.Conv2d(3, TINY_KP.keypoints, 1)
-    with torch.no_grad():                   # keypoint 0's heat map: the red channel
-        enc.heat.weight.zero_()
-        enc.heat.bias.zero_()
-        enc.heat.weight[0, 0] = 10.0
-    xs = []
-    for col in (4, 14, 26):
-        img = torch.zeros(1, 3, 32, 32)
-        img[0, 0, 14:18, col:col + 4] = 255.0
-        with torch.no_grad():
-            kp = enc.keypoints(img)
-        assert kp.abs().max() <= 1.0
-        xs.append(kp[0, 0].item())
-    assert xs[0] < xs[1] < xs[2] and xs[2] - xs[0] > 1.0, xs
-
-
-def test_cross_modal_head_is_trained(tmp_path):
-    """With cross_weight > 0 the head from z_vis to z_prop gets gradients and the term is logged."""
-    cfg = TrainConfig(epochs=1, steps_per_epoch=3, batch=2, seq_len=16, cross_weight=1.0, model=TINY_KP)
-    torch.manual_seed(cfg.seed)                 # train() seeds the same way before building its model
-    before = {k: v.clone() for k, v in WorldModel(TINY_KP).state_dict().items()}
-    model, logs = train(cfg, _episodes(), _episodes(1, seed=1), str(tmp_path / "ck.pt"))
-    after = model.state_dict()
-    assert logs[-1]["cross"] > 0
-    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("vis_to_prop."))
-
-
-def test_slow_dims_stay_put_over_an_episode_and_tell_episodes_apart(tmp_path):
-    """With slow_dim > 0 the last dims of z_vis vary far less within an episode than across
-    episodes (each episode's scene has its own fixed blob, the arm's brightness moves), unlike
-    the other dims; SIGReg keeps them from collapsing to a constant."""
-    eps = _arm_episodes(n=8, T=40)
-    rng = np.random.default_rng(3)
-    for e in eps:                                   # a fixed 6x6 blob per episode, somewhere else each time
-        r, c = rng.integers(0, 26, 2)
-        e.frames[:, r:r + 6, c:c + 6] = (30, 220, 60)
-    cfg = TrainConfig(epochs=2, steps_per_epoch=30, batch=8, seq_len=16, slow_dim=4, slow_weight=5.0, model=TINY,
-                      allow_collapse=True)            # three factors in all: a low effective rank is right here
-    model, logs = train(cfg, eps, eps[:2], str(tmp_path / "ck.pt"))
-    assert "slow" in logs[-1]
-    model.eval()
-    with torch.no_grad():
-        Z = torch.stack([model.encoder.encode_image(image_to_tensor(e.frames)) for e in eps])   # (E, T, Dv)
-    within = Z.var(1).mean(0)                      # (Dv,) variance over time, averaged over episodes
-    total = Z.flatten(0, 1).var(0)                 # (Dv,)
-    frac = (within / total).numpy()
-    assert frac[-4:].max() < 0.2 and frac[-4:].mean() < 0.5 * frac[:-4].mean(), frac
-    assert total[-4:].min() > 1e-2                 # not collapsed
-    with pytest.raises(ValueError, match="slow_dim"):
-        train(TrainConfig(epochs=1, steps_per_epoch=1, batch=2, slow_dim=TINY.vis_dim + 1, model=TINY),
-              eps, eps[:1], str(tmp_path / "ck2.pt"))
+def test_a_card_with_a_retired_option_is_refused_naming_it(model_folder, tmp_path):
+    """A card from before an option was retired loads when the option has the one value the
+    code builds, and is refused, naming the option, when it has another."""
+    folder = str(tmp_path / "old")
+    shutil.copytree(model_folder, folder)
+    path = os.path.join(folder, "card.yaml")
+    card = yaml.safe_load(open(path))
+    card["config"].update(encoder="conv", keypoints=7, prop_encoder="mlp", vis_to_prop=False, direct_fourier=0)
+    yaml.safe_dump(card, open(path, "w"))
+    assert load_model(folder, "torch").cfg == TINY
+    card["config"]["encoder"] = "keypoints"
+    yaml.safe_dump(card, open(path, "w"))
+    with pytest.raises(ModelError, match="encoder"):
+        load_model(folder, "torch")
 
 
 def test_predictor_refinement_lowers_the_prediction_loss_and_leaves_the_encoder(tmp_path):

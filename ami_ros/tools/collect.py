@@ -35,10 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera-hz", type=float, default=20.0, help="image rate (default 20)")
     p.add_argument("--joint-state-hz", type=float, default=50.0, help="joint state rate (default 50)")
     p.add_argument("--control-hz", type=float, default=10.0, help="command rate (default 10)")
-    p.add_argument("--random-action-prob", type=float, default=0.0,
-                   help="chance per control step of an action drawn uniformly within the bound instead of the "
-                        "smooth exploration's (default 0): shows the predictor the abrupt changes a planner's "
-                        "candidates make")
     p.add_argument("--push-prob", type=float, default=0.0,
                    help="chance that a new exploration target is a push of the cube instead (default 0): "
                         "without pushes the cube hardly ever moves and nothing makes a model represent it")
@@ -72,8 +68,7 @@ class Explorer:
     PUSH_CLEARANCE = 0.035  # m, the other links' lowest allowed height in a push pose
     PUSH_SPEED = 0.4        # fraction of the episode's action bound used while pushing (the cube stays in view)
 
-    def __init__(self, sim, rng, control_dt: float, q_start, random_action_prob: float = 0.0,
-                 push_prob: float = 0.0, target_jitter: float = 0.0):
+    def __init__(self, sim, rng, control_dt: float, q_start, push_prob: float = 0.0, target_jitter: float = 0.0):
         import numpy as np
 
         self.np = np
@@ -86,7 +81,6 @@ class Explorer:
         self.bound = spec.v_max * control_dt * self.action_scale
         self.dv_max = spec.a_max * control_dt * control_dt  # keeps the increments smooth
         self.lo, self.hi = spec.q_min + 0.05, spec.q_max - 0.05
-        self.random_action_prob = float(random_action_prob)
         self.push_prob = float(push_prob)
         self.target_jitter = float(target_jitter)
         self.waypoints: list = []   # a push's remaining joint targets
@@ -157,8 +151,6 @@ class Explorer:
         self.noise = 0.7 * self.noise + 0.3 * self.rng.normal(0.0, 1.0, self.q_cmd.shape) * self.noise_scale * self.bound
         delta = self.delta + np.clip(desired + self.noise - self.delta, -self.dv_max, self.dv_max)
         delta = np.clip(delta, -bound, bound)
-        if self.random_action_prob > 0 and self.rng.random() < self.random_action_prob:
-            delta = self.rng.uniform(-self.bound, self.bound)
         q_next = np.clip(self.q_cmd + delta, self.lo, self.hi)
         self.delta = q_next - self.q_cmd
         self.q_cmd = q_next
@@ -171,8 +163,8 @@ class Explorer:
 
 
 def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, camera_hz: float,
-                   joint_state_hz: float, progress=None, random_action_prob: float = 0.0,
-                   push_prob: float = 0.0, target_jitter: float = 0.0) -> dict:
+                   joint_state_hz: float, progress=None, push_prob: float = 0.0,
+                   target_jitter: float = 0.0) -> dict:
     """Record one episode into the bag folder ``path``; returns its index entry."""
     import math
 
@@ -188,7 +180,7 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
     sim.reset(q_start)  # random cube pose from sim.rng
     names = sim.joint_names
     control_dt = 1.0 / control_hz
-    explorer = Explorer(sim, rng, control_dt, sim.joint_positions(), random_action_prob, push_prob, target_jitter)
+    explorer = Explorer(sim, rng, control_dt, sim.joint_positions(), push_prob, target_jitter)
     cube_start = sim.cube_pose()[:2].copy()
 
     phys_ns = int(round(sim.model.opt.timestep * 1e9))
@@ -262,10 +254,9 @@ def run(args) -> int:
         if getattr(args, name) < 1:
             print(f"collect: --{name} must be >= 1", file=sys.stderr)
             return 2
-    for name in ("random_action_prob", "push_prob"):
-        if not 0.0 <= getattr(args, name) <= 1.0:
-            print(f"collect: --{name.replace('_', '-')} must be in [0, 1]", file=sys.stderr)
-            return 2
+    if not 0.0 <= args.push_prob <= 1.0:
+        print("collect: --push-prob must be in [0, 1]", file=sys.stderr)
+        return 2
     if not 0.0 <= args.target_jitter <= 3.2:
         print("collect: --target-jitter must be in [0, 3.2] rad", file=sys.stderr)
         return 2
@@ -300,7 +291,7 @@ def run(args) -> int:
                     sim, os.path.join(out, name), seed=args.seed + i, steps=args.steps,
                     control_hz=args.control_hz, camera_hz=args.camera_hz,
                     joint_state_hz=args.joint_state_hz, progress=bar,
-                    random_action_prob=args.random_action_prob, push_prob=args.push_prob,
+                    push_prob=args.push_prob,
                     target_jitter=args.target_jitter))
     finally:
         sim.close()
@@ -308,7 +299,7 @@ def run(args) -> int:
             "arm": spec.source, "joint_names": spec.joint_names, "seed": args.seed,
             "steps": args.steps, "width": args.width, "height": args.height, "views": args.views,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
-            "control_hz": args.control_hz, "random_action_prob": args.random_action_prob,
+            "control_hz": args.control_hz,
             "push_prob": args.push_prob, "target_jitter": args.target_jitter, "episodes": entries,
         }
         with open(os.path.join(out, "index.yaml"), "w") as f:

@@ -196,7 +196,9 @@ def run_recipe(args) -> int:
     name = recipe["name"]
     out = args.out or os.path.join("models", name)
     work = args.work or os.path.join("runs", name)
-    record = {"file": args.recipe, "sha256": _sha256(args.recipe)}
+    shown = os.path.relpath(args.recipe)          # the card names the recipe without this machine's folders
+    record = {"file": shown if not shown.startswith("..") else os.path.basename(args.recipe),
+              "sha256": _sha256(args.recipe)}
     t0 = time.time()
     try:
         collect_parts(recipe, work, args.jobs, log)
@@ -220,16 +222,15 @@ def run_recipe(args) -> int:
                     log(f"stage {i + 1}/{len(stages)} {stage['name']}: done before, {folder}")
                     previous = folder
                     continue
+        options = _argv(stage.get("train") or {}, actions, stage["name"])
         argv = ["--data", *[os.path.join(work, "data", p) for p in stage["data"]], "--out", folder,
-                "--name", name, "--device", args.device, "--threads", str(args.threads),
-                *_argv(stage.get("train") or {}, actions, stage["name"])]
+                "--name", name, "--device", args.device, "--threads", str(args.threads), *options]
         if previous:
             argv += ["--encoder-from", previous]
         stage_args = parser.parse_args(argv)
         stage_args.recipe_record = stage_record
-        stage_args.command_line = (f"ami-ros train --recipe {args.recipe}  # stage {stage['name']}: "
-                                   + " ".join(a if not a.startswith(work) else os.path.relpath(a, work)
-                                              for a in argv))
+        stage_args.command_line = (f"ami-ros train --recipe {record['file']} (stage {stage['name']}: "
+                                   f"{' '.join(options)})")
         log(f"stage {i + 1}/{len(stages)} {stage['name']}: ami-ros train {' '.join(argv)}")
         t_stage = time.time()
         rc = train.run(stage_args)

@@ -1,0 +1,82 @@
+"""`ami-ros train --recipe`: collect a recipe's parts, run its stages, resume, refuse bad recipes."""
+import argparse
+import os
+
+import pytest
+import yaml
+
+from ami_ros.tools import train as train_tool
+from ami_ros.tools.recipe import RecipeError, load_recipe
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = {
+    "name": "tiny",
+    "collect_options": {"steps": 24, "width": 32, "height": 32},
+    "collect": {"a": {"episodes": 3, "seed": 10}, "b": {"episodes": 2, "seed": 20, "target_jitter": 0.2}},
+    "stages": [
+        {"name": "encoder", "data": ["a"],
+         "train": {"epochs": 1, "steps_per_epoch": 2, "batch": 2, "seq_len": 8, "image_size": 32,
+                   "refine_steps": 0}},
+        {"name": "head", "data": ["a", "b"],
+         "train": {"keep_predictors": True, "refine_steps": 0, "direct": True, "direct_steps": 3,
+                   "direct_width": 16, "tool_readout_steps": 2}},
+    ],
+}
+
+
+def _train(*argv) -> int:
+    p = argparse.ArgumentParser()
+    train_tool.add_arguments(p)
+    return train_tool.run(p.parse_args(list(argv)))
+
+
+def _write(path, recipe) -> str:
+    with open(path, "w") as f:
+        yaml.safe_dump(recipe, f, sort_keys=False)
+    return str(path)
+
+
+def test_the_shipped_recipes_parse():
+    for name in os.listdir(os.path.join(REPO, "recipes")):
+        recipe = load_recipe(os.path.join(REPO, "recipes", name))
+        assert recipe["stages"] and recipe["collect"]
+
+
+def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
+    from ami_ros.core.model_io import load_model
+
+    recipe = _write(tmp_path / "tiny.yaml", TINY)
+    work, out = str(tmp_path / "work"), str(tmp_path / "model")
+    assert _train("--recipe", recipe, "--work", work, "--out", out, "--threads", "1", "--jobs", "2") == 0
+    m = load_model(out, "torch")
+    assert m.has_direct and m.has_tool_readout
+    assert m.card["recipe"]["stage"] == "head" and m.card["recipe"]["stages"] == 2
+    assert m.card["encoder_from"]["recipe"]["stage"] == "encoder"
+    assert sorted(m.card["data"]["collection"]["parts"]) == ["a", "b"]
+    assert m.card["data"]["collection"]["parts"]["b"]["target_jitter"] == 0.2
+    assert str(tmp_path) not in yaml.safe_dump(m.card)           # no machine path in the card
+    # a second run reuses the data and the finished first stage
+    capsys.readouterr()
+    assert _train("--recipe", recipe, "--work", work, "--out", str(tmp_path / "again"), "--threads", "1") == 0
+    log = capsys.readouterr().out
+    assert "data a: reusing" in log and "stage 1/2 encoder: done before" in log
+    # data made otherwise than the recipe says is not taken for it
+    changed = dict(TINY, collect={**TINY["collect"], "a": {"episodes": 3, "seed": 11}})
+    assert _train("--recipe", _write(tmp_path / "changed.yaml", changed), "--work", work,
+                  "--out", str(tmp_path / "x")) == 2
+    assert "made otherwise" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"collect": {}}, "collect"),
+    ({"stages": [{"name": "s", "data": ["zzz"]}]}, "not in collect"),
+    ({"stages": [{"name": "s", "data": ["a"], "train": {"no_such_option": 1}}]}, "unknown option"),
+    ({"stages": [{"name": "s", "data": ["a"], "train": {"out": "x"}}]}, "unknown option"),
+    ({"collect": {"a": {"seed": 1}}}, "episodes"),
+    ({"stages": [{"name": "s", "data": ["a"], "train": {"direct": "yes"}}]}, "true or false"),
+    ({"extra": 1}, "a recipe is a mapping"),
+])
+def test_bad_recipes_are_refused_with_the_reason(tmp_path, bad, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(_write(tmp_path / "bad.yaml", {**TINY, **bad}))
