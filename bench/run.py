@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Speed and memory benchmarks of every hop of the stack: ``ami-ros bench`` (see
-ami_ros/tools/bench.py for the sections and options; bench/README.md for results).
+ami_ros/tools/bench/__init__.py for the sections and options; bench/README.md for results).
 
     python bench/run.py [--quick] [--sections encoder,planner,gate,e2e,memory] [--out FILE]
 """

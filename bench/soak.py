@@ -4,10 +4,10 @@
     python bench/soak.py [--duration 600] [--goal-period 8] [--out FILE] [--set node:param:=value ...]
 
 sim_node + encoder_node + planner_node + safety_node with config/{sim,encoder,planner,safety}.yaml
-(plus ``--params-file`` / ``--set`` overrides) in one process and one executor, as ``ami-ros demo``
-composes them. A sequence of goal images (the scene rendered with the arm at a random goal
-configuration a short reach from the current one, as ``ami_ros.tools.demo.goal_sequence`` draws
-them; near home when no such goal exists) is shown
+(plus ``--params-file`` / ``--set`` overrides) in one process, one executor thread per node, built by
+``ami_ros.nodes.stack.Stack`` as for ``ami-ros demo``. A sequence of goal images (the scene
+rendered with the arm at a random goal configuration a short reach from the current one, as
+``ami_ros.tools.demo.goal_sequence`` draws them; near home when no such goal exists) is shown
 to the planner: a new goal when the tool stayed within ``--success-radius`` of the goal's tool
 point for 0.5 s (reached), or after ``--goal-period`` seconds (not reached).
 
@@ -269,28 +269,17 @@ def main(argv=None) -> int:
     if cpu >= 0:
         os.sched_setaffinity(0, {cpu})
 
-    import rclpy
     from geometry_msgs.msg import PointStamped
-    from ami_ros.nodes.compose import NodeThreads
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from ami_ros.core.arm import share_dir
     from ami_ros.core.safety import SafetySpec
-    from ami_ros.nodes import common
-    from ami_ros.nodes.encoder_node import EncoderNode
-    from ami_ros.nodes.planner_node import PlannerNode
-    from ami_ros.nodes.safety_node import SafetyNode
-    from ami_ros.nodes.sim_node import SimNode
+    from ami_ros.nodes import msgs
+    from ami_ros.nodes.stack import Stack
 
-    cfg = os.path.join(share_dir(), "config")
-    files = [os.path.join(cfg, f) for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")]
-    ros_args = ["--ros-args"] + [a for f in files + args.params_file for a in ("--params-file", f)]
     overrides = ["encoder_node:threads:=1", "planner_node:threads:=1"] + list(args.set)
-    for o in overrides:
-        ros_args += ["-p", o]
     out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                         f"soak-{args.duration:g}s.json")
 
@@ -306,14 +295,13 @@ def main(argv=None) -> int:
     }
     rec = Recorder()
 
-    rclpy.init(args=ros_args, domain_id=args.domain_id)
-    nodes, ex = [], None
+    spin_errors = []
+    print(f"soak: {args.duration:g} s, pinned to CPU {cpu if cpu >= 0 else '-'}; overrides {overrides}", flush=True)
+    stack = Stack(params_files=args.params_file, sets=overrides, domain_id=args.domain_id,
+                  on_error=lambda node, e, tb: spin_errors.append(f"{type(e).__name__}: {e}"))
     try:
-        print(f"soak: {args.duration:g} s, pinned to CPU {cpu if cpu >= 0 else '-'}; overrides {overrides}", flush=True)
-        sim = SimNode()
-        encoder, planner, safety = EncoderNode(), PlannerNode(), SafetyNode()
-        mon = rclpy.create_node("soak_monitor")
-        nodes = [sim, encoder, planner, safety, mon]
+        sim, encoder, planner, safety = stack.sim, stack.encoder, stack.planner, stack.safety
+        mon = stack.create_node("soak_monitor")
 
         # ---- physics hook: one physics step at a time, recorded after each
         armsim = sim.sim
@@ -356,10 +344,10 @@ def main(argv=None) -> int:
 
         def on_js(m):
             try:
-                q, v, _ = common.joint_state_by_name(m, arm.joint_names)
+                q, v, _ = msgs.joint_state_by_name(m, arm.joint_names)
             except KeyError:
                 return
-            rec.add("joint_states", common.stamp_to_seconds(m.header.stamp), q,
+            rec.add("joint_states", msgs.stamp_to_seconds(m.header.stamp), q,
                     v if v is not None else np.full(arm.dof, np.nan))
 
         def on_state(m):
@@ -377,14 +365,11 @@ def main(argv=None) -> int:
         def on_cmd(m):
             now = mon.get_clock().now().nanoseconds * 1e-9
             commands.append((sim.sim_time_of(now), now, len(m.points),
-                             common.duration_to_seconds(m.points[-1].time_from_start) if m.points else 0.0))
+                             msgs.duration_to_seconds(m.points[-1].time_from_start) if m.points else 0.0))
         mon.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", on_cmd,
                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
 
-        spin_errors = []
-        ex = NodeThreads(on_error=lambda node, e, tb: spin_errors.append(f"{type(e).__name__}: {e}"))
-        for n in nodes:
-            ex.add(n)
+        stack.spin()
 
         # ---- monitor thread: drain the buffers into the streams once a second
         stop = threading.Event()
@@ -431,7 +416,7 @@ def main(argv=None) -> int:
             qg, near = pick_goal(arm, armsim.joint_positions(), rng)
             target = sim.tool_position_at(qg)
             d0 = float(np.linalg.norm(tool["p"] - target))
-            goal_pub.publish(common.image_msg(sim.render_configuration(qg), mon.get_clock().now().to_msg(), "goal"))
+            goal_pub.publish(msgs.image_msg(sim.render_configuration(qg), mon.get_clock().now().to_msg(), "goal"))
             t0, inside_since, reached = time.monotonic(), None, False
             best = d0
             while time.monotonic() - t0 < args.goal_period and time.monotonic() < t_end:
@@ -530,11 +515,7 @@ def main(argv=None) -> int:
         print(f"wrote {out_path}")
         return 0
     finally:
-        if ex is not None:
-            ex.shutdown()
-        for n in reversed(nodes):
-            n.destroy_node()
-        rclpy.try_shutdown()
+        stack.shutdown()
 
 
 if __name__ == "__main__":

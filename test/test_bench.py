@@ -59,12 +59,12 @@ def test_bench_refuses_unknown_section(tiny_model, tmp_path):
 
 def test_e2e_analysis_matches_chains():
     """The hop analysis on synthetic records: one chain, 10 + 50 + 5 ms."""
-    from ami_ros.tools.bench import _e2e_analyse
+    from ami_ros.tools.bench.e2e import analyse
 
     rec = {"frames": [(100.0, 100.0, 0)], "emb": [(100.010, 100.0, 0)],
            "cycles": [(100.0, 100.02, 100.055)], "plan": [(100.061, 100.060, 8)],
            "gated": [(100.065, 0.0, 8), (100.07, 0.0, 1)]}
-    r = _e2e_analyse(rec, 1.0)["latency_ms"]
+    r = analyse(rec, 1.0)["latency_ms"]
     assert r["camera stamp -> embedding received"]["p50"] == pytest.approx(10.0)
     assert r["embedding received -> /ami/plan publish"]["p50"] == pytest.approx(50.0)
     assert r["/ami/plan publish -> gated received"]["p50"] == pytest.approx(5.0)

@@ -50,7 +50,7 @@ from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.arm import load_arm, share_dir  # noqa: E402
-from ami_ros.nodes import common  # noqa: E402
+from ami_ros.nodes import msgs  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
@@ -176,12 +176,12 @@ def test_images_then_gated_trajectory_after_goal():
         assert not probe.trajectories, "a trajectory reached the arm before any goal was given"
 
         goal_image, q_goal = _goal_image(spec)
-        probe.goal_pub.publish(common.image_msg(goal_image, probe.node.get_clock().now().to_msg()))
+        probe.goal_pub.publish(msgs.image_msg(goal_image, probe.node.get_clock().now().to_msg()))
         probe.wait_for(lambda: len(probe.trajectories) >= 1, PLAN_TIMEOUT,
                        "a gated trajectory on /arm_controller/joint_trajectory")
         msg = probe.trajectories[-1]
         assert sorted(msg.joint_names) == sorted(spec.joint_names)
-        traj = common.trajectory_from_msg(msg)
+        traj = msgs.trajectory_from_msg(msg)
         assert len(traj.times) >= 1
         assert np.all(np.isfinite(traj.positions))
         assert np.all(np.diff(traj.times) > 0)

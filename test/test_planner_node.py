@@ -17,7 +17,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.arm import share_dir  # noqa: E402
-from ami_ros.nodes import common  # noqa: E402
+from ami_ros.nodes import msgs, qos  # noqa: E402
 from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
 MODEL = os.path.join(share_dir(), "models", "default")
@@ -46,9 +46,9 @@ class _Graph:
         self.planner = PlannerNode(context=self.ctx, parameter_overrides=overrides)
         self.probe = rclpy.create_node("probe", context=self.ctx)
         self.plans, self.lock = [], threading.Lock()
-        self.probe.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, common.RELIABLE_10)
-        self._js_pub = self.probe.create_publisher(JointState, "/joint_states", common.RELIABLE_10)
-        self._emb_pub = self.probe.create_publisher(Image, "/ami/embedding", common.RELIABLE_1)
+        self.probe.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, qos.RELIABLE_10)
+        self._js_pub = self.probe.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
+        self._emb_pub = self.probe.create_publisher(Image, "/ami/embedding", qos.RELIABLE_1)
         self._teach = self.probe.create_client(Trigger, "/ami/teach_goal")
         self.ex = NodeThreads(context=self.ctx)
         for n in (self.planner, self.probe):
@@ -71,14 +71,13 @@ class _Graph:
     def publish_state(self, t, q):
         """One at a time: the planner keeps only the newest unread state."""
         n = len(self.planner.joint_history)
-        self._js_pub.publish(common.joint_state_msg(self.planner.arm.joint_names, q, np.zeros(6), None,
-                                                    common.seconds_to_stamp(t)))
+        self._js_pub.publish(msgs.joint_state_msg(self.planner.arm.joint_names, q, np.zeros(6), None,
+                                                    msgs.seconds_to_stamp(t)))
         assert _wait(lambda: len(self.planner.joint_history) == n + 1, 5), "joint state not received"
 
     def publish_embedding(self, t, z):
-        from ami_ros.nodes.encoder_node import embedding_msg
-
-        self._emb_pub.publish(embedding_msg(z, common.seconds_to_stamp(t), self.planner.model_id))
+        
+        self._emb_pub.publish(msgs.embedding_msg(z, msgs.seconds_to_stamp(t), self.planner.model_id))
         assert _wait(lambda: self.planner.memory.latest_stamp() == pytest.approx(t), 5), "embedding not received"
 
     def teach(self):
@@ -188,7 +187,7 @@ def test_plan_markers_show_where_the_next_subgoal_has_the_tool_in_hierarchical_m
         with lock:
             return [m for a in arrays for m in a.markers if m.ns == "ami_subgoal_tool"]
 
-    g.probe.create_subscription(MarkerArray, "/ami/plan_markers", on_markers, common.RELIABLE_10)
+    g.probe.create_subscription(MarkerArray, "/ami/plan_markers", on_markers, qos.RELIABLE_10)
     try:
         planner, arm = g.planner, g.planner.arm
         t = g.clock()

@@ -52,8 +52,8 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from ami_ros.core.arm import share_dir  # noqa: E402
-from ami_ros.nodes import common  # noqa: E402
-from ami_ros.nodes.compose import NodeThreads  # noqa: E402
+from ami_ros.nodes import diagnostics, msgs  # noqa: E402
+from ami_ros.nodes.stack import Stack  # noqa: E402
 
 pytestmark = pytest.mark.ros
 DOMAIN_ID = 47  # unique to this module (see conftest.py)
@@ -131,7 +131,7 @@ class Probe(Node):
         t = time.monotonic()
         with self.lock:
             for st in msg.status:
-                self.diags[st.name] = (t, st.message, common.diagnostic_values(st))
+                self.diags[st.name] = (t, st.message, diagnostics.diagnostic_values(st))
 
     # ---------------------------------------------------------------- queries
     def joint_series(self, t_from=-np.inf):
@@ -200,23 +200,8 @@ def _wait(pred, timeout, period=0.02):
 
 @pytest.fixture(scope="module")
 def stack():
-    from ami_ros.nodes.encoder_node import EncoderNode
-    from ami_ros.nodes.planner_node import PlannerNode
-    from ami_ros.nodes.safety_node import SafetyNode
-    from ami_ros.nodes.sim_node import SimNode
+    s = {"errors": [], "tracebacks": [], "harness_errors": [], "destroyed": []}
 
-    cfg = os.path.join(share_dir(), "config")
-    args = ["--ros-args"] + [a for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")
-                             for a in ("--params-file", os.path.join(cfg, f))]
-    for p in PLANNER_OVERRIDES:
-        args += ["-p", p]
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID, args=args)
-    sim = SimNode(context=ctx)
-    s = {"ctx": ctx, "sim": sim, "encoder": EncoderNode(context=ctx), "planner": PlannerNode(context=ctx),
-         "safety": SafetyNode(context=ctx), "errors": [], "tracebacks": [], "harness_errors": [], "destroyed": [],
-         "make_planner": lambda: PlannerNode(context=ctx)}
-    s["probe"] = Probe(ctx, sim.spec.joint_names)
     def on_error(node, e, tb):  # a callback's exception is recorded instead of ending the spin
         if isinstance(e, InvalidHandle) and s["destroyed"]:
             # an entity of a node this module destroyed on purpose (the killed planner)
@@ -225,20 +210,17 @@ def stack():
         s["errors"].append(f"{type(e).__name__}: {e}")
         s["tracebacks"].append(tb)
 
-    ex = NodeThreads(context=ctx, on_error=on_error)
-    s["ex"] = ex
-    for k in ("sim", "encoder", "planner", "safety", "probe"):
-        ex.add(s[k])
-    probe = s["probe"]
-    assert _wait(lambda: len(probe.js) > 5 and len(probe.images) > 2, 20), "no joint states / images from the sim"
+    st = Stack(sets=PLANNER_OVERRIDES, context=Context(), domain_id=DOMAIN_ID, on_error=on_error)
     try:
+        s.update(stack=st, sim=st.sim, encoder=st.encoder, planner=st.planner, safety=st.safety,
+                 make_planner=lambda: st.make("planner"), ex=st.threads)
+        s["probe"] = Probe(st.context, st.sim.spec.joint_names)
+        st.spin(s["probe"])
+        probe = s["probe"]
+        assert _wait(lambda: len(probe.js) > 5 and len(probe.images) > 2, 20), "no joint states / images from the sim"
         yield s
     finally:
-        ex.shutdown()
-        for k in ("probe", "safety", "planner", "encoder", "sim"):
-            if s[k] is not None:
-                s[k].destroy_node()
-        rclpy.try_shutdown(context=ctx)
+        st.shutdown()
 
 
 def _where(tb):
@@ -297,7 +279,7 @@ def _start_motion(stack):
     goals = [sim.spec.clip(sim.spec.home + d) for d in GOAL_OFFSETS]
     qg = max(goals, key=lambda g: float(np.abs(g - q).sum()))
     t0 = time.monotonic()
-    probe.goal_pub.publish(common.image_msg(sim.render_configuration(qg), probe.get_clock().now().to_msg(), "goal"))
+    probe.goal_pub.publish(msgs.image_msg(sim.render_configuration(qg), probe.get_clock().now().to_msg(), "goal"))
 
     def moving():
         T, _, V = probe.joint_series(t0)
@@ -375,7 +357,7 @@ def test_planner_killed_mid_motion_holds(restored):
     _remove(s, "planner")
     time.sleep(0.5)                      # let a planning cycle already running finish
     s["destroyed"].append("planner")
-    planner.destroy_node()
+    s["stack"].destroy(planner)
     s["planner"] = None
     t_last = probe.last_motion_command()
     holds = _wait(lambda: _holds_since(probe, t_last), plan_timeout + JITTER + 1)
@@ -454,7 +436,7 @@ def _bad_plans(names, q, now_s):
     far[:, 0] = 10.0
     start = pos.copy()
     start[0] += 0.5
-    from ami_ros.nodes.common import seconds_to_stamp
+    from ami_ros.nodes.msgs import seconds_to_stamp
     return [
         ("non_finite", _plan(names, times, nan)),
         ("non_finite", _plan(names, times, pos, inf_vel)),
@@ -520,7 +502,7 @@ def _command_is_sane(msg, spec):
     if msg.header.frame_id == GARBAGE:
         return "a malformed plan passed unchanged"
     try:
-        t = common.trajectory_from_msg(msg)
+        t = msgs.trajectory_from_msg(msg)
     except ValueError as e:
         return str(e)
     if len(t.times) == 0 or not (np.all(np.isfinite(t.times)) and np.all(np.isfinite(t.positions))):
@@ -670,8 +652,7 @@ def test_estop_during_motion_latches_until_reset(restored):
 
 # ====================================================================== (e)
 def test_embeddings_of_another_model_stop_planning_and_hold(restored):
-    from ami_ros.nodes.encoder_node import embedding_msg
-
+    
     s = restored
     probe, safety, planner = s["probe"], s["safety"], s["planner"]
     plan_timeout = safety.spec.tunables.plan_timeout
@@ -685,7 +666,7 @@ def test_embeddings_of_another_model_stop_planning_and_hold(restored):
 
     def impostor():                          # ... and another model's embeddings arrive at 20 Hz
         while not stop.is_set():
-            probe.emb_pub.publish(embedding_msg(z, probe.get_clock().now().to_msg(), "other_model@0123456789ab"))
+            probe.emb_pub.publish(msgs.embedding_msg(z, probe.get_clock().now().to_msg(), "other_model@0123456789ab"))
             time.sleep(0.05)
     th = threading.Thread(target=impostor, daemon=True)
     th.start()

@@ -24,7 +24,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler  # noqa: E402
-from ami_ros.nodes import common  # noqa: E402
+from ami_ros.nodes import diagnostics, msgs  # noqa: E402
 from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -66,7 +66,7 @@ class Probe(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_command(self, msg):
-        traj = common.trajectory_from_msg(msg)
+        traj = msgs.trajectory_from_msg(msg)
         now = self._now()
         with self.cond:
             q0, v0 = self.follower.sample(now) if self.follower else (self.q, np.zeros(len(self.q)))
@@ -82,7 +82,7 @@ class Probe(Node):
         else:
             v = np.zeros(len(self.q))
         if self.publish_states:
-            self.js_pub.publish(common.joint_state_msg(self.names, self.q, v, stamp=self.get_clock().now().to_msg()))
+            self.js_pub.publish(msgs.joint_state_msg(self.names, self.q, v, stamp=self.get_clock().now().to_msg()))
 
     def wait_for(self, predicate, timeout=5.0, what="condition"):
         deadline = time.monotonic() + timeout
@@ -119,7 +119,7 @@ def plan_msg(names, q0, dq, n=10, dt=0.1, perm=None, stamp=0.0):
     times = np.arange(1, n + 1) * dt
     pos = q0 + np.outer(np.linspace(1.0 / n, 1.0, n), dq)
     order = np.arange(len(names)) if perm is None else np.asarray(perm)
-    return common.trajectory_to_msg(Trajectory([names[i] for i in order], times, pos[:, order], None, stamp))
+    return msgs.trajectory_to_msg(Trajectory([names[i] for i in order], times, pos[:, order], None, stamp))
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +164,12 @@ def test_plan_is_gated_and_forwarded_by_name(graph):
                                     perm=[3, 1, 5, 0, 2, 4]))
     cmd = probe.wait_command(n)
     assert list(cmd.joint_names) == node.names
-    out = common.trajectory_from_msg(cmd)
+    out = msgs.trajectory_from_msg(cmd)
     np.testing.assert_allclose(out.positions[-1], q0 + [0.05, 0.02, -0.02, 0.02, 0.03, 0.03], atol=1e-9)
     # too fast: time-scaled, never passed unchanged
     n = len(probe.commands)
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.6, 0, 0, 0, 0, 0], n=3, dt=0.1))
-    out = common.trajectory_from_msg(probe.wait_command(n))
+    out = msgs.trajectory_from_msg(probe.wait_command(n))
     assert out.times[-1] > 0.3 + 1e-6
     assert node.gate.scaled >= 1
 
@@ -191,7 +191,7 @@ def test_bad_plan_is_refused_and_counted(graph):
 
     def diag_counts():
         for d in probe.diags:
-            vals = common.diagnostic_values(d.status[0])
+            vals = diagnostics.diagnostic_values(d.status[0])
             if vals.get("rejected.position_limit") and vals.get("rejected.unknown_joint"):
                 return vals
         return None
@@ -208,7 +208,7 @@ def test_stale_joint_state_during_motion_holds(graph):
     probe.wait_state("ok")
     n = len(probe.commands)
     probe.publish_states = False
-    hold = common.trajectory_from_msg(probe.wait_command(n, timeout=3.0))
+    hold = msgs.trajectory_from_msg(probe.wait_command(n, timeout=3.0))
     # one point: brakes from where the arm is commanded to rest (zero velocity), a short way on
     assert len(hold.times) == 1 and not np.any(hold.velocities)
     np.testing.assert_allclose(hold.positions[0], probe.q, atol=0.03)
@@ -266,7 +266,7 @@ def test_estop_latches_and_only_reset_clears(graph):
     n = len(probe.commands)
     probe.estop_pub.publish(Bool(data=True))
     probe.wait_state("e-stopped")
-    hold = common.trajectory_from_msg(probe.wait_command(n))
+    hold = msgs.trajectory_from_msg(probe.wait_command(n))
     assert len(hold.times) == 1
     probe.estop_pub.publish(Bool(data=False))  # does not clear
     n = len(probe.commands)

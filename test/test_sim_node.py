@@ -23,8 +23,9 @@ from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
+from ami_ros.core.images import model_frame  # noqa: E402
 from ami_ros.core.trajectory import Trajectory  # noqa: E402
-from ami_ros.nodes import common  # noqa: E402
+from ami_ros.nodes import diagnostics, msgs  # noqa: E402
 from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
 DOMAIN_ID = 37  # unique to this module
@@ -62,7 +63,7 @@ class Probe(Node):
         return cb
 
     def _on_state(self, msg):
-        q, v, _ = common.joint_state_by_name(msg, self.joint_names)
+        q, v, _ = msgs.joint_state_by_name(msg, self.joint_names)
         with self.cond:
             self.last_state_msg = msg
             self.states.append((time.monotonic(), q, v))
@@ -118,7 +119,7 @@ def shuffled_msg(names, times, positions, seed=0, stamp=0.0):
     order = np.random.default_rng(seed).permutation(len(names))
     traj = Trajectory([names[i] for i in order], np.asarray(times, dtype=float),
                       np.asarray(positions, dtype=float)[:, order], None, stamp)
-    return common.trajectory_to_msg(traj)
+    return msgs.trajectory_to_msg(traj)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_camera_image_and_info(graph):
     assert (img.width, img.height, img.encoding, img.step) == (64, 64, "rgb8", 192)
     assert len(img.data) == 64 * 64 * 3
     assert img.header.frame_id == "scene_camera_optical_frame"
-    arr = common.image_to_array(img)
+    arr = model_frame(img, None)
     assert arr.shape == (64, 64, 3) and arr.std() > 1.0  # a scene, not a blank frame
     info = probe.wait_for(lambda: probe.infos and probe.infos[-1], 5.0, "camera info")
     assert info.header.frame_id == "scene_camera_optical_frame" and (info.width, info.height) == (64, 64)
@@ -164,7 +165,7 @@ def test_joint_states(graph):
     msg = probe.last_state_msg
     assert list(msg.name) == sim.spec.joint_names
     assert len(msg.position) == len(msg.velocity) == len(msg.effort) == sim.spec.dof
-    stamp = common.stamp_to_seconds(msg.header.stamp)
+    stamp = msgs.stamp_to_seconds(msg.header.stamp)
     assert abs(stamp - sim.get_clock().now().nanoseconds * 1e-9) < 1.0  # node clock
     assert np.all(np.isfinite(probe.latest_q()))
 
@@ -250,9 +251,9 @@ def test_reset_service_and_diagnostics(graph):
     probe.reset()
     probe.wait_at(sim.spec.home, timeout=2.0, tol=0.01)
     n_refused = sim.refused_total
-    probe.wait_for(lambda: probe.diags and common.diagnostic_values(probe.diags[-1].status[0])
+    probe.wait_for(lambda: probe.diags and diagnostics.diagnostic_values(probe.diags[-1].status[0])
                    .get("commands_refused") == str(n_refused), 3.0, "diagnostics with the refused count")
-    values = common.diagnostic_values(probe.diags[-1].status[0])
+    values = diagnostics.diagnostic_values(probe.diags[-1].status[0])
     assert float(values["camera_rate_hz"]) > 1.0 and float(values["joint_state_rate_hz"]) > 2.0  # measured, alive
     assert n_refused >= 3
 

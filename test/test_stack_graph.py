@@ -25,8 +25,8 @@ from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
 from ami_ros.core.arm import share_dir  # noqa: E402
 from ami_ros.core.stack_config import load_stack_config  # noqa: E402
-from ami_ros.nodes import common  # noqa: E402
-from ami_ros.nodes.compose import NodeThreads  # noqa: E402
+from ami_ros.nodes import msgs  # noqa: E402
+from ami_ros.nodes.stack import Stack  # noqa: E402
 
 DOMAIN_ID = 43
 MODEL = os.path.join(share_dir(), "models", "default")
@@ -36,22 +36,11 @@ pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(MODEL, "card.yam
 
 @pytest.fixture(scope="module")
 def stack():
-    from ami_ros.nodes.encoder_node import EncoderNode
-    from ami_ros.nodes.planner_node import PlannerNode
-    from ami_ros.nodes.safety_node import SafetyNode
-    from ami_ros.nodes.sim_node import SimNode
-
-    cfg = os.path.join(share_dir(), "config")
-    args = ["--ros-args"] + [a for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")
-                             for a in ("--params-file", os.path.join(cfg, f))]
     # planning never stops by itself here (tests that need the goal-reached rule set it)
-    args += ["-p", "planner_node:goal_tolerance:=0.0", "-p", "planner_node:settle_patience:=0"]
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=DOMAIN_ID, args=args)
-    sim = SimNode(context=ctx)
-    nodes = [sim, EncoderNode(context=ctx), PlannerNode(context=ctx), SafetyNode(context=ctx)]
-    probe = rclpy.create_node("stack_probe", context=ctx)
-    nodes.append(probe)
+    st = Stack(sets=["planner_node:goal_tolerance:=0.0", "planner_node:settle_patience:=0"],
+               context=Context(), domain_id=DOMAIN_ID)
+    sim = st.sim
+    probe = st.create_node("stack_probe")
     rec = {"tool": None, "gated": [], "plans": [], "lock": threading.Lock()}
 
     def keep(key):
@@ -70,19 +59,14 @@ def stack():
     rec["goal_pub"] = probe.create_publisher(Image, "/ami/goal_image", latched)
     rec["emb_pub"] = probe.create_publisher(Image, "/ami/embedding", 1)
     rec["params"] = probe.create_client(SetParameters, "/planner_node/set_parameters")
-    ex = NodeThreads(context=ctx)
-    for n in nodes:
-        ex.add(n)
+    st.spin()
     deadline = time.monotonic() + 15
     while rec["tool"] is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    rec.update(sim=sim, encoder=nodes[1], planner=nodes[2], safety=nodes[3], probe=probe)
+    rec.update(sim=sim, encoder=st.encoder, planner=st.planner, safety=st.safety, probe=probe)
     yield rec   # the same dict the callbacks write to: rec["tool"] stays current
-    ex.shutdown()
-    assert not ex.errors, ex.errors
-    for n in reversed(nodes):
-        n.destroy_node()
-    rclpy.try_shutdown(context=ctx)
+    st.shutdown()
+    assert not st.threads.errors, st.threads.errors
 
 
 def _set(stack, **values):
@@ -120,8 +104,7 @@ def test_bad_parameters_are_refused_with_a_reason(stack):
 
 
 def test_embeddings_of_another_model_are_refused(stack):
-    from ami_ros.nodes.encoder_node import embedding_msg
-
+    
     planner = stack["planner"]
     n0 = planner.counts["refused_embedding_model"]
     z = np.zeros(planner.model.embed_dim, np.float32)
@@ -129,7 +112,7 @@ def test_embeddings_of_another_model_are_refused(stack):
     def refused():
         # sent again each poll: one message can be lost to discovery (a fresh publisher) or be
         # overwritten in the planner's depth-1 queue by the encoder's next embedding
-        stack["emb_pub"].publish(embedding_msg(z, planner.get_clock().now().to_msg(), "other_model@0123456789ab"))
+        stack["emb_pub"].publish(msgs.embedding_msg(z, planner.get_clock().now().to_msg(), "other_model@0123456789ab"))
         time.sleep(0.05)
         return planner.counts["refused_embedding_model"] > n0
 
@@ -155,7 +138,7 @@ def test_goal_image_closes_the_loop_through_the_gate(stack):
         qg = sim.spec.clip(q0 + np.array([-0.25, -0.15, 0.2, 0.2, 0.0, 0.0]))
         target = sim.tool_position_at(qg)
         n0 = planner.counts["plans"]
-        stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
+        stack["goal_pub"].publish(msgs.image_msg(sim.render_configuration(qg)))
         assert _wait(lambda: planner.counts["plans"] > n0 + 2, 10), "no plans for the goal image"
         first = planner.goal_distance
         reached = _wait(lambda: planner.goal_status == "reached", 30)
@@ -181,7 +164,7 @@ def test_reached_goal_holds_the_arm_and_stops_planning(stack):
     assert r.successful, r.reason
     try:
         assert _wait(lambda: float(np.abs(sim.sim.joint_velocities()).max()) < 0.01, 10), "arm not at rest"
-        stack["goal_pub"].publish(common.image_msg(sim.render_configuration(sim.sim.joint_positions())))
+        stack["goal_pub"].publish(msgs.image_msg(sim.render_configuration(sim.sim.joint_positions())))
         assert _wait(lambda: planner.goal_status == "reached", 10), (planner.goal_status, planner.goal_distance)
         time.sleep(0.3)
         with stack["lock"]:
@@ -218,7 +201,7 @@ def test_cost_weight_set_through_the_parameter_service_changes_the_plan(stack):
     try:
         q0 = sim.sim.joint_positions()
         qg = sim.spec.clip(q0 + np.array([-0.3, 0.2, -0.2, 0.0, 0.0, 0.0]))
-        stack["goal_pub"].publish(common.image_msg(sim.render_configuration(qg)))
+        stack["goal_pub"].publish(msgs.image_msg(sim.render_configuration(qg)))
         next_plans(2)                                   # the goal has arrived
         still = step_size(next_plans(3))
     finally:

@@ -86,6 +86,21 @@ def straight_line_actions(q_from, q_to, bound, min_steps: int = 1) -> np.ndarray
     return actions
 
 
+def trajectory_from_actions(joint_names, q0, actions, dt: float, clip=None) -> Trajectory:
+    """The trajectory a plan's actions (H, dof) command from the target ``q0``: the targets
+    ``q0 + cumsum(actions)`` (passed through ``clip``, e.g. ``ArmSpec.clip``) one control step
+    ``dt`` apart, with velocities from their central differences (the controller tracks
+    them smoothly, cubic) and 0 at the last point, so the trajectory ends at rest."""
+    q0 = np.asarray(q0, dtype=np.float64)
+    targets = q0 + np.cumsum(np.asarray(actions, dtype=np.float64), 0)
+    if clip is not None:
+        targets = clip(targets)
+    times = dt * np.arange(1, len(targets) + 1)
+    vel = np.gradient(np.vstack([q0, targets]), dt, axis=0)[1:]
+    vel[-1] = 0.0
+    return Trajectory(list(joint_names), times, targets, vel, start_time=0.0)
+
+
 class TrajectorySampler:
     """Desired position and velocity along a validated trajectory.
 

@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ami_ros.core.images import image_problem, model_frame
 from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler, validate
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ TOPIC_TYPES = {
     TOOL_POSITION_TOPIC: POINT_STAMPED_T,
 }
 REQUIRED_TOPICS = (IMAGE_TOPIC, JOINT_STATES_TOPIC, COMMAND_TOPIC)
-ENCODING_CHANNELS = {"rgb8": 3, "bgr8": 3, "mono8": 1}
 
 
 class BagError(ValueError):
@@ -293,34 +293,11 @@ def _parse_size(image_size) -> tuple[int, int] | None:
     return w, h
 
 
-def _check_image(path: str, msg, ns: int) -> tuple[int, int, str]:
-    enc = str(msg.encoding).lower()
-    if enc not in ENCODING_CHANNELS:
-        raise BagError(path, f"{IMAGE_TOPIC} at {_fmt_t(ns)} has encoding {msg.encoding!r}; "
-                             f"supported: {sorted(ENCODING_CHANNELS)}")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    c = ENCODING_CHANNELS[enc]
-    if h <= 0 or w <= 0 or step < w * c or len(msg.data) < step * h:
-        raise BagError(path, f"{IMAGE_TOPIC} at {_fmt_t(ns)} has a bad size: {w}x{h} {enc}, step {step}, "
-                             f"{len(msg.data)} data bytes (need step >= {w * c} and {step * h} bytes)")
-    return h, w, enc
-
-
-def _decode(msg, size: tuple[int, int] | None) -> np.ndarray:
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    enc = str(msg.encoding).lower()
-    c = ENCODING_CHANNELS[enc]
-    rows = np.asarray(msg.data, dtype=np.uint8)[: step * h].reshape(h, step)[:, : w * c]
-    img = rows.reshape(h, w, c)
-    if enc == "bgr8":
-        img = img[..., ::-1]
-    elif enc == "mono8":
-        img = np.repeat(img, 3, axis=2)
-    if size is not None and (w, h) != size:
-        import cv2
-
-        img = cv2.resize(np.ascontiguousarray(img), size, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img)
+def _check_image(path: str, msg, ns: int) -> tuple[int, int]:
+    reason = image_problem(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
+    if reason:
+        raise BagError(path, f"{IMAGE_TOPIC} at {_fmt_t(ns)}: {reason}")
+    return int(msg.height), int(msg.width)
 
 
 def _latest(stamps: np.ndarray, ticks: np.ndarray) -> np.ndarray:
@@ -411,7 +388,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size) -> Episo
         topic = conn.topic
         if topic == IMAGE_TOPIC:
             ns = _stamp(msg, recv)
-            h, w, _ = _check_image(path, msg, ns)
+            h, w = _check_image(path, msg, ns)
             if img_shape is None:
                 img_shape = (h, w)
             elif (h, w) != img_shape:
@@ -539,7 +516,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size) -> Episo
     for i in ii:
         i = int(i)
         if i not in cache:
-            cache[i] = _decode(images[i][1], size)
+            cache[i] = np.ascontiguousarray(model_frame(images[i][1], size))
         frames.append(cache[i])
     frames_arr = np.stack(frames)
 

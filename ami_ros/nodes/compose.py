@@ -1,4 +1,5 @@
-"""Several nodes in one process: one single-threaded executor per node, each in a thread.
+"""Running nodes: one node as an executable (:func:`spin_node`), several in one process
+(:class:`NodeThreads`: one single-threaded executor per node, each in a thread).
 
 Measured here (rclpy 9, Kilted wheels, 2 cores): with the four stack nodes in one
 ``MultiThreadedExecutor`` the sim's 50 Hz joint states came out at about 4 Hz and
@@ -65,3 +66,21 @@ class NodeThreads:
 
     def __contains__(self, node) -> bool:
         return id(node) in self._spinning
+
+
+def spin_node(make_node, args=None) -> None:
+    """``main()`` of a node executable: init, spin until Ctrl-C or shutdown, clean up."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

@@ -23,7 +23,9 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
-from ami_ros.nodes import common
+from ami_ros.core.images import model_frame
+from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes.compose import spin_node
 
 PARAMS = [
     common.ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
@@ -63,9 +65,9 @@ class EncoderNode(Node):
                        "refused_joint_state": 0}
         self._latency = []
         now = time.monotonic()
-        self._meters = {k: common.RateMeter(now) for k in ("frames", "embeddings")}
-        reliable10 = common.RELIABLE_10
-        reliable1 = common.RELIABLE_1
+        self._meters = {k: diagnostics.RateMeter(now) for k in ("frames", "embeddings")}
+        reliable10 = qos.RELIABLE_10
+        reliable1 = qos.RELIABLE_1
         camera_qos = QoSProfile(depth=1, reliability=qos_profile_sensor_data.reliability,
                                 history=HistoryPolicy.KEEP_LAST, durability=qos_profile_sensor_data.durability)
         self._pub = self.create_publisher(Image, "/ami/embedding", reliable1)
@@ -82,7 +84,7 @@ class EncoderNode(Node):
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            q, qd, _ = common.joint_state_by_name(msg, self.joint_names)
+            q, qd, _ = msgs.joint_state_by_name(msg, self.joint_names)
             if qd is None:
                 qd = np.zeros_like(q)
             if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
@@ -97,7 +99,7 @@ class EncoderNode(Node):
     def _on_image(self, msg: Image) -> None:
         self._meters["frames"].tick()
         now = self._now()
-        stamp = common.stamp_to_seconds(msg.header.stamp)
+        stamp = msgs.stamp_to_seconds(msg.header.stamp)
         age = now - stamp
         if stamp > 0 and age > self.get_parameter("max_frame_age_s").value:
             self.counts["dropped_stale"] += 1
@@ -109,7 +111,7 @@ class EncoderNode(Node):
             self.get_logger().warning("no fresh joint state; frame dropped", throttle_duration_sec=2.0)
             return
         try:
-            frame = common.frame_from_msg(msg, self.size)
+            frame = model_frame(msg, self.size)
         except ValueError as e:
             self.counts["refused_image"] += 1
             self.get_logger().warning(f"image refused: {e}", throttle_duration_sec=2.0)
@@ -120,7 +122,7 @@ class EncoderNode(Node):
         z = self.model.encode(img, torch.as_tensor(joint[1][None], dtype=torch.float32),
                               torch.as_tensor(joint[2][None], dtype=torch.float32))[0].cpu().numpy()
         self._latency.append(time.perf_counter() - t0)
-        self._pub.publish(embedding_msg(z, msg.header.stamp, self.model_id))
+        self._pub.publish(msgs.embedding_msg(z, msg.header.stamp, self.model_id))
         self.counts["embeddings"] += 1
         self._meters["embeddings"].tick()
 
@@ -135,8 +137,8 @@ class EncoderNode(Node):
                   **self.counts}
         level = DiagnosticStatus.OK if self.counts["embeddings"] else DiagnosticStatus.WARN
         msg = "encoding" if self.counts["embeddings"] else "no embedding published yet"
-        st = common.diagnostic_status(f"{self.get_name()}: encoder", level, msg, values, hardware_id=self.model_id)
-        self._diag_pub.publish(common.diagnostic_array([st], self.get_clock().now().to_msg()))
+        st = diagnostics.diagnostic_status(f"{self.get_name()}: encoder", level, msg, values, hardware_id=self.model_id)
+        self._diag_pub.publish(diagnostics.diagnostic_array([st], self.get_clock().now().to_msg()))
 
     def _check_parameters(self, params):
         from rcl_interfaces.msg import SetParametersResult
@@ -145,29 +147,8 @@ class EncoderNode(Node):
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
 
-def embedding_msg(z: np.ndarray, stamp, model_id: str) -> Image:
-    """(D,) float32 -> sensor_msgs/Image 32FC1, 1 x D, stamped with the source frame, frame_id = model id."""
-    z = np.ascontiguousarray(z, dtype=np.float32).reshape(1, -1)
-    msg = Image()
-    msg.header.stamp = stamp
-    msg.header.frame_id = model_id
-    msg.height, msg.width = 1, int(z.shape[1])
-    msg.encoding = "32FC1"
-    msg.is_bigendian = 0
-    msg.step = 4 * msg.width
-    msg.data = z.tobytes()
-    return msg
-
-
-def embedding_from_msg(msg: Image) -> np.ndarray:
-    """Inverse of :func:`embedding_msg`; ValueError on anything else."""
-    if msg.encoding != "32FC1" or msg.height != 1 or msg.step != 4 * msg.width or len(msg.data) != msg.step:
-        raise ValueError(f"not an embedding: encoding {msg.encoding}, {msg.height}x{msg.width}, {len(msg.data)} bytes")
-    return np.frombuffer(bytes(msg.data), dtype=np.float32).copy()
-
-
 def main(args=None) -> None:
-    common.spin_node(EncoderNode, args)
+    spin_node(EncoderNode, args)
 
 
 if __name__ == "__main__":

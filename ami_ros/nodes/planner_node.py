@@ -42,11 +42,12 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ami_ros.core.cost import CostWeights
+from ami_ros.core.images import model_frame
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import PlannerConfig
-from ami_ros.core.trajectory import Trajectory, straight_line_actions
-from ami_ros.nodes import common
-from ami_ros.nodes.encoder_node import embedding_from_msg
+from ami_ros.core.trajectory import straight_line_actions, trajectory_from_actions
+from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes.compose import spin_node
 
 
 def _config_specs(prefix: str, cls) -> list[common.ParamSpec]:
@@ -134,8 +135,8 @@ class PlannerNode(Node):
                        "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0}
         self._plan_ms: list[float] = []
 
-        reliable1 = common.RELIABLE_1
-        latched = common.LATCHED
+        reliable1 = qos.RELIABLE_1
+        latched = qos.LATCHED
         self._plan_pub = self.create_publisher(JointTrajectory, "/ami/plan", reliable1)
         self._marker_pub = self.create_publisher(MarkerArray, "/ami/plan_markers", reliable1)
         self._status_pub = self.create_publisher(String, "/ami/goal_status", latched)
@@ -171,7 +172,7 @@ class PlannerNode(Node):
     # ------------------------------------------------------------ inputs
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            q, qd, _ = common.joint_state_by_name(msg, self.arm.joint_names)
+            q, qd, _ = msgs.joint_state_by_name(msg, self.arm.joint_names)
             if qd is None:
                 qd = np.zeros_like(q)
             if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
@@ -181,7 +182,7 @@ class PlannerNode(Node):
             self.get_logger().warning(f"joint state refused: {e}", throttle_duration_sec=2.0)
             return
         self._joint = (self._now(), q, qd)
-        stamp = common.stamp_to_seconds(msg.header.stamp)      # the instant the state is of (0: unstamped)
+        stamp = msgs.stamp_to_seconds(msg.header.stamp)      # the instant the state is of (0: unstamped)
         self.joint_history.push(stamp if stamp > 0 else self._joint[0], q, qd)
 
     def _on_embedding(self, msg: Image) -> None:
@@ -190,14 +191,14 @@ class PlannerNode(Node):
             self.get_logger().error(f"embedding from model {msg.header.frame_id!r} refused; this planner runs "
                                     f"{self.model_id!r}", throttle_duration_sec=2.0)
             return
-        stamp = common.stamp_to_seconds(msg.header.stamp)
+        stamp = msgs.stamp_to_seconds(msg.header.stamp)
         if self._now() - stamp > self.get_parameter("max_embedding_age_s").value:
             self.counts["refused_embedding_stale"] += 1
             self.get_logger().warning(f"stale embedding ({self._now() - stamp:.3f} s old) refused",
                                       throttle_duration_sec=2.0)
             return
         try:
-            z = embedding_from_msg(msg)
+            z = msgs.embedding_from_msg(msg)
             if z.shape != (self.model.embed_dim,) or not np.all(np.isfinite(z)):
                 raise ValueError(f"expected {self.model.embed_dim} finite values, got {z.shape}")
         except ValueError as e:
@@ -209,7 +210,7 @@ class PlannerNode(Node):
 
     def _on_goal_image(self, msg: Image) -> None:
         try:
-            frame = common.frame_from_msg(msg, self.model.cfg.image_size)
+            frame = model_frame(msg, self.model.cfg.image_size)
         except ValueError as e:
             self.counts["refused_goal_image"] += 1
             self.get_logger().warning(f"goal image refused: {e}")
@@ -314,19 +315,16 @@ class PlannerNode(Node):
                 self.memory.set_plan(res)
                 actions = res.actions.numpy().astype(np.float64)
                 self.counts["plans"] += 1
-        targets = self.arm.clip(q0 + np.cumsum(actions, 0))                     # (H, A)
-        times = self.dt * np.arange(1, len(targets) + 1)
-        vel = np.gradient(np.vstack([q0, targets]), self.dt, axis=0)[1:]          # smooth (cubic) tracking
-        vel[-1] = 0.0
-        traj = Trajectory(self.arm.joint_names, times, targets, vel, start_time=0.0)
-        msg = common.trajectory_to_msg(traj)
+        traj = trajectory_from_actions(self.arm.joint_names, q0, actions, self.dt, self.arm.clip)
+        targets = traj.positions                                                  # (H, A)
+        msg = msgs.trajectory_to_msg(traj)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._plan_pub.publish(msg)
         self._q_cmd = (now, targets[0])
         self.last_plan = (now, targets)
         # the markers carry the stamp of the camera frame the plan started from (latency probes)
         subgoal_tool = None if res is None or res.subgoal_tool is None else res.subgoal_tool.numpy()
-        self._marker_pub.publish(self._markers(targets, common.seconds_to_stamp(source_stamp), subgoal_tool))
+        self._marker_pub.publish(self._markers(targets, msgs.seconds_to_stamp(source_stamp), subgoal_tool))
         self._publish_status()
 
     def _markers(self, targets: np.ndarray, stamp, subgoal_tool=None) -> MarkerArray:
@@ -402,12 +400,12 @@ class PlannerNode(Node):
         slow = float(np.percentile(ms, 95)) > 1000 * self.dt
         level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
         msg = "planning slower than the control rate" if slow else f"goal {self.goal_status}"
-        st = common.diagnostic_status(f"{self.get_name()}: planner", level, msg, values, hardware_id=self.model_id)
-        self._diag_pub.publish(common.diagnostic_array([st], self.get_clock().now().to_msg()))
+        st = diagnostics.diagnostic_status(f"{self.get_name()}: planner", level, msg, values, hardware_id=self.model_id)
+        self._diag_pub.publish(diagnostics.diagnostic_array([st], self.get_clock().now().to_msg()))
 
 
 def main(args=None) -> None:
-    common.spin_node(PlannerNode, args)
+    spin_node(PlannerNode, args)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ami_ros.core.safety import TUNABLE_NAMES, EStop, Gate, SafetySpec, Violation, Watchdog
 from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
-from ami_ros.nodes import common
+from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes.compose import spin_node
 
 STATES = ("ok", "holding", "e-stopped", "rejecting")
 _LEVEL = {"ok": DiagnosticStatus.OK, "holding": DiagnosticStatus.WARN, "rejecting": DiagnosticStatus.WARN,
@@ -106,9 +107,9 @@ class SafetyNode(Node):
         self._latency_last = self._latency_max = 0.0
         self._stale: list[str] = []
 
-        reliable1 = common.RELIABLE_1
-        reliable10 = common.RELIABLE_10
-        latched = common.LATCHED
+        reliable1 = qos.RELIABLE_1
+        reliable10 = qos.RELIABLE_10
+        latched = qos.LATCHED
         self._cmd_pub = self.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", reliable1)
         self._state_pub = self.create_publisher(String, "/ami/safety_state", latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -169,7 +170,7 @@ class SafetyNode(Node):
 
     def _send(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, now: float) -> None:
         """Publish to the controller and remember what it will track."""
-        self._cmd_pub.publish(common.trajectory_to_msg(traj))
+        self._cmd_pub.publish(msgs.trajectory_to_msg(traj))
         self._sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
 
     def _publish_hold(self, reason: str) -> None:
@@ -193,7 +194,7 @@ class SafetyNode(Node):
     # ------------------------------------------------------------------ inputs
     def _on_joint_state(self, msg: JointState) -> None:
         try:
-            q, v, _ = common.joint_state_by_name(msg, self.names)
+            q, v, _ = msgs.joint_state_by_name(msg, self.names)
         except KeyError as e:
             self.get_logger().warning(f"ignoring joint state: {e}", throttle_duration_sec=5.0)
             return
@@ -224,7 +225,7 @@ class SafetyNode(Node):
             self._publish_state()
             return
         try:
-            traj = common.trajectory_from_msg(msg)
+            traj = msgs.trajectory_from_msg(msg)
         except TrajectoryError as e:
             self._count(e.reason, str(e), now)
             self._publish_state()
@@ -317,8 +318,8 @@ class SafetyNode(Node):
         values["last_violation"] = f"{lv.reason}: {lv.message}" if lv else ""
         message = {"ok": "gating plans", "rejecting": "refusing plans", "holding": f"holding: {self.hold_reason}",
                    "e-stopped": f"e-stop latched: {self.estop.reason}"}[self.state]
-        status = common.diagnostic_status(f"{self.get_name()}: safety gate", _LEVEL[self.state], message, values)
-        self._diag_pub.publish(common.diagnostic_array([status], self.get_clock().now().to_msg()))
+        status = diagnostics.diagnostic_status(f"{self.get_name()}: safety gate", _LEVEL[self.state], message, values)
+        self._diag_pub.publish(diagnostics.diagnostic_array([status], self.get_clock().now().to_msg()))
 
     # ------------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
@@ -356,7 +357,7 @@ class SafetyNode(Node):
 
 
 def main(args=None) -> None:
-    common.spin_node(SafetyNode, args)
+    spin_node(SafetyNode, args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ami_ros.core.arm import load_arm
 from ami_ros.core.trajectory import TrajectoryError, validate
-from ami_ros.nodes import common
+from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes.compose import spin_node
 from ami_ros.sim.scene import CAMERA_RIGS
 
 CAMERA_FRAME = "scene_camera_optical_frame"
@@ -137,11 +138,11 @@ class SimNode(Node):
         self.refused_counts: dict[str, int] = {}
         self.overruns = 0
         now = self._now()
-        self._meters = {k: common.RateMeter(now) for k in ("camera", "joint_states", "physics")}
+        self._meters = {k: diagnostics.RateMeter(now) for k in ("camera", "joint_states", "physics")}
         self._sim_t_meter = (now, self.sim.time)
 
-        reliable10 = common.RELIABLE_10
-        reliable1 = common.RELIABLE_1
+        reliable10 = qos.RELIABLE_10
+        reliable1 = qos.RELIABLE_1
         self._image_pub = self.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data)
         self._info_pub = self.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data)
         self._joint_pub = self.create_publisher(JointState, "/joint_states", reliable10)
@@ -226,10 +227,10 @@ class SimNode(Node):
             finally:
                 _release_gl_context()
             K = self.sim.camera_matrix()
-            stamp = common.seconds_to_stamp(self.ros_time_of(self.sim.time))  # when the scene looked so
-        self._image_pub.publish(common.image_msg(img, stamp, CAMERA_FRAME))
+            stamp = msgs.seconds_to_stamp(self.ros_time_of(self.sim.time))  # when the scene looked so
+        self._image_pub.publish(msgs.image_msg(img, stamp, CAMERA_FRAME))
         # with several views stacked, the intrinsics are the top view's (its rows are the image's first H / views)
-        self._info_pub.publish(common.camera_info_msg(K, img.shape[1], img.shape[0], stamp, CAMERA_FRAME))
+        self._info_pub.publish(msgs.camera_info_msg(K, img.shape[1], img.shape[0], stamp, CAMERA_FRAME))
         self._meters["camera"].tick()
 
     def render_configuration(self, q) -> np.ndarray:
@@ -254,8 +255,8 @@ class SimNode(Node):
             q, v, e = self.sim.joint_positions(), self.sim.joint_velocities(), self.sim.joint_efforts()
             tool, cube = self.sim.tool_position(), self.sim.cube_pose()
             # stamped with the instant the state is of (the physics step), not the publish time
-            stamp = common.seconds_to_stamp(self.ros_time_of(self.sim.time))
-        self._joint_pub.publish(common.joint_state_msg(self.spec.joint_names, q, v, e, stamp))
+            stamp = msgs.seconds_to_stamp(self.ros_time_of(self.sim.time))
+        self._joint_pub.publish(msgs.joint_state_msg(self.spec.joint_names, q, v, e, stamp))
         pt = PointStamped()
         pt.header.stamp, pt.header.frame_id = stamp, WORLD_FRAME
         pt.point.x, pt.point.y, pt.point.z = (float(x) for x in tool)
@@ -270,7 +271,7 @@ class SimNode(Node):
 
     def _on_command(self, msg: JointTrajectory) -> None:
         try:
-            traj = validate(common.trajectory_from_msg(msg), self.spec.joint_names)
+            traj = validate(msgs.trajectory_from_msg(msg), self.spec.joint_names)
         except TrajectoryError as err:
             self.refused_counts[err.reason] = self.refused_counts.get(err.reason, 0) + 1
             self.get_logger().warning(f"refused trajectory: {err}")
@@ -327,9 +328,9 @@ class SimNode(Node):
         slow = (rates["camera"] < 0.5 * want_cam and want_cam >= 2.0) or rates["joint_states"] < 0.5 * want_js
         level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
         message = "publishing below half the set rates" if slow else "running"
-        status = common.diagnostic_status(f"{self.get_name()}: simulator", level, message, values,
+        status = diagnostics.diagnostic_status(f"{self.get_name()}: simulator", level, message, values,
                                           hardware_id=self.spec.name)
-        self._diag_pub.publish(common.diagnostic_array([status], self.get_clock().now().to_msg()))
+        self._diag_pub.publish(diagnostics.diagnostic_array([status], self.get_clock().now().to_msg()))
 
     # ------------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
@@ -366,7 +367,7 @@ class SimNode(Node):
 
 
 def main(args=None) -> None:
-    common.spin_node(SimNode, args)
+    spin_node(SimNode, args)
 
 
 if __name__ == "__main__":

@@ -85,37 +85,28 @@ def wall_safety_file(folder: str) -> str:
 
 
 def run(args) -> int:
-    import os
     import sys
     import time
 
     import numpy as np
-    import rclpy
     from geometry_msgs.msg import PointStamped
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from ami_ros.core.arm import share_dir
-    from ami_ros.nodes import common
-    from ami_ros.nodes.compose import NodeThreads
-    from ami_ros.nodes.encoder_node import EncoderNode
-    from ami_ros.nodes.planner_node import PlannerNode
-    from ami_ros.nodes.safety_node import SafetyNode
-    from ami_ros.nodes.sim_node import SimNode
-
-    cfg = os.path.join(share_dir(), "config")
-    files = [os.path.join(cfg, f) for f in ("sim.yaml", "encoder.yaml", "planner.yaml", "safety.yaml")]
-    ros_args = ["--ros-args"] + [a for f in files + args.params_file for a in ("--params-file", f)]
-    if args.model:
-        ros_args += ["-p", f"encoder_node:model_path:={args.model}", "-p", f"planner_node:model_path:={args.model}"]
     from ami_ros.core.model_io import ModelError, camera_views, read_card
+    from ami_ros.nodes import msgs, qos
     from ami_ros.nodes.model_path import resolve_model_path
+    from ami_ros.nodes.stack import Stack
+
+    sets = []
+    if args.model:
+        sets += [f"encoder_node:model_path:={args.model}", f"planner_node:model_path:={args.model}"]
     try:    # the simulated camera rig the model was trained on
         views = camera_views(read_card(resolve_model_path(args.model)))
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ros_args += ["-p", f"sim_node:camera_views:={views}"]
+    sets += [f"sim_node:camera_views:={views}"]
     wall_goals = tmp = None
     if args.wall:
         import tempfile
@@ -127,27 +118,21 @@ def run(args) -> int:
         q_start, wall_goals = wall_sequence(load_arm(), args.goals, args.seed)
         tmp = tempfile.TemporaryDirectory(prefix="ami_demo_")
         safety_file = wall_safety_file(tmp.name)
-        ros_args += ["-p", f"safety_node:safety_file:={safety_file}", "-p", f"planner_node:safety_file:={safety_file}",
-                     "-p", "planner_node:planner.mode:=hier",
-                     "-p", f"sim_node:initial_positions:={[float(x) for x in q_start]}"]
-    rclpy.init(args=ros_args)
-    nodes, executor = [], None
+        sets += [f"safety_node:safety_file:={safety_file}", f"planner_node:safety_file:={safety_file}",
+                 "planner_node:planner.mode:=hier", f"sim_node:initial_positions:={[float(x) for x in q_start]}"]
+    stack = None
     try:
         print("starting sim_node, encoder_node, planner_node, safety_node ...", flush=True)
-        sim = SimNode()
-        safety = SafetyNode()
-        nodes = [sim, EncoderNode(), PlannerNode(), safety]
-        probe = rclpy.create_node("ami_demo")
-        nodes.append(probe)
+        stack = Stack(params_files=args.params_file, sets=sets)
+        sim, safety = stack.sim, stack.safety
+        probe = stack.create_node("ami_demo")
         tool, status = {}, {}
         probe.create_subscription(PointStamped, "/ami/tool_position",
                                   lambda m: tool.update(p=np.array([m.point.x, m.point.y, m.point.z])), 10)
-        latched = common.LATCHED
+        latched = qos.LATCHED
         probe.create_subscription(String, "/ami/goal_status", lambda m: status.update(s=m.data), latched)
         goal_pub = probe.create_publisher(Image, "/ami/goal_image", latched)
-        executor = NodeThreads()
-        for n in nodes:
-            executor.add(n)
+        stack.spin()
         t_wait = time.monotonic()
         while "p" not in tool and time.monotonic() - t_wait < 10:
             time.sleep(0.05)
@@ -161,7 +146,7 @@ def run(args) -> int:
             target = sim.tool_position_at(qg)
             img = sim.render_configuration(qg)
             start = float(np.linalg.norm(tool["p"] - target))
-            goal_pub.publish(common.image_msg(img, probe.get_clock().now().to_msg(), "goal"))
+            goal_pub.publish(msgs.image_msg(img, probe.get_clock().now().to_msg(), "goal"))
             t0, inside_since, ok, entered = time.monotonic(), None, False, False
             while time.monotonic() - t0 < args.timeout:
                 if args.wall:
@@ -187,10 +172,7 @@ def run(args) -> int:
                  if args.wall else ""))
         return 0
     finally:
-        if executor is not None:
-            executor.shutdown()
-        for n in reversed(nodes):
-            n.destroy_node()
-        rclpy.try_shutdown()
+        if stack is not None:
+            stack.shutdown()
         if tmp is not None:
             tmp.cleanup()

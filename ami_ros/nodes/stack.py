@@ -1,0 +1,142 @@
+"""The four-node stack (sim_node, encoder_node, planner_node, safety_node) with the
+package's parameter files, built in one place for the demo, the bench, the soak run and
+the tests.
+
+``Stack`` initialises a context, builds the nodes in one process and spins each in
+its own executor thread (:class:`~ami_ros.nodes.compose.NodeThreads`), then shuts all
+down again. ``ros_args`` and ``make_node`` serve a node run alone (the bench's memory
+section runs each node in a process of its own).
+
+Parameters come, in this order, from config/{sim,encoder,planner,safety}.yaml, the
+extra ``params_files``, the ``sets`` (``node_name:param:=value``), and per-node
+``overrides`` ({kind: {param: value}}, given to the node's constructor).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+KINDS = ("sim", "encoder", "planner", "safety")
+
+
+def params_files() -> list[str]:
+    """The package's parameter files of the four nodes, in KINDS order."""
+    from ami_ros.core.arm import share_dir
+
+    return [os.path.join(share_dir(), "config", f"{kind}.yaml") for kind in KINDS]
+
+
+def ros_args(extra_files: Iterable[str] = (), sets: Iterable[str] = ()) -> list[str]:
+    """``--ros-args`` with the package's parameter files, then ``extra_files``, then the
+    ``sets`` (``node_name:param:=value``)."""
+    args = ["--ros-args"]
+    for f in [*params_files(), *extra_files]:
+        args += ["--params-file", f]
+    for s in sets:
+        args += ["-p", s]
+    return args
+
+
+def node_class(kind: str):
+    """The node class of ``kind`` (one of KINDS)."""
+    if kind == "sim":
+        from ami_ros.nodes.sim_node import SimNode
+        return SimNode
+    if kind == "encoder":
+        from ami_ros.nodes.encoder_node import EncoderNode
+        return EncoderNode
+    if kind == "planner":
+        from ami_ros.nodes.planner_node import PlannerNode
+        return PlannerNode
+    if kind == "safety":
+        from ami_ros.nodes.safety_node import SafetyNode
+        return SafetyNode
+    raise ValueError(f"unknown node kind {kind!r}; known: {list(KINDS)}")
+
+
+def make_node(kind: str, overrides: dict | None = None, context=None):
+    """One node of ``kind`` on ``context`` (None: the default one), ``overrides`` as its
+    constructor's parameter overrides."""
+    return node_class(kind)(overrides or None, context=context)
+
+
+class Stack:
+    """The four nodes on one rclpy context, each spun in its own thread.
+
+    ``context``: the rclpy Context to initialise (None: the default one, which also
+    installs rclpy's Ctrl-C handling); ``domain_id``: its ROS domain (None: the
+    environment's). ``on_error(node, exc, tb)``: see NodeThreads.
+
+    Build, attach what the caller needs (probe nodes, instrumentation hooks), then
+    ``spin(*extra_nodes)``; ``shutdown()`` (or leaving the ``with`` block) stops the
+    threads, destroys every node in reverse order and shuts the context down::
+
+        with Stack(context=Context(), domain_id=43) as stack:
+            probe = stack.create_node("probe")
+            stack.spin(probe)
+            ...
+    """
+
+    def __init__(self, *, params_files: Iterable[str] = (), sets: Iterable[str] = (),
+                 overrides: dict | None = None, context=None, domain_id: int | None = None, on_error=None):
+        import rclpy
+
+        from ami_ros.nodes.compose import NodeThreads
+
+        unknown = sorted(set(overrides or {}) - set(KINDS))
+        if unknown:
+            raise ValueError(f"overrides for unknown node kind(s) {unknown}; known: {list(KINDS)}")
+        self.overrides = dict(overrides or {})
+        self.context = context
+        self.nodes: list = []      # every node to destroy at shutdown, in creation order
+        rclpy.init(args=ros_args(params_files, sets), context=context, domain_id=domain_id)
+        self.threads = NodeThreads(context=context, on_error=on_error)
+        try:
+            self.sim, self.encoder, self.planner, self.safety = (self.make(kind) for kind in KINDS)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def make(self, kind: str):
+        """A new node of ``kind`` with this stack's context and overrides (to be destroyed at shutdown)."""
+        node = make_node(kind, self.overrides.get(kind), self.context)
+        self.nodes.append(node)
+        return node
+
+    def create_node(self, name: str, **kw):
+        """A plain rclpy node on this stack's context (a probe, a monitor), destroyed at shutdown."""
+        import rclpy
+
+        node = rclpy.create_node(name, context=self.context, **kw)
+        self.nodes.append(node)
+        return node
+
+    def spin(self, *extra_nodes) -> None:
+        """Spin every node of the stack (the four, those from ``make`` and ``create_node``) and
+        ``extra_nodes`` (destroyed at shutdown too), each in its own thread."""
+        for node in extra_nodes:
+            if node not in self.nodes:
+                self.nodes.append(node)
+        for node in self.nodes:
+            self.threads.add(node)
+
+    def destroy(self, node) -> None:
+        """Stop spinning ``node`` and destroy it now."""
+        self.threads.remove(node)
+        if node in self.nodes:
+            self.nodes.remove(node)
+        node.destroy_node()
+
+    def shutdown(self) -> None:
+        import rclpy
+
+        self.threads.shutdown()
+        while self.nodes:
+            self.nodes.pop().destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -1,0 +1,45 @@
+"""Gate section: the safety gate's added latency on planner-shaped trajectories."""
+from __future__ import annotations
+
+from ami_ros.tools.bench.table import stats, table
+
+
+def planner_shaped(arm, q_now, bound, rng, n=8, dt=0.1):
+    """A trajectory as the planner node sends it, from random actions of up to a random fraction of ``bound``."""
+    from ami_ros.core.trajectory import trajectory_from_actions
+
+    actions = rng.uniform(-1.0, 1.0, (n, arm.dof)) * bound * rng.uniform(0.02, 0.5)
+    return trajectory_from_actions(arm.joint_names, q_now, actions, dt, arm.clip)
+
+
+def bench_gate(args, out: dict) -> str:
+    import time
+
+    import numpy as np
+
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.safety import Gate, SafetySpec
+    from ami_ros.core.stack_config import action_bound, load_stack_config
+
+    arm = load_arm()
+    spec = SafetySpec.load()
+    gate = Gate(spec)
+    bound = action_bound(arm, 0.1, load_stack_config()["action_scale"])
+    rng = np.random.default_rng(0)
+    q_now = np.asarray(arm.home, dtype=np.float64)
+    trajs = [planner_shaped(arm, q_now, bound, rng) for _ in range(64)]
+    n = 50 if args.quick else 1000
+    budget = 0.5 if args.quick else 5.0
+    lat, reasons, t_start = [], {}, time.perf_counter()
+    for i in range(3):
+        gate.gate(trajs[i], q_now, 0.0)
+    while len(lat) < n and (len(lat) < 20 or time.perf_counter() - t_start < budget):
+        t0 = time.perf_counter()
+        r = gate.gate(trajs[len(lat) % len(trajs)], q_now, 0.0)
+        lat.append(time.perf_counter() - t0)
+        reasons[r.reason] = reasons.get(r.reason, 0) + 1
+    s = stats(lat)
+    out["gate"] = {"latency_ms": s, "outcomes": reasons, "points": 8, "dt": 0.1}
+    return table("safety gate: Gate.gate on planner-shaped trajectories (8 points, 0.1 s, with velocities)",
+                 ["outcomes", "n", "p50 ms", "p99 ms", "max ms"],
+                 [[" ".join(f"{k}:{v}" for k, v in sorted(reasons.items())), s["n"], s["p50"], s["p99"], s["max"]]])
