@@ -21,9 +21,10 @@ Publishes
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics
 
-Every cost weight (``cost.*``) and planner setting (``planner.*``) is a declared,
-typed, range-checked parameter; a change passes validation or is refused with the
-reason, and takes effect on the next planning cycle.
+Every parameter is a row of ``PARAMS`` (docs/parameters.md): cost weights (``cost.*``) and
+planner settings (``planner.*``) are declared, typed, range-checked parameters; a change
+passes validation of the whole configuration or is refused with the reason, and takes
+effect on the next planning cycle.
 """
 from __future__ import annotations
 
