@@ -148,8 +148,9 @@ def test_node_without_params_file_runs_the_shipped_configuration(node, ros_domai
             ranged = next(s for s in specs.values() if s.range is not None and not s.read_only)
             too_big = ranged.range[1] * 2 + 1
             assert not n.set_parameters([Parameter(ranged.name, ranged.type, ranged.coerce(too_big))])[0].successful
-            chosen = [s for s in specs.values() if s.choices is not None and not s.read_only and s.type.name == "STRING"]
-            for s in chosen:
+            for s in specs.values():
+                if s.choices is None or s.read_only or s.type.name != "STRING":
+                    continue
                 assert not n.set_parameters([Parameter(s.name, s.type, "nonsense")])[0].successful, s.name
         finally:
             n.destroy_node()

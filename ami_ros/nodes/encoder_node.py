@@ -43,7 +43,8 @@ _SPECS = node_params.by_name(PARAMS)
 
 class EncoderNode(Node):
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "encoder_node", **kw):
-        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides), **kw)
+        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides),
+                         **kw)
         import torch
 
         from ami_ros.core.model_io import load_model

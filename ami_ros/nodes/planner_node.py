@@ -85,7 +85,8 @@ def _sphere(header, ns: str, marker_id: int, position, diameter: float, rgba) ->
 
 class PlannerNode(Node):
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "planner_node", **kw):
-        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides), **kw)
+        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides),
+                         **kw)
         import torch
 
         from ami_ros.core.arm import load_arm

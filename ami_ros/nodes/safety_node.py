@@ -80,7 +80,8 @@ class SafetyNode(Node):
         arm_file = arm_file or overrides.get("arm_file") or None
         base = SafetySpec.load(safety_file, arm_file)
         self._specs = node_params.by_name(param_specs(base))
-        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(self._specs.values(), overrides),
+        super().__init__(node_name,
+                         parameter_overrides=node_params.parameter_overrides(self._specs.values(), overrides),
                          **node_kwargs)
         p = node_params.declare_parameters(self, self._specs.values())
         if p["safety_file"] and p["safety_file"] != safety_file or p["arm_file"] and p["arm_file"] != arm_file:
