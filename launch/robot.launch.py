@@ -7,7 +7,8 @@ topics the robot offers:
         joint_states:=/joint_states command:=/arm_controller/joint_trajectory
 
 Only safety_node publishes on ``command``. The parameter files default to the
-package's config/*.yaml; ``model`` ('' = the package's models/default) overrides
+package's config/*.yaml, which override the nodes' defaults (docs/parameters.md) where
+a cell needs it; ``model`` ('' = the package's models/default) overrides
 their model_path. ``safety_file`` ('' = the package's config/safety.yaml) is the
 hard safety spec (workspace, keep-out boxes) for both the safety node, which
 enforces it, and the planner node, whose cost prices it:

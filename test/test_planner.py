@@ -53,10 +53,25 @@ class ToyModel(torch.nn.Module):
         return ((q_cmd + actions.cumsum(1)) @ self.B[:DV].T)[:, every - 1::every]
 
 
+#: the toy world's planner and cost, set here rather than taken from the shipped defaults: the rollout
+#: predictor (the tests plan without a joint state), no goal_tool term (no kinematics), and the search
+#: settings these tests were tuned with
+TOY_CONFIG = dict(predictor="rollout", init_std=0.3, coarse_candidates=256, coarse_iterations=3, coarse_elites=32)
+TOY_WEIGHTS = dict(goal_running=1.0, goal_tool=0.0)
+
+
+def toy_config(**kw) -> PlannerConfig:
+    return PlannerConfig(**{**TOY_CONFIG, **kw})
+
+
+def toy_weights(**kw) -> CostWeights:
+    return CostWeights(**{**TOY_WEIGHTS, **kw})
+
+
 def make(config=None, weights=None, model=None):
     model = model or ToyModel()
-    cost = Cost(weights or CostWeights(), Q_MIN, Q_MAX)
-    return Planner(model, cost, config or PlannerConfig(), BOUND), model
+    cost = Cost(weights or toy_weights(), Q_MIN, Q_MAX)
+    return Planner(model, cost, config or toy_config(), BOUND), model
 
 
 def run_cycles(planner, model, q_start, q_goal, n, memory=None, direct=False):
@@ -87,7 +102,7 @@ Q_FAR = torch.tensor([1.6, -1.3, 1.1, -1.5])  # 16 steps at full bound; horizon 
 # ---------------- cost ----------------
 def test_cost_terms_and_goal_forms():
     model = ToyModel()
-    cost = Cost(CostWeights(), Q_MIN, Q_MAX).bind(model.goal_dims, BOUND)
+    cost = Cost(toy_weights(), Q_MIN, Q_MAX).bind(model.goal_dims, BOUND)
     g = torch.Generator().manual_seed(1)
     acts = (torch.rand(5, 8, A, generator=g) * 2 - 1) * BOUND
     z0 = model.embed(torch.zeros(A))
@@ -120,14 +135,14 @@ def test_cost_terms_and_goal_forms():
                                          ("smoothness", "a")])
 def test_invalid_weights_refused_naming_field(field, value):
     with pytest.raises(ValueError, match=field):
-        CostWeights(**{field: value}).validate()
-    cost = Cost(CostWeights(), Q_MIN, Q_MAX)
+        toy_weights(**{field: value}).validate()
+    cost = Cost(toy_weights(), Q_MIN, Q_MAX)
     before = cost.weights
     with pytest.raises(ValueError, match=field):
         cost.set_weights(**{field: value})
     assert cost.weights == before  # refused weights leave the old ones in place
     with pytest.raises(ValueError, match="nonsense"):
-        CostWeights().replace(nonsense=1.0)
+        toy_weights().replace(nonsense=1.0)
     assert set(CostWeights.RANGES) == {f.name for f in dataclasses.fields(CostWeights)}
 
 
@@ -138,15 +153,15 @@ def test_invalid_weights_refused_naming_field(field, value):
                                       ({"coarse_elites": 500}, "coarse_elites")])
 def test_invalid_config_refused_naming_field(kw, field):
     with pytest.raises(ValueError, match=field):
-        PlannerConfig(**kw).validate()
+        toy_config(**kw).validate()
     with pytest.raises(ValueError, match=field):
-        make(PlannerConfig(**kw))
+        make(toy_config(**kw))
 
 
 # ---------------- planners ----------------
 @pytest.mark.parametrize("method", ["cem", "mppi"])
 def test_reaches_goal(method):
-    planner, model = make(PlannerConfig(method=method))
+    planner, model = make(toy_config(method=method))
     dists, results, q = run_cycles(planner, model, torch.zeros(A), Q_NEAR, 12)
     # within a few cycles of the 3 needed at full speed: > 98% closer and stays there
     # (the residual is the sampler's noise, ~0.005 rad per joint)
@@ -159,7 +174,7 @@ def test_reaches_goal(method):
 
 @pytest.mark.parametrize("method", ["cem", "mppi"])
 def test_warm_start_beats_cold(method):
-    cfg = PlannerConfig(method=method, iterations=1, candidates=64, elites=8)
+    cfg = toy_config(method=method, iterations=1, candidates=64, elites=8)
     warm, model = make(cfg)
     cold, _ = make(cfg)
     _, results, _ = run_cycles(warm, model, torch.zeros(A), Q_FAR, 1)
@@ -184,13 +199,13 @@ def test_warm_start_beats_cold(method):
 
 @pytest.mark.parametrize("method", ["cem", "mppi"])
 def test_hierarchical_long_horizon(method):
-    hier_cfg = PlannerConfig(method=method, mode="hier", candidates=128, elites=16,
+    hier_cfg = toy_config(method=method, mode="hier", candidates=128, elites=16,
                              coarse_horizon=4, coarse_candidates=128, coarse_elites=16)
     hier, model = make(hier_cfg)
     budget = hier.model_steps_per_plan()
     # flat at equal compute: as many candidates as the hierarchical budget buys
     n_flat = (budget - 8) // (3 * 8)
-    flat_cfg = PlannerConfig(method=method, candidates=n_flat, elites=max(1, n_flat // 8))
+    flat_cfg = toy_config(method=method, candidates=n_flat, elites=max(1, n_flat // 8))
     flat, _ = make(flat_cfg, model=model)
     assert abs(flat.model_steps_per_plan() - budget) <= 24
     n = 28
@@ -207,9 +222,9 @@ def test_hierarchical_long_horizon(method):
 
 @pytest.mark.parametrize("method", ["cem", "mppi"])
 def test_weight_change_between_cycles(method):
-    cfg = PlannerConfig(method=method)
-    p1, model = make(cfg, CostWeights(effort=0.0))
-    p2, _ = make(cfg, CostWeights(effort=0.0))
+    cfg = toy_config(method=method)
+    p1, model = make(cfg, toy_weights(effort=0.0))
+    p2, _ = make(cfg, toy_weights(effort=0.0))
     goal = model.embed(Q_NEAR)
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
     r1a = p1.plan(zh, goal, torch.zeros(A), torch.zeros(A))
@@ -227,7 +242,7 @@ def test_weight_change_between_cycles(method):
 @pytest.mark.parametrize("mode", ["flat", "hier"])
 def test_deterministic_with_seed(method, mode):
     def go(seed):
-        planner, model = make(PlannerConfig(method=method, mode=mode, seed=seed, candidates=64,
+        planner, model = make(toy_config(method=method, mode=mode, seed=seed, candidates=64,
                                             elites=8, coarse_candidates=64, coarse_elites=8))
         _, res, q = run_cycles(planner, model, torch.zeros(A), Q_FAR, 3)
         return torch.stack([r.actions for r in res]), q
@@ -238,7 +253,7 @@ def test_deterministic_with_seed(method, mode):
     assert torch.equal(a1, a2) and torch.equal(q1, q2)
     assert not torch.equal(a1, a3)
     # reset() re-seeds: a reset planner replays its first plan
-    planner, model = make(PlannerConfig(method=method, mode=mode, seed=3))
+    planner, model = make(toy_config(method=method, mode=mode, seed=3))
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
     args = (zh, model.embed(Q_FAR), torch.zeros(A), torch.zeros(A))
     first = planner.plan(*args).actions
@@ -248,7 +263,7 @@ def test_deterministic_with_seed(method, mode):
 
 
 def test_actions_within_bound_and_set_config():
-    planner, model = make(PlannerConfig(method="mppi", init_std=5.0))
+    planner, model = make(toy_config(method="mppi", init_std=5.0))
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
     r = planner.plan(zh, model.embed(Q_FAR * 10), torch.zeros(A), torch.zeros(A))
     assert torch.all(r.actions.abs() <= BOUND + 1e-6)
@@ -389,7 +404,7 @@ def test_time_per_plan(capsys):
             torch.set_num_threads(threads)
             for method in ("cem", "mppi"):
                 for mode in ("flat", "hier"):
-                    planner, model = make(PlannerConfig(method=method, mode=mode, candidates=256,
+                    planner, model = make(toy_config(method=method, mode=mode, candidates=256,
                                                         horizon=8, iterations=3, elites=32))
                     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
                     args = (zh, model.embed(Q_FAR), torch.zeros(A), torch.zeros(A))
@@ -412,7 +427,7 @@ def test_workspace_term_prices_plans_that_leave_the_gates_box():
 
     arm = load_arm()
     box = SafetySpec.load(arm=arm).workspace
-    cost = Cost(CostWeights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0),
+    cost = Cost(toy_weights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0),
                 arm.q_min, arm.q_max, kinematics=arm.link_positions, workspace=(box.lo, box.hi))
     q0 = torch.tensor(arm.home, dtype=torch.float32)           # tool about 0.14 m above the table
     down = torch.zeros(1, 8, 6)
@@ -434,7 +449,7 @@ def test_keep_out_term_prices_plans_that_reach_into_a_keep_out_box():
 
     arm = load_arm()
     zone = SafetySpec.load(arm=arm).keep_out[0]
-    cost = Cost(CostWeights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0),
+    cost = Cost(toy_weights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0),
                 arm.q_min, arm.q_max, kinematics=arm.link_positions, keep_out=[(zone.lo, zone.hi)])
     q_start = arm.home.copy()
     q_start[2] = 0.6                                                    # elbow opened: a longer reach
@@ -459,7 +474,7 @@ def test_keep_out_term_prices_plans_that_reach_into_a_keep_out_box():
 def test_direct_predictor_reaches_goal(mode):
     """predictor='direct' plans through the model's rollout_direct from the joint state and
     the commanded target, flat and hierarchical (the far goal needs the coarse level)."""
-    cfg = PlannerConfig(predictor="direct", mode=mode, seed=1)
+    cfg = toy_config(predictor="direct", mode=mode, seed=1)
     planner, model = make(cfg)
     q_goal = Q_NEAR if mode == "flat" else Q_FAR
     dists, _, q = run_cycles(planner, model, torch.zeros(A), q_goal, 12 if mode == "flat" else 24, direct=True)
@@ -468,7 +483,7 @@ def test_direct_predictor_reaches_goal(mode):
 
 
 def test_direct_predictor_refusals():
-    planner, model = make(PlannerConfig(predictor="direct"))
+    planner, model = make(toy_config(predictor="direct"))
     z = model.embed(torch.zeros(A))[None].repeat(H_HIST, 1)
     goal = model.embed(Q_NEAR)[model.goal_dims]
     with pytest.raises(ValueError, match="joint state"):
@@ -484,10 +499,10 @@ def test_direct_predictor_refusals():
         has_direct = False
 
     with pytest.raises(ValueError, match="no direct predictor"):
-        make(PlannerConfig(predictor="direct"), model=NoDirect())
-    rollout_planner, _ = make(PlannerConfig(), model=NoDirect())
+        make(toy_config(predictor="direct"), model=NoDirect())
+    rollout_planner, _ = make(toy_config(), model=NoDirect())
     with pytest.raises(ValueError, match="no direct predictor"):
-        rollout_planner.set_config(PlannerConfig(predictor="direct"))
+        rollout_planner.set_config(toy_config(predictor="direct"))
     assert rollout_planner.config.predictor == "rollout"     # the old settings stay
 
 
@@ -533,7 +548,7 @@ def test_goal_tool_term_steers_the_tool_to_the_goals_reading():
     from ami_ros.core.arm import load_arm
 
     arm = load_arm()
-    w = CostWeights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0,
+    w = toy_weights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0,
                     keep_out=0, goal_tool=100.0, goal_tool_radius=0.03)
     cost = Cost(w, arm.q_min, arm.q_max, kinematics=arm.link_positions)
     q0 = torch.tensor(arm.home, dtype=torch.float32)
@@ -568,7 +583,7 @@ def test_goal_tool_term_steers_the_tool_to_the_goals_reading():
 
     bound = torch.full((6,), 0.08)
     planner = Planner(Blind(), Cost(w.replace(goal_tool_radius=0.02), arm.q_min, arm.q_max,
-                                    kinematics=arm.link_positions), PlannerConfig(seed=2), bound)
+                                    kinematics=arm.link_positions), toy_config(seed=2), bound)
     q, start = q0.clone(), float((arm.link_positions(q0)[-1] - target).norm())
     for _ in range(15):
         res = planner.plan(torch.zeros(1, 4), torch.zeros(4), q, torch.zeros(6), goal_tool=target)
@@ -582,7 +597,7 @@ def test_goal_tool_term_steers_the_tool_to_the_goals_reading():
 
 
 def test_cost_refuses_a_bad_keep_out_box():
-    cost = Cost(CostWeights(), keep_out=[((0, 0, 0), (1, 1, 1))])
+    cost = Cost(toy_weights(), keep_out=[((0, 0, 0), (1, 1, 1))])
     for bad in ([((0, 0, 0), (1, 1))], [((0, 0, 0), (1, 0, 1))], [((0, 0, float("nan")), (1, 1, 1))]):
         with pytest.raises(ValueError, match="keep-out box"):
             cost.set_keep_out(bad)
@@ -603,10 +618,10 @@ WALL_LO, WALL_HI = (-0.15, -0.3, -1.0), (0.15, 2.0, 1.0)    # the tool must go r
 def _wall_run(mode, candidates, n=40):
     """Receding horizon from tool (-0.6, 0) to (0.6, 0) with a wall between them, the toy arm
     following its command exactly. -> (tool distances to the goal, entered the wall, last plan)."""
-    weights = CostWeights(goal_terminal=0.0, goal_running=0.0, goal_tool=400.0, goal_tool_radius=0.01,
+    weights = toy_weights(goal_terminal=0.0, goal_running=0.0, goal_tool=400.0, goal_tool_radius=0.01,
                           keep_out=100.0, keep_out_margin=0.05)
     cost = Cost(weights, Q_MIN, Q_MAX, kinematics=_point_kinematics, keep_out=[(WALL_LO, WALL_HI)])
-    cfg = PlannerConfig(predictor="direct", mode=mode, candidates=candidates, elites=max(1, candidates // 8),
+    cfg = toy_config(predictor="direct", mode=mode, candidates=candidates, elites=max(1, candidates // 8),
                         coarse_horizon=3, coarse_candidates=128, coarse_iterations=2, coarse_elites=16, seed=3)
     planner, model = make(cfg, model=ToyModel())
     planner.cost = cost.bind(model.goal_dims, BOUND)
@@ -630,9 +645,9 @@ def test_hierarchical_planner_goes_round_an_obstacle_the_flat_one_cannot():
     farther than the flat horizon sees. The hierarchical planner (coarse chunks searched with one
     noise draw per chunk; the low level aiming the tool at the subgoal's point) goes round and
     reaches the goal, never inside the wall; the flat one at equal compute stays stuck before it."""
-    hier_cfg = PlannerConfig(predictor="direct", mode="hier", candidates=256, coarse_horizon=3,
+    hier_cfg = toy_config(predictor="direct", mode="hier", candidates=256, coarse_horizon=3,
                              coarse_candidates=128, coarse_iterations=2, coarse_elites=16)
-    flat_steps = PlannerConfig(predictor="direct").model_steps()
+    flat_steps = toy_config(predictor="direct").model_steps()
     fit = hier_cfg.candidates_within(flat_steps)
     d_h, entered_h, res_h, hier = _wall_run("hier", fit)
     d_f, entered_f, _, flat = _wall_run("flat", 256)

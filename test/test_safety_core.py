@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ami_ros.core.safety import (EStop, Gate, SafetySpec, Watchdog, hold_trajectory)
+from ami_ros.core.safety import (EStop, Gate, SafetySpec, Watchdog, default_safety_file, hold_trajectory)
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler
 
 SPEC = SafetySpec.load()
@@ -117,12 +118,22 @@ def safe_q(rng, spread=0.4):
 
 
 # ---------------------------------------------------------------- spec
-def test_spec_loads_hard_limits_from_arm_yaml():
+def test_spec_loads_hard_limits_from_arm_yaml(tmp_path):
     np.testing.assert_allclose(SPEC.v_lim, SPEC.arm.v_max)
     assert SPEC.hard.workspace.lo.tolist() == [-0.3, -0.7, 0.02]
     assert [b.name for b in SPEC.hard.keep_out] == ["human_zone"]
     assert SPEC.tunables.violation_policy == "scale"
-    assert SPEC.node_defaults["watch_camera"] is True
+    # the limit-like tunables default to the hard limits; the shipped file sets no tunable
+    assert SPEC.tunables.max_tool_speed == SPEC.hard.max_tool_speed
+    assert SPEC.tunables.camera_timeout == SPEC.hard.watchdog["camera"]
+    assert SPEC.node_defaults == {}
+    # a cell's safety file may carry the node's parameters: they narrow the tunables
+    doc = yaml.safe_load(open(default_safety_file()))
+    doc["safety_node"] = {"ros__parameters": {"velocity_scale": 0.5, "watch_camera": False}}
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(yaml.safe_dump(doc))
+    spec = SafetySpec.load(str(cell))
+    assert spec.tunables.velocity_scale == 0.5 and spec.node_defaults["watch_camera"] is False
 
 
 @pytest.mark.parametrize("name,value", [("velocity_scale", 1.2), ("max_tool_speed", 2.0),

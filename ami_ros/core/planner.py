@@ -88,11 +88,12 @@ class WorldModelProtocol(Protocol):
 
 @dataclass(frozen=True)
 class PlannerConfig(ValidatedConfig):
-    """Planner settings; ranges and meanings in ``RANGES`` / ``CHOICES``."""
+    """Planner settings; ranges and meanings in ``RANGES`` / ``CHOICES``. The defaults are the
+    shipped planner (the planner node's ``planner.*`` parameters)."""
 
     method: str = "cem"
     mode: str = "flat"
-    predictor: str = "rollout"
+    predictor: str = "direct"
     select: str = "mean"
     warm_start: bool = True
     candidates: int = 256
@@ -100,20 +101,22 @@ class PlannerConfig(ValidatedConfig):
     iterations: int = 3
     elites: int = 32
     temperature: float = 0.5
-    init_std: float = 0.3
+    init_std: float = 0.5
     min_std: float = 0.05
     momentum: float = 0.1
     coarse_horizon: int = 3
-    coarse_candidates: int = 256
-    coarse_iterations: int = 3
-    coarse_elites: int = 32
+    coarse_candidates: int = 128
+    coarse_iterations: int = 2
+    coarse_elites: int = 16
     seed: int = 0
 
     CHOICES: ClassVar[dict] = {
         "method": (("cem", "mppi"), "sampling distribution update: CEM elites or MPPI exponential weights"),
-        "mode": (("flat", "hier"), "flat: one level; hier: coarse subgoal search + fine low level"),
+        "mode": (("flat", "hier"), "flat: one level; hier: coarse subgoal search + fine low level (goals behind a "
+                 "keep-out box)"),
         "predictor": (("rollout", "direct"), "rollout: the fine/coarse predictors step by step; direct: the model's "
-                      "direct predictor, each step from now and the commanded target (needs the joint state)"),
+                      "direct predictor, each step from now and the commanded target (needs the joint state and a model "
+                      "trained with --direct)"),
         "select": (("mean", "best"), "returned plan: final distribution mean, or lowest-cost plan evaluated"),
         "warm_start": ((True, False), "start from the previous plan shifted by the executed steps"),
     }

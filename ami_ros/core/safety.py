@@ -3,8 +3,8 @@
 numpy + yaml only (no rclpy); ``ami_ros.nodes.safety_node`` is a thin shell around it.
 
 * :class:`SafetySpec` - hard limits (joint limits from ``config/arm.yaml``, Cartesian
-  and timing limits from ``config/safety.yaml``'s ``safety:`` section) plus tunables (the
-  ``safety_node: ros__parameters`` section) that may only narrow them.
+  and timing limits from ``config/safety.yaml``'s ``safety:`` section) plus tunables
+  (:class:`Tunables`, the safety node's parameters) that may only narrow them.
 * :class:`Gate` - ``gate(traj, q_now, now)`` -> :class:`GateResult`: a trajectory is
   passed, time-scaled, or refused with a stable reason code; never passed unchanged
   when it violates a limit.
@@ -122,10 +122,11 @@ class HardSafety:
 
 @dataclass(frozen=True)
 class Tunables:
-    """Runtime settings (the node's parameters); each may only narrow the hard spec."""
+    """Runtime settings (the safety node's parameters, these defaults theirs); each may only narrow
+    the hard spec. An ``inf`` default means the hard limit itself."""
     violation_policy: str = "scale"
     velocity_scale: float = 1.0
-    acceleration_scale: float = 1.0
+    acceleration_scale: float = 0.75        # the servo overshoots a commanded acceleration by up to ~27%
     jerk_scale: float = 1.0
     max_tool_speed: float = math.inf        # clipped to the hard value by SafetySpec.load
     max_segment_duration: float = math.inf

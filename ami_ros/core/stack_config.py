@@ -1,25 +1,40 @@
-"""The stack's planning configuration: one file (config/planner.yaml, in the
-ROS 2 parameter-file form) read by the planner node, the evaluation and the
-demo, so every way in plans with the same settings.
+"""The stack's planning configuration: the defaults of :class:`PlannerConfig`,
+:class:`CostWeights`, :class:`StopRules` and :class:`ActionSettings` (the shipped
+planner), overridden by a planner parameter file (config/planner.yaml, in the ROS 2
+parameter-file form) that the planner node, the evaluation and the demo all read,
+so every way in plans with the same settings.
 
 Parameter names (also the ROS parameter names): ``planner.<field>`` for
 :class:`~ami_ros.core.planner.PlannerConfig`, ``cost.<field>`` for
-:class:`~ami_ros.core.cost.CostWeights`, and ``action_scale`` (fraction of each
-joint's velocity limit one action may use per control step).
+:class:`~ami_ros.core.cost.CostWeights`, and the fields of
+:class:`~ami_ros.core.memory.StopRules` and :class:`ActionSettings` unprefixed.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import yaml
 
 from ami_ros.core.arm import ArmSpec, share_dir
-from ami_ros.core.cost import Cost, CostWeights
+from ami_ros.core.cost import Cost, CostWeights, ValidatedConfig
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import Planner, PlannerConfig
 
 NODE = "planner_node"
+
+
+@dataclass(frozen=True)
+class ActionSettings(ValidatedConfig):
+    """How far one action may move the arm (the planner's action bound, :func:`action_bound`)."""
+
+    action_scale: float = 0.5
+
+    RANGES: ClassVar[dict] = {
+        "action_scale": (0.01, 1.0, "fraction of each joint's velocity limit one action may use per control step"),
+    }
 
 
 def default_planner_file() -> str:
@@ -27,26 +42,21 @@ def default_planner_file() -> str:
 
 
 def load_stack_config(path: str | None = None) -> dict:
-    """-> {'planner': {...}, 'cost': {...}, 'action_scale': float, ...other params}, validated."""
+    """-> {'planner': {...}, 'cost': {...}, 'action_scale': float, the StopRules fields, ...other
+    params of the file}: the defaults, overridden by the file's planner_node parameters, validated."""
     path = path or default_planner_file()
     try:
         with open(path) as f:
-            params = yaml.safe_load(f)[NODE]["ros__parameters"]
+            params = yaml.safe_load(f)[NODE]["ros__parameters"] or {}
         out = dict(params)
-        out["planner"] = PlannerConfig.from_dict(params.get("planner", {})).to_dict()
-        out["cost"] = CostWeights.from_dict(params.get("cost", {})).to_dict()
-        out["action_scale"] = float(params.get("action_scale", 0.5))
-        rules = {k: params[k] for k in StopRules.RANGES if k in params}
+        out["planner"] = PlannerConfig.from_dict(params.get("planner") or {}).to_dict()
+        out["cost"] = CostWeights.from_dict(params.get("cost") or {}).to_dict()
+        out.update(ActionSettings.from_dict({k: params[k] for k in ActionSettings.RANGES if k in params}).to_dict())
+        out.update(StopRules.from_dict({k: params[k] for k in StopRules.RANGES if k in params}).to_dict())
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
         raise ValueError(f"{path}: bad planner configuration ({type(e).__name__}: {e})") from e
-    if not 0.0 < out["action_scale"] <= 1.0:
-        raise ValueError(f"{path}: action_scale must be in (0, 1], got {out['action_scale']}")
-    try:
-        rules = StopRules.from_dict(rules)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-    out.update(rules.to_dict(), goal_tolerance=float(rules.goal_tolerance),
-               settle_min_improvement=float(rules.settle_min_improvement))
+    for k in ("action_scale", "goal_tolerance", "settle_min_improvement"):
+        out[k] = float(out[k])
     return out
 
 

@@ -24,34 +24,35 @@ from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
 from ami_ros.core.images import model_frame
-from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes import diagnostics, msgs, qos
+from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
+from ami_ros.nodes.params import ParamSpec
 
+#: the encoder node's parameter table
 PARAMS = [
-    common.ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
-    common.ParamSpec("backend", "torch", "Inference backend: torch or onnx (ONNX Runtime; TensorRT/CUDA "
-                     "execution providers where present, CPU otherwise).", read_only=True),
-    common.ParamSpec("device", "auto", "auto, cpu, cuda or tensorrt.", read_only=True),
-    common.ParamSpec("max_frame_age_s", 0.2, "Frames older than this when processed are dropped.", (0.01, 10.0)),
-    common.ParamSpec("max_joint_state_age_s", 0.2, "A frame needs a joint state at most this old.", (0.01, 10.0)),
-    common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
+    ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
+    ParamSpec("backend", "torch", "Inference backend: torch, or onnx (ONNX Runtime; TensorRT/CUDA execution "
+              "providers where present, CPU otherwise).", read_only=True, choices=("torch", "onnx")),
+    ParamSpec("device", "auto", "Inference device.", read_only=True, choices=("auto", "cpu", "cuda", "tensorrt")),
+    ParamSpec("max_frame_age_s", 0.2, "Frames older than this when processed are dropped.", (0.01, 10.0)),
+    ParamSpec("max_joint_state_age_s", 0.2, "A frame needs a joint state at most this old.", (0.01, 10.0)),
+    ParamSpec("threads", 1, "torch CPU threads (0 = torch's default; see bench/README.md).", (0, 64),
+              read_only=True),
 ]
-_SPECS = {s.name: s for s in PARAMS}
-BACKENDS = ("torch", "onnx")
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+_SPECS = node_params.by_name(PARAMS)
 
 
 class EncoderNode(Node):
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "encoder_node", **kw):
-        super().__init__(node_name, parameter_overrides=common.parameter_overrides(PARAMS, parameter_overrides), **kw)
+        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides),
+                         **kw)
         import torch
 
         from ami_ros.core.model_io import load_model
         from ami_ros.nodes.model_path import resolve_model_path
 
-        p = common.declare_checked(self, PARAMS)
-        if p["backend"] not in BACKENDS or p["device"] not in DEVICES:
-            raise ValueError(f"backend must be one of {BACKENDS} and device one of {DEVICES}")
+        p = node_params.declare_checked(self, PARAMS)     # ValueError on a backend or device not in the table
         if p["threads"]:
             torch.set_num_threads(p["threads"])
         self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"])
@@ -143,7 +144,7 @@ class EncoderNode(Node):
     def _check_parameters(self, params):
         from rcl_interfaces.msg import SetParametersResult
 
-        reason = common.refusal(_SPECS, params)
+        reason = node_params.refusal(_SPECS, params)
         return SetParametersResult(successful=reason is None, reason=reason or "")
 
 

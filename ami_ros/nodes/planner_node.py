@@ -21,9 +21,10 @@ Publishes
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics
 
-Every cost weight (``cost.*``) and planner setting (``planner.*``) is a declared,
-typed, range-checked parameter; a change passes validation or is refused with the
-reason, and takes effect on the next planning cycle.
+Every parameter is a row of ``PARAMS`` (docs/parameters.md): cost weights (``cost.*``) and
+planner settings (``planner.*``) are declared, typed, range-checked parameters; a change
+passes validation of the whole configuration or is refused with the reason, and takes
+effect on the next planning cycle.
 """
 from __future__ import annotations
 
@@ -45,40 +46,32 @@ from ami_ros.core.cost import CostWeights
 from ami_ros.core.images import model_frame
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import PlannerConfig
+from ami_ros.core.stack_config import ActionSettings
 from ami_ros.core.trajectory import straight_line_actions, trajectory_from_actions
-from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes import diagnostics, msgs, qos
+from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
+from ami_ros.nodes.params import ParamSpec, config_specs
 
 
-def _config_specs(prefix: str, cls) -> list[common.ParamSpec]:
-    """ParamSpecs for every field of a ValidatedConfig (ranges and descriptions from the class),
-    named ``prefix.field`` (``field`` with an empty prefix)."""
-    default = cls()
-    out = []
-    name_of = (lambda n: f"{prefix}.{n}") if prefix else (lambda n: n)  # noqa: E731
-    for name, (allowed, desc) in cls.CHOICES.items():
-        v = getattr(default, name)
-        out.append(common.ParamSpec(name_of(name), v, f"{desc}; one of {list(allowed)}"))
-    for name, (lo, hi, desc) in cls.RANGES.items():
-        v = getattr(default, name)
-        kind = int if isinstance(v, int) and not isinstance(v, bool) else float
-        out.append(common.ParamSpec(name_of(name), v, desc, range=(lo, min(hi, 2**62)), kind=kind))
-    return out
-
-
+#: the planner node's parameter table: its own settings, then those of core (defaults, ranges and
+#: descriptions from StopRules, ActionSettings, PlannerConfig and CostWeights)
 PARAMS = [
-    common.ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
-    common.ParamSpec("backend", "torch", "Model backend for the predictor: torch or onnx.", read_only=True),
-    common.ParamSpec("safety_file", "", "Safety spec YAML whose workspace and keep-out boxes the cost prices: the "
-                     "safety node's (same parameter); empty = the package's config/safety.yaml.", read_only=True),
-    common.ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
-                     (0.5, 100.0), read_only=True),
-    common.ParamSpec("action_scale", 0.5, "Fraction of each joint's velocity limit one action may use.", (0.01, 1.0)),
-    common.ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
-    common.ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
-    common.ParamSpec("threads", 0, "torch CPU threads (0 = torch's default).", (0, 64), read_only=True),
-] + _config_specs("", StopRules) + _config_specs("planner", PlannerConfig) + _config_specs("cost", CostWeights)
-_SPECS = {s.name: s for s in PARAMS}
+    ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
+    ParamSpec("backend", "torch", "Model backend for the predictor (the planner runs torch).", read_only=True,
+              choices=("torch", "onnx")),
+    ParamSpec("safety_file", "", "Safety spec YAML whose workspace and keep-out boxes the cost prices: the "
+              "safety node's (same parameter; the launch files' safety_file argument sets both); empty = the "
+              "package's config/safety.yaml.", read_only=True),
+    ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
+              (0.5, 100.0), read_only=True),
+    ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
+    ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
+    ParamSpec("threads", 1, "torch CPU threads (0 = torch's default); on a 2-core machine 1 and 0 plan about "
+              "as fast on the graph (bench/README.md).", (0, 64), read_only=True),
+] + config_specs("", ActionSettings) + config_specs("", StopRules) + config_specs("planner", PlannerConfig) \
+    + config_specs("cost", CostWeights)
+_SPECS = node_params.by_name(PARAMS)
 
 
 def _sphere(header, ns: str, marker_id: int, position, diameter: float, rgba) -> Marker:
@@ -93,7 +86,8 @@ def _sphere(header, ns: str, marker_id: int, position, diameter: float, rgba) ->
 
 class PlannerNode(Node):
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "planner_node", **kw):
-        super().__init__(node_name, parameter_overrides=common.parameter_overrides(PARAMS, parameter_overrides), **kw)
+        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides),
+                         **kw)
         import torch
 
         from ami_ros.core.arm import load_arm
@@ -102,7 +96,7 @@ class PlannerNode(Node):
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
 
-        p = common.declare_checked(self, PARAMS)
+        p = node_params.declare_checked(self, PARAMS)
         if p["threads"]:
             torch.set_num_threads(p["threads"])
         self._torch = torch
@@ -349,7 +343,7 @@ class PlannerNode(Node):
 
     # ------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
-        reason = common.refusal(_SPECS, params)
+        reason = node_params.refusal(_SPECS, params)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
         changes = {"planner": {}, "cost": {}}

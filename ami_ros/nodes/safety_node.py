@@ -17,6 +17,7 @@ Until a fresh joint state arrives it publishes nothing to the controller.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -28,10 +29,12 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ami_ros.core.safety import TUNABLE_NAMES, EStop, Gate, SafetySpec, Violation, Watchdog
+from ami_ros.core.safety import POLICIES, TUNABLE_NAMES, EStop, Gate, SafetySpec, Violation, Watchdog
 from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
-from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes import diagnostics, msgs, qos
+from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
+from ami_ros.nodes.params import ParamSpec
 
 STATES = ("ok", "holding", "e-stopped", "rejecting")
 _LEVEL = {"ok": DiagnosticStatus.OK, "holding": DiagnosticStatus.WARN, "rejecting": DiagnosticStatus.WARN,
@@ -39,32 +42,31 @@ _LEVEL = {"ok": DiagnosticStatus.OK, "holding": DiagnosticStatus.WARN, "rejectin
 _TIMEOUT_OF = {"plan_timeout": "plan", "joint_state_timeout": "joint_state", "camera_timeout": "camera"}
 
 
-def param_specs(spec: SafetySpec) -> list[common.ParamSpec]:
-    """The node's parameters: the gate's tunables (ranged so they cannot widen past the
-    hard spec) and the node's own settings; defaults from safety.yaml's safety_node section."""
-    d = spec.node_defaults
-    out = [
-        common.ParamSpec("safety_file", "", "safety spec YAML ('' = the package's config/safety.yaml)", read_only=True),
-        common.ParamSpec("arm_file", "", "arm description YAML ('' = the package's config/arm.yaml)", read_only=True),
-        common.ParamSpec("violation_policy", str(d.get("violation_policy", spec.tunables.violation_policy)),
-                         spec.tunable_description("violation_policy") + " (scale | reject)"),
-    ]
-    for name in TUNABLE_NAMES:
-        if name == "violation_policy":
-            continue
-        out.append(common.ParamSpec(name, float(d.get(name, getattr(spec.tunables, name))),
-                                    spec.tunable_description(name), range=spec.tunable_range(name), kind=float))
-    out += [
-        common.ParamSpec("watch_camera", bool(d.get("watch_camera", True)),
-                         "hold when /camera/image_raw goes stale (false where there is no camera)"),
-        common.ParamSpec("command_tracking_tolerance", float(d.get("command_tracking_tolerance", 0.15)),
-                         "gate plans from the controller's commanded state while it is within this of the measured "
-                         "position (rad); from the measured state otherwise", range=(0.0, 0.5), kind=float),
-        common.ParamSpec("watchdog_rate", float(d.get("watchdog_rate", 50.0)), "watchdog timer rate (Hz)",
-                         range=(1.0, 1000.0), kind=float),
-        common.ParamSpec("diagnostics_period", float(d.get("diagnostics_period", 1.0)),
-                         "period of /diagnostics (s)", range=(0.05, 60.0), kind=float),
-    ]
+#: the node's own settings (the gate's tunables come from core: ``param_specs``)
+NODE_PARAMS = [
+    ParamSpec("safety_file", "", "Safety spec YAML; empty = the package's config/safety.yaml.", read_only=True),
+    ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.", read_only=True),
+    ParamSpec("watch_camera", True, "Hold when /camera/image_raw goes stale (false where there is no camera)."),
+    ParamSpec("command_tracking_tolerance", 0.15, "Gate plans from the controller's commanded state while it is "
+              "within this of the measured position (rad), from the measured state otherwise (servo lag reached "
+              "0.058 rad in the soak; beyond, the controller was reset).", (0.0, 0.5)),
+    ParamSpec("watchdog_rate", 50.0, "Watchdog timer rate (Hz).", (1.0, 1000.0)),
+    ParamSpec("diagnostics_period", 1.0, "Period of /diagnostics (s).", (0.05, 60.0)),
+]
+
+
+def param_specs(spec: SafetySpec) -> list[ParamSpec]:
+    """The node's parameter table: the gate's tunables (defaults from ``core.safety.Tunables``, the
+    limit-like ones the hard limits of ``spec``; ranged so they cannot widen past the hard spec),
+    then :data:`NODE_PARAMS`. A safety file with a ``safety_node: ros__parameters`` section of its own
+    (a cell file carrying its settings) overrides these defaults as a parameter file would."""
+    t = spec.tunables
+    out = NODE_PARAMS[:2] + [ParamSpec("violation_policy", t.violation_policy,
+                                       spec.tunable_description("violation_policy"), choices=POLICIES)]
+    out += [ParamSpec(name, float(getattr(t, name)), spec.tunable_description(name), range=spec.tunable_range(name),
+                      kind=float) for name in TUNABLE_NAMES if name != "violation_policy"]
+    out += [replace(s, default=s.coerce(spec.node_defaults[s.name])) if s.name in spec.node_defaults else s
+            for s in NODE_PARAMS[2:]]
     return out
 
 
@@ -78,10 +80,11 @@ class SafetyNode(Node):
         safety_file = safety_file or overrides.get("safety_file") or None
         arm_file = arm_file or overrides.get("arm_file") or None
         base = SafetySpec.load(safety_file, arm_file)
-        self._specs = {s.name: s for s in param_specs(base)}
-        super().__init__(node_name, parameter_overrides=common.parameter_overrides(self._specs.values(), overrides),
+        self._specs = node_params.by_name(param_specs(base))
+        super().__init__(node_name,
+                         parameter_overrides=node_params.parameter_overrides(self._specs.values(), overrides),
                          **node_kwargs)
-        p = common.declare_parameters(self, self._specs.values())
+        p = node_params.declare_parameters(self, self._specs.values())
         if p["safety_file"] and p["safety_file"] != safety_file or p["arm_file"] and p["arm_file"] != arm_file:
             base = SafetySpec.load(p["safety_file"] or None, p["arm_file"] or None)
         self.spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
@@ -323,7 +326,7 @@ class SafetyNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
-        reason = common.refusal(self._specs, params)
+        reason = node_params.refusal(self._specs, params)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
         changes = {prm.name: prm.value for prm in params if prm.name in TUNABLE_NAMES}

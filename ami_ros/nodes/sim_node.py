@@ -48,38 +48,36 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ami_ros.core.arm import load_arm
 from ami_ros.core.trajectory import TrajectoryError, validate
-from ami_ros.nodes import common, diagnostics, msgs, qos
+from ami_ros.nodes import diagnostics, msgs, qos
+from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
+from ami_ros.nodes.params import ParamSpec
 from ami_ros.sim.scene import CAMERA_RIGS
 
 CAMERA_FRAME = "scene_camera_optical_frame"
 WORLD_FRAME = "world"
 MAX_LAG_S = 0.25  # sim seconds the physics may catch up on in one tick before dropping time
 
+#: the sim node's parameter table
 PARAMS = [
-    common.ParamSpec("physics_rate_hz", 100.0,
-                     "Rate of the physics timer; each tick advances the sim to the node clock.",
-                     (10.0, 1000.0)),
-    common.ParamSpec("camera_rate_hz", 20.0, "Rate of /camera/image_raw and /camera/camera_info.",
-                     (0.1, 120.0)),
-    common.ParamSpec("joint_state_rate_hz", 50.0, "Rate of /joint_states and the probe topics.",
-                     (1.0, 1000.0)),
-    common.ParamSpec("camera_width", 64, "Image width in pixels.", (8, 4096), read_only=True),
-    common.ParamSpec("camera_height", 64, "Image height in pixels.", (8, 4096), read_only=True),
-    common.ParamSpec("camera_views", 1, "Camera views stacked top to bottom in each image (sim/scene.py "
-                     "CAMERA_RIGS); must match the model's (its card's data record).",
-                     (min(CAMERA_RIGS), max(CAMERA_RIGS)), read_only=True),
-    common.ParamSpec("seed", 0, "Seed of the simulator's random draws (cube placement).",
-                     (0, 2**31 - 1), read_only=True),
-    common.ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.",
-                     read_only=True),
-    common.ParamSpec("initial_positions", [], "Joint positions (arm joint order, rad) of start and "
-                     "/sim/reset; empty = the arm's home.", kind="double_array"),
-    common.ParamSpec("real_time_factor", 1.0, "Sim seconds per node-clock second.", (0.01, 10.0)),
-    common.ParamSpec("command_topic", "/arm_controller/joint_trajectory",
-                     "JointTrajectory topic the sim executes.", read_only=True),
+    ParamSpec("physics_rate_hz", 100.0, "Rate of the physics timer; each tick advances the sim to the node clock.",
+              (10.0, 1000.0)),
+    ParamSpec("camera_rate_hz", 20.0, "Rate of /camera/image_raw and /camera/camera_info.", (0.1, 120.0)),
+    ParamSpec("joint_state_rate_hz", 50.0, "Rate of /joint_states and the probe topics.", (1.0, 1000.0)),
+    ParamSpec("camera_width", 64, "Image width in pixels.", (8, 4096), read_only=True),
+    ParamSpec("camera_height", 64, "Image height in pixels.", (8, 4096), read_only=True),
+    ParamSpec("camera_views", 1, "Camera views stacked top to bottom in each image (sim/scene.py CAMERA_RIGS); "
+              "must match the model's (its card's data record; the launch files set it from the card).",
+              (min(CAMERA_RIGS), max(CAMERA_RIGS)), read_only=True),
+    ParamSpec("seed", 0, "Seed of the simulator's random draws (cube placement).", (0, 2**31 - 1), read_only=True),
+    ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.", read_only=True),
+    ParamSpec("initial_positions", [], "Joint positions (arm joint order, rad) of start and /sim/reset; empty = "
+              "the arm's home.", kind="double_array"),
+    ParamSpec("real_time_factor", 1.0, "Sim seconds per node-clock second.", (0.01, 10.0)),
+    ParamSpec("command_topic", "/arm_controller/joint_trajectory", "JointTrajectory topic the sim executes.",
+              read_only=True),
 ]
-_SPECS = {s.name: s for s in PARAMS}
+_SPECS = node_params.by_name(PARAMS)
 _TIMER_PARAMS = ("physics_rate_hz", "camera_rate_hz", "joint_state_rate_hz")
 
 
@@ -109,7 +107,7 @@ class SimNode(Node):
     """ArmSim on the ROS graph. ``parameter_overrides``: {name: value} (see ``PARAMS``)."""
 
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "sim_node", **node_kwargs):
-        super().__init__(node_name, parameter_overrides=common.parameter_overrides(PARAMS, parameter_overrides),
+        super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides),
                          **node_kwargs)
         self.sim = None
         try:
@@ -122,7 +120,7 @@ class SimNode(Node):
     def _setup(self) -> None:
         from ami_ros.sim.arm_sim import ArmSim  # mujoco import sets MUJOCO_GL
 
-        p = common.declare_checked(self, PARAMS)
+        p = node_params.declare_checked(self, PARAMS)
         self.spec = load_arm(p["arm_file"] or None)
         self.initial_positions = self._initial_positions(p["initial_positions"])
         self._lock = threading.RLock()
@@ -334,7 +332,7 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
-        reason = common.refusal(_SPECS, params)   # rclpy refuses read-only ones too; this says why
+        reason = node_params.refusal(_SPECS, params)   # rclpy refuses read-only ones too; this says why
         for prm in params:
             if reason is None and prm.name == "initial_positions":
                 try:
