@@ -9,21 +9,11 @@ The simulated camera rig (one view, or two stacked) is the one the model was
 trained on, read from its card, as ``ami-ros demo`` does.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-
-def _sim_node(context):
-    """sim_node with the camera rig of the model's data (``camera_views`` from its card)."""
-    from ami_ros.core.model_io import camera_views, read_card
-    from ami_ros.nodes.model_path import resolve_model_path
-
-    views = camera_views(read_card(resolve_model_path(LaunchConfiguration("model").perform(context))))
-    return [Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen",
-                 parameters=[LaunchConfiguration("sim_params"), {"camera_views": views}])]
 
 
 def generate_launch_description():
@@ -46,7 +36,8 @@ def generate_launch_description():
                               description="hard safety spec YAML (workspace, keep-out boxes) for safety_node and "
                                           "planner_node ('' = the package's config/safety.yaml)"),
 
-        OpaqueFunction(function=_sim_node),
+        Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen",
+             parameters=[LaunchConfiguration("sim_params")]),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
                 PathJoinSubstitution([FindPackageShare("ami_ros"), "launch", "robot.launch.py"])),

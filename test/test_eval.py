@@ -29,7 +29,7 @@ def test_true_dynamics_agent_takes_the_candidate_whose_image_is_the_goal(model):
 
     arm = load_arm()
     bound = arm.v_max * 0.1 * 0.5
-    with ArmSim(arm, width=64, height=64, seed=3, views=model.views) as sim:
+    with ArmSim(arm, width=64, height=64, seed=3) as sim:
         sim.reset(arm.home)
         agent = TrueDynamicsAgent(model, sim, bound, candidates=8, seed=1)
         q_cmd = sim.joint_positions()
@@ -49,7 +49,7 @@ def test_world_model_agent_holds_once_the_goal_image_is_seen(model):
     arm, stack = load_arm(), load_stack_config()
     bound = action_bound(arm, 0.1, stack["action_scale"])
     agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), bound, goal_tolerance=0.005)
-    with ArmSim(arm, width=64, height=64, seed=3, views=model.views) as sim:
+    with ArmSim(arm, width=64, height=64, seed=3) as sim:
         sim.reset(arm.home)
         q, qd = sim.joint_positions(), np.zeros(arm.dof)
         agent.reset(sim.render_configuration(arm.clip(q + np.array([0.3, -0.2, 0.2, 0.0, 0.0, 0.0]))))
@@ -78,7 +78,7 @@ def test_world_model_agent_settles_back_at_the_closest_frame(model):
     bound = action_bound(arm, 0.1, stack["action_scale"])
     agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), bound, goal_tolerance=0.0,
                             settle_patience=2)
-    with ArmSim(arm, width=64, height=64, seed=3, views=model.views) as sim:
+    with ArmSim(arm, width=64, height=64, seed=3) as sim:
         sim.reset(arm.home)
         q_goal = sim.joint_positions()
         q_far = arm.clip(q_goal + np.array([0.4, -0.3, 0.3, 0.0, 0.0, 0.0]))
@@ -105,7 +105,7 @@ def test_tolerance_check_separates_poses_near_the_goal_from_far_ones(model):
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import tolerance_check
 
-    with ArmSim(load_arm(), width=64, height=64, seed=3, views=model.views) as sim:
+    with ArmSim(load_arm(), width=64, height=64, seed=3) as sim:
         tc = tolerance_check(model, sim, "near", np.random.default_rng(0), 0.005, goals=3, poses=100)
     assert sum(tc[b]["poses"] for b in ("0-1cm", "1-2cm", "2-5cm", ">5cm")) == 300
     assert tc["0-1cm"]["poses"] > 0 and tc[">5cm"]["poses"] > 0
@@ -218,7 +218,7 @@ def test_run_episode_records_the_closest_approach_and_the_frame_measured_nearest
 def test_along_line_of_sight_and_the_camera_position():
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import along_line_of_sight
-    from ami_ros.sim.scene import CAMERA_RIGS
+    from ami_ros.sim.scene import CAMERA
 
     cam, target = np.array([1.0, -1.0, 1.0]), np.array([0.0, 0.0, 0.0])
     assert along_line_of_sight([0.03, -0.03, 0.03], target, cam) == pytest.approx(1.0)    # all in depth
@@ -227,26 +227,7 @@ def test_along_line_of_sight_and_the_camera_position():
     assert along_line_of_sight([0.0, 0.0, 0.05], target, cam) == pytest.approx(1 / np.sqrt(3))
     assert np.isnan(along_line_of_sight([0.0, 0.0, 0.0], target, cam))
     with ArmSim(load_arm(), width=16, height=16, seed=0) as sim:
-        np.testing.assert_allclose(sim.camera_position(), CAMERA_RIGS[1][0][1], atol=1e-9)
-
-
-def test_two_view_rig_stacks_two_cameras():
-    from ami_ros.sim.arm_sim import ArmSim
-    from ami_ros.sim.scene import CAMERA_RIGS
-
-    arm = load_arm()
-    with ArmSim(arm, width=32, height=32, seed=0, views=2) as sim:
-        img = sim.render()
-        assert img.shape == (32, 32, 3) and sim.camera_names == ["scene", "scene2"]
-        top, bottom = img[:16].astype(int), img[16:].astype(int)
-        assert np.abs(top - bottom).mean() > 5                       # two viewpoints, not one twice
-        np.testing.assert_allclose(sim.camera_position(1), CAMERA_RIGS[2][1][1], atol=1e-9)
-        assert sim.camera_matrix()[1, 2] == 7.5                      # intrinsics of one 32 x 16 view
-        moved = sim.render_configuration(sim.spec.clip(sim.joint_positions() + 0.3))
-        assert np.abs(moved[:16].astype(int) - top).sum() > 0 and np.abs(moved[16:].astype(int) - bottom).sum() > 0
-    for bad in (dict(views=3), dict(views=2, height=33)):
-        with pytest.raises(ValueError):
-            ArmSim(arm, width=32, **{"height": 32, **bad}, render=False)
+        np.testing.assert_allclose(sim.camera_position(), CAMERA[1], atol=1e-9)
 
 
 def test_demo_refuses_a_model_folder_that_is_not_one(tmp_path, capsys):

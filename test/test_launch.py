@@ -49,7 +49,7 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from ami_ros.core.arm import load_arm, share_dir  # noqa: E402
+from ami_ros.core.arm import load_arm  # noqa: E402
 from ami_ros.nodes import msgs  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -154,14 +154,12 @@ class Probe:
 
 
 def _goal_image(spec) -> tuple[np.ndarray, np.ndarray]:
-    """The scene rendered with the arm away from home (by the default model's camera rig): a goal
+    """The scene rendered with the arm away from home: a goal
     the planner must move to; and the goal's joint configuration."""
-    from ami_ros.core.model_io import camera_views, read_card
     from ami_ros.sim.arm_sim import ArmSim
 
     q = spec.clip(spec.home + np.array([0.4, -0.2, 0.2, 0.0, 0.0, 0.0])[:spec.dof])
-    views = camera_views(read_card(os.path.join(share_dir(), "models", "default")))
-    with ArmSim(spec, width=64, height=64, seed=0, views=views) as sim:
+    with ArmSim(spec, width=64, height=64, seed=0) as sim:
         return sim.render_configuration(q), q
 
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "sim_node": {
         "physics_rate_hz": 100.0, "camera_rate_hz": 20.0, "joint_state_rate_hz": 50.0, "camera_width": 64,
-        "camera_height": 64, "camera_views": 1, "seed": 0, "arm_file": "", "initial_positions": [],
+        "camera_height": 64, "seed": 0, "arm_file": "", "initial_positions": [],
         "real_time_factor": 1.0, "command_topic": "/arm_controller/joint_trajectory",
     },
     "encoder_node": {

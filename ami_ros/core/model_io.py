@@ -140,19 +140,19 @@ def read_card(folder: str) -> dict:
         raise ModelError(f"{path}: malformed card ({type(e).__name__}: {e})") from None
     except ValueError as e:
         raise ModelError(f"{path}: {e}") from None
+    _check_camera(card)
     return card
 
 
-def camera_views(card: dict) -> int:
-    """How many camera views each training frame stacked (``ami-ros collect --views``), from
-    the card's data record: 1 for data without the record; ModelError when the parts of the
-    data disagree (a model trained on mixed rigs fits no camera)."""
+def _check_camera(card: dict) -> None:
+    """A model trained on frames that stacked several simulated camera views (an option of
+    earlier versions of ``ami-ros collect``) sees a scene no camera here shows: refused."""
     rec = (card.get("data") or {}).get("collection") or {}
     recs = list((rec.get("parts") or {}).values()) if "parts" in rec else [rec]
-    views = {int((r or {}).get("views", 1)) for r in recs} or {1}
-    if len(views) > 1:
-        raise ModelError(f"model {card.get('name')!r} was trained on frames of {sorted(views)} views (mixed rigs)")
-    return views.pop()
+    views = sorted({int((r or {}).get("views", 1)) for r in recs} - {1})
+    if views:
+        raise ModelError(f"model {card.get('name')!r} was trained on frames of {views[0]} stacked camera views, "
+                         "which this version no longer renders; retrain it")
 
 
 def _check_hashes(folder: str, card: dict, files) -> None:
@@ -184,8 +184,6 @@ class LoadedModel:
     # planner-facing attributes (same as WorldModel)
     @property
     def embed_dim(self): return self.cfg.embed_dim
-    @property
-    def views(self) -> int: return camera_views(self.card)
     @property
     def goal_dims(self): return slice(0, self.cfg.vis_dim)
     @property

@@ -52,7 +52,6 @@ from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
 from ami_ros.nodes.params import ParamSpec
-from ami_ros.sim.scene import CAMERA_RIGS
 
 CAMERA_FRAME = "scene_camera_optical_frame"
 WORLD_FRAME = "world"
@@ -66,9 +65,6 @@ PARAMS = [
     ParamSpec("joint_state_rate_hz", 50.0, "Rate of /joint_states and the probe topics.", (1.0, 1000.0)),
     ParamSpec("camera_width", 64, "Image width in pixels.", (8, 4096), read_only=True),
     ParamSpec("camera_height", 64, "Image height in pixels.", (8, 4096), read_only=True),
-    ParamSpec("camera_views", 1, "Camera views stacked top to bottom in each image (sim/scene.py CAMERA_RIGS); "
-              "must match the model's (its card's data record; the launch files set it from the card).",
-              (min(CAMERA_RIGS), max(CAMERA_RIGS)), read_only=True),
     ParamSpec("seed", 0, "Seed of the simulator's random draws (cube placement).", (0, 2**31 - 1), read_only=True),
     ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.", read_only=True),
     ParamSpec("initial_positions", [], "Joint positions (arm joint order, rad) of start and /sim/reset; empty = "
@@ -125,7 +121,7 @@ class SimNode(Node):
         self.initial_positions = self._initial_positions(p["initial_positions"])
         self._lock = threading.RLock()
         self.sim = ArmSim(self.spec, width=p["camera_width"], height=p["camera_height"], seed=p["seed"],
-                          views=p["camera_views"])
+)
         _release_gl_context()
         self.sim.reset(self.initial_positions)
         self._dt = float(self.sim.model.opt.timestep)
@@ -227,7 +223,6 @@ class SimNode(Node):
             K = self.sim.camera_matrix()
             stamp = msgs.seconds_to_stamp(self.ros_time_of(self.sim.time))  # when the scene looked so
         self._image_pub.publish(msgs.image_msg(img, stamp, CAMERA_FRAME))
-        # with several views stacked, the intrinsics are the top view's (its rows are the image's first H / views)
         self._info_pub.publish(msgs.camera_info_msg(K, img.shape[1], img.shape[0], stamp, CAMERA_FRAME))
         self._meters["camera"].tick()
 

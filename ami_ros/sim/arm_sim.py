@@ -14,7 +14,7 @@ import numpy as np
 
 from ami_ros.core.arm import ArmSpec, load_arm
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler, validate
-from ami_ros.sim.scene import CUBE_HALF, build_mjcf, camera_rig
+from ami_ros.sim.scene import CAMERA, CUBE_HALF, build_mjcf
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
@@ -28,23 +28,20 @@ TABLE_CLEARANCE = 0.06
 
 class ArmSim:
     def __init__(self, spec: ArmSpec | None = None, *, width: int = 64, height: int = 64,
-                 seed: int = 0, timestep: float = 0.002, render: bool = True, views: int = 1):
+                 seed: int = 0, timestep: float = 0.002, render: bool = True):
         if not (8 <= width <= 4096 and 8 <= height <= 4096):
             raise ValueError(f"camera size {width}x{height} outside 8..4096")
-        rig = camera_rig(views)
-        if height % views:
-            raise ValueError(f"image height {height} does not split into {views} views")
         self.spec = spec or load_arm()
-        self.width, self.height, self.views = int(width), int(height), int(views)
-        self.camera_names = [c[0] for c in rig]
-        xml = build_mjcf(self.spec, views=views, timestep=timestep, offscreen=(max(640, width), max(480, height)))
+        self.width, self.height = int(width), int(height)
+        self.camera_name = CAMERA[0]
+        xml = build_mjcf(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)))
         self.model = mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)
         self._qadr = np.array([self.model.jnt_qposadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._cube_q = self.model.jnt_qposadr[self.model.joint("cube").id]
         self._tool = self.model.site(self.spec.tool_frame).id
-        self._renderer = mujoco.Renderer(self.model, self.height // views, self.width) if render else None
+        self._renderer = mujoco.Renderer(self.model, self.height, self.width) if render else None
         self.rng = np.random.default_rng(seed)
         self._sampler: TrajectorySampler | None = None
         self._hold = self.spec.home.copy()
@@ -136,26 +133,22 @@ class ArmSim:
 
     # ---------------- camera ----------------
     def render(self) -> np.ndarray:
-        """(H, W, 3) uint8 RGB from the fixed scene camera(s): with several views, each
-        (H / views, W), stacked top to bottom in camera_names order."""
+        """(H, W, 3) uint8 RGB from the fixed scene camera."""
         if self._renderer is None:
             raise RuntimeError("ArmSim was created with render=False")
-        out = []
-        for name in self.camera_names:
-            self._renderer.update_scene(self.data, camera=name)
-            out.append(self._renderer.render())
-        return out[0] if len(out) == 1 else np.concatenate(out, 0)
+        self._renderer.update_scene(self.data, camera=self.camera_name)
+        return self._renderer.render()
 
     def camera_matrix(self) -> np.ndarray:
-        """Pinhole intrinsics K (3, 3) of the first view at its size (W x H / views)."""
-        h = self.height // self.views
-        fovy = np.deg2rad(self.model.cam_fovy[self.model.camera(self.camera_names[0]).id])
+        """Pinhole intrinsics K (3, 3) of the camera at the image size."""
+        h = self.height
+        fovy = np.deg2rad(self.model.cam_fovy[self.model.camera(self.camera_name).id])
         f = 0.5 * h / np.tan(fovy / 2)
         return np.array([[f, 0, (self.width - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]])
 
-    def camera_position(self, view: int = 0) -> np.ndarray:
-        """(3,) world position of a view's optical centre (the first view's by default)."""
-        return self.data.cam_xpos[self.model.camera(self.camera_names[view]).id].copy()
+    def camera_position(self) -> np.ndarray:
+        """(3,) world position of the camera's optical centre."""
+        return self.data.cam_xpos[self.model.camera(self.camera_name).id].copy()
 
     def render_configuration(self, q: np.ndarray) -> np.ndarray:
         """Image of the scene with the arm at ``q`` (cube where it is); state is restored."""

@@ -29,26 +29,12 @@ def _xyaxes(pos, target) -> str:
     return _fmt(np.concatenate([x, y]))
 
 
-#: Camera rigs by number of views: (name, position, target, vertical fov in degrees) per view.
-#: One view (the default) from the front right. Two: that view and its mirror from the front
-#: left (lines of sight 84 degrees apart, so what one sees in depth the other sees across its
-#: image), each rendered at half the image height and stacked top to bottom in one frame, as a
-#: side-by-side stereo camera publishes one image; narrower fov, so the arm keeps its size.
-CAMERA_RIGS = {
-    1: (("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.26), 50.0),),
-    2: (("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.30), 34.0),
-        ("scene2", (1.05, 0.85, 0.85), (0.32, 0.0, 0.30), 34.0)),
-}
+#: The scene camera: name, position, target (m, world frame), vertical fov (degrees); from the
+#: front right of the table, looking at the arm's workspace.
+CAMERA = ("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.26), 50.0)
 
 
-def camera_rig(views: int) -> tuple:
-    """The rig of ``views`` views (CAMERA_RIGS); ValueError for a number no rig has."""
-    if views not in CAMERA_RIGS:
-        raise ValueError(f"views={views!r}: camera rigs exist for {sorted(CAMERA_RIGS)} views")
-    return CAMERA_RIGS[views]
-
-
-def build_mjcf(spec: ArmSpec, *, views: int = 1, timestep=0.002, offscreen=(640, 480)) -> str:
+def build_mjcf(spec: ArmSpec, *, timestep=0.002, offscreen=(640, 480)) -> str:
     bodies_open, bodies_close = [], []
     for i, (j, lim, rgba) in enumerate(zip(spec.joints, spec.limits, _COLOURS * 2)):
         nxt = spec.joints[i + 1].origin if i + 1 < spec.dof else spec.tool_offset
@@ -67,8 +53,8 @@ def build_mjcf(spec: ArmSpec, *, views: int = 1, timestep=0.002, offscreen=(640,
         f'<position name="{j.name}_pos" joint="{j.name}" kp="{800 if lim.max_effort > 80 else 300}" '
         f'dampratio="1" forcerange="{-lim.max_effort} {lim.max_effort}" ctrlrange="{lim.min_position} {lim.max_position}"/>'
         for j, lim in zip(spec.joints, spec.limits))
-    cameras = "\n    ".join(f'<camera name="{name}" pos="{_fmt(pos)}" xyaxes="{_xyaxes(pos, target)}" fovy="{fovy}"/>'
-                            for name, pos, target, fovy in camera_rig(views))
+    name, pos, target, fovy = CAMERA
+    cameras = f'<camera name="{name}" pos="{_fmt(pos)}" xyaxes="{_xyaxes(pos, target)}" fovy="{fovy}"/>'
     tx, ty = TABLE_CENTER
     hx, hy = TABLE_HALF
     return f"""

@@ -22,16 +22,12 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ami_ros.sim.scene import CAMERA_RIGS
-
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
     p.add_argument("--out", required=True, help="output folder; episodes go to OUT/episode_0000, ...")
     p.add_argument("--steps", type=int, default=150, help="control steps per episode (default 150)")
     p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i (default 0)")
     p.add_argument("--width", type=int, default=64, help="camera image width (default 64)")
     p.add_argument("--height", type=int, default=64, help="camera image height (default 64)")
-    p.add_argument("--views", type=int, default=1, choices=sorted(CAMERA_RIGS),
-                   help="camera views stacked top to bottom in each frame (default 1; see sim/scene.py CAMERA_RIGS)")
     p.add_argument("--camera-hz", type=float, default=20.0, help="image rate (default 20)")
     p.add_argument("--joint-state-hz", type=float, default=50.0, help="joint state rate (default 50)")
     p.add_argument("--control-hz", type=float, default=10.0, help="command rate (default 10)")
@@ -281,7 +277,7 @@ def run(args) -> int:
     from ami_ros.sim.arm_sim import ArmSim
 
     t_wall = time.perf_counter()
-    sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed, views=args.views)
+    sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed)
     entries = []
     try:
         with tqdm(total=args.episodes * args.steps, unit="step", desc="collect", dynamic_ncols=True) as bar:
@@ -297,7 +293,7 @@ def run(args) -> int:
         sim.close()
         index = {
             "arm": spec.source, "joint_names": spec.joint_names, "seed": args.seed,
-            "steps": args.steps, "width": args.width, "height": args.height, "views": args.views,
+            "steps": args.steps, "width": args.width, "height": args.height,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
             "control_hz": args.control_hz,
             "push_prob": args.push_prob, "target_jitter": args.target_jitter, "episodes": entries,

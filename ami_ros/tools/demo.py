@@ -93,7 +93,7 @@ def run(args) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from ami_ros.core.model_io import ModelError, camera_views, read_card
+    from ami_ros.core.model_io import ModelError, read_card
     from ami_ros.nodes import msgs, qos
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.nodes.stack import Stack
@@ -101,12 +101,11 @@ def run(args) -> int:
     sets = []
     if args.model:
         sets += [f"encoder_node:model_path:={args.model}", f"planner_node:model_path:={args.model}"]
-    try:    # the simulated camera rig the model was trained on
-        views = camera_views(read_card(resolve_model_path(args.model)))
+    try:    # a bad model folder is refused before any node starts
+        read_card(resolve_model_path(args.model))
     except ModelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    sets += [f"sim_node:camera_views:={views}"]
     wall_goals = tmp = None
     if args.wall:
         import tempfile

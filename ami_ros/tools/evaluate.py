@@ -107,7 +107,7 @@ def run(args) -> int:
                "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
                "equal_compute": bool(args.equal_compute),
                "splits": {}}
-    sim = ArmSim(arm, width=size, height=size, seed=args.seed, views=model.views)   # the rig it was trained on
+    sim = ArmSim(arm, width=size, height=size, seed=args.seed)
     if args.true_dynamics:
         first = next(iter(agents.values()))    # the same goal space as the (first) planner
         agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed,

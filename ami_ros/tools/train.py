@@ -92,14 +92,12 @@ def collection_record(folder) -> dict | None:
     rec = {k: idx.get(k) for k in keys}
     rec["push_prob"] = idx.get("push_prob", 0.0)
     rec["target_jitter"] = idx.get("target_jitter", 0.0)
-    rec["views"] = idx.get("views", 1)
     rec["episodes"] = len(idx.get("episodes", []))
     rec["command"] = (f"ami-ros collect --episodes {rec['episodes']} --steps {rec['steps']} --seed {rec['seed']} "
                       f"--width {rec['width']} --height {rec['height']} --camera-hz {rec['camera_hz']} "
                       f"--joint-state-hz {rec['joint_state_hz']} --control-hz {rec['control_hz']} "
                       + (f"--push-prob {rec['push_prob']} " if rec["push_prob"] else "")
                       + (f"--target-jitter {rec['target_jitter']} " if rec["target_jitter"] else "")
-                      + (f"--views {rec['views']} " if rec["views"] != 1 else "")
                       + "--out DIR")
     return rec
 
