@@ -55,6 +55,7 @@ class Decision:
     plan: object | None = None               # the planner's PlanResult (``plan`` steps only)
     plan_s: float = 0.0                      # wall time of the planner call
     source_stamp: float | None = None        # stamp of the frame the step measured and planned from
+    back_to: np.ndarray | None = None        # (A,) reached / settled: the pose the way back ends at
     message: str = ""                        # a line for the log (reached / settled)
     hold_fallback: bool = False              # reached / settled with no joint state at the frame's stamp:
                                              # the way back ends where the arm is measured now
@@ -255,10 +256,11 @@ class Actor:
         fallback = q_seen is None
         if fallback:
             q_seen = q_now
-        actions = straight_line_actions(q_now, self.arm.clip(q_seen), bound)
+        back_to = self.arm.clip(q_seen)
+        actions = straight_line_actions(q_now, back_to, bound)
         how = "reached" if self.status == "reached" else \
             f"settled after {self.monitor.stalled_cycles} cycles without progress"
         message = (f"goal {how} (distance now {self.goal_distance:.4f}, closest {self.monitor.best_distance:.4f}): "
                    f"back to the pose of that frame, {float(np.abs(q_seen - q_now).max()):.3f} rad away")
         return Decision(self.status, self.status, self.goal_distance, q0=q_now, actions=actions,
-                        source_stamp=source_stamp, message=message, hold_fallback=fallback)
+                        source_stamp=source_stamp, back_to=back_to, message=message, hold_fallback=fallback)

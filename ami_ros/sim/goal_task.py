@@ -157,7 +157,7 @@ class WorldModelAgent:
         if not d.send:
             raise RuntimeError(f"the actor sent nothing ({d.reason}) with a fresh frame and joint state")
         if d.plan is None:                      # reached or settled: the way back ends at the frame's pose
-            self.hold = d.targets[-1]
+            self.hold = d.back_to
         if np.array_equal(d.q0, q_cmd):
             return d.actions, d.plan
         return np.diff(np.vstack([q_cmd, d.targets]), axis=0), d.plan
