@@ -163,3 +163,15 @@ def test_tunables_narrow_and_move_the_watchdog_deadlines():
     assert "camera" in p.g.watchdog.deadlines
     message, values = p.g.report(0.0)
     assert values["state"] == p.g.state and message.startswith("holding")
+
+
+def test_a_plan_refused_for_stale_input_while_idle_shows_as_holding_not_rejecting():
+    p = Probe()
+    p.fresh(0.0)
+    p.g.tick(0.0)
+    assert p.g.state == "ok"
+    p.g.on_plan(0.3, line(HOME, [0.01] * DOF))                   # joint state 0.3 s old
+    assert p.g.state == "holding" and p.g.gate.rejections["stale_joint_state"] == 1 and not p.sent
+    p.fresh(0.35)
+    p.g.tick(0.35)
+    assert p.g.state == "ok"
