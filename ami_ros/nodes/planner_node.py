@@ -155,6 +155,10 @@ class PlannerNode(Node):
         return self.actor.monitor
 
     @property
+    def goal(self):
+        return self.actor.goal
+
+    @property
     def goal_tool(self):
         return self.actor.goal_tool
 
