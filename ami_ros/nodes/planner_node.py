@@ -21,6 +21,10 @@ Publishes
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics
 
+The goal-reaching step (plan, stopping rules, back to the frame's pose) is
+``core.actor.Actor``'s, the same class the eval drives over the simulator; this node
+converts the messages, calls it once per control period and publishes its decision.
+
 Every cost weight (``cost.*``) and planner setting (``planner.*``) is a declared,
 typed, range-checked parameter; a change passes validation or is refused with the
 reason, and takes effect on the next planning cycle.

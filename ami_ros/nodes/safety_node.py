@@ -1,5 +1,8 @@
 """The safety node: the only publisher of /arm_controller/joint_trajectory.
 
+The decisions below are ``core.gate.SafetyGate``'s (tested without ROS); this node converts
+the messages, runs the watchdog and diagnostics timers and publishes.
+
 Plans (/ami/plan) go through ``core.safety.Gate`` from the state the controller
 starts them from: like joint_trajectory_controller, the controller continues from its
 *commanded* position and velocity, not from the measured ones (which lag behind by the
