@@ -21,15 +21,16 @@ Publishes
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics
 
+The goal-reaching step (plan, stopping rules, back to the frame's pose) is
+``core.actor.Actor``'s, the same class the eval drives over the simulator; this node
+converts the messages, calls it once per control period and publishes its decision.
+
 Every parameter is a row of ``PARAMS`` (docs/parameters.md): cost weights (``cost.*``) and
 planner settings (``planner.*``) are declared, typed, range-checked parameters; a change
 passes validation of the whole configuration or is refused with the reason, and takes
 effect on the next planning cycle.
 """
 from __future__ import annotations
-
-import threading
-import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -47,7 +48,6 @@ from ami_ros.core.images import model_frame
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import PlannerConfig
 from ami_ros.core.stack_config import ActionSettings
-from ami_ros.core.trajectory import straight_line_actions, trajectory_from_actions
 from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
@@ -90,8 +90,8 @@ class PlannerNode(Node):
                          **kw)
         import torch
 
+        from ami_ros.core.actor import Actor
         from ami_ros.core.arm import load_arm
-        from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
         from ami_ros.core.model_io import ModelError, load_model
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
@@ -111,20 +111,9 @@ class PlannerNode(Node):
         stack = {"planner": self._section(p, "planner"), "cost": self._section(p, "cost"),
                  "action_scale": p["action_scale"]}
         self.planner = build_planner(self.model, self.arm, stack, self.dt, safety_file=p["safety_file"] or None)
-        self.memory = ShortTermMemory(self.model.history, 64, self.model.embed_dim, self.model.action_dim)
-        self._lock = threading.RLock()        # planner, memory and goal between callbacks
-        self.goal = None                      # the planner's goal (Planner.encode_goal), tensor
-        self.goal_vis = None                  # (Dv,) the goal's z_vis: goal_distance (with goal_tool) and goal_tolerance
-        self.goal_tool = None                 # (3,) where the goal has the tool point (m): the goal_tool term
-        self._goal_source = None              # ("image", image) or ("taught", z, (q, qd)): re-encoded on a
-                                              # change of planner.predictor
-        self.goal_status = "none"
-        self.goal_distance = float("nan")
-        self._joint = None                    # (t, q, qd) latest measured joint state
-        self.joint_history = JointStateHistory(2048, self.arm.dof)   # where the arm was when a frame was taken
-        self.monitor = GoalMonitor(p["goal_tolerance"], p["settle_patience"], p["settle_min_improvement"])
-        self._q_cmd = None                    # (t, q) commanded target after the first planned step
-        self.last_plan = None
+        rules = StopRules(p["goal_tolerance"], p["settle_patience"], p["settle_min_improvement"])
+        self.actor = Actor(self.model, self.arm, self.planner, self.dt, rules, p["max_embedding_age_s"],
+                           p["max_joint_state_age_s"])
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
                        "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0}
         self._plan_ms: list[float] = []
@@ -151,6 +140,40 @@ class PlannerNode(Node):
         self.get_logger().info(f"planner ready: model {self.model_id}, {c.method} {c.mode}, predictor {c.predictor}, "
                                f"{self.planner.model_steps_per_plan()} model steps/plan")
 
+    # ------------------------------------------------------------ the actor's state
+    @property
+    def memory(self):
+        return self.actor.memory
+
+    @property
+    def joint_history(self):
+        return self.actor.joint_history
+
+    @property
+    def monitor(self):
+        return self.actor.monitor
+
+    @property
+    def goal(self):
+        return self.actor.goal
+
+    @property
+    def goal_tool(self):
+        return self.actor.goal_tool
+
+    @property
+    def goal_status(self) -> str:
+        return self.actor.status
+
+    @property
+    def goal_distance(self) -> float:
+        return self.actor.goal_distance
+
+    @property
+    def last_plan(self):
+        """(time, (H, A) targets) last sent, or None."""
+        return self.actor.last_targets
+
     # ------------------------------------------------------------ helpers
     @staticmethod
     def _section(values: dict, prefix: str) -> dict:
@@ -167,17 +190,11 @@ class PlannerNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             q, qd, _ = msgs.joint_state_by_name(msg, self.arm.joint_names)
-            if qd is None:
-                qd = np.zeros_like(q)
-            if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
-                raise ValueError("NaN or Inf in the joint positions or velocities")
+            stamp = msgs.stamp_to_seconds(msg.header.stamp)      # the instant the state is of (0: unstamped)
+            self.actor.observe_joint_state(self._now(), q, qd, stamp)
         except (KeyError, ValueError) as e:
             self.counts["refused_joint_state"] += 1
             self.get_logger().warning(f"joint state refused: {e}", throttle_duration_sec=2.0)
-            return
-        self._joint = (self._now(), q, qd)
-        stamp = msgs.stamp_to_seconds(msg.header.stamp)      # the instant the state is of (0: unstamped)
-        self.joint_history.push(stamp if stamp > 0 else self._joint[0], q, qd)
 
     def _on_embedding(self, msg: Image) -> None:
         if msg.header.frame_id != self.model_id:
@@ -199,8 +216,7 @@ class PlannerNode(Node):
             self.counts["refused_embedding_bad"] += 1
             self.get_logger().warning(f"embedding refused: {e}", throttle_duration_sec=2.0)
             return
-        with self._lock:
-            self.memory.push_embedding(stamp, self._torch.from_numpy(z))
+        self.actor.observe_embedding(stamp, z)
 
     def _on_goal_image(self, msg: Image) -> None:
         try:
@@ -210,115 +226,45 @@ class PlannerNode(Node):
             self.get_logger().warning(f"goal image refused: {e}")
             return
         img = self._torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
-        self._set_goal(("image", img), "goal image")
+        self.actor.set_goal_image(img)
+        self._goal_set("goal image")
 
-    def _encode_goal(self, src):
-        """(planner goal, z_vis goal, goal tool position or None) of a goal source: an image's tool
-        position is the model's reading of it, a taught goal's the forward kinematics of its joint state."""
-        if src[0] == "image":
-            return (self.planner.encode_goal(src[1])[0], self.model.encode_image(src[1])[0, self.model.goal_dims],
-                    self.planner.read_goal_tool(src[1]))
-        tool = self.arm.tool_position(np.asarray(src[2][0], dtype=np.float64))
-        return (self.planner.goal_from_embedding(src[1], src[2]), src[1][self.model.goal_dims],
-                self._torch.as_tensor(tool, dtype=self._torch.float32))
-
-    def _set_goal(self, src, source: str) -> None:
-        with self._lock:
-            self.goal, self.goal_vis, self.goal_tool = self._encode_goal(src)
-            self._goal_source = src
-            self.planner.reset()
-            self.monitor.reset()
-            self.goal_status, self.goal_distance = "active", float("nan")
+    def _goal_set(self, source: str) -> None:
         self._publish_status()
         self.get_logger().info(f"new goal from {source}")
 
     def _on_teach(self, request, response):
-        with self._lock:
-            joint = self._joint
-            if len(self.memory) == 0 or joint is None:
-                response.success, response.message = False, "no embedding or joint state received yet"
-                return response
-            z = self.memory.z_hist()[-1].clone()
-            # the joint state the arm had when that embedding's frame was taken (the newest is later)
-            state = self.joint_history.state_at(self.memory.latest_stamp()) or (joint[1], joint[2])
-        self._set_goal(("taught", z, state), "the current embedding (taught)")
+        if not self.actor.teach_goal():
+            response.success, response.message = False, "no embedding or joint state received yet"
+            return response
+        self._goal_set("the current embedding (taught)")
         response.success, response.message = True, "goal taught from the current embedding"
         return response
 
     def _on_clear(self, request, response):
-        with self._lock:
-            self.goal = self.goal_vis = self.goal_tool = self._goal_source = None
-            self.goal_status = "none"
+        self.actor.clear_goal()
         self._publish_status()
         response.success, response.message = True, "goal cleared"
         return response
 
     # ------------------------------------------------------------ planning
     def _on_cycle(self) -> None:
-        now = self._now()
-        joint = self._joint
-        with self._lock:
-            if self.goal is None or self.goal_status != "active" or len(self.memory) == 0:
-                return
-            if now - self.memory.latest_stamp() > self.get_parameter("max_embedding_age_s").value:
-                return       # no fresh embedding: publish nothing; the safety watchdog holds the arm
-            if joint is None or now - joint[0] > self.get_parameter("max_joint_state_age_s").value:
-                return
-            # anchor: our last commanded target while the arm follows it (commanded within the last two
-            # cycles and within a few steps of the measured position); else the measured position
-            # (the safety node held the arm, or a plan was refused)
-            q0 = joint[1]
-            if self._q_cmd is not None and now - self._q_cmd[0] < 2.5 * self.dt \
-                    and np.all(np.abs(self._q_cmd[1] - joint[1]) <= 3.0 * self.planner.bound.numpy()):
-                q0 = self._q_cmd[1]
-            z_hist = self.memory.z_hist()
-            source_stamp = self.memory.latest_stamp()
-            # the joint state of the frame's instant: the predictor reads the frame's embedding with the
-            # state the arm was in when it was taken (the newest measured state is later by the camera,
-            # encoder and cycle latency, 0.1-0.4 s on a loaded machine)
-            state = self.joint_history.state_at(source_stamp) or (joint[1], joint[2])
-            # measured, not predicted: the latest frame's distance to the goal image, plus the goal_tool
-            # term of where the arm was then
-            self.goal_distance = self.planner.cost.measured_goal_distance(z_hist[-1], self.goal_vis, state[0],
-                                                                          self.goal_tool)
-            self.goal_status = self.monitor.update(self.goal_distance, source_stamp)
-            res = None
-            if self.goal_status != "active":
-                # reached (a frame within goal_tolerance) or settled (no progress for settle_patience
-                # cycles): the frame to go back to (the one that showed the goal, or the closest seen) is
-                # older than the measured state (camera, encoder and cycle latency, or the search since),
-                # so a last plan brings the arm back to where it was when that frame was taken (straight,
-                # within the action bound) and holds it there; planning stops
-                q0 = joint[1]
-                q_seen = self.monitor.hold_position(self.joint_history)
-                if q_seen is None:
-                    self.get_logger().warning("no joint state at that frame's stamp: holding where the arm is")
-                    q_seen = q0
-                actions = straight_line_actions(q0, self.arm.clip(q_seen), self.planner.bound.numpy())
-                how = "reached" if self.goal_status == "reached" else \
-                    f"settled after {self.monitor.stalled_cycles} cycles without progress"
-                self.get_logger().info(f"goal {how} (distance now {self.goal_distance:.4f}, closest "
-                                       f"{self.monitor.best_distance:.4f}): back to the pose of that frame, "
-                                       f"{float(np.abs(q_seen - q0).max()):.3f} rad away")
-            else:
-                t0 = time.perf_counter()
-                res = self.planner.plan(z_hist, self.goal, self._torch.as_tensor(q0, dtype=self._torch.float32),
-                                        self.memory.last_action(), joint_state=state, goal_tool=self.goal_tool)
-                self._plan_ms.append(1000 * (time.perf_counter() - t0))
-                self.memory.push_action(res.actions[0])
-                self.memory.set_plan(res)
-                actions = res.actions.numpy().astype(np.float64)
-                self.counts["plans"] += 1
-        traj = trajectory_from_actions(self.arm.joint_names, q0, actions, self.dt, self.arm.clip)
-        targets = traj.positions                                                  # (H, A)
-        msg = msgs.trajectory_to_msg(traj)
+        d = self.actor.step(self._now())
+        if not d.send:   # nothing to send: the safety watchdog holds the arm
+            return
+        if d.plan is not None:
+            self._plan_ms.append(1000 * d.plan_s)
+            self.counts["plans"] += 1
+        else:
+            if d.hold_fallback:
+                self.get_logger().warning("no joint state at that frame's stamp: holding where the arm is")
+            self.get_logger().info(d.message)
+        msg = msgs.trajectory_to_msg(d.trajectory)
         msg.header.stamp = self.get_clock().now().to_msg()
         self._plan_pub.publish(msg)
-        self._q_cmd = (now, targets[0])
-        self.last_plan = (now, targets)
         # the markers carry the stamp of the camera frame the plan started from (latency probes)
-        subgoal_tool = None if res is None or res.subgoal_tool is None else res.subgoal_tool.numpy()
-        self._marker_pub.publish(self._markers(targets, msgs.seconds_to_stamp(source_stamp), subgoal_tool))
+        subgoal_tool = None if d.plan is None or d.plan.subgoal_tool is None else d.plan.subgoal_tool.numpy()
+        self._marker_pub.publish(self._markers(d.targets, msgs.seconds_to_stamp(d.source_stamp), subgoal_tool))
         self._publish_status()
 
     def _markers(self, targets: np.ndarray, stamp, subgoal_tool=None) -> MarkerArray:
@@ -352,7 +298,7 @@ class PlannerNode(Node):
             if prm.name in _SPECS and prefix in changes:
                 changes[prefix][field] = prm.value
         try:      # the whole new configuration must validate (cross-field rules too)
-            with self._lock:
+            with self.actor.lock:
                 if changes["planner"]:
                     self.planner.check_config(self.planner.config.replace(**changes["planner"]))
                 if changes["cost"]:
@@ -362,19 +308,21 @@ class PlannerNode(Node):
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params) -> None:
-        with self._lock:
+        with self.actor.lock:
             planner = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("planner.")}
             cost = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("cost.")}
             if planner:
                 self.planner.set_config(self.planner.config.replace(**planner))
-                if "predictor" in planner and self._goal_source is not None:  # the goal lives in its space
-                    self.goal, self.goal_vis, self.goal_tool = self._encode_goal(self._goal_source)
+                if "predictor" in planner:  # the goal lives in its space
+                    self.actor.reencode_goal()
             if cost:
                 self.planner.cost.set_weights(**cost)
             rules = tuple(StopRules.RANGES)                  # goal_tolerance, settle_patience, settle_min_improvement
             if any(p.name in rules for p in params):   # set already: this callback runs after the change
-                self.monitor.configure(*(self.get_parameter(n).value for n in rules))
+                self.actor.set_stop_rules(*(self.get_parameter(n).value for n in rules))
             for p in params:
+                if p.name in ("max_embedding_age_s", "max_joint_state_age_s"):
+                    setattr(self.actor, p.name, float(p.value))
                 if p.name == "action_scale":
                     bound = self._action_bound(self.arm, self.dt, p.value)
                     self.planner.bound = self._torch.as_tensor(bound, dtype=self._torch.float32)

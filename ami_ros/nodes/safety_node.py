@@ -1,5 +1,8 @@
 """The safety node: the only publisher of /arm_controller/joint_trajectory.
 
+The decisions below are ``core.gate.SafetyGate``'s (tested without ROS); this node converts
+the messages, runs the watchdog and diagnostics timers and publishes.
+
 Plans (/ami/plan) go through ``core.safety.Gate`` from the state the controller
 starts them from: like joint_trajectory_controller, the controller continues from its
 *commanded* position and velocity, not from the measured ones (which lag behind by the
@@ -18,6 +21,7 @@ Until a fresh joint state arrives it publishes nothing to the controller.
 from __future__ import annotations
 
 from dataclasses import replace
+import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -29,17 +33,15 @@ from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ami_ros.core.safety import POLICIES, TUNABLE_NAMES, EStop, Gate, SafetySpec, Violation, Watchdog
-from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
+from ami_ros.core.gate import SafetyGate
+from ami_ros.core.safety import POLICIES, TUNABLE_NAMES, SafetySpec
+from ami_ros.core.trajectory import Trajectory, TrajectoryError
 from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
 from ami_ros.nodes.params import ParamSpec
-
-STATES = ("ok", "holding", "e-stopped", "rejecting")
 _LEVEL = {"ok": DiagnosticStatus.OK, "holding": DiagnosticStatus.WARN, "rejecting": DiagnosticStatus.WARN,
           "e-stopped": DiagnosticStatus.ERROR}
-_TIMEOUT_OF = {"plan_timeout": "plan", "joint_state_timeout": "joint_state", "camera_timeout": "camera"}
 
 
 #: the node's own settings (the gate's tunables come from core: ``param_specs``)
@@ -87,28 +89,10 @@ class SafetyNode(Node):
         p = node_params.declare_parameters(self, self._specs.values())
         if p["safety_file"] and p["safety_file"] != safety_file or p["arm_file"] and p["arm_file"] != arm_file:
             base = SafetySpec.load(p["safety_file"] or None, p["arm_file"] or None)
-        self.spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
-        self.names = self.spec.joint_names
-        self.estop = EStop()
-        self.gate = Gate(self.spec, self.estop)
-        self.watch_camera = bool(p["watch_camera"])
-        self.tracking_tolerance = float(p["command_tracking_tolerance"])
-        self._sent: TrajectorySampler | None = None  # what the controller is tracking (as far as we sent it)
-        self.from_measured = 0                       # plans gated from the measured state (arm not following)
-        self.watchdog = Watchdog(self.spec.deadlines(self.watch_camera))
-
-        self.q: np.ndarray | None = None
-        self.v: np.ndarray | None = None
-        self.state = "holding"
-        self.hold_reason = "waiting for joint_states"
-        self._moving_until: float | None = None  # end of the last commanded motion (node clock)
-        self._holding = True                     # nothing moving commanded
-        self._forced_hold = ""                   # why the gate last forced a hold
-        self._last_rejected = False
-        self.holds_published = 0
-        self.commands_published = 0
-        self._latency_last = self._latency_max = 0.0
-        self._stale: list[str] = []
+        self._logged: dict[str, float] = {}       # when each kind of throttled log line last went out
+        spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
+        self.core = SafetyGate(spec, bool(p["watch_camera"]), float(p["command_tracking_tolerance"]),
+                               send=self._publish_command, on_state=self._publish_state, log=self._log)
 
         reliable1 = qos.RELIABLE_1
         reliable10 = qos.RELIABLE_10
@@ -126,73 +110,50 @@ class SafetyNode(Node):
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._on_diagnostics)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
-        self._publish_state(force=True)
+        self.core.update_state(self._now(), force=True)
         self.get_logger().info(
             f"safety gate up: {len(self.names)} joints, policy {self.spec.tunables.violation_policy}, "
             f"camera {'watched' if self.watch_camera else 'not watched'}; holding until joint states arrive")
+
+    # ------------------------------------------------------------------ the state machine's state
+    names = property(lambda self: self.core.names)
+    spec = property(lambda self: self.core.spec)
+    gate = property(lambda self: self.core.gate)
+    estop = property(lambda self: self.core.estop)
+    watchdog = property(lambda self: self.core.watchdog)
+    state = property(lambda self: self.core.state)
+    hold_reason = property(lambda self: self.core.hold_reason)
+    holds_published = property(lambda self: self.core.holds_published)
+    commands_published = property(lambda self: self.core.commands_published)
+    from_measured = property(lambda self: self.core.from_measured)
+    watch_camera = property(lambda self: self.core.watch_camera)
+    q = property(lambda self: self.core.q)
+    _sent = property(lambda self: self.core.sent)
 
     # ------------------------------------------------------------------ helpers
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _publish_state(self, force: bool = False) -> None:
-        now = self._now()
-        stale = [s for s in self.watchdog.check(now) if s != "plan"]
-        if self.estop.latched:
-            state = "e-stopped"
-        elif stale or self.q is None:
-            state = "holding"
-            self.hold_reason = f"stale input(s): {', '.join(stale) or 'joint_state'}"
-        elif self._forced_hold:  # a hold went out; stays until the next accepted plan
-            state = "holding"
-            self.hold_reason = self._forced_hold
-        elif self._last_rejected:
-            state = "rejecting"
-        else:
-            state = "ok"
-        self._stale = stale
-        if force or state != self.state:
-            self.state = state
-            self._state_pub.publish(String(data=state))
+    def _publish_state(self, state: str) -> None:
+        self._state_pub.publish(String(data=state))
 
-    def _command_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
-        """The position and velocity the controller continues from at ``now``: the last
-        trajectory sent, sampled as the controller samples it, while the measured
-        position follows it; the measured state otherwise (call with self.q known)."""
-        if self._sent is not None:
-            qc, vc = self._sent.sample(now)
-            off = float(np.max(np.abs(qc - self.q)))
-            if off <= self.tracking_tolerance:
-                return qc, vc
-            self._sent = None
-            self.from_measured += 1
-            self.get_logger().warning(
-                f"commanded position {off:.3f} rad from the measured one "
-                f"(> {self.tracking_tolerance}); gating from the measured state", throttle_duration_sec=2.0)
-        return self.q, self.v
-
-    def _send(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, now: float) -> None:
-        """Publish to the controller and remember what it will track."""
+    def _publish_command(self, traj: Trajectory) -> None:
         self._cmd_pub.publish(msgs.trajectory_to_msg(traj))
-        self._sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
 
-    def _publish_hold(self, reason: str) -> None:
-        """One braking hold trajectory from the commanded state (nothing if no joint state is known yet)."""
-        self._moving_until = None
-        self._forced_hold = self.hold_reason = reason
-        if self._holding:
-            return
-        self._holding = True
-        if self.q is None:
-            return
-        now = self._now()
-        q0, v0 = self._command_state(now)
-        self._send(self.gate.hold(q0, v0), q0, v0, now)
-        self.holds_published += 1
-        self.get_logger().warning(f"holding: {reason}")
-
-    def _in_motion(self, now: float) -> bool:
-        return not self._holding and self._moving_until is not None and now <= self._moving_until
+    def _log(self, level: str, what: str, message: str, throttle_s: float) -> None:
+        """The gate's log lines; those of one ``what`` at most once per ``throttle_s`` (0: every one)."""
+        if throttle_s > 0:
+            now = time.monotonic()
+            if now - self._logged.get(what, -np.inf) < throttle_s:
+                return
+            self._logged[what] = now
+        # one call site per severity: rclpy refuses a call site whose severity changes
+        if level == "error":
+            self.get_logger().error(message)
+        elif level == "warning":
+            self.get_logger().warning(message)
+        else:
+            self.get_logger().info(message)
 
     # ------------------------------------------------------------------ inputs
     def _on_joint_state(self, msg: JointState) -> None:
@@ -201,86 +162,29 @@ class SafetyNode(Node):
         except KeyError as e:
             self.get_logger().warning(f"ignoring joint state: {e}", throttle_duration_sec=5.0)
             return
-        if not np.all(np.isfinite(q)):
-            self.get_logger().warning("ignoring joint state with NaN / Inf", throttle_duration_sec=5.0)
-            return
-        self.q = q
-        self.v = v if v is not None and np.all(np.isfinite(v)) else np.zeros_like(q)
-        self.watchdog.feed("joint_state", self._now())
+        self.core.observe_joint_state(self._now(), q, v)
 
     def _on_image(self, msg: Image) -> None:
-        if self.watch_camera:
-            self.watchdog.feed("camera", self._now())
+        self.core.observe_image(self._now())
 
     def _on_plan(self, msg: JointTrajectory) -> None:
-        now = self._now()
-        stale = [s for s in self.watchdog.check(now) if s != "plan"]
-        if self.estop.latched:  # the gate counts it and answers with a hold (already published)
-            q = self.q if self.q is not None else np.full(len(self.names), np.nan)
-            self.gate.gate(Trajectory(list(self.names), np.zeros(0), np.zeros((0, len(self.names)))), q, now)
-            self._publish_hold(f"e-stop latched ({self.estop.reason})")
-            self._last_rejected = True
-            self._publish_state()
-            return
-        if self.q is None or stale:
-            reason = "stale_" + (stale[0] if stale else "joint_state")
-            self._count(reason, f"plan refused: {', '.join(stale) or 'joint_state'} not fresh", now)
-            self._publish_state()
-            return
         try:
-            traj = msgs.trajectory_from_msg(msg)
+            plan = msgs.trajectory_from_msg(msg)
         except TrajectoryError as e:
-            self._count(e.reason, str(e), now)
-            self._publish_state()
-            return
-        q0, v0 = self._command_state(now)
-        res = self.gate.gate(traj, q0, now, v0)
-        self._latency_last = res.latency
-        self._latency_max = max(self._latency_max, res.latency)
-        if res.ok:
-            out = res.trajectory
-            self._send(out, q0, v0, now)
-            self.commands_published += 1
-            start = out.start_time if out.start_time > 0 else now
-            self._moving_until = start + out.duration
-            self._holding = len(out.times) == 1 and np.allclose(out.positions[0], q0) and not np.any(v0)
-            self.hold_reason = self._forced_hold = ""
-            self._last_rejected = False
-            self.watchdog.feed("plan", now)
-            if res.reason == "scaled":
-                self.get_logger().info(res.message, throttle_duration_sec=2.0)
-        else:
-            self._last_rejected = True
-            self.get_logger().warning(f"plan refused ({res.reason}): {res.message}", throttle_duration_sec=1.0)
-        self._publish_state()
-
-    def _count(self, reason: str, message: str, now: float) -> None:
-        self.gate.rejections[reason] += 1
-        self.gate.last_violation = Violation(reason, message, now)
-        self._last_rejected = not reason.startswith("stale_")  # stale inputs show as "holding"
-        self.get_logger().warning(message, throttle_duration_sec=1.0)
-
-    def _trip(self, reason: str) -> None:
-        if self.estop.trip(reason, self._now()):
-            self.get_logger().error(f"E-STOP latched: {reason}")
-            self._holding = False  # one hold goes out now, even if already holding
-            self._publish_hold(f"e-stop latched ({reason})")
-        self._publish_state()
+            plan = e
+        self.core.on_plan(self._now(), plan)
 
     def _on_estop_msg(self, msg: Bool) -> None:
         if msg.data:
-            self._trip("/ami/estop")
+            self.core.trip("/ami/estop", self._now())
 
     def _on_trip(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self._trip("/ami/trip_estop")
+        self.core.trip("/ami/trip_estop", self._now())
         response.success, response.message = True, "e-stop latched; holding"
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        was = self.estop.reset()
-        if was:
-            self._forced_hold = "e-stop reset; waiting for a plan"
-        self._publish_state()
+        was = self.core.reset_estop(self._now())
         response.success = True
         response.message = "e-stop reset; holding until a new plan" if was else "e-stop was not latched"
         self.get_logger().info(response.message)
@@ -288,39 +192,10 @@ class SafetyNode(Node):
 
     # ------------------------------------------------------------------ timers
     def _on_watchdog(self) -> None:
-        now = self._now()
-        stale = self.watchdog.check(now)
-        moving = self._in_motion(now)
-        if self.estop.latched and not self._holding:
-            self._publish_hold(f"e-stop latched ({self.estop.reason})")
-        elif moving and stale:
-            self._publish_hold(f"stale input(s) during motion: {', '.join(stale)}")
-        elif not self._holding and self._moving_until is not None and now > self._moving_until:
-            self._moving_until = None  # motion finished; the controller holds the last point
-        self._publish_state()
+        self.core.tick(self._now())
 
     def _on_diagnostics(self) -> None:
-        now = self._now()
-        values = {
-            "state": self.state,
-            "hold_reason": self.hold_reason,
-            "estop_latched": self.estop.latched,
-            "estop_reason": self.estop.reason,
-            "violation_policy": self.spec.tunables.violation_policy,
-            "passed": self.gate.passed,
-            "scaled": self.gate.scaled,
-            "rejected": sum(self.gate.rejections.values()),
-            "holds_published": self.holds_published,
-            "gated_from_measured": self.from_measured,
-            "stale_inputs": ",".join(self.watchdog.check(now)),
-            "gate_latency_ms": 1000.0 * self._latency_last,
-            "gate_latency_max_ms": 1000.0 * self._latency_max,
-        }
-        values.update({f"rejected.{k}": v for k, v in sorted(self.gate.rejections.items())})
-        lv = self.gate.last_violation
-        values["last_violation"] = f"{lv.reason}: {lv.message}" if lv else ""
-        message = {"ok": "gating plans", "rejecting": "refusing plans", "holding": f"holding: {self.hold_reason}",
-                   "e-stopped": f"e-stop latched: {self.estop.reason}"}[self.state]
+        message, values = self.core.report(self._now())
         status = diagnostics.diagnostic_status(f"{self.get_name()}: safety gate", _LEVEL[self.state], message, values)
         self._diag_pub.publish(diagnostics.diagnostic_array([status], self.get_clock().now().to_msg()))
 
@@ -340,17 +215,12 @@ class SafetyNode(Node):
     def _apply_parameters(self, params) -> None:
         changes = {p.name: p.value for p in params if p.name in TUNABLE_NAMES}
         if changes:
-            self.spec = self.spec.with_tunables(**changes)
-            self.gate.set_spec(self.spec)
-            for name, key in _TIMEOUT_OF.items():
-                if name in changes and key in self.watchdog.deadlines:
-                    self.watchdog.set_deadline(key, getattr(self.spec.tunables, name))
+            self.core.set_tunables(**changes)
         for prm in params:
             if prm.name == "watch_camera":
-                self.watch_camera = bool(prm.value)
-                self.watchdog.set_deadline("camera", self.spec.tunables.camera_timeout if self.watch_camera else None)
+                self.core.set_watch_camera(prm.value)
             elif prm.name == "command_tracking_tolerance":
-                self.tracking_tolerance = float(prm.value)
+                self.core.tracking_tolerance = float(prm.value)
             elif prm.name == "watchdog_rate":
                 self.destroy_timer(self._watchdog_timer)
                 self._watchdog_timer = self.create_timer(1.0 / prm.value, self._on_watchdog)

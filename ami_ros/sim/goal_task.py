@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory
+from ami_ros.core.actor import Actor
+from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import Planner
 from ami_ros.core.safety import Box, links_enter_box
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
@@ -88,28 +89,37 @@ def command_actions(sim, q_cmd: np.ndarray, actions: np.ndarray, dt: float) -> n
 
 # ---------------------------------------------------------------- agents
 class WorldModelAgent:
-    """The stack's agent: JEPA encoder + memory + planner, from images and joint states only.
+    """The stack's agent over the simulator: the JEPA encoder and the planner node's
+    :class:`~ami_ros.core.actor.Actor`, from camera frames and joint states only.
 
-    It stops planning as the planner node does (:class:`~ami_ros.core.memory.GoalMonitor`
-    on each frame's measured z_vis distance to the goal image): ``goal_tolerance`` (> 0):
-    a frame that close reaches the goal; ``settle_patience`` (> 0): that many cycles
-    without progress settle it. Either way the agent then brings the commanded target
-    back, straight and within the bound, to where the arm was when the frame that
-    showed the goal (reached) or came closest to it (settled) was taken, and holds it
-    there without planning again."""
+    Each call encodes the frame (with the joint state measured with it), hands both to the
+    actor and takes its decision: a plan toward the goal image, or, once the stopping rules
+    stop the goal (``goal_tolerance`` > 0: a frame that close reaches it;
+    ``settle_patience`` > 0: that many cycles without progress settle it), the way back to
+    where the arm was when the frame that showed the goal (reached) or came closest to it
+    (settled) was taken. After that it keeps the commanded target on its way to that pose,
+    within ``action_bound`` (A,) per step, and there, without planning again.
 
-    def __init__(self, model, planner: Planner, action_bound: np.ndarray, goal_tolerance: float = 0.0,
-                 settle_patience: int = 0, settle_min_improvement: float = 0.02):
+    The actions it returns are the changes of the commanded target from the caller's
+    ``q_cmd``: the actor anchors its trajectory where the planner node would (the last
+    commanded target while the arm follows it, else the measured position), and the
+    caller sends ``q_cmd + cumsum(actions)``."""
+
+    def __init__(self, model, planner: Planner, action_bound: np.ndarray, stop_rules: StopRules | None = None,
+                 arm=None):
+        from ami_ros.core.arm import load_arm
+
         self.model, self.planner = model, planner
-        self.bound = action_bound
-        self.monitor = GoalMonitor(goal_tolerance, settle_patience, settle_min_improvement)
-        self.memory = ShortTermMemory(model.history, 64, model.embed_dim, model.action_dim)
-        self.joints = JointStateHistory(256, model.action_dim)
-        self.goal = self.goal_vis = None
-        self.goal_tool = None                   # the tool position read off the goal image (m), or None
-        self.hold = None                        # the commanded target held once reached or settled
+        self.bound = np.asarray(action_bound, dtype=np.float64)
+        self.actor = Actor(model, arm or load_arm(), planner, model.control_dt, stop_rules or StopRules(),
+                           joint_history_capacity=256)
+        self.hold = None                        # (A,) the pose the commanded target goes back to and holds
         self.measured_distance = float("nan")   # measured goal distance of the latest frame (as goal_tolerance)
         self._keep_out = list(planner.cost.keep_out)   # the planner's own (the safety config's)
+
+    @property
+    def monitor(self):
+        return self.actor.monitor
 
     def set_keep_out(self, boxes) -> None:
         """Tell the planner of keep-out boxes besides its own (a split's; () for none)."""
@@ -118,47 +128,39 @@ class WorldModelAgent:
     @property
     def status(self) -> str:
         """active | reached | settled"""
-        return self.monitor.status
+        return self.actor.status
 
     @property
     def reached(self) -> bool:
-        return self.monitor.status == "reached"
+        return self.actor.status == "reached"
 
     @property
     def planning(self) -> bool:
-        return self.monitor.status == "active"
+        return self.actor.status == "active"
 
     def reset(self, goal_image: np.ndarray, q_goal=None) -> None:
-        self.memory.clear()
-        self.joints.clear()
-        self.planner.reset()
-        self.monitor.reset()
-        img = image_to_tensor(goal_image[None])
-        self.goal = self.planner.encode_goal(img)[0]
-        self.goal_vis = self.model.encode_image(img)[0, self.model.goal_dims]
-        self.goal_tool = self.planner.read_goal_tool(img)
+        self.actor.forget()
+        self.actor.set_goal_image(image_to_tensor(goal_image[None]))
         self.hold = None
         self.measured_distance = float("nan")
 
-    def act(self, stamp: float, frame, q, qd, q_cmd):
+    def act(self, stamp, frame, q, qd, q_cmd):
+        """-> (actions (H, A) from ``q_cmd``, the PlanResult or None when it did not plan)."""
         if self.hold is not None:
             return straight_line_actions(q_cmd, self.hold, self.bound), None
-        self.joints.push(stamp, q, qd)
+        self.actor.observe_joint_state(stamp, q, qd, stamp)
         z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
-        distance = self.planner.cost.measured_goal_distance(z, self.goal_vis, q, self.goal_tool)  # as the node's
-        self.measured_distance = distance
-        if self.monitor.update(distance, stamp) != "active":
-            seen = self.monitor.hold_position(self.joints)
-            self.hold = np.asarray(q if seen is None else seen, dtype=np.float64)
-            return straight_line_actions(q_cmd, self.hold, self.bound), None
-        self.memory.push_embedding(stamp, z)
-        res = self.planner.plan(self.memory.z_hist(), self.goal, torch.as_tensor(q_cmd, dtype=torch.float32),
-                                self.memory.last_action(), joint_state=(q, qd), goal_tool=self.goal_tool)
-        actions = res.actions.numpy()
-        self.memory.push_action(res.actions[0])
-        self.memory.set_plan(res)
-        return actions, res
+        self.actor.observe_embedding(stamp, z)
+        d = self.actor.step(stamp)
+        self.measured_distance = d.goal_distance
+        if not d.send:
+            raise RuntimeError(f"the actor sent nothing ({d.reason}) with a fresh frame and joint state")
+        if d.plan is None:                      # reached or settled: the way back ends at the frame's pose
+            self.hold = d.back_to
+        if np.array_equal(d.q0, q_cmd):
+            return d.actions, d.plan
+        return np.diff(np.vstack([q_cmd, d.targets]), axis=0), d.plan
 
 
 class RandomAgent:

@@ -50,6 +50,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ami_ros.core.arm import load_arm
+    from ami_ros.core.memory import StopRules
     from ami_ros.core.model_io import ModelError, load_model
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.nodes.model_path import resolve_model_path
@@ -83,8 +84,8 @@ def run(args) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound, stack["goal_tolerance"],
-                                                    stack["settle_patience"], stack["settle_min_improvement"])
+        rules = StopRules(stack["goal_tolerance"], stack["settle_patience"], stack["settle_min_improvement"])
+        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound, rules)
     if args.equal_compute:
         if args.planner != "both":
             print("error: --equal-compute compares the two planners: use it with --planner both", file=sys.stderr)

@@ -1,0 +1,258 @@
+"""The actor: one goal-reaching step of the stack, the same for the planner node and the eval.
+
+:class:`Actor` holds the planner, the short-term memory (recent embeddings, executed
+actions, the last plan), the recent measured joint states, the stopping rules
+(:class:`~ami_ros.core.memory.GoalMonitor`) and the goal. Its caller hands it what
+arrives (:meth:`Actor.observe_embedding`, :meth:`Actor.observe_joint_state`) and,
+once per control step, asks it what to do (:meth:`Actor.step`), which answers with a
+:class:`Decision`:
+
+- nothing to send (no goal; the goal reached or settled and the way back already
+  sent; no embedding or joint state fresh enough): the caller sends nothing, and the
+  safety gate's watchdog holds the arm;
+- a plan toward the goal: the planner's actions from the commanded target the arm
+  is following;
+- back to the pose of the frame that showed the goal (reached: its measured goal
+  distance under ``goal_tolerance``) or came closest to it (settled: no progress for
+  ``settle_patience`` cycles): the frame is older than the measured state (camera,
+  encoder and cycle latency), so the arm goes back to where it was when that frame
+  was taken, straight and within the action bound, and planning stops.
+
+Times are seconds on one clock: frame and joint-state stamps (the instant each is
+of) and ``now`` (when the step runs).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory, StopRules
+from ami_ros.core.trajectory import Trajectory, straight_line_actions, trajectory_from_actions
+
+#: Decision.reason of a step that sends nothing
+IDLE_REASONS = ("no_goal", "done", "no_embedding", "stale_embedding", "stale_joint_state")
+
+
+@dataclass
+class Decision:
+    """What one :meth:`Actor.step` decided.
+
+    reason: ``plan`` (a plan toward the goal), ``reached`` / ``settled`` (the way back
+    to the frame's pose; the goal stops there), or why nothing is sent (:data:`IDLE_REASONS`).
+    """
+
+    reason: str
+    status: str                              # the goal's status after the step: none | active | reached | settled
+    goal_distance: float = float("nan")      # the latest frame's measured goal distance (NaN: not measured)
+    q0: np.ndarray | None = None             # (A,) the commanded target the trajectory starts from
+    actions: np.ndarray | None = None        # (H, A) changes of the commanded target, one per control step
+    targets: np.ndarray | None = None        # (H, A) q0 + cumsum(actions), within the joint limits
+    trajectory: Trajectory | None = None     # the targets at the control period, with velocities, ending at rest
+    plan: object | None = None               # the planner's PlanResult (``plan`` steps only)
+    plan_s: float = 0.0                      # wall time of the planner call
+    source_stamp: float | None = None        # stamp of the frame the step measured and planned from
+    back_to: np.ndarray | None = None        # (A,) reached / settled: the pose the way back ends at
+    message: str = ""                        # a line for the log (reached / settled)
+    hold_fallback: bool = False              # reached / settled with no joint state at the frame's stamp:
+                                             # the way back ends where the arm is measured now
+
+    @property
+    def send(self) -> bool:
+        return self.trajectory is not None
+
+
+class Actor:
+    """Goal reaching over a world model: plan, stop on the stopping rules, go back, hold.
+
+    model: the loaded world model (``encode_image``, ``goal_dims``, ``history``,
+    ``embed_dim``, ``action_dim``); arm: the :class:`~ami_ros.core.arm.ArmSpec`
+    (joint order, limits, forward kinematics); planner: a
+    :class:`~ami_ros.core.planner.Planner` over that model; dt: the control period (s).
+    ``max_embedding_age_s`` / ``max_joint_state_age_s``: a step plans only from an
+    embedding and a joint state at most this old. Thread safe: every method holds
+    :attr:`lock` (callers hold it too while they change the planner's settings).
+    """
+
+    def __init__(self, model, arm, planner, dt: float, stop_rules: StopRules | None = None,
+                 max_embedding_age_s: float = 0.5, max_joint_state_age_s: float = 0.5,
+                 memory_capacity: int = 64, joint_history_capacity: int = 2048):
+        rules = stop_rules or StopRules()
+        self.model, self.arm, self.planner, self.dt = model, arm, planner, float(dt)
+        self.max_embedding_age_s = float(max_embedding_age_s)
+        self.max_joint_state_age_s = float(max_joint_state_age_s)
+        self.lock = threading.RLock()
+        self.memory = ShortTermMemory(model.history, memory_capacity, model.embed_dim, model.action_dim)
+        self.joint_history = JointStateHistory(joint_history_capacity, arm.dof)  # where the arm was at each frame
+        self.monitor = GoalMonitor(rules.goal_tolerance, rules.settle_patience, rules.settle_min_improvement)
+        self.goal = None            # the planner's goal (Planner.encode_goal), tensor
+        self.goal_vis = None        # (Dv,) the goal's z_vis: the measured goal distance
+        self.goal_tool = None       # (3,) tensor: where the goal has the tool point (m), or None
+        self.goal_source = None     # ("image", (1, 3, H, W)) or ("taught", z (D,), (q, qd)): re-encoded on
+                                    # a change of the planner's goal space (planner.predictor)
+        self.status = "none"        # none | active | reached | settled
+        self.goal_distance = float("nan")
+        self.joint = None           # (received, q, qd): the latest measured joint state and when it arrived
+        self.q_cmd = None           # (when, q (A,)): the commanded target after the first step last sent
+        self.last_targets = None    # (when, (H, A)): the targets last sent
+
+    # ------------------------------------------------------------ inputs
+    def observe_joint_state(self, received: float, q, qd=None, stamp: float | None = None) -> None:
+        """A measured joint state q, qd (A,) (qd None: zeros) in the arm's joint order, which
+        arrived at ``received`` and is of the instant ``stamp`` (None or <= 0: ``received``).
+        ValueError (nothing kept) on a wrong shape or NaN/Inf."""
+        q = np.asarray(q, dtype=np.float64).reshape(-1)
+        qd = np.zeros_like(q) if qd is None else np.asarray(qd, dtype=np.float64).reshape(-1)
+        if q.shape != (self.arm.dof,) or qd.shape != q.shape:
+            raise ValueError(f"joint state has {q.shape[0]} positions and {qd.shape[0]} velocities, "
+                             f"expected {self.arm.dof}")
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
+            raise ValueError("NaN or Inf in the joint positions or velocities")
+        with self.lock:
+            self.joint = (float(received), q, qd)
+            self.joint_history.push(stamp if stamp is not None and stamp > 0 else float(received), q, qd)
+
+    def observe_embedding(self, stamp: float, z) -> bool:
+        """The embedding z (D,) of the camera frame taken at ``stamp``; False when not newer than
+        the latest held. ValueError on a wrong shape or NaN/Inf."""
+        with self.lock:
+            return self.memory.push_embedding(stamp, torch.as_tensor(z, dtype=torch.float32))
+
+    # ------------------------------------------------------------ goals
+    def _encode_goal(self, src):
+        """(planner goal, z_vis goal, goal tool position or None) of a goal source: an image's tool
+        position is the model's reading of it, a taught goal's the forward kinematics of its joint state."""
+        if src[0] == "image":
+            return (self.planner.encode_goal(src[1])[0], self.model.encode_image(src[1])[0, self.model.goal_dims],
+                    self.planner.read_goal_tool(src[1]))
+        tool = self.arm.tool_position(np.asarray(src[2][0], dtype=np.float64))
+        return (self.planner.goal_from_embedding(src[1], src[2]), src[1][self.model.goal_dims],
+                torch.as_tensor(tool, dtype=torch.float32))
+
+    def set_goal(self, src) -> None:
+        """A new goal: ``("image", image (1, 3, H, W) float tensor)`` or ``("taught", z (D,), (q, qd))``.
+        The planner's warm start and the stopping rules start over."""
+        with self.lock:
+            self.goal, self.goal_vis, self.goal_tool = self._encode_goal(src)
+            self.goal_source = src
+            self.planner.reset()
+            self.monitor.reset()
+            self.status, self.goal_distance = "active", float("nan")
+
+    def set_goal_image(self, image) -> None:
+        """A goal image (1, 3, H, W), float in [0, 1]."""
+        self.set_goal(("image", image))
+
+    def teach_goal(self) -> bool:
+        """The latest embedding becomes the goal, with the joint state the arm had when its frame
+        was taken (the latest measured one when none is held at that instant); False (nothing
+        changed) when no embedding or no joint state has arrived yet."""
+        with self.lock:
+            if len(self.memory) == 0 or self.joint is None:
+                return False
+            z = self.memory.z_hist()[-1].clone()
+            state = self.joint_history.state_at(self.memory.latest_stamp()) or (self.joint[1], self.joint[2])
+            self.set_goal(("taught", z, state))
+        return True
+
+    def clear_goal(self) -> None:
+        """No goal: steps send nothing."""
+        with self.lock:
+            self.goal = self.goal_vis = self.goal_tool = self.goal_source = None
+            self.status = "none"
+
+    def reencode_goal(self) -> None:
+        """Encode the goal again (after the planner's goal space changed); the search goes on."""
+        with self.lock:
+            if self.goal_source is not None:
+                self.goal, self.goal_vis, self.goal_tool = self._encode_goal(self.goal_source)
+
+    def set_stop_rules(self, goal_tolerance: float, settle_patience: int, settle_min_improvement: float) -> None:
+        """ValueError (nothing changed) on a value out of range (:class:`StopRules`)."""
+        with self.lock:
+            self.monitor.configure(goal_tolerance, settle_patience, settle_min_improvement)
+
+    def forget(self) -> None:
+        """Forget the embeddings, actions, joint states and commands seen (a new episode), keep the goal."""
+        with self.lock:
+            self.memory.clear()
+            self.joint_history.clear()
+            self.joint = self.q_cmd = self.last_targets = None
+
+    # ------------------------------------------------------------ the step
+    @property
+    def bound(self) -> np.ndarray:
+        """(A,) the action bound: the largest change of a joint target in one control step."""
+        return self.planner.bound.cpu().numpy().astype(np.float64)
+
+    def step(self, now: float) -> Decision:
+        """One control step at ``now``: plan toward the goal, or go back to the frame's pose once
+        the stopping rules stop the goal, or send nothing (see the module's description)."""
+        with self.lock:
+            if self.goal is None:
+                return Decision("no_goal", self.status)
+            if self.status != "active":
+                return Decision("done", self.status, self.goal_distance)
+            if len(self.memory) == 0:
+                return Decision("no_embedding", self.status, self.goal_distance)
+            source_stamp = self.memory.latest_stamp()
+            if now - source_stamp > self.max_embedding_age_s:
+                return Decision("stale_embedding", self.status, self.goal_distance, source_stamp=source_stamp)
+            joint = self.joint
+            if joint is None or now - joint[0] > self.max_joint_state_age_s:
+                return Decision("stale_joint_state", self.status, self.goal_distance, source_stamp=source_stamp)
+            bound = self.bound
+            # anchor: the last commanded target while the arm follows it (commanded within the last two
+            # cycles and within a few steps of the measured position); else the measured position (the
+            # safety gate held the arm, or refused a plan)
+            q0 = joint[1]
+            if self.q_cmd is not None and now - self.q_cmd[0] < 2.5 * self.dt \
+                    and np.all(np.abs(self.q_cmd[1] - joint[1]) <= 3.0 * bound):
+                q0 = self.q_cmd[1]
+            z_hist = self.memory.z_hist()                                        # (h, D)
+            # the joint state of the frame's instant: the predictor reads the frame's embedding with the
+            # state the arm was in when it was taken (the newest measured state is later by the camera,
+            # encoder and cycle latency)
+            state = self.joint_history.state_at(source_stamp) or (joint[1], joint[2])
+            # measured, not predicted: the latest frame's distance to the goal image, plus the goal_tool
+            # term of where the arm was then
+            self.goal_distance = self.planner.cost.measured_goal_distance(z_hist[-1], self.goal_vis, state[0],
+                                                                          self.goal_tool)
+            self.status = self.monitor.update(self.goal_distance, source_stamp)
+            if self.status != "active":
+                decision = self._back(joint[1], source_stamp, bound)
+            else:
+                t0 = time.perf_counter()
+                res = self.planner.plan(z_hist, self.goal, torch.as_tensor(q0, dtype=torch.float32),
+                                        self.memory.last_action(), joint_state=state, goal_tool=self.goal_tool)
+                plan_s = time.perf_counter() - t0
+                self.memory.push_action(res.actions[0])
+                self.memory.set_plan(res)
+                decision = Decision("plan", self.status, self.goal_distance, q0=q0,
+                                    actions=res.actions.numpy().astype(np.float64), plan=res, plan_s=plan_s,
+                                    source_stamp=source_stamp)
+            decision.trajectory = trajectory_from_actions(self.arm.joint_names, decision.q0, decision.actions,
+                                                          self.dt, self.arm.clip)
+            decision.targets = decision.trajectory.positions                              # (H, A)
+            self.q_cmd = (now, decision.targets[0])
+            self.last_targets = (now, decision.targets)
+            return decision
+
+    def _back(self, q_now: np.ndarray, source_stamp: float, bound: np.ndarray) -> Decision:
+        """The way back from the measured q_now (A,) to where the arm was when the frame that
+        showed the goal (reached) or came closest to it (settled) was taken."""
+        q_seen = self.monitor.hold_position(self.joint_history)
+        fallback = q_seen is None
+        if fallback:
+            q_seen = q_now
+        back_to = self.arm.clip(q_seen)
+        actions = straight_line_actions(q_now, back_to, bound)
+        how = "reached" if self.status == "reached" else \
+            f"settled after {self.monitor.stalled_cycles} cycles without progress"
+        message = (f"goal {how} (distance now {self.goal_distance:.4f}, closest {self.monitor.best_distance:.4f}): "
+                   f"back to the pose of that frame, {float(np.abs(q_seen - q_now).max()):.3f} rad away")
+        return Decision(self.status, self.status, self.goal_distance, q0=q_now, actions=actions,
+                        source_stamp=source_stamp, back_to=back_to, message=message, hold_fallback=fallback)

@@ -1,0 +1,265 @@
+"""The safety gate's state machine: what the safety node decides, without ROS.
+
+:class:`SafetyGate` takes the measured joint states, camera ticks, plans, e-stop trips and
+resets, and a watchdog tick, each with the time it happens (s, one clock), and decides what
+goes to the arm's controller (through the ``send`` callback): a plan passed by
+:class:`~ami_ros.core.safety.Gate` (possibly time-scaled), or one braking hold trajectory.
+Its state (:data:`STATES`, reported through ``on_state`` when it changes):
+
+- ``ok``: gating plans;
+- ``holding``: no fresh joint state (or camera, if watched), or a hold went out (stale input
+  during motion, an e-stop reset) and no plan has passed since;
+- ``e-stopped``: the latched e-stop; only :meth:`SafetyGate.reset_estop` clears it, and
+  the gate then holds until a new plan passes;
+- ``rejecting``: the last plan was refused.
+
+Plans are gated from the state the controller starts them from: like ros2_control's
+joint_trajectory_controller, it continues from its *commanded* position and velocity (the
+trajectory last sent, sampled as the controller samples it) while the measured position is
+within ``tracking_tolerance`` of it, and from the measured state otherwise (a driver stop,
+a collision, a restart).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ami_ros.core.safety import EStop, Gate, SafetySpec, Violation, Watchdog
+from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
+
+STATES = ("ok", "holding", "e-stopped", "rejecting")
+_TIMEOUT_OF = {"plan_timeout": "plan", "joint_state_timeout": "joint_state", "camera_timeout": "camera"}
+
+
+def _quiet(level: str, what: str, message: str, throttle_s: float = 0.0) -> None:
+    pass
+
+
+class SafetyGate:
+    """The gate's decisions over time. ``send(traj)``: publish ``traj`` to the controller;
+    ``on_state(state)``: the state changed (or a refresh was forced); ``log(level, message,
+    what, message, throttle_s)``: level ``info`` | ``warning`` | ``error``; messages of one
+    ``what`` (a short name of the event) at most once per ``throttle_s`` (0: every one)."""
+
+    def __init__(self, spec: SafetySpec, watch_camera: bool = True, tracking_tolerance: float = 0.15,
+                 send: Callable[[Trajectory], None] | None = None,
+                 on_state: Callable[[str], None] | None = None,
+                 log: Callable[[str, str, str, float], None] | None = None):
+        self.spec = spec
+        self.names = spec.joint_names
+        self.estop = EStop()
+        self.gate = Gate(spec, self.estop)
+        self.watch_camera = bool(watch_camera)
+        self.tracking_tolerance = float(tracking_tolerance)
+        self.watchdog = Watchdog(spec.deadlines(self.watch_camera))
+        self._send_cb = send or (lambda traj: None)
+        self._state_cb = on_state or (lambda state: None)
+        self._log = log or _quiet
+        self.sent: TrajectorySampler | None = None  # what the controller is tracking (as far as we sent it)
+        self.from_measured = 0                      # plans gated from the measured state (arm not following)
+        self.q: np.ndarray | None = None            # (dof,) latest measured position
+        self.v: np.ndarray | None = None            # (dof,) latest measured velocity
+        self.state = "holding"
+        self.hold_reason = "waiting for joint_states"
+        self.stale: list[str] = []                  # stale inputs at the last state update (not "plan")
+        self._moving_until: float | None = None     # end of the last commanded motion
+        self._holding = True                        # nothing moving commanded
+        self._forced_hold = ""                      # why the gate last forced a hold
+        self._last_rejected = False
+        self.holds_published = 0
+        self.commands_published = 0
+        self.latency_last = self.latency_max = 0.0
+
+    # ------------------------------------------------------------------ state
+    def update_state(self, now: float, force: bool = False) -> str:
+        """The state at ``now``; ``on_state`` when it changed (or ``force``)."""
+        stale = [s for s in self.watchdog.check(now) if s != "plan"]
+        if self.estop.latched:
+            state = "e-stopped"
+        elif stale or self.q is None:
+            state = "holding"
+            self.hold_reason = f"stale input(s): {', '.join(stale) or 'joint_state'}"
+        elif self._forced_hold:  # a hold went out; stays until the next accepted plan
+            state = "holding"
+            self.hold_reason = self._forced_hold
+        elif self._last_rejected:
+            state = "rejecting"
+        else:
+            state = "ok"
+        self.stale = stale
+        if force or state != self.state:
+            self.state = state
+            self._state_cb(state)
+        return state
+
+    def command_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """The position and velocity (dof,) the controller continues from at ``now``: the last
+        trajectory sent, sampled as the controller samples it, while the measured position
+        follows it; the measured state otherwise (call with a joint state known)."""
+        if self.sent is not None:
+            qc, vc = self.sent.sample(now)
+            off = float(np.max(np.abs(qc - self.q)))
+            if off <= self.tracking_tolerance:
+                return qc, vc
+            self.sent = None
+            self.from_measured += 1
+            self._log("warning", "from_measured", f"commanded position {off:.3f} rad from the measured one "
+                      f"(> {self.tracking_tolerance}); gating from the measured state", 2.0)
+        return self.q, self.v
+
+    def in_motion(self, now: float) -> bool:
+        return not self._holding and self._moving_until is not None and now <= self._moving_until
+
+    def _send(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, now: float) -> None:
+        """Send to the controller and remember what it will track."""
+        self._send_cb(traj)
+        self.sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
+
+    def _hold(self, reason: str, now: float) -> None:
+        """One braking hold trajectory from the commanded state (nothing if no joint state is known
+        yet, or nothing moving was commanded since the last hold)."""
+        self._moving_until = None
+        self._forced_hold = self.hold_reason = reason
+        if self._holding:
+            return
+        self._holding = True
+        if self.q is None:
+            return
+        q0, v0 = self.command_state(now)
+        self._send(self.gate.hold(q0, v0), q0, v0, now)
+        self.holds_published += 1
+        self._log("warning", "hold", f"holding: {reason}", 0.0)
+
+    # ------------------------------------------------------------------ inputs
+    def observe_joint_state(self, now: float, q, v=None) -> bool:
+        """The measured position q and velocity v (dof,) in the spec's joint order (v None or not
+        finite: zeros). False (ignored) when q is not finite."""
+        q = np.asarray(q, dtype=np.float64)
+        if not np.all(np.isfinite(q)):
+            self._log("warning", "joint_state", "ignoring joint state with NaN / Inf", 5.0)
+            return False
+        self.q = q
+        self.v = np.asarray(v, dtype=np.float64) if v is not None and np.all(np.isfinite(v)) else np.zeros_like(q)
+        self.watchdog.feed("joint_state", now)
+        return True
+
+    def observe_image(self, now: float) -> None:
+        """A camera frame arrived (fed to the watchdog when the camera is watched)."""
+        if self.watch_camera:
+            self.watchdog.feed("camera", now)
+
+    def on_plan(self, now: float, plan: Trajectory | TrajectoryError) -> None:
+        """A plan arrived: a trajectory, or the TrajectoryError its message raised. Refused
+        (counted) while the e-stop is latched (and a hold goes out), while the joint state (or
+        camera) is stale, or when malformed or unsafe; else sent, possibly time-scaled."""
+        stale = [s for s in self.watchdog.check(now) if s != "plan"]
+        if self.estop.latched:  # the gate counts it and answers with a hold (already sent)
+            q = self.q if self.q is not None else np.full(len(self.names), np.nan)
+            self.gate.gate(Trajectory(list(self.names), np.zeros(0), np.zeros((0, len(self.names)))), q, now)
+            self._hold(f"e-stop latched ({self.estop.reason})", now)
+            self._last_rejected = True
+            self.update_state(now)
+            return
+        if self.q is None or stale:
+            reason = "stale_" + (stale[0] if stale else "joint_state")
+            self.count(reason, f"plan refused: {', '.join(stale) or 'joint_state'} not fresh", now)
+            self.update_state(now)
+            return
+        if isinstance(plan, TrajectoryError):
+            self.count(plan.reason, str(plan), now)
+            self.update_state(now)
+            return
+        q0, v0 = self.command_state(now)
+        res = self.gate.gate(plan, q0, now, v0)
+        self.latency_last = res.latency
+        self.latency_max = max(self.latency_max, res.latency)
+        if res.ok:
+            out = res.trajectory
+            self._send(out, q0, v0, now)
+            self.commands_published += 1
+            start = out.start_time if out.start_time > 0 else now
+            self._moving_until = start + out.duration
+            self._holding = len(out.times) == 1 and np.allclose(out.positions[0], q0) and not np.any(v0)
+            self.hold_reason = self._forced_hold = ""
+            self._last_rejected = False
+            self.watchdog.feed("plan", now)
+            if res.reason == "scaled":
+                self._log("info", "scaled", res.message, 2.0)
+        else:
+            self._last_rejected = True
+            self._log("warning", "refused", f"plan refused ({res.reason}): {res.message}", 1.0)
+        self.update_state(now)
+
+    def count(self, reason: str, message: str, now: float) -> None:
+        """Count a plan refused before the gate saw it (stale input, malformed message)."""
+        self.gate.rejections[reason] += 1
+        self.gate.last_violation = Violation(reason, message, now)
+        self._last_rejected = not reason.startswith("stale_")  # stale inputs show as "holding"
+        self._log("warning", "count", message, 1.0)
+
+    def trip(self, reason: str, now: float) -> None:
+        """Latch the e-stop; one hold goes out now, even if already holding."""
+        if self.estop.trip(reason, now):
+            self._log("error", "estop", f"E-STOP latched: {reason}", 0.0)
+            self._holding = False
+            self._hold(f"e-stop latched ({reason})", now)
+        self.update_state(now)
+
+    def reset_estop(self, now: float) -> bool:
+        """Clear the latch (the gate then holds until a new plan passes); False when not latched."""
+        was = self.estop.reset()
+        if was:
+            self._forced_hold = "e-stop reset; waiting for a plan"
+        self.update_state(now)
+        return was
+
+    def tick(self, now: float) -> None:
+        """The watchdog: a hold when the e-stop is latched and something moving was commanded, or
+        when an input goes stale during motion; the end of a motion once its time has passed."""
+        stale = self.watchdog.check(now)
+        if self.estop.latched and not self._holding:
+            self._hold(f"e-stop latched ({self.estop.reason})", now)
+        elif self.in_motion(now) and stale:
+            self._hold(f"stale input(s) during motion: {', '.join(stale)}", now)
+        elif not self._holding and self._moving_until is not None and now > self._moving_until:
+            self._moving_until = None  # motion finished; the controller holds the last point
+        self.update_state(now)
+
+    # ------------------------------------------------------------------ settings
+    def set_tunables(self, **changes) -> None:
+        """New tunables (ValueError on one that widens the hard spec); the watchdog's deadlines follow."""
+        self.spec = self.spec.with_tunables(**changes)
+        self.gate.set_spec(self.spec)
+        for name, key in _TIMEOUT_OF.items():
+            if name in changes and key in self.watchdog.deadlines:
+                self.watchdog.set_deadline(key, getattr(self.spec.tunables, name))
+
+    def set_watch_camera(self, watch: bool) -> None:
+        self.watch_camera = bool(watch)
+        self.watchdog.set_deadline("camera", self.spec.tunables.camera_timeout if self.watch_camera else None)
+
+    # ------------------------------------------------------------------ report
+    def report(self, now: float) -> tuple[str, dict]:
+        """(a one-line message for the state, the diagnostic values)."""
+        values = {
+            "state": self.state,
+            "hold_reason": self.hold_reason,
+            "estop_latched": self.estop.latched,
+            "estop_reason": self.estop.reason,
+            "violation_policy": self.spec.tunables.violation_policy,
+            "passed": self.gate.passed,
+            "scaled": self.gate.scaled,
+            "rejected": sum(self.gate.rejections.values()),
+            "holds_published": self.holds_published,
+            "gated_from_measured": self.from_measured,
+            "stale_inputs": ",".join(self.watchdog.check(now)),
+            "gate_latency_ms": 1000.0 * self.latency_last,
+            "gate_latency_max_ms": 1000.0 * self.latency_max,
+        }
+        values.update({f"rejected.{k}": v for k, v in sorted(self.gate.rejections.items())})
+        lv = self.gate.last_violation
+        values["last_violation"] = f"{lv.reason}: {lv.message}" if lv else ""
+        message = {"ok": "gating plans", "rejecting": "refusing plans", "holding": f"holding: {self.hold_reason}",
+                   "e-stopped": f"e-stop latched: {self.estop.reason}"}[self.state]
+        return message, values

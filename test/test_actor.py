@@ -1,0 +1,180 @@
+"""The actor (core.actor.Actor) without ROS, over the toy linear world model of test_planner
+(z = B q: a camera frame's embedding is a linear function of the arm's pose): it plans toward
+the goal from the commanded target the arm follows, sends nothing on missing or stale input,
+stops on the stopping rules and goes back to the pose of the frame that showed the goal
+(reached) or came closest to it (settled)."""
+import numpy as np
+import pytest
+import torch
+
+from ami_ros.core.actor import Actor
+from ami_ros.core.cost import Cost, CostWeights
+from ami_ros.core.memory import StopRules
+from ami_ros.core.planner import Planner, PlannerConfig
+from test_planner import BOUND, Q_MAX, Q_MIN, A, ToyModel
+
+DT = 0.1
+B64 = BOUND.numpy().astype(np.float64)
+
+
+class Model(ToyModel):
+    """A toy 'image' is the pose it shows (1, A)."""
+
+    def encode_image(self, image):
+        return self.embed(image)
+
+
+class Arm:
+    dof = A
+    joint_names = [f"j{i}" for i in range(A)]
+
+    @staticmethod
+    def clip(q):
+        return np.clip(q, Q_MIN.numpy(), Q_MAX.numpy())
+
+    @staticmethod
+    def tool_position(q):
+        return np.asarray(q, dtype=np.float64)[..., :3]
+
+
+def make_actor(tolerance=0.0, patience=0, min_improvement=0.02):
+    model = Model()
+    planner = Planner(model, Cost(CostWeights(), Q_MIN, Q_MAX), PlannerConfig(), BOUND)
+    return Actor(model, Arm(), planner, DT, StopRules(tolerance, patience, min_improvement)), model
+
+
+def image(q):
+    return torch.as_tensor(np.asarray(q, dtype=np.float32))[None]
+
+
+def observe(actor, model, t, q, frame_q=None):
+    """The arm measured at q at t, and a camera frame of it (of frame_q if given) taken at t."""
+    actor.observe_joint_state(t, q, np.zeros(A), stamp=t)
+    actor.observe_embedding(t, model.embed(q if frame_q is None else frame_q))
+
+
+Q_GOAL = np.array([0.3, -0.25, 0.2, -0.15])
+
+
+def test_sends_nothing_without_a_goal_or_fresh_input():
+    actor, model = make_actor()
+    observe(actor, model, 1.0, np.zeros(A))
+    assert actor.step(1.0).reason == "no_goal" and not actor.step(1.0).send
+    actor.forget()
+    actor.set_goal_image(image(Q_GOAL))
+    assert actor.status == "active"
+    assert actor.step(1.0).reason == "no_embedding"
+    actor.observe_embedding(1.0, model.embed(np.zeros(A)))
+    assert actor.step(1.0).reason == "stale_joint_state"                    # none yet
+    actor.observe_joint_state(1.0, np.zeros(A))
+    assert actor.step(1.0 + actor.max_embedding_age_s + 0.01).reason == "stale_embedding"
+    actor.observe_embedding(1.6, model.embed(np.zeros(A)))
+    assert actor.step(1.6).reason == "stale_joint_state"                    # received 0.6 s ago
+    actor.observe_joint_state(1.6, np.zeros(A))
+    d = actor.step(1.6)
+    assert d.reason == "plan" and d.send and d.plan is not None and actor.memory.num_actions == 1
+    actor.clear_goal()
+    assert actor.step(1.6).reason == "no_goal" and actor.status == "none"
+    with pytest.raises(ValueError):
+        actor.observe_joint_state(1.7, np.full(A, np.nan))
+
+
+def test_plans_toward_the_goal_from_the_command_the_arm_follows():
+    actor, model = make_actor()
+    actor.set_goal_image(image(Q_GOAL))
+    q, t = np.zeros(A), 0.0
+    first = None
+    for _ in range(12):
+        observe(actor, model, t, q)
+        d = actor.step(t)
+        assert d.reason == "plan"
+        np.testing.assert_array_equal(d.q0, q)                # the arm followed: the last command, = measured
+        np.testing.assert_allclose(d.targets, Arm.clip(d.q0 + np.cumsum(d.actions, 0)))
+        assert np.all(np.abs(d.actions) <= B64 + 1e-6)
+        np.testing.assert_allclose(d.trajectory.times, DT * np.arange(1, len(d.targets) + 1))
+        assert not d.trajectory.velocities[-1].any()           # ends at rest
+        first = d.goal_distance if first is None else first
+        q, t = d.targets[0], t + DT                           # the arm reaches the first target
+    assert actor.goal_distance < 0.2 * first
+
+    # the arm did not follow (held by the gate): the plan starts from the measured position
+    observe(actor, model, t, q + 3.5 * B64)
+    np.testing.assert_array_equal(actor.step(t).q0, q + 3.5 * B64)
+    # it follows, but the last command is older than 2.5 control periods: from the measured one too
+    last = actor.q_cmd[1]
+    t += 3 * DT
+    observe(actor, model, t, last + 0.5 * B64)
+    np.testing.assert_array_equal(actor.step(t).q0, last + 0.5 * B64)
+    # within both: from the last command, not the measured position
+    last, t = actor.q_cmd[1], t + DT
+    observe(actor, model, t, last + 0.5 * B64)
+    np.testing.assert_array_equal(actor.step(t).q0, last)
+
+
+def test_reached_goes_back_to_the_pose_of_the_frame_that_showed_the_goal_then_stops():
+    actor, model = make_actor(tolerance=1e-4)
+    actor.set_goal_image(image(Q_GOAL))
+    observe(actor, model, 0.0, np.zeros(A))
+    assert actor.step(0.0).reason == "plan"
+    # the frame of 0.1 shows the goal; the arm has moved on since (measured at 0.3)
+    actor.observe_joint_state(0.1, Q_GOAL, np.zeros(A), stamp=0.1)
+    actor.observe_joint_state(0.3, Q_GOAL + 0.25, np.zeros(A), stamp=0.3)
+    actor.observe_embedding(0.1, model.embed(Q_GOAL))
+    d = actor.step(0.3)
+    assert d.reason == "reached" and actor.status == "reached" and d.plan is None and d.send
+    assert d.goal_distance < 1e-4 and not d.hold_fallback
+    np.testing.assert_array_equal(d.q0, Q_GOAL + 0.25)                   # from where the arm is measured
+    np.testing.assert_allclose(d.back_to, Q_GOAL)
+    np.testing.assert_allclose(d.targets[-1], Q_GOAL, atol=1e-12)        # to the pose of that frame
+    assert np.all(np.abs(np.diff(np.vstack([d.q0, d.targets]), axis=0)) <= B64 + 1e-9)
+    assert actor.memory.num_actions == 1                                  # planned once, not again
+    # reached is final until a new goal: nothing more is sent, whatever the frames show
+    observe(actor, model, 0.4, np.zeros(A))
+    d = actor.step(0.4)
+    assert d.reason == "done" and not d.send and actor.status == "reached"
+    actor.set_goal_image(image(-Q_GOAL))
+    assert actor.status == "active" and actor.step(0.4).reason == "plan"
+
+
+def test_settled_goes_back_to_the_pose_of_the_closest_frame():
+    actor, model = make_actor(patience=2)
+    actor.set_goal_image(image(Q_GOAL))
+    far, near = Q_GOAL + 0.6, Q_GOAL + 0.1
+    observe(actor, model, 0.0, far)
+    assert actor.step(0.0).reason == "plan"
+    observe(actor, model, 0.1, near)                                       # progress: the closest frame
+    assert actor.step(0.1).reason == "plan"
+    observe(actor, model, 0.2, far)
+    assert actor.step(0.2).reason == "plan"                                # no progress: 1
+    observe(actor, model, 0.3, far)
+    d = actor.step(0.3)                                                    # no progress: 2 -> settled
+    assert d.reason == "settled" and actor.status == "settled" and d.plan is None
+    np.testing.assert_array_equal(d.q0, far)
+    np.testing.assert_allclose(d.targets[-1], near, atol=1e-12)
+    assert "settled after 2 cycles" in d.message
+    assert actor.step(0.3).reason == "done"
+
+
+def test_no_joint_state_at_the_frame_holds_where_the_arm_is():
+    actor, model = make_actor(tolerance=1e-4)
+    actor.set_goal_image(image(Q_GOAL))
+    # the frame that shows the goal is older than any joint state held
+    actor.observe_joint_state(1.0, Q_GOAL + 0.2, np.zeros(A), stamp=1.0)
+    actor.observe_embedding(0.9, model.embed(Q_GOAL))
+    d = actor.step(1.0)
+    assert d.reason == "reached" and d.hold_fallback
+    np.testing.assert_array_equal(d.back_to, Q_GOAL + 0.2)
+    assert not d.actions.any()
+
+
+def test_a_taught_goal_is_the_frame_and_the_pose_it_was_taken_at():
+    actor, model = make_actor(tolerance=1e-4)
+    assert not actor.teach_goal()                                          # nothing seen yet
+    actor.observe_joint_state(0.1, Q_GOAL, np.zeros(A), stamp=0.1)
+    actor.observe_joint_state(0.2, Q_GOAL + 0.3, np.zeros(A), stamp=0.2)
+    actor.observe_embedding(0.1, model.embed(Q_GOAL))
+    assert actor.teach_goal() and actor.status == "active"
+    np.testing.assert_allclose(actor.goal_tool.numpy(), Q_GOAL[:3], atol=1e-6)   # of the frame's pose
+    d = actor.step(0.2)                                                    # that frame is the goal: reached
+    assert d.reason == "reached"
+    np.testing.assert_allclose(d.back_to, Q_GOAL)
