@@ -61,17 +61,10 @@ RCLPY_OWN = {"use_sim_time", "start_type_description_service"}
 
 
 def node_class(name):
-    if name == "sim_node":
-        from ami_ros.nodes.sim_node import SimNode
-        return SimNode
-    if name == "encoder_node":
-        from ami_ros.nodes.encoder_node import EncoderNode
-        return EncoderNode
-    if name == "planner_node":
-        from ami_ros.nodes.planner_node import PlannerNode
-        return PlannerNode
-    from ami_ros.nodes.safety_node import SafetyNode
-    return SafetyNode
+    """The class of the node called ``name`` (sim_node, ...)."""
+    from ami_ros.nodes.stack import node_class as of_kind
+
+    return of_kind(name.removesuffix("_node"))
 
 
 def launch_params_files(node):
