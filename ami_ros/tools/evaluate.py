@@ -43,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     import json
+    import os
     import sys
 
     import numpy as np
@@ -106,7 +107,9 @@ def run(args) -> int:
                "settle_patience": stack["settle_patience"],
                "settle_min_improvement": stack["settle_min_improvement"],
                "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
-               "equal_compute": bool(args.equal_compute),
+               "cost_weights": dict(stack["cost"]), "action_scale": stack["action_scale"],
+               "config_file": os.path.basename(args.config) if args.config else None,
+               "seed": args.seed, "equal_compute": bool(args.equal_compute),
                "splits": {}}
     sim = ArmSim(arm, width=size, height=size, seed=args.seed)
     if args.true_dynamics:
