@@ -385,9 +385,3 @@ def image_to_tensor(frames) -> torch.Tensor:
     x = torch.as_tensor(frames)
     return x.movedim(-1, -3).float()
 
-
-def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, 3, size, size) by area averaging (no-op at the right size)."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="area")
