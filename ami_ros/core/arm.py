@@ -1,20 +1,50 @@
-"""The arm's description: joint names, kinematic chain, hard limits, forward kinematics.
+"""The arm: what its URDF says, with ros2_control joint limits.
 
-Read from a YAML file (``config/arm.yaml``) whose ``joint_limits`` section has the
-form of the ROS joint_limits package, so a real arm's limits file drops in.
+A robot is given as a URDF (``robot_description``: a file, or the string ROS passes
+around) plus, optionally, a ros2_control ``joint_limits`` YAML that tightens and
+completes the URDF's ``<limit>`` tags (:mod:`ami_ros.core.limits`). The arms the
+package ships live in ``robots/<name>/`` with a small ``robot.yaml`` naming the URDF,
+the limits file, the base and tool frames and the home pose.
+
+Forward kinematics and Jacobians come from pytorch_kinematics: it reads URDF (fixed
+joints folded in, revolute, continuous and prismatic joints, origins with rotations),
+computes every frame of a batch of configurations in one vectorised pass, runs in
+torch (float32 for the planner's hundreds of candidates, float64 for the gate, on
+any device) and is differentiable with an analytical Jacobian. Pinocchio is exact
+and fast but not torch; yourdfpy parses but computes no batched kinematics.
+
+Link volumes are capsules (two end points in a link's frame and a radius) from the
+URDF's ``<collision>`` primitives: a cylinder becomes the capsule around it, a box
+the capsule along its longest side that holds it, a sphere a capsule of no length.
+A link whose collision geometry is a mesh (or missing) gets the segment from its
+frame to the next joint's, with a stated radius (``link_radius`` in robot.yaml,
+default :data:`DEFAULT_LINK_RADIUS`) and a warning.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import yaml
 
+from ami_ros.core.limits import JointLimit, load_joint_limits, urdf_limit
+
+log = logging.getLogger(__name__)
+
+#: the arm the package's model and examples use when none is named
+DEFAULT_ROBOT = "ami_arm6"
+#: m, radius of a link volume where the URDF gives no primitive collision geometry
+DEFAULT_LINK_RADIUS = 0.05
+
 
 def share_dir() -> str:
-    """Folder holding ``config/``, ``launch/`` and ``models/``: the installed share
-    directory when ament_index knows the package, else the source tree."""
+    """Folder holding ``config/``, ``launch/``, ``models/`` and ``robots/``: the installed
+    share directory when ament_index knows the package, else the source tree."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
@@ -27,48 +57,48 @@ def share_dir() -> str:
         return os.path.abspath(os.path.join(here, "..", ".."))
 
 
-def default_arm_file() -> str:
-    return os.path.join(share_dir(), "config", "arm.yaml")
+def shipped_robots() -> list[str]:
+    """Names of the arms in ``robots/`` (each a folder with a robot.yaml)."""
+    root = os.path.join(share_dir(), "robots")
+    if not os.path.isdir(root):
+        return []
+    return sorted(d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "robot.yaml")))
 
 
 @dataclass(frozen=True)
-class JointLimit:
-    min_position: float
-    max_position: float
-    max_velocity: float
-    max_acceleration: float
-    max_jerk: float
-    max_effort: float
-
-
-@dataclass(frozen=True)
-class Joint:
-    name: str
-    origin: np.ndarray   # (3,) in the parent frame
-    axis: np.ndarray     # (3,) unit
+class Capsule:
+    """A link volume: the points within ``radius`` of the segment a-b, in ``link``'s frame."""
+    link: str
+    a: np.ndarray   # (3,)
+    b: np.ndarray   # (3,)
     radius: float
+
+
+class RobotError(ValueError):
+    """A robot description that cannot be used, with the reason."""
 
 
 @dataclass(frozen=True)
 class ArmSpec:
+    """One arm: joints (in the order of the chain from base to tool), limits, frames,
+    volumes, and forward kinematics of its URDF."""
     name: str
-    joints: tuple[Joint, ...]
+    joint_names: tuple[str, ...]
+    joint_types: tuple[str, ...]          # revolute | continuous | prismatic
     limits: tuple[JointLimit, ...]
-    tool_offset: np.ndarray
-    base_xyz: np.ndarray
     home: np.ndarray
-    base_frame: str = "base_link"
-    tool_frame: str = "tool0"
+    base_frame: str
+    tool_frame: str
+    urdf: str = field(repr=False, compare=False)
+    capsules: tuple[Capsule, ...] = field(default=(), repr=False, compare=False)
     source: str = field(default="", compare=False)
+    warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    _kin: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- names and limit vectors (joint order = this spec's order) ----
     @property
-    def joint_names(self) -> list[str]:
-        return [j.name for j in self.joints]
-
-    @property
     def dof(self) -> int:
-        return len(self.joints)
+        return len(self.joint_names)
 
     @property
     def q_min(self) -> np.ndarray:
@@ -94,59 +124,6 @@ class ArmSpec:
     def effort_max(self) -> np.ndarray:
         return np.array([l.max_effort for l in self.limits])
 
-    # ---- forward kinematics ----
-    def link_positions(self, q):
-        """Positions of every joint origin and the tool point in the world frame.
-
-        q: (..., dof) numpy array or torch tensor -> (..., dof + 1, 3) of the same
-        kind (torch keeps dtype, device and autograd); the last row is the tool point.
-        """
-        if type(q).__module__.startswith("torch"):
-            import torch
-
-            const = lambda a: torch.as_tensor(a, dtype=q.dtype, device=q.device)  # noqa: E731
-            sin, cos, stack = torch.sin, torch.cos, torch.stack
-            expand = lambda x, shape: x.expand(shape)  # noqa: E731
-        else:
-            q = np.asarray(q, dtype=np.float64)
-            const, sin, cos, stack = np.asarray, np.sin, np.cos, np.stack
-            expand = np.broadcast_to
-        eye = const(np.eye(3))
-        R, p, out = eye, const(self.base_xyz), []
-        for i, j in enumerate(self.joints):
-            k = j.axis
-            K = const(np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]]))
-            p = p + R @ const(j.origin)
-            out.append(p)
-            a = q[..., i, None, None]
-            R = R @ (eye + sin(a) * K + (1 - cos(a)) * (K @ K))           # Rodrigues, (..., 3, 3)
-        out.append(p + R @ const(self.tool_offset))
-        shape = q.shape[:-1] + (3,)
-        return stack([expand(x, shape) for x in out], -2)
-
-    def tool_position(self, q: np.ndarray) -> np.ndarray:
-        """(..., dof) -> (..., 3)."""
-        return self.link_positions(q)[..., -1, :]
-
-    def solve_tool_position(self, target, q_init, iterations: int = 100, damping: float = 0.05,
-                            tol: float = 1e-3) -> tuple[np.ndarray, float]:
-        """Joints that put the tool point at ``target`` (3,): damped least squares from
-        ``q_init`` (dof,) with the Jacobian by central differences, kept within the joint
-        limits. -> (q, remaining distance in metres); the caller decides if that is close
-        enough (an unreachable target gives the nearest reachable point's joints)."""
-        target = np.asarray(target, dtype=np.float64)
-        q = self.clip(np.asarray(q_init, dtype=np.float64).copy())
-        h = 1e-5
-        step = h * np.eye(self.dof)                                              # (dof, dof) one joint each
-        for _ in range(iterations):
-            e = target - self.tool_position(q)                                   # (3,)
-            if float(np.linalg.norm(e)) < tol:
-                break
-            J = (self.tool_position(q + step) - self.tool_position(q - step)).T / (2 * h)   # (3, dof)
-            dq = J.T @ np.linalg.solve(J @ J.T + damping ** 2 * np.eye(3), e)    # (dof,)
-            q = self.clip(q + dq)
-        return q, float(np.linalg.norm(target - self.tool_position(q)))
-
     def clip(self, q: np.ndarray) -> np.ndarray:
         return np.clip(q, self.q_min, self.q_max)
 
@@ -155,37 +132,380 @@ class ArmSpec:
         lookup = {n: i for i, n in enumerate(self.joint_names)}
         unknown = [n for n in names if n not in lookup]
         if unknown:
-            raise KeyError(f"unknown joint name(s) {unknown}; this arm has {self.joint_names}")
+            raise KeyError(f"unknown joint name(s) {unknown}; this arm has {list(self.joint_names)}")
         return [lookup[n] for n in names]
 
+    # ---- kinematics ----
+    def _chain(self, dtype=None, device=None):
+        """The pytorch_kinematics chain base -> tool in ``dtype`` on ``device`` (cached)."""
+        import torch
 
-def load_arm(path: str | None = None) -> ArmSpec:
-    """Load an :class:`ArmSpec`; ValueError with the file name on anything malformed."""
-    path = path or default_arm_file()
+        dtype, device = dtype or torch.float64, torch.device(device or "cpu")
+        key = (dtype, device)
+        if key not in self._kin:    # (Chain.to converts in place: one chain per dtype and device)
+            self._kin[key] = _serial_chain(self.urdf, self.base_frame, self.tool_frame).to(dtype=dtype, device=device)
+        return self._kin[key]
+
+    def frame_transforms(self, q, frames) -> "np.ndarray":
+        """Poses of named frames in the base frame: q (..., dof) -> (..., F, 4, 4), numpy in
+        and out (float64), or torch (keeps dtype, device and autograd)."""
+        import torch
+
+        is_torch = isinstance(q, torch.Tensor)
+        qt = q if is_torch else torch.as_tensor(np.asarray(q, dtype=np.float64))
+        chain = self._chain(qt.dtype, qt.device)
+        batch = qt.shape[:-1]
+        flat = qt.reshape(-1, self.dof)
+        idx = self._kin.setdefault(("idx", tuple(frames)), [chain.frame_to_idx[f] for f in frames])
+        mats = chain.forward_kinematics_tensor(flat)[idx]                       # (F, B, 4, 4)
+        out = mats.permute(1, 0, 2, 3).reshape(*batch, len(frames), 4, 4)
+        return out if is_torch else out.numpy()
+
+    @property
+    def joint_frames(self) -> tuple[str, ...]:
+        """The frame each joint moves (its child link), in joint order."""
+        if "joint_frames" not in self._kin:
+            by_joint = _joint_child_links(self.urdf)
+            self._kin["joint_frames"] = tuple(by_joint[n] for n in self.joint_names)
+        return self._kin["joint_frames"]
+
+    def link_positions(self, q):
+        """Origins of the joint frames and the tool point, base frame:
+        q (..., dof) -> (..., dof + 1, 3); the last row is the tool point."""
+        return self.frame_transforms(q, (*self.joint_frames, self.tool_frame))[..., :3, 3]
+
+    def tool_position(self, q):
+        """(..., dof) -> (..., 3), the tool frame's origin in the base frame."""
+        return self.frame_transforms(q, (self.tool_frame,))[..., 0, :3, 3]
+
+    def tool_pose(self, q) -> np.ndarray:
+        """(..., dof) -> (..., 4, 4), the tool frame in the base frame."""
+        return self.frame_transforms(q, (self.tool_frame,))[..., 0, :, :]
+
+    def jacobian(self, q) -> np.ndarray:
+        """Geometric Jacobian of the tool frame in the base frame: (dof,) -> (6, dof)
+        (rows: linear velocity, then angular), from pytorch_kinematics."""
+        import torch
+
+        qt = torch.as_tensor(np.asarray(q, dtype=np.float64))[None]
+        return self._chain().jacobian(qt)[0].numpy()
+
+    def capsules_at(self, q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The link volumes at q (..., dof): end points a, b (..., C, 3) in the base frame
+        and radii (C,)."""
+        if not self.capsules:
+            shape = np.shape(q)[:-1] + (0, 3)
+            return np.zeros(shape), np.zeros(shape), np.zeros(0)
+        links = tuple(dict.fromkeys(c.link for c in self.capsules))
+        T = self.frame_transforms(q, links)                                      # (..., L, 4, 4)
+        which = np.array([links.index(c.link) for c in self.capsules])
+        T = T[..., which, :, :]                                                  # (..., C, 4, 4)
+        R, p = T[..., :3, :3], T[..., :3, 3]                                     # (..., C, 3, 3), (..., C, 3)
+        a = np.stack([c.a for c in self.capsules])                              # (C, 3)
+        b = np.stack([c.b for c in self.capsules])
+        return ((R @ a[..., None])[..., 0] + p, (R @ b[..., None])[..., 0] + p,
+                np.array([c.radius for c in self.capsules]))
+
+    @property
+    def reach(self) -> np.ndarray:
+        """(dof,) a bound on how far any point of the arm's volumes (and the tool point)
+        moves per unit of each joint's motion: |d point| <= sum_j |dq_j| * reach[j]
+        (distance to the joint's frame for a revolute joint, 1 for a prismatic one)."""
+        if "reach" not in self._kin:
+            self._kin["reach"] = _reach(self)
+        return self._kin["reach"]
+
+    def solve_tool_position(self, target, q_init, iterations: int = 100, damping: float = 0.05,
+                            tol: float = 1e-3) -> tuple[np.ndarray, float]:
+        """Joints that put the tool point at ``target`` (3,): damped least squares from
+        ``q_init`` (dof,) on the tool's positional Jacobian, kept within the joint limits.
+        -> (q, remaining distance in metres); the caller decides if that is close enough
+        (an unreachable target gives the nearest reachable point's joints)."""
+        target = np.asarray(target, dtype=np.float64)
+        q = self.clip(np.asarray(q_init, dtype=np.float64).copy())
+        for _ in range(iterations):
+            e = target - self.tool_position(q)                                   # (3,)
+            if float(np.linalg.norm(e)) < tol:
+                break
+            J = self.jacobian(q)[:3]                                             # (3, dof)
+            dq = J.T @ np.linalg.solve(J @ J.T + damping ** 2 * np.eye(3), e)    # (dof,)
+            q = self.clip(q + dq)
+        return q, float(np.linalg.norm(target - self.tool_position(q)))
+
+    # ---- identity ----
+    @property
+    def kinematics_hash(self) -> str:
+        """sha256 (first 16 hex digits) of what decides where the arm is for given joint
+        values: the chain's joints (names, types, origins, axes) and the base and tool
+        frames. Limits, volumes and colours do not enter it."""
+        if "hash" not in self._kin:
+            doc = {"base": self.base_frame, "tool": self.tool_frame, "chain": _chain_description(self)}
+            text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+            self._kin["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._kin["hash"]
+
+    def card(self) -> dict:
+        """What a model card records of the arm it was trained on."""
+        return {"name": self.name, "kinematics_hash": self.kinematics_hash, "joint_names": list(self.joint_names),
+                "base_frame": self.base_frame, "tool_frame": self.tool_frame}
+
+    def with_tool_volumes(self, capsules) -> "ArmSpec":
+        """This arm with more volumes fixed to the tool frame (a gripper, a tool, a camera)."""
+        extra = tuple(Capsule(self.tool_frame, np.asarray(c.a, float), np.asarray(c.b, float), float(c.radius))
+                      for c in capsules)
+        return replace(self, capsules=self.capsules + extra, _kin={})
+
+
+# ---------------------------------------------------------------- loading
+def load_arm(robot: str | None = None, *, limits: str | None = None, base_frame: str | None = None,
+             tool_frame: str | None = None, home=None) -> ArmSpec:
+    """The arm named by ``robot``: a shipped arm's name (``robots/<name>``), a robot.yaml,
+    a URDF file, or URDF text (a ``robot_description`` string); None = the default arm.
+    ``limits`` (a joint_limits YAML file), the frames and ``home`` override what the
+    robot.yaml says. RobotError names what is wrong."""
+    robot = robot or DEFAULT_ROBOT
+    opts: dict = {}
+    here = ""
+    if robot.lstrip().startswith("<"):
+        urdf, source = robot, "robot_description"
+    else:
+        path = robot
+        if not os.path.exists(path) and os.sep not in robot and robot in shipped_robots():
+            path = os.path.join(share_dir(), "robots", robot, "robot.yaml")
+        if not os.path.isfile(path):
+            known = ", ".join(shipped_robots()) or "none"
+            raise RobotError(f"robot {robot!r}: no such file, and not an arm the package ships ({known})")
+        source = os.path.abspath(path)
+        if path.endswith((".yaml", ".yml")):
+            opts = _read_robot_yaml(path)
+            here = os.path.dirname(source)
+            path = os.path.join(here, opts["urdf"])
+        try:
+            with open(path) as f:
+                urdf = f.read()
+        except OSError as e:
+            raise RobotError(f"{path}: {e}") from None
+    limits = limits or (os.path.join(here, opts["joint_limits"]) if opts.get("joint_limits") else None)
+    return arm_from_urdf(urdf, limits=limits, base_frame=base_frame or opts.get("base_frame"),
+                         tool_frame=tool_frame or opts.get("tool_frame"),
+                         home=home if home is not None else opts.get("home"),
+                         link_radius=opts.get("link_radius", DEFAULT_LINK_RADIUS), source=source)
+
+
+def arm_from_urdf(urdf: str, *, limits=None, base_frame: str | None = None, tool_frame: str | None = None,
+                  home=None, link_radius=DEFAULT_LINK_RADIUS, source: str = "robot_description") -> ArmSpec:
+    """An :class:`ArmSpec` from URDF text. The base frame defaults to the URDF's root link,
+    the tool frame to ``tool0`` where there is one, else the chain's only leaf."""
+    robot = _parse_urdf(urdf, source)
+    links = {l.name for l in robot.links}
+    base = base_frame or robot.get_root()
+    children = {j.parent for j in robot.joints}
+    leaves = sorted(links - children)
+    tool = tool_frame or ("tool0" if "tool0" in links else (leaves[0] if len(leaves) == 1 else None))
+    if tool is None:
+        raise RobotError(f"{source}: name the tool frame (tool_frame); the URDF's leaves are {leaves}")
+    for what, frame in (("base_frame", base), ("tool_frame", tool)):
+        if frame not in links:
+            raise RobotError(f"{source}: {what} {frame!r} is not a link of the URDF ({sorted(links)})")
+    chain_joints = _chain_joints(robot, base, tool, source)
+    movable = [j for j in chain_joints if j.type != "fixed"]
+    if not movable:
+        raise RobotError(f"{source}: no movable joint between {base} and {tool}")
+    bad = [f"{j.name} ({j.type})" for j in movable if j.type not in ("revolute", "continuous", "prismatic")]
+    if bad:
+        raise RobotError(f"{source}: joint type(s) not supported: {bad}")
+    names = [j.name for j in movable]
+    urdf_limits = {}
+    for j in movable:
+        lim = j.limit
+        urdf_limits[j.name] = urdf_limit(j.type, getattr(lim, "lower", None), getattr(lim, "upper", None),
+                                         getattr(lim, "velocity", None), getattr(lim, "effort", None))
+    try:
+        merged, warnings = load_joint_limits(limits, names, urdf_limits, where=str(limits or source))
+    except ValueError as e:
+        raise RobotError(str(e)) from None
+    warnings = list(warnings)
+    lims = tuple(merged[n] for n in names)
+    if home is None:
+        home_q = np.clip(np.zeros(len(names)), [l.min_position for l in lims], [l.max_position for l in lims])
+        warnings.append(f"no home pose given; using {np.round(home_q, 4).tolist()} (zeros within the limits)")
+    else:
+        home_q = np.asarray(home, dtype=np.float64)
+        if home_q.shape != (len(names),) or not np.all(np.isfinite(home_q)):
+            raise RobotError(f"{source}: home needs {len(names)} finite values, got {home!r}")
+        lo, hi = np.array([l.min_position for l in lims]), np.array([l.max_position for l in lims])
+        if np.any(home_q < lo) or np.any(home_q > hi):
+            raise RobotError(f"{source}: home {home_q.tolist()} is outside the joint limits")
+    capsules, more = _capsules(robot, base, chain_joints, link_radius)
+    warnings += more
+    spec = ArmSpec(name=robot.name, joint_names=tuple(names), joint_types=tuple(j.type for j in movable),
+                   limits=lims, home=home_q, base_frame=base, tool_frame=tool, urdf=urdf,
+                   capsules=tuple(capsules), source=source, warnings=tuple(warnings))
+    for w in warnings:
+        log.warning("%s: %s", spec.name, w)
+    spec._chain()          # fail here, not in the gate, if the chain cannot be built
+    return spec
+
+
+def _read_robot_yaml(path: str) -> dict:
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)
-        arm, lim = doc["arm"], doc["joint_limits"]
-        joints, limits = [], []
-        for j in arm["joints"]:
-            axis = np.asarray(j["axis"], dtype=np.float64)
-            joints.append(Joint(j["name"], np.asarray(j["origin"], dtype=np.float64),
-                                axis / np.linalg.norm(axis), float(j.get("radius", 0.04))))
-            l = lim[j["name"]]
-            limits.append(JointLimit(float(l["min_position"]), float(l["max_position"]),
-                                     float(l["max_velocity"]), float(l["max_acceleration"]),
-                                     float(l["max_jerk"]), float(l["max_effort"])))
-        spec = ArmSpec(
-            name=str(arm["name"]), joints=tuple(joints), limits=tuple(limits),
-            tool_offset=np.asarray(arm["tool_offset"], dtype=np.float64),
-            base_xyz=np.asarray(arm.get("base_xyz", [0, 0, 0]), dtype=np.float64),
-            home=np.asarray(arm["home"], dtype=np.float64),
-            base_frame=arm.get("base_frame", "base_link"),
-            tool_frame=arm.get("tool_frame", "tool0"), source=os.path.abspath(path))
-    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: not a valid arm description ({type(e).__name__}: {e})") from e
-    if len(spec.home) != spec.dof:
-        raise ValueError(f"{path}: home has {len(spec.home)} values for {spec.dof} joints")
-    if np.any(spec.q_min >= spec.q_max) or np.any(spec.v_max <= 0):
-        raise ValueError(f"{path}: joint limits must have min < max and positive velocity")
-    return spec
+    except (OSError, yaml.YAMLError) as e:
+        raise RobotError(f"{path}: {e}") from None
+    keys = {"name", "urdf", "joint_limits", "base_frame", "tool_frame", "home", "link_radius"}
+    if not isinstance(doc, dict) or "urdf" not in doc or not keys >= set(doc):
+        raise RobotError(f"{path}: a robot file is a mapping with urdf and optionally {sorted(keys - {'urdf'})}")
+    return doc
+
+
+def _parse_urdf(urdf: str, source: str):
+    from pytorch_kinematics.urdf_parser_py.urdf import URDF
+
+    try:
+        robot = URDF.from_xml_string(urdf.encode() if isinstance(urdf, str) else urdf)
+    except Exception as e:  # noqa: BLE001 -- the parser raises many kinds
+        raise RobotError(f"{source}: not a readable URDF ({type(e).__name__}: {e})") from None
+    if not robot.links:
+        raise RobotError(f"{source}: the URDF has no links")
+    return robot
+
+
+def _chain_joints(robot, base: str, tool: str, source: str) -> list:
+    """The joints from ``base`` down to ``tool``, in order."""
+    by_child = {j.child: j for j in robot.joints}
+    out, link = [], tool
+    while link != base:
+        j = by_child.get(link)
+        if j is None:
+            raise RobotError(f"{source}: tool frame {tool!r} does not hang below base frame {base!r}")
+        out.append(j)
+        link = j.parent
+    return out[::-1]
+
+
+def _joint_child_links(urdf: str) -> dict:
+    robot = _parse_urdf(urdf, "urdf")
+    return {j.name: j.child for j in robot.joints}
+
+
+def _serial_chain(urdf: str, base: str, tool: str):
+    """pytorch_kinematics parses the URDF's numbers to float32 (the frames' offsets are then
+    within ~1e-7 m on a metre-long arm, in float64 too): far below any margin of the gate."""
+    import pytorch_kinematics as pk
+
+    return pk.build_serial_chain_from_urdf(urdf.encode() if isinstance(urdf, str) else urdf, tool, base)
+
+
+def _origin(o) -> tuple[np.ndarray, np.ndarray]:
+    """URDF <origin> -> rotation (3, 3), translation (3,) (fixed-axis roll, pitch, yaw)."""
+    xyz = np.array(o.xyz if o is not None and o.xyz is not None else [0.0, 0.0, 0.0], dtype=np.float64)
+    r, p, y = (o.rpy if o is not None and o.rpy is not None else [0.0, 0.0, 0.0])
+    cr, sr, cp, sp, cy, sy = math.cos(r), math.sin(r), math.cos(p), math.sin(p), math.cos(y), math.sin(y)
+    R = np.array([[cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr],
+                  [sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr],
+                  [-sp, cp * sr, cp * cr]])
+    return R, xyz
+
+
+def _capsules(robot, base: str, chain_joints, link_radius) -> tuple[list[Capsule], list[str]]:
+    """Volumes of the links that move (below the first movable joint), in their frames."""
+    from pytorch_kinematics.urdf_parser_py.urdf import Box, Cylinder, Sphere
+
+    first = next(i for i, j in enumerate(chain_joints) if j.type != "fixed")
+    moving = {j.child for j in chain_joints[first:]}
+    by_parent: dict = {}
+    for j in robot.joints:
+        by_parent.setdefault(j.parent, []).append(j)
+    stack = list(moving)
+    while stack:                              # fixed links hanging off moving ones (a camera, a flange)
+        for j in by_parent.get(stack.pop(), []):
+            if j.child not in moving:
+                moving.add(j.child)
+                stack.append(j.child)
+    link_map = {l.name: l for l in robot.links}
+    next_joint = {j.parent: j for j in chain_joints}
+    radius_of = link_radius if isinstance(link_radius, dict) else {}
+    default_r = float(link_radius if not isinstance(link_radius, dict) else link_radius.get("default",
+                                                                                          DEFAULT_LINK_RADIUS))
+    out, warnings = [], []
+    for name in [j.child for j in chain_joints[first:]] + sorted(moving - {j.child for j in chain_joints}):
+        link = link_map[name]
+        prims = []
+        for c in link.collisions or []:
+            g = c.geometry
+            R, t = _origin(c.origin)
+            if isinstance(g, Cylinder):
+                h = 0.5 * g.length * R[:, 2]
+                prims.append(Capsule(name, t - h, t + h, float(g.radius)))
+            elif isinstance(g, Sphere):
+                prims.append(Capsule(name, t.copy(), t.copy(), float(g.radius)))
+            elif isinstance(g, Box):
+                size = np.asarray(g.size, dtype=np.float64)
+                k = int(np.argmax(size))
+                others = np.delete(size, k)
+                h = 0.5 * size[k] * R[:, k]
+                prims.append(Capsule(name, t - h, t + h, float(0.5 * np.linalg.norm(others))))
+            else:
+                prims = None
+                break
+        if prims:
+            out += prims
+            continue
+        j = next_joint.get(name)
+        end = _origin(j.origin)[1] if j is not None else np.zeros(3)
+        if prims is None or (j is not None and np.linalg.norm(end) > 0):
+            r = float(radius_of.get(name, default_r))
+            out.append(Capsule(name, np.zeros(3), end, r))
+            why = "mesh collision geometry" if prims is None else "no collision geometry"
+            warnings.append(f"link {name}: {why}; its volume is the segment to the next joint with radius {r} m")
+    return out, warnings
+
+
+def _chain_description(spec: ArmSpec) -> list:
+    robot = _parse_urdf(spec.urdf, spec.source)
+    out = []
+    for j in _chain_joints(robot, spec.base_frame, spec.tool_frame, spec.source):
+        o = j.origin
+        out.append({"name": j.name, "type": j.type,
+                    "xyz": [round(float(x), 9) for x in (o.xyz if o is not None and o.xyz else [0, 0, 0])],
+                    "rpy": [round(float(x), 9) for x in (o.rpy if o is not None and o.rpy else [0, 0, 0])],
+                    "axis": [round(float(x), 9) for x in (j.axis or [1, 0, 0])] if j.type != "fixed" else None})
+    return out
+
+
+def _reach(spec: ArmSpec) -> np.ndarray:
+    """For each joint, the largest distance from its frame's origin to any volume point or
+    the tool point below it, bounded along the chain (sum of the frame offsets in between)."""
+    robot = _parse_urdf(spec.urdf, spec.source)
+    chain = _chain_joints(robot, spec.base_frame, spec.tool_frame, spec.source)
+    # distance along the chain from each chain link's frame to each later chain link's frame (upper bound)
+    frames = [j.child for j in chain]
+    offset = [float(np.linalg.norm(_origin(j.origin)[1])) for j in chain]
+    far = {}                                            # link -> farthest point of its own volumes from its frame
+    for c in spec.capsules:
+        far[c.link] = max(far.get(c.link, 0.0), float(np.linalg.norm(c.a)) + c.radius,
+                          float(np.linalg.norm(c.b)) + c.radius)
+    parent_of = {j.child: j.parent for j in robot.joints}
+    # volumes on fixed side links: add their offset to the chain link they hang from
+    for link in list(far):
+        if link not in frames:
+            d, l = far.pop(link), link
+            while l not in frames:
+                j = next(j for j in robot.joints if j.child == l)
+                d += float(np.linalg.norm(_origin(j.origin)[1]))
+                l = parent_of[l]
+            far[l] = max(far.get(l, 0.0), d)
+    out = []
+    for name in spec.joint_names:
+        i = next(k for k, j in enumerate(chain) if j.name == name)
+        if chain[i].type == "prismatic":
+            out.append(1.0)
+            continue
+        best, along = 0.0, 0.0
+        for k in range(i, len(chain)):
+            if k > i:
+                along += offset[k]
+            best = max(best, along + far.get(frames[k], 0.0))
+        out.append(best)
+    return np.array(out)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ami_ros.core.arm import ArmSpec, load_arm
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler, validate
-from ami_ros.sim.scene import CAMERA, CUBE_HALF, build_mjcf
+from ami_ros.sim.scene import CAMERA, CUBE_HALF, build_model
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
@@ -34,8 +34,7 @@ class ArmSim:
         self.spec = spec or load_arm()
         self.width, self.height = int(width), int(height)
         self.camera_name = CAMERA[0]
-        xml = build_mjcf(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)))
-        self.model = mujoco.MjModel.from_xml_string(xml)
+        self.model = build_model(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)))
         self.data = mujoco.MjData(self.model)
         self._qadr = np.array([self.model.jnt_qposadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])

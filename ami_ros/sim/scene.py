@@ -1,32 +1,41 @@
-"""MJCF of the table-top scene, built from the arm description (config/arm.yaml)
-so the simulated kinematics and the stack's forward kinematics are the same."""
+"""The table-top scene: the arm compiled by MuJoCo from its own URDF, on a table, with
+a cube and a fixed camera, so the simulated kinematics and the stack's are the same.
+
+The URDF's ``<visual>`` geometry is drawn and its ``<collision>`` geometry (hidden)
+touches the table and the cube; on the moving links, both with a cylinder drawn and
+collided as the capsule around it, the volume the safety gate checks. Links without an
+``<inertial>`` get their mass from the collision geometry (density 600 kg/m^3).
+Position actuators track the commanded joint positions with gravity compensated,
+as a well-tuned joint_trajectory_controller on a real arm would.
+"""
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
 from ami_ros.core.arm import ArmSpec
 
-# Link colours: distinct so a small camera image tells the links apart.
-_COLOURS = ["0.85 0.55 0.15 1", "0.20 0.45 0.85 1", "0.85 0.85 0.85 1",
-            "0.55 0.25 0.75 1", "0.25 0.70 0.70 1", "0.95 0.85 0.20 1"]
-
 CUBE_HALF = 0.025
 TABLE_CENTER = (0.30, 0.0)
 TABLE_HALF = (0.70, 0.60)
+#: geom group of the collision geometry, which the camera does not draw (MuJoCo draws groups 0-2)
+COLLISION_GROUP = 3
+LINK_DENSITY = 600.0
 
 
 def _fmt(v) -> str:
     return " ".join(f"{x:.6g}" for x in v)
 
 
-def _xyaxes(pos, target) -> str:
+def _xyaxes(pos, target) -> list[float]:
     """Camera frame whose -z looks from pos at target, with world z up."""
     f = np.asarray(target, float) - np.asarray(pos, float)
     f /= np.linalg.norm(f)
     x = np.cross(f, [0, 0, 1.0])
     x /= np.linalg.norm(x)
     y = np.cross(x, f)
-    return _fmt(np.concatenate([x, y]))
+    return [float(f"{v:.6g}") for v in np.concatenate([x, y])]
 
 
 #: The scene camera: name, position, target (m, world frame), vertical fov (degrees); from the
@@ -34,27 +43,7 @@ def _xyaxes(pos, target) -> str:
 CAMERA = ("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.26), 50.0)
 
 
-def build_mjcf(spec: ArmSpec, *, timestep=0.002, offscreen=(640, 480)) -> str:
-    bodies_open, bodies_close = [], []
-    for i, (j, lim, rgba) in enumerate(zip(spec.joints, spec.limits, _COLOURS * 2)):
-        nxt = spec.joints[i + 1].origin if i + 1 < spec.dof else spec.tool_offset
-        seg = f'<geom type="capsule" fromto="0 0 0 {_fmt(nxt)}" size="{j.radius}" rgba="{rgba}" class="link"/>'
-        tool = ""
-        if i + 1 == spec.dof:
-            tool = (f'<site name="{spec.tool_frame}" pos="{_fmt(spec.tool_offset)}" size="0.012"/>'
-                    f'<geom type="sphere" pos="{_fmt(spec.tool_offset)}" size="0.04" rgba="0.9 0.1 0.1 1" class="link"/>')
-        bodies_open.append(
-            f'<body name="link{i + 1}" pos="{_fmt(j.origin)}" gravcomp="1">'
-            f'<joint name="{j.name}" axis="{_fmt(j.axis)}" range="{lim.min_position} {lim.max_position}"/>'
-            f'{seg}{tool}')
-        bodies_close.append("</body>")
-    chain = "".join(bodies_open) + "".join(reversed(bodies_close))
-    actuators = "".join(
-        f'<position name="{j.name}_pos" joint="{j.name}" kp="{800 if lim.max_effort > 80 else 300}" '
-        f'dampratio="1" forcerange="{-lim.max_effort} {lim.max_effort}" ctrlrange="{lim.min_position} {lim.max_position}"/>'
-        for j, lim in zip(spec.joints, spec.limits))
-    name, pos, target, fovy = CAMERA
-    cameras = f'<camera name="{name}" pos="{_fmt(pos)}" xyaxes="{_xyaxes(pos, target)}" fovy="{fovy}"/>'
+def _room(timestep: float, offscreen) -> str:
     tx, ty = TABLE_CENTER
     hx, hy = TABLE_HALF
     return f"""
@@ -63,10 +52,6 @@ def build_mjcf(spec: ArmSpec, *, timestep=0.002, offscreen=(640, 480)) -> str:
   <option timestep="{timestep}" integrator="implicitfast"/>
   <visual><global offwidth="{offscreen[0]}" offheight="{offscreen[1]}"/><quality shadowsize="0"/>
     <headlight ambient="0.35 0.35 0.35" diffuse="0.5 0.5 0.5"/></visual>
-  <default>
-    <joint damping="2" armature="0.05"/>
-    <default class="link"><geom contype="2" conaffinity="0" density="600"/></default>
-  </default>
   <asset>
     <texture name="grid" type="2d" builtin="checker" rgb1="0.42 0.36 0.30" rgb2="0.38 0.32 0.27" width="64" height="64"/>
     <material name="table" texture="grid" texrepeat="6 6"/>
@@ -75,16 +60,80 @@ def build_mjcf(spec: ArmSpec, *, timestep=0.002, offscreen=(640, 480)) -> str:
     <light pos="0.3 -0.5 2.0" dir="0 0.2 -1" diffuse="0.6 0.6 0.6" castshadow="false"/>
     <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" rgba="0.25 0.27 0.30 1" contype="0" conaffinity="0"/>
     <geom name="table" type="box" pos="{tx} {ty} -0.025" size="{hx} {hy} 0.025" material="table" contype="1" conaffinity="3"/>
-    <body name="{spec.base_frame}" pos="{_fmt(spec.base_xyz)}">
-      <geom type="cylinder" pos="0 0 0.05" size="0.08 0.05" rgba="0.3 0.3 0.3 1" contype="0" conaffinity="0"/>
-      {chain}
-    </body>
-    <body name="cube" pos="0.45 0.15 {CUBE_HALF}">
-      <freejoint name="cube"/>
-      <geom name="cube" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" rgba="0.1 0.75 0.2 1" mass="0.1" contype="1" conaffinity="3" friction="0.8 0.01 0.001"/>
-    </body>
-    {cameras}
   </worldbody>
-  <actuator>{actuators}</actuator>
 </mujoco>
 """
+
+
+def _moves(body) -> bool:
+    """Whether a body of the spec hangs below a joint."""
+    while body is not None and body.name != "world":
+        if body.joints:
+            return True
+        body = body.parent
+    return False
+
+
+def robot_spec(spec: ArmSpec):
+    """The arm's URDF as a MuJoCo spec, made ready for the scene (see the module docstring).
+    Meshes are not loaded: a link drawn by meshes only is refused, naming it."""
+    import mujoco
+
+    urdf = spec.urdf
+    head = urdf.find(">", urdf.find("<robot")) + 1
+    urdf = (urdf[:head] + '<mujoco><compiler fusestatic="false" discardvisual="false" angle="radian"/></mujoco>'
+            + urdf[head:])
+    try:
+        rs = mujoco.MjSpec.from_string(urdf)
+    except Exception as e:  # noqa: BLE001 -- MuJoCo's parser raises ValueError or its own
+        raise ValueError(f"{spec.name}: MuJoCo cannot compile the URDF ({e})") from None
+    limits = dict(zip(spec.joint_names, spec.limits))
+    colours = {m.name: np.array(m.rgba) for m in rs.materials}
+    for g in rs.geoms:
+        if g.material in colours:                            # a plain colour, lit as the room's geoms are
+            g.rgba, g.material = colours[g.material], ""
+        if g.type == mujoco.mjtGeom.mjGEOM_MESH:
+            raise ValueError(f"{spec.name}: link {g.parent.name} has mesh geometry; the embedded simulator "
+                             "needs primitive geometry (cylinder, box, sphere)")
+        if g.type == mujoco.mjtGeom.mjGEOM_CYLINDER and _moves(g.parent):
+            g.type = mujoco.mjtGeom.mjGEOM_CAPSULE           # same size: radius, half-length of the axis
+        if g.contype == 0 and g.conaffinity == 0:            # <visual>: drawn, no mass, no contact
+            g.density = 0.0
+        else:                                                # <collision>: hidden, touches table and cube
+            g.group, g.contype, g.conaffinity, g.density = COLLISION_GROUP, 2, 0, LINK_DENSITY
+    for b in rs.bodies:
+        b.gravcomp = 1.0
+    for j in rs.joints:
+        j.damping, j.armature = [2.0, 0.0, 0.0], 0.05
+        lim = limits.get(j.name)
+        if lim is not None and np.isfinite(lim.min_position) and np.isfinite(lim.max_position):
+            j.range = [lim.min_position, lim.max_position]
+            j.limited = mujoco.mjtLimited.mjLIMITED_TRUE
+    rs.body(spec.tool_frame).add_site(name=spec.tool_frame, size=[0.012, 0.012, 0.012])
+    return rs
+
+
+def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480)):
+    """The compiled scene (mujoco.MjModel) with ``spec``'s arm standing at the world origin."""
+    import mujoco
+
+    scene = mujoco.MjSpec.from_string(_room(timestep, offscreen))
+    rs = robot_spec(spec)
+    with warnings.catch_warnings():    # "an empty prefix may prevent saving": the scene is never saved
+        warnings.simplefilter("ignore", UserWarning)
+        scene.worldbody.add_frame().attach_body(rs.body(spec.base_frame), "", "")
+    for name, lim in zip(spec.joint_names, spec.limits):
+        a = scene.add_actuator(name=f"{name}_pos", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT)
+        a.set_to_position(kp=800.0 if lim.max_effort > 80 else 300.0, dampratio=1.0)
+        if np.isfinite(lim.max_effort):
+            a.forcerange, a.forcelimited = [-lim.max_effort, lim.max_effort], mujoco.mjtLimited.mjLIMITED_TRUE
+        if np.isfinite(lim.min_position) and np.isfinite(lim.max_position):
+            a.ctrlrange, a.ctrllimited = [lim.min_position, lim.max_position], mujoco.mjtLimited.mjLIMITED_TRUE
+    cube = scene.worldbody.add_body(name="cube", pos=[0.45, 0.15, CUBE_HALF])
+    cube.add_freejoint(name="cube")
+    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[0.1, 0.75, 0.2, 1],
+                  mass=0.1, contype=1, conaffinity=3, friction=[0.8, 0.01, 0.001])
+    name, pos, target, fovy = CAMERA
+    cam = scene.worldbody.add_camera(name=name, pos=list(pos), fovy=fovy)
+    cam.alt.type, cam.alt.xyaxes = mujoco.mjtOrientation.mjORIENTATION_XYAXES, _xyaxes(pos, target)
+    return scene.compile()
