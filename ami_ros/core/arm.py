@@ -212,8 +212,16 @@ class ArmSpec:
         moves per unit of each joint's motion: |d point| <= sum_j |dq_j| * reach[j]
         (distance to the joint's frame for a revolute joint, 1 for a prismatic one)."""
         if "reach" not in self._kin:
-            self._kin["reach"] = _reach(self)
+            self._kin["reach"] = _reach(self, volumes=True)
         return self._kin["reach"]
+
+    @property
+    def tool_reach(self) -> np.ndarray:
+        """(dof,) the same bound for the tool point alone: the tool's speed is at most
+        sum_j |dq_j / dt| * tool_reach[j]."""
+        if "tool_reach" not in self._kin:
+            self._kin["tool_reach"] = _reach(self, volumes=False)
+        return self._kin["tool_reach"]
 
     def solve_tool_position(self, target, q_init, iterations: int = 100, damping: float = 0.05,
                             tol: float = 1e-3) -> tuple[np.ndarray, float]:
@@ -474,16 +482,17 @@ def _chain_description(spec: ArmSpec) -> list:
     return out
 
 
-def _reach(spec: ArmSpec) -> np.ndarray:
-    """For each joint, the largest distance from its frame's origin to any volume point or
-    the tool point below it, bounded along the chain (sum of the frame offsets in between)."""
+def _reach(spec: ArmSpec, volumes: bool) -> np.ndarray:
+    """For each joint, the largest distance from its frame's origin to the tool point (and,
+    with ``volumes``, to any volume point) below it, bounded along the chain (the sum of
+    the frame offsets in between)."""
     robot = _parse_urdf(spec.urdf, spec.source)
     chain = _chain_joints(robot, spec.base_frame, spec.tool_frame, spec.source)
     # distance along the chain from each chain link's frame to each later chain link's frame (upper bound)
     frames = [j.child for j in chain]
     offset = [float(np.linalg.norm(_origin(j.origin)[1])) for j in chain]
     far = {}                                            # link -> farthest point of its own volumes from its frame
-    for c in spec.capsules:
+    for c in spec.capsules if volumes else ():
         far[c.link] = max(far.get(c.link, 0.0), float(np.linalg.norm(c.a)) + c.radius,
                           float(np.linalg.norm(c.b)) + c.radius)
     parent_of = {j.child: j.parent for j in robot.joints}

@@ -292,18 +292,35 @@ def onnx_providers(prefer: str = "auto") -> list[str]:
     return [p for p in order if p in have]
 
 
+def check_arm(folder: str, card: dict, arm) -> None:
+    """ModelError unless the model was trained on ``arm`` (an ArmSpec): the same joints and,
+    where the card records them, the same robot name and kinematics hash."""
+    if list(arm.joint_names) != list(card["joint_names"]):
+        raise ModelError(f"{folder}: model was trained for joints {card['joint_names']}, "
+                         f"not {list(arm.joint_names)} ({arm.name})")
+    robot = card.get("robot") or {}
+    trained = robot.get("name", card.get("arm"))
+    if trained is not None and trained != arm.name or robot.get("kinematics_hash", arm.kinematics_hash) \
+            != arm.kinematics_hash:
+        raise ModelError(f"{folder}: model was trained on arm {trained} (kinematics "
+                         f"{robot.get('kinematics_hash', 'not recorded')}), not on {arm.name} "
+                         f"(kinematics {arm.kinematics_hash})")
+
+
 def load_model(folder: str, backend: str = "torch", device: str = "auto",
-               joint_names: list[str] | None = None, k_coarse: int | None = None) -> LoadedModel:
+               joint_names: list[str] | None = None, k_coarse: int | None = None, arm=None) -> LoadedModel:
     """Load a model folder into torch or ONNX Runtime.
 
     Refuses (ModelError) a folder whose files do not hash to the card, whose
-    weights do not have the card's shapes, or whose joint names / coarse step do
-    not match what the caller runs with.
+    weights do not have the card's shapes, or whose joint names / arm
+    (:func:`check_arm`) / coarse step do not match what the caller runs with.
     """
     if backend not in ("torch", "onnx"):
         raise ModelError(f"backend must be 'torch' or 'onnx', not {backend!r}")
     card = read_card(folder)
     cfg = ModelConfig.from_dict(card["config"])
+    if arm is not None:
+        check_arm(folder, card, arm)
     if joint_names is not None and list(joint_names) != list(card["joint_names"]):
         raise ModelError(f"{folder}: model was trained for joints {card['joint_names']}, not {list(joint_names)}")
     if k_coarse is not None and int(k_coarse) != cfg.k_coarse:

@@ -2,8 +2,9 @@
 
 numpy + yaml only (no rclpy); ``ami_ros.nodes.safety_node`` is a thin shell around it.
 
-* :class:`SafetySpec` - hard limits (joint limits from ``config/arm.yaml``, Cartesian
-  and timing limits from ``config/safety.yaml``'s ``safety:`` section) plus tunables
+* :class:`SafetySpec` - hard limits (joint limits of the arm's URDF and joint_limits file,
+  Cartesian and timing limits from ``config/safety.yaml``'s ``safety:`` section, tool
+  volumes the cell adds there) plus tunables
   (:class:`Tunables`, the safety node's parameters) that may only narrow them.
 * :class:`Gate` - ``gate(traj, q_now, now)`` -> :class:`GateResult`: a trajectory is
   passed, time-scaled, or refused with a stable reason code; never passed unchanged
@@ -25,12 +26,15 @@ holds the last point. The gate builds exactly these polynomial pieces and checks
   acceleration / jerk plus the velocity and acceleration jumps at the points
   (a velocity jump dv contributes at most dv / T to acceleration and dv / T^2 to jerk;
   an acceleration jump da at most 0.75 da / T to jerk, within windows of 2T / 3T);
-* tool speed: sum over joints of |joint speed| * (chain length from that joint to the
-  tool), an upper bound of the Cartesian tool speed;
-* workspace box and keep-out boxes for every joint origin, the tool point and the
-  straight link segments between them, at samples no further apart than
-  ``check_period`` with a margin that bounds how far any link point can move between
-  two samples, so the check also holds between samples.
+* tool speed: sum over joints of |joint speed| * (the chain's length from that joint to
+  the tool point, :attr:`ArmSpec.tool_reach`), an upper bound of the Cartesian tool speed;
+* workspace box and keep-out boxes for every link volume (the capsules of the URDF's
+  collision geometry and the safety file's tool volumes, :class:`ArmSpec`) and the tool
+  point, at samples no further apart than ``check_period`` with a margin that bounds
+  how far any point of the arm can move between two samples, so the check also holds
+  between samples. A capsule is inside the workspace when both its end points are at
+  least its radius inside; it clears a keep-out box when its axis clears the box grown
+  by its radius on every side (a superset of the capsule's reach: conservative).
 
 Time scaling stretches all times by k (and divides given velocities by k): velocity
 falls as 1/k, acceleration and jerk at least as 1/k, the path is unchanged. The gate
@@ -134,8 +138,8 @@ class Tunables:
     stamp_tolerance: float = math.inf
     start_tolerance: float = math.inf
     max_time_scale: float = math.inf
-    position_margin: float = 0.0
-    workspace_margin: float = 0.0
+    position_margin: float = 0.01           # rad inside the hard joint limits
+    workspace_margin: float = 0.01          # m inside the workspace, around keep-out boxes
     plan_timeout: float = math.inf
     joint_state_timeout: float = math.inf
     camera_timeout: float = math.inf
@@ -170,13 +174,13 @@ class SafetySpec:
 
     # ---------------- loading and tunables ----------------
     @classmethod
-    def load(cls, safety_file: str | None = None, arm_file: str | None = None,
+    def load(cls, safety_file: str | None = None, robot: str | None = None,
              arm: ArmSpec | None = None, **tunables) -> "SafetySpec":
-        """Hard limits from ``arm_file`` (or ``arm``) and ``safety_file``; tunables from
-        the file's ``safety_node: ros__parameters`` section, then ``tunables``.
-        ValueError (naming the file) on anything malformed or widening."""
+        """Hard limits from the arm (``arm``, or :func:`load_arm` of ``robot``) and
+        ``safety_file``; tunables from the file's ``safety_node: ros__parameters`` section,
+        then ``tunables``. ValueError (naming the file) on anything malformed or widening."""
         safety_file = safety_file or default_safety_file()
-        arm = arm or load_arm(arm_file)
+        arm = arm or load_arm(robot)
         try:
             with open(safety_file) as f:
                 doc = yaml.safe_load(f) or {}
@@ -195,6 +199,7 @@ class SafetySpec:
                 check_period=float(s["check_period"]),
                 hold_time=float(s.get("hold_time", 0.05)),
                 watchdog={str(k): float(v) for k, v in (s.get("watchdog") or {}).items()})
+            arm = arm.with_tool_volumes(_tool_volumes(s.get("tool_volumes")))
             node_defaults = dict(((doc.get("safety_node") or {}).get("ros__parameters") or {}))
         except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
             raise ValueError(f"{safety_file}: not a valid safety spec ({type(e).__name__}: {e})") from e
@@ -326,13 +331,6 @@ class SafetySpec:
             d["camera"] = self.tunables.camera_timeout
         return d
 
-    @property
-    def chain_reach(self) -> np.ndarray:
-        """(dof,) chain length from each joint's origin to the tool point: a bound on how far
-        any link point is from that joint, so |d point| <= sum_j |dq_j| * chain_reach[j]."""
-        lengths = [float(np.linalg.norm(j.origin)) for j in self.arm.joints[1:]]
-        lengths.append(float(np.linalg.norm(self.arm.tool_offset)))
-        return np.cumsum(lengths[::-1])[::-1].copy()
 
 
 # ====================================================================== pieces
@@ -436,8 +434,9 @@ def dynamics_bounds(p: _Pieces, period: float, reach: np.ndarray) -> Dynamics:
 
 
 def links_enter_box(arm, q, box: Box) -> bool:
-    """Whether any link segment (joint origin to joint origin, last to the tool point; the
-    centre lines, as the gate checks them) of the arm at joint positions q (dof,) touches ``box``."""
+    """Whether any segment from joint origin to joint origin (the last to the tool point)
+    of the arm at joint positions q (dof,) touches ``box``: the evaluation's wall task
+    (the gate checks the link volumes, :meth:`Gate._geometry_violation`)."""
     pts = arm.link_positions(np.asarray(q, dtype=np.float64))
     return bool(np.any(_segments_hit_box(pts[:-1], pts[1:], box.lo, box.hi)))
 
@@ -454,6 +453,27 @@ def _segments_hit_box(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarr
     enter = np.maximum(tmin.max(axis=-1), 0.0)
     leave = np.minimum(tmax.min(axis=-1), 1.0)
     return enter <= leave
+
+
+def _volume(links: list[str], radii: np.ndarray, i: int) -> str:
+    return links[i] if radii[i] == 0 else f"volume of {links[i]} (radius {radii[i]:.3f} m)"
+
+
+def _tool_volumes(spec) -> list:
+    """``tool_volumes`` of the safety file: a map name -> {a: [x, y, z], b: [x, y, z], radius}
+    (m, in the tool frame; b defaults to a: a ball) -> capsules for ArmSpec.with_tool_volumes."""
+    from types import SimpleNamespace
+
+    out = []
+    for name, v in (spec or {}).items():
+        a = np.asarray(v["a"], dtype=np.float64)
+        b = np.asarray(v.get("b", v["a"]), dtype=np.float64)
+        radius = float(v["radius"])
+        if a.shape != (3,) or b.shape != (3,) or not np.all(np.isfinite(np.r_[a, b])) \
+                or not (math.isfinite(radius) and radius >= 0):
+            raise ValueError(f"tool_volumes.{name}: a and b need 3 finite numbers, radius a number >= 0")
+        out.append(SimpleNamespace(a=a, b=b, radius=radius))
+    return out
 
 
 # ====================================================================== results
@@ -576,12 +596,12 @@ class Gate:
         self.passed = 0
         self.scaled = 0
         self.last_violation: Violation | None = None
-        self._reach = spec.chain_reach
+        self._reach = spec.arm.reach
 
     def set_spec(self, spec: SafetySpec) -> None:
         if spec.arm.joint_names != self.spec.arm.joint_names:
             raise ValueError("a new spec must describe the same arm")
-        self.spec, self._reach = spec, spec.chain_reach
+        self.spec, self._reach = spec, spec.arm.reach
 
     def hold(self, q_now, v_now=None) -> Trajectory:
         """Bring the arm to rest from (q_now, v_now) within the acceleration limits."""
@@ -720,27 +740,30 @@ class Gate:
         else:
             q = p.q_start[None]
             margin = np.zeros(1)
-        pts = spec.arm.link_positions(q)                     # (S, dof+1, 3)
+        a, b, r = spec.arm.capsules_at(q)                    # (S, C, 3) x2, (C,): the link volumes
+        tool = spec.arm.tool_position(q)[:, None, :]         # (S, 1, 3): the tool point, radius 0
+        a, b = np.concatenate([a, tool], 1), np.concatenate([b, tool], 1)
+        r = np.append(r, 0.0)
+        vols = [c.link for c in spec.arm.capsules] + ["tool point"]
         ws = spec.workspace
-        inside = np.all((pts >= ws.lo + margin[:, None, None]) & (pts <= ws.hi - margin[:, None, None]), axis=-1)
+        pad = margin[:, None, None] + r[None, :, None]       # (S, C+1, 1)
+        inside = np.all((np.minimum(a, b) >= ws.lo + pad) & (np.maximum(a, b) <= ws.hi - pad), axis=-1)
         if not np.all(inside):
             k, l = np.argwhere(~inside)[0]
-            what = "tool" if l == spec.arm.dof else f"origin of {names[l]}"
-            return "workspace", (f"{what} at {np.round(pts[k, l], 4).tolist()} leaves the workspace "
-                                 f"{ws.lo.tolist()}..{ws.hi.tolist()} (margin {margin[k]:.4f} m)")
-        a, b = pts[:, :-1], pts[:, 1:]
+            return "workspace", (f"{_volume(vols, r, l)} at {np.round(a[k, l], 4).tolist()} -> "
+                                 f"{np.round(b[k, l], 4).tolist()} leaves the workspace {ws.lo.tolist()}.."
+                                 f"{ws.hi.tolist()} (margin {margin[k]:.4f} m)")
         for box in spec.keep_out:
-            mg = margin[:, None, None]
-            hit = _segments_hit_box(a, b, box.lo - mg, box.hi + mg)
+            hit = _segments_hit_box(a, b, box.lo - pad, box.hi + pad)
             if np.any(hit):
                 k, l = np.argwhere(hit)[0]
-                return "keep_out", (f"link segment {l} ({np.round(a[k, l], 3).tolist()} -> "
+                return "keep_out", (f"{_volume(vols, r, l)} ({np.round(a[k, l], 3).tolist()} -> "
                                     f"{np.round(b[k, l], 3).tolist()}) enters keep-out box {box.name!r}")
         return None
 
     def _dynamics_violation(self, p: _Pieces) -> tuple[str, str] | None:
         spec = self.spec
-        d = dynamics_bounds(p, spec.hard.derivative_period, self._reach)
+        d = dynamics_bounds(p, spec.hard.derivative_period, spec.arm.tool_reach)
         names = spec.joint_names
         tight = 1 - 1e-9
         for reason, val, lim, unit in (("velocity_limit", d.velocity, spec.v_lim, "rad/s"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 
+from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
@@ -37,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-jitter", type=float, default=0.0, metavar="RAD",
                    help="move each random exploration target by up to RAD per joint, clear of the table (default 0): "
                         "poses at the workspace's edges, as a goal nearby may ask for")
-    p.add_argument("--arm", default=None, help="arm description (default config/arm.yaml)")
+    add_robot_arguments(p)
 
 
 def _human(n: float) -> str:
@@ -244,8 +245,6 @@ def run(args) -> int:
     import yaml
     from tqdm import tqdm
 
-    from ami_ros.core.arm import load_arm
-
     for name in ("episodes", "steps"):
         if getattr(args, name) < 1:
             print(f"collect: --{name} must be >= 1", file=sys.stderr)
@@ -261,7 +260,7 @@ def run(args) -> int:
             print(f"collect: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
             return 2
     try:
-        spec = load_arm(args.arm)
+        spec = arm_from_args(args)
     except ValueError as e:
         print(f"collect: {e}", file=sys.stderr)
         return 2
@@ -292,7 +291,8 @@ def run(args) -> int:
     finally:
         sim.close()
         index = {
-            "arm": spec.source, "joint_names": spec.joint_names, "seed": args.seed,
+            "robot": args.robot, "limits": args.limits, "arm": spec.card(), "joint_names": list(spec.joint_names),
+            "seed": args.seed,
             "steps": args.steps, "width": args.width, "height": args.height,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,
             "control_hz": args.control_hz,

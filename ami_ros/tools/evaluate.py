@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 
+from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the package's models/default)")
+    add_robot_arguments(p)
     p.add_argument("--episodes", type=int, default=20, help="episodes per split")
     p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
     p.add_argument("--splits", default="near,far", help="comma list of near, far, wall (far goals across a keep-out "
@@ -50,7 +53,6 @@ def run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ami_ros.core.arm import load_arm
     from ami_ros.core.memory import StopRules
     from ami_ros.core.model_io import ModelError, load_model
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
@@ -65,11 +67,11 @@ def run(args) -> int:
         print(f"error: --splits: unknown {unknown or 'empty'}; choose from {', '.join(SPLITS)}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    arm = load_arm()
     folder = resolve_model_path(args.model)
     try:
-        model = load_model(folder, backend=args.backend, joint_names=arm.joint_names)
-    except ModelError as e:
+        arm = arm_from_args(args)
+        model = load_model(folder, backend=args.backend, arm=arm)
+    except ValueError as e:          # ModelError, RobotError
         print(f"error: {e}", file=sys.stderr)
         return 2
     stack = load_stack_config(args.config)

@@ -134,8 +134,7 @@ def _collected(folder: str, opts: dict) -> bool:
     want = {**defaults, **opts}
     if len(idx.get("episodes", [])) != want["episodes"]:
         return False
-    # the arm file is recorded as a path: compared only where the recipe names one
-    skip = {"episodes", "out"} | ({"arm"} if "arm" not in opts else set())
+    skip = {"episodes", "out"}
     return all(idx.get(k) == want[k] for k in idx if k in want and k not in skip)
 
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 
+from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_robot_arguments(p)
     p.add_argument("--data", nargs="+", default=None, metavar="DIR",
                    help="folder(s) of episode bags (ami-ros collect or ros2 bag record)")
     p.add_argument("--out", default=None, help="model folder to write, e.g. models/NAME (with --recipe: "
@@ -113,7 +116,6 @@ def run(args) -> int:
     import torch.distributed as dist
     from tqdm import tqdm
 
-    from ami_ros.core.arm import load_arm
     from ami_ros.core.model_io import ModelError, load_model, save_model
     from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, refine_predictors,
                                        split_episodes, train, train_direct, train_tool_readout)
@@ -152,11 +154,15 @@ def run(args) -> int:
     if args.keep_predictors and not args.encoder_from:
         print("error: --keep-predictors needs --encoder-from", file=sys.stderr)
         return 2
-    arm = load_arm()
+    try:
+        arm = arm_from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     src = None
     if args.encoder_from:  # its encoder, frozen; new predictors
         try:
-            src = load_model(args.encoder_from, "torch", "cpu", joint_names=arm.joint_names)
+            src = load_model(args.encoder_from, "torch", "cpu", arm=arm)
         except ModelError as e:
             print(f"error: --encoder-from: {e}", file=sys.stderr)
             return 2
@@ -270,8 +276,8 @@ def run(args) -> int:
         metrics.update(refine)
         card = {
             "name": args.name or os.path.basename(os.path.normpath(args.out)),
-            "joint_names": arm.joint_names,
-            "arm": arm.name,
+            "joint_names": list(arm.joint_names),
+            "robot": arm.card(),
             "control_dt": 1.0 / args.control_hz,
             "action": "change of the commanded joint position target over one control step (rad)",
             "data": {"folders": [os.path.basename(os.path.normpath(f)) for f in args.data],
