@@ -191,8 +191,8 @@ class Collector:
                     os.makedirs(os.path.dirname(folder), exist_ok=True)
                     logf = open(folder + ".log", "w")
                     self.log(f"data {part}: collecting ({' '.join(argv[3:])}), log {folder}.log")
-                    running.append((part, folder, subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT),
-                                    logf, time.time()))
+                    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+                    running.append((part, folder, proc, logf, time.time()))
                 time.sleep(0.5)
                 for item in list(running):
                     part, folder, proc, logf, t0 = item
@@ -290,16 +290,17 @@ def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector
                     previous = folder
                     continue
         collector.wait_for(stage["data"])
-        threads = args.threads
-        if not threads and collector.busy:     # leave the collection processes their cores
-            threads = max(1, (os.cpu_count() or 2) - max(1, collector.jobs - 1))
         options = _argv(stage.get("train") or {}, actions, stage["name"])
         argv = ["--data", *[os.path.join(work, "data", p) for p in stage["data"]], "--out", folder,
-                "--name", name, "--device", args.device, "--threads", str(threads), *options]
+                "--name", name, "--device", args.device, "--threads", str(args.threads), *options]
         if previous:
             argv += ["--encoder-from", previous]
         stage_args = parser.parse_args(argv)
         stage_args.recipe_record = stage_record
+        if not args.threads:  # torch threads follow the collection: the cores its processes leave free
+            cores = os.cpu_count() or 1
+            stage_args.threads_now = lambda: (max(1, cores - max(1, collector.jobs - 1)) if collector.busy
+                                              else cores)
         stage_args.command_line = (f"ami-ros train --recipe {record['file']} (stage {stage['name']}: "
                                    f"{' '.join(options)})")
         log(f"stage {i + 1}/{len(stages)} {stage['name']}: ami-ros train {' '.join(argv)}")
