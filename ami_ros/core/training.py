@@ -378,7 +378,19 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
 def _fit(opt, steps: int, lr: float, loss_at, progress=None, clip=None) -> tuple[float | None, float | None]:
     """``steps`` optimizer steps on ``loss_at(step)`` (a scalar tensor) at a cosine-decayed
     learning rate from ``lr``; gradients clipped to norm 1 over ``clip`` when given.
-    Returns the first and last loss."""
+    Returns the first and last loss. Subnormal numbers (e.g. Adam moments of tiny
+    gradients) slowed one CPU run of such a loop ~5x: they are flushed to zero here,
+    where the CPU supports it, and the setting restored after."""
+    flush = torch.set_flush_denormal(True)
+    try:
+        first, last = _fit_steps(opt, steps, lr, loss_at, progress, clip)
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+    return first, last
+
+
+def _fit_steps(opt, steps, lr, loss_at, progress, clip) -> tuple[float | None, float | None]:
     first = last = None
     for step in range(steps):
         for g in opt.param_groups:
@@ -457,9 +469,6 @@ def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "
     if len(usable) == 0:
         raise ValueError("direct predictor: episodes need at least 2 steps")
     opt = torch.optim.AdamW(model.direct.parameters(), lr=cfg.direct_lr, weight_decay=cfg.weight_decay)
-    # subnormal numbers (e.g. Adam moments of tiny gradients) slowed one CPU run of this loop ~5x: flush them
-    # to zero here (where the CPU supports it), restored below
-    flush = torch.set_flush_denormal(True)
     rng = np.random.default_rng([cfg.seed, 3])
     torch.manual_seed(cfg.seed + 3)
     model.direct.train()
@@ -477,8 +486,6 @@ def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "
         return ((pred - Y[u].view(E, -1, G)) ** 2).sum(-1).mean()
 
     first, last = _fit(opt, cfg.direct_steps, cfg.direct_lr, loss_at, progress)
-    if flush:
-        torch.set_flush_denormal(False)
     model.eval()
     return {"direct_loss_first": first, "direct_loss_last": last, "direct_steps": cfg.direct_steps, **pca}
 

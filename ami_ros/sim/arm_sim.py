@@ -40,6 +40,9 @@ class ArmSim:
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._cube_q = self.model.jnt_qposadr[self.model.joint("cube").id]
         self._tool = self.model.site(self.spec.tool_frame).id
+        # Mesa's software renderer (llvmpipe, where there is no GPU) starts a render thread per core unless told
+        # otherwise; rendering in the calling thread keeps one simulator on one core (same pixels)
+        os.environ.setdefault("LP_NUM_THREADS", "0")
         self._renderer = mujoco.Renderer(self.model, self.height, self.width) if render else None
         self.rng = np.random.default_rng(seed)
         self._sampler: TrajectorySampler | None = None

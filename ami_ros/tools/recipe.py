@@ -19,8 +19,10 @@ training stages:
 Option names are those of the two commands (``--target-jitter`` is
 ``target_jitter``; ``lambda`` is ``--lambda``). Every stage after the first starts
 from the model of the stage before (``--encoder-from``); the last one writes the
-model folder. The parts are collected into ``WORK/data/<part>`` (``--jobs`` at a
-time); a part already there with the same settings is reused, and a stage whose
+model folder. The parts are collected into ``WORK/data/<part>`` in the background
+(``--jobs`` processes at a time, one fewer while a stage trains): a stage starts as
+soon as its own parts are in, and the later parts are collected while it trains,
+on the cores it leaves free. A part already there with the same settings is reused, and a stage whose
 model is already in ``WORK/stages/<stage>`` from the same recipe is not run again,
 so an interrupted rebuild continues where it stopped. Each card records the
 recipe (its path as given and its sha256) and the stage; the data is named by its
@@ -31,8 +33,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import yaml
@@ -138,73 +142,136 @@ def _collected(folder: str, opts: dict) -> bool:
     return all(idx.get(k) == want[k] for k in idx if k in want and k not in skip)
 
 
-def collect_parts(recipe: dict, work: str, jobs: int, log) -> None:
-    """Collect every part not already in WORK/data (``jobs`` processes at a time)."""
-    from ami_ros.tools import collect
+class Collector:
+    """Collects the recipe's parts not already in WORK/data, in recipe order, in the
+    background (``jobs`` processes at once, one fewer while a stage trains), so that a
+    stage starts as soon as its own parts are in and later parts are collected while it
+    trains."""
 
-    actions = _dests(collect.add_arguments)
-    pending = []
-    for part, opts in recipe["collect"].items():
-        folder = os.path.join(work, "data", part)
-        if _collected(folder, opts):
-            log(f"data {part}: reusing {folder}")
-            continue
-        if os.path.exists(folder):
-            raise RecipeError(f"{folder} holds data made otherwise than the recipe's part {part!r}; remove it")
-        partial = folder + ".partial"
-        if os.path.exists(partial):
-            import shutil
+    def __init__(self, recipe: dict, work: str, jobs: int, log):
+        from ami_ros.tools import collect
 
-            shutil.rmtree(partial)
-        argv = [sys.executable, "-m", "ami_ros.cli", "collect", *_argv(opts, actions, part), "--out", partial]
-        pending.append((part, folder, partial, argv))
-    running: list = []
-    while pending or running:
-        while pending and len(running) < max(1, jobs):
-            part, folder, partial, argv = pending.pop(0)
-            os.makedirs(os.path.dirname(folder), exist_ok=True)
-            logf = open(folder + ".log", "w")
-            log(f"data {part}: collecting ({' '.join(argv[3:])}), log {folder}.log")
-            running.append((part, folder, partial, subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT),
-                            logf, time.time()))
-        time.sleep(1.0)
-        for item in list(running):
-            part, folder, partial, proc, logf, t0 = item
-            if proc.poll() is None:
+        actions = _dests(collect.add_arguments)
+        self.log, self.jobs, self.training = log, max(1, jobs), False
+        self.pending, self.done, self.failed = [], set(), None
+        self.started = time.time()
+        self.finished = None
+        for part, opts in recipe["collect"].items():
+            folder = os.path.join(work, "data", part)
+            if _collected(folder, opts):
+                log(f"data {part}: reusing {folder}")
+                self.done.add(part)
                 continue
-            running.remove(item)
-            logf.close()
-            if proc.returncode != 0:
-                for _, _, _, other, _, _ in running:
-                    other.terminate()
-                raise RecipeError(f"collecting part {part} failed (exit {proc.returncode}); see {folder}.log")
-            os.replace(partial, folder)
-            log(f"data {part}: done in {(time.time() - t0) / 60:.1f} min")
+            if os.path.exists(folder):
+                raise RecipeError(f"{folder} holds data made otherwise than the recipe's part {part!r}; remove it")
+            argv = [sys.executable, "-m", "ami_ros.cli", "collect", *_argv(opts, actions, part),
+                    "--out", folder + ".partial"]
+            self.pending.append((part, folder, argv))
+        self._running: list = []
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="collect", daemon=True)
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """Whether parts are still being collected."""
+        with self._cv:
+            return self.finished is None
+
+    def _run(self) -> None:
+        running = self._running
+        try:
+            while self.pending or running:
+                while self.pending and len(running) < (max(1, self.jobs - 1) if self.training else self.jobs):
+                    part, folder, argv = self.pending.pop(0)
+                    partial = folder + ".partial"
+                    if os.path.exists(partial):
+                        shutil.rmtree(partial)
+                    os.makedirs(os.path.dirname(folder), exist_ok=True)
+                    logf = open(folder + ".log", "w")
+                    self.log(f"data {part}: collecting ({' '.join(argv[3:])}), log {folder}.log")
+                    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT)
+                    running.append((part, folder, proc, logf, time.time()))
+                time.sleep(0.5)
+                for item in list(running):
+                    part, folder, proc, logf, t0 = item
+                    if proc.poll() is None:
+                        continue
+                    running.remove(item)
+                    logf.close()
+                    if proc.returncode != 0:
+                        raise RecipeError(f"collecting part {part} failed (exit {proc.returncode}); see {folder}.log")
+                    os.replace(folder + ".partial", folder)
+                    self.log(f"data {part}: done in {(time.time() - t0) / 60:.1f} min")
+                    with self._cv:
+                        self.done.add(part)
+                        self._cv.notify_all()
+        except BaseException as e:  # noqa: BLE001 -- reported to the waiting thread
+            for _, _, other, _, _ in running:
+                other.terminate()
+            self.failed = e if isinstance(e, RecipeError) else RecipeError(f"collecting: {e}")
+        with self._cv:
+            self.finished = time.time()
+            self._cv.notify_all()
+
+    def wait_for(self, parts) -> None:
+        """Block until ``parts`` are collected; RecipeError if collecting failed."""
+        with self._cv:
+            while not (set(parts) <= self.done) and self.failed is None:
+                self._cv.wait(1.0)
+        if self.failed is not None:
+            raise self.failed
+
+    def stop(self) -> None:
+        """Stop collecting (after an error elsewhere): no new part starts, running ones are ended."""
+        with self._cv:
+            self.pending.clear()
+        for _, _, proc, _, _ in list(self._running):
+            proc.terminate()
+        self._thread.join()
 
 
 def run_recipe(args) -> int:
     """Collect the recipe's data, run its stages; the last writes ``args.out``."""
-    from ami_ros.tools import train
-
     log = lambda msg: print(f"recipe: {msg}", flush=True)  # noqa: E731
     try:
         recipe = load_recipe(args.recipe)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    name = recipe["name"]
-    out = args.out or os.path.join("models", name)
-    work = args.work or os.path.join("runs", name)
+    out = args.out or os.path.join("models", recipe["name"])
+    work = args.work or os.path.join("runs", recipe["name"])
     shown = os.path.relpath(args.recipe)          # the card names the recipe without this machine's folders
     record = {"file": shown if not shown.startswith("..") else os.path.basename(args.recipe),
               "sha256": _sha256(args.recipe)}
     t0 = time.time()
     try:
-        collect_parts(recipe, work, args.jobs, log)
+        collector = Collector(recipe, work, args.jobs, log)
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    t_data = time.time() - t0
+    try:
+        rc = _run_stages(args, recipe, record, out, work, collector, log)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        rc = 2
+    except BaseException:
+        collector.stop()
+        raise
+    if rc:
+        collector.stop()
+        return rc
+    t_data = (collector.finished or t0) - t0
+    log(f"{out}: data {t_data / 60:.1f} min (collected while the first stages trained), "
+        f"total {(time.time() - t0) / 60:.1f} min")
+    return 0
+
+
+def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector: Collector, log) -> int:
+    """Run the recipe's stages in order, each once its data parts are collected."""
+    from ami_ros.tools import train
+
+    name = recipe["name"]
     actions = _dests(train.add_arguments)
     parser = argparse.ArgumentParser(prog="ami-ros train")
     train.add_arguments(parser)
@@ -221,6 +288,7 @@ def run_recipe(args) -> int:
                     log(f"stage {i + 1}/{len(stages)} {stage['name']}: done before, {folder}")
                     previous = folder
                     continue
+        collector.wait_for(stage["data"])
         options = _argv(stage.get("train") or {}, actions, stage["name"])
         argv = ["--data", *[os.path.join(work, "data", p) for p in stage["data"]], "--out", folder,
                 "--name", name, "--device", args.device, "--threads", str(args.threads), *options]
@@ -228,15 +296,22 @@ def run_recipe(args) -> int:
             argv += ["--encoder-from", previous]
         stage_args = parser.parse_args(argv)
         stage_args.recipe_record = stage_record
+        if not args.threads:  # torch threads follow the collection: the cores its processes leave free
+            cores = os.cpu_count() or 1
+            stage_args.threads_now = lambda: (max(1, cores - max(1, collector.jobs - 1)) if collector.busy
+                                              else cores)
         stage_args.command_line = (f"ami-ros train --recipe {record['file']} (stage {stage['name']}: "
                                    f"{' '.join(options)})")
         log(f"stage {i + 1}/{len(stages)} {stage['name']}: ami-ros train {' '.join(argv)}")
         t_stage = time.time()
-        rc = train.run(stage_args)
+        collector.training = True
+        try:
+            rc = train.run(stage_args)
+        finally:
+            collector.training = False
         if rc:
             return rc
         log(f"stage {i + 1}/{len(stages)} {stage['name']}: done in {(time.time() - t_stage) / 60:.1f} min")
         previous = folder
-    log(f"{out}: data {t_data / 60:.1f} min, training {(time.time() - t0 - t_data) / 60:.1f} min, "
-        f"total {(time.time() - t0) / 60:.1f} min")
+    collector.wait_for(recipe["collect"])
     return 0

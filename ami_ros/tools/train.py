@@ -141,8 +141,16 @@ def run(args) -> int:
     if world > 1:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if world > 1 else 0
+    threads_now = getattr(args, "threads_now", None)  # the recipe runner's: the cores collection leaves free now
+
+    def follow_threads():
+        n = threads_now() if threads_now is not None else 0
+        if n and n != torch.get_num_threads():
+            torch.set_num_threads(n)
+
     if args.threads:
         torch.set_num_threads(args.threads)
+    follow_threads()
 
     if args.direct_steps < 0 or args.direct_span < 1 or args.direct_ensemble < 1 or args.direct_width < 1:
         print("error: --direct-steps must be >= 0, --direct-span, --direct-ensemble and --direct-width >= 1",
@@ -217,6 +225,7 @@ def run(args) -> int:
     bar = tqdm(total=cfg.epochs * cfg.steps_per_epoch, desc="train", unit="step", disable=rank != 0)
 
     def progress(step, total, info):
+        follow_threads()
         bar.n = step
         bar.set_postfix(loss=f"{info['loss']:.4f}", pred=f"{info['pred']:.4f}", sigreg=f"{info['sigreg']:.3f}",
                         refresh=False)
@@ -254,6 +263,7 @@ def run(args) -> int:
         bar = tqdm(total=cfg.refine_steps, desc="refine predictors", unit="step")
 
         def refine_progress(step, total, info):
+            follow_threads()
             bar.n = step
             bar.set_postfix(loss=f"{info['loss']:.4f}", refresh=False)
             bar.refresh()
