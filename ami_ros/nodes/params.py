@@ -105,6 +105,27 @@ class ParamSpec:
         return self.type.name.endswith("_ARRAY") and len(self.default) == 0
 
 
+#: the arm, for every node that needs it (the same three in each)
+ROBOT_PARAMS = [
+    ParamSpec("robot_description", "", "URDF of the arm, as robot_state_publisher takes it; when set, it is the arm "
+              "(and `robot` is not read).", read_only=True),
+    ParamSpec("robot", "", "The arm when robot_description is empty: a name the package ships (ami_arm6, ur5e, "
+              "panda), a robot.yaml or a URDF file; empty = ami_arm6.", read_only=True),
+    ParamSpec("joint_limits_file", "", "ros2_control joint_limits YAML tightening and completing the URDF's limits; "
+              "empty = the robot.yaml's (none with robot_description).", read_only=True),
+]
+
+
+def arm_from_params(p: dict):
+    """The ArmSpec the ROBOT_PARAMS values name; RobotError (a ValueError) with the reason."""
+    from ami_ros.core.arm import arm_from_urdf, load_arm
+
+    limits = p.get("joint_limits_file") or None
+    if p.get("robot_description"):
+        return arm_from_urdf(p["robot_description"], limits=limits)
+    return load_arm(p.get("robot") or None, limits=limits)
+
+
 def config_specs(prefix: str, cls, read_only: Iterable[str] = ()) -> list[ParamSpec]:
     """The rows of a core ``ValidatedConfig`` dataclass: one per field in its ``CHOICES`` and
     ``RANGES``, default, range and description from the class, named ``prefix.field``

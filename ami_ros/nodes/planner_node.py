@@ -91,7 +91,6 @@ class PlannerNode(Node):
         import torch
 
         from ami_ros.core.actor import Actor
-        from ami_ros.core.arm import load_arm
         from ami_ros.core.model_io import ModelError, load_model
         from ami_ros.core.stack_config import action_bound, build_planner
         from ami_ros.nodes.model_path import resolve_model_path
@@ -100,10 +99,10 @@ class PlannerNode(Node):
         if p["threads"]:
             torch.set_num_threads(p["threads"])
         self._torch = torch
-        self.arm = load_arm()
+        self.arm = node_params.arm_from_params(p)
         self.dt = 1.0 / p["control_rate_hz"]
         self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device="cpu",
-                                joint_names=self.arm.joint_names)
+                                arm=self.arm)
         if abs(self.model.control_dt - self.dt) > 1e-6:
             raise ModelError(f"model control period {self.model.control_dt} s != 1/control_rate_hz = {self.dt} s")
         self.model_id = self.model.model_id

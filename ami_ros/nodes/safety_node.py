@@ -47,7 +47,7 @@ _LEVEL = {"ok": DiagnosticStatus.OK, "holding": DiagnosticStatus.WARN, "rejectin
 #: the node's own settings (the gate's tunables come from core: ``param_specs``)
 NODE_PARAMS = [
     ParamSpec("safety_file", "", "Safety spec YAML; empty = the package's config/safety.yaml.", read_only=True),
-    ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.", read_only=True),
+    *node_params.ROBOT_PARAMS,
     ParamSpec("watch_camera", True, "Hold when /camera/image_raw goes stale (false where there is no camera)."),
     ParamSpec("command_tracking_tolerance", 0.15, "Gate plans from the controller's commanded state while it is "
               "within this of the measured position (rad), from the measured state otherwise (servo lag reached "
@@ -63,32 +63,36 @@ def param_specs(spec: SafetySpec) -> list[ParamSpec]:
     then :data:`NODE_PARAMS`. A safety file with a ``safety_node: ros__parameters`` section of its own
     (a cell file carrying its settings) overrides these defaults as a parameter file would."""
     t = spec.tunables
-    out = NODE_PARAMS[:2] + [ParamSpec("violation_policy", t.violation_policy,
+    n = 1 + len(node_params.ROBOT_PARAMS)                   # the files: read before the node exists
+    out = NODE_PARAMS[:n] + [ParamSpec("violation_policy", t.violation_policy,
                                        spec.tunable_description("violation_policy"), choices=POLICIES)]
     out += [ParamSpec(name, float(getattr(t, name)), spec.tunable_description(name), range=spec.tunable_range(name),
                       kind=float) for name in TUNABLE_NAMES if name != "violation_policy"]
     out += [replace(s, default=s.coerce(spec.node_defaults[s.name])) if s.name in spec.node_defaults else s
-            for s in NODE_PARAMS[2:]]
+            for s in NODE_PARAMS[n:]]
     return out
 
 
 class SafetyNode(Node):
-    """``parameter_overrides``: {name: value}; ``safety_file`` / ``arm_file`` override the
-    files the spec is read from (the parameters of the same names do too)."""
+    """``parameter_overrides``: {name: value}; ``safety_file`` overrides the file the spec is
+    read from (the parameter of the same name does too); the arm is the robot parameters'."""
+
+    _FILES = ("safety_file", "robot_description", "robot", "joint_limits_file")
 
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "safety_node",
-                 safety_file: str | None = None, arm_file: str | None = None, **node_kwargs):
+                 safety_file: str | None = None, **node_kwargs):
         overrides = dict(parameter_overrides or {})
-        safety_file = safety_file or overrides.get("safety_file") or None
-        arm_file = arm_file or overrides.get("arm_file") or None
-        base = SafetySpec.load(safety_file, arm_file)
+        if safety_file:
+            overrides["safety_file"] = safety_file
+        files = {k: overrides.get(k) or "" for k in self._FILES}
+        base = SafetySpec.load(files["safety_file"] or None, arm=node_params.arm_from_params(files))
         self._specs = node_params.by_name(param_specs(base))
         super().__init__(node_name,
                          parameter_overrides=node_params.parameter_overrides(self._specs.values(), overrides),
                          **node_kwargs)
         p = node_params.declare_parameters(self, self._specs.values())
-        if p["safety_file"] and p["safety_file"] != safety_file or p["arm_file"] and p["arm_file"] != arm_file:
-            base = SafetySpec.load(p["safety_file"] or None, p["arm_file"] or None)
+        if any(p[k] != files[k] for k in self._FILES):       # set by a parameters file
+            base = SafetySpec.load(p["safety_file"] or None, arm=node_params.arm_from_params(p))
         self._logged: dict[str, float] = {}       # when each kind of throttled log line last went out
         spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
         self.core = SafetyGate(spec, bool(p["watch_camera"]), float(p["command_tracking_tolerance"]),

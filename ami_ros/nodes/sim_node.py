@@ -46,7 +46,6 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ami_ros.core.arm import load_arm
 from ami_ros.core.trajectory import TrajectoryError, validate
 from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
@@ -66,7 +65,7 @@ PARAMS = [
     ParamSpec("camera_width", 64, "Image width in pixels.", (8, 4096), read_only=True),
     ParamSpec("camera_height", 64, "Image height in pixels.", (8, 4096), read_only=True),
     ParamSpec("seed", 0, "Seed of the simulator's random draws (cube placement).", (0, 2**31 - 1), read_only=True),
-    ParamSpec("arm_file", "", "Arm description YAML; empty = the package's config/arm.yaml.", read_only=True),
+    *node_params.ROBOT_PARAMS,
     ParamSpec("initial_positions", [], "Joint positions (arm joint order, rad) of start and /sim/reset; empty = "
               "the arm's home.", kind="double_array"),
     ParamSpec("real_time_factor", 1.0, "Sim seconds per node-clock second.", (0.01, 10.0)),
@@ -117,7 +116,7 @@ class SimNode(Node):
         from ami_ros.sim.arm_sim import ArmSim  # mujoco import sets MUJOCO_GL
 
         p = node_params.declare_checked(self, PARAMS)
-        self.spec = load_arm(p["arm_file"] or None)
+        self.spec = node_params.arm_from_params(p)
         self.initial_positions = self._initial_positions(p["initial_positions"])
         self._lock = threading.RLock()
         self.sim = ArmSim(self.spec, width=p["camera_width"], height=p["camera_height"], seed=p["seed"],

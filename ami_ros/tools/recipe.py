@@ -41,11 +41,11 @@ import time
 
 import yaml
 
-TOP_KEYS = {"name", "description", "collect_options", "collect", "stages"}
+TOP_KEYS = {"name", "description", "robot", "collect_options", "collect", "stages"}
 STAGE_KEYS = {"name", "data", "train"}
 # train options a recipe may not set: the runner sets them (paths, where it runs)
 RUNNER_OWNED = {"data", "out", "recipe", "work", "jobs", "encoder_from", "device", "threads", "name",
-                "keep_checkpoint"}
+                "keep_checkpoint", "robot", "limits"}
 
 
 class RecipeError(ValueError):
@@ -120,6 +120,11 @@ def load_recipe(path: str) -> dict:
     return recipe
 
 
+def _robot_argv(recipe: dict) -> list[str]:
+    """``--robot NAME`` for the recipe's arm (one for all its parts and stages), if it names one."""
+    return ["--robot", str(recipe["robot"])] if recipe.get("robot") else []
+
+
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -156,15 +161,16 @@ class Collector:
         self.pending, self.done, self.failed = [], set(), None
         self.started = time.time()
         self.finished = None
+        robot = _robot_argv(recipe)
         for part, opts in recipe["collect"].items():
             folder = os.path.join(work, "data", part)
-            if _collected(folder, opts):
+            if _collected(folder, {**opts, "robot": recipe.get("robot")}):
                 log(f"data {part}: reusing {folder}")
                 self.done.add(part)
                 continue
             if os.path.exists(folder):
                 raise RecipeError(f"{folder} holds data made otherwise than the recipe's part {part!r}; remove it")
-            argv = [sys.executable, "-m", "ami_ros.cli", "collect", *_argv(opts, actions, part),
+            argv = [sys.executable, "-m", "ami_ros.cli", "collect", *_argv(opts, actions, part), *robot,
                     "--out", folder + ".partial"]
             self.pending.append((part, folder, argv))
         self._running: list = []
@@ -290,7 +296,8 @@ def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector
                     continue
         collector.wait_for(stage["data"])
         options = _argv(stage.get("train") or {}, actions, stage["name"])
-        argv = ["--data", *[os.path.join(work, "data", p) for p in stage["data"]], "--out", folder,
+        argv = [*_robot_argv(recipe), "--data", *[os.path.join(work, "data", p) for p in stage["data"]],
+                "--out", folder,
                 "--name", name, "--device", args.device, "--threads", str(args.threads), *options]
         if previous:
             argv += ["--encoder-from", previous]
