@@ -50,7 +50,7 @@ setup(
     ],
     extras_require={
         "ros": ROS_WHEELS,
-        "test": ["pytest>=7,<8.4", "hypothesis>=6"],
+        "test": ["pytest>=7,<8.4", "hypothesis>=6", "example-robot-data>=6"],  # third-party URDFs (test only)
     },
     zip_safe=True,
     maintainer="ami_ros maintainers",

@@ -15,6 +15,7 @@ COMMANDS = {
     "eval": ("evaluate", "goal-reaching evaluation in the embedded simulator"),
     "demo": ("demo", "the whole stack on the embedded simulator, reaching goals"),
     "bench": ("bench", "speed and memory benchmarks"),
+    "robot": ("robot", "check a robot description: joints, limits, frames, tool pose"),
 }
 
 
