@@ -34,7 +34,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.py")),
         ("share/" + package_name + "/config", glob("config/*")),
-    ] + tree("models"),
+    ] + tree("models") + tree("robots"),
     python_requires=">=3.10",
     install_requires=[
         "numpy>=1.24",
@@ -47,6 +47,7 @@ setup(
         "onnxruntime>=1.18",
         "opencv-python-headless>=4.8",
         "transforms3d>=0.4",
+        "pytorch-kinematics>=0.10,<0.11",  # URDF forward kinematics and Jacobians, batched in torch
     ],
     extras_require={
         "ros": ROS_WHEELS,

@@ -14,6 +14,13 @@ hard safety spec (workspace, keep-out boxes) for both the safety node, which
 enforces it, and the planner node, whose cost prices it:
 
     ros2 launch ami_ros robot.launch.py safety_file:=/path/to/my_cell_safety.yaml
+
+The arm is ``robot`` (a name the package ships, a robot.yaml or a URDF file; '' =
+ami_arm6) with ``joint_limits_file``, or ``robot_description`` (URDF text, e.g. the
+xacro output robot_state_publisher gets) when given; the planner and safety nodes
+refuse a model trained on another arm:
+
+    ros2 launch ami_ros robot.launch.py robot:=/path/to/my_arm.urdf joint_limits_file:=/path/to/joint_limits.yaml
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
@@ -33,6 +40,8 @@ def generate_launch_description():
     joint_states = LaunchConfiguration("joint_states")
     command = LaunchConfiguration("command")
     use_sim_time = LaunchConfiguration("use_sim_time")
+    arm = {name: ParameterValue(LaunchConfiguration(name), value_type=str)
+           for name in ("robot", "robot_description", "joint_limits_file")}
 
     model_path = ParameterValue(model, value_type=str)
     sim_time = ParameterValue(use_sim_time, value_type=bool)
@@ -53,6 +62,13 @@ def generate_launch_description():
         DeclareLaunchArgument("safety_file", default_value="",
                               description="hard safety spec YAML (workspace, keep-out boxes) for safety_node and "
                                           "planner_node ('' = the package's config/safety.yaml)"),
+        DeclareLaunchArgument("robot", default_value="",
+                              description="the arm: a name the package ships, a robot.yaml or a URDF file "
+                                          "('' = ami_arm6)"),
+        DeclareLaunchArgument("robot_description", default_value="",
+                              description="URDF text of the arm; when set, used instead of robot"),
+        DeclareLaunchArgument("joint_limits_file", default_value="",
+                              description="ros2_control joint_limits YAML for the arm ('' = the robot.yaml's)"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw",
                               description="camera image topic (sensor_msgs/Image)"),
         DeclareLaunchArgument("joint_states", default_value="/joint_states",
@@ -67,9 +83,9 @@ def generate_launch_description():
              remappings=inputs),
         Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen",
              parameters=[planner_params, {"model_path": model_path, "safety_file": safety_file,
-                                          "use_sim_time": sim_time}],
+                                          "use_sim_time": sim_time, **arm}],
              remappings=inputs),
         Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen",
-             parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time}],
+             parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time, **arm}],
              remappings=inputs + [("/arm_controller/joint_trajectory", command)]),
     ])

@@ -35,9 +35,16 @@ def generate_launch_description():
         DeclareLaunchArgument("safety_file", default_value="",
                               description="hard safety spec YAML (workspace, keep-out boxes) for safety_node and "
                                           "planner_node ('' = the package's config/safety.yaml)"),
+        DeclareLaunchArgument("robot", default_value="",
+                              description="the arm: a name the package ships, a robot.yaml or a URDF file "
+                                          "('' = ami_arm6); the simulator builds it from its URDF"),
+        DeclareLaunchArgument("joint_limits_file", default_value="",
+                              description="ros2_control joint_limits YAML for the arm ('' = the robot.yaml's)"),
 
         Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen",
-             parameters=[LaunchConfiguration("sim_params")]),
+             parameters=[LaunchConfiguration("sim_params"),
+                         {"robot": LaunchConfiguration("robot"),
+                          "joint_limits_file": LaunchConfiguration("joint_limits_file")}]),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
                 PathJoinSubstitution([FindPackageShare("ami_ros"), "launch", "robot.launch.py"])),
@@ -47,5 +54,7 @@ def generate_launch_description():
                 "planner_params": LaunchConfiguration("planner_params"),
                 "safety_params": LaunchConfiguration("safety_params"),
                 "safety_file": LaunchConfiguration("safety_file"),
+                "robot": LaunchConfiguration("robot"),
+                "joint_limits_file": LaunchConfiguration("joint_limits_file"),
             }.items()),
     ])

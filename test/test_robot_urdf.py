@@ -240,13 +240,22 @@ def test_third_party_loads_with_mesh_fallback(third_party):
         assert any(w.startswith(f"{n}: no jerk limit") for w in spec.warnings), n
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="ArmSpec.capsules_at looks up volumes of links off the base-tool chain (UR5's ee_link, "
-                          "Panda's fingers) in the serial chain, which has no such frames")
 def test_third_party_capsules_at(third_party):
-    _, _, spec = third_party
+    """Volumes of links fixed beside the chain (UR5's ee_link) ride on their chain link; links on
+    joints of their own (Panda's fingers) are named in a warning, not silently dropped."""
+    key, _, spec = third_party
     a, b, r = spec.capsules_at(spec.home)
-    assert a.shape == b.shape == (len(spec.capsules), 3) and np.all(np.isfinite(a))
+    assert a.shape == b.shape == (len(spec.capsules), 3) and np.all(np.isfinite(a)) and np.all(np.isfinite(b))
+    chain_links = set(spec.joint_frames) | {spec.tool_frame}
+    assert {c.link for c in spec.capsules} <= chain_links | set(_chain_link_names(spec))
+    if key == "panda":
+        assert any("panda_finger_joint1" in w and "not checked" in w for w in spec.warnings), spec.warnings
+
+
+def _chain_link_names(spec) -> list[str]:
+    from ami_ros.core.arm import _chain_joints, _parse_urdf
+
+    return [j.child for j in _chain_joints(_parse_urdf(spec.urdf, ""), spec.base_frame, spec.tool_frame, "")]
 
 
 # ----------------------------------------------------------------- b. FK vs MuJoCo (third-party)

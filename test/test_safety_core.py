@@ -6,6 +6,7 @@ against it), finite differences at the derivative period for several clock phase
 """
 from __future__ import annotations
 
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ami_ros.core.safety import (EStop, Gate, SafetySpec, Watchdog, default_safety_file, hold_trajectory)
+from ami_ros.core.safety import (Box, EStop, Gate, SafetySpec, Watchdog, default_safety_file, hold_trajectory)
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler
 
 SPEC = SafetySpec.load()
@@ -79,13 +80,18 @@ def assert_within_limits(spec: SafetySpec, out: Trajectory, q_now, now=0.0, dt=0
     pts = spec.arm.link_positions(q)
     tool_speed = np.linalg.norm(np.diff(pts[:, -1], axis=0), axis=-1) / d[:, 0]
     assert tool_speed.max() <= spec.tool_speed_lim * (1 + TOL) + 1e-9, f"tool speed {tool_speed.max()}"
-    # workspace and keep-out for link points and points along the links
+    # workspace and keep-out for the tool point and the link volumes (points along each capsule's axis,
+    # at least its radius inside the workspace and outside every keep-out box)
+    ca, cb, r = spec.arm.capsules_at(q)                                          # (S, C, 3) x2, (C,)
     frac = np.linspace(0, 1, 5)[:, None, None, None]
-    along = pts[None, :, :-1] + frac * (pts[None, :, 1:] - pts[None, :, :-1])   # (5, S, dof, 3)
+    along = ca[None] + frac * (cb - ca)[None]                                    # (5, S, C, 3)
     ws = spec.workspace
-    assert np.all(ws.contains(pts)) and np.all(ws.contains(along)), "workspace"
+    assert np.all(ws.contains(pts[:, -1])), "workspace (tool point)"
+    assert np.all((along >= ws.lo + r[:, None] - 1e-9) & (along <= ws.hi - r[:, None] + 1e-9)), "workspace"
     for box in spec.keep_out:
-        assert not np.any(box.contains(pts)) and not np.any(box.contains(along)), f"keep-out {box.name}"
+        assert not np.any(box.contains(pts[:, -1])), f"keep-out {box.name} (tool point)"
+        near = np.all((along > box.lo - r[:, None] + 1e-9) & (along < box.hi + r[:, None] - 1e-9), axis=-1)
+        assert not np.any(near), f"keep-out {box.name}"
     # acceleration and jerk at the derivative period, several controller clock phases
     T = spec.hard.derivative_period
     for phase in np.concatenate([[0.0], rng.uniform(0, T, phases - 1)]):
@@ -118,9 +124,9 @@ def safe_q(rng, spread=0.4):
 
 
 # ---------------------------------------------------------------- spec
-def test_spec_loads_hard_limits_from_arm_yaml(tmp_path):
+def test_spec_loads_hard_limits_from_the_arm_and_the_safety_file(tmp_path):
     np.testing.assert_allclose(SPEC.v_lim, SPEC.arm.v_max)
-    assert SPEC.hard.workspace.lo.tolist() == [-0.3, -0.7, 0.02]
+    assert SPEC.hard.workspace.lo.tolist() == [-0.3, -0.7, 0.0]
     assert [b.name for b in SPEC.hard.keep_out] == ["human_zone"]
     assert SPEC.tunables.violation_policy == "scale"
     # the limit-like tunables default to the hard limits; the shipped file sets no tunable
@@ -148,7 +154,7 @@ def test_tunables_cannot_widen(name, value):
 def test_tunables_narrow():
     s = SPEC.with_tunables(velocity_scale=0.5, max_tool_speed=0.3, workspace_margin=0.05)
     np.testing.assert_allclose(s.v_lim, 0.5 * SPEC.arm.v_max)
-    assert s.tool_speed_lim == 0.3 and s.workspace.lo[2] == pytest.approx(0.07)
+    assert s.tool_speed_lim == 0.3 and s.workspace.lo[2] == pytest.approx(0.05)
     assert SPEC.tunables.velocity_scale == 1.0  # unchanged
 
 
@@ -228,6 +234,56 @@ def test_keep_out_and_workspace():
     goal = HOME + [0, 0.9, 0.5, 0, 0, 0]
     r = g.gate(Trajectory(NAMES, np.arange(1, 21) * 0.25, q + np.outer(np.linspace(0.05, 1, 20), goal - q)), q, 0.0)
     assert not r.ok and r.reason == "workspace", r.message
+
+
+def _reach_toward(box_y: float, clearance: float, q0=None):
+    """A keep-out box beside the straight-up arm, ``clearance`` m from the centre line of the
+    upper arm (which is at x = y = 0 when all joints are 0), and a short move at q = 0."""
+    q = np.zeros(DOF) if q0 is None else q0
+    return Box("beside", np.array([-0.1, box_y + clearance, 0.25]), np.array([0.1, box_y + clearance + 0.2, 0.45])), q
+
+
+def test_a_link_volume_is_refused_where_its_centre_line_is_clear():
+    """A box 3 cm beside the upper arm's centre line (link radius 5 cm): the centre line clears
+    it, the volume does not."""
+    from ami_ros.core.safety import links_enter_box
+
+    box, q = _reach_toward(0.0, 0.03)
+    hard = replace(SPEC.hard, keep_out=(box,))
+    spec = replace(SPEC, hard=hard).with_tunables(workspace_margin=0.0)
+    assert not links_enter_box(spec.arm, q, box)                   # the centre line is clear
+    t = Trajectory(NAMES, np.array([0.2]), q[None])
+    r = Gate(spec).gate(t, q, 0.0)
+    assert not r.ok and r.reason == "keep_out" and "link2" in r.message, r.message
+    far, _ = _reach_toward(0.0, 0.08)                               # 8 cm away: clear of the 5 cm volume too
+    r = Gate(replace(spec, hard=replace(hard, keep_out=(far,)))).gate(t, q, 0.0)
+    assert r.ok, r.message
+
+
+def test_a_tool_volume_from_the_safety_file_is_checked(tmp_path):
+    """A 15 cm gripper on the tool frame reaches into a box that the arm itself clears."""
+    doc = yaml.safe_load(open(default_safety_file()))
+    s = doc["safety"]["ros__parameters"]
+    q = np.zeros(DOF)
+    tool = SPEC.arm.tool_position(q)                               # straight up: the tool on top
+    s["keep_out"] = {"above": {"x": [-0.1, 0.1], "y": [-0.1, 0.1],
+                               "z": [float(tool[2]) + 0.08, float(tool[2]) + 0.3]}}
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(doc))
+    s["tool_volumes"] = {"gripper": {"a": [0.0, 0.0, 0.0], "b": [0.0, 0.0, 0.15], "radius": 0.03}}
+    gripper = tmp_path / "gripper.yaml"
+    gripper.write_text(yaml.safe_dump(doc))
+    t = Trajectory(NAMES, np.array([0.2]), q[None])
+    ok = Gate(SafetySpec.load(str(plain)).with_tunables(workspace_margin=0.0)).gate(t, q, 0.0)
+    assert ok.ok, ok.message
+    spec = SafetySpec.load(str(gripper)).with_tunables(workspace_margin=0.0)
+    assert len(spec.arm.capsules) == len(SPEC.arm.capsules) + 1
+    r = Gate(spec).gate(t, q, 0.0)
+    assert not r.ok and r.reason == "keep_out" and "tool0" in r.message, r.message
+    s["tool_volumes"] = {"gripper": {"a": [0.0, 0.0], "radius": 0.03}}
+    gripper.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match="tool_volumes.gripper"):
+        SafetySpec.load(str(gripper))
 
 
 def test_between_points_overshoot_is_caught():

@@ -83,7 +83,7 @@ class ArmSpec:
     """One arm: joints (in the order of the chain from base to tool), limits, frames,
     volumes, and forward kinematics of its URDF."""
     name: str
-    joint_names: tuple[str, ...]
+    names: tuple[str, ...]                # the joints, base to tool
     joint_types: tuple[str, ...]          # revolute | continuous | prismatic
     limits: tuple[JointLimit, ...]
     home: np.ndarray
@@ -97,8 +97,12 @@ class ArmSpec:
 
     # ---- names and limit vectors (joint order = this spec's order) ----
     @property
+    def joint_names(self) -> list[str]:
+        return list(self.names)
+
+    @property
     def dof(self) -> int:
-        return len(self.joint_names)
+        return len(self.names)
 
     @property
     def q_min(self) -> np.ndarray:
@@ -346,7 +350,7 @@ def arm_from_urdf(urdf: str, *, limits=None, base_frame: str | None = None, tool
             raise RobotError(f"{source}: home {home_q.tolist()} is outside the joint limits")
     capsules, more = _capsules(robot, base, chain_joints, link_radius)
     warnings += more
-    spec = ArmSpec(name=robot.name, joint_names=tuple(names), joint_types=tuple(j.type for j in movable),
+    spec = ArmSpec(name=robot.name, names=tuple(names), joint_types=tuple(j.type for j in movable),
                    limits=lims, home=home_q, base_frame=base, tool_frame=tool, urdf=urdf,
                    capsules=tuple(capsules), source=source, warnings=tuple(warnings))
     for w in warnings:
@@ -417,46 +421,40 @@ def _origin(o) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _capsules(robot, base: str, chain_joints, link_radius) -> tuple[list[Capsule], list[str]]:
-    """Volumes of the links that move (below the first movable joint), in their frames."""
-    from pytorch_kinematics.urdf_parser_py.urdf import Box, Cylinder, Sphere
-
+    """Volumes of the links that move (below the first movable joint), each in the frame of
+    its link on the base-tool chain: links fixed to a chain link (a flange, a camera) are
+    carried in that link's frame; links on joints of their own off the chain (gripper
+    fingers) are not checked, with a warning."""
     first = next(i for i, j in enumerate(chain_joints) if j.type != "fixed")
-    moving = {j.child for j in chain_joints[first:]}
+    chain_links = [j.child for j in chain_joints[first:]]
+    on_chain = {j.name for j in chain_joints}
+    link_map = {l.name: l for l in robot.links}
+    next_joint = {j.parent: j for j in chain_joints}
     by_parent: dict = {}
     for j in robot.joints:
         by_parent.setdefault(j.parent, []).append(j)
-    stack = list(moving)
-    while stack:                              # fixed links hanging off moving ones (a camera, a flange)
-        for j in by_parent.get(stack.pop(), []):
-            if j.child not in moving:
-                moving.add(j.child)
-                stack.append(j.child)
-    link_map = {l.name: l for l in robot.links}
-    next_joint = {j.parent: j for j in chain_joints}
     radius_of = link_radius if isinstance(link_radius, dict) else {}
     default_r = float(link_radius if not isinstance(link_radius, dict) else link_radius.get("default",
                                                                                           DEFAULT_LINK_RADIUS))
     out, warnings = [], []
-    for name in [j.child for j in chain_joints[first:]] + sorted(moving - {j.child for j in chain_joints}):
-        link = link_map[name]
-        prims = []
-        for c in link.collisions or []:
-            g = c.geometry
-            R, t = _origin(c.origin)
-            if isinstance(g, Cylinder):
-                h = 0.5 * g.length * R[:, 2]
-                prims.append(Capsule(name, t - h, t + h, float(g.radius)))
-            elif isinstance(g, Sphere):
-                prims.append(Capsule(name, t.copy(), t.copy(), float(g.radius)))
-            elif isinstance(g, Box):
-                size = np.asarray(g.size, dtype=np.float64)
-                k = int(np.argmax(size))
-                others = np.delete(size, k)
-                h = 0.5 * size[k] * R[:, k]
-                prims.append(Capsule(name, t - h, t + h, float(0.5 * np.linalg.norm(others))))
+    for name in chain_links:
+        prims = _primitives(link_map[name], name, np.eye(3), np.zeros(3))
+        stack = [(j, np.eye(3), np.zeros(3)) for j in by_parent.get(name, []) if j.name not in on_chain]
+        while stack:                                          # side links fixed to this one
+            j, R, t = stack.pop()
+            if j.type != "fixed":
+                warnings.append(f"link {j.child} moves on joint {j.name}, off the chain to the tool: its volume "
+                                "is not checked (add a tool volume that covers it)")
+                continue
+            Rj, tj = _origin(j.origin)
+            R2, t2 = R @ Rj, R @ tj + t
+            more = _primitives(link_map[j.child], name, R2, t2)
+            if more is None:
+                warnings.append(f"link {j.child}: mesh collision geometry, not checked (add a tool volume "
+                                "that covers it)")
             else:
-                prims = None
-                break
+                prims = (prims or []) + more if prims is not None else None
+            stack += [(k, R2, t2) for k in by_parent.get(j.child, [])]
         if prims:
             out += prims
             continue
@@ -468,6 +466,31 @@ def _capsules(robot, base: str, chain_joints, link_radius) -> tuple[list[Capsule
             why = "mesh collision geometry" if prims is None else "no collision geometry"
             warnings.append(f"link {name}: {why}; its volume is the segment to the next joint with radius {r} m")
     return out, warnings
+
+
+def _primitives(link, frame: str, R0: np.ndarray, t0: np.ndarray) -> list[Capsule] | None:
+    """The capsules of a link's collision primitives in ``frame``, where the link's frame is
+    at rotation R0, translation t0; None if any of its collision geometry is a mesh."""
+    from pytorch_kinematics.urdf_parser_py.urdf import Box, Cylinder, Sphere
+
+    out = []
+    for c in link.collisions or []:
+        g = c.geometry
+        R, t = _origin(c.origin)
+        R, t = R0 @ R, R0 @ t + t0
+        if isinstance(g, Cylinder):
+            h = 0.5 * g.length * R[:, 2]
+            out.append(Capsule(frame, t - h, t + h, float(g.radius)))
+        elif isinstance(g, Sphere):
+            out.append(Capsule(frame, t.copy(), t.copy(), float(g.radius)))
+        elif isinstance(g, Box):
+            size = np.asarray(g.size, dtype=np.float64)
+            k = int(np.argmax(size))
+            h = 0.5 * size[k] * R[:, k]
+            out.append(Capsule(frame, t - h, t + h, float(0.5 * np.linalg.norm(np.delete(size, k)))))
+        else:
+            return None
+    return out
 
 
 def _chain_description(spec: ArmSpec) -> list:
@@ -495,16 +518,6 @@ def _reach(spec: ArmSpec, volumes: bool) -> np.ndarray:
     for c in spec.capsules if volumes else ():
         far[c.link] = max(far.get(c.link, 0.0), float(np.linalg.norm(c.a)) + c.radius,
                           float(np.linalg.norm(c.b)) + c.radius)
-    parent_of = {j.child: j.parent for j in robot.joints}
-    # volumes on fixed side links: add their offset to the chain link they hang from
-    for link in list(far):
-        if link not in frames:
-            d, l = far.pop(link), link
-            while l not in frames:
-                j = next(j for j in robot.joints if j.child == l)
-                d += float(np.linalg.norm(_origin(j.origin)[1]))
-                l = parent_of[l]
-            far[l] = max(far.get(l, 0.0), d)
     out = []
     for name in spec.joint_names:
         i = next(k for k, j in enumerate(chain) if j.name == name)

@@ -63,6 +63,7 @@ PARAMS = [
     ParamSpec("safety_file", "", "Safety spec YAML whose workspace and keep-out boxes the cost prices: the "
               "safety node's (same parameter; the launch files' safety_file argument sets both); empty = the "
               "package's config/safety.yaml.", read_only=True),
+    *node_params.ROBOT_PARAMS,
     ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
               (0.5, 100.0), read_only=True),
     ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),

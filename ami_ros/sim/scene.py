@@ -10,6 +10,7 @@ as a well-tuned joint_trajectory_controller on a real arm would.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -119,8 +120,7 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480))
 
     scene = mujoco.MjSpec.from_string(_room(timestep, offscreen))
     rs = robot_spec(spec)
-    with warnings.catch_warnings():    # "an empty prefix may prevent saving": the scene is never saved
-        warnings.simplefilter("ignore", UserWarning)
+    with _no_empty_prefix_warning():
         scene.worldbody.add_frame().attach_body(rs.body(spec.base_frame), "", "")
     for name, lim in zip(spec.joint_names, spec.limits):
         a = scene.add_actuator(name=f"{name}_pos", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT)
@@ -136,4 +136,26 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480))
     name, pos, target, fovy = CAMERA
     cam = scene.worldbody.add_camera(name=name, pos=list(pos), fovy=fovy)
     cam.alt.type, cam.alt.xyaxes = mujoco.mjtOrientation.mjORIENTATION_XYAXES, _xyaxes(pos, target)
-    return scene.compile()
+    with _no_empty_prefix_warning():
+        return scene.compile()
+
+
+@contextlib.contextmanager
+def _no_empty_prefix_warning():
+    """Without MuJoCo's warning that an empty attach prefix may prevent saving the model (the
+    scene is never saved; the arm keeps its URDF names); other warnings pass."""
+    import mujoco
+
+    previous = mujoco.get_mju_user_warning()
+
+    def warn(msg: str) -> None:
+        if "empty prefix" not in msg:
+            (previous or (lambda m: warnings.warn(f"MuJoCo: {m}", RuntimeWarning)))(msg)
+
+    mujoco.set_mju_user_warning(warn)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*empty prefix.*")
+            yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
