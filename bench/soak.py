@@ -12,7 +12,7 @@ to the planner: a new goal when the tool stayed within ``--success-radius`` of t
 point for 0.5 s (reached), or after ``--goal-period`` seconds (not reached).
 
 The monitor does not use the gate's code. It checks three streams against the HARD limits
-(config/arm.yaml joint limits, config/safety.yaml workspace and keep-out boxes, max tool speed):
+(the arm's URDF and joint_limits, config/safety.yaml workspace and keep-out boxes, max tool speed):
 
 * ``joint_states``: /joint_states as published (50 Hz),
 * ``physics``: the simulated arm's joint positions and velocities after EVERY physics step

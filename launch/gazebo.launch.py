@@ -2,7 +2,7 @@
 
     ros2 launch ami_ros gazebo.launch.py world:=/path/to/arm_world.sdf model:=...
 
-The world must hold the arm (joint names as in config/arm.yaml) with a camera and
+The world must hold the arm (joint names as in its URDF, robots/ami_arm6 by default) with a camera and
 the gz-sim JointStatePublisher and JointTrajectoryController systems on the Gazebo
 topics named in config/gz_bridge.yaml (or pass your own bridge_config). The
 bridge carries /clock, so the stack runs on simulation time.

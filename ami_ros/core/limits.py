@@ -89,15 +89,15 @@ class JointLimit:
 # joint's own velocity limit is unit-safe for prismatic joints (m) and for slow joints. For a UR
 # arm (pi rad/s) it gives 3.14 rad/s^2, below the 5 rad/s^2 Universal Robots' MoveIt config
 # calls "chosen conservatively" and MoveIt's Ruckig fallback of 10 rad/s^2, and a quarter of the
-# 4 x max_velocity/s of this stack's own simulated arm (config/arm.yaml).
+# 4 x max_velocity/s of this stack's own simulated arm (robots/ami_arm6).
 DEFAULT_MAX_ACCELERATION_FACTOR = 1.0   # 1/s
 # Jerk: max_jerk = DEFAULT_MAX_JERK_FACTOR x max_acceleration per second, i.e. full
 # acceleration is reached in 0.1 s. MoveIt's Ruckig smoothing falls back to a jerk/acceleration
-# ratio of 10/s (100 / 10 in MoveIt 1; MoveIt 2 has used 20 / 10 = 2/s); config/arm.yaml uses
+# ratio of 10/s (100 / 10 in MoveIt 1; MoveIt 2 has used 20 / 10 = 2/s); robots/ami_arm6 uses
 # 20/s. 10/s rather than 2/s because the gate's jerk check also bounds velocity steps between
 # plans (a step dv costs dv / T^2 at derivative_period T = 0.05 s): with 1 x 10 the step a
 # continuing plan may make is 2.5 % of max_velocity (0.5 % with 1 x 2, which would refuse
-# nearly every replan of a moving arm). Still 8x tighter than config/arm.yaml's jerk.
+# nearly every replan of a moving arm). Still 8x tighter than robots/ami_arm6's jerk.
 DEFAULT_MAX_JERK_FACTOR = 10.0          # 1/s
 
 URDF_KINDS = ("revolute", "continuous", "prismatic")

@@ -317,7 +317,7 @@ def load_episode(path, *, control_dt: float = 0.1, joint_names: Sequence[str] | 
                  image_size=None) -> Episode:
     """Load one bag folder as an :class:`Episode` aligned every ``control_dt`` seconds.
 
-    joint_names: the arm's joints in the order wanted (default: ``config/arm.yaml``).
+    joint_names: the arm's joints in the order wanted (default: the default arm's, ``robots/ami_arm6``).
     image_size: None (keep), an int (square) or (width, height); frames are resized
     with cv2.INTER_AREA. Raises :class:`BagError` on anything wrong with the bag.
     """
