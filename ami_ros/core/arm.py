@@ -161,7 +161,11 @@ class ArmSpec:
         batch = qt.shape[:-1]
         flat = qt.reshape(-1, self.dof)
         idx = self._kin.setdefault(("idx", tuple(frames)), [chain.frame_to_idx[f] for f in frames])
-        mats = chain.forward_kinematics_tensor(flat)[idx]                       # (F, B, 4, 4)
+        if is_torch:
+            mats = chain.forward_kinematics_tensor(flat)[idx]                   # (F, B, 4, 4)
+        else:
+            with torch.inference_mode():
+                mats = chain.forward_kinematics_tensor(flat)[idx]
         out = mats.permute(1, 0, 2, 3).reshape(*batch, len(frames), 4, 4)
         return out if is_torch else out.numpy()
 
@@ -194,21 +198,24 @@ class ArmSpec:
         qt = torch.as_tensor(np.asarray(q, dtype=np.float64))[None]
         return self._chain().jacobian(qt)[0].numpy()
 
-    def capsules_at(self, q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def capsules_at(self, q, tool_point: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The link volumes at q (..., dof): end points a, b (..., C, 3) in the base frame
-        and radii (C,)."""
-        if not self.capsules:
+        and radii (C,); with ``tool_point``, the tool point last as a capsule of radius 0
+        (one kinematics pass for both)."""
+        caps = list(self.capsules)
+        if tool_point:
+            caps.append(Capsule(self.tool_frame, np.zeros(3), np.zeros(3), 0.0))
+        if not caps:
             shape = np.shape(q)[:-1] + (0, 3)
             return np.zeros(shape), np.zeros(shape), np.zeros(0)
-        links = tuple(dict.fromkeys(c.link for c in self.capsules))
+        links = tuple(dict.fromkeys(c.link for c in caps))
         T = self.frame_transforms(q, links)                                      # (..., L, 4, 4)
-        which = np.array([links.index(c.link) for c in self.capsules])
+        which = np.array([links.index(c.link) for c in caps])
         T = T[..., which, :, :]                                                  # (..., C, 4, 4)
         R, p = T[..., :3, :3], T[..., :3, 3]                                     # (..., C, 3, 3), (..., C, 3)
-        a = np.stack([c.a for c in self.capsules])                              # (C, 3)
-        b = np.stack([c.b for c in self.capsules])
-        return ((R @ a[..., None])[..., 0] + p, (R @ b[..., None])[..., 0] + p,
-                np.array([c.radius for c in self.capsules]))
+        a = np.stack([c.a for c in caps])                                       # (C, 3)
+        b = np.stack([c.b for c in caps])
+        return ((R @ a[..., None])[..., 0] + p, (R @ b[..., None])[..., 0] + p, np.array([c.radius for c in caps]))
 
     @property
     def reach(self) -> np.ndarray:

@@ -740,10 +740,7 @@ class Gate:
         else:
             q = p.q_start[None]
             margin = np.zeros(1)
-        a, b, r = spec.arm.capsules_at(q)                    # (S, C, 3) x2, (C,): the link volumes
-        tool = spec.arm.tool_position(q)[:, None, :]         # (S, 1, 3): the tool point, radius 0
-        a, b = np.concatenate([a, tool], 1), np.concatenate([b, tool], 1)
-        r = np.append(r, 0.0)
+        a, b, r = spec.arm.capsules_at(q, tool_point=True)   # (S, C+1, 3) x2, (C+1,): link volumes, tool point
         vols = [c.link for c in spec.arm.capsules] + ["tool point"]
         ws = spec.workspace
         pad = margin[:, None, None] + r[None, :, None]       # (S, C+1, 1)
