@@ -79,7 +79,7 @@ def generate_launch_description():
                               description="true when a simulator publishes /clock"),
 
         Node(package="ami_ros", executable="encoder_node", name="encoder_node", output="screen",
-             parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time}],
+             parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time, **arm}],
              remappings=inputs),
         Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen",
              parameters=[planner_params, {"model_path": model_path, "safety_file": safety_file,

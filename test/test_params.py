@@ -30,7 +30,7 @@ SHIPPED = {
         "real_time_factor": 1.0, "command_topic": "/arm_controller/joint_trajectory",
     },
     "encoder_node": {
-        "model_path": "", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
+        "model_path": "", "robot_description": "", "robot": "", "joint_limits_file": "", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
         "max_joint_state_age_s": 0.2, "threads": 1,
     },
     "planner_node": {

@@ -387,3 +387,16 @@ def test_show_bad_q(q, reason, capsys):
     rc, out, err = show(["--robot", "ur5e", "--json", f"--q={q}"], capsys)
     assert rc == 2 and out == ""
     assert err.startswith("error: --q") and reason in err, err
+
+
+def test_a_model_trained_on_another_arm_is_refused_naming_both():
+    """The shipped model knows ami_arm6: loading it for the UR5e-geometry arm (same joint names)
+    is refused, and the message names both arms; for its own arm it loads."""
+    from ami_ros.core.model_io import ModelError, load_model
+    from ami_ros.nodes.model_path import resolve_model_path
+
+    folder = resolve_model_path("")
+    ur5e = load_arm("ur5e")
+    with pytest.raises(ModelError, match="ami_arm6.*ur5e_geometry"):
+        load_model(folder, "onnx", arm=ur5e)
+    assert load_model(folder, "onnx", arm=load_arm()).joint_names == load_arm().joint_names

@@ -32,6 +32,7 @@ from ami_ros.nodes.params import ParamSpec
 #: the encoder node's parameter table
 PARAMS = [
     ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
+    *node_params.ROBOT_PARAMS,
     ParamSpec("backend", "torch", "Inference backend: torch, or onnx (ONNX Runtime; TensorRT/CUDA execution "
               "providers where present, CPU otherwise).", read_only=True, choices=("torch", "onnx")),
     ParamSpec("device", "auto", "Inference device.", read_only=True, choices=("auto", "cpu", "cuda", "tensorrt")),
@@ -55,7 +56,8 @@ class EncoderNode(Node):
         p = node_params.declare_checked(self, PARAMS)     # ValueError on a backend or device not in the table
         if p["threads"]:
             torch.set_num_threads(p["threads"])
-        self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"])
+        self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"],
+                                arm=node_params.arm_from_params(p))
         self.model_id = self.model.model_id
         self.joint_names = self.model.joint_names
         self.size = self.model.cfg.image_size

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 
+from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--goals", type=int, default=3, help="number of goals in the sequence")
@@ -27,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--wall", action="store_true",
                    help="goals behind a keep-out wall, planned round hierarchically (the eval's wall split)")
+    add_robot_arguments(p)
     p.add_argument("--params-file", action="append", default=[],
                    help="extra ROS parameter files (after config/{sim,encoder,planner,safety}.yaml)")
 
@@ -93,28 +96,34 @@ def run(args) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from ami_ros.core.model_io import ModelError, read_card
+    from ami_ros.core.model_io import read_card
     from ami_ros.nodes import msgs, qos
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.nodes.stack import Stack
 
+    from ami_ros.core.model_io import check_arm
+
     sets = []
     if args.model:
         sets += [f"encoder_node:model_path:={args.model}", f"planner_node:model_path:={args.model}"]
-    try:    # a bad model folder is refused before any node starts
-        read_card(resolve_model_path(args.model))
-    except ModelError as e:
+    for key, value in (("robot", args.robot), ("joint_limits_file", args.limits)):
+        if value:
+            sets += [f"{node}:{key}:={value}" for node in ("sim_node", "encoder_node", "planner_node", "safety_node")]
+    try:    # a bad model folder, arm, or a model of another arm is refused before any node starts
+        folder = resolve_model_path(args.model)
+        arm = arm_from_args(args)
+        check_arm(folder, read_card(folder), arm)
+    except ValueError as e:          # ModelError, RobotError
         print(f"error: {e}", file=sys.stderr)
         return 2
     wall_goals = tmp = None
     if args.wall:
         import tempfile
 
-        from ami_ros.core.arm import load_arm
         from ami_ros.core.safety import links_enter_box
         from ami_ros.sim.goal_task import WALL
 
-        q_start, wall_goals = wall_sequence(load_arm(), args.goals, args.seed)
+        q_start, wall_goals = wall_sequence(arm, args.goals, args.seed)
         tmp = tempfile.TemporaryDirectory(prefix="ami_demo_")
         safety_file = wall_safety_file(tmp.name)
         sets += [f"safety_node:safety_file:={safety_file}", f"planner_node:safety_file:={safety_file}",
