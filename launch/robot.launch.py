@@ -17,8 +17,8 @@ enforces it, and the planner node, whose cost prices it:
 
 The arm is ``robot`` (a name the package ships, a robot.yaml or a URDF file; '' =
 ami_arm6) with ``joint_limits_file``, or ``robot_description`` (URDF text, e.g. the
-xacro output robot_state_publisher gets) when given; the planner and safety nodes
-refuse a model trained on another arm:
+xacro output robot_state_publisher gets), or ``robot_description_topic:=/robot_description``
+(read from robot_state_publisher at start); the nodes refuse a model trained on another arm:
 
     ros2 launch ami_ros robot.launch.py robot:=/path/to/my_arm.urdf joint_limits_file:=/path/to/joint_limits.yaml
 """
@@ -41,7 +41,7 @@ def generate_launch_description():
     command = LaunchConfiguration("command")
     use_sim_time = LaunchConfiguration("use_sim_time")
     arm = {name: ParameterValue(LaunchConfiguration(name), value_type=str)
-           for name in ("robot", "robot_description", "joint_limits_file")}
+           for name in ("robot", "robot_description", "robot_description_topic", "joint_limits_file")}
 
     model_path = ParameterValue(model, value_type=str)
     sim_time = ParameterValue(use_sim_time, value_type=bool)
@@ -67,6 +67,9 @@ def generate_launch_description():
                                           "('' = ami_arm6)"),
         DeclareLaunchArgument("robot_description", default_value="",
                               description="URDF text of the arm; when set, used instead of robot"),
+        DeclareLaunchArgument("robot_description_topic", default_value="",
+                              description="latched topic with the URDF (e.g. /robot_description from "
+                                          "robot_state_publisher), read at start when robot_description is empty"),
         DeclareLaunchArgument("joint_limits_file", default_value="",
                               description="ros2_control joint_limits YAML for the arm ('' = the robot.yaml's)"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw",

@@ -26,15 +26,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "sim_node": {
         "physics_rate_hz": 100.0, "camera_rate_hz": 20.0, "joint_state_rate_hz": 50.0, "camera_width": 64,
-        "camera_height": 64, "seed": 0, "robot_description": "", "robot": "", "joint_limits_file": "", "initial_positions": [],
+        "camera_height": 64, "seed": 0, "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "initial_positions": [],
         "real_time_factor": 1.0, "command_topic": "/arm_controller/joint_trajectory",
     },
     "encoder_node": {
-        "model_path": "", "robot_description": "", "robot": "", "joint_limits_file": "", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
+        "model_path": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
         "max_joint_state_age_s": 0.2, "threads": 1,
     },
     "planner_node": {
-        "model_path": "", "backend": "torch", "safety_file": "", "robot_description": "", "robot": "", "joint_limits_file": "", "control_rate_hz": 10.0,
+        "model_path": "", "backend": "torch", "safety_file": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "control_rate_hz": 10.0,
         "max_embedding_age_s": 0.5, "max_joint_state_age_s": 0.5, "threads": 1, "action_scale": 0.5,
         "goal_tolerance": 0.005, "settle_patience": 15, "settle_min_improvement": 0.02,
         "planner.method": "cem", "planner.mode": "flat", "planner.predictor": "direct", "planner.select": "mean",
@@ -48,7 +48,7 @@ SHIPPED = {
         "cost.goal_tool": 400.0, "cost.goal_tool_radius": 0.02,
     },
     "safety_node": {
-        "safety_file": "", "robot_description": "", "robot": "", "joint_limits_file": "", "violation_policy": "scale", "velocity_scale": 1.0,
+        "safety_file": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "violation_policy": "scale", "velocity_scale": 1.0,
         "acceleration_scale": 0.75, "jerk_scale": 1.0, "max_tool_speed": 1.0, "max_segment_duration": 0.5,
         "max_duration": 30.0, "stamp_tolerance": 1.0, "start_tolerance": 0.02, "max_time_scale": 20.0,
         "position_margin": 0.01, "workspace_margin": 0.01, "plan_timeout": 0.5, "joint_state_timeout": 0.2,

@@ -57,7 +57,7 @@ class EncoderNode(Node):
         if p["threads"]:
             torch.set_num_threads(p["threads"])
         self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"],
-                                arm=node_params.arm_from_params(p))
+                                arm=node_params.arm_from_params(p, self))
         self.model_id = self.model.model_id
         self.joint_names = self.model.joint_names
         self.size = self.model.cfg.image_size

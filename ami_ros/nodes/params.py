@@ -105,10 +105,16 @@ class ParamSpec:
         return self.type.name.endswith("_ARRAY") and len(self.default) == 0
 
 
-#: the arm, for every node that needs it (the same three in each)
+#: seconds a node waits at start for a robot_description on robot_description_topic
+ROBOT_DESCRIPTION_WAIT_S = 10.0
+
+#: the arm, for every node that needs it (the same four in each)
 ROBOT_PARAMS = [
     ParamSpec("robot_description", "", "URDF of the arm, as robot_state_publisher takes it; when set, it is the arm "
               "(and `robot` is not read).", read_only=True),
+    ParamSpec("robot_description_topic", "", "Where robot_description is empty: a latched std_msgs/String topic "
+              "holding the URDF, as robot_state_publisher publishes it (e.g. /robot_description), read once at "
+              f"start (waiting up to {ROBOT_DESCRIPTION_WAIT_S:g} s); empty = not used.", read_only=True),
     ParamSpec("robot", "", "The arm when robot_description is empty: a name the package ships (ami_arm6, ur5e, "
               "panda), a robot.yaml or a URDF file; empty = ami_arm6.", read_only=True),
     ParamSpec("joint_limits_file", "", "ros2_control joint_limits YAML tightening and completing the URDF's limits; "
@@ -116,13 +122,29 @@ ROBOT_PARAMS = [
 ]
 
 
-def arm_from_params(p: dict):
-    """The ArmSpec the ROBOT_PARAMS values name; RobotError (a ValueError) with the reason."""
-    from ami_ros.core.arm import arm_from_urdf, load_arm
+def arm_from_params(p: dict, node=None):
+    """The ArmSpec the ROBOT_PARAMS values name (the topic is read through ``node``);
+    RobotError (a ValueError) with the reason."""
+    from ami_ros.core.arm import RobotError, arm_from_urdf, load_arm
 
     limits = p.get("joint_limits_file") or None
     if p.get("robot_description"):
         return arm_from_urdf(p["robot_description"], limits=limits)
+    topic = p.get("robot_description_topic")
+    if topic:
+        if node is None:
+            raise RobotError("robot_description_topic needs a node to read it")
+        from rclpy.wait_for_message import wait_for_message
+        from std_msgs.msg import String
+
+        from ami_ros.nodes import qos
+
+        node.get_logger().info(f"waiting up to {ROBOT_DESCRIPTION_WAIT_S:g} s for the URDF on {topic}")
+        ok, msg = wait_for_message(String, node, topic, qos_profile=qos.LATCHED, time_to_wait=ROBOT_DESCRIPTION_WAIT_S)
+        if not ok or not msg.data.strip():
+            raise RobotError(f"no robot_description on {topic} within {ROBOT_DESCRIPTION_WAIT_S:g} s "
+                             "(is robot_state_publisher running?)")
+        return arm_from_urdf(msg.data, limits=limits, source=topic)
     return load_arm(p.get("robot") or None, limits=limits)
 
 

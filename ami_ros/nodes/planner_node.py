@@ -100,7 +100,7 @@ class PlannerNode(Node):
         if p["threads"]:
             torch.set_num_threads(p["threads"])
         self._torch = torch
-        self.arm = node_params.arm_from_params(p)
+        self.arm = node_params.arm_from_params(p, self)
         self.dt = 1.0 / p["control_rate_hz"]
         self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device="cpu",
                                 arm=self.arm)

@@ -77,7 +77,7 @@ class SafetyNode(Node):
     """``parameter_overrides``: {name: value}; ``safety_file`` overrides the file the spec is
     read from (the parameter of the same name does too); the arm is the robot parameters'."""
 
-    _FILES = ("safety_file", "robot_description", "robot", "joint_limits_file")
+    _FILES = ("safety_file", "robot_description", "robot_description_topic", "robot", "joint_limits_file")
 
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "safety_node",
                  safety_file: str | None = None, **node_kwargs):
@@ -91,14 +91,16 @@ class SafetyNode(Node):
         if safety_file:
             overrides["safety_file"] = safety_file
         files = {k: overrides.get(k) or "" for k in self._FILES}
-        base = SafetySpec.load(files["safety_file"] or None, arm=node_params.arm_from_params(files))
+        # the parameter table needs a spec before the node exists; a topic is read once it does (below)
+        pre = {**files, "robot_description_topic": ""}
+        base = SafetySpec.load(files["safety_file"] or None, arm=node_params.arm_from_params(pre))
         self._specs = node_params.by_name(param_specs(base))
         super().__init__(node_name,
                          parameter_overrides=node_params.parameter_overrides(self._specs.values(), overrides),
                          **node_kwargs)
         p = node_params.declare_parameters(self, self._specs.values())
-        if any(p[k] != files[k] for k in self._FILES):       # set by a parameters file
-            base = SafetySpec.load(p["safety_file"] or None, arm=node_params.arm_from_params(p))
+        if any(p[k] != files[k] for k in self._FILES) or p["robot_description_topic"]:  # a parameters file, a topic
+            base = SafetySpec.load(p["safety_file"] or None, arm=node_params.arm_from_params(p, self))
         self._logged: dict[str, float] = {}       # when each kind of throttled log line last went out
         spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
         self.core = SafetyGate(spec, bool(p["watch_camera"]), float(p["command_tracking_tolerance"]),

@@ -116,7 +116,7 @@ class SimNode(Node):
         from ami_ros.sim.arm_sim import ArmSim  # mujoco import sets MUJOCO_GL
 
         p = node_params.declare_checked(self, PARAMS)
-        self.spec = node_params.arm_from_params(p)
+        self.spec = node_params.arm_from_params(p, self)
         self.initial_positions = self._initial_positions(p["initial_positions"])
         self._lock = threading.RLock()
         self.sim = ArmSim(self.spec, width=p["camera_width"], height=p["camera_height"], seed=p["seed"],
