@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import argparse
 
+from ami_ros.tools.robot_args import add_robot_arguments
+
 SECTIONS = ("encoder", "planner", "gate", "e2e", "memory")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="model folder (default: the package's models/default)")
     p.add_argument("--out", default="", help="JSON output (default: bench/results/<device>.json, e.g. cpu-2core)")
+    add_robot_arguments(p)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke test)")
     p.add_argument("--e2e-seconds", type=float, default=None, help="graph measurement time (default 20, quick 3)")

@@ -37,9 +37,13 @@ def _e2e_once(folder: str, args, threads: int, domain: int):
     seconds = args.e2e_seconds if args.e2e_seconds is not None else (3.0 if args.quick else 20.0)
     rec = {"frames": [], "emb": [], "plan": [], "gated": [], "cycles": []}
     lock = threading.Lock()
+    from ami_ros.tools.bench.node_child import arm_overrides
+
+    arm = arm_overrides(args)
     stack = Stack(context=Context(), domain_id=domain,
-                  overrides={"sim": {"camera_rate_hz": 30.0}, "encoder": {"model_path": folder, "threads": threads},
-                             "planner": {"model_path": folder, "threads": threads}})
+                  overrides={"sim": {"camera_rate_hz": 30.0, **arm}, "encoder": {"model_path": folder, "threads": threads,
+                                                                                 **arm},
+                             "planner": {"model_path": folder, "threads": threads, **arm}, "safety": arm})
     try:
         sim, enc, planner = stack.sim, stack.encoder, stack.planner
         probe = stack.create_node("ami_bench_probe")

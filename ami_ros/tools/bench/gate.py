@@ -17,11 +17,11 @@ def bench_gate(args, out: dict) -> str:
 
     import numpy as np
 
-    from ami_ros.core.arm import load_arm
+    from ami_ros.tools.robot_args import arm_from_args
     from ami_ros.core.safety import Gate, SafetySpec
     from ami_ros.core.stack_config import action_bound, load_stack_config
 
-    arm = load_arm()
+    arm = arm_from_args(args)
     spec = SafetySpec.load()
     gate = Gate(spec)
     bound = action_bound(arm, 0.1, load_stack_config()["action_scale"])

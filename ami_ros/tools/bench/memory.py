@@ -18,7 +18,7 @@ def bench_memory(folder: str, args, out: dict) -> str:
     domain = args.domain_id + 1
     limit = 2 * seconds + 60
     procs = {k: subprocess.Popen([sys.executable, "-m", "ami_ros.tools.bench.node_child", k, folder, str(limit),
-                                  str(domain)],
+                                  str(domain), args.robot or "", args.limits or ""],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for k in KINDS}
     lines: dict[str, list[str]] = {k: [] for k in procs}

@@ -14,10 +14,16 @@ import sys
 import time
 
 
-def overrides(kind: str, folder: str) -> dict:
-    """The node's parameter overrides in the memory section."""
-    return {"sim": {"camera_rate_hz": 30.0}, "encoder": {"model_path": folder},
-            "planner": {"model_path": folder}}.get(kind, {})
+def overrides(kind: str, folder: str, arm: dict | None = None) -> dict:
+    """The node's parameter overrides in the memory section (``arm``: the robot parameters)."""
+    return {**{"sim": {"camera_rate_hz": 30.0}, "encoder": {"model_path": folder},
+               "planner": {"model_path": folder}}.get(kind, {}), **(arm or {})}
+
+
+def arm_overrides(args) -> dict:
+    """The nodes' robot parameters for ``ami-ros bench --robot/--limits``."""
+    return {k: v for k, v in (("robot", getattr(args, "robot", None)),
+                              ("joint_limits_file", getattr(args, "limits", None))) if v}
 
 
 def _memory() -> dict:
@@ -38,9 +44,10 @@ def main(argv: list[str]) -> None:
     from ami_ros.nodes.stack import make_node, ros_args
 
     kind, folder, seconds, domain = argv[0], argv[1], float(argv[2]), int(argv[3])
+    arm = dict(zip(("robot", "joint_limits_file"), argv[4:6]))
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain, args=ros_args())
-    node = make_node(kind, overrides(kind, folder), ctx)
+    node = make_node(kind, overrides(kind, folder, {k: v for k, v in arm.items() if v}), ctx)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
     print("READY", flush=True)

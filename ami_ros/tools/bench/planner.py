@@ -32,14 +32,14 @@ def bench_planner(folder: str, args, out: dict) -> str:
 
     import torch
 
-    from ami_ros.core.arm import load_arm
+    from ami_ros.tools.robot_args import arm_from_args
     from ami_ros.core.model_io import load_model
     from ami_ros.core.stack_config import build_planner, load_stack_config
 
     quick = args.quick
-    arm = load_arm()
+    arm = arm_from_args(args)
     stack = load_stack_config()
-    model = load_model(folder, device="cpu", joint_names=arm.joint_names)
+    model = load_model(folder, device="cpu", arm=arm)
     dt = model.control_dt
     z_hist, q0, prev = _planner_inputs(model, arm)
     joint_state = (q0, 0.0 * q0)                      # the direct predictor's input; unused by 'rollout'
