@@ -84,7 +84,7 @@ class ArmSim:
         lo, hi = self.spec.q_min + margin, self.spec.q_max - margin
         for _ in range(1000):
             q = self.rng.uniform(lo, hi)
-            q[0] = self.rng.uniform(-1.0, 1.0)  # face the table
+            q[0] = self.spec.home[0] + self.rng.uniform(-1.0, 1.0)  # face the table, as home does
             links = self.spec.link_positions(q)
             tip = links[-1]
             if links[2:, 2].min() > TABLE_CLEARANCE and 0.2 <= tip[0] <= 0.75 and abs(tip[1]) <= 0.45 \
