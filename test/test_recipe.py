@@ -80,3 +80,15 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
 def test_bad_recipes_are_refused_with_the_reason(tmp_path, bad, match):
     with pytest.raises(RecipeError, match=match):
         load_recipe(_write(tmp_path / "bad.yaml", {**TINY, **bad}))
+
+
+def test_a_part_that_fails_to_collect_stops_the_rebuild_naming_it(tmp_path, capsys):
+    """The collection runs in the background: a part whose `ami-ros collect` fails ends the
+    rebuild with the part's name and log, and no stage runs."""
+    bad = dict(TINY, collect={**TINY["collect"], "a": {"episodes": 2, "seed": 10, "target_jitter": 9.0}})
+    work = tmp_path / "work"
+    assert _train("--recipe", _write(tmp_path / "bad.yaml", bad), "--work", str(work),
+                  "--out", str(tmp_path / "model"), "--threads", "1") == 2
+    err = capsys.readouterr().err
+    assert "collecting part a failed" in err and "a.log" in err
+    assert not (work / "stages").exists() and not (tmp_path / "model").exists()

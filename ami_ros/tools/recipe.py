@@ -159,7 +159,6 @@ class Collector:
         actions = _dests(collect.add_arguments)
         self.log, self.jobs, self.training = log, max(1, jobs), False
         self.pending, self.done, self.failed = [], set(), None
-        self.started = time.time()
         self.finished = None
         robot = _robot_argv(recipe)
         for part, opts in recipe["collect"].items():
