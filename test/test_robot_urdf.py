@@ -400,3 +400,18 @@ def test_a_model_trained_on_another_arm_is_refused_naming_both():
     with pytest.raises(ModelError, match="ami_arm6.*ur5e_geometry"):
         load_model(folder, "onnx", arm=ur5e)
     assert load_model(folder, "onnx", arm=load_arm()).joint_names == load_arm().joint_names
+
+
+def test_a_robot_yaml_places_the_simulators_camera(tmp_path):
+    """ur5e's robot.yaml moves the scene camera back (the bigger arm in view); ami_arm6 keeps the
+    default; a malformed sim_camera is refused with the reason."""
+    from ami_ros.core.arm import RobotError, share_dir
+    from ami_ros.sim.scene import CAMERA, build_model
+
+    cam = build_model(load_arm("ur5e")).camera("scene")
+    np.testing.assert_allclose(cam.pos, load_arm("ur5e").sim_camera["pos"])
+    np.testing.assert_allclose(build_model(load_arm()).camera("scene").pos, CAMERA[1])
+    robot = tmp_path / "robot.yaml"
+    robot.write_text(f"urdf: {share_dir()}/robots/ur5e/ur5e.urdf\nsim_camera: {{pos: [1, 2]}}\n")
+    with pytest.raises(RobotError, match="sim_camera"):
+        load_arm(str(robot))

@@ -93,6 +93,7 @@ class ArmSpec:
     capsules: tuple[Capsule, ...] = field(default=(), repr=False, compare=False)
     source: str = field(default="", compare=False)
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    sim_camera: dict | None = field(default=None, repr=False, compare=False)   # robot.yaml's, for the simulator
     _kin: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- names and limit vectors (joint order = this spec's order) ----
@@ -305,10 +306,21 @@ def load_arm(robot: str | None = None, *, limits: str | None = None, base_frame:
         except OSError as e:
             raise RobotError(f"{path}: {e}") from None
     limits = limits or (os.path.join(here, opts["joint_limits"]) if opts.get("joint_limits") else None)
-    return arm_from_urdf(urdf, limits=limits, base_frame=base_frame or opts.get("base_frame"),
+    spec = arm_from_urdf(urdf, limits=limits, base_frame=base_frame or opts.get("base_frame"),
                          tool_frame=tool_frame or opts.get("tool_frame"),
                          home=home if home is not None else opts.get("home"),
                          link_radius=opts.get("link_radius", DEFAULT_LINK_RADIUS), source=source)
+    cam = opts.get("sim_camera")
+    if cam is not None:
+        try:
+            cam = {"pos": [float(x) for x in cam["pos"]], "target": [float(x) for x in cam["target"]],
+                   "fovy": float(cam.get("fovy", 50.0))}
+            assert len(cam["pos"]) == len(cam["target"]) == 3 and 1.0 < cam["fovy"] < 179.0
+        except (KeyError, TypeError, ValueError, AssertionError):
+            raise RobotError(f"{source}: sim_camera is {{pos: [x, y, z], target: [x, y, z], fovy: degrees}}, "
+                             f"got {opts['sim_camera']!r}") from None
+        spec = replace(spec, sim_camera=cam)
+    return spec
 
 
 def arm_from_urdf(urdf: str, *, limits=None, base_frame: str | None = None, tool_frame: str | None = None,
@@ -372,7 +384,7 @@ def _read_robot_yaml(path: str) -> dict:
             doc = yaml.safe_load(f)
     except (OSError, yaml.YAMLError) as e:
         raise RobotError(f"{path}: {e}") from None
-    keys = {"name", "urdf", "joint_limits", "base_frame", "tool_frame", "home", "link_radius"}
+    keys = {"name", "urdf", "joint_limits", "base_frame", "tool_frame", "home", "link_radius", "sim_camera"}
     if not isinstance(doc, dict) or "urdf" not in doc or not keys >= set(doc):
         raise RobotError(f"{path}: a robot file is a mapping with urdf and optionally {sorted(keys - {'urdf'})}")
     return doc

@@ -40,7 +40,8 @@ def _xyaxes(pos, target) -> list[float]:
 
 
 #: The scene camera: name, position, target (m, world frame), vertical fov (degrees); from the
-#: front right of the table, looking at the arm's workspace.
+#: front right of the table, looking at the arm's workspace. An arm's robot.yaml may place it
+#: otherwise (``sim_camera``), e.g. further back for a bigger arm.
 CAMERA = ("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.26), 50.0)
 
 
@@ -134,6 +135,8 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480))
     cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[0.1, 0.75, 0.2, 1],
                   mass=0.1, contype=1, conaffinity=3, friction=[0.8, 0.01, 0.001])
     name, pos, target, fovy = CAMERA
+    if spec.sim_camera:
+        pos, target, fovy = spec.sim_camera["pos"], spec.sim_camera["target"], spec.sim_camera["fovy"]
     cam = scene.worldbody.add_camera(name=name, pos=list(pos), fovy=fovy)
     cam.alt.type, cam.alt.xyaxes = mujoco.mjtOrientation.mjORIENTATION_XYAXES, _xyaxes(pos, target)
     with _no_empty_prefix_warning():
