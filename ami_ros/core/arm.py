@@ -352,7 +352,7 @@ def arm_from_urdf(urdf: str, *, limits=None, base_frame: str | None = None, tool
         urdf_limits[j.name] = urdf_limit(j.type, getattr(lim, "lower", None), getattr(lim, "upper", None),
                                          getattr(lim, "velocity", None), getattr(lim, "effort", None))
     try:
-        merged, warnings = load_joint_limits(limits, names, urdf_limits, where=str(limits or source))
+        merged, warnings = load_joint_limits(limits, names, urdf_limits, where=str(limits) if limits else "a joint_limits file")
     except ValueError as e:
         raise RobotError(str(e)) from None
     warnings = list(warnings)
