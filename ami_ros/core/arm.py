@@ -94,6 +94,7 @@ class ArmSpec:
     source: str = field(default="", compare=False)
     warnings: tuple[str, ...] = field(default=(), repr=False, compare=False)
     sim_camera: dict | None = field(default=None, repr=False, compare=False)   # robot.yaml's, for the simulator
+    chain: tuple[dict, ...] = field(default=(), repr=False, compare=False)     # the joints base -> tool (_chain_records)
     _kin: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ---- names and limit vectors (joint order = this spec's order) ----
@@ -161,7 +162,10 @@ class ArmSpec:
         chain = self._chain(qt.dtype, qt.device)
         batch = qt.shape[:-1]
         flat = qt.reshape(-1, self.dof)
-        idx = self._kin.setdefault(("idx", tuple(frames)), [chain.frame_to_idx[f] for f in frames])
+        key = ("idx", tuple(frames))
+        if key not in self._kin:
+            self._kin[key] = [chain.frame_to_idx[f] for f in frames]
+        idx = self._kin[key]
         if is_torch:
             mats = chain.forward_kinematics_tensor(flat)[idx]                   # (F, B, 4, 4)
         else:
@@ -173,10 +177,7 @@ class ArmSpec:
     @property
     def joint_frames(self) -> tuple[str, ...]:
         """The frame each joint moves (its child link), in joint order."""
-        if "joint_frames" not in self._kin:
-            by_joint = _joint_child_links(self.urdf)
-            self._kin["joint_frames"] = tuple(by_joint[n] for n in self.joint_names)
-        return self._kin["joint_frames"]
+        return tuple(r["child"] for r in self.chain if r["type"] != "fixed")
 
     def link_positions(self, q):
         """Origins of the joint frames and the tool point, base frame:
@@ -203,20 +204,23 @@ class ArmSpec:
         """The link volumes at q (..., dof): end points a, b (..., C, 3) in the base frame
         and radii (C,); with ``tool_point``, the tool point last as a capsule of radius 0
         (one kinematics pass for both)."""
-        caps = list(self.capsules)
-        if tool_point:
-            caps.append(Capsule(self.tool_frame, np.zeros(3), np.zeros(3), 0.0))
-        if not caps:
+        key = ("capsules", tool_point)
+        if key not in self._kin:                   # the frames to compute and the capsules in them, once
+            caps = list(self.capsules)
+            if tool_point:
+                caps.append(Capsule(self.tool_frame, np.zeros(3), np.zeros(3), 0.0))
+            links = tuple(dict.fromkeys(c.link for c in caps))
+            self._kin[key] = (links, np.array([links.index(c.link) for c in caps], dtype=int),
+                              np.stack([c.a for c in caps]) if caps else np.zeros((0, 3)),      # (C, 3)
+                              np.stack([c.b for c in caps]) if caps else np.zeros((0, 3)),
+                              np.array([c.radius for c in caps]))
+        links, which, a, b, r = self._kin[key]
+        if not len(r):
             shape = np.shape(q)[:-1] + (0, 3)
             return np.zeros(shape), np.zeros(shape), np.zeros(0)
-        links = tuple(dict.fromkeys(c.link for c in caps))
-        T = self.frame_transforms(q, links)                                      # (..., L, 4, 4)
-        which = np.array([links.index(c.link) for c in caps])
-        T = T[..., which, :, :]                                                  # (..., C, 4, 4)
+        T = self.frame_transforms(q, links)[..., which, :, :]                    # (..., C, 4, 4)
         R, p = T[..., :3, :3], T[..., :3, 3]                                     # (..., C, 3, 3), (..., C, 3)
-        a = np.stack([c.a for c in caps])                                       # (C, 3)
-        b = np.stack([c.b for c in caps])
-        return ((R @ a[..., None])[..., 0] + p, (R @ b[..., None])[..., 0] + p, np.array([c.radius for c in caps]))
+        return (R @ a[..., None])[..., 0] + p, (R @ b[..., None])[..., 0] + p, r
 
     @property
     def reach(self) -> np.ndarray:
@@ -259,7 +263,10 @@ class ArmSpec:
         values: the chain's joints (names, types, origins, axes) and the base and tool
         frames. Limits, volumes and colours do not enter it."""
         if "hash" not in self._kin:
-            doc = {"base": self.base_frame, "tool": self.tool_frame, "chain": _chain_description(self)}
+            chain = [{"name": r["name"], "type": r["type"], "xyz": [round(x, 9) for x in r["xyz"]],
+                      "rpy": [round(x, 9) for x in r["rpy"]],
+                      "axis": None if r["axis"] is None else [round(x, 9) for x in r["axis"]]} for r in self.chain]
+            doc = {"base": self.base_frame, "tool": self.tool_frame, "chain": chain}
             text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
             self._kin["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
         return self._kin["hash"]
@@ -310,16 +317,8 @@ def load_arm(robot: str | None = None, *, limits: str | None = None, base_frame:
                          tool_frame=tool_frame or opts.get("tool_frame"),
                          home=home if home is not None else opts.get("home"),
                          link_radius=opts.get("link_radius", DEFAULT_LINK_RADIUS), source=source)
-    cam = opts.get("sim_camera")
-    if cam is not None:
-        try:
-            cam = {"pos": [float(x) for x in cam["pos"]], "target": [float(x) for x in cam["target"]],
-                   "fovy": float(cam.get("fovy", 50.0))}
-            assert len(cam["pos"]) == len(cam["target"]) == 3 and 1.0 < cam["fovy"] < 179.0
-        except (KeyError, TypeError, ValueError, AssertionError):
-            raise RobotError(f"{source}: sim_camera is {{pos: [x, y, z], target: [x, y, z], fovy: degrees}}, "
-                             f"got {opts['sim_camera']!r}") from None
-        spec = replace(spec, sim_camera=cam)
+    if opts.get("sim_camera") is not None:
+        spec = replace(spec, sim_camera=_sim_camera(opts["sim_camera"], source))
     return spec
 
 
@@ -352,7 +351,8 @@ def arm_from_urdf(urdf: str, *, limits=None, base_frame: str | None = None, tool
         urdf_limits[j.name] = urdf_limit(j.type, getattr(lim, "lower", None), getattr(lim, "upper", None),
                                          getattr(lim, "velocity", None), getattr(lim, "effort", None))
     try:
-        merged, warnings = load_joint_limits(limits, names, urdf_limits, where=str(limits) if limits else "a joint_limits file")
+        merged, warnings = load_joint_limits(limits, names, urdf_limits,
+                                             where=str(limits) if limits else "a joint_limits file")
     except ValueError as e:
         raise RobotError(str(e)) from None
     warnings = list(warnings)
@@ -371,11 +371,25 @@ def arm_from_urdf(urdf: str, *, limits=None, base_frame: str | None = None, tool
     warnings += more
     spec = ArmSpec(name=robot.name, names=tuple(names), joint_types=tuple(j.type for j in movable),
                    limits=lims, home=home_q, base_frame=base, tool_frame=tool, urdf=urdf,
-                   capsules=tuple(capsules), source=source, warnings=tuple(warnings))
+                   capsules=tuple(capsules), source=source, warnings=tuple(warnings),
+                   chain=_chain_records(chain_joints))
     for w in warnings:
         log.warning("%s: %s", spec.name, w)
     spec._chain()          # fail here, not in the gate, if the chain cannot be built
     return spec
+
+
+def _sim_camera(cam, source: str) -> dict:
+    """robot.yaml's ``sim_camera`` checked: {pos: [x, y, z], target: [x, y, z], fovy: degrees}."""
+    bad = RobotError(f"{source}: sim_camera is {{pos: [x, y, z], target: [x, y, z], fovy: degrees}}, got {cam!r}")
+    try:
+        out = {"pos": [float(x) for x in cam["pos"]], "target": [float(x) for x in cam["target"]],
+               "fovy": float(cam.get("fovy", 50.0))}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise bad from None
+    if len(out["pos"]) != 3 or len(out["target"]) != 3 or not 1.0 < out["fovy"] < 179.0:
+        raise bad
+    return out
 
 
 def _read_robot_yaml(path: str) -> dict:
@@ -413,11 +427,6 @@ def _chain_joints(robot, base: str, tool: str, source: str) -> list:
         out.append(j)
         link = j.parent
     return out[::-1]
-
-
-def _joint_child_links(urdf: str) -> dict:
-    robot = _parse_urdf(urdf, "urdf")
-    return {j.name: j.child for j in robot.joints}
 
 
 def _serial_chain(urdf: str, base: str, tool: str):
@@ -512,35 +521,35 @@ def _primitives(link, frame: str, R0: np.ndarray, t0: np.ndarray) -> list[Capsul
     return out
 
 
-def _chain_description(spec: ArmSpec) -> list:
-    robot = _parse_urdf(spec.urdf, spec.source)
+def _chain_records(chain_joints) -> tuple[dict, ...]:
+    """The base-tool chain's joints as plain records (name, type, child link, origin xyz and rpy,
+    axis; None for a fixed joint), read once from the parsed URDF."""
     out = []
-    for j in _chain_joints(robot, spec.base_frame, spec.tool_frame, spec.source):
+    for j in chain_joints:
         o = j.origin
-        out.append({"name": j.name, "type": j.type,
-                    "xyz": [round(float(x), 9) for x in (o.xyz if o is not None and o.xyz else [0, 0, 0])],
-                    "rpy": [round(float(x), 9) for x in (o.rpy if o is not None and o.rpy else [0, 0, 0])],
-                    "axis": [round(float(x), 9) for x in (j.axis or [1, 0, 0])] if j.type != "fixed" else None})
-    return out
+        out.append({"name": j.name, "type": j.type, "child": j.child,
+                    "xyz": [float(x) for x in (o.xyz if o is not None and o.xyz else [0, 0, 0])],
+                    "rpy": [float(x) for x in (o.rpy if o is not None and o.rpy else [0, 0, 0])],
+                    "axis": [float(x) for x in (j.axis or [1, 0, 0])] if j.type != "fixed" else None})
+    return tuple(out)
 
 
 def _reach(spec: ArmSpec, volumes: bool) -> np.ndarray:
     """For each joint, the largest distance from its frame's origin to the tool point (and,
     with ``volumes``, to any volume point) below it, bounded along the chain (the sum of
     the frame offsets in between)."""
-    robot = _parse_urdf(spec.urdf, spec.source)
-    chain = _chain_joints(robot, spec.base_frame, spec.tool_frame, spec.source)
+    chain = spec.chain
     # distance along the chain from each chain link's frame to each later chain link's frame (upper bound)
-    frames = [j.child for j in chain]
-    offset = [float(np.linalg.norm(_origin(j.origin)[1])) for j in chain]
+    frames = [r["child"] for r in chain]
+    offset = [float(np.linalg.norm(r["xyz"])) for r in chain]
     far = {}                                            # link -> farthest point of its own volumes from its frame
     for c in spec.capsules if volumes else ():
         far[c.link] = max(far.get(c.link, 0.0), float(np.linalg.norm(c.a)) + c.radius,
                           float(np.linalg.norm(c.b)) + c.radius)
     out = []
     for name in spec.joint_names:
-        i = next(k for k, j in enumerate(chain) if j.name == name)
-        if chain[i].type == "prismatic":
+        i = next(k for k, r in enumerate(chain) if r["name"] == name)
+        if chain[i]["type"] == "prismatic":
             out.append(1.0)
             continue
         best, along = 0.0, 0.0

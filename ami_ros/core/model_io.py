@@ -300,8 +300,8 @@ def check_arm(folder: str, card: dict, arm) -> None:
                          f"not {list(arm.joint_names)} ({arm.name})")
     robot = card.get("robot") or {}
     trained = robot.get("name", card.get("arm"))
-    if trained is not None and trained != arm.name or robot.get("kinematics_hash", arm.kinematics_hash) \
-            != arm.kinematics_hash:
+    if (trained is not None and trained != arm.name) \
+            or robot.get("kinematics_hash", arm.kinematics_hash) != arm.kinematics_hash:
         raise ModelError(f"{folder}: model was trained on arm {trained} (kinematics "
                          f"{robot.get('kinematics_hash', 'not recorded')}), not on {arm.name} "
                          f"(kinematics {arm.kinematics_hash})")
