@@ -47,7 +47,7 @@ setup(
         "onnxruntime>=1.18",
         "opencv-python-headless>=4.8",
         "transforms3d>=0.4",
-        "pytorch-kinematics>=0.10,<0.11",  # URDF forward kinematics and Jacobians, batched in torch
+        "pytorch-kinematics==0.10.0",  # URDF forward kinematics and Jacobians, batched in torch (torch: the pin above)
     ],
     extras_require={
         "ros": ROS_WHEELS,

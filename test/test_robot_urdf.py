@@ -247,15 +247,9 @@ def test_third_party_capsules_at(third_party):
     a, b, r = spec.capsules_at(spec.home)
     assert a.shape == b.shape == (len(spec.capsules), 3) and np.all(np.isfinite(a)) and np.all(np.isfinite(b))
     chain_links = set(spec.joint_frames) | {spec.tool_frame}
-    assert {c.link for c in spec.capsules} <= chain_links | set(_chain_link_names(spec))
+    assert {c.link for c in spec.capsules} <= chain_links | {r["child"] for r in spec.chain}
     if key == "panda":
         assert any("panda_finger_joint1" in w and "not checked" in w for w in spec.warnings), spec.warnings
-
-
-def _chain_link_names(spec) -> list[str]:
-    from ami_ros.core.arm import _chain_joints, _parse_urdf
-
-    return [j.child for j in _chain_joints(_parse_urdf(spec.urdf, ""), spec.base_frame, spec.tool_frame, "")]
 
 
 # ----------------------------------------------------------------- b. FK vs MuJoCo (third-party)
@@ -415,3 +409,28 @@ def test_a_robot_yaml_places_the_simulators_camera(tmp_path):
     robot.write_text(f"urdf: {share_dir()}/robots/ur5e/ur5e.urdf\nsim_camera: {{pos: [1, 2]}}\n")
     with pytest.raises(RobotError, match="sim_camera"):
         load_arm(str(robot))
+
+
+_LIMIT = '<limit lower="-1" upper="1" velocity="1" effort="1"/>'
+
+
+@pytest.mark.parametrize("urdf, kw, match", [
+    ("<robot name='x'><link name='a'/></robot", {}, "not a readable URDF"),
+    ("<robot name='x'><link name='a'/><link name='b'/><joint name='j' type='fixed'><parent link='a'/>"
+     "<child link='b'/></joint></robot>", {}, "no movable joint"),
+    ("<robot name='x'><link name='a'/><link name='b'/><joint name='j' type='floating'><parent link='a'/>"
+     "<child link='b'/></joint></robot>", {}, "not supported"),
+    ("<robot name='x'><link name='a'/><link name='b'/><joint name='j' type='revolute'><parent link='a'/>"
+     f"<child link='b'/><axis xyz='0 0 1'/>{_LIMIT}</joint></robot>", {"tool_frame": "nope"}, "not a link"),
+    ("<robot name='x'><link name='a'/><link name='b'/><joint name='j' type='revolute'><parent link='a'/>"
+     "<child link='b'/><axis xyz='0 0 1'/></joint></robot>", {}, "declared continuous"),
+    ("<robot name='x'><link name='a'/><link name='b'/><joint name='j' type='revolute'><parent link='a'/>"
+     f"<child link='b'/><axis xyz='0 0 1'/>{_LIMIT}</joint></robot>", {"home": [0.0, 0.0]}, "home needs 1"),
+    ("<robot name='x'><link name='a'/><link name='b'/><joint name='j' type='revolute'><parent link='a'/>"
+     f"<child link='b'/><axis xyz='0 0 1'/>{_LIMIT}</joint></robot>", {"home": [2.0]}, "outside the joint limits"),
+])
+def test_unusable_urdfs_are_refused_with_the_reason(urdf, kw, match):
+    from ami_ros.core.arm import RobotError, arm_from_urdf
+
+    with pytest.raises(RobotError, match=match):
+        arm_from_urdf(urdf, **kw)
