@@ -133,7 +133,7 @@ def test_target_jitter_reaches_the_workspace_edges_clear_of_the_table(tmp_path, 
     """--target-jitter R moves each random exploration target by up to R per joint: more of
     the targets put the tool outside the region random configurations keep to, none puts
     a link beyond the shoulder near the table; the collection and the card record it."""
-    from ami_ros.sim.arm_sim import TABLE_CLEARANCE, ArmSim
+    from ami_ros.sim.arm_sim import ArmSim, clear_of_table
     from ami_ros.tools.collect import Explorer
 
     with ArmSim(width=16, height=16, seed=3) as sim:
@@ -148,7 +148,7 @@ def test_target_jitter_reaches_the_workspace_edges_clear_of_the_table(tmp_path, 
     assert outside(spec.tool_position(plain)).mean() == 0
     assert outside(spec.tool_position(jit)).mean() > 0.1
     assert np.abs(jit - plain).max() <= 0.35 and np.abs(jit - plain).mean() > 0.1
-    assert spec.link_positions(jit)[:, 2:, 2].min() >= TABLE_CLEARANCE - 1e-9
+    assert clear_of_table(spec, jit).all()
     assert np.all(jit >= spec.q_min) and np.all(jit <= spec.q_max)
     d = tmp_path / "jit"
     assert collect("--episodes", "1", "--out", str(d), "--steps", "10", "--target-jitter", "0.35",

@@ -113,7 +113,7 @@ class SimNode(Node):
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from ami_ros.sim.arm_sim import ArmSim  # mujoco import sets MUJOCO_GL
+        from ami_ros.sim.arm_sim import ArmSim
 
         p = node_params.declare_checked(self, PARAMS)
         self.spec = node_params.arm_from_params(p, self)

@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import os
 
+import mujoco  # (the package sets MUJOCO_GL, offscreen EGL by default, before any import of it)
 import numpy as np
 
 from ami_ros.core.arm import ArmSpec, load_arm
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler, validate
 from ami_ros.sim.scene import CAMERA, CUBE_HALF, build_model
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-import mujoco  # noqa: E402  (MUJOCO_GL must be set before the import)
-
 # Where resets put the cube and draw joint configurations (a region the camera sees).
 CUBE_X = (0.30, 0.60)
 CUBE_Y = (-0.30, 0.30)
-# m: the lowest the links beyond the shoulder may be in a drawn configuration (start, goal, exploration target)
+# m: the lowest the joint origins beyond the shoulder may be in a drawn configuration (start, goal, exploration
+# target), and the lowest the surface of a link volume beyond the first link may be
 TABLE_CLEARANCE = 0.06
+VOLUME_CLEARANCE = 0.01
+
+
+def clear_of_table(arm: ArmSpec, q: np.ndarray) -> np.ndarray:
+    """q (..., dof) -> (...,) bool: the joint origins beyond the shoulder at least TABLE_CLEARANCE
+    above the table, and the link volumes beyond the first link at least VOLUME_CLEARANCE."""
+    q = np.asarray(q, dtype=np.float64)
+    ok = arm.link_positions(q)[..., 2:, 2].min(axis=-1) >= TABLE_CLEARANCE
+    a, b, r = arm.capsules_at(q)
+    moving = np.array([c.link != arm.joint_frames[0] for c in arm.capsules], dtype=bool)
+    if moving.any():
+        surface = np.minimum(a[..., 2], b[..., 2]) - r                              # (..., C)
+        ok &= surface[..., moving].min(axis=-1) >= VOLUME_CLEARANCE
+    return ok
 
 
 class ArmSim:
@@ -85,16 +98,14 @@ class ArmSim:
         for _ in range(1000):
             q = self.rng.uniform(lo, hi)
             q[0] = self.spec.home[0] + self.rng.uniform(-1.0, 1.0)  # face the table, as home does
-            links = self.spec.link_positions(q)
-            tip = links[-1]
-            if links[2:, 2].min() > TABLE_CLEARANCE and 0.2 <= tip[0] <= 0.75 and abs(tip[1]) <= 0.45 \
-                    and tip[2] < 0.55:
+            tip = self.spec.tool_position(q)
+            if 0.2 <= tip[0] <= 0.75 and abs(tip[1]) <= 0.45 and tip[2] < 0.55 and clear_of_table(self.spec, q):
                 return q
         return self.spec.home.copy()
 
     def clear_of_table(self, q: np.ndarray) -> bool:
-        """The links beyond the shoulder at least TABLE_CLEARANCE above the table at joint positions q."""
-        return bool(self.spec.link_positions(q)[2:, 2].min() >= TABLE_CLEARANCE)
+        """The arm clear of the table at joint positions q (:func:`clear_of_table`)."""
+        return bool(clear_of_table(self.spec, q))
 
     def reset(self, q: np.ndarray | None = None, cube_xy: np.ndarray | None = None) -> None:
         """Put the arm at ``q`` (home if None) at rest, and the cube at ``cube_xy`` (random if None)."""

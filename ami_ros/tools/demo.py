@@ -38,15 +38,14 @@ def goal_sequence(arm, q_start, n, rng):
     """n goal configurations, each a short reach from the previous one, tool over the table."""
     import numpy as np
 
-    from ami_ros.sim.arm_sim import TABLE_CLEARANCE
+    from ami_ros.sim.arm_sim import clear_of_table
 
     goals, q = [], np.asarray(q_start, dtype=float)
     while len(goals) < n:
         qg = arm.clip(q + rng.uniform(-0.35, 0.35, arm.dof))
-        links = arm.link_positions(qg)
-        d = np.linalg.norm(arm.tool_position(qg) - arm.tool_position(q))
-        if links[2:, 2].min() > TABLE_CLEARANCE and 0.2 <= links[-1, 0] <= 0.75 and abs(links[-1, 1]) < 0.45 \
-                and 0.08 <= d <= 0.2:
+        tip = arm.tool_position(qg)
+        d = np.linalg.norm(tip - arm.tool_position(q))
+        if 0.2 <= tip[0] <= 0.75 and abs(tip[1]) < 0.45 and 0.08 <= d <= 0.2 and clear_of_table(arm, qg):
             goals.append(qg)
             q = qg
     return goals
