@@ -37,6 +37,10 @@ def generate_launch_description():
                               description="hard safety spec YAML (workspace, keep-out boxes) for safety_node and "
                                           "planner_node ('' = the package's config/safety.yaml)"),
 
+        DeclareLaunchArgument("controller_start",
+                              description="how the arm's trajectory controller in Gazebo starts a new trajectory: "
+                                          "commanded (from its reference) or measured (from the joint state)"),
+
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
                 PathJoinSubstitution([FindPackageShare("ros_gz_sim"), "launch", "gz_sim.launch.py"])),
@@ -56,5 +60,6 @@ def generate_launch_description():
                 "joint_states": "/joint_states",
                 "command": "/arm_controller/joint_trajectory",
                 "use_sim_time": "true",
+                "controller_start": LaunchConfiguration("controller_start"),
             }.items()),
     ])

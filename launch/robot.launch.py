@@ -3,8 +3,12 @@
 Nothing here starts a camera, an arm driver or a simulator; point the stack at the
 topics the robot offers:
 
-    ros2 launch ami_ros robot.launch.py image:=/wrist_cam/image_raw \
+    ros2 launch ami_ros robot.launch.py controller_start:=measured image:=/wrist_cam/image_raw \
         joint_states:=/joint_states command:=/arm_controller/joint_trajectory
+
+``controller_start`` has no default: say how the arm's joint_trajectory_controller starts
+a new trajectory, ``commanded`` (``interpolate_from_desired_state: true``; ``open_loop_control:
+true`` on Humble) or ``measured`` (JTC's default); the safety gate checks each plan from there.
 
 Only safety_node publishes on ``command``. The parameter files default to the
 package's config/*.yaml, which override the nodes' defaults (docs/parameters.md) where
@@ -28,6 +32,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from ami_ros.core.trajectory import CONTROLLER_STARTS
 
 
 def generate_launch_description():
@@ -78,6 +84,10 @@ def generate_launch_description():
                               description="joint state topic (sensor_msgs/JointState)"),
         DeclareLaunchArgument("command", default_value="/arm_controller/joint_trajectory",
                               description="the arm controller's JointTrajectory command topic"),
+        DeclareLaunchArgument("controller_start", choices=list(CONTROLLER_STARTS),
+                              description="how the arm's trajectory controller starts a new trajectory: from its "
+                                          "reference (commanded: JTC interpolate_from_desired_state true) or from "
+                                          "the joint state (measured: JTC's default); no default, say which"),
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="true when a simulator publishes /clock"),
 
@@ -89,6 +99,7 @@ def generate_launch_description():
                                           "use_sim_time": sim_time, **arm}],
              remappings=inputs),
         Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen",
-             parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time, **arm}],
+             parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time,
+                                         "controller_start": LaunchConfiguration("controller_start"), **arm}],
              remappings=inputs + [("/arm_controller/joint_trajectory", command)]),
     ])

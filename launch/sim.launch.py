@@ -15,6 +15,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from ami_ros.core.trajectory import CONTROLLER_STARTS
+
 
 def generate_launch_description():
     return LaunchDescription([
@@ -40,11 +42,15 @@ def generate_launch_description():
                                           "('' = ami_arm6); the simulator builds it from its URDF"),
         DeclareLaunchArgument("joint_limits_file", default_value="",
                               description="ros2_control joint_limits YAML for the arm ('' = the robot.yaml's)"),
+        DeclareLaunchArgument("controller_start", default_value=CONTROLLER_STARTS[0], choices=list(CONTROLLER_STARTS),
+                              description="where the simulated trajectory controller starts a new trajectory "
+                                          "(commanded: its reference; measured: the joint state); the gate is told"),
 
         Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen",
              parameters=[LaunchConfiguration("sim_params"),
                          {"robot": LaunchConfiguration("robot"),
-                          "joint_limits_file": LaunchConfiguration("joint_limits_file")}]),
+                          "joint_limits_file": LaunchConfiguration("joint_limits_file"),
+                          "controller_start": LaunchConfiguration("controller_start")}]),
         IncludeLaunchDescription(
             PythonLaunchDescriptionSource(
                 PathJoinSubstitution([FindPackageShare("ami_ros"), "launch", "robot.launch.py"])),
@@ -56,5 +62,6 @@ def generate_launch_description():
                 "safety_file": LaunchConfiguration("safety_file"),
                 "robot": LaunchConfiguration("robot"),
                 "joint_limits_file": LaunchConfiguration("joint_limits_file"),
+                "controller_start": LaunchConfiguration("controller_start"),
             }.items()),
     ])

@@ -8,7 +8,7 @@ import pytest
 
 from ami_ros.core.gate import STATES, SafetyGate
 from ami_ros.core.safety import SafetySpec
-from ami_ros.core.trajectory import Trajectory, TrajectoryError
+from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
 
 SPEC = SafetySpec.load()
 NAMES = SPEC.joint_names
@@ -139,18 +139,74 @@ def test_estop_while_idle_sends_one_hold_and_stays_holding():
     assert len(p.sent) == 1
 
 
-def test_plans_are_gated_from_the_commanded_state_while_the_arm_follows():
+def test_commanded_start_gates_from_the_controllers_reference_and_reports_an_arm_not_following():
     p = Probe()
     p.fresh(0.0)
     p.g.on_plan(0.0, line(HOME, [0.05] * DOF))
-    qc, _ = p.g.sent.sample(0.5)
-    p.fresh(0.5, qc + 0.01)                                       # following
-    q0, _ = p.g.command_state(0.5)
+    qc, vc = p.g.sent.sample(0.3)
+    p.fresh(0.3, qc + 0.01)                                       # following
+    q0, v0 = p.g.command_state(0.3)
     np.testing.assert_allclose(q0, qc)
-    p.fresh(0.5, qc + 0.3)                                        # not following (> 0.15 rad off)
-    q0, v0 = p.g.command_state(0.5)
-    np.testing.assert_allclose(q0, qc + 0.3)
-    assert p.g.from_measured == 1 and p.g.sent is None and not v0.any()
+    np.testing.assert_allclose(v0, vc)
+    assert p.g.not_following == 0
+    p.fresh(0.3, qc + 0.3)        # not following (> 0.15 rad off): the controller still starts from its reference
+    q0, v0 = p.g.command_state(0.3)
+    np.testing.assert_allclose(q0, qc)
+    assert p.g.not_following == 1 and any("not following" in m for _, m in p.logs)
+    # the controller's own report of its reference, while fresh, replaces the model
+    p.g.observe_reference(0.3, HOME + 0.1, ZERO + 0.2)
+    np.testing.assert_allclose(p.g.command_state(0.35)[0], HOME + 0.1 + 0.2 * 0.05)
+    np.testing.assert_allclose(p.g.command_state(0.9)[0], p.g.sent.sample(0.9)[0])   # stale: modelled again
+
+
+def test_measured_start_gates_from_the_joint_state_carried_forward_by_its_velocity():
+    p = Probe()
+    p.g = SafetyGate(SPEC, False, 0.15, send=p.sent.append, controller_start="measured")
+    v = np.full(DOF, 0.05)
+    p.g.observe_joint_state(1.0, HOME, v, stamp=0.98)             # measured 20 ms before it arrived
+    q0, v0 = p.g.command_state(1.0)
+    np.testing.assert_allclose(q0, HOME + 0.05 * 0.02)
+    np.testing.assert_allclose(v0, v)
+    p.g.on_plan(1.0, line(HOME, [0.05] * DOF))
+    assert len(p.sent) == 1, p.g.gate.last_violation
+    np.testing.assert_allclose(p.g.sent.pos[0], q0)               # the sent plan starts from there
+    p.g.observe_joint_state(2.0, HOME, v, stamp=-5.0)             # an implausible stamp: taken on arrival
+    np.testing.assert_allclose(p.g.command_state(2.0)[0], HOME)
+    with pytest.raises(ValueError, match="controller_start"):
+        SafetyGate(SPEC, controller_start="desired")
+
+
+@pytest.mark.parametrize("with_velocities", [True, False])
+def test_what_passes_ends_at_rest_within_the_motion_bound(with_velocities):
+    """A plan longer than the lease (plan_timeout) goes out cut there and braked to rest on its
+    own path: if nothing replaced it (planner or safety node gone), the arm would stop in time."""
+    p = Probe()
+    p.fresh(0.0)
+    plan = line(HOME, np.r_[0.6, np.zeros(DOF - 1)], n=30)        # 3 s of pan at 0.2 rad/s
+    if not with_velocities:
+        plan = Trajectory(plan.joint_names, plan.times, plan.positions)
+    p.g.on_plan(0.0, plan)
+    assert len(p.sent) == 1, p.g.gate.last_violation
+    out, lease = p.sent[0], SPEC.tunables.plan_timeout
+    bound = p.g.motion_bound()
+    assert lease <= out.duration <= bound < plan.duration
+    t = np.linspace(0, out.duration, 2001)
+    Q = np.array([p.g.sent.sample(x)[0] for x in t])
+    V = np.array([p.g.sent.sample(x)[1] for x in t])
+    unleased = p.g.gate.gate(plan, HOME, 0.0, ZERO).trajectory      # what would pass without the lease
+    planned = TrajectorySampler(unleased, HOME, ZERO, 0.0)
+    early = t <= lease - 0.1                                      # the same path before the cut
+    np.testing.assert_allclose(Q[early], [planned.sample(x)[0] for x in t[early]], atol=1e-9)
+    np.testing.assert_allclose(p.g.sent.sample(out.duration + 1.0)[1], ZERO)
+    if with_velocities:                                           # braked within the acceleration limits
+        assert np.all(np.abs(V[-1]) < 1e-9)
+        acc = np.abs(np.diff(V, axis=0) / np.diff(t)[:, None])
+        assert np.all(acc <= SPEC.a_lim * (1 + 1e-6) + 1e-9)
+    # a plan within the lease goes out as it would without one
+    short = line(HOME, [0.01] * DOF, n=4)
+    a, b = (p.g.gate.gate(short, HOME, 0.0, ZERO, lease=x).trajectory for x in (lease, None))
+    np.testing.assert_array_equal(a.times, b.times)
+    np.testing.assert_array_equal(a.positions, b.positions)
 
 
 def test_tunables_narrow_and_move_the_watchdog_deadlines():

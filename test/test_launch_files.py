@@ -7,7 +7,8 @@ Each launch file is parsed with ``ast`` (never imported), and:
   name equals the executable name;
 - every file it references in the ami_ros share directory exists in the repository;
 - every ami_ros node's parameter file has a ``<node name>: ros__parameters:`` key;
-- every argument it passes to an included ami_ros launch file is declared there.
+- every argument it passes to an included ami_ros launch file is declared there, and
+  every argument without a default there is passed.
 """
 import ast
 from pathlib import Path
@@ -103,6 +104,7 @@ class LaunchFile:
             name = const_str(c.args[0]) if c.args else const_str(kwarg(c, "name"))
             assert name, f"{path.name}: DeclareLaunchArgument without a literal name (line {c.lineno})"
             self.declared[name] = kwarg(c, "default_value")
+        self.required = {name for name, default in self.declared.items() if default is None}
 
     def default_share_path(self, arg):
         default = self.declared.get(arg)
@@ -208,6 +210,13 @@ def test_included_launch_arguments_are_declared(launch_file):
         keys = [const_str(k) for k in mapping.keys]
         unknown = sorted(k for k in keys if k not in included.declared)
         assert not unknown, f"{launch_file.path.name}: passes undeclared argument(s) {unknown} to {ref[1]}"
+        required = sorted(k for k in included.required if k not in keys)   # no default: must be passed on
+        assert not required, f"{launch_file.path.name}: does not pass required argument(s) {required} to {ref[1]}"
+
+
+def test_robot_launch_requires_the_controller_start():
+    """The gate's model of the controller is a choice the user makes, not a default."""
+    assert "controller_start" in LaunchFile(ROOT / "launch" / "robot.launch.py").required
 
 
 def test_gz_bridge_config():

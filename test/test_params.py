@@ -27,7 +27,7 @@ SHIPPED = {
     "sim_node": {
         "physics_rate_hz": 100.0, "camera_rate_hz": 20.0, "joint_state_rate_hz": 50.0, "camera_width": 64,
         "camera_height": 64, "seed": 0, "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "initial_positions": [],
-        "real_time_factor": 1.0, "command_topic": "/arm_controller/joint_trajectory",
+        "real_time_factor": 1.0, "command_topic": "/arm_controller/joint_trajectory", "controller_start": "commanded",
     },
     "encoder_node": {
         "model_path": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
@@ -52,7 +52,9 @@ SHIPPED = {
         "acceleration_scale": 0.75, "jerk_scale": 1.0, "max_tool_speed": 1.0, "max_segment_duration": 0.5,
         "max_duration": 30.0, "stamp_tolerance": 1.0, "start_tolerance": 0.02, "max_time_scale": 20.0,
         "position_margin": 0.01, "workspace_margin": 0.01, "plan_timeout": 0.5, "joint_state_timeout": 0.2,
-        "camera_timeout": 0.5, "watch_camera": True, "command_tracking_tolerance": 0.15, "watchdog_rate": 50.0,
+        "camera_timeout": 0.5, "watch_camera": True, "controller_start": "commanded",
+        "controller_state_topic": "/arm_controller/controller_state", "command_tracking_tolerance": 0.15,
+        "watchdog_rate": 50.0,
         "diagnostics_period": 1.0,
     },
 }

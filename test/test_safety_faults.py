@@ -702,6 +702,31 @@ def test_embeddings_of_another_model_stop_planning_and_hold(restored):
           f"{t_hold - t_last:.3f} s after the last plan, arm still {t_still - t_last:.3f} s after it")
 
 
+# ====================================================================== (f)
+def test_gate_killed_mid_motion_the_arm_stops_by_itself(restored):
+    """safety_node dies while the arm moves: nothing holds the arm any more, yet it comes to rest
+    within the gate's motion bound (every command it sent ends at rest by then), on its own."""
+    s = restored
+    probe, safety = s["probe"], s["safety"]
+    bound = safety.core.motion_bound()
+    _start_motion(s)
+    time.sleep(0.3)
+    t_kill = time.monotonic()
+    s["destroyed"].append("safety")
+    s["stack"].destroy(safety)
+    t_last = probe.last_motion_command()
+    assert t_last is not None and t_kill - t_last < 0.5, "no plan passed just before the kill"
+    moving = probe.joint_series(t_kill - 0.1)[2]
+    assert len(moving) and np.abs(moving[-1]).max() > MOVING, "the arm was not moving when the gate died"
+    t_still = _arm_still(probe, t_last, bound + SETTLE + JITTER, "safety node killed")
+    assert probe.commands_since(t_kill + 0.1) == [], "commands reached the controller after the gate died"
+    _within_limits(s, t_kill)
+    print(f"safety node killed: arm at rest {t_still - t_last:.3f} s after the last command it sent "
+          f"({t_still - t_kill:.3f} s after the kill; motion bound {bound:.3f} s)")
+    s["safety"] = s["stack"].make("safety")          # the next test's stack
+    s["ex"].add(s["safety"])
+
+
 # ====================================================================== (c') empty images
 def test_zero_size_images_are_refused_not_raised(restored):
     """A 0 x 0 camera frame or goal image is refused and counted; no callback raises.

@@ -13,11 +13,13 @@ Its state (:data:`STATES`, reported through ``on_state`` when it changes):
   the gate then holds until a new plan passes;
 - ``rejecting``: the last plan was refused.
 
-Plans are gated from the state the controller starts them from: like ros2_control's
-joint_trajectory_controller, it continues from its *commanded* position and velocity (the
-trajectory last sent, sampled as the controller samples it) while the measured position is
-within ``tracking_tolerance`` of it, and from the measured state otherwise (a driver stop,
-a collision, a restart).
+Plans are gated from the state the controller starts them from (``controller_start``, one of
+:data:`~ami_ros.core.trajectory.CONTROLLER_STARTS`): ``commanded``, the controller's reference,
+which it continues smoothly (the trajectory last sent, sampled as the controller samples it, or
+the controller's own report of it when one is fed in); ``measured``, the latest joint state
+carried forward by its velocity to the instant of the decision. In ``commanded`` the measured
+position farther than ``tracking_tolerance`` from the reference is reported (the arm is not
+following: a driver stop, a collision), not gated from: the controller still starts there.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ami_ros.core.safety import EStop, Gate, SafetySpec, Violation, Watchdog
-from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
+from ami_ros.core.trajectory import CONTROLLER_STARTS, Trajectory, TrajectoryError, TrajectorySampler
 
 STATES = ("ok", "holding", "e-stopped", "rejecting")
 _TIMEOUT_OF = {"plan_timeout": "plan", "joint_state_timeout": "joint_state", "camera_timeout": "camera"}
@@ -45,7 +47,11 @@ class SafetyGate:
     def __init__(self, spec: SafetySpec, watch_camera: bool = True, tracking_tolerance: float = 0.15,
                  send: Callable[[Trajectory], None] | None = None,
                  on_state: Callable[[str], None] | None = None,
-                 log: Callable[[str, str, str, float], None] | None = None):
+                 log: Callable[[str, str, str, float], None] | None = None, *,
+                 controller_start: str = CONTROLLER_STARTS[0]):
+        if controller_start not in CONTROLLER_STARTS:
+            raise ValueError(f"controller_start must be one of {CONTROLLER_STARTS}, got {controller_start!r}")
+        self.controller_start = controller_start
         self.spec = spec
         self.names = spec.joint_names
         self.estop = EStop()
@@ -57,9 +63,11 @@ class SafetyGate:
         self._state_cb = on_state or (lambda state: None)
         self._log = log or _quiet
         self.sent: TrajectorySampler | None = None  # what the controller is tracking (as far as we sent it)
-        self.from_measured = 0                      # plans gated from the measured state (arm not following)
+        self.not_following = 0                      # decisions with the arm beyond tracking_tolerance
         self.q: np.ndarray | None = None            # (dof,) latest measured position
         self.v: np.ndarray | None = None            # (dof,) latest measured velocity
+        self.t_q = -np.inf                          # when q was measured
+        self._reference: tuple[float, np.ndarray, np.ndarray] | None = None   # the controller's own (t, q, v)
         self.state = "holding"
         self.hold_reason = "waiting for joint_states"
         self.stale: list[str] = []                  # stale inputs at the last state update (not "plan")
@@ -93,20 +101,43 @@ class SafetyGate:
             self._state_cb(state)
         return state
 
+    def measured_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """The latest joint state carried forward to ``now`` at its velocity (at most for one
+        joint-state timeout, the velocity within the joint limits)."""
+        age = min(max(now - self.t_q, 0.0), self.spec.tunables.joint_state_timeout)
+        v = np.clip(self.v, -self.spec.arm.v_max, self.spec.arm.v_max)
+        return self.q + v * age, self.v
+
     def command_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
-        """The position and velocity (dof,) the controller continues from at ``now``: the last
-        trajectory sent, sampled as the controller samples it, while the measured position
-        follows it; the measured state otherwise (call with a joint state known)."""
-        if self.sent is not None:
+        """The position and velocity (dof,) the controller starts a trajectory from at ``now``
+        (``controller_start``; call with a joint state known)."""
+        if self.controller_start == "measured":
+            return self.measured_state(now)
+        if self._reference is not None and now - self._reference[0] <= self.spec.tunables.joint_state_timeout:
+            t, qc, vc = self._reference
+            qc = qc + vc * max(now - t, 0.0)
+        elif self.sent is not None:
             qc, vc = self.sent.sample(now)
-            off = float(np.max(np.abs(qc - self.q)))
-            if off <= self.tracking_tolerance:
-                return qc, vc
-            self.sent = None
-            self.from_measured += 1
-            self._log("warning", "from_measured", f"commanded position {off:.3f} rad from the measured one "
-                      f"(> {self.tracking_tolerance}); gating from the measured state", 2.0)
-        return self.q, self.v
+        else:                        # nothing sent: the controller holds where it was started, at the arm
+            return self.q, np.zeros_like(self.q)
+        off = float(np.max(np.abs(qc - self.measured_state(now)[0])))
+        if off > self.tracking_tolerance:
+            self.not_following += 1
+            self._log("warning", "not_following", f"the arm is {off:.3f} rad from the controller's reference "
+                      f"(> {self.tracking_tolerance}): not following (stopped, blocked or the controller restarted)",
+                      2.0)
+        return qc, vc
+
+    @property
+    def lease(self) -> float:
+        """Seconds of a passed plan that go out before it is braked to rest: the plan timeout,
+        after which the watchdog would hold anyway."""
+        return self.spec.tunables.plan_timeout
+
+    def motion_bound(self) -> float:
+        """Seconds after its start within which whatever was sent ends at rest, with or without
+        this gate running."""
+        return self.gate.motion_bound(self.lease)
 
     def in_motion(self, now: float) -> bool:
         return not self._holding and self._moving_until is not None and now <= self._moving_until
@@ -132,17 +163,27 @@ class SafetyGate:
         self._log("warning", "hold", f"holding: {reason}", 0.0)
 
     # ------------------------------------------------------------------ inputs
-    def observe_joint_state(self, now: float, q, v=None) -> bool:
+    def observe_joint_state(self, now: float, q, v=None, stamp: float | None = None) -> bool:
         """The measured position q and velocity v (dof,) in the spec's joint order (v None or not
-        finite: zeros). False (ignored) when q is not finite."""
+        finite: zeros), measured at ``stamp`` (None, or not within a joint-state timeout before
+        ``now``: on arrival). False (ignored) when q is not finite."""
         q = np.asarray(q, dtype=np.float64)
         if not np.all(np.isfinite(q)):
             self._log("warning", "joint_state", "ignoring joint state with NaN / Inf", 5.0)
             return False
         self.q = q
         self.v = np.asarray(v, dtype=np.float64) if v is not None and np.all(np.isfinite(v)) else np.zeros_like(q)
+        fresh = stamp is not None and 0.0 <= now - stamp <= self.spec.tunables.joint_state_timeout
+        self.t_q = float(stamp) if fresh else now
         self.watchdog.feed("joint_state", now)
         return True
+
+    def observe_reference(self, now: float, q, v) -> None:
+        """The controller's own reference position and velocity (dof,) at ``now`` (its state
+        topic): ``commanded`` starts are taken from it while it is fresh, not modelled."""
+        q, v = np.asarray(q, dtype=np.float64), np.asarray(v, dtype=np.float64)
+        if q.shape == v.shape == (len(self.names),) and np.all(np.isfinite(q)) and np.all(np.isfinite(v)):
+            self._reference = (float(now), q, v)
 
     def observe_image(self, now: float) -> None:
         """A camera frame arrived (fed to the watchdog when the camera is watched)."""
@@ -171,7 +212,7 @@ class SafetyGate:
             self.update_state(now)
             return
         q0, v0 = self.command_state(now)
-        res = self.gate.gate(plan, q0, now, v0)
+        res = self.gate.gate(plan, q0, now, v0, lease=self.lease)
         self.latency_last = res.latency
         self.latency_max = max(self.latency_max, res.latency)
         if res.ok:
@@ -252,7 +293,9 @@ class SafetyGate:
             "scaled": self.gate.scaled,
             "rejected": sum(self.gate.rejections.values()),
             "holds_published": self.holds_published,
-            "gated_from_measured": self.from_measured,
+            "controller_start": self.controller_start,
+            "not_following": self.not_following,
+            "motion_bound_s": self.motion_bound(),
             "stale_inputs": ",".join(self.watchdog.check(now)),
             "gate_latency_ms": 1000.0 * self.latency_last,
             "gate_latency_max_ms": 1000.0 * self.latency_max,

@@ -53,7 +53,7 @@ import numpy as np
 import yaml
 
 from ami_ros.core.arm import ArmSpec, load_arm, share_dir
-from ami_ros.core.trajectory import Trajectory, TrajectoryError, validate
+from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler, validate
 
 POLICIES = ("scale", "reject")
 
@@ -609,11 +609,12 @@ class Gate:
                                self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max)
 
     # ---------------- main entry ----------------
-    def gate(self, traj: Trajectory, q_now, now: float, v_now=None) -> GateResult:
+    def gate(self, traj: Trajectory, q_now, now: float, v_now=None, lease: float | None = None) -> GateResult:
         """Pass, time-scale or refuse ``traj`` for an arm at ``q_now`` (velocity ``v_now``,
-        default at rest) at time ``now`` (the clock of ``traj.start_time``)."""
+        default at rest) at time ``now`` (the clock of ``traj.start_time``). With a ``lease``
+        (s), what passes ends at rest within :meth:`motion_bound` of its start (:meth:`_bounded`)."""
         t0 = time.perf_counter()
-        res = self._gate(traj, q_now, now, v_now)
+        res = self._gate(traj, q_now, now, v_now, lease)
         res.latency = time.perf_counter() - t0
         if res.ok:
             self.passed += 1
@@ -626,7 +627,7 @@ class Gate:
     def _refuse(self, reason: str, message: str) -> GateResult:
         return GateResult(False, None, reason, message)
 
-    def _gate(self, traj, q_now, now, v_now) -> GateResult:
+    def _gate(self, traj, q_now, now, v_now, lease) -> GateResult:
         spec, tun, dof = self.spec, self.spec.tunables, self.spec.arm.dof
         q_now = np.asarray(q_now, dtype=np.float64).reshape(-1)
         v_now = np.zeros(dof) if v_now is None else np.asarray(v_now, dtype=np.float64).reshape(-1)
@@ -690,14 +691,46 @@ class Gate:
                 return self._refuse("too_long", f"{bad[1]}; time scale {scale:.3f} would make it "
                                     f"{times[-1] * scale:.2f} s (> {tun.max_duration} s)")
             cand = self._subdivide(self._scaled(cand, scale), q_now, v_now)
-        # --- verify what goes out, from scratch ---
-        p = _pieces(cand.times, cand.positions, cand.velocities, q_now, v_now)
-        final = self._path_violation(p) or self._dynamics_violation(p)
+        # --- cut to end at rest soon after the lease, then verify what goes out, from scratch ---
+        final = "no cut"
+        for out in self._bounded(cand, q_now, v_now, lease):
+            p = _pieces(out.times, out.positions, out.velocities, q_now, v_now)
+            final = self._path_violation(p) or self._dynamics_violation(p)
+            if not final:
+                cand = out
+                break
         if final:
             return self._refuse("verification_failed", f"output still violates: {final[1]}")
         if scale > 1.0:
             return GateResult(True, cand, SCALED, f"time scaled x{scale:.4f}: {bad[1]}", scale)
         return GateResult(True, cand, OK, "", 1.0)
+
+    def motion_bound(self, lease: float) -> float:
+        """Seconds from its start within which anything passed with ``lease`` ends at rest: the
+        lease and the longest braking :meth:`_bounded` tries, from the joints' velocity limits."""
+        return lease + 2 * max(self.spec.hard.hold_time,
+                                                         float(np.max(self.spec.arm.v_max / self.spec.a_lim)))
+
+    def _bounded(self, t: Trajectory, q_now, v_now, lease: float | None):
+        """Candidates of the output that end at rest, to verify in turn: ``t`` itself when it ends
+        within the ``lease`` (or there is none); else ``t`` cut at the lease and braked to rest at
+        constant deceleration within the acceleration limits (then over twice that time); for a position-only trajectory, cut at its first point at or after the lease.
+        If nothing replaces what was sent (the planner or the gate gone), the arm stops on the
+        planned path within :meth:`motion_bound`."""
+        if lease is None or not math.isfinite(lease) or t.times[-1] <= lease:
+            yield t
+            return
+        if t.velocities is None:
+            k = int(np.searchsorted(t.times, lease - 1e-9))
+            yield Trajectory(list(t.joint_names), t.times[:k + 1], t.positions[:k + 1], None, t.start_time)
+            return
+        q_c, v_c = TrajectorySampler(t, q_now, v_now, 0.0).sample(lease)
+        keep = t.times < lease - 1e-6
+        brake = max(self.spec.hard.hold_time, float(np.max(np.abs(v_c) / self.spec.a_lim)))
+        for T in (brake, 2 * brake):
+            yield Trajectory(list(t.joint_names), np.concatenate([t.times[keep], [lease, lease + T]]),
+                             np.vstack([t.positions[keep], q_c, q_c + v_c * T / 2]),
+                             np.vstack([t.velocities[keep], v_c, np.zeros_like(v_c)]), t.start_time)
 
     # ---------------- checks ----------------
     def _path_violation(self, p: _Pieces) -> tuple[str, str] | None:

@@ -101,6 +101,13 @@ def trajectory_from_actions(joint_names, q0, actions, dt: float, clip=None) -> T
     return Trajectory(list(joint_names), times, targets, vel, start_time=0.0)
 
 
+#: Where the arm's trajectory controller starts a new trajectory from, as joint_trajectory_controller
+#: may be set to: ``commanded``, its own reference (desired) state, which it continues smoothly
+#: (``interpolate_from_desired_state: true``; ``open_loop_control: true`` on Humble); ``measured``,
+#: the joint state it reads at that instant (JTC's default). The first is the default here.
+CONTROLLER_STARTS = ("commanded", "measured")
+
+
 class TrajectorySampler:
     """Desired position and velocity along a validated trajectory.
 

@@ -4,13 +4,15 @@ The decisions below are ``core.gate.SafetyGate``'s (tested without ROS); this no
 the messages, runs the watchdog and diagnostics timers and publishes.
 
 Plans (/ami/plan) go through ``core.safety.Gate`` from the state the controller
-starts them from: like joint_trajectory_controller, the controller continues from its
-*commanded* position and velocity, not from the measured ones (which lag behind by the
-servo's tracking error), so the node samples the trajectory it last sent, exactly as the
-controller does, and gates from that; when the commanded position is more than
-``command_tracking_tolerance`` from the measured one (the arm is not following: a
-driver stop, a collision, a restart) it falls back to the measured state. What passes
-(possibly time-scaled) goes to the controller. A 50 Hz watchdog holds the arm (one
+starts them from, as ``controller_start`` says the controller is set up:
+``commanded`` (joint_trajectory_controller with ``interpolate_from_desired_state: true``,
+``open_loop_control: true`` on Humble) continues from its reference, which the node
+models by sampling the trajectory it last sent exactly as the controller does;
+``measured`` (JTC's default) starts from the joint state, carried forward to the
+decision by its velocity. Where control_msgs is installed, the controller's own state
+(``controller_state_topic``) gives the reference instead of the model. What passes
+(possibly time-scaled) goes to the controller, cut to end at rest within
+``plan_timeout`` plus the braking time: if this node dies, the arm stops by itself. A 50 Hz watchdog holds the arm (one
 braking hold trajectory from that same state) when the joint states, the camera
 (if watched) or, during motion, the plans go stale, and whenever the latched e-stop
 trips (/ami/estop true or /ami/trip_estop); only /ami/reset_estop clears the latch.
@@ -35,7 +37,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from ami_ros.core.gate import SafetyGate
 from ami_ros.core.safety import POLICIES, TUNABLE_NAMES, SafetySpec
-from ami_ros.core.trajectory import Trajectory, TrajectoryError
+from ami_ros.core.trajectory import CONTROLLER_STARTS, Trajectory, TrajectoryError
 from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
@@ -49,9 +51,16 @@ NODE_PARAMS = [
     ParamSpec("safety_file", "", "Safety spec YAML; empty = the package's config/safety.yaml.", read_only=True),
     *node_params.ROBOT_PARAMS,
     ParamSpec("watch_camera", True, "Hold when /camera/image_raw goes stale (false where there is no camera)."),
-    ParamSpec("command_tracking_tolerance", 0.15, "Gate plans from the controller's commanded state while it is "
-              "within this of the measured position (rad), from the measured state otherwise (servo lag reached "
-              "0.058 rad in the soak; beyond, the controller was reset).", (0.0, 0.5)),
+    ParamSpec("controller_start", CONTROLLER_STARTS[0], "Where the arm's trajectory controller starts a new "
+              "trajectory, so where plans are gated from: its reference (commanded: joint_trajectory_controller with "
+              "interpolate_from_desired_state true) or the measured joint state (measured: JTC's default).",
+              choices=CONTROLLER_STARTS, read_only=True),
+    ParamSpec("controller_state_topic", "/arm_controller/controller_state", "The controller's state "
+              "(control_msgs/JointTrajectoryControllerState), read for its reference where control_msgs is "
+              "installed; empty = model the reference from the trajectories sent.", read_only=True),
+    ParamSpec("command_tracking_tolerance", 0.15, "Warn when the measured position is farther than this from the "
+              "controller's reference (rad; commanded start): the arm is not following (the servo lag reached "
+              "0.058 rad in the soak).", (0.0, 0.5)),
     ParamSpec("watchdog_rate", 50.0, "Watchdog timer rate (Hz).", (1.0, 1000.0)),
     ParamSpec("diagnostics_period", 1.0, "Period of /diagnostics (s).", (0.05, 60.0)),
 ]
@@ -104,7 +113,8 @@ class SafetyNode(Node):
         self._logged: dict[str, float] = {}       # when each kind of throttled log line last went out
         spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
         self.core = SafetyGate(spec, bool(p["watch_camera"]), float(p["command_tracking_tolerance"]),
-                               send=self._publish_command, on_state=self._publish_state, log=self._log)
+                               send=self._publish_command, on_state=self._publish_state, log=self._log,
+                               controller_start=p["controller_start"])
 
         reliable1 = qos.RELIABLE_1
         reliable10 = qos.RELIABLE_10
@@ -118,6 +128,7 @@ class SafetyNode(Node):
         self.create_subscription(Bool, "/ami/estop", self._on_estop_msg, latched)
         self.create_service(Trigger, "/ami/trip_estop", self._on_trip)
         self.create_service(Trigger, "/ami/reset_estop", self._on_reset)
+        self._subscribe_controller_state(p["controller_state_topic"])
         self._watchdog_timer = self.create_timer(1.0 / p["watchdog_rate"], self._on_watchdog)
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._on_diagnostics)
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -125,7 +136,9 @@ class SafetyNode(Node):
         self.core.update_state(self._now(), force=True)
         self.get_logger().info(
             f"safety gate up: {len(self.names)} joints, policy {self.spec.tunables.violation_policy}, "
-            f"camera {'watched' if self.watch_camera else 'not watched'}; holding until joint states arrive")
+            f"camera {'watched' if self.watch_camera else 'not watched'}, plans gated from the controller's "
+            f"{self.core.controller_start} state, each ending at rest within {self.core.motion_bound():.2f} s of "
+            f"its start; holding until joint states arrive")
 
     # ------------------------------------------------------------------ the state machine's state
     names = property(lambda self: self.core.names)
@@ -137,7 +150,7 @@ class SafetyNode(Node):
     hold_reason = property(lambda self: self.core.hold_reason)
     holds_published = property(lambda self: self.core.holds_published)
     commands_published = property(lambda self: self.core.commands_published)
-    from_measured = property(lambda self: self.core.from_measured)
+    not_following = property(lambda self: self.core.not_following)
     watch_camera = property(lambda self: self.core.watch_camera)
     q = property(lambda self: self.core.q)
     _sent = property(lambda self: self.core.sent)
@@ -174,7 +187,30 @@ class SafetyNode(Node):
         except KeyError as e:
             self.get_logger().warning(f"ignoring joint state: {e}", throttle_duration_sec=5.0)
             return
-        self.core.observe_joint_state(self._now(), q, v)
+        stamp = msgs.stamp_to_seconds(msg.header.stamp)
+        self.core.observe_joint_state(self._now(), q, v, stamp if stamp > 0 else None)
+
+    def _subscribe_controller_state(self, topic: str) -> None:
+        if not topic:
+            return
+        try:
+            from control_msgs.msg import JointTrajectoryControllerState
+        except ImportError:
+            self.get_logger().info(f"control_msgs is not installed: {topic} not read; the controller's reference is "
+                                   f"modelled from the trajectories sent")
+            return
+        self.create_subscription(JointTrajectoryControllerState, topic, self._on_controller_state, qos.RELIABLE_10)
+
+    def _on_controller_state(self, msg) -> None:
+        ref = msg.reference if hasattr(msg, "reference") else msg.desired     # (``desired`` before Iron)
+        idx = {n: i for i, n in enumerate(msg.joint_names)}
+        if not all(n in idx for n in self.names) or len(ref.positions) != len(msg.joint_names) \
+                or len(ref.velocities) != len(msg.joint_names):
+            self.get_logger().warning("controller state without the arm's joints' reference positions and "
+                                      "velocities: not used", throttle_duration_sec=5.0)
+            return
+        order = [idx[n] for n in self.names]
+        self.core.observe_reference(self._now(), np.asarray(ref.positions)[order], np.asarray(ref.velocities)[order])
 
     def _on_image(self, msg: Image) -> None:
         self.core.observe_image(self._now())

@@ -46,7 +46,7 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from ami_ros.core.trajectory import TrajectoryError, validate
+from ami_ros.core.trajectory import CONTROLLER_STARTS, TrajectoryError, validate
 from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
@@ -71,6 +71,10 @@ PARAMS = [
     ParamSpec("real_time_factor", 1.0, "Sim seconds per node-clock second.", (0.01, 10.0)),
     ParamSpec("command_topic", "/arm_controller/joint_trajectory", "JointTrajectory topic the sim executes.",
               read_only=True),
+    ParamSpec("controller_start", CONTROLLER_STARTS[0], "Where the simulated trajectory controller starts a new "
+              "trajectory: its reference (commanded) or the measured joint state (measured), as "
+              "joint_trajectory_controller with interpolate_from_desired_state true / false.",
+              choices=CONTROLLER_STARTS, read_only=True),
 ]
 _SPECS = node_params.by_name(PARAMS)
 _TIMER_PARAMS = ("physics_rate_hz", "camera_rate_hz", "joint_state_rate_hz")
@@ -120,7 +124,7 @@ class SimNode(Node):
         self.initial_positions = self._initial_positions(p["initial_positions"])
         self._lock = threading.RLock()
         self.sim = ArmSim(self.spec, width=p["camera_width"], height=p["camera_height"], seed=p["seed"],
-)
+                          controller_start=p["controller_start"])
         _release_gl_context()
         self.sim.reset(self.initial_positions)
         self._dt = float(self.sim.model.opt.timestep)
@@ -154,7 +158,8 @@ class SimNode(Node):
         self.get_logger().info(
             f"sim up: arm '{self.spec.name}' ({self.spec.dof} joints), camera {self.sim.width}x{self.sim.height} "
             f"@ {p['camera_rate_hz']} Hz, joint states @ {p['joint_state_rate_hz']} Hz, physics @ "
-            f"{p['physics_rate_hz']} Hz x{self._rtf}, commands on {p['command_topic']}")
+            f"{p['physics_rate_hz']} Hz x{self._rtf}, commands on {p['command_topic']} (trajectories start from the "
+            f"{p['controller_start']} state)")
 
     def _initial_positions(self, values) -> np.ndarray:
         """Validated initial positions; ValueError with the reason."""

@@ -93,6 +93,11 @@ class Stack:
         self.threads = NodeThreads(context=context, on_error=on_error)
         try:
             self.sim, self.encoder, self.planner, self.safety = (self.make(kind) for kind in KINDS)
+            starts = {self.sim.sim.controller_start, self.safety.core.controller_start}
+            if len(starts) > 1:
+                raise ValueError(f"sim_node's controller starts from the {self.sim.sim.controller_start} state but "
+                                 f"safety_node gates from the {self.safety.core.controller_start} one: set "
+                                 f"controller_start alike on both")
         except BaseException:
             self.shutdown()
             raise

@@ -2,7 +2,9 @@
 
 Position-controlled actuators track the desired state of the active joint
 trajectory, sampled at every physics step as joint_trajectory_controller does;
-a new trajectory replaces the active one from its start time. Seeded and
+a new trajectory replaces the active one from its start time, starting from the
+controller's reference (``controller_start="commanded"``) or from the arm's
+measured state (``"measured"``, JTC's default). Seeded and
 deterministic: the same seed and the same commands give the same states and
 the same images.
 """
@@ -14,7 +16,7 @@ import mujoco  # (the package sets MUJOCO_GL, offscreen EGL by default, before a
 import numpy as np
 
 from ami_ros.core.arm import ArmSpec, load_arm
-from ami_ros.core.trajectory import Trajectory, TrajectorySampler, validate
+from ami_ros.core.trajectory import CONTROLLER_STARTS, Trajectory, TrajectorySampler, validate
 from ami_ros.sim.scene import CAMERA, CUBE_HALF, build_model
 
 # Where resets put the cube and draw joint configurations (a region the camera sees).
@@ -41,9 +43,13 @@ def clear_of_table(arm: ArmSpec, q: np.ndarray) -> np.ndarray:
 
 class ArmSim:
     def __init__(self, spec: ArmSpec | None = None, *, width: int = 64, height: int = 64,
-                 seed: int = 0, timestep: float = 0.002, render: bool = True):
+                 seed: int = 0, timestep: float = 0.002, render: bool = True,
+                 controller_start: str = CONTROLLER_STARTS[0]):
         if not (8 <= width <= 4096 and 8 <= height <= 4096):
             raise ValueError(f"camera size {width}x{height} outside 8..4096")
+        if controller_start not in CONTROLLER_STARTS:
+            raise ValueError(f"controller_start must be one of {CONTROLLER_STARTS}, got {controller_start!r}")
+        self.controller_start = controller_start
         self.spec = spec or load_arm()
         self.width, self.height = int(width), int(height)
         self.camera_name = CAMERA[0]
@@ -125,8 +131,11 @@ class ArmSim:
         """Replace the active trajectory (validated and reordered to the arm's joints)."""
         traj = validate(traj, self.joint_names)
         t0 = traj.start_time if traj.start_time > 0 else self.time
-        q0 = self.data.ctrl.copy()
-        v0 = self._sampler.sample(self.time)[1] if self._sampler else np.zeros(self.spec.dof)
+        if self.controller_start == "measured":
+            q0, v0 = self.joint_positions(), self.joint_velocities()
+        else:
+            q0 = self.data.ctrl.copy()
+            v0 = self._sampler.sample(self.time)[1] if self._sampler else np.zeros(self.spec.dof)
         self._sampler = TrajectorySampler(traj, q0, v0, t0)
 
     def hold(self, q: np.ndarray | None = None) -> None:
