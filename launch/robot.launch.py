@@ -27,7 +27,7 @@ xacro output robot_state_publisher gets), or ``robot_description_topic:=/robot_d
     ros2 launch ami_ros robot.launch.py robot:=/path/to/my_arm.urdf joint_limits_file:=/path/to/joint_limits.yaml
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -91,14 +91,14 @@ def generate_launch_description():
         DeclareLaunchArgument("use_sim_time", default_value="false",
                               description="true when a simulator publishes /clock"),
 
-        Node(package="ami_ros", executable="encoder_node", name="encoder_node", output="screen",
+        Node(package="ami_ros", executable="encoder_node", name="encoder_node", output="screen", on_exit=Shutdown(),
              parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time, **arm}],
              remappings=inputs),
-        Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen",
+        Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen", on_exit=Shutdown(),
              parameters=[planner_params, {"model_path": model_path, "safety_file": safety_file,
                                           "use_sim_time": sim_time, **arm}],
              remappings=inputs),
-        Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen",
+        Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen", on_exit=Shutdown(),
              parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time,
                                          "controller_start": LaunchConfiguration("controller_start"), **arm}],
              remappings=inputs + [("/arm_controller/joint_trajectory", command)]),

@@ -9,7 +9,7 @@ The simulated camera rig (one view, or two stacked) is the one the model was
 trained on, read from its card, as ``ami-ros demo`` does.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, Shutdown
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
@@ -46,7 +46,7 @@ def generate_launch_description():
                               description="where the simulated trajectory controller starts a new trajectory "
                                           "(commanded: its reference; measured: the joint state); the gate is told"),
 
-        Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen",
+        Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen", on_exit=Shutdown(),
              parameters=[LaunchConfiguration("sim_params"),
                          {"robot": LaunchConfiguration("robot"),
                           "joint_limits_file": LaunchConfiguration("joint_limits_file"),

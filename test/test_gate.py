@@ -3,6 +3,8 @@ ok, holding, e-stopped and rejecting, the e-stop latch and its reset, the holds 
 refusals it counts and the state it gates plans from."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -207,6 +209,25 @@ def test_what_passes_ends_at_rest_within_the_motion_bound(with_velocities):
     a, b = (p.g.gate.gate(short, HOME, 0.0, ZERO, lease=x).trajectory for x in (lease, None))
     np.testing.assert_array_equal(a.times, b.times)
     np.testing.assert_array_equal(a.positions, b.positions)
+
+
+def test_the_check_runs_unlocked_and_a_plan_checked_against_old_limits_is_dropped():
+    p = Probe()
+    p.fresh(0.0)
+    check = p.g.gate.gate
+
+    def checked_while_limits_change(*args, **kwargs):     # another thread narrows the limits mid-check
+        other = threading.Thread(target=p.g.set_tunables, kwargs={"velocity_scale": 0.5})
+        other.start()
+        other.join(2.0)
+        assert not other.is_alive(), "the gate's lock was held during the check"
+        return check(*args, **kwargs)
+    p.g.gate.gate = checked_while_limits_change
+    p.g.on_plan(0.0, line(HOME, [0.02] * DOF))
+    assert p.g.superseded == 1 and p.g.commands_published == 0 and not p.sent
+    p.g.gate.gate = check
+    p.g.on_plan(0.1, line(HOME, [0.02] * DOF))                  # checked against the new limits: sent
+    assert p.g.commands_published == 1
 
 
 def test_tunables_narrow_and_move_the_watchdog_deadlines():

@@ -155,6 +155,14 @@ def test_executables_are_console_entries(launch_file):
         assert name == exe, f"{launch_file.path.name}:{c.lineno}: node name {name!r} != executable {exe!r}"
 
 
+def test_a_node_that_exits_shuts_the_launch_down(launch_file):
+    """A node that cannot start (a bad model, a bad robot description) ends the launch, not a
+    half-up graph: every ami_ros node has on_exit=Shutdown()."""
+    for c in launch_file.ami_nodes():
+        assert call_name(kwarg(c, "on_exit")) == "Shutdown", \
+            f"{launch_file.path.name}:{c.lineno}: {const_str(kwarg(c, 'name'))} lacks on_exit=Shutdown()"
+
+
 def test_referenced_package_files_exist(launch_file):
     found = 0
     for n in ast.walk(launch_file.tree):

@@ -54,7 +54,7 @@ SHIPPED = {
         "position_margin": 0.01, "workspace_margin": 0.01, "plan_timeout": 0.5, "joint_state_timeout": 0.2,
         "camera_timeout": 0.5, "watch_camera": True, "controller_start": "commanded",
         "controller_state_topic": "/arm_controller/controller_state", "command_tracking_tolerance": 0.15,
-        "watchdog_rate": 50.0,
+        "max_plan_points": 1000, "watchdog_rate": 50.0,
         "diagnostics_period": 1.0,
     },
 }
@@ -183,3 +183,19 @@ def test_docs_parameters_md_is_up_to_date():
     assert os.path.exists(path)
     with open(path) as f:
         assert f.read() == node_params.markdown(), "run: python -m ami_ros.nodes.params --write"
+
+
+@pytest.mark.parametrize("node, ros_args, says", [
+    ("safety_node", ["-p", "robot:=no_such_arm"], "RobotError: robot 'no_such_arm'"),
+    ("encoder_node", ["-p", "model_path:=/nonexistent/model"], "ModelError"),
+])
+def test_a_node_that_cannot_start_says_why_in_one_line_and_exits_1(node, ros_args, says):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "AMI_ROS_TRACEBACK"}
+    r = subprocess.run([sys.executable, "-m", f"ami_ros.nodes.{node}", "--ros-args", *ros_args],
+                       capture_output=True, text=True, timeout=60, env=env)
+    fatal = [line for line in r.stderr.splitlines() if line.startswith("[FATAL]")]
+    assert r.returncode == 1 and len(fatal) == 1 and says in fatal[0], r.stderr
+    assert "Traceback" not in r.stderr

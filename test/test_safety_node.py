@@ -146,6 +146,27 @@ def graph():
         assert not spinning.errors, spinning.errors
 
 
+def test_missing_inputs_and_a_missing_controller_are_said_on_the_console():
+    """Alone on its graph (no arm, no camera, no controller), the node says so in WARN lines."""
+    from ami_ros.nodes.safety_node import SafetyNode
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID + 1)
+    node = SafetyNode({}, context=ctx)
+    try:
+        lines = []
+        node._log = lambda level, what, message, throttle: lines.append((level, message))
+        node.core.update_state(node._now())
+        node._on_diagnostics()
+        said = "\n".join(m for level, m in lines if level == "warning")
+        assert "no fresh messages on /joint_states (none received yet)" in said
+        assert "no fresh messages on /camera/image_raw" in said
+        assert "nothing subscribes to /arm_controller/joint_trajectory" in said
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
 def test_starts_holding_until_joint_state(graph):
     node, probe = graph
     probe.wait_state("holding")
@@ -188,6 +209,10 @@ def test_bad_plan_is_refused_and_counted(graph):
     msg.joint_names[2] = "ghost_joint"
     probe.plan_pub.publish(msg)
     probe.wait_for(lambda: node.gate.rejections["unknown_joint"] >= 1, 5.0, "unknown_joint refusal")
+    # an oversized plan is refused unread (the work per message stays bounded)
+    big = plan_msg(node.names, probe.q, [0.01] * 6, n=node.max_plan_points + 1, dt=0.001)
+    probe.plan_pub.publish(big)
+    probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 1, 5.0, "too_many_points refusal")
 
     def diag_counts():
         for d in probe.diags:

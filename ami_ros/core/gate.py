@@ -23,6 +23,8 @@ following: a driver stop, a collision), not gated from: the controller still sta
 """
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Callable
 
 import numpy as np
@@ -36,6 +38,15 @@ _TIMEOUT_OF = {"plan_timeout": "plan", "joint_state_timeout": "joint_state", "ca
 
 def _quiet(level: str, what: str, message: str, throttle_s: float = 0.0) -> None:
     pass
+
+
+def _locked(method):
+    """Run ``method`` holding the gate's lock (the node calls in from more than one thread)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return run
 
 
 class SafetyGate:
@@ -52,6 +63,7 @@ class SafetyGate:
         if controller_start not in CONTROLLER_STARTS:
             raise ValueError(f"controller_start must be one of {CONTROLLER_STARTS}, got {controller_start!r}")
         self.controller_start = controller_start
+        self.lock = threading.RLock()
         self.spec = spec
         self.names = spec.joint_names
         self.estop = EStop()
@@ -77,9 +89,12 @@ class SafetyGate:
         self._last_rejected = False
         self.holds_published = 0
         self.commands_published = 0
+        self.superseded = 0                         # passed plans dropped: a hold went out while they were gated
+        self._epoch = 0                             # counts what went out (and e-stop trips)
         self.latency_last = self.latency_max = 0.0
 
     # ------------------------------------------------------------------ state
+    @_locked
     def update_state(self, now: float, force: bool = False) -> str:
         """The state at ``now``; ``on_state`` when it changed (or ``force``)."""
         stale = [s for s in self.watchdog.check(now) if s != "plan"]
@@ -145,6 +160,7 @@ class SafetyGate:
     def _send(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, now: float) -> None:
         """Send to the controller and remember what it will track."""
         self._send_cb(traj)
+        self._epoch += 1
         self.sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
 
     def _hold(self, reason: str, now: float) -> None:
@@ -163,6 +179,7 @@ class SafetyGate:
         self._log("warning", "hold", f"holding: {reason}", 0.0)
 
     # ------------------------------------------------------------------ inputs
+    @_locked
     def observe_joint_state(self, now: float, q, v=None, stamp: float | None = None) -> bool:
         """The measured position q and velocity v (dof,) in the spec's joint order (v None or not
         finite: zeros), measured at ``stamp`` (None, or not within a joint-state timeout before
@@ -178,6 +195,7 @@ class SafetyGate:
         self.watchdog.feed("joint_state", now)
         return True
 
+    @_locked
     def observe_reference(self, now: float, q, v) -> None:
         """The controller's own reference position and velocity (dof,) at ``now`` (its state
         topic): ``commanded`` starts are taken from it while it is fresh, not modelled."""
@@ -185,6 +203,7 @@ class SafetyGate:
         if q.shape == v.shape == (len(self.names),) and np.all(np.isfinite(q)) and np.all(np.isfinite(v)):
             self._reference = (float(now), q, v)
 
+    @_locked
     def observe_image(self, now: float) -> None:
         """A camera frame arrived (fed to the watchdog when the camera is watched)."""
         if self.watch_camera:
@@ -193,45 +212,56 @@ class SafetyGate:
     def on_plan(self, now: float, plan: Trajectory | TrajectoryError) -> None:
         """A plan arrived: a trajectory, or the TrajectoryError its message raised. Refused
         (counted) while the e-stop is latched (and a hold goes out), while the joint state (or
-        camera) is stale, or when malformed or unsafe; else sent, possibly time-scaled."""
-        stale = [s for s in self.watchdog.check(now) if s != "plan"]
-        if self.estop.latched:  # the gate counts it and answers with a hold (already sent)
-            q = self.q if self.q is not None else np.full(len(self.names), np.nan)
-            self.gate.gate(Trajectory(list(self.names), np.zeros(0), np.zeros((0, len(self.names)))), q, now)
-            self._hold(f"e-stop latched ({self.estop.reason})", now)
-            self._last_rejected = True
+        camera) is stale, or when malformed or unsafe; else sent, possibly time-scaled. The gate's
+        check runs outside the lock: inputs, the watchdog and e-stops go on meanwhile, and a
+        plan that passed while a hold went out (or the e-stop tripped, or the limits changed)
+        is dropped (``superseded``), not sent."""
+        with self.lock:
+            stale = [s for s in self.watchdog.check(now) if s != "plan"]
+            if self.estop.latched:  # the gate counts it and answers with a hold (already sent)
+                q = self.q if self.q is not None else np.full(len(self.names), np.nan)
+                self.gate.gate(Trajectory(list(self.names), np.zeros(0), np.zeros((0, len(self.names)))), q, now)
+                self._hold(f"e-stop latched ({self.estop.reason})", now)
+                self._last_rejected = True
+                self.update_state(now)
+                return
+            if self.q is None or stale:
+                reason = "stale_" + (stale[0] if stale else "joint_state")
+                self.count(reason, f"plan refused: {', '.join(stale) or 'joint_state'} not fresh", now)
+                self.update_state(now)
+                return
+            if isinstance(plan, TrajectoryError):
+                self.count(plan.reason, str(plan), now)
+                self.update_state(now)
+                return
+            q0, v0 = self.command_state(now)
+            epoch, spec, lease = self._epoch, self.spec, self.lease
+        res = self.gate.gate(plan, q0, now, v0, lease=lease)
+        with self.lock:
+            self.latency_last = res.latency
+            self.latency_max = max(self.latency_max, res.latency)
+            if res.ok and (epoch != self._epoch or spec is not self.spec):
+                self.superseded += 1
+                self._log("warning", "superseded", "a passed plan was dropped: a hold, another command or new limits "
+                          "came while it was checked", 1.0)
+            elif res.ok:
+                out = res.trajectory
+                self._send(out, q0, v0, now)
+                self.commands_published += 1
+                start = out.start_time if out.start_time > 0 else now
+                self._moving_until = start + out.duration
+                self._holding = len(out.times) == 1 and np.allclose(out.positions[0], q0) and not np.any(v0)
+                self.hold_reason = self._forced_hold = ""
+                self._last_rejected = False
+                self.watchdog.feed("plan", now)
+                if res.reason == "scaled":
+                    self._log("info", "scaled", res.message, 2.0)
+            else:
+                self._last_rejected = True
+                self._log("warning", "refused", f"plan refused ({res.reason}): {res.message}", 1.0)
             self.update_state(now)
-            return
-        if self.q is None or stale:
-            reason = "stale_" + (stale[0] if stale else "joint_state")
-            self.count(reason, f"plan refused: {', '.join(stale) or 'joint_state'} not fresh", now)
-            self.update_state(now)
-            return
-        if isinstance(plan, TrajectoryError):
-            self.count(plan.reason, str(plan), now)
-            self.update_state(now)
-            return
-        q0, v0 = self.command_state(now)
-        res = self.gate.gate(plan, q0, now, v0, lease=self.lease)
-        self.latency_last = res.latency
-        self.latency_max = max(self.latency_max, res.latency)
-        if res.ok:
-            out = res.trajectory
-            self._send(out, q0, v0, now)
-            self.commands_published += 1
-            start = out.start_time if out.start_time > 0 else now
-            self._moving_until = start + out.duration
-            self._holding = len(out.times) == 1 and np.allclose(out.positions[0], q0) and not np.any(v0)
-            self.hold_reason = self._forced_hold = ""
-            self._last_rejected = False
-            self.watchdog.feed("plan", now)
-            if res.reason == "scaled":
-                self._log("info", "scaled", res.message, 2.0)
-        else:
-            self._last_rejected = True
-            self._log("warning", "refused", f"plan refused ({res.reason}): {res.message}", 1.0)
-        self.update_state(now)
 
+    @_locked
     def count(self, reason: str, message: str, now: float) -> None:
         """Count a plan refused before the gate saw it (stale input, malformed message)."""
         self.gate.rejections[reason] += 1
@@ -239,14 +269,17 @@ class SafetyGate:
         self._last_rejected = not reason.startswith("stale_")  # stale inputs show as "holding"
         self._log("warning", "count", message, 1.0)
 
+    @_locked
     def trip(self, reason: str, now: float) -> None:
         """Latch the e-stop; one hold goes out now, even if already holding."""
+        self._epoch += 1
         if self.estop.trip(reason, now):
             self._log("error", "estop", f"E-STOP latched: {reason}", 0.0)
             self._holding = False
             self._hold(f"e-stop latched ({reason})", now)
         self.update_state(now)
 
+    @_locked
     def reset_estop(self, now: float) -> bool:
         """Clear the latch (the gate then holds until a new plan passes); False when not latched."""
         was = self.estop.reset()
@@ -255,6 +288,7 @@ class SafetyGate:
         self.update_state(now)
         return was
 
+    @_locked
     def tick(self, now: float) -> None:
         """The watchdog: a hold when the e-stop is latched and something moving was commanded, or
         when an input goes stale during motion; the end of a motion once its time has passed."""
@@ -268,6 +302,7 @@ class SafetyGate:
         self.update_state(now)
 
     # ------------------------------------------------------------------ settings
+    @_locked
     def set_tunables(self, **changes) -> None:
         """New tunables (ValueError on one that widens the hard spec); the watchdog's deadlines follow."""
         self.spec = self.spec.with_tunables(**changes)
@@ -276,11 +311,13 @@ class SafetyGate:
             if name in changes and key in self.watchdog.deadlines:
                 self.watchdog.set_deadline(key, getattr(self.spec.tunables, name))
 
+    @_locked
     def set_watch_camera(self, watch: bool) -> None:
         self.watch_camera = bool(watch)
         self.watchdog.set_deadline("camera", self.spec.tunables.camera_timeout if self.watch_camera else None)
 
     # ------------------------------------------------------------------ report
+    @_locked
     def report(self, now: float) -> tuple[str, dict]:
         """(a one-line message for the state, the diagnostic values)."""
         values = {
@@ -291,8 +328,9 @@ class SafetyGate:
             "violation_policy": self.spec.tunables.violation_policy,
             "passed": self.gate.passed,
             "scaled": self.gate.scaled,
-            "rejected": sum(self.gate.rejections.values()),
+            "rejected": sum(dict(self.gate.rejections).values()),
             "holds_published": self.holds_published,
+            "superseded": self.superseded,
             "controller_start": self.controller_start,
             "not_following": self.not_following,
             "motion_bound_s": self.motion_bound(),
@@ -300,7 +338,7 @@ class SafetyGate:
             "gate_latency_ms": 1000.0 * self.latency_last,
             "gate_latency_max_ms": 1000.0 * self.latency_max,
         }
-        values.update({f"rejected.{k}": v for k, v in sorted(self.gate.rejections.items())})
+        values.update({f"rejected.{k}": v for k, v in sorted(dict(self.gate.rejections).items())})
         lv = self.gate.last_violation
         values["last_violation"] = f"{lv.reason}: {lv.message}" if lv else ""
         message = {"ok": "gating plans", "rejecting": "refusing plans", "holding": f"holding: {self.hold_reason}",

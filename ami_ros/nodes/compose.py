@@ -69,14 +69,27 @@ class NodeThreads:
 
 
 def spin_node(make_node, args=None) -> None:
-    """``main()`` of a node executable: init, spin until Ctrl-C or shutdown, clean up."""
+    """``main()`` of a node executable: init, spin until Ctrl-C or shutdown, clean up. A node
+    that cannot start (a bad model, robot description, parameter or file) says why in one line
+    and the process exits with status 1 (set AMI_ROS_TRACEBACK=1 for the traceback)."""
+    import os
+    import sys
+
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=args)
     node = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except Exception as e:  # noqa: BLE001 - reported in one line, the launch shuts down on the exit
+            if os.environ.get("AMI_ROS_TRACEBACK"):
+                traceback.print_exc()
+            print(f"[FATAL] {getattr(make_node, '__name__', 'node')} cannot start: {type(e).__name__}: {e}",
+                  file=sys.stderr, flush=True)
+            rclpy.try_shutdown()
+            sys.exit(1)
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

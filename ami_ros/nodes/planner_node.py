@@ -85,6 +85,12 @@ def _sphere(header, ns: str, marker_id: int, position, diameter: float, rgba) ->
     return g
 
 
+#: why a goal gets no plans, as a user reads it (the Actor's idle reasons about missing inputs)
+_MISSING = {"no_embedding": "no embedding has arrived (is encoder_node running and the camera publishing?)",
+            "stale_embedding": "the embeddings are stale (the camera or encoder_node stalled)",
+            "stale_joint_state": "the joint states are stale (is the arm driver publishing /joint_states?)"}
+
+
 class PlannerNode(Node):
     def __init__(self, parameter_overrides: dict | None = None, *, node_name: str = "planner_node", **kw):
         super().__init__(node_name, parameter_overrides=node_params.parameter_overrides(PARAMS, parameter_overrides),
@@ -251,6 +257,9 @@ class PlannerNode(Node):
     def _on_cycle(self) -> None:
         d = self.actor.step(self._now())
         if not d.send:   # nothing to send: the safety watchdog holds the arm
+            if d.reason in _MISSING:
+                self.get_logger().warning(f"a goal is set but {_MISSING[d.reason]}: not planning",
+                                          throttle_duration_sec=5.0)
             return
         if d.plan is not None:
             self._plan_ms.append(1000 * d.plan_s)

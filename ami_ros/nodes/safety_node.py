@@ -22,7 +22,9 @@ Until a fresh joint state arrives it publishes nothing to the controller.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import replace
+import threading
 import time
 
 import numpy as np
@@ -61,6 +63,8 @@ NODE_PARAMS = [
     ParamSpec("command_tracking_tolerance", 0.15, "Warn when the measured position is farther than this from the "
               "controller's reference (rad; commanded start): the arm is not following (the servo lag reached "
               "0.058 rad in the soak).", (0.0, 0.5)),
+    ParamSpec("max_plan_points", 1000, "Plans with more points are refused (too_many_points) before any other "
+              "work on them.", (2, 100000)),
     ParamSpec("watchdog_rate", 50.0, "Watchdog timer rate (Hz).", (1.0, 1000.0)),
     ParamSpec("diagnostics_period", 1.0, "Period of /diagnostics (s).", (0.05, 60.0)),
 ]
@@ -111,6 +115,13 @@ class SafetyNode(Node):
         if any(p[k] != files[k] for k in self._FILES) or p["robot_description_topic"]:  # a parameters file, a topic
             base = SafetySpec.load(p["safety_file"] or None, arm=node_params.arm_from_params(p, self))
         self._logged: dict[str, float] = {}       # when each kind of throttled log line last went out
+        self.max_plan_points = int(p["max_plan_points"])
+        # plans are gated in a thread of their own: a long check never delays joint states, the watchdog
+        # or an e-stop, which the executor keeps serving (the newest plan waits; an older one is dropped)
+        self._plan_inbox: deque = deque(maxlen=1)
+        self._plan_ready = threading.Condition()
+        self._stopping = False
+        self.plan_latencies: deque = deque(maxlen=10000)   # s from a passed plan's arrival to its command
         spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
         self.core = SafetyGate(spec, bool(p["watch_camera"]), float(p["command_tracking_tolerance"]),
                                send=self._publish_command, on_state=self._publish_state, log=self._log,
@@ -123,8 +134,8 @@ class SafetyNode(Node):
         self._state_pub = self.create_publisher(String, "/ami/safety_state", latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, reliable1)
-        self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
-        self.create_subscription(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
+        self._js_sub = self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
+        self._image_sub = self.create_subscription(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
         self.create_subscription(Bool, "/ami/estop", self._on_estop_msg, latched)
         self.create_service(Trigger, "/ami/trip_estop", self._on_trip)
         self.create_service(Trigger, "/ami/reset_estop", self._on_reset)
@@ -134,6 +145,8 @@ class SafetyNode(Node):
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.core.update_state(self._now(), force=True)
+        self._plan_thread = threading.Thread(target=self._gate_plans, daemon=True, name="safety_node:gate")
+        self._plan_thread.start()
         self.get_logger().info(
             f"safety gate up: {len(self.names)} joints, policy {self.spec.tunables.violation_policy}, "
             f"camera {'watched' if self.watch_camera else 'not watched'}, plans gated from the controller's "
@@ -216,11 +229,40 @@ class SafetyNode(Node):
         self.core.observe_image(self._now())
 
     def _on_plan(self, msg: JointTrajectory) -> None:
-        try:
-            plan = msgs.trajectory_from_msg(msg)
-        except TrajectoryError as e:
-            plan = e
-        self.core.on_plan(self._now(), plan)
+        with self._plan_ready:
+            self._plan_inbox.append((time.monotonic(), msg))
+            self._plan_ready.notify()
+
+    def _gate_plans(self) -> None:
+        """The gate's thread: each plan converted (refused unread when oversized), gated, sent."""
+        while True:
+            with self._plan_ready:
+                self._plan_ready.wait_for(lambda: self._plan_inbox or self._stopping)
+                if self._stopping:
+                    return
+                arrived, msg = self._plan_inbox.popleft()
+            if len(msg.points) > self.max_plan_points:
+                plan = TrajectoryError("too_many_points", f"{len(msg.points)} points > max_plan_points "
+                                       f"{self.max_plan_points}")
+            else:
+                try:
+                    plan = msgs.trajectory_from_msg(msg)
+                except TrajectoryError as e:
+                    plan = e
+            sent = self.core.commands_published
+            self.core.on_plan(self._now(), plan)
+            if self.core.commands_published > sent:
+                self.plan_latencies.append(time.monotonic() - arrived)
+
+    def destroy_node(self) -> None:
+        thread = getattr(self, "_plan_thread", None)        # (None when the constructor failed before it)
+        if thread is not None:
+            with self._plan_ready:
+                self._stopping = True
+                self._plan_ready.notify()
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=5.0)
+        super().destroy_node()
 
     def _on_estop_msg(self, msg: Bool) -> None:
         if msg.data:
@@ -243,9 +285,23 @@ class SafetyNode(Node):
         self.core.tick(self._now())
 
     def _on_diagnostics(self) -> None:
-        message, values = self.core.report(self._now())
+        now = self._now()
+        message, values = self.core.report(now)
+        self._warn_missing(now)
         status = diagnostics.diagnostic_status(f"{self.get_name()}: safety gate", _LEVEL[self.state], message, values)
         self._diag_pub.publish(diagnostics.diagnostic_array([status], self.get_clock().now().to_msg()))
+
+    def _warn_missing(self, now: float) -> None:
+        """Console lines for what the diagnostics also say: inputs that stopped (or never came),
+        and a command topic nobody listens to (the controller is down, or the topic is wrong)."""
+        topics = {"joint_state": self._js_sub.topic_name, "camera": self._image_sub.topic_name}
+        for name in self.core.stale:
+            age = self.watchdog.age(name, now)
+            when = "none received yet" if age == float("inf") else f"the last {age:.1f} s ago"
+            self._log("warning", f"missing_{name}", f"no fresh messages on {topics[name]} ({when}): holding", 5.0)
+        if self._cmd_pub.get_subscription_count() == 0:
+            self._log("warning", "no_controller", f"nothing subscribes to {self._cmd_pub.topic_name}: is the arm's "
+                      "trajectory controller running, and is this its command topic?", 10.0)
 
     # ------------------------------------------------------------------ parameters
     def _check_parameters(self, params) -> SetParametersResult:
@@ -267,6 +323,8 @@ class SafetyNode(Node):
         for prm in params:
             if prm.name == "watch_camera":
                 self.core.set_watch_camera(prm.value)
+            elif prm.name == "max_plan_points":
+                self.max_plan_points = int(prm.value)
             elif prm.name == "command_tracking_tolerance":
                 self.core.tracking_tolerance = float(prm.value)
             elif prm.name == "watchdog_rate":
