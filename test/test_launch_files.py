@@ -235,9 +235,13 @@ def test_gz_bridge_config():
         assert set(e) == keys, e
         assert e["direction"] in ("GZ_TO_ROS", "ROS_TO_GZ", "BIDIRECTIONAL"), e
     by_ros = {e["ros_topic_name"]: e for e in entries}
-    for topic, direction in [("/camera/image_raw", "GZ_TO_ROS"), ("/camera/camera_info", "GZ_TO_ROS"),
-                             ("/joint_states", "GZ_TO_ROS"), ("/arm_controller/joint_trajectory", "ROS_TO_GZ")]:
+    for topic, direction in [("/clock", "GZ_TO_ROS"), ("/camera/image_raw", "GZ_TO_ROS"),
+                             ("/camera/camera_info", "GZ_TO_ROS")]:
         assert topic in by_ros and by_ros[topic]["direction"] == direction, topic
+    # joint states and commands go through ros2_control, not the bridge
+    assert "/joint_states" not in by_ros and "/arm_controller/joint_trajectory" not in by_ros
+    from ami_ros.sim.gazebo import CAMERA_TOPIC
+    assert by_ros["/camera/image_raw"]["gz_topic_name"] == CAMERA_TOPIC
 
 
 def test_launch_and_config_files_are_installed():
