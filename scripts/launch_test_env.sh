@@ -187,14 +187,14 @@ EOF
 
 # 4. the launch test
 [ "$RUN" = 1 ] || { echo; echo "installed; --no-run given"; exit 0; }
-step "pytest test/test_launch.py"
+step "pytest test/test_launch.py test/test_launch_gazebo.py"
 export MUJOCO_GL=${MUJOCO_GL:-egl}
 args=(-p no:cacheprovider -rs)
 if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
   args+=(--timeout="${AMI_TEST_TIMEOUT:-300}")
 fi
 set +e
-"$PY" -m pytest "${args[@]}" test/test_launch.py "$@" | tee "$BUILD/pytest.log"
+"$PY" -m pytest "${args[@]}" test/test_launch.py test/test_launch_gazebo.py "$@" | tee "$BUILD/pytest.log"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" = 0 ] && grep -q "skipped" "$BUILD/pytest.log" && ! grep -q " passed" "$BUILD/pytest.log"; then
