@@ -33,3 +33,21 @@ def test_measured_start_restarts_from_the_joint_state():
 def test_unknown_controller_start_is_refused():
     with pytest.raises(ValueError, match="controller_start"):
         ArmSim(render=False, controller_start="desired")
+
+
+def test_a_trajectory_stamped_in_the_past_is_joined_where_the_controller_is():
+    """As JTC does: from the controller's state on arrival to the first point still ahead, the
+    points already past skipped, on the trajectory's own clock."""
+    from ami_ros.core.trajectory import TrajectorySampler
+
+    names = ["a", "b"]
+    traj = Trajectory(names, np.array([0.1, 0.2, 0.3]), np.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    s = TrajectorySampler(traj, np.zeros(2), np.zeros(2), t0=10.0, t_state=10.15)   # arrives 0.15 s late
+    np.testing.assert_allclose(s.times, [0.15, 0.2, 0.3])
+    np.testing.assert_allclose(s.sample(10.15)[0], [0.0, 0.0])                        # from where it is
+    np.testing.assert_allclose(s.sample(10.2)[0], [2.0, 2.0])                         # on the stamp's clock
+    assert s.end_time == 10.3
+    late = TrajectorySampler(traj, np.zeros(2), np.zeros(2), t0=10.0, t_state=11.0)  # arrived after its end
+    np.testing.assert_allclose(late.sample(11.0)[0], [3.0, 3.0])
+    on_time = TrajectorySampler(traj, np.zeros(2), np.zeros(2), t0=10.0)
+    np.testing.assert_allclose(on_time.times, [0.0, 0.1, 0.2, 0.3])

@@ -161,7 +161,7 @@ class SafetyGate:
         """Send to the controller and remember what it will track."""
         self._send_cb(traj)
         self._epoch += 1
-        self.sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
+        self.sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now, t_state=now)
 
     def _hold(self, reason: str, now: float) -> None:
         """One braking hold trajectory from the commanded state (nothing if no joint state is known

@@ -109,22 +109,31 @@ CONTROLLER_STARTS = ("commanded", "measured")
 
 
 class TrajectorySampler:
-    """Desired position and velocity along a validated trajectory.
+    """Desired position and velocity along a validated trajectory, as joint_trajectory_controller
+    samples it.
 
-    q0, v0: the state the arm is commanded from when the trajectory starts.
-    ``t0`` is the absolute start time (the trajectory's start_time, or the
-    arrival time when that is 0).
+    ``t0`` is the absolute start time (the trajectory's start_time, or the arrival time when that
+    is 0); q0, v0 the state the controller starts from, at ``t_state`` (default ``t0``). As JTC
+    does, the trajectory is joined from (q0, v0) at ``t_state`` to its first point after it: a
+    trajectory stamped in the past skips the points already past, one stamped ahead is reached
+    over the longer first segment. A first point at time 0 with ``t_state == t0`` replaces the
+    start state.
     """
 
-    def __init__(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, t0: float):
+    def __init__(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, t0: float, t_state: float | None = None):
         self.t0 = t0
-        if traj.times[0] > 0:  # first segment: from the current state
-            self.times = np.concatenate([[0.0], traj.times])
-            self.pos = np.vstack([q0, traj.positions])
-            vel = traj.velocities
-            self.vel = None if vel is None else np.vstack([v0, vel])
+        s = 0.0 if t_state is None else float(t_state) - t0
+        times, pos, vel = traj.times, traj.positions, traj.velocities
+        if s != 0 or times[0] > 0:  # a segment from the start state at s to the first point after it
+            keep = times > s
+            if not keep.any():     # the trajectory ended before it arrived: its last point
+                keep[-1] = True
+                s = min(s, float(times[-1]))
+            self.times = np.concatenate([[s], times[keep]])
+            self.pos = np.vstack([q0, pos[keep]])
+            self.vel = None if vel is None else np.vstack([v0, vel[keep]])
         else:
-            self.times, self.pos, self.vel = traj.times, traj.positions, traj.velocities
+            self.times, self.pos, self.vel = times, pos, vel
         self.end_time = t0 + float(self.times[-1])
 
     def sample(self, t: float) -> tuple[np.ndarray, np.ndarray]:

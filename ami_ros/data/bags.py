@@ -501,7 +501,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size) -> Episo
                 sampler, hold = None, np.array(q0, dtype=np.float64)
             else:
                 sampler = TrajectorySampler(traj, np.asarray(q0, dtype=np.float64), np.asarray(v0, dtype=np.float64),
-                                            rel(t_start))
+                                            rel(t_start), t_state=rel(recv))
             k_cmd += 1
         if sampler is not None:
             q_cmd[k] = sampler.sample(rel(tick))[0]

@@ -136,7 +136,7 @@ class ArmSim:
         else:
             q0 = self.data.ctrl.copy()
             v0 = self._sampler.sample(self.time)[1] if self._sampler else np.zeros(self.spec.dof)
-        self._sampler = TrajectorySampler(traj, q0, v0, t0)
+        self._sampler = TrajectorySampler(traj, q0, v0, t0, t_state=self.time)
 
     def hold(self, q: np.ndarray | None = None) -> None:
         """Drop the active trajectory and hold ``q`` (the current position if None)."""
