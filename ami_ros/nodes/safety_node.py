@@ -11,12 +11,15 @@ models by sampling the trajectory it last sent exactly as the controller does;
 ``measured`` (JTC's default) starts from the joint state, carried forward to the
 decision by its velocity. Where control_msgs is installed, the controller's own state
 (``controller_state_topic``) gives the reference instead of the model. What passes
-(possibly time-scaled) goes to the controller, cut to end at rest within
-``plan_timeout`` plus the braking time: if this node dies, the arm stops by itself. A 50 Hz watchdog holds the arm (one
-braking hold trajectory from that same state) when the joint states, the camera
-(if watched) or, during motion, the plans go stale, and whenever the latched e-stop
-trips (/ami/estop true or /ami/trip_estop); only /ami/reset_estop clears the latch.
-Until a fresh joint state arrives it publishes nothing to the controller.
+(possibly time-scaled) goes to the controller, cut to end at rest within ``plan_timeout``
+plus the braking time: if this node dies, the arm stops by itself. Plans are gated in a
+thread of their own, so no check delays the joint states, the watchdog or an e-stop. A
+50 Hz watchdog holds the arm (one braking hold trajectory from that same state) when the
+joint states, the camera (if watched) or, during motion, the plans go stale, and whenever
+the latched e-stop trips (/ami/estop true or /ami/trip_estop); only /ami/reset_estop
+clears the latch. Until a fresh joint state arrives it publishes nothing to the controller.
+Missing inputs and a command topic nobody subscribes to are said on the console as well as
+in /diagnostics.
 
 /ami/safety_state (transient local) carries one word: ok | holding | e-stopped | rejecting.
 """
