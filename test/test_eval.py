@@ -49,7 +49,7 @@ def test_world_model_agent_holds_once_the_goal_image_is_seen(model):
 
     arm, stack = load_arm(), load_stack_config()
     bound = action_bound(arm, 0.1, stack["action_scale"])
-    agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), bound, StopRules(0.005, 0))
+    agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), arm, bound, StopRules(0.005, 0))
     with ArmSim(arm, width=64, height=64, seed=3) as sim:
         sim.reset(arm.home)
         q, qd = sim.joint_positions(), np.zeros(arm.dof)
@@ -77,7 +77,7 @@ def test_world_model_agent_settles_back_at_the_closest_frame(model):
 
     arm, stack = load_arm(), load_stack_config()
     bound = action_bound(arm, 0.1, stack["action_scale"])
-    agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), bound, StopRules(0.0, 2))
+    agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), arm, bound, StopRules(0.0, 2))
     with ArmSim(arm, width=64, height=64, seed=3) as sim:
         sim.reset(arm.home)
         q_goal = sim.joint_positions()

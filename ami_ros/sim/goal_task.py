@@ -105,14 +105,10 @@ class WorldModelAgent:
     commanded target while the arm follows it, else the measured position), and the
     caller sends ``q_cmd + cumsum(actions)``."""
 
-    def __init__(self, model, planner: Planner, action_bound: np.ndarray, stop_rules: StopRules | None = None,
-                 arm=None):
-        from ami_ros.core.arm import load_arm
-
+    def __init__(self, model, planner: Planner, arm, action_bound: np.ndarray, stop_rules: StopRules | None = None):
         self.model, self.planner = model, planner
         self.bound = np.asarray(action_bound, dtype=np.float64)
-        self.actor = Actor(model, arm or load_arm(), planner, model.control_dt, stop_rules or StopRules(),
-                           joint_history_capacity=256)
+        self.actor = Actor(model, arm, planner, model.control_dt, stop_rules or StopRules(), joint_history_capacity=256)
         self.hold = None                        # (A,) the pose the commanded target goes back to and holds
         self.measured_distance = float("nan")   # measured goal distance of the latest frame (as goal_tolerance)
         self._keep_out = list(planner.cost.keep_out)   # the planner's own (the safety config's)

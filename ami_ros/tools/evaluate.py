@@ -88,7 +88,7 @@ def run(args) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         rules = StopRules(stack["goal_tolerance"], stack["settle_patience"], stack["settle_min_improvement"])
-        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, bound, rules)
+        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, arm, bound, rules)
     if args.equal_compute:
         if args.planner != "both":
             print("error: --equal-compute compares the two planners: use it with --planner both", file=sys.stderr)
