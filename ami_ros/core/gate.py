@@ -91,6 +91,7 @@ class SafetyGate:
         self.commands_published = 0
         self.superseded = 0                         # passed plans dropped: a hold went out while they were gated
         self._epoch = 0                             # counts what went out (and e-stop trips)
+        self._lead = 0.0                            # s from a plan's arrival to its command going out (average)
         self.latency_last = self.latency_max = 0.0
 
     # ------------------------------------------------------------------ state
@@ -209,13 +210,16 @@ class SafetyGate:
         if self.watch_camera:
             self.watchdog.feed("camera", now)
 
-    def on_plan(self, now: float, plan: Trajectory | TrajectoryError) -> None:
+    def on_plan(self, now: float, plan: Trajectory | TrajectoryError, clock: Callable[[], float] | None = None) -> None:
         """A plan arrived: a trajectory, or the TrajectoryError its message raised. Refused
         (counted) while the e-stop is latched (and a hold goes out), while the joint state (or
         camera) is stale, or when malformed or unsafe; else sent, possibly time-scaled. The gate's
         check runs outside the lock: inputs, the watchdog and e-stops go on meanwhile, and a
         plan that passed while a hold went out (or the e-stop tripped, or the limits changed)
-        is dropped (``superseded``), not sent."""
+        is dropped (``superseded``), not sent. The check takes time (``clock``: the time now,
+        on ``now``'s clock; None: none passes): the plan is checked from the state the controller
+        will be in when it is sent (``now`` plus the recent checks' duration), and the
+        controller's reference is modelled from the instant it really goes out."""
         with self.lock:
             stale = [s for s in self.watchdog.check(now) if s != "plan"]
             if self.estop.latched:  # the gate counts it and answers with a hold (already sent)
@@ -234,23 +238,26 @@ class SafetyGate:
                 self.count(plan.reason, str(plan), now)
                 self.update_state(now)
                 return
-            q0, v0 = self.command_state(now)
+            q0, v0 = self.command_state(now + self._lead)
             epoch, spec, lease = self._epoch, self.spec, self.lease
         res = self.gate.gate(plan, q0, now, v0, lease=lease)
         with self.lock:
             self.latency_last = res.latency
             self.latency_max = max(self.latency_max, res.latency)
+            t_send = clock() if clock is not None else now
+            self._lead = min(0.8 * self._lead + 0.2 * max(t_send - now, 0.0), 0.5 * self.lease)
             if res.ok and (epoch != self._epoch or spec is not self.spec):
                 self.superseded += 1
                 self._log("warning", "superseded", "a passed plan was dropped: a hold, another command or new limits "
                           "came while it was checked", 1.0)
             elif res.ok:
                 out = res.trajectory
-                self._send(out, q0, v0, now)
+                q_s, v_s = self.command_state(t_send)   # where the controller really starts it
+                self._send(out, q_s, v_s, t_send)
                 self.commands_published += 1
-                start = out.start_time if out.start_time > 0 else now
+                start = out.start_time if out.start_time > 0 else t_send
                 self._moving_until = start + out.duration
-                self._holding = len(out.times) == 1 and np.allclose(out.positions[0], q0) and not np.any(v0)
+                self._holding = len(out.times) == 1 and np.allclose(out.positions[0], q_s) and not np.any(v_s)
                 self.hold_reason = self._forced_hold = ""
                 self._last_rejected = False
                 self.watchdog.feed("plan", now)

@@ -714,9 +714,11 @@ class Gate:
     def _bounded(self, t: Trajectory, q_now, v_now, lease: float | None):
         """Candidates of the output that end at rest, to verify in turn: ``t`` itself when it ends
         within the ``lease`` (or there is none); else ``t`` cut at the lease and braked to rest at
-        constant deceleration within the acceleration limits (then over twice that time); for a position-only trajectory, cut at its first point at or after the lease.
-        If nothing replaces what was sent (the planner or the gate gone), the arm stops on the
-        planned path within :meth:`motion_bound`."""
+        constant deceleration within the acceleration limits, then over twice that time, then
+        the same cut at its earlier points after half the lease (where the planned acceleration,
+        so the jump to the braking, differs); for a position-only trajectory, cut at its first
+        point at or after the lease. If nothing replaces what was sent (the planner or the gate
+        gone), the arm stops on the planned path within :meth:`motion_bound`."""
         if lease is None or not math.isfinite(lease) or t.times[-1] <= lease:
             yield t
             return
@@ -724,11 +726,13 @@ class Gate:
             k = int(np.searchsorted(t.times, lease - 1e-9))
             yield Trajectory(list(t.joint_names), t.times[:k + 1], t.positions[:k + 1], None, t.start_time)
             return
-        q_c, v_c = TrajectorySampler(t, q_now, v_now, 0.0).sample(lease)
-        keep = t.times < lease - 1e-6
-        brake = max(self.spec.hard.hold_time, float(np.max(np.abs(v_c) / self.spec.a_lim)))
-        for T in (brake, 2 * brake):
-            yield Trajectory(list(t.joint_names), np.concatenate([t.times[keep], [lease, lease + T]]),
+        sampler = TrajectorySampler(t, q_now, v_now, 0.0)
+        knots = t.times[(t.times > lease / 2) & (t.times < lease - 1e-6)][::-1]
+        for cut, stretch in [(lease, 1.0), (lease, 2.0)] + [(c, 2.0) for c in knots]:
+            q_c, v_c = sampler.sample(cut)
+            keep = t.times < cut - 1e-6
+            T = stretch * max(self.spec.hard.hold_time, float(np.max(np.abs(v_c) / self.spec.a_lim)))
+            yield Trajectory(list(t.joint_names), np.concatenate([t.times[keep], [cut, cut + T]]),
                              np.vstack([t.positions[keep], q_c, q_c + v_c * T / 2]),
                              np.vstack([t.velocities[keep], v_c, np.zeros_like(v_c)]), t.start_time)
 

@@ -253,7 +253,7 @@ class SafetyNode(Node):
                 except TrajectoryError as e:
                     plan = e
             sent = self.core.commands_published
-            self.core.on_plan(self._now(), plan)
+            self.core.on_plan(self._now(), plan, clock=self._now)
             if self.core.commands_published > sent:
                 self.plan_latencies.append(time.monotonic() - arrived)
 
