@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """The gate under an adversarial burst: safety_node on the simulator, good plans at 10 Hz and
-an adversary on the same topics.
+an adversary (a process of its own) on the same topics.
 
     python bench/gate_fuzz.py [--duration 60] [--set safety_node:max_plan_points:=100000] [--out FILE]
 
 sim_node + safety_node (config/sim.yaml, config/safety.yaml) in one process, one executor thread
 each (ami_arm6). A stand-in planner publishes a good plan every 0.1 s: eight points 0.1 s apart
-(positions and velocities) ahead along a slow sinusoid that the arm follows from its start. An adversary publishes,
-in turn, at ``--adversary-hz``: a legal 5,000-point plan (the arm held still for 25 s), a plan
+(positions and velocities) ahead along a slow sinusoid that the arm follows from its start.
+An adversary publishes, in turn, at ``--adversary-hz``: a legal 5,000-point plan (the arm held still for 25 s), a plan
 with NaN, one with an unknown joint, one far outside the joint limits, and a joint state with a
 joint the arm lacks; the safety node must refuse all of them.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -58,6 +59,46 @@ def _plan(names, times, pos, vel=None, frame_id=GOOD):
                                              None if vel is None else np.asarray(vel)), frame_id)
 
 
+def adversary(domain_id: int, names: list, home: list, hz: float, duration: float) -> None:
+    """The adversary, in a process of its own (as it would be): in turn a legal 5,000-point plan, a
+    plan with NaN, one with an unknown joint, one outside the joint limits, with a joint state
+    naming a joint the arm lacks each time; counts go to stdout."""
+    import rclpy
+    from rclpy.context import Context
+    from sensor_msgs.msg import JointState
+    from trajectory_msgs.msg import JointTrajectory
+
+    from ami_ros.nodes import qos
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    node = rclpy.create_node("fuzz_adversary", context=ctx)
+    plan_pub = node.create_publisher(JointTrajectory, "/ami/plan", qos.RELIABLE_1)
+    js_pub = node.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
+    q, n = np.asarray(home), len(names)
+    nan = np.tile(q, (5, 1))
+    nan[2, 1] = np.nan
+    bad = [
+        ("5000_points", _plan(names, 0.005 * np.arange(1, 5001), np.tile(q, (5000, 1)), frame_id=BAD)),
+        ("nan", _plan(names, 0.1 * np.arange(1, 6), nan, frame_id=BAD)),
+        ("unknown_joint", _plan(names[:-1] + ["ghost_joint"], [0.1], q[None], frame_id=BAD)),
+        ("position_limit", _plan(names, [0.1], np.full((1, n), 10.0), frame_id=BAD)),
+    ]
+    ghost = JointState(name=names[:-1] + ["ghost_joint"], position=[float(x) for x in q])
+    counts, i, t_end = Counter(), 0, time.monotonic() + duration
+    time.sleep(1.0)                                               # discovery
+    while time.monotonic() < t_end:
+        kind, msg = bad[i % len(bad)]
+        plan_pub.publish(msg)
+        js_pub.publish(ghost)
+        counts[f"adversary_{kind}"] += 1
+        i += 1
+        time.sleep(1.0 / hz)
+    print(json.dumps(dict(counts)), flush=True)
+    node.destroy_node()
+    rclpy.try_shutdown(context=ctx)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import rclpy
@@ -77,7 +118,6 @@ def main(argv=None) -> int:
     probe = rclpy.create_node("fuzz_probe", context=ctx)
     names, spec = sim.spec.joint_names, sim.spec
     plan_pub = probe.create_publisher(JointTrajectory, "/ami/plan", qos.RELIABLE_1)
-    js_pub = probe.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
     js_seen: list[float] = []
     probe.create_subscription(JointState, "/joint_states",
                               lambda m: js_seen.append(time.monotonic()) if "ghost_joint" not in m.name else None,
@@ -107,26 +147,6 @@ def main(argv=None) -> int:
             counts["good_plans"] += 1
             stop.wait(0.1)
 
-    def adversary():
-        q = spec.home.copy()
-        n, i = len(names), 0
-        nan = np.tile(q, (5, 1))
-        nan[2, 1] = np.nan
-        bad = [
-            ("5000_points", _plan(names, 0.005 * np.arange(1, 5001), np.tile(q, (5000, 1)), frame_id=BAD)),
-            ("nan", _plan(names, 0.1 * np.arange(1, 6), nan, frame_id=BAD)),
-            ("unknown_joint", _plan(names[:-1] + ["ghost_joint"], [0.1], q[None], frame_id=BAD)),
-            ("position_limit", _plan(names, [0.1], np.full((1, n), 10.0), frame_id=BAD)),
-        ]
-        ghost = JointState(name=names[:-1] + ["ghost_joint"], position=[float(x) for x in q])
-        while not stop.is_set():
-            kind, msg = bad[i % len(bad)]
-            plan_pub.publish(msg)
-            js_pub.publish(ghost)
-            counts[f"adversary_{kind}"] += 1
-            i += 1
-            stop.wait(1.0 / args.adversary_hz)
-
     def watch():   # when did the node refuse for stale joint states, and were they stale here?
         last = 0
         while not stop.is_set():
@@ -138,7 +158,12 @@ def main(argv=None) -> int:
 
     time.sleep(3.0)                                               # joint states flowing, arm at home
     sim.sim.reset(reference(0.0)[0])
-    workers = [threading.Thread(target=f, daemon=True) for f in (planner, adversary, watch)]
+    adv = subprocess.Popen([sys.executable, "-c", "import sys, json; sys.path.insert(0, sys.argv[1]); "
+                            "import gate_fuzz as g; g.adversary(*json.loads(sys.argv[2]))",
+                            os.path.dirname(os.path.abspath(__file__)),
+                            json.dumps([args.domain_id, list(names), [float(x) for x in spec.home],
+                                        args.adversary_hz, args.duration])], stdout=subprocess.PIPE, text=True)
+    workers = [threading.Thread(target=f, daemon=True) for f in (planner, watch)]
     t_start = time.monotonic()
     rej0 = dict(safety.gate.rejections)
     for th in workers:
@@ -147,6 +172,8 @@ def main(argv=None) -> int:
     stop.set()
     for th in workers:
         th.join(2.0)
+    out_adv, _ = adv.communicate(timeout=30)
+    counts.update(json.loads(out_adv.strip().splitlines()[-1]) if out_adv.strip() else {})
     rejections = {k: v - rej0.get(k, 0) for k, v in safety.gate.rejections.items() if v - rej0.get(k, 0)}
     lat = np.array(safety.plan_latencies) * 1000
     seen = np.array(js_seen)

@@ -213,6 +213,9 @@ def test_bad_plan_is_refused_and_counted(graph):
     big = plan_msg(node.names, probe.q, [0.01] * 6, n=node.max_plan_points + 1, dt=0.001)
     probe.plan_pub.publish(big)
     probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 1, 5.0, "too_many_points refusal")
+    huge = plan_msg(node.names, probe.q, [0.01] * 6, n=5 * node.max_plan_points, dt=0.001)   # refused by its size
+    probe.plan_pub.publish(huge)
+    probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 2, 5.0, "too_many_points refusal by size")
 
     def diag_counts():
         for d in probe.diags:

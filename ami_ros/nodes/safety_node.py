@@ -35,6 +35,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -136,7 +137,8 @@ class SafetyNode(Node):
         self._cmd_pub = self.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", reliable1)
         self._state_pub = self.create_publisher(String, "/ami/safety_state", latched)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, reliable1)
+        # plans arrive serialized: an oversized one is refused by its size, never turned into Python objects
+        self.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, reliable1, raw=True)
         self._js_sub = self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         self._image_sub = self.create_subscription(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
         self.create_subscription(Bool, "/ami/estop", self._on_estop_msg, latched)
@@ -231,10 +233,16 @@ class SafetyNode(Node):
     def _on_image(self, msg: Image) -> None:
         self.core.observe_image(self._now())
 
-    def _on_plan(self, msg: JointTrajectory) -> None:
+    def _on_plan(self, data: bytes) -> None:
         with self._plan_ready:
-            self._plan_inbox.append((time.monotonic(), msg))
+            self._plan_inbox.append((time.monotonic(), data))
             self._plan_ready.notify()
+
+    def _max_plan_bytes(self) -> int:
+        """The largest serialized plan of ``max_plan_points`` points (positions, velocities,
+        accelerations and efforts for every joint, long joint names) the node reads."""
+        dof = len(self.names)
+        return 4096 + dof * 256 + self.max_plan_points * (16 + 4 * (4 + 8 * dof))
 
     def _gate_plans(self) -> None:
         """The gate's thread: each plan converted (refused unread when oversized), gated, sent."""
@@ -243,19 +251,30 @@ class SafetyNode(Node):
                 self._plan_ready.wait_for(lambda: self._plan_inbox or self._stopping)
                 if self._stopping:
                     return
-                arrived, msg = self._plan_inbox.popleft()
-            if len(msg.points) > self.max_plan_points:
-                plan = TrajectoryError("too_many_points", f"{len(msg.points)} points > max_plan_points "
-                                       f"{self.max_plan_points}")
-            else:
-                try:
-                    plan = msgs.trajectory_from_msg(msg)
-                except TrajectoryError as e:
-                    plan = e
+                arrived, data = self._plan_inbox.popleft()
+            plan = self._read_plan(data)
             sent = self.core.commands_published
             self.core.on_plan(self._now(), plan, clock=self._now)
             if self.core.commands_published > sent:
                 self.plan_latencies.append(time.monotonic() - arrived)
+
+    def _read_plan(self, data: bytes) -> Trajectory | TrajectoryError:
+        """A serialized JointTrajectory -> Trajectory, or the TrajectoryError that refuses it: an
+        oversized message by its size, unread; a malformed one; one of more than max_plan_points."""
+        if len(data) > self._max_plan_bytes():
+            return TrajectoryError("too_many_points", f"{len(data)} bytes: more than max_plan_points "
+                                   f"{self.max_plan_points} points")
+        try:
+            msg = deserialize_message(data, JointTrajectory)
+        except Exception as e:  # noqa: BLE001 - a malformed serialization is refused, not raised
+            return TrajectoryError("malformed", f"cannot deserialize: {type(e).__name__}: {e}")
+        if len(msg.points) > self.max_plan_points:
+            return TrajectoryError("too_many_points", f"{len(msg.points)} points > max_plan_points "
+                                   f"{self.max_plan_points}")
+        try:
+            return msgs.trajectory_from_msg(msg)
+        except TrajectoryError as e:
+            return e
 
     def destroy_node(self) -> None:
         thread = getattr(self, "_plan_thread", None)        # (None when the constructor failed before it)
