@@ -290,7 +290,7 @@ class Planner:
             goal_tool = torch.as_tensor(goal_tool, **f32).flatten()
             if goal_tool.shape != (3,) or not bool(torch.isfinite(goal_tool).all()):
                 raise ValueError(f"goal_tool: need a finite (3,) position, got {tuple(goal_tool.shape)}")
-        A, D, H = m.action_dim, m.embed_dim, c.horizon
+        A, H = m.action_dim, c.horizon
         steps = 0
         iters = 0
         if direct:
@@ -387,7 +387,6 @@ class Planner:
         Returns (plan (T, C), cost float, predicted embeddings, model steps spent).
         """
         c = self.config
-        T = mean.shape[0]
         std = (c.init_std * bound).expand_as(mean).clone()
         std_min = c.min_std * bound
         mean = torch.maximum(torch.minimum(mean, bound), -bound)
