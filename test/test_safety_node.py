@@ -257,20 +257,20 @@ def test_plans_are_gated_from_the_controllers_reference(graph):
     (it continues from its own reference), not where the lagging arm is measured."""
     node, probe = graph
     probe.wait_state("ok")
-    probe.lag = 0.08
+    probe.lag = 0.2
     try:
         n = len(probe.commands)
         probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.3, 0, 0, 0, 0, 0], n=10, dt=0.1))
         probe.wait_command(n)
-        time.sleep(0.25)                                  # mid-motion (before the lease ends): measured ~0.02 rad behind
+        time.sleep(0.25)                                  # mid-motion (before the lease ends): measured ~0.06 rad behind
         q_meas = probe.q.copy()
         n, before = len(probe.commands), node.not_following
         probe.plan_pub.publish(plan_msg(node.names, q_meas, [-0.1, 0, 0, 0, 0, 0], n=5, dt=0.1))
         probe.wait_command(n)
         q0 = node._sent.pos[0]                            # the state the second plan was gated from
         q_cmd = probe.follower.pos[0]                     # where the controller actually continued from
-        np.testing.assert_allclose(q0, q_cmd, atol=0.01)     # (they sample it ~ms apart, at 0.3 rad/s)
-        assert abs(q0[0] - q_meas[0]) > 0.015 and node.not_following == before
+        np.testing.assert_allclose(q0, q_cmd, atol=0.02)     # (sampled ms apart, more on a loaded machine)
+        assert abs(q0[0] - q_meas[0]) > 0.04 and node.not_following == before
         # an arm that stopped following (beyond command_tracking_tolerance): reported, and still gated from
         # the reference, where the controller continues
         probe.stuck = probe.q - [0.3, 0, 0, 0, 0, 0]
@@ -279,7 +279,7 @@ def test_plans_are_gated_from_the_controllers_reference(graph):
         probe.plan_pub.publish(plan_msg(node.names, probe.follower.sample(node._now() + 0.005)[0], [0.01] * 6))
         probe.wait_command(n)
         assert node.not_following > before
-        np.testing.assert_allclose(node._sent.pos[0], probe.follower.pos[0], atol=5e-3)
+        np.testing.assert_allclose(node._sent.pos[0], probe.follower.pos[0], atol=0.03)   # not the stuck arm
     finally:
         probe.lag, probe.stuck = 0.0, None
         # leave the arm at rest for the next test

@@ -199,7 +199,9 @@ def test_trajectory_by_name_reaches_target(graph):
     np.testing.assert_allclose(p, sim.spec.tool_position(q), atol=0.01)
 
 
-def test_stamped_trajectory_starts_at_stamp(graph):
+def test_stamped_trajectory_is_timed_from_its_stamp(graph):
+    """As joint_trajectory_controller does: a trajectory stamped ahead is joined at once, from the
+    arm's state to its first point at stamp + time_from_start (over the longer segment)."""
     sim, probe = graph
     names = sim.spec.joint_names
     q0 = probe.wait_settled()
@@ -208,9 +210,10 @@ def test_stamped_trajectory_starts_at_stamp(graph):
     start = sim.get_clock().now().nanoseconds * 1e-9 + 0.8
     t_sent = time.monotonic()
     probe.command_pub.publish(shuffled_msg(names, [0.5], [q_goal], seed=5, stamp=start))
-    time.sleep(0.5)  # before the stamp: nothing moves
+    time.sleep(0.5)  # on its way, not there yet: about 0.5 of the 1.3 s segment
     before = probe.states_since(t_sent)
-    assert before and max(np.max(np.abs(q - q0)) for _, q, _ in before) < 2e-3
+    moved = max(np.max(np.abs(q - q0)) for _, q, _ in before)
+    assert before and 0.01 < moved < 0.25, moved
     probe.wait_at(q_goal, timeout=5.0)
     assert time.monotonic() - t_sent > 1.0
 
