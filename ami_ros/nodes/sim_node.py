@@ -21,8 +21,9 @@ The anchor is set at start, at every reset and whenever ``real_time_factor`` cha
 When the physics falls behind by more than ``MAX_LAG_S`` of sim time (a stalled
 process), the lost time is dropped and the anchor is reset (counted as ``overruns``).
 A command's ``header.stamp`` goes through the same mapping: a zero stamp starts the
-trajectory on arrival, any other stamp starts it at that instant (in the past too,
-as joint_trajectory_controller does). Images and joint states carry the inverse
+trajectory on arrival; any other stamp times its points, and the controller joins it on
+arrival from where it is to its first point still ahead (points in the past skipped),
+as joint_trajectory_controller does. Images and joint states carry the inverse
 mapping of the sim time they show (``ros_time_of``), the instant of acquisition as
 sensor drivers stamp it, not the publish time.
 
