@@ -243,6 +243,20 @@ def _reach_toward(box_y: float, clearance: float, q0=None):
     return Box("beside", np.array([-0.1, box_y + clearance, 0.25]), np.array([0.1, box_y + clearance + 0.2, 0.45])), q
 
 
+@pytest.mark.parametrize("robot", ["ami_arm6", "ur5e"])
+def test_the_first_link_may_reach_into_the_mount(robot):
+    """A UR's shoulder housing sits on the table top, its volume below the workspace floor at every
+    configuration: the first link only turns about the base, so the workspace box does not apply
+    to it (keep-out boxes do); a plan at home passes."""
+    from ami_ros.core.arm import load_arm
+
+    arm = load_arm(robot)
+    gate = Gate(SafetySpec.load(arm=arm))
+    q = arm.home
+    res = gate.gate(Trajectory(arm.joint_names, np.array([0.1, 0.2]), np.vstack([q + 0.01, q + 0.02])), q, 0.0)
+    assert res.ok, res.message
+
+
 def test_a_link_volume_is_refused_where_its_centre_line_is_clear():
     """A box 3 cm beside the upper arm's centre line (link radius 5 cm): the centre line clears
     it, the volume does not."""
