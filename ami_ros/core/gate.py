@@ -175,9 +175,7 @@ class SafetyGate:
         if self.q is None:
             return
         q0, v0 = self.command_state(now)
-        # with a measured start the reference restarts at the measured position, and the servo's force
-        # with it: the arm overshot the braking by up to 1.6x in a soak; it brakes at half the rate there
-        self._send(self.gate.hold(q0, v0, stretch=2.0 if self.controller_start == "measured" else 1.0), q0, v0, now)
+        self._send(self.gate.hold(q0, v0), q0, v0, now)
         self.holds_published += 1
         self._log("warning", "hold", f"holding: {reason}", 0.0)
 

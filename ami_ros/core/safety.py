@@ -603,11 +603,10 @@ class Gate:
             raise ValueError("a new spec must describe the same arm")
         self.spec, self._reach = spec, spec.arm.reach
 
-    def hold(self, q_now, v_now=None, stretch: float = 1.0) -> Trajectory:
-        """Bring the arm to rest from (q_now, v_now) within the acceleration limits (``stretch``
-        times slower: over ``stretch`` times the time, at 1 / ``stretch`` the deceleration)."""
-        return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time * stretch, v_now,
-                               self.spec.a_lim / stretch, self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max)
+    def hold(self, q_now, v_now=None) -> Trajectory:
+        """Bring the arm to rest from (q_now, v_now) within the acceleration limits."""
+        return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time, v_now, self.spec.a_lim,
+                               self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max)
 
     # ---------------- main entry ----------------
     def gate(self, traj: Trajectory, q_now, now: float, v_now=None, lease: float | None = None) -> GateResult:
