@@ -200,6 +200,14 @@ class ArmSpec:
         qt = torch.as_tensor(np.asarray(q, dtype=np.float64))[None]
         return self._chain().jacobian(qt)[0].numpy()
 
+    @property
+    def on_first_link(self) -> np.ndarray:
+        """(C,) bool: which of ``capsules`` the first joint moves (that link only turns about the
+        base, where the arm is mounted, and may reach into the mount below the table top)."""
+        if "on_first_link" not in self._kin:
+            self._kin["on_first_link"] = np.array([c.link == self.joint_frames[0] for c in self.capsules], dtype=bool)
+        return self._kin["on_first_link"]
+
     def capsules_at(self, q, tool_point: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The link volumes at q (..., dof): end points a, b (..., C, 3) in the base frame
         and radii (C,); with ``tool_point``, the tool point last as a capsule of radius 0

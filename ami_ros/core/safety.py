@@ -784,7 +784,7 @@ class Gate:
         inside = np.all((np.minimum(a, b) >= ws.lo + pad) & (np.maximum(a, b) <= ws.hi - pad), axis=-1)
         # the first link only turns about the base, where the arm is mounted: its volume may reach into
         # the mount below the workspace floor (a UR's shoulder housing); keep-out boxes still apply to it
-        inside |= np.array([c.link == spec.arm.joint_frames[0] for c in spec.arm.capsules] + [False])
+        inside[:, :-1] |= spec.arm.on_first_link                   # (the tool point, last, is not exempt)
         if not np.all(inside):
             k, l = np.argwhere(~inside)[0]
             return "workspace", (f"{_volume(vols, r, l)} at {np.round(a[k, l], 4).tolist()} -> "

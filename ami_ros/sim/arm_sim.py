@@ -34,7 +34,7 @@ def clear_of_table(arm: ArmSpec, q: np.ndarray) -> np.ndarray:
     q = np.asarray(q, dtype=np.float64)
     ok = arm.link_positions(q)[..., 2:, 2].min(axis=-1) >= TABLE_CLEARANCE
     a, b, r = arm.capsules_at(q)
-    moving = np.array([c.link != arm.joint_frames[0] for c in arm.capsules], dtype=bool)
+    moving = ~arm.on_first_link
     if moving.any():
         surface = np.minimum(a[..., 2], b[..., 2]) - r                              # (..., C)
         ok &= surface[..., moving].min(axis=-1) >= VOLUME_CLEARANCE
