@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
+from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args, node_robot_params
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,19 +95,16 @@ def run(args) -> int:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
 
-    from ami_ros.core.model_io import read_card
+    from ami_ros.core.model_io import check_arm, read_card
     from ami_ros.nodes import msgs, qos
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.nodes.stack import Stack
 
-    from ami_ros.core.model_io import check_arm
-
     sets = []
     if args.model:
         sets += [f"encoder_node:model_path:={args.model}", f"planner_node:model_path:={args.model}"]
-    for key, value in (("robot", args.robot), ("joint_limits_file", args.limits)):
-        if value:
-            sets += [f"{node}:{key}:={value}" for node in ("sim_node", "encoder_node", "planner_node", "safety_node")]
+    for key, value in node_robot_params(args).items():
+        sets += [f"{node}:{key}:={value}" for node in ("sim_node", "encoder_node", "planner_node", "safety_node")]
     try:    # a bad model folder, arm, or a model of another arm is refused before any node starts
         folder = resolve_model_path(args.model)
         arm = arm_from_args(args)

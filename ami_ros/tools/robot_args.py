@@ -18,3 +18,9 @@ def arm_from_args(args):
     from ami_ros.core.arm import load_arm
 
     return load_arm(getattr(args, "robot", None), limits=getattr(args, "limits", None))
+
+
+def node_robot_params(args) -> dict:
+    """The nodes' robot parameters (``robot``, ``joint_limits_file``) the options set."""
+    return {k: v for k, v in (("robot", getattr(args, "robot", None)),
+                              ("joint_limits_file", getattr(args, "limits", None))) if v}

@@ -37,9 +37,9 @@ def _e2e_once(folder: str, args, threads: int, domain: int):
     seconds = args.e2e_seconds if args.e2e_seconds is not None else (3.0 if args.quick else 20.0)
     rec = {"frames": [], "emb": [], "plan": [], "gated": [], "cycles": []}
     lock = threading.Lock()
-    from ami_ros.tools.bench.node_child import arm_overrides
+    from ami_ros.tools.robot_args import node_robot_params
 
-    arm = arm_overrides(args)
+    arm = node_robot_params(args)
     stack = Stack(context=Context(), domain_id=domain,
                   overrides={"sim": {"camera_rate_hz": 30.0, **arm}, "encoder": {"model_path": folder, "threads": threads,
                                                                                  **arm},

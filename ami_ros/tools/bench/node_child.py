@@ -20,12 +20,6 @@ def overrides(kind: str, folder: str, arm: dict | None = None) -> dict:
                "planner": {"model_path": folder}}.get(kind, {}), **(arm or {})}
 
 
-def arm_overrides(args) -> dict:
-    """The nodes' robot parameters for ``ami-ros bench --robot/--limits``."""
-    return {k: v for k, v in (("robot", getattr(args, "robot", None)),
-                              ("joint_limits_file", getattr(args, "limits", None))) if v}
-
-
 def _memory() -> dict:
     st = {}
     with open("/proc/self/status") as f:
