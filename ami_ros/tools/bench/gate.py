@@ -22,7 +22,7 @@ def bench_gate(args, out: dict) -> str:
     from ami_ros.core.stack_config import action_bound, load_stack_config
 
     arm = arm_from_args(args)
-    spec = SafetySpec.load()
+    spec = SafetySpec.load(arm=arm)
     gate = Gate(spec)
     bound = action_bound(arm, 0.1, load_stack_config()["action_scale"])
     rng = np.random.default_rng(0)
