@@ -23,7 +23,7 @@ from std_msgs.msg import Bool, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from ami_ros.core.trajectory import Trajectory, TrajectorySampler  # noqa: E402
+from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler  # noqa: E402
 from ami_ros.nodes import diagnostics, msgs  # noqa: E402
 from ami_ros.nodes.compose import NodeThreads  # noqa: E402
 
@@ -216,6 +216,9 @@ def test_bad_plan_is_refused_and_counted(graph):
     huge = plan_msg(node.names, probe.q, [0.01] * 6, n=5 * node.max_plan_points, dt=0.001)   # refused by its size
     probe.plan_pub.publish(huge)
     probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 2, 5.0, "too_many_points refusal by size")
+    # bytes that are no JointTrajectory are refused as malformed, not raised in the gate's thread
+    bad = node._read_plan(b"\x00\x01\x00\x00not a trajectory")
+    assert isinstance(bad, TrajectoryError) and bad.reason == "malformed", bad
 
     def diag_counts():
         for d in probe.diags:
