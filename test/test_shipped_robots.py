@@ -247,8 +247,13 @@ def test_geometry_conventions(robot):
     for name in cfg["links"]:
         link = robot.link_el[name]
         cols, vis, inert = link.findall("collision"), link.findall("visual"), link.find("inertial")
-        if name == tool:
-            assert not cols and not vis and inert is None, f"{name} should have no geometry"
+        if name == tool:  # nothing, or a tool stand-in: one sphere centred on the tool frame, drawn as it collides
+            assert inert is None and len(cols) == len(vis) <= 1, f"{name}: nothing or one stand-in sphere"
+            if cols:
+                sph, vsph = cols[0].find("geometry/sphere"), vis[0].find("geometry/sphere")
+                assert sph is not None and vsph is not None and sph.get("radius") == vsph.get("radius")
+                assert np.allclose(origin_of(cols[0]), np.eye(4)) and np.allclose(origin_of(vis[0]), np.eye(4))
+                colours[name] = tuple(float(v) for v in vis[0].find("material/color").get("rgba").split())
             continue
         assert len(cols) == 1 and len(vis) == 1, f"{name}: one collision and one visual cylinder"
         cyl = cols[0].find("geometry/cylinder")

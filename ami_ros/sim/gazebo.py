@@ -71,7 +71,7 @@ def gazebo_urdf(arm: ArmSpec, controllers_file: str, camera_size: int = 128, cam
     manager with ``controllers_file``, and the scene camera the embedded simulator uses.
     Gazebo drops links without mass: those with a collision primitive and no <inertial> get
     one (:func:`_inertial_of`); frames without geometry (a flange) are merged by Gazebo."""
-    from ami_ros.sim.scene import CAMERA
+    from ami_ros.sim.scene import camera_of
 
     root = ET.fromstring(arm.urdf)
     for link in root.findall("link"):
@@ -94,9 +94,7 @@ def gazebo_urdf(arm: ArmSpec, controllers_file: str, camera_size: int = 128, cam
                            name="gz_ros2_control::GazeboSimROS2ControlPlugin")
     ET.SubElement(plugin, "parameters").text = controllers_file
 
-    _, pos, target, fovy = CAMERA
-    if arm.sim_camera:
-        pos, target, fovy = arm.sim_camera["pos"], arm.sim_camera["target"], arm.sim_camera["fovy"]
+    _, pos, target, fovy = camera_of(arm)
     cam_link = ET.SubElement(root, "link", name=CAMERA_LINK)       # a small mass, or Gazebo drops it
     cam_inertial = ET.SubElement(cam_link, "inertial")
     ET.SubElement(cam_inertial, "mass", value="0.01")

@@ -11,6 +11,8 @@ as a well-tuned joint_trajectory_controller on a real arm would.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import warnings
 
 import numpy as np
@@ -43,6 +45,20 @@ def _xyaxes(pos, target) -> list[float]:
 #: front right of the table, looking at the arm's workspace. An arm's robot.yaml may place it
 #: otherwise (``sim_camera``), e.g. further back for a bigger arm.
 CAMERA = ("scene", (1.05, -0.85, 0.85), (0.32, 0.0, 0.26), 50.0)
+
+
+def camera_of(spec: ArmSpec) -> tuple:
+    """(name, position, target, vertical fov) of the scene camera for ``spec``'s arm."""
+    if spec.sim_camera:
+        return CAMERA[0], tuple(spec.sim_camera["pos"]), tuple(spec.sim_camera["target"]), spec.sim_camera["fovy"]
+    return CAMERA
+
+
+def scene_hash(spec: ArmSpec) -> str:
+    """sha256 (first 16 hex digits) of what the arm's files decide of the scene's pictures: its
+    URDF (links, volumes, colours) and the camera. Recordings made with another are other data."""
+    doc = {"urdf": spec.urdf, "camera": [list(v) if isinstance(v, tuple) else v for v in camera_of(spec)]}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _room(timestep: float, offscreen) -> str:
@@ -134,9 +150,7 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480))
     cube.add_freejoint(name="cube")
     cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[0.1, 0.75, 0.2, 1],
                   mass=0.1, contype=1, conaffinity=3, friction=[0.8, 0.01, 0.001])
-    name, pos, target, fovy = CAMERA
-    if spec.sim_camera:
-        pos, target, fovy = spec.sim_camera["pos"], spec.sim_camera["target"], spec.sim_camera["fovy"]
+    name, pos, target, fovy = camera_of(spec)
     cam = scene.worldbody.add_camera(name=name, pos=list(pos), fovy=fovy)
     cam.alt.type, cam.alt.xyaxes = mujoco.mjtOrientation.mjORIENTATION_XYAXES, _xyaxes(pos, target)
     with _no_empty_prefix_warning():

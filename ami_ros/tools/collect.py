@@ -274,6 +274,7 @@ def run(args) -> int:
     os.makedirs(out, exist_ok=True)
 
     from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.scene import scene_hash
 
     t_wall = time.perf_counter()
     sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed)
@@ -291,7 +292,8 @@ def run(args) -> int:
     finally:
         sim.close()
         index = {
-            "robot": args.robot, "limits": args.limits, "arm": spec.card(), "joint_names": list(spec.joint_names),
+            "robot": args.robot, "limits": args.limits, "arm": spec.card(), "scene": scene_hash(spec),
+            "joint_names": list(spec.joint_names),
             "seed": args.seed,
             "steps": args.steps, "width": args.width, "height": args.height,
             "camera_hz": args.camera_hz, "joint_state_hz": args.joint_state_hz,

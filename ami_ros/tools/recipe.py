@@ -130,8 +130,9 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def _collected(folder: str, opts: dict) -> bool:
-    """Whether ``folder`` holds a finished collection made with these options."""
+def _collected(folder: str, opts: dict, scene: str) -> bool:
+    """Whether ``folder`` holds a finished collection made with these options in the scene
+    ``scene`` (:func:`~ami_ros.sim.scene.scene_hash`: the arm's URDF and the camera)."""
     from ami_ros.tools import collect
 
     index = os.path.join(folder, "index.yaml")
@@ -141,7 +142,7 @@ def _collected(folder: str, opts: dict) -> bool:
         idx = yaml.safe_load(f) or {}
     defaults = {k: a.default for k, a in _dests(collect.add_arguments).items()}
     want = {**defaults, **opts}
-    if len(idx.get("episodes", [])) != want["episodes"]:
+    if len(idx.get("episodes", [])) != want["episodes"] or idx.get("scene") != scene:
         return False
     skip = {"episodes", "out"}
     return all(idx.get(k) == want[k] for k in idx if k in want and k not in skip)
@@ -154,6 +155,8 @@ class Collector:
     trains."""
 
     def __init__(self, recipe: dict, work: str, jobs: int, log):
+        from ami_ros.core.arm import load_arm
+        from ami_ros.sim.scene import scene_hash
         from ami_ros.tools import collect
 
         actions = _dests(collect.add_arguments)
@@ -161,14 +164,16 @@ class Collector:
         self.pending, self.done, self.failed = [], set(), None
         self.finished = None
         robot = _robot_argv(recipe)
+        scene = scene_hash(load_arm(recipe.get("robot")))
         for part, opts in recipe["collect"].items():
             folder = os.path.join(work, "data", part)
-            if _collected(folder, {**opts, "robot": recipe.get("robot")}):
+            if _collected(folder, {**opts, "robot": recipe.get("robot")}, scene):
                 log(f"data {part}: reusing {folder}")
                 self.done.add(part)
                 continue
             if os.path.exists(folder):
-                raise RecipeError(f"{folder} holds data made otherwise than the recipe's part {part!r}; remove it")
+                raise RecipeError(f"{folder} holds data made otherwise than the recipe's part {part!r} (other options, "
+                                  "or another arm or camera); remove it")
             argv = [sys.executable, "-m", "ami_ros.cli", "collect", *_argv(opts, actions, part), *robot,
                     "--out", folder + ".partial"]
             self.pending.append((part, folder, argv))
