@@ -25,6 +25,9 @@ xacro output robot_state_publisher gets), or ``robot_description_topic:=/robot_d
 (read from robot_state_publisher at start); the nodes refuse a model trained on another arm:
 
     ros2 launch ami_ros robot.launch.py robot:=/path/to/my_arm.urdf joint_limits_file:=/path/to/joint_limits.yaml
+
+Each node runs in the SROS2 enclave of its name in config/sros2_policy.xml (/ami_ros/<node>),
+which matters only where ROS_SECURITY_ENABLE=true (README, Security).
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, Shutdown
@@ -92,13 +95,16 @@ def generate_launch_description():
                               description="true when a simulator publishes /clock"),
 
         Node(package="ami_ros", executable="encoder_node", name="encoder_node", output="screen", on_exit=Shutdown(),
+             ros_arguments=["--enclave", "/ami_ros/encoder_node"],
              parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time, **arm}],
              remappings=inputs),
         Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen", on_exit=Shutdown(),
+             ros_arguments=["--enclave", "/ami_ros/planner_node"],
              parameters=[planner_params, {"model_path": model_path, "safety_file": safety_file,
                                           "use_sim_time": sim_time, **arm}],
              remappings=inputs),
         Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen", on_exit=Shutdown(),
+             ros_arguments=["--enclave", "/ami_ros/safety_node"],
              parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time,
                                          "controller_start": LaunchConfiguration("controller_start"), **arm}],
              remappings=inputs + [("/arm_controller/joint_trajectory", command)]),

@@ -47,6 +47,7 @@ def generate_launch_description():
                                           "(commanded: its reference; measured: the joint state); the gate is told"),
 
         Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen", on_exit=Shutdown(),
+             ros_arguments=["--enclave", "/ami_ros/sim_node"],
              parameters=[LaunchConfiguration("sim_params"),
                          {"robot": LaunchConfiguration("robot"),
                           "joint_limits_file": LaunchConfiguration("joint_limits_file"),

@@ -121,14 +121,55 @@ def test_estop_latches_holds_refuses_and_only_reset_clears_it():
     assert p.g.state == "e-stopped" and p.g.gate.rejections["estop_latched"] == 2 and len(p.sent) == 2
     p.g.tick(5.0)
     assert p.g.state == "e-stopped", "the latch does not time out"
-    assert p.g.reset_estop(5.0) and not p.g.estop.latched
+    assert p.g.reset_estop(5.0)[0] and not p.g.estop.latched
     p.fresh(5.0)
     p.g.tick(5.0)
     assert p.g.state == "holding" and "reset" in p.g.hold_reason    # holding until a new plan passes
-    assert not p.g.reset_estop(5.0)                                  # not latched
+    assert not p.g.reset_estop(5.0)[0]                               # not latched
     p.g.on_plan(5.0, line(HOME, [0.01] * DOF))
     assert p.g.state == "ok" and len(p.sent) == 3
     assert p.states == ["holding", "ok", "e-stopped", "holding", "ok"]
+
+
+def test_an_intruder_latches_the_estop_and_a_reset_waits_until_it_left():
+    p = Probe()
+    p.fresh(0.0)
+    p.g.on_plan(0.0, line(HOME, [0.05] * DOF))                   # moving
+    p.g.observe_intruders(0.1, ["/rogue_teleop"])
+    assert p.g.state == "e-stopped" and "/rogue_teleop" in p.g.estop.reason and p.g.holds_published == 1
+    assert any(level == "error" and "/rogue_teleop" in msg for level, msg in p.logs)
+    p.g.observe_intruders(0.2, ["/rogue_teleop"])                # still there: nothing new
+    assert p.g.holds_published == 1 and p.g.estop.trips == 1
+    cleared, why = p.g.reset_estop(0.3, by="/operator")
+    assert not cleared and "/rogue_teleop" in why and p.g.estop.latched
+    assert ("warning", f"e-stop reset asked by /operator refused: {why}") in p.logs
+    p.g.observe_intruders(0.4, [])                               # it left
+    cleared, why = p.g.reset_estop(0.5, by="/operator")
+    assert cleared and not p.g.estop.latched
+    assert any(level == "info" and "reset by /operator" in msg and "rogue" in msg for level, msg in p.logs)
+    assert p.g.report(0.5)[1]["intruders"] == ""
+
+
+def test_a_command_the_gate_did_not_send_is_followed_by_a_hold_from_where_it_leads():
+    """The controller tracks the foreign command: the gate's model of its reference follows it and the
+    hold brakes from there, also when the e-stop was latched already (the hold must come after it)."""
+    p = Probe()
+    p.fresh(0.0)
+    p.g.on_plan(0.0, line(HOME, [0.05] * DOF))
+    rogue = line(HOME, [-0.3] * DOF, n=3, dt=0.1)                 # somewhere else, fast
+    p.g.observe_foreign_command(0.05, "/rogue", rogue)
+    assert p.g.state == "e-stopped" and len(p.sent) == 2 and p.g.foreign_commands == 1
+    hold = p.sent[-1]
+    expected, _ = TrajectorySampler(rogue, HOME, ZERO, 0.05, t_state=0.05).sample(0.05)
+    np.testing.assert_allclose(hold.positions[0], expected, atol=0.05)   # braking from the rogue's path, not the plan's
+    p.g.observe_foreign_command(0.2, "/rogue", rogue)             # latched already: a hold again, after it
+    assert len(p.sent) == 3 and p.g.estop.trips == 2
+    p.g.observe_intruders(0.3, [])
+    p.g.observe_estop_topic(0.3, True, "/panel")
+    assert not p.g.reset_estop(0.4)[0]                            # the e-stop topic still says true
+    p.g.observe_estop_topic(0.5, False, "/panel")
+    assert not p.g.reset_estop(0.6, by="/someone", allowed=("/operator",))[0]
+    assert p.g.reset_estop(0.7, by="/operator", allowed=("/operator",))[0]
 
 
 def test_estop_while_idle_sends_one_hold_and_stays_holding():

@@ -54,7 +54,7 @@ SHIPPED = {
         "position_margin": 0.01, "workspace_margin": 0.01, "plan_timeout": 0.5, "joint_state_timeout": 0.2,
         "camera_timeout": 0.5, "watch_camera": True, "controller_start": "commanded",
         "controller_state_topic": "/arm_controller/controller_state", "command_tracking_tolerance": 0.15,
-        "max_plan_points": 1000, "watchdog_rate": 50.0,
+        "max_plan_points": 1000, "reset_allowed_nodes": [], "guard_period": 0.1, "watchdog_rate": 50.0,
         "diagnostics_period": 1.0,
     },
 }

@@ -359,3 +359,86 @@ def test_config_is_a_params_file_and_widening_override_fails():
                     SafetyNode(context=ctx, node_name="safety_node")
         finally:
             rclpy.try_shutdown(context=ctx)
+
+
+# ------------------------------------------------------------------ only the gate commands the arm
+def _diag_value(probe, key):
+    return diagnostics.diagnostic_values(probe.diags[-1].status[0]).get(key, "") if probe.diags else ""
+
+
+def _moving(node, probe):
+    """A passed plan under way, 0.1 rad on each joint from home (on one side, then the other):
+    what an intruder meets."""
+    n = len(probe.commands)
+    _moving.side = -getattr(_moving, "side", -1.0)
+    target = node.spec.arm.home + 0.1 * _moving.side
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, target - probe.q, n=10))
+    probe.wait_command(n)
+    probe.wait_state("ok")
+
+
+def test_a_rogue_command_during_motion_latches_names_it_and_only_a_reset_after_it_left_restores_motion(graph):
+    node, probe = graph
+    _moving(node, probe)
+    rogue = Node("rogue_teleop", context=node.context)
+    pub = rogue.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory",
+                                 QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+    probe.wait_for(lambda: pub.get_subscription_count() >= 2, 5.0, "the rogue matched (controller and gate)")
+    n, holds, foreign = len(probe.commands), node.holds_published, node.core.foreign_commands
+    t0 = time.monotonic()
+    pub.publish(plan_msg(node.names, probe.q, [-0.05] * 6, n=3))      # valid, and not the gate's
+    probe.wait_state("e-stopped", timeout=5.0)
+    latency = time.monotonic() - t0
+    print(f"\nrogue command -> e-stopped on /ami/safety_state: {1000 * latency:.1f} ms")
+    assert latency < 0.5
+    assert "/rogue_teleop" in node.estop.reason, node.estop.reason
+    # the rogue's command reached the gate, and the last command the controller got is the gate's hold
+    # (the controller's queue keeps the newest: it may never see the rogue's)
+    probe.wait_for(lambda: node.core.foreign_commands == foreign + 1, 5.0, "the rogue's command seen by the gate")
+    probe.wait_for(lambda: node.holds_published > holds and len(probe.commands) > n
+                   and len(probe.commands[-1].points) == 1, 5.0, "a hold after the rogue")
+    probe.wait_for(lambda: "/rogue_teleop" in _diag_value(probe, "intruders"), 5.0, "the intruder in /diagnostics")
+    res = probe.call(probe.reset)                                     # refused while it is there
+    assert not res.success and "/rogue_teleop" in res.message and node.estop.latched, res.message
+    rogue.destroy_node()
+    probe.wait_for(lambda: not node.core.intruders, 10.0, "the intruder gone from the graph")
+    res = probe.call(probe.reset)
+    assert res.success and not node.estop.latched, res.message
+    _moving(node, probe)                                              # motion restored
+
+
+def test_a_second_safety_node_on_the_domain_latches_the_first(graph):
+    from ami_ros.nodes.safety_node import SafetyNode
+
+    node, probe = graph
+    _moving(node, probe)
+    t0 = time.monotonic()
+    second = SafetyNode({"watch_camera": False}, node_name="safety_node_2", context=node.context)
+    try:
+        probe.wait_for(lambda: node.estop.latched, 5.0, "the first gate latched")
+        print(f"\nsecond safety node created -> first latched: {1000 * (time.monotonic() - t0):.1f} ms")
+        assert "/safety_node_2" in node.estop.reason, node.estop.reason
+        res = probe.call(probe.reset)
+        assert not res.success and "/safety_node_2" in res.message
+    finally:
+        second.destroy_node()
+    probe.wait_for(lambda: not node.core.intruders, 10.0, "the second gate gone from the graph")
+    assert probe.call(probe.reset).success
+    probe.wait_state("holding")
+    _moving(node, probe)
+
+
+def test_reset_allowed_nodes_limits_who_may_reset(graph):
+    node, probe = graph
+    assert probe.call(probe.trip).success
+    probe.wait_state("e-stopped")
+    assert "/safety_probe" in node.estop.reason                        # who tripped it
+    assert node.set_parameters([Parameter("reset_allowed_nodes", value=["/operator_panel"])])[0].successful
+    try:
+        res = probe.call(probe.reset)
+        assert not res.success and "/safety_probe may not reset" in res.message, res.message
+        assert node.set_parameters([Parameter("reset_allowed_nodes", value=["/safety_probe"])])[0].successful
+        assert probe.call(probe.reset).success and not node.estop.latched
+    finally:
+        node.set_parameters([Parameter("reset_allowed_nodes", value=[])])
+    _moving(node, probe)

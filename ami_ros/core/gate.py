@@ -9,8 +9,8 @@ Its state (:data:`STATES`, reported through ``on_state`` when it changes):
 - ``ok``: gating plans;
 - ``holding``: no fresh joint state (or camera, if watched), or a hold went out (stale input
   during motion, an e-stop reset) and no plan has passed since;
-- ``e-stopped``: the latched e-stop; only :meth:`SafetyGate.reset_estop` clears it, and
-  the gate then holds until a new plan passes;
+- ``e-stopped``: the latched e-stop; only :meth:`SafetyGate.reset_estop` clears it, once its
+  causes are gone, and the gate then holds until a new plan passes;
 - ``rejecting``: the last plan was refused.
 
 Plans are gated from the state the controller starts them from (``controller_start``, one of
@@ -20,12 +20,18 @@ the controller's own report of it when one is fed in); ``measured``, the latest 
 carried forward by its velocity to the instant of the decision. In ``commanded`` the measured
 position farther than ``tracking_tolerance`` from the reference is reported (the arm is not
 following: a driver stop, a collision), not gated from: the controller still starts there.
+
+The gate is the only thing that may command the arm. Another publisher on the controller's
+command topic, or a second safety node (:meth:`SafetyGate.observe_intruders`, from the ROS
+graph), and any command the gate did not send (:meth:`SafetyGate.observe_foreign_command`)
+latch the e-stop naming the intruder; the latch is not reset while an intruder is on the graph
+or the e-stop topic still asserts it (:meth:`SafetyGate.reset_estop`).
 """
 from __future__ import annotations
 
 import functools
 import threading
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -93,6 +99,9 @@ class SafetyGate:
         self._epoch = 0                             # counts what went out (and e-stop trips)
         self._lead = 0.0                            # s from a plan's arrival to its command going out (average)
         self.latency_last = self.latency_max = 0.0
+        self.intruders: list[str] = []              # other publishers of commands / safety nodes, by name
+        self.foreign_commands = 0                   # commands seen on the controller's topic not sent by the gate
+        self.estop_asserted = ""                    # who holds the e-stop topic at true ("" when released)
 
     # ------------------------------------------------------------------ state
     @_locked
@@ -277,23 +286,79 @@ class SafetyGate:
         self._log("warning", "count", message, 1.0)
 
     @_locked
-    def trip(self, reason: str, now: float) -> None:
-        """Latch the e-stop; one hold goes out now, even if already holding."""
+    def trip(self, reason: str, now: float, force_hold: bool = False) -> None:
+        """Latch the e-stop; one hold goes out now, even if already holding (and, with
+        ``force_hold``, even if already latched: the controller was given something else)."""
         self._epoch += 1
-        if self.estop.trip(reason, now):
+        newly = self.estop.trip(reason, now)
+        if newly:
             self._log("error", "estop", f"E-STOP latched: {reason}", 0.0)
+        if newly or force_hold:
             self._holding = False
-            self._hold(f"e-stop latched ({reason})", now)
+            self._hold(f"e-stop latched ({self.estop.reason})", now)
         self.update_state(now)
 
     @_locked
-    def reset_estop(self, now: float) -> bool:
-        """Clear the latch (the gate then holds until a new plan passes); False when not latched."""
-        was = self.estop.reset()
-        if was:
-            self._forced_hold = "e-stop reset; waiting for a plan"
+    def observe_estop_topic(self, now: float, asserted: bool, by: str = "") -> None:
+        """The e-stop topic's value (``by``: its publisher, as far as known): true latches the
+        e-stop, and a reset is refused until it is false again."""
+        self.estop_asserted = (by or "unknown publisher") if asserted else ""
+        if asserted:
+            self.trip(f"/ami/estop from {self.estop_asserted}", now)
+
+    @_locked
+    def observe_intruders(self, now: float, intruders: Iterable[str]) -> None:
+        """Who else, by name, publishes on the controller's command topic or runs a safety node,
+        as the ROS graph shows it now. A new one latches the e-stop naming it; none left is
+        what lets a reset through."""
+        found = sorted(set(intruders))
+        new = [n for n in found if n not in self.intruders]
+        self.intruders = found
+        if new:
+            self._log("error", "intruder", f"only the safety gate may command the arm, but {', '.join(new)} "
+                      "can too (a publisher on the controller's command topic, or a second safety node)", 0.0)
+            self.trip(f"intruder: {', '.join(new)}", now)
+
+    @_locked
+    def observe_foreign_command(self, now: float, who: str, traj: Trajectory | None) -> None:
+        """A command on the controller's topic that this gate did not send (``who``: its publisher,
+        as far as known; ``traj``: it, or None when unreadable). The controller tracks it now, so
+        the gate's model of the controller's reference follows it, and the e-stop latches with a
+        hold from there (again, if it was latched already: the hold must come after it)."""
+        self.foreign_commands += 1
+        if traj is not None and self.q is not None and traj.joint_names == list(self.names):
+            q0, v0 = self.command_state(now)
+            self.sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now, t_state=now)
+        if who not in self.intruders:
+            self.intruders = sorted(self.intruders + [who])
+        self._log("error", "foreign_command", f"a command the gate did not send reached the controller, from {who}", 0.0)
+        self.trip(f"intruder: {who} commanded the arm", now, force_hold=True)
+
+    @_locked
+    def reset_estop(self, now: float, by: str = "", allowed: Sequence[str] = ()) -> tuple[bool, str]:
+        """Clear the latch (the gate then holds until a new plan passes) once its causes are gone:
+        no intruder left, the e-stop topic released; with ``allowed`` not empty, only when ``by``
+        (who asked) is one of them. Returns (cleared, why); every reset and refusal is logged
+        with who asked."""
+        who = by or "unknown caller"
+        if not self.estop.latched:
+            return False, "e-stop was not latched"
+        refusal = ""
+        if allowed and by not in allowed:
+            refusal = f"{who} may not reset the e-stop (reset_allowed_nodes: {', '.join(allowed)})"
+        elif self.intruders:
+            refusal = f"an intruder is still on the graph: {', '.join(self.intruders)}"
+        elif self.estop_asserted:
+            refusal = f"/ami/estop is still true (from {self.estop_asserted})"
+        if refusal:
+            self._log("warning", "reset_refused", f"e-stop reset asked by {who} refused: {refusal}", 0.0)
+            return False, refusal
+        reason = self.estop.reason
+        self.estop.reset()
+        self._forced_hold = "e-stop reset; waiting for a plan"
+        self._log("info", "reset", f"e-stop reset by {who} (it was: {reason})", 0.0)
         self.update_state(now)
-        return was
+        return True, "e-stop reset; holding until a new plan"
 
     @_locked
     def tick(self, now: float) -> None:
@@ -339,6 +404,8 @@ class SafetyGate:
             "holds_published": self.holds_published,
             "superseded": self.superseded,
             "controller_start": self.controller_start,
+            "intruders": ",".join(self.intruders),
+            "foreign_commands": self.foreign_commands,
             "not_following": self.not_following,
             "motion_bound_s": self.motion_bound(),
             "stale_inputs": ",".join(self.watchdog.check(now)),

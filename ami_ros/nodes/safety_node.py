@@ -21,6 +21,16 @@ clears the latch. Until a fresh joint state arrives it publishes nothing to the 
 Missing inputs and a command topic nobody subscribes to are said on the console as well as
 in /diagnostics.
 
+Only the gate commands the arm: the node watches the ROS graph (every ``guard_period``) for
+any other publisher on the controller's command topic and any other safety node, and reads the
+command topic itself, so a command it did not send is seen when it arrives. Either latches the
+e-stop, names the intruder (console, /diagnostics, the e-stop reason) and holds; a reset is
+refused while the intruder is on the graph, while /ami/estop still says true, and (with
+``reset_allowed_nodes``) when another node could have asked. Every trip and reset is logged
+with who asked, as far as the graph tells: rclpy does not give a service the caller's identity,
+so the nodes holding a client of the service are named. DDS security (config/sros2) is what
+stops a process from publishing at all; this guard detects and stops the arm.
+
 /ami/safety_state (transient local) carries one word: ok | holding | e-stopped | rejecting.
 """
 from __future__ import annotations
@@ -69,6 +79,12 @@ NODE_PARAMS = [
               "0.058 rad in the soak).", (0.0, 0.5)),
     ParamSpec("max_plan_points", 1000, "Plans with more points are refused (too_many_points) before any other "
               "work on them.", (2, 100000)),
+    ParamSpec("reset_allowed_nodes", [], "Fully qualified names of the nodes that may reset the e-stop (e.g. "
+              "/operator_panel); a reset is refused while a node outside them holds a client of /ami/reset_estop. "
+              "Empty = any node.", kind="string_array"),
+    ParamSpec("guard_period", 0.1, "Period of the look at the ROS graph for other publishers on the controller's "
+              "command topic and other safety nodes (s); a command the gate did not send is caught on arrival.",
+              (0.01, 5.0)),
     ParamSpec("watchdog_rate", 50.0, "Watchdog timer rate (Hz).", (1.0, 1000.0)),
     ParamSpec("diagnostics_period", 1.0, "Period of /diagnostics (s).", (0.05, 60.0)),
 ]
@@ -134,19 +150,28 @@ class SafetyNode(Node):
         reliable1 = qos.RELIABLE_1
         reliable10 = qos.RELIABLE_10
         latched = qos.LATCHED
-        self._cmd_pub = self.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", reliable1)
-        self._state_pub = self.create_publisher(String, "/ami/safety_state", latched)
+        # this node's own endpoints on the two topics only one safety gate may publish: those the graph
+        # shows after their creation and not before (what else is there is an intruder)
+        self._own_gids: set[bytes] = set()
+        self._cmd_pub = self._create_guarded(JointTrajectory, "/arm_controller/joint_trajectory", reliable1)
+        self._state_pub = self._create_guarded(String, "/ami/safety_state", latched)
+        self.reset_allowed_nodes = tuple(p["reset_allowed_nodes"])
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # plans arrive serialized: an oversized one is refused by its size, never turned into Python objects
         self.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, reliable1, raw=True)
         self._js_sub = self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         self._image_sub = self.create_subscription(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
-        self.create_subscription(Bool, "/ami/estop", self._on_estop_msg, latched)
-        self.create_service(Trigger, "/ami/trip_estop", self._on_trip)
-        self.create_service(Trigger, "/ami/reset_estop", self._on_reset)
+        self._estop_sub = self.create_subscription(Bool, "/ami/estop", self._on_estop_msg, latched)
+        # the command topic read back: a command this node did not send is an intruder's, caught on arrival
+        self.create_subscription(JointTrajectory, self._cmd_pub.topic_name, self._on_command_topic, reliable10,
+                                 raw=True)
+        self._trip_srv = self.create_service(Trigger, "/ami/trip_estop", self._on_trip)
+        self._reset_srv = self.create_service(Trigger, "/ami/reset_estop", self._on_reset)
         self._subscribe_controller_state(p["controller_state_topic"])
         self._watchdog_timer = self.create_timer(1.0 / p["watchdog_rate"], self._on_watchdog)
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._on_diagnostics)
+        self._guard_timer = self.create_timer(p["guard_period"], self._on_guard)
+        self.plan_publishers: list[str] = []
         self.add_on_set_parameters_callback(self._check_parameters)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self.core.update_state(self._now(), force=True)
@@ -174,6 +199,35 @@ class SafetyNode(Node):
     _sent = property(lambda self: self.core.sent)
 
     # ------------------------------------------------------------------ helpers
+    def _create_guarded(self, msg_type, topic: str, qos_profile):
+        before = {bytes(e.endpoint_gid) for e in self.get_publishers_info_by_topic(topic)}
+        pub = self.create_publisher(msg_type, topic, qos_profile)
+        mine = {bytes(e.endpoint_gid) for e in self.get_publishers_info_by_topic(pub.topic_name)} - before
+        if len(mine) != 1:
+            raise RuntimeError(f"cannot tell this node's publisher on {pub.topic_name} in the ROS graph "
+                               f"({len(mine)} new endpoints): the command guard needs it")
+        self._own_gids |= mine
+        return pub
+
+    def _others(self, topic: str) -> dict[bytes, str]:
+        """Publishers on ``topic`` other than this node's guarded ones: {gid: node name}."""
+        return {bytes(e.endpoint_gid): _node_name(e) for e in self.get_publishers_info_by_topic(topic)
+                if bytes(e.endpoint_gid) not in self._own_gids}
+
+    def _clients_of(self, service: str) -> list[str]:
+        """The nodes (fully qualified names) holding a client of ``service``, this one left out."""
+        me = self.get_fully_qualified_name()
+        out = []
+        for name, ns in self.get_node_names_and_namespaces():
+            fqn = ns.rstrip("/") + "/" + name
+            try:
+                clients = self.get_client_names_and_types_by_node(name, ns)
+            except Exception:  # noqa: BLE001 -- a node that left between the two calls
+                continue
+            if fqn != me and any(srv == service for srv, _ in clients):
+                out.append(fqn)
+        return sorted(set(out))
+
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
@@ -286,21 +340,39 @@ class SafetyNode(Node):
                 thread.join(timeout=5.0)
         super().destroy_node()
 
-    def _on_estop_msg(self, msg: Bool) -> None:
-        if msg.data:
-            self.core.trip("/ami/estop", self._now())
+    def _on_estop_msg(self, msg: Bool, info) -> None:
+        who = self._others(self._estop_sub.topic_name).get(_gid(info), "")
+        self.core.observe_estop_topic(self._now(), bool(msg.data), who)
+
+    def _on_command_topic(self, data: bytes, info) -> None:
+        gid = _gid(info)
+        if not gid or gid in self._own_gids:   # (a middleware without publisher GIDs: the graph look still runs)
+            return
+        topic = self._cmd_pub.topic_name
+        who = self._others(topic).get(gid) or f"an unknown publisher (gid {gid.hex()})"
+        plan = self._read_plan(data)
+        self.core.observe_foreign_command(self._now(), f"{who} on {topic}",
+                                          None if isinstance(plan, TrajectoryError) else plan)
 
     def _on_trip(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.core.trip("/ami/trip_estop", self._now())
+        who = " or ".join(self._clients_of(self._trip_srv.srv_name)) or "an unknown caller"
+        self.core.trip(f"/ami/trip_estop, called by {who}", self._now())
         response.success, response.message = True, "e-stop latched; holding"
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        was = self.core.reset_estop(self._now())
-        response.success = True
-        response.message = "e-stop reset; holding until a new plan" if was else "e-stop was not latched"
-        self.get_logger().info(response.message)
+        who = " or ".join(self._clients_of(self._reset_srv.srv_name))
+        response.success, response.message = self.core.reset_estop(self._now(), who, self.reset_allowed_nodes)
         return response
+
+    def _on_guard(self) -> None:
+        """Who else may command the arm: publishers on the command topic, other safety nodes."""
+        found: dict[str, list[str]] = {}
+        for topic in (self._cmd_pub.topic_name, self._state_pub.topic_name):
+            for name in self._others(topic).values():
+                found.setdefault(name, []).append(topic)
+        self.core.observe_intruders(self._now(), [f"{n} on {', '.join(t)}" for n, t in found.items()])
+        self.plan_publishers = sorted(set(self._others("/ami/plan").values()))
 
     # ------------------------------------------------------------------ timers
     def _on_watchdog(self) -> None:
@@ -309,6 +381,7 @@ class SafetyNode(Node):
     def _on_diagnostics(self) -> None:
         now = self._now()
         message, values = self.core.report(now)
+        values["plan_publishers"] = ",".join(self.plan_publishers)
         self._warn_missing(now)
         status = diagnostics.diagnostic_status(f"{self.get_name()}: safety gate", _LEVEL[self.state], message, values)
         self._diag_pub.publish(diagnostics.diagnostic_array([status], self.get_clock().now().to_msg()))
@@ -321,7 +394,8 @@ class SafetyNode(Node):
             age = self.watchdog.age(name, now)
             when = "none received yet" if age == float("inf") else f"the last {age:.1f} s ago"
             self._log("warning", f"missing_{name}", f"no fresh messages on {topics[name]} ({when}): holding", 5.0)
-        if self._cmd_pub.get_subscription_count() == 0:
+        me = self.get_fully_qualified_name()
+        if not any(_node_name(e) != me for e in self.get_subscriptions_info_by_topic(self._cmd_pub.topic_name)):
             self._log("warning", "no_controller", f"nothing subscribes to {self._cmd_pub.topic_name}: is the arm's "
                       "trajectory controller running, and is this its command topic?", 10.0)
 
@@ -349,12 +423,28 @@ class SafetyNode(Node):
                 self.max_plan_points = int(prm.value)
             elif prm.name == "command_tracking_tolerance":
                 self.core.tracking_tolerance = float(prm.value)
+            elif prm.name == "reset_allowed_nodes":
+                self.reset_allowed_nodes = tuple(prm.value)
+            elif prm.name == "guard_period":
+                self.destroy_timer(self._guard_timer)
+                self._guard_timer = self.create_timer(prm.value, self._on_guard)
             elif prm.name == "watchdog_rate":
                 self.destroy_timer(self._watchdog_timer)
                 self._watchdog_timer = self.create_timer(1.0 / prm.value, self._on_watchdog)
             elif prm.name == "diagnostics_period":
                 self.destroy_timer(self._diag_timer)
                 self._diag_timer = self.create_timer(prm.value, self._on_diagnostics)
+
+
+def _node_name(endpoint) -> str:
+    """The fully qualified name of the node of a graph endpoint."""
+    return endpoint.node_namespace.rstrip("/") + "/" + endpoint.node_name
+
+
+def _gid(info) -> bytes:
+    """The publisher's GID of a received message (rclpy's message info)."""
+    gid = info.get("publisher_gid") if info else None
+    return bytes(gid["data"]) if gid else b""
 
 
 def main(args=None) -> None:
