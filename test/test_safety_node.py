@@ -14,6 +14,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from rclpy.context import Context  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -442,3 +443,59 @@ def test_reset_allowed_nodes_limits_who_may_reset(graph):
     finally:
         node.set_parameters([Parameter("reset_allowed_nodes", value=[])])
     _moving(node, probe)
+
+
+# ------------------------------------------------------------------ lifecycle
+def _change_state(probe, transition_id):
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState
+
+    client = getattr(probe, "_lifecycle", None) or probe.create_client(ChangeState, "/safety_node/change_state")
+    probe._lifecycle = client
+    assert client.wait_for_service(timeout_sec=5.0)
+    fut = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
+    probe.wait_for(fut.done, 5.0, "change_state")
+    return fut.result().success
+
+
+def test_deactivate_holds_and_refuses_plans_activate_gates_again(graph):
+    from lifecycle_msgs.msg import Transition
+
+    node, probe = graph
+    _moving(node, probe)
+    n, refused = len(probe.commands), node.gate.rejections["inactive"]
+    assert _change_state(probe, Transition.TRANSITION_DEACTIVATE)       # as a lifecycle manager does
+    probe.wait_state("inactive")
+    hold = probe.wait_command(n)
+    assert len(hold.points) == 1                                         # the motion braked
+    n = len(probe.commands)
+    probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
+    probe.wait_for(lambda: node.gate.rejections["inactive"] == refused + 1, 5.0, "the plan refused as inactive")
+    assert len(probe.commands) == n
+    assert _change_state(probe, Transition.TRANSITION_ACTIVATE)
+    _moving(node, probe)
+
+
+def test_a_managed_node_waits_for_its_transitions_and_activates_only_on_healthy_inputs():
+    from ami_ros.nodes.safety_node import SafetyNode
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID + 2)
+    try:
+        node = SafetyNode({"autostart": False, "watch_camera": False}, context=ctx)
+        try:
+            assert node.core is None and not node.get_publishers_info_by_topic("/arm_controller/joint_trajectory")
+            assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+            assert node.core.state == "holding" and not node.core.active
+            assert node.trigger_activate() == TransitionCallbackReturn.FAILURE   # no joint state yet
+            assert not node.core.active
+            node.core.observe_joint_state(node._now(), node.spec.arm.home, np.zeros(len(node.names)))
+            assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+            assert node.core.state == "ok"
+            assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS and node.core.state == "inactive"
+            assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS and node.core is None
+            assert not node.get_publishers_info_by_topic("/arm_controller/joint_trajectory")
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)

@@ -11,7 +11,9 @@ Its state (:data:`STATES`, reported through ``on_state`` when it changes):
   during motion, an e-stop reset) and no plan has passed since;
 - ``e-stopped``: the latched e-stop; only :meth:`SafetyGate.reset_estop` clears it, once its
   causes are gone, and the gate then holds until a new plan passes;
-- ``rejecting``: the last plan was refused.
+- ``rejecting``: the last plan was refused;
+- ``inactive``: inputs healthy, but the gate was not activated (or was deactivated: a lifecycle
+  node's ``inactive`` state); it refuses every plan (``inactive``) and commands nothing but holds.
 
 Plans are gated from the state the controller starts them from (``controller_start``, one of
 :data:`~ami_ros.core.trajectory.CONTROLLER_STARTS`): ``commanded``, the controller's reference,
@@ -38,7 +40,7 @@ import numpy as np
 from ami_ros.core.safety import EStop, Gate, SafetySpec, Violation, Watchdog
 from ami_ros.core.trajectory import CONTROLLER_STARTS, Trajectory, TrajectoryError, TrajectorySampler
 
-STATES = ("ok", "holding", "e-stopped", "rejecting")
+STATES = ("ok", "holding", "e-stopped", "rejecting", "inactive")
 _TIMEOUT_OF = {"plan_timeout": "plan", "joint_state_timeout": "joint_state", "camera_timeout": "camera"}
 
 
@@ -65,10 +67,11 @@ class SafetyGate:
                  send: Callable[[Trajectory], None] | None = None,
                  on_state: Callable[[str], None] | None = None,
                  log: Callable[[str, str, str, float], None] | None = None, *,
-                 controller_start: str = CONTROLLER_STARTS[0]):
+                 controller_start: str = CONTROLLER_STARTS[0], active: bool = True):
         if controller_start not in CONTROLLER_STARTS:
             raise ValueError(f"controller_start must be one of {CONTROLLER_STARTS}, got {controller_start!r}")
         self.controller_start = controller_start
+        self.active = bool(active)                  # gating plans (:meth:`activate`, :meth:`deactivate`)
         self.lock = threading.RLock()
         self.spec = spec
         self.names = spec.joint_names
@@ -113,6 +116,8 @@ class SafetyGate:
         elif stale or self.q is None:
             state = "holding"
             self.hold_reason = f"stale input(s): {', '.join(stale) or 'joint_state'}"
+        elif not self.active:
+            state = "inactive"
         elif self._forced_hold:  # a hold went out; stays until the next accepted plan
             state = "holding"
             self.hold_reason = self._forced_hold
@@ -243,6 +248,10 @@ class SafetyGate:
                 self.count(reason, f"plan refused: {', '.join(stale) or 'joint_state'} not fresh", now)
                 self.update_state(now)
                 return
+            if not self.active:
+                self.count("inactive", "plan refused: the gate is not active", now)
+                self.update_state(now)
+                return
             if isinstance(plan, TrajectoryError):
                 self.count(plan.reason, str(plan), now)
                 self.update_state(now)
@@ -255,7 +264,7 @@ class SafetyGate:
             self.latency_max = max(self.latency_max, res.latency)
             t_send = clock() if clock is not None else now
             self._lead = min(0.8 * self._lead + 0.2 * max(t_send - now, 0.0), 0.5 * self.lease)
-            if res.ok and (epoch != self._epoch or spec is not self.spec):
+            if res.ok and (epoch != self._epoch or spec is not self.spec or not self.active):
                 self.superseded += 1
                 self._log("warning", "superseded", "a passed plan was dropped: a hold, another command or new limits "
                           "came while it was checked", 1.0)
@@ -278,11 +287,34 @@ class SafetyGate:
             self.update_state(now)
 
     @_locked
+    def ready(self, now: float) -> bool:
+        """Whether the inputs are healthy: a joint state known and no input stale (plans aside)."""
+        return self.q is not None and not [s for s in self.watchdog.check(now) if s != "plan"]
+
+    @_locked
+    def activate(self, now: float) -> str:
+        """Start gating plans; '' when done, else why not (the inputs are not healthy)."""
+        if not self.ready(now):
+            stale = [s for s in self.watchdog.check(now) if s != "plan"]
+            return f"inputs not healthy: {', '.join(stale) or 'joint_state'} not fresh"
+        self.active = True
+        self.update_state(now)
+        return ""
+
+    @_locked
+    def deactivate(self, now: float, reason: str) -> None:
+        """Stop gating plans: a hold brakes what was moving (none when nothing was commanded)."""
+        self.active = False
+        self._epoch += 1                            # a plan being checked now is not sent
+        self._hold(reason, now)
+        self.update_state(now)
+
+    @_locked
     def count(self, reason: str, message: str, now: float) -> None:
         """Count a plan refused before the gate saw it (stale input, malformed message)."""
         self.gate.rejections[reason] += 1
         self.gate.last_violation = Violation(reason, message, now)
-        self._last_rejected = not reason.startswith("stale_")  # stale inputs show as "holding"
+        self._last_rejected = not reason.startswith("stale_") and reason != "inactive"  # those show as such
         self._log("warning", "count", message, 1.0)
 
     @_locked

@@ -31,7 +31,7 @@ with who asked, as far as the graph tells: rclpy does not give a service the cal
 so the nodes holding a client of the service are named. DDS security (config/sros2) is what
 stops a process from publishing at all; this guard detects and stops the arm.
 
-/ami/safety_state (transient local) carries one word: ok | holding | e-stopped | rejecting.
+/ami/safety_state (transient local) carries one word: ok | holding | e-stopped | rejecting | inactive.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image, JointState
@@ -59,13 +59,15 @@ from ami_ros.nodes import params as node_params
 from ami_ros.nodes.compose import spin_node
 from ami_ros.nodes.params import ParamSpec
 _LEVEL = {"ok": DiagnosticStatus.OK, "holding": DiagnosticStatus.WARN, "rejecting": DiagnosticStatus.WARN,
-          "e-stopped": DiagnosticStatus.ERROR}
+          "inactive": DiagnosticStatus.WARN, "e-stopped": DiagnosticStatus.ERROR}
 
 
 #: the node's own settings (the gate's tunables come from core: ``param_specs``)
 NODE_PARAMS = [
     ParamSpec("safety_file", "", "Safety spec YAML; empty = the package's config/safety.yaml.", read_only=True),
     *node_params.ROBOT_PARAMS,
+    ParamSpec("autostart", True, "Configure when created and activate once the inputs are healthy; false: wait for a "
+              "lifecycle manager's transitions.", read_only=True),
     ParamSpec("watch_camera", True, "Hold when /camera/image_raw goes stale (false where there is no camera)."),
     ParamSpec("controller_start", CONTROLLER_STARTS[0], "Where the arm's trajectory controller starts a new "
               "trajectory, so where plans are gated from: its reference (commanded: joint_trajectory_controller with "
@@ -106,9 +108,18 @@ def param_specs(spec: SafetySpec) -> list[ParamSpec]:
     return out
 
 
-class SafetyNode(Node):
+class SafetyNode(LifecycleNode):
     """``parameter_overrides``: {name: value}; ``safety_file`` overrides the file the spec is
-    read from (the parameter of the same name does too); the arm is the robot parameters'."""
+    read from (the parameter of the same name does too); the arm is the robot parameters'.
+
+    A managed (lifecycle) node. ``configure`` loads and checks the safety spec and the robot and
+    creates its topics, services and watchdog: the gate watches its inputs and catches intruders,
+    passes no plan. ``activate`` succeeds only while the inputs are healthy (a fresh joint state,
+    and camera frame if watched); active, it gates plans. ``deactivate`` holds the arm (one braking
+    hold) and refuses plans; ``cleanup`` and ``shutdown`` take it all down (shutdown holds first).
+    With ``autostart`` (default) the node configures itself when created (and fails to start when
+    that fails) and activates itself once its inputs are healthy; a lifecycle manager sets it false
+    and drives the transitions (``ros2 lifecycle set /safety_node configure``, ``activate``)."""
 
     _FILES = ("safety_file", "robot_description", "robot_description_topic", "robot", "joint_limits_file")
 
@@ -124,28 +135,80 @@ class SafetyNode(Node):
         if safety_file:
             overrides["safety_file"] = safety_file
         files = {k: overrides.get(k) or "" for k in self._FILES}
-        # the parameter table needs a spec before the node exists; a topic is read once it does (below)
+        # the parameter table needs a spec before the node exists (its ranges reach up to the hard limits);
+        # configure reads the files again, and a robot_description topic
         pre = {**files, "robot_description_topic": ""}
-        base = SafetySpec.load(files["safety_file"] or None, arm=node_params.arm_from_params(pre))
-        self._specs = node_params.by_name(param_specs(base))
+        self._base = SafetySpec.load(files["safety_file"] or None, arm=node_params.arm_from_params(pre))
+        self._specs = node_params.by_name(param_specs(self._base))
         super().__init__(node_name,
                          parameter_overrides=node_params.parameter_overrides(self._specs.values(), overrides),
                          **node_kwargs)
         p = node_params.declare_parameters(self, self._specs.values())
-        if any(p[k] != files[k] for k in self._FILES) or p["robot_description_topic"]:  # a parameters file, a topic
-            base = SafetySpec.load(p["safety_file"] or None, arm=node_params.arm_from_params(p, self))
         self._logged: dict[str, float] = {}       # when each kind of throttled log line last went out
+        self.core: SafetyGate | None = None       # (configured)
+        self._made: list = []                     # (destroy method, entity) created by configure
+        self._plan_thread: threading.Thread | None = None
+        self._failure: Exception | None = None    # why the last configure failed
+        self.plan_latencies: deque = deque(maxlen=10000)   # s from a passed plan's arrival to its command
+        self.plan_publishers: list[str] = []
+        self.add_on_set_parameters_callback(self._check_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self._auto_activate = bool(p["autostart"])
+        if p["autostart"] and self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            raise self._failure or RuntimeError("configure failed")   # the node cannot start: why
+
+    # ------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except Exception as e:  # noqa: BLE001 -- a bad spec, robot or parameter: one line, and unconfigured
+            self._failure = e
+            self.get_logger().error(f"cannot configure: {type(e).__name__}: {e}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        why = self.core.activate(self._now())
+        if why:
+            self._log("warning", "activate", f"not activating: {why}", 5.0)
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info("active: gating plans")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._auto_activate = False               # a manager took over: it activates again
+        self.core.deactivate(self._now(), "deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.core is not None:
+            self.core.deactivate(self._now(), "shutting down")
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _make(self, destroy, entity):
+        self._made.append((destroy, entity))
+        return entity
+
+    def _configure(self) -> None:
+        p = {name: self.get_parameter(name).value for name in self._specs}
+        base = SafetySpec.load(p["safety_file"] or None, arm=node_params.arm_from_params(p, self))
+        spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
         self.max_plan_points = int(p["max_plan_points"])
+        self.reset_allowed_nodes = tuple(p["reset_allowed_nodes"])
         # plans are gated in a thread of their own: a long check never delays joint states, the watchdog
         # or an e-stop, which the executor keeps serving (the newest plan waits; an older one is dropped)
         self._plan_inbox: deque = deque(maxlen=1)
         self._plan_ready = threading.Condition()
         self._stopping = False
-        self.plan_latencies: deque = deque(maxlen=10000)   # s from a passed plan's arrival to its command
-        spec = base.with_tunables(**{k: p[k] for k in TUNABLE_NAMES})  # ValueError on a widening override
         self.core = SafetyGate(spec, bool(p["watch_camera"]), float(p["command_tracking_tolerance"]),
                                send=self._publish_command, on_state=self._publish_state, log=self._log,
-                               controller_start=p["controller_start"])
+                               controller_start=p["controller_start"], active=False)
 
         reliable1 = qos.RELIABLE_1
         reliable10 = qos.RELIABLE_10
@@ -155,33 +218,50 @@ class SafetyNode(Node):
         self._own_gids: set[bytes] = set()
         self._cmd_pub = self._create_guarded(JointTrajectory, "/arm_controller/joint_trajectory", reliable1)
         self._state_pub = self._create_guarded(String, "/ami/safety_state", latched)
-        self.reset_allowed_nodes = tuple(p["reset_allowed_nodes"])
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = self._make(self.destroy_publisher, self.create_publisher(DiagnosticArray, "/diagnostics", 10))
+        sub = lambda *a, **k: self._make(self.destroy_subscription, self.create_subscription(*a, **k))  # noqa: E731
         # plans arrive serialized: an oversized one is refused by its size, never turned into Python objects
-        self.create_subscription(JointTrajectory, "/ami/plan", self._on_plan, reliable1, raw=True)
-        self._js_sub = self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
-        self._image_sub = self.create_subscription(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
-        self._estop_sub = self.create_subscription(Bool, "/ami/estop", self._on_estop_msg, latched)
+        sub(JointTrajectory, "/ami/plan", self._on_plan, reliable1, raw=True)
+        self._js_sub = sub(JointState, "/joint_states", self._on_joint_state, reliable10)
+        self._image_sub = sub(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
+        self._estop_sub = sub(Bool, "/ami/estop", self._on_estop_msg, latched)
         # the command topic read back: a command this node did not send is an intruder's, caught on arrival
-        self.create_subscription(JointTrajectory, self._cmd_pub.topic_name, self._on_command_topic, reliable10,
-                                 raw=True)
-        self._trip_srv = self.create_service(Trigger, "/ami/trip_estop", self._on_trip)
-        self._reset_srv = self.create_service(Trigger, "/ami/reset_estop", self._on_reset)
+        sub(JointTrajectory, self._cmd_pub.topic_name, self._on_command_topic, reliable10, raw=True)
+        self._trip_srv = self._make(self.destroy_service, self.create_service(Trigger, "/ami/trip_estop",
+                                                                             self._on_trip))
+        self._reset_srv = self._make(self.destroy_service, self.create_service(Trigger, "/ami/reset_estop",
+                                                                              self._on_reset))
         self._subscribe_controller_state(p["controller_state_topic"])
         self._watchdog_timer = self.create_timer(1.0 / p["watchdog_rate"], self._on_watchdog)
         self._diag_timer = self.create_timer(p["diagnostics_period"], self._on_diagnostics)
         self._guard_timer = self.create_timer(p["guard_period"], self._on_guard)
-        self.plan_publishers: list[str] = []
-        self.add_on_set_parameters_callback(self._check_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
         self.core.update_state(self._now(), force=True)
         self._plan_thread = threading.Thread(target=self._gate_plans, daemon=True, name="safety_node:gate")
         self._plan_thread.start()
         self.get_logger().info(
-            f"safety gate up: {len(self.names)} joints, policy {self.spec.tunables.violation_policy}, "
+            f"safety gate configured: {len(self.names)} joints, policy {self.spec.tunables.violation_policy}, "
             f"camera {'watched' if self.watch_camera else 'not watched'}, plans gated from the controller's "
             f"{self.core.controller_start} state, each ending at rest within {self.core.motion_bound():.2f} s of "
-            f"its start; holding until joint states arrive")
+            f"its start; " + ("activating once the inputs are healthy" if self._auto_activate else
+                              "waiting for activate"))
+
+    def _teardown(self) -> None:
+        """Undo configure: the gate's thread stopped, its timers, topics and services destroyed."""
+        thread, self._plan_thread = self._plan_thread, None
+        if thread is not None:
+            with self._plan_ready:
+                self._stopping = True
+                self._plan_ready.notify()
+            if thread.is_alive() and thread is not threading.current_thread():
+                thread.join(timeout=5.0)
+        for name in ("_watchdog_timer", "_diag_timer", "_guard_timer"):
+            timer = self.__dict__.pop(name, None)
+            if timer is not None:
+                self.destroy_timer(timer)
+        for destroy, entity in reversed(self._made):
+            destroy(entity)
+        self._made.clear()
+        self.core = None
 
     # ------------------------------------------------------------------ the state machine's state
     names = property(lambda self: self.core.names)
@@ -207,7 +287,7 @@ class SafetyNode(Node):
             raise RuntimeError(f"cannot tell this node's publisher on {pub.topic_name} in the ROS graph "
                                f"({len(mine)} new endpoints): the command guard needs it")
         self._own_gids |= mine
-        return pub
+        return self._make(self.destroy_publisher, pub)
 
     def _others(self, topic: str) -> dict[bytes, str]:
         """Publishers on ``topic`` other than this node's guarded ones: {gid: node name}."""
@@ -271,7 +351,8 @@ class SafetyNode(Node):
             self.get_logger().info(f"control_msgs is not installed: {topic} not read; the controller's reference is "
                                    f"modelled from the trajectories sent")
             return
-        self.create_subscription(JointTrajectoryControllerState, topic, self._on_controller_state, qos.RELIABLE_10)
+        self._make(self.destroy_subscription, self.create_subscription(
+            JointTrajectoryControllerState, topic, self._on_controller_state, qos.RELIABLE_10))
 
     def _on_controller_state(self, msg) -> None:
         ref = msg.reference if hasattr(msg, "reference") else msg.desired     # (``desired`` before Iron)
@@ -331,13 +412,8 @@ class SafetyNode(Node):
             return e
 
     def destroy_node(self) -> None:
-        thread = getattr(self, "_plan_thread", None)        # (None when the constructor failed before it)
-        if thread is not None:
-            with self._plan_ready:
-                self._stopping = True
-                self._plan_ready.notify()
-            if thread.is_alive() and thread is not threading.current_thread():
-                thread.join(timeout=5.0)
+        if getattr(self, "_plan_thread", None) is not None:  # (not there when the constructor failed before it)
+            self._teardown()
         super().destroy_node()
 
     def _on_estop_msg(self, msg: Bool, info) -> None:
@@ -376,7 +452,11 @@ class SafetyNode(Node):
 
     # ------------------------------------------------------------------ timers
     def _on_watchdog(self) -> None:
-        self.core.tick(self._now())
+        now = self._now()
+        self.core.tick(now)
+        if self._auto_activate and not self.core.active and self.core.ready(now):
+            if self.trigger_activate() == TransitionCallbackReturn.SUCCESS:
+                self._auto_activate = False
 
     def _on_diagnostics(self) -> None:
         now = self._now()
@@ -407,12 +487,14 @@ class SafetyNode(Node):
         changes = {prm.name: prm.value for prm in params if prm.name in TUNABLE_NAMES}
         if changes:
             try:
-                self.spec.with_tunables(**changes)
+                (self.core.spec if self.core is not None else self._base).with_tunables(**changes)
             except ValueError as e:
                 return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
 
     def _apply_parameters(self, params) -> None:
+        if self.core is None:                       # (not configured: configure reads them)
+            return
         changes = {p.name: p.value for p in params if p.name in TUNABLE_NAMES}
         if changes:
             self.core.set_tunables(**changes)
