@@ -172,6 +172,24 @@ def test_a_command_the_gate_did_not_send_is_followed_by_a_hold_from_where_it_lea
     assert p.g.reset_estop(0.7, by="/operator", allowed=("/operator",))[0]
 
 
+def test_in_measured_mode_a_hold_allows_for_what_the_arm_gained_since_its_joint_state():
+    """The controller restarts from the state it measures when the hold arrives; the joint state
+    the gate read is older, so the hold brakes slowly enough for any velocity the arm could have
+    reached meanwhile (commanded: the reference is known, the hold is the tight one)."""
+    v = np.array([0.3, -0.2, 0.1, 0.0, 0.0, 0.0])
+    durations = {}
+    for mode in ("commanded", "measured"):
+        sent = []
+        g = SafetyGate(SPEC, False, 0.15, send=sent.append, controller_start=mode)
+        g.observe_joint_state(0.0, HOME, v, stamp=0.0)
+        g.on_plan(0.0, line(HOME, [0.05] * DOF))
+        g.trip("/ami/trip_estop", 0.04)
+        durations[mode] = sent[-1].duration
+    e = SPEC.arm.a_max * 0.04
+    assert durations["measured"] >= float(np.max((np.abs(v) + 4 * e) / SPEC.a_lim)) - 1e-9
+    assert durations["commanded"] < durations["measured"]
+
+
 def test_estop_while_idle_sends_one_hold_and_stays_holding():
     p = Probe()
     p.fresh(0.0)

@@ -490,6 +490,28 @@ def test_hold_brakes_within_the_acceleration_limits_instead_of_snapping_back():
     assert at_rest.duration == pytest.approx(0.05) and np.allclose(at_rest.positions[0], q)
 
 
+def test_a_hold_for_an_uncertain_start_velocity_stays_within_the_limits_for_any_of_them():
+    """A controller restarting from the measured state starts the hold's cubic from the velocity
+    it measures then, up to e from the gate's reading: every start velocity within e of it keeps
+    the acceleration within a_lim; with e = 0 the hold is the tight one (deceleration a_lim)."""
+    from ami_ros.core.safety import SafetySpec, hold_trajectory
+    from ami_ros.core.trajectory import TrajectorySampler
+
+    spec = SafetySpec.load()
+    q, v = spec.arm.home.copy(), np.array([0.2, -0.3, 0.1, 0.25, -0.05, 0.0])
+    e = spec.arm.a_max * 0.04                                           # a joint state 40 ms old
+    traj = hold_trajectory(q, spec.joint_names, 0.05, v, spec.a_lim, v_uncertainty=e)
+    for v_start in (v - e, v, v + e):
+        s = TrajectorySampler(traj, q, v_start, 0.0)
+        vel = np.array([s.sample(t)[1] for t in np.arange(0.0, traj.duration + 0.05, 0.002)])
+        assert np.all(np.abs(np.diff(vel, axis=0) / 0.002) <= spec.a_lim * (1 + 1e-3))
+    tight = hold_trajectory(q, spec.joint_names, 0.05, v, spec.a_lim)
+    assert tight.duration == pytest.approx(max(0.05, float(np.max(np.abs(v) / spec.a_lim))))
+    s = TrajectorySampler(tight, q, v + e, 0.0)                        # the tight one, from v + e: beyond
+    vel = np.array([s.sample(t)[1] for t in np.arange(0.0, tight.duration, 0.002)])
+    assert np.max(np.abs(np.diff(vel, axis=0) / 0.002) / spec.a_lim) > 1.5
+
+
 def test_hold_from_an_impossible_velocity_brakes_from_the_hard_limit():
     """A measured velocity beyond the joints' hard limit (a glitch or a fault: no joint can
     move that fast) must not stretch the braking: the gate's hold brakes as from v_max, all

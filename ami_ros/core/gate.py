@@ -158,6 +158,15 @@ class SafetyGate:
                       2.0)
         return qc, vc
 
+    def start_uncertainty(self, now: float) -> np.ndarray:
+        """(dof,) how far the velocity the controller starts from at ``now`` may be from
+        :meth:`command_state`'s: none for ``commanded`` (the reference is known), for ``measured``
+        what the arm can gain at its acceleration limits since the joint state was measured."""
+        if self.controller_start != "measured":
+            return np.zeros(len(self.names))
+        age = min(max(now - self.t_q, 0.0), self.spec.tunables.joint_state_timeout)
+        return self.spec.arm.a_max * age
+
     @property
     def lease(self) -> float:
         """Seconds of a passed plan that go out before it is braked to rest: the plan timeout,
@@ -189,7 +198,7 @@ class SafetyGate:
         if self.q is None:
             return
         q0, v0 = self.command_state(now)
-        self._send(self.gate.hold(q0, v0), q0, v0, now)
+        self._send(self.gate.hold(q0, v0, self.start_uncertainty(now)), q0, v0, now)
         self.holds_published += 1
         self._log("warning", "hold", f"holding: {reason}", 0.0)
 

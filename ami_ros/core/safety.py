@@ -495,7 +495,7 @@ class Violation:
 
 
 def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_lim=None,
-                    q_lo=None, q_hi=None, v_max=None) -> Trajectory:
+                    q_lo=None, q_hi=None, v_max=None, v_uncertainty=0.0) -> Trajectory:
     """Bring the arm to rest, starting on arrival.
 
     At rest (or with no velocity known): one point at ``q_now``, ``hold_time`` from
@@ -509,6 +509,12 @@ def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_l
     ``v_max``: no joint can move faster, so such a reading is a fault, and taken at
     face value it would stretch the braking to |v| / a_lim and send the arm v^2 / (2 a_lim)
     on (a 3.6 rad/s glitch on a 1.5 rad/s joint: 1.4 rad instead of 0.25).
+
+    ``v_uncertainty`` (rad/s, scalar or per joint): how far the velocity the controller
+    really starts from may be from ``v_now`` (a controller that restarts from the measured
+    state, read from a joint state some time ago). From (q, v + e) the same cubic has its
+    largest acceleration at the start, (|v| + 4 |e|) / T, so T grows to keep that within
+    ``a_lim``.
     """
     q = np.asarray(q_now, dtype=np.float64).reshape(-1)
     T, stop = float(hold_time), q.copy()
@@ -518,7 +524,8 @@ def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_l
             if v_max is not None:
                 vm = np.asarray(v_max, dtype=np.float64)
                 v = np.clip(v, -vm, vm)
-            T = max(T, float(np.max(np.abs(v) / np.asarray(a_lim, dtype=np.float64))))
+            e = np.abs(np.broadcast_to(np.asarray(v_uncertainty, dtype=np.float64), v.shape))
+            T = max(T, float(np.max((np.abs(v) + 4 * e) / np.asarray(a_lim, dtype=np.float64))))
             stop = q + v * T / 2
             if q_lo is not None and q_hi is not None:
                 stop = np.clip(stop, q_lo, q_hi)
@@ -603,10 +610,11 @@ class Gate:
             raise ValueError("a new spec must describe the same arm")
         self.spec, self._reach = spec, spec.arm.reach
 
-    def hold(self, q_now, v_now=None) -> Trajectory:
-        """Bring the arm to rest from (q_now, v_now) within the acceleration limits."""
+    def hold(self, q_now, v_now=None, v_uncertainty=0.0) -> Trajectory:
+        """Bring the arm to rest from (q_now, v_now) within the acceleration limits, for any
+        start velocity within ``v_uncertainty`` of v_now (:func:`hold_trajectory`)."""
         return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time, v_now, self.spec.a_lim,
-                               self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max)
+                               self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max, v_uncertainty)
 
     # ---------------- main entry ----------------
     def gate(self, traj: Trajectory, q_now, now: float, v_now=None, lease: float | None = None) -> GateResult:
