@@ -245,8 +245,9 @@ class SafetyNode(LifecycleNode):
             f"its start; " + ("activating once the inputs are healthy" if self._auto_activate else
                               "waiting for activate"))
 
-    def _teardown(self) -> None:
-        """Undo configure: the gate's thread stopped, its timers, topics and services destroyed."""
+    def _teardown(self, keep_core: bool = False) -> None:
+        """Undo configure: the gate's thread stopped, its timers, topics and services destroyed (the
+        gate's state kept for reading with ``keep_core``: a destroyed node's figures)."""
         thread, self._plan_thread = self._plan_thread, None
         if thread is not None:
             with self._plan_ready:
@@ -261,7 +262,8 @@ class SafetyNode(LifecycleNode):
         for destroy, entity in reversed(self._made):
             destroy(entity)
         self._made.clear()
-        self.core = None
+        if not keep_core:
+            self.core = None
 
     # ------------------------------------------------------------------ the state machine's state
     names = property(lambda self: self.core.names)
@@ -413,7 +415,7 @@ class SafetyNode(LifecycleNode):
 
     def destroy_node(self) -> None:
         if getattr(self, "_plan_thread", None) is not None:  # (not there when the constructor failed before it)
-            self._teardown()
+            self._teardown(keep_core=True)
         super().destroy_node()
 
     def _on_estop_msg(self, msg: Bool, info) -> None:
