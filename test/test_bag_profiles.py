@@ -64,11 +64,12 @@ def image_msg(kind: str, ns: int = BASE):
 def write_bag(path, *, storage: str = "mcap", image_topic: str = "/camera/image_raw", image: str = "rgb8",
               depth_topic: str | None = None, command_topic: str | None = "/arm_controller/joint_trajectory",
               prefix: str = "", gripper: bool = False, arm_from: float = 0.0, partial: bool = False,
-              seconds: float = 2.0) -> None:
+              seconds: float = 2.0, names: list[str] = NAMES) -> None:
     """A bag as `ros2 bag record` lays it out: joint states at 50 Hz (with a gripper publishing its
     own joint from t=0 when ``gripper``; the arm from ``arm_from``), frames at 20 Hz, commands at
     10 Hz received 5 ms late and stamped 0 (start on arrival); ``partial``: after the first, the
-    commands name j1 only. ``depth_topic``: a 16UC1 depth camera as well."""
+    commands name j1 only. ``depth_topic``: a 16UC1 depth camera as well. ``names``: the arm's joints
+    (other than NAMES: positions and targets repeat those of NAMES)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = _ts()
@@ -85,7 +86,8 @@ def write_bag(path, *, storage: str = "mcap", image_topic: str = "/camera/image_
     for n in range(int(round(seconds * 50)) + 1):
         t, ns = n * 0.02, BASE + n * 20_000_000
         if t >= arm_from - 1e-9:
-            events.append((ns + 1_000_000, "js", joint_state(ns, NAMES, q_of(t)), "sensor_msgs/msg/JointState"))
+            events.append((ns + 1_000_000, "js", joint_state(ns, names, np.resize(q_of(t), len(names))),
+                           "sensor_msgs/msg/JointState"))
         if gripper and n % 2 == 0:
             events.append((ns + 1_500_000, "js", joint_state(ns, ["gripper"], [0.04]), "sensor_msgs/msg/JointState"))
         if n % 5 in (0, 3):    # ~20 Hz
@@ -94,10 +96,10 @@ def write_bag(path, *, storage: str = "mcap", image_topic: str = "/camera/image_
                 events.append((ns + 3_000_000, "depth", image_msg("16UC1", ns), "sensor_msgs/msg/Image"))
         if command_topic and n % 5 == 0:
             k = n // 5
-            names = NAMES[:1] if partial and k > 0 else NAMES
-            pt = JTP(positions=target_of(k)[: len(names)], velocities=np.zeros(0), accelerations=np.zeros(0),
+            cmd_names = names[:1] if partial and k > 0 else names
+            pt = JTP(positions=np.resize(target_of(k), len(names))[: len(cmd_names)], velocities=np.zeros(0), accelerations=np.zeros(0),
                      effort=np.zeros(0), time_from_start=Dur(sec=0, nanosec=100_000_000))
-            msg = JT(header=_header(0), joint_names=[prefix + x for x in names], points=[pt])
+            msg = JT(header=_header(0), joint_names=[prefix + x for x in cmd_names], points=[pt])
             events.append((ns + 5_000_000, "cmd", msg, "trajectory_msgs/msg/JointTrajectory"))
     topics = {"js": "/joint_states", "img": image_topic, "depth": depth_topic, "cmd": command_topic}
     with Writer(path, version=9, storage_plugin=plugin) as w:
@@ -322,3 +324,46 @@ def test_profile_refusals(tmp_path):
         _parse(["--image-topic", "camera/image_raw"])
     with pytest.raises(ValueError, match="--profile .*nothere.yaml"):
         _parse(["--profile", str(tmp_path / "nothere.yaml")])
+
+
+# ----------------------------------------------------------------------------- ami-ros train
+def test_train_reads_bags_through_the_profile_and_records_it(tmp_path, capsys):
+    """`ami-ros train --profile FILE` plus a flag on teleop bags (a compressed camera, no command
+    topic): the card records the profile and that the actions come from the measured positions."""
+    pytest.importorskip("torch")
+    from ami_ros.core.arm import load_arm
+    from ami_ros.tools import train as tool
+
+    arm = load_arm()                  # the default arm, whose joints the bags record
+    for i in range(3):
+        write_bag(tmp_path / "data" / f"ep{i}", storage="sqlite3" if i else "mcap",
+                  image_topic="/camera/image_raw/compressed", image="jpeg", command_topic=None, seconds=3.0,
+                  names=arm.joint_names)
+    f = tmp_path / "cell.yaml"
+    f.write_text("command_topic: none\n")
+
+    def train(*argv):
+        p = argparse.ArgumentParser()
+        tool.add_arguments(p)
+        return tool.run(p.parse_args(["--data", str(tmp_path / "data"),
+                                      "--epochs", "1", "--steps-per-epoch", "1", "--batch", "2",
+                                      "--refine-steps", "1", "--image-size", "32", "--threads", "1",
+                                      "--allow-collapse", *argv]))   # flat frames: nothing to learn
+
+    assert train("--out", str(tmp_path / "refused"), "--profile", str(f)) == 2   # all skipped: raw topic absent
+    assert capsys.readouterr().err.count("pass --image-topic /camera/image_raw/compressed") == 3
+    assert train("--out", str(tmp_path / "refused"), "--profile", str(tmp_path / "nothere.yaml")) == 2
+    assert "--profile" in capsys.readouterr().err
+    out = tmp_path / "m"
+    assert train("--out", str(out), "--profile", str(f), "--image-topic", "/camera/image_raw/compressed") == 0
+    card = _card(out)
+    assert card["action_source"] == "measured"
+    assert card["data"]["recording_profile"] == {**RecordingProfile().to_dict(), "command_topic": "none",
+                                                 "image_topic": "/camera/image_raw/compressed"}
+
+
+def _card(folder) -> dict:
+    import yaml
+
+    with open(folder / "card.yaml") as f:
+        return yaml.safe_load(f)
