@@ -324,6 +324,8 @@ def test_profile_refusals(tmp_path):
         _parse(["--image-topic", "camera/image_raw"])
     with pytest.raises(ValueError, match="--profile .*nothere.yaml"):
         _parse(["--profile", str(tmp_path / "nothere.yaml")])
+    with pytest.raises(ValueError, match=r"--ignore-joints\) names the arm's joint\(s\) \['ur_j2'\]"):
+        _parse(["--joint-prefix", "ur_", "--ignore-joints", "ur_j2", "tool0"]).check_arm(NAMES)
 
 
 # ----------------------------------------------------------------------------- ami-ros train

@@ -344,9 +344,7 @@ def load_episode(path, *, control_dt: float = 0.1, joint_names: Sequence[str] | 
 
         joint_names = load_arm().joint_names
     names = list(joint_names)
-    ignored_arm = [n for n in names if profile.bag_joint(n) in profile.ignore_joints]
-    if ignored_arm:
-        raise ValueError(f"the profile ignores arm joint(s) {[profile.bag_joint(n) for n in ignored_arm]}")
+    profile.check_arm(names)
     if not os.path.isdir(path):
         raise BagError(path, "not a bag folder (no such directory)")
     if not os.path.isfile(os.path.join(path, "metadata.yaml")):

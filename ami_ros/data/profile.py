@@ -54,6 +54,13 @@ class RecordingProfile:
         """The name an arm joint has in the bag."""
         return self.joint_prefix + joint
 
+    def check_arm(self, joint_names) -> None:
+        """ValueError when the profile ignores one of the arm's joints."""
+        ignored = [self.bag_joint(n) for n in joint_names if self.bag_joint(n) in self.ignore_joints]
+        if ignored:
+            raise ValueError(f"ignore_joints (--ignore-joints) names the arm's joint(s) {ignored}: "
+                             "the loader needs them")
+
     def to_dict(self) -> dict:
         """The profile as its YAML keys (``command_topic: none`` when there is none)."""
         d = dataclasses.asdict(self)

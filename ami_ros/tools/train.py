@@ -167,6 +167,7 @@ def run(args) -> int:
     try:
         arm = arm_from_args(args)
         profile = profile_from_args(args)     # which topics of the bags hold what
+        profile.check_arm(arm.joint_names)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
