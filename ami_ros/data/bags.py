@@ -543,11 +543,10 @@ def _command(path: str, topic: str, msg, recv: int, names: list[str], profile: R
     if not keep:
         return None
     p = profile.joint_prefix
-    arm = set(names)
-    mapped = [n[len(p):] if n.startswith(p) and n[len(p):] in arm else n for n in
-              (msg.joint_names[k] for k in keep)]
+    bag_names = [msg.joint_names[k] for k in keep]
+    mapped = [n[len(p):] for n in bag_names]        # the arm's names, where the bag's carry the prefix
     where = f"{topic} received at {_fmt_t(recv)} refused"
-    unknown = [msg.joint_names[k] for k, n in zip(keep, mapped) if n not in arm]
+    unknown = [b for b, n in zip(bag_names, mapped) if not b.startswith(p) or n not in names]
     if unknown:
         raise BagError(path, f"{where} (unknown_joint: joint(s) {unknown} are not the arm's {names}); "
                              + _unknown_command_hint(unknown, names, profile))
