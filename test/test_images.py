@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ami_ros.core.images import decode_image, model_frame, resize_image
+from ami_ros.core.images import decode_compressed, decode_image, model_frame, resize_image
 
 
 def _raw(img: np.ndarray, pad: int = 0) -> tuple[int, bytes]:
@@ -40,6 +40,7 @@ def test_bgr8_and_mono8_come_back_rgb():
 
 @pytest.mark.parametrize("fields, reason", [
     (("16UC1", 6, 10, 20, 120), "unsupported encoding '16UC1'"),
+    (("bayer_rggb8", 6, 10, 10, 60), "unsupported encoding 'bayer_rggb8'"),
     (("rgb8", 6, 10, 30, 179), "bad size"),          # one byte short
     (("rgb8", 6, 10, 29, 180), "bad size"),          # step shorter than a row
     (("rgb8", 0, 10, 30, 0), "bad size"),            # empty
@@ -48,6 +49,71 @@ def test_refusals_name_the_reason(fields, reason):
     enc, h, w, step, n = fields
     with pytest.raises(ValueError, match=reason):
         decode_image(enc, h, w, step, bytes(n))
+
+
+def test_rgba8_and_bgra8_drop_the_alpha():
+    alpha = RNG.integers(0, 256, (6, 10, 1), dtype=np.uint8)
+    step, data = _raw(np.concatenate([RGB, alpha], axis=2), pad=4)
+    np.testing.assert_array_equal(decode_image("rgba8", 6, 10, step, data), RGB)
+    step, data = _raw(np.concatenate([RGB[..., ::-1], alpha], axis=2), pad=4)
+    np.testing.assert_array_equal(decode_image("BGRA8", 6, 10, step, data), RGB)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_mono16_keeps_the_high_byte_in_either_byte_order(bigendian):
+    words = RNG.integers(0, 65536, (6, 10), dtype=np.uint16)
+    raw = words.astype(">u2" if bigendian else "<u2").view(np.uint8).reshape(6, 20, 1)
+    step, data = _raw(raw, pad=2)
+    out = decode_image("mono16", 6, 10, step, data, is_bigendian=bigendian)
+    assert out.shape == (6, 10, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.repeat((words >> 8).astype(np.uint8)[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize("encoding, order", [("yuv422", "UYVY"), ("uyvy", "UYVY"),
+                                             ("yuv422_yuy2", "YUY2"), ("yuyv", "YUY2")])
+def test_yuv422_in_both_byte_orders(encoding, order):
+    cv2 = pytest.importorskip("cv2")
+    pairs = np.repeat(RNG.integers(30, 220, (6, 5, 3), dtype=np.uint8), 2, axis=1)  # one colour per pixel pair
+    yuv = cv2.cvtColor(pairs, getattr(cv2, f"COLOR_RGB2YUV_{order}"))
+    step, data = _raw(yuv, pad=6)
+    out = decode_image(encoding, 6, 10, step, data)
+    assert out.shape == (6, 10, 3) and np.abs(out.astype(int) - pairs).max() <= 3
+    other = {"UYVY": "yuyv", "YUY2": "uyvy"}[order]                 # the other byte order reads differently
+    assert np.abs(decode_image(other, 6, 10, step, data).astype(int) - pairs).max() > 20
+
+
+def test_yuv422_refuses_an_odd_width():
+    with pytest.raises(ValueError, match="odd"):
+        decode_image("yuv422_yuy2", 2, 3, 6, bytes(12))
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_compressed_jpeg_and_png(ext):
+    cv2 = pytest.importorskip("cv2")
+    halves = np.zeros((16, 32, 3), np.uint8)                        # two flat 16x16 blocks: JPEG keeps them
+    halves[:, :16], halves[:, 16:] = (200, 40, 90), (20, 180, 60)
+    ok, enc = cv2.imencode(ext, np.ascontiguousarray(halves[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    out = decode_compressed("rgb8; jpeg compressed bgr8" if ext == ".jpg" else "png", enc.tobytes())
+    assert out.shape == (16, 32, 3) and out.dtype == np.uint8
+    err = np.abs(out.astype(int) - halves)
+    if ext == ".png":
+        assert err.max() == 0
+    else:                                                           # lossy: ringing at the edge only
+        assert np.median(err) <= 2 and np.abs(out[:, :12].mean((0, 1)) - (200, 40, 90)).max() < 4
+    if ext == ".png":
+        grey = cv2.imencode(".png", RGB[..., 0])[1]                 # a grey PNG: three equal channels
+        np.testing.assert_array_equal(decode_compressed("png", grey.tobytes()), np.repeat(RGB[..., :1], 3, axis=2))
+
+
+@pytest.mark.parametrize("fmt, data, reason", [
+    ("16UC1; compressedDepth png", b"\x00" * 12 + b"\x89PNG\r\n\x1a\n", "compressedDepth"),
+    ("h264", b"\x00\x00\x00\x01gd", "neither JPEG nor PNG"),
+    ("jpeg", b"\xff\xd8\xff\xe0" + bytes(40), "could not be decoded"),  # a JPEG header, then nothing
+])
+def test_compressed_refusals_name_the_reason(fmt, data, reason):
+    pytest.importorskip("cv2")
+    with pytest.raises(ValueError, match=reason):
+        decode_compressed(fmt, data)
 
 
 def test_resize_square_or_width_height_and_no_copy_at_size():

@@ -73,6 +73,7 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
     ({"stages": [{"name": "s", "data": ["zzz"]}]}, "not in collect"),
     ({"stages": [{"name": "s", "data": ["a"], "train": {"no_such_option": 1}}]}, "unknown option"),
     ({"stages": [{"name": "s", "data": ["a"], "train": {"out": "x"}}]}, "unknown option"),
+    ({"stages": [{"name": "s", "data": ["a"], "train": {"command_topic": "none"}}]}, "unknown option"),  # own data
     ({"collect": {"a": {"seed": 1}}}, "episodes"),
     ({"stages": [{"name": "s", "data": ["a"], "train": {"direct": "yes"}}]}, "true or false"),
     ({"extra": 1}, "a recipe is a mapping"),

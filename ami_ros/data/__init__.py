@@ -13,9 +13,10 @@ from ami_ros.data.bags import (
     load_episode,
     load_episodes,
 )
+from ami_ros.data.profile import RecordingProfile
 
 __all__ = [
-    "BagError", "Episode", "EpisodeWriter", "find_bags", "load_episode", "load_episodes",
+    "BagError", "Episode", "EpisodeWriter", "RecordingProfile", "find_bags", "load_episode", "load_episodes",
     "IMAGE_TOPIC", "CAMERA_INFO_TOPIC", "JOINT_STATES_TOPIC", "COMMAND_TOPIC",
     "CUBE_POSE_TOPIC", "TOOL_POSITION_TOPIC",
 ]

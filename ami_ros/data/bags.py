@@ -5,20 +5,29 @@ Writing: :class:`EpisodeWriter` records one episode with the topics of
 joint trajectories, and the sim-only cube pose and tool position).
 
 Reading: :func:`load_episode` turns one bag folder, written here or by
-``ros2 bag record`` on a real arm, into arrays aligned on a fixed control tick:
+``ros2 bag record`` on a real arm (MCAP or sqlite3), into arrays aligned on a fixed
+control tick. A :class:`ami_ros.data.profile.RecordingProfile` says which topics hold
+the camera images, joint states and commands, and how the bag names the arm's joints:
 
-* ticks run every ``control_dt`` from the first time every required topic
-  (image, joint states, commands) has a message until the last time both the
-  image and the joint-state streams still have one;
-* the frame and the joint state at a tick are the latest ones stamped at or
-  before it (stamps are header stamps where nonzero, else the bag's receive time);
-  joints are mapped BY NAME, message by message;
+* ticks run every ``control_dt`` from the first time every required part (images,
+  every arm joint, the commands when there are any) has a message until the last
+  time both the images and the joint states still have one;
+* the frame at a tick is the latest one stamped at or before it (stamps are header
+  stamps where nonzero, else the bag's receive time); frames are sensor_msgs Image
+  or CompressedImage, decoded by :mod:`ami_ros.core.images`;
+* joint states are merged BY NAME over every message on the topic (an arm and a
+  gripper may each publish their own joints): each arm joint's latest value at or
+  before the tick; joints that are not the arm's are ignored;
 * the commanded target at a tick is the active JointTrajectory (the latest one
   received at or before the tick, started at its header stamp if nonzero else
   at receipt, from the previous commanded target) sampled with
   :class:`ami_ros.core.trajectory.TrajectorySampler`, as the controller does;
+  a command naming only some joints holds the others at the previous target;
   an empty trajectory holds the commanded target; before any command the
-  commanded target is the measured position.
+  commanded target is the measured position;
+* without a command topic (``command_topic: none``) the commanded target at a tick
+  is the position measured one control step later (what the next command brought
+  about): ``Episode.action_source`` is then ``measured``, else ``commands``.
 
 Anything wrong with a bag raises :class:`BagError` naming the bag and the problem.
 """
@@ -32,19 +41,23 @@ from typing import Sequence
 
 import numpy as np
 
-from ami_ros.core.images import image_problem, model_frame
+from ami_ros.core.images import decode_frame, frame_problem, is_compressed, resize_image
+from ami_ros.data.profile import RecordingProfile
 from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler, validate
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOPIC = "/camera/image_raw"
+# the topics EpisodeWriter writes are the default recording profile's
+IMAGE_TOPIC = RecordingProfile().image_topic
 CAMERA_INFO_TOPIC = "/camera/camera_info"
-JOINT_STATES_TOPIC = "/joint_states"
-COMMAND_TOPIC = "/arm_controller/joint_trajectory"
+JOINT_STATES_TOPIC = RecordingProfile().joint_states_topic
+COMMAND_TOPIC = RecordingProfile().command_topic
 CUBE_POSE_TOPIC = "/ami/cube_pose"
 TOOL_POSITION_TOPIC = "/ami/tool_position"
 
 IMAGE_T = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_T = "sensor_msgs/msg/CompressedImage"
+IMAGE_TYPES = (IMAGE_T, COMPRESSED_IMAGE_T)
 CAMERA_INFO_T = "sensor_msgs/msg/CameraInfo"
 JOINT_STATE_T = "sensor_msgs/msg/JointState"
 TRAJECTORY_T = "trajectory_msgs/msg/JointTrajectory"
@@ -253,7 +266,12 @@ class EpisodeWriter:
 # --------------------------------------------------------------------------- reading
 @dataclass
 class Episode:
-    """One episode aligned on the control tick (T ticks, joints in ``joint_names`` order)."""
+    """One episode aligned on the control tick (T ticks, joints in ``joint_names`` order).
+
+    ``action_source``: ``commands`` (q_cmd replays the recorded command topic) or
+    ``measured`` (no command topic: q_cmd at a tick is the joint position measured one
+    control step later, what the next command brought about).
+    """
 
     t: np.ndarray            # (T,) seconds (the bag's clock)
     frames: np.ndarray       # (T, H, W, 3) uint8 RGB
@@ -266,6 +284,7 @@ class Episode:
     joint_names: list[str]
     path: str
     control_dt: float = 0.1
+    action_source: str = "commands"
 
     def __len__(self) -> int:
         return len(self.t)
@@ -293,13 +312,6 @@ def _parse_size(image_size) -> tuple[int, int] | None:
     return w, h
 
 
-def _check_image(path: str, msg, ns: int) -> tuple[int, int]:
-    reason = image_problem(msg.encoding, msg.height, msg.width, msg.step, len(msg.data))
-    if reason:
-        raise BagError(path, f"{IMAGE_TOPIC} at {_fmt_t(ns)}: {reason}")
-    return int(msg.height), int(msg.width)
-
-
 def _latest(stamps: np.ndarray, ticks: np.ndarray) -> np.ndarray:
     """Index of the latest stamp <= each tick (-1 where none)."""
     return np.searchsorted(stamps, ticks, side="right") - 1
@@ -314,22 +326,25 @@ def _storage_files(path: str) -> str:
 
 
 def load_episode(path, *, control_dt: float = 0.1, joint_names: Sequence[str] | None = None,
-                 image_size=None) -> Episode:
+                 image_size=None, profile: RecordingProfile | None = None) -> Episode:
     """Load one bag folder as an :class:`Episode` aligned every ``control_dt`` seconds.
 
     joint_names: the arm's joints in the order wanted (default: the default arm's, ``robots/ami_arm6``).
     image_size: None (keep), an int (square) or (width, height); frames are resized
-    with cv2.INTER_AREA. Raises :class:`BagError` on anything wrong with the bag.
+    with cv2.INTER_AREA. profile: the topics and joint names the bag uses (default:
+    those ``ami-ros collect`` writes). Raises :class:`BagError` on anything wrong with the bag.
     """
     path = os.path.abspath(os.fspath(path))
     if not control_dt > 0:
         raise ValueError(f"control_dt must be > 0, got {control_dt}")
     size = _parse_size(image_size)
+    profile = profile or RecordingProfile()
     if joint_names is None:
         from ami_ros.core.arm import load_arm
 
         joint_names = load_arm().joint_names
     names = list(joint_names)
+    profile.check_arm(names)
     if not os.path.isdir(path):
         raise BagError(path, "not a bag folder (no such directory)")
     if not os.path.isfile(os.path.join(path, "metadata.yaml")):
@@ -343,7 +358,7 @@ def load_episode(path, *, control_dt: float = 0.1, joint_names: Sequence[str] | 
     except Exception as e:  # noqa: BLE001  (rosbags raises many kinds on corrupt input)
         raise BagError(path, f"corrupt or truncated bag, cannot open ({_storage_files(path)}): {type(e).__name__}: {e}") from e
     try:
-        return _load(reader, path, float(control_dt), names, size)
+        return _load(reader, path, float(control_dt), names, size, profile)
     except BagError:
         raise
     except Exception as e:  # noqa: BLE001
@@ -355,153 +370,236 @@ def load_episode(path, *, control_dt: float = 0.1, joint_names: Sequence[str] | 
             pass
 
 
-def _load(reader, path: str, control_dt: float, names: list[str], size) -> Episode:
-    ts = _typestore()
-    by_topic: dict[str, list] = {}
-    for c in reader.connections:
-        if c.topic in TOPIC_TYPES:
-            if c.msgtype != TOPIC_TYPES[c.topic]:
-                raise BagError(path, f"topic {c.topic} has type {c.msgtype}, expected {TOPIC_TYPES[c.topic]}")
-            by_topic.setdefault(c.topic, []).append(c)
-    missing = [t for t in REQUIRED_TOPICS if t not in by_topic]
+# ---- which connection plays which part
+#: the parts a profile names: what they hold, the message types they may have, the flag that names the topic
+_PARTS = {
+    "image": ("camera images", IMAGE_TYPES, "--image-topic"),
+    "joint_states": ("joint states", (JOINT_STATE_T,), "--joint-states-topic"),
+    "commands": ("commands", (TRAJECTORY_T,), "--command-topic"),
+}
+_NO_COMMANDS_HINT = "pass --command-topic none to take the actions from the measured joint states"
+
+
+def _candidates(types_by_topic: dict[str, str], part: str, exclude: str = "") -> list[tuple[str, str]]:
+    """(topic, type) of the bag's topics that could play ``part``, the likeliest first
+    (for images: colour before depth, raw before compressed)."""
+    found = [(t, ty) for t, ty in types_by_topic.items() if ty in _PARTS[part][1] and t != exclude]
+    return sorted(found, key=lambda c: ("depth" in c[0], c[1] != IMAGE_T, c[0]))
+
+
+def _fix(types_by_topic: dict[str, str], part: str, exclude: str = "") -> str:
+    """What the bag has for ``part`` and the flag that picks it."""
+    what, types, flag = _PARTS[part]
+    cands = _candidates(types_by_topic, part, exclude)
+    if cands:
+        have = ", ".join(f"{t} ({ty})" for t, ty in cands)
+        fix = f"the bag has {have}: pass {flag} {cands[0][0]}"
+    else:
+        fix = f"the bag has no {'other ' if exclude else ''}{' or '.join(types)} topic"
+    if part == "commands":
+        fix += f" (or {_NO_COMMANDS_HINT})" if cands else f"; {_NO_COMMANDS_HINT}"
+    return fix
+
+
+def _connections(reader, path: str, profile: RecordingProfile) -> dict[str, list]:
+    """The bag's connections by part (image, joint_states, commands, cube, tool); refuses a bag
+    without a required topic, or with one of the wrong type, naming the flag that fixes it."""
+    topics = {"image": profile.image_topic, "joint_states": profile.joint_states_topic,
+              "commands": profile.command_topic, "cube": CUBE_POSE_TOPIC, "tool": TOOL_POSITION_TOPIC}
+    types_by_topic = {c.topic: c.msgtype for c in reader.connections}
+    parts: dict[str, list] = {}
+    for part, topic in topics.items():
+        conns = [c for c in reader.connections if topic is not None and c.topic == topic]
+        if not conns:
+            continue
+        allowed = _PARTS[part][1] if part in _PARTS else (TOPIC_TYPES[topic],)
+        bad = sorted({c.msgtype for c in conns} - set(allowed))
+        if bad:
+            problem = f"topic {topic} has type {bad[0]}, expected {' or '.join(allowed)}"
+            raise BagError(path, problem + (f"; {_fix(types_by_topic, part, topic)}" if part in _PARTS else ""))
+        parts[part] = conns
+    required = ["image", "joint_states"] + (["commands"] if profile.command_topic is not None else [])
+    missing = [f"no topic {topics[p]} ({_PARTS[p][0]}); {_fix(types_by_topic, p)}" for p in required if p not in parts]
     if missing:
-        have = sorted({c.topic for c in reader.connections})
-        raise BagError(path, f"missing required topic(s) {missing}; the bag has {have}")
-    wanted = [c for t in (IMAGE_TOPIC, JOINT_STATES_TOPIC, COMMAND_TOPIC, CUBE_POSE_TOPIC, TOOL_POSITION_TOPIC)
-              for c in by_topic.get(t, [])]
-    expected = {c.id: c.msgcount for c in wanted}
-    seen = {c.id: 0 for c in wanted}
+        raise BagError(path, "missing required topic(s): " + "; ".join(missing))
+    return parts
 
-    images: list[tuple[int, object]] = []
-    js_t: list[int] = []
-    js_q: list[np.ndarray] = []
-    js_v: list[np.ndarray] = []
-    cmds: list[tuple[int, int, Trajectory | None]] = []  # (receive ns, start ns, trajectory|None=empty)
-    cube: list[tuple[int, np.ndarray]] = []
-    tool: list[tuple[int, np.ndarray]] = []
-    img_shape = None
-    dof = len(names)
 
-    for conn, recv, raw in reader.messages(connections=wanted):
-        seen[conn.id] += 1
-        msg = ts.deserialize_cdr(raw, conn.msgtype)
-        topic = conn.topic
-        if topic == IMAGE_TOPIC:
-            ns = _stamp(msg, recv)
-            h, w = _check_image(path, msg, ns)
-            if img_shape is None:
-                img_shape = (h, w)
-            elif (h, w) != img_shape:
-                raise BagError(path, f"{IMAGE_TOPIC} changes size from {img_shape[1]}x{img_shape[0]} "
-                                     f"to {w}x{h} at {_fmt_t(ns)}")
-            images.append((ns, msg))
-        elif topic == JOINT_STATES_TOPIC:
-            ns = _stamp(msg, recv)
-            mnames = list(msg.name)
-            lookup = {n: i for i, n in enumerate(mnames)}
-            absent = [n for n in names if n not in lookup]
-            if absent:
-                raise BagError(path, f"{JOINT_STATES_TOPIC} at {_fmt_t(ns)} lacks joint(s) {absent} "
-                                     f"(it has {mnames}); pass the arm's joint_names")
-            pos = np.asarray(msg.position, dtype=np.float64)
-            if len(pos) != len(mnames):
-                raise BagError(path, f"{JOINT_STATES_TOPIC} at {_fmt_t(ns)} has {len(mnames)} names "
-                                     f"but {len(pos)} positions")
-            idx = [lookup[n] for n in names]
-            vel = np.asarray(msg.velocity, dtype=np.float64)
-            js_t.append(ns)
-            js_q.append(pos[idx])
-            js_v.append(vel[idx] if len(vel) == len(mnames) else np.full(dof, np.nan))
-        elif topic == COMMAND_TOPIC:
-            start = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-            start = start if start != 0 else int(recv)
-            if len(msg.points) == 0:
-                cmds.append((int(recv), start, None))
-                continue
-            times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
-            pos = [np.asarray(p.positions, dtype=np.float64) for p in msg.points]
-            vels = [np.asarray(p.velocities, dtype=np.float64) for p in msg.points]
-            vel = None if all(len(v) == 0 for v in vels) else vels
-            try:
-                pos_arr = np.array(pos) if len({len(p) for p in pos}) == 1 else pos
-                vel_arr = None if vel is None else (np.array(vel) if len({len(v) for v in vel}) == 1 else vel)
-                traj = validate(Trajectory(list(msg.joint_names), np.asarray(times), pos_arr, vel_arr), names)
-            except TrajectoryError as e:
-                raise BagError(path, f"{COMMAND_TOPIC} received at {_fmt_t(recv)} refused ({e})") from None
-            cmds.append((int(recv), start, traj))
-        elif topic == CUBE_POSE_TOPIC:
-            p = msg.pose.position
-            cube.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
-        elif topic == TOOL_POSITION_TOPIC:
-            p = msg.point
-            tool.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
+# ---- joint states, merged by name
+def _prefix_hint(bag_names: Sequence[str], names: Sequence[str], profile: RecordingProfile) -> str:
+    """The option that maps the bag's joint names onto the arm's, as far as the names tell."""
+    prefixes = {b[: len(b) - len(n)] for b in bag_names for n in names if b.endswith(n) and b != n}
+    if len(prefixes) == 1 and all(any(b == p + n for b in bag_names) for p in prefixes for n in names):
+        return f"pass --joint-prefix {prefixes.pop()}"
+    if profile.joint_prefix and all(n in bag_names for n in names):
+        return "pass --joint-prefix '' (the bag's joint names have no prefix)"
+    return (f"the bag's joints are not the arm's {list(names)}: pass --robot with the arm that was recorded, "
+            "or --joint-prefix if its names carry one")
 
-    short = [(c.topic, seen[c.id], expected[c.id]) for c in wanted if seen[c.id] < expected[c.id]]
-    if short:
-        raise BagError(path, f"truncated bag ({_storage_files(path)}): read only "
-                             + ", ".join(f"{n}/{e} messages of {t}" for t, n, e in short))
-    for topic, lst in ((IMAGE_TOPIC, images), (JOINT_STATES_TOPIC, js_t), (COMMAND_TOPIC, cmds)):
-        if not lst:
-            raise BagError(path, f"required topic {topic} has no messages")
 
-    # ---- sort every stream by its stamp (recorders may interleave)
-    images.sort(key=lambda x: x[0])
-    img_t = np.array([x[0] for x in images], dtype=np.int64)
-    order = np.argsort(np.array(js_t, dtype=np.int64), kind="stable")
-    js_t_arr = np.array(js_t, dtype=np.int64)[order]
-    js_q_arr = np.array(js_q)[order]
-    js_v_arr = np.array(js_v)[order]
-    if np.isnan(js_v_arr).any():  # no velocity in some messages: finite differences of positions
-        if len(js_t_arr) > 1:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                grad = np.gradient(js_q_arr, js_t_arr / 1e9, axis=0)
-            grad[~np.isfinite(grad)] = 0.0
-        else:
-            grad = np.zeros_like(js_q_arr)
-        nan = np.isnan(js_v_arr)
-        js_v_arr[nan] = grad[nan]
-    cmds.sort(key=lambda x: x[0])
-    cmd_recv = np.array([c[0] for c in cmds], dtype=np.int64)
+class _JointStates:
+    """Joint states of the arm, merged by name over every message on the topic (an arm and
+    a gripper may each publish their own joints): each joint's own samples, sorted by stamp."""
 
-    # ---- ticks
-    start = max(int(img_t[0]), int(js_t_arr[0]), int(cmd_recv[0]))
-    end = min(int(img_t[-1]), int(js_t_arr[-1]))
-    if end < start:
-        raise BagError(path, f"required topics never overlap in time (all present from {_fmt_t(start)}, "
-                             f"images or joint states end at {_fmt_t(end)})")
-    dt_ns = int(round(control_dt * 1e9))
-    T = (end - start) // dt_ns + 1
-    ticks = start + np.arange(T, dtype=np.int64) * dt_ns
-    base = start  # sampler times relative to the first tick keep float precision on wall-clock bags
+    def __init__(self, names: list[str], profile: RecordingProfile):
+        self.names, self.profile = names, profile
+        self.index = {profile.bag_joint(n): i for i, n in enumerate(names)}
+        self.samples: list[list[tuple[int, float, float]]] = [[] for _ in names]  # (ns, position, velocity|NaN)
+        self.seen: set[str] = set()     # every joint name on the topic
+        self.messages = 0
 
-    def rel(ns) -> float:
+    def add(self, path: str, topic: str, msg, ns: int) -> None:
+        mnames = list(msg.name)
+        pos = np.asarray(msg.position, dtype=np.float64)
+        if len(pos) != len(mnames):
+            raise BagError(path, f"{topic} at {_fmt_t(ns)} has {len(mnames)} names but {len(pos)} positions")
+        vel = np.asarray(msg.velocity, dtype=np.float64)
+        vel = vel if len(vel) == len(mnames) else np.full(len(mnames), np.nan)  # velocities are optional
+        self.seen.update(mnames)
+        self.messages += 1
+        for k, n in enumerate(mnames):
+            i = self.index.get(n)
+            if i is not None:
+                self.samples[i].append((ns, pos[k], vel[k]))
+
+    def finish(self, path: str, topic: str) -> None:
+        """Sorts each joint's samples; velocities a message lacked become finite differences
+        of that joint's positions. Refuses a bag in which an arm joint never appears."""
+        absent = [b for b, i in self.index.items() if not self.samples[i]]
+        if absent:
+            seen = sorted(self.seen)
+            raise BagError(path, f"{topic} lacks joint(s) {absent} (it has {seen}); "
+                                 + _prefix_hint(seen, self.names, self.profile))
+        self.t, self.q, self.v = [], [], []
+        for s in self.samples:
+            s.sort(key=lambda x: x[0])
+            t = np.array([x[0] for x in s], dtype=np.int64)
+            q = np.array([x[1] for x in s])
+            v = np.array([x[2] for x in s])
+            nan = np.isnan(v)
+            if nan.any():
+                v[nan] = _finite_differences(t, q)[nan]
+            self.t.append(t)
+            self.q.append(q)
+            self.v.append(v)
+
+    @property
+    def first(self) -> int:
+        """When every arm joint has been seen."""
+        return max(int(t[0]) for t in self.t)
+
+    @property
+    def last(self) -> int:
+        """When the last joint still to publish did so last."""
+        return min(int(t[-1]) for t in self.t)
+
+    def at(self, ticks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(q, qd) (len(ticks), dof): each joint's latest sample at or before each tick (its first before it)."""
+        q = np.empty((len(ticks), len(self.names)))
+        v = np.empty_like(q)
+        for j in range(len(self.names)):
+            i = np.maximum(_latest(self.t[j], ticks), 0)
+            q[:, j], v[:, j] = self.q[j][i], self.v[j][i]
+        return q, v
+
+
+def _finite_differences(t_ns: np.ndarray, q: np.ndarray) -> np.ndarray:
+    if len(t_ns) < 2:
+        return np.zeros_like(q)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        grad = np.gradient(q, (t_ns - t_ns[0]) / 1e9)   # from the first sample: float precision on wall-clock stamps
+    grad[~np.isfinite(grad)] = 0.0
+    return grad
+
+
+# ---- commands
+@dataclass
+class _Command:
+    recv: int                      # receive time, ns
+    start: int                     # start time, ns (header stamp, or the receive time when it is 0)
+    traj: Trajectory | None        # the joints it names, in arm order; None: an empty trajectory (hold)
+    idx: list[int]                 # where those joints are in the arm
+
+    def full(self, q0: np.ndarray, names: list[str]) -> Trajectory:
+        """The trajectory over every arm joint: joints the command does not name hold at ``q0``
+        (a partial command moves its joints from the last full target, as the controller does)."""
+        n = len(self.traj.times)
+        pos = np.tile(np.asarray(q0, dtype=np.float64), (n, 1))
+        pos[:, self.idx] = self.traj.positions
+        vel = None
+        if self.traj.velocities is not None:
+            vel = np.zeros_like(pos)
+            vel[:, self.idx] = self.traj.velocities
+        return Trajectory(list(names), self.traj.times, pos, vel, self.traj.start_time)
+
+
+def _command(path: str, topic: str, msg, recv: int, names: list[str], profile: RecordingProfile) -> _Command | None:
+    """One JointTrajectory message as a :class:`_Command` (None when it names only ignored joints)."""
+    start = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    start = start if start != 0 else int(recv)
+    if len(msg.points) == 0:
+        return _Command(int(recv), start, None, [])
+    keep = [k for k, n in enumerate(msg.joint_names) if n not in profile.ignore_joints]
+    if not keep:
+        return None
+    p = profile.joint_prefix
+    bag_names = [msg.joint_names[k] for k in keep]
+    mapped = [n[len(p):] for n in bag_names]        # the arm's names, where the bag's carry the prefix
+    where = f"{topic} received at {_fmt_t(recv)} refused"
+    unknown = [b for b, n in zip(bag_names, mapped) if not b.startswith(p) or n not in names]
+    if unknown:
+        raise BagError(path, f"{where} (unknown_joint: joint(s) {unknown} are not the arm's {names}); "
+                             + _unknown_command_hint(unknown, names, profile))
+    times = [pt.time_from_start.sec + pt.time_from_start.nanosec * 1e-9 for pt in msg.points]
+    pos = [np.asarray(pt.positions, dtype=np.float64) for pt in msg.points]
+    vels = [np.asarray(pt.velocities, dtype=np.float64) for pt in msg.points]
+    n = len(msg.joint_names)
+    if any(len(x) != n for x in pos) or len({len(v) for v in vels}) > 1 or len(vels[0]) not in (0, n):
+        raise BagError(path, f"{where} (size_mismatch: point sizes do not match its {n} joints)")
+    vel = np.array(vels) if len(vels[0]) else None
+    pos_arr = np.array(pos)[:, keep]
+    subset = [n for n in names if n in mapped]      # the joints it names, in arm order
+    try:
+        traj = validate(Trajectory(mapped, np.asarray(times), pos_arr, None if vel is None else vel[:, keep]), subset)
+    except TrajectoryError as e:
+        raise BagError(path, f"{where} ({e})") from None
+    return _Command(int(recv), start, traj, [names.index(n) for n in subset])
+
+
+def _unknown_command_hint(unknown: list[str], names: list[str], profile: RecordingProfile) -> str:
+    guess = _prefix_hint(unknown, names, profile)
+    if guess.startswith("pass --joint-prefix"):
+        return guess
+    return f"pass --ignore-joints {' '.join(unknown)} if they are not the arm's (e.g. a gripper's), or --robot"
+
+
+def _replay(cmds: list[_Command], ticks: np.ndarray, q: np.ndarray, js: _JointStates, base: int) -> np.ndarray:
+    """Commanded target at each tick: the active command (the latest received at or before the
+    tick), sampled as joint_trajectory_controller does from the previous commanded target;
+    an empty trajectory holds it; before any command, the measured position."""
+    dof = q.shape[1]
+
+    def rel(ns) -> float:  # relative to the first tick: float precision on wall-clock bags
         return (int(ns) - base) / 1e9
 
-    ii = _latest(img_t, ticks)
-    ji = _latest(js_t_arr, ticks)
-    q = js_q_arr[ji]
-    qd = js_v_arr[ji]
-
-    # ---- commanded targets, replaying the controller
     q_cmd = np.empty_like(q)
     sampler: TrajectorySampler | None = None
     hold: np.ndarray | None = None
     k_cmd = 0
     for k, tick in enumerate(ticks):
-        while k_cmd < len(cmds) and cmds[k_cmd][0] <= tick:
-            recv, t_start, traj = cmds[k_cmd]
+        while k_cmd < len(cmds) and cmds[k_cmd].recv <= tick:
+            c = cmds[k_cmd]
             if sampler is not None:
-                q0, v0 = sampler.sample(rel(recv))
+                q0, v0 = sampler.sample(rel(c.recv))
             elif hold is not None:
                 q0, v0 = hold, np.zeros(dof)
             else:
-                j = max(int(_latest(js_t_arr, np.array([recv]))[0]), 0)
-                q0, v0 = js_q_arr[j], np.zeros(dof)
-            if traj is None:
-                sampler, hold = None, np.array(q0, dtype=np.float64)
+                q0, v0 = js.at(np.array([c.recv]))[0][0], np.zeros(dof)
+            q0, v0 = np.asarray(q0, dtype=np.float64), np.asarray(v0, dtype=np.float64)
+            if c.traj is None:
+                sampler, hold = None, q0.copy()
             else:
-                sampler = TrajectorySampler(traj, np.asarray(q0, dtype=np.float64), np.asarray(v0, dtype=np.float64),
-                                            rel(t_start), t_state=rel(recv))
+                sampler = TrajectorySampler(c.full(q0, js.names), q0, v0, rel(c.start), t_state=rel(c.recv))
             k_cmd += 1
         if sampler is not None:
             q_cmd[k] = sampler.sample(rel(tick))[0]
@@ -509,16 +607,109 @@ def _load(reader, path: str, control_dt: float, names: list[str], size) -> Episo
             q_cmd[k] = hold
         else:
             q_cmd[k] = q[k]
+    return q_cmd
 
-    # ---- frames
+
+# ---- images
+def _check_raw_size(path: str, topic: str, msg, ns: int, shape) -> tuple[int, int]:
+    """A raw image's (height, width), refused when it differs from the first one's."""
+    h, w = int(msg.height), int(msg.width)
+    if shape is not None and (h, w) != shape:
+        raise BagError(path, f"{topic} changes size from {shape[1]}x{shape[0]} to {w}x{h} at {_fmt_t(ns)}")
+    return h, w
+
+
+def _frames(path: str, topic: str, images: list, idx: np.ndarray, size) -> np.ndarray:
+    """Decoded frames of images[i] for each i in idx (each image decoded once); a compressed
+    image is sized only once decoded, so the size check happens here too."""
     cache: dict[int, np.ndarray] = {}
-    frames = []
-    for i in ii:
-        i = int(i)
+    shape = None
+    out = []
+    for i in (int(i) for i in idx):
         if i not in cache:
-            cache[i] = np.ascontiguousarray(model_frame(images[i][1], size))
-        frames.append(cache[i])
-    frames_arr = np.stack(frames)
+            ns, msg = images[i]
+            try:
+                img = decode_frame(msg)
+            except ValueError as e:
+                raise BagError(path, f"{topic} at {_fmt_t(ns)}: {e}") from None
+            if shape is not None and img.shape[:2] != shape:
+                raise BagError(path, f"{topic} changes size from {shape[1]}x{shape[0]} to "
+                                     f"{img.shape[1]}x{img.shape[0]} at {_fmt_t(ns)}")
+            shape = img.shape[:2]
+            cache[i] = np.ascontiguousarray(img if size is None else resize_image(img, size))
+        out.append(cache[i])
+    return np.stack(out)
+
+
+def _load(reader, path: str, control_dt: float, names: list[str], size, profile: RecordingProfile) -> Episode:
+    ts = _typestore()
+    parts = _connections(reader, path, profile)
+    types_by_topic = {c.topic: c.msgtype for c in reader.connections}
+    wanted = [c for p in ("image", "joint_states", "commands", "cube", "tool") for c in parts.get(p, [])]
+    part_of = {c.id: p for p in parts for c in parts[p]}
+    expected = {c.id: c.msgcount for c in wanted}
+    seen = {c.id: 0 for c in wanted}
+
+    images: list[tuple[int, object]] = []
+    js = _JointStates(names, profile)
+    cmd_msgs: list[tuple[int, object]] = []   # (receive ns, message): read once the joint states are
+    cube: list[tuple[int, np.ndarray]] = []
+    tool: list[tuple[int, np.ndarray]] = []
+    raw_shape = None
+
+    for conn, recv, raw in reader.messages(connections=wanted):
+        seen[conn.id] += 1
+        msg = ts.deserialize_cdr(raw, conn.msgtype)
+        part, topic = part_of[conn.id], conn.topic
+        if part == "image":
+            ns = _stamp(msg, recv)
+            problem = frame_problem(msg)
+            if problem:
+                others = _candidates(types_by_topic, "image", topic)
+                hint = f"; pass --image-topic with another camera topic: {[t for t, _ in others]}" if others else ""
+                raise BagError(path, f"{topic} at {_fmt_t(ns)}: {problem}{hint}")
+            if not is_compressed(msg):
+                raw_shape = _check_raw_size(path, topic, msg, ns, raw_shape)
+            images.append((ns, msg))
+        elif part == "joint_states":
+            js.add(path, topic, msg, _stamp(msg, recv))
+        elif part == "commands":
+            cmd_msgs.append((int(recv), msg))
+        elif part == "cube":
+            p = msg.pose.position
+            cube.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
+        elif part == "tool":
+            p = msg.point
+            tool.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
+
+    short = [(c.topic, seen[c.id], expected[c.id]) for c in wanted if seen[c.id] < expected[c.id]]
+    if short:
+        raise BagError(path, f"truncated bag ({_storage_files(path)}): read only "
+                             + ", ".join(f"{n}/{e} messages of {t}" for t, n, e in short))
+    _check_not_empty(path, profile, types_by_topic, images, js, cmd_msgs)
+    js.finish(path, profile.joint_states_topic)
+    # commands after the joint states: a bag whose joints are not the arm's is refused for that first
+    cmds = [c for c in (_command(path, profile.command_topic, m, recv, names, profile) for recv, m in cmd_msgs)
+            if c is not None]
+
+    # ---- ticks
+    images.sort(key=lambda x: x[0])
+    img_t = np.array([x[0] for x in images], dtype=np.int64)
+    cmds.sort(key=lambda c: c.recv)
+    dt_ns = int(round(control_dt * 1e9))
+    start = max(int(img_t[0]), js.first, *([cmds[0].recv] if cmds else []))
+    # without commands the target at a tick is the position measured a control step later
+    end = min(int(img_t[-1]), js.last - (0 if profile.command_topic else dt_ns))
+    if end < start:
+        raise BagError(path, f"required topics never overlap in time (all present from {_fmt_t(start)}, "
+                             f"images or joint states end at {_fmt_t(end)})")
+    T = (end - start) // dt_ns + 1
+    ticks = start + np.arange(T, dtype=np.int64) * dt_ns
+    q, qd = js.at(ticks)
+    if profile.command_topic is not None:
+        q_cmd = _replay(cmds, ticks, q, js, base=start)
+    else:
+        q_cmd = js.at(ticks + dt_ns)[0]
 
     def optional(stream):
         if not stream:
@@ -531,9 +722,22 @@ def _load(reader, path: str, control_dt: float, names: list[str], size) -> Episo
         out[idx < 0] = np.nan
         return out
 
-    return Episode(t=ticks / 1e9, frames=frames_arr, q=q, qd=qd, q_cmd=q_cmd, action=np.diff(q_cmd, axis=0),
+    frames = _frames(path, profile.image_topic, images, _latest(img_t, ticks), size)
+    return Episode(t=ticks / 1e9, frames=frames, q=q, qd=qd, q_cmd=q_cmd, action=np.diff(q_cmd, axis=0),
                    cube=optional(cube), tool=optional(tool), joint_names=names, path=path,
-                   control_dt=control_dt)
+                   control_dt=control_dt, action_source=profile.action_source)
+
+
+def _check_not_empty(path: str, profile: RecordingProfile, types_by_topic: dict, images, js: _JointStates,
+                     cmds) -> None:
+    """Refuses a required topic present in the bag but without messages."""
+    checks = [("image", profile.image_topic, bool(images)),
+              ("joint_states", profile.joint_states_topic, js.messages > 0)]
+    if profile.command_topic is not None:
+        checks.append(("commands", profile.command_topic, bool(cmds)))
+    for part, topic, ok in checks:
+        if not ok:
+            raise BagError(path, f"required topic {topic} has no messages; {_fix(types_by_topic, part, topic)}")
 
 
 def find_bags(folder) -> list[str]:

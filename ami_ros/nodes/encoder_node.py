@@ -1,7 +1,7 @@
 """encoder_node: camera frames + joint states -> stamped JEPA embeddings.
 
 Subscribes
-  /camera/image_raw  sensor_msgs/Image (rgb8, bgr8, mono8; any size, resized to the model's)  sensor data QoS, depth 1
+  /camera/image_raw  sensor_msgs/Image (the encodings core.images decodes; resized to the model's)  sensor data QoS, depth 1
   /joint_states      sensor_msgs/JointState (mapped by name to the model's joints)            reliable, depth 10
 Publishes
   /ami/embedding     sensor_msgs/Image 32FC1, 1 x D: header.stamp = the source frame's stamp,

@@ -41,11 +41,15 @@ import time
 
 import yaml
 
+from ami_ros.tools.profile_args import FLAGS as PROFILE_FLAGS
+
 TOP_KEYS = {"name", "description", "robot", "collect_options", "collect", "stages"}
 STAGE_KEYS = {"name", "data", "train"}
 # train options a recipe may not set: the runner sets them (paths, where it runs)
 RUNNER_OWNED = {"data", "out", "recipe", "work", "jobs", "encoder_from", "device", "threads", "name",
-                "keep_checkpoint", "robot", "limits"}
+                "keep_checkpoint", "robot", "limits",
+                # the recipe collects its data itself, in the default recording profile
+                "profile", *PROFILE_FLAGS}
 
 
 class RecipeError(ValueError):

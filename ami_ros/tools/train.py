@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from ami_ros.tools.profile_args import add_profile_arguments, profile_from_args
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
 
@@ -69,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "e.g. --lambda 0)")
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
+    add_profile_arguments(p)
 
 
 def collection_record(folder) -> dict | None:
@@ -164,6 +166,8 @@ def run(args) -> int:
         return 2
     try:
         arm = arm_from_args(args)
+        profile = profile_from_args(args)     # which topics of the bags hold what
+        profile.check_arm(arm.joint_names)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -202,7 +206,7 @@ def run(args) -> int:
     episodes, errors = [], []
     for folder in args.data:
         eps, errs = load_episodes(folder, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
-                                  image_size=args.image_size)
+                                  image_size=args.image_size, profile=profile)
         episodes += eps
         errors += errs
     for e in errors:
@@ -290,10 +294,14 @@ def run(args) -> int:
             "robot": arm.card(),
             "control_dt": 1.0 / args.control_hz,
             "action": "change of the commanded joint position target over one control step (rad)",
+            # commands: the recorded command topic; measured: none recorded, the target at a tick is the
+            # position measured one control step later
+            "action_source": profile.action_source,
             "data": {"folders": [os.path.basename(os.path.normpath(f)) for f in args.data],
                      "sha256": dataset_hash([e.path for e in episodes]),
                      "episodes_train": len(train_eps), "episodes_heldout": len(test_eps),
-                     "steps_train": int(sum(len(e.q) for e in train_eps)), "skipped_bags": len(errors)},
+                     "steps_train": int(sum(len(e.q) for e in train_eps)), "skipped_bags": len(errors),
+                     "recording_profile": profile.to_dict()},
             "training": {**cfg.to_dict(), "device": device, "world_size": world,
                          "wall_time_s_last_run": round(wall, 1),
                          "command": getattr(args, "command_line", None) or "ami-ros " + " ".join(sys.argv[1:])},
