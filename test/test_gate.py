@@ -214,6 +214,8 @@ def test_commanded_start_gates_from_the_controllers_reference_and_reports_an_arm
     q0, v0 = p.g.command_state(0.3)
     np.testing.assert_allclose(q0, qc)
     assert p.g.not_following == 1 and any("not following" in m for _, m in p.logs)
+    p.g.on_plan(0.3, line(qc, [0.01] * DOF))                    # one plan that goes out: counted once
+    assert p.g.not_following == 2
     # the controller's own report of its reference, while fresh, replaces the model
     p.g.observe_reference(0.3, HOME + 0.1, ZERO + 0.2)
     np.testing.assert_allclose(p.g.command_state(0.35)[0], HOME + 0.1 + 0.2 * 0.05)

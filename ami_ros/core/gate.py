@@ -138,9 +138,10 @@ class SafetyGate:
         v = np.clip(self.v, -self.spec.arm.v_max, self.spec.arm.v_max)
         return self.q + v * age, self.v
 
-    def command_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
+    def command_state(self, now: float, report: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The position and velocity (dof,) the controller starts a trajectory from at ``now``
-        (``controller_start``; call with a joint state known)."""
+        (``controller_start``; call with a joint state known). With ``report``, an arm off the
+        reference is counted (``not_following``) and said: once per command that goes out."""
         if self.controller_start == "measured":
             return self.measured_state(now)
         if self._reference is not None and now - self._reference[0] <= self.spec.tunables.joint_state_timeout:
@@ -151,7 +152,7 @@ class SafetyGate:
         else:                        # nothing sent: the controller holds where it was started, at the arm
             return self.q, np.zeros_like(self.q)
         off = float(np.max(np.abs(qc - self.measured_state(now)[0])))
-        if off > self.tracking_tolerance:
+        if report and off > self.tracking_tolerance:
             self.not_following += 1
             self._log("warning", "not_following", f"the arm is {off:.3f} rad from the controller's reference "
                       f"(> {self.tracking_tolerance}): not following (stopped, blocked or the controller restarted)",
@@ -265,7 +266,7 @@ class SafetyGate:
                 self.count(plan.reason, str(plan), now)
                 self.update_state(now)
                 return
-            q0, v0 = self.command_state(now + self._lead)
+            q0, v0 = self.command_state(now + self._lead, report=False)   # (reported when it goes out)
             epoch, spec, lease = self._epoch, self.spec, self.lease
         res = self.gate.gate(plan, q0, now, v0, lease=lease)
         with self.lock:
