@@ -81,6 +81,9 @@ def generate_launch_description():
                                           "robot_state_publisher), read at start when robot_description is empty"),
         DeclareLaunchArgument("joint_limits_file", default_value="",
                               description="ros2_control joint_limits YAML for the arm ('' = the robot.yaml's)"),
+        DeclareLaunchArgument("image_transport", default_value="raw", choices=["raw", "compressed"],
+                              description="raw: sensor_msgs/Image on `image`; compressed: CompressedImage on "
+                                          "`image`/compressed"),
         DeclareLaunchArgument("image", default_value="/camera/image_raw",
                               description="camera image topic (sensor_msgs/Image)"),
         DeclareLaunchArgument("joint_states", default_value="/joint_states",
@@ -96,7 +99,8 @@ def generate_launch_description():
 
         Node(package="ami_ros", executable="encoder_node", name="encoder_node", output="screen", on_exit=Shutdown(),
              ros_arguments=["--enclave", "/ami_ros/encoder_node"],
-             parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time, **arm}],
+             parameters=[encoder_params, {"model_path": model_path, "use_sim_time": sim_time,
+                                          "image_transport": LaunchConfiguration("image_transport"), **arm}],
              remappings=inputs),
         Node(package="ami_ros", executable="planner_node", name="planner_node", output="screen", on_exit=Shutdown(),
              ros_arguments=["--enclave", "/ami_ros/planner_node"],
@@ -106,6 +110,7 @@ def generate_launch_description():
         Node(package="ami_ros", executable="safety_node", name="safety_node", output="screen", on_exit=Shutdown(),
              ros_arguments=["--enclave", "/ami_ros/safety_node"],
              parameters=[safety_params, {"safety_file": safety_file, "use_sim_time": sim_time,
+                                         "image_transport": LaunchConfiguration("image_transport"),
                                          "controller_start": LaunchConfiguration("controller_start"), **arm}],
              remappings=inputs + [("/arm_controller/joint_trajectory", command)]),
     ])

@@ -30,7 +30,7 @@ SHIPPED = {
         "real_time_factor": 1.0, "command_topic": "/arm_controller/joint_trajectory", "controller_start": "commanded",
     },
     "encoder_node": {
-        "model_path": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
+        "model_path": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "image_transport": "raw", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
         "max_joint_state_age_s": 0.2, "threads": 1,
     },
     "planner_node": {
@@ -48,7 +48,7 @@ SHIPPED = {
         "cost.goal_tool": 400.0, "cost.goal_tool_radius": 0.02,
     },
     "safety_node": {
-        "safety_file": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "autostart": True, "violation_policy": "scale", "velocity_scale": 1.0,
+        "safety_file": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "autostart": True, "image_transport": "raw", "violation_policy": "scale", "velocity_scale": 1.0,
         "acceleration_scale": 0.75, "jerk_scale": 1.0, "max_tool_speed": 1.0, "max_segment_duration": 0.5,
         "max_duration": 30.0, "stamp_tolerance": 1.0, "start_tolerance": 0.02, "max_time_scale": 20.0,
         "position_margin": 0.01, "workspace_margin": 0.01, "plan_timeout": 0.5, "joint_state_timeout": 0.2,

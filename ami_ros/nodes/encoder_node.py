@@ -2,6 +2,7 @@
 
 Subscribes
   /camera/image_raw  sensor_msgs/Image (the encodings core.images decodes; resized to the model's)  sensor data QoS, depth 1
+                     (image_transport compressed: CompressedImage on /camera/image_raw/compressed)
   /joint_states      sensor_msgs/JointState (mapped by name to the model's joints)            reliable, depth 10
 Publishes
   /ami/embedding     sensor_msgs/Image 32FC1, 1 x D: header.stamp = the source frame's stamp,
@@ -33,6 +34,7 @@ from ami_ros.nodes.params import ParamSpec
 PARAMS = [
     ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
     *node_params.ROBOT_PARAMS,
+    node_params.IMAGE_TRANSPORT,
     ParamSpec("backend", "torch", "Inference backend: torch, or onnx (ONNX Runtime; TensorRT/CUDA execution "
               "providers where present, CPU otherwise).", read_only=True, choices=("torch", "onnx")),
     ParamSpec("device", "auto", "Inference device.", read_only=True, choices=("auto", "cpu", "cuda", "tensorrt")),
@@ -76,7 +78,7 @@ class EncoderNode(Node):
         self._pub = self.create_publisher(Image, "/ami/embedding", reliable1)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
-        self.create_subscription(Image, "/camera/image_raw", self._on_image, camera_qos)
+        msgs.subscribe_camera(self, "/camera/image_raw", self._on_image, camera_qos, p["image_transport"])
         self.create_timer(1.0, self._on_diagnostics)
         self.add_on_set_parameters_callback(self._check_parameters)
         self.get_logger().info(f"encoder ready: model {self.model_id} ({p['backend']}), "

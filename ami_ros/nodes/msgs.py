@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration as DurationMsg
 from builtin_interfaces.msg import Time as TimeMsg
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from ami_ros.core.trajectory import Trajectory, TrajectoryError
@@ -174,3 +174,15 @@ def embedding_from_msg(msg: Image) -> np.ndarray:
     if msg.encoding != "32FC1" or msg.height != 1 or msg.step != 4 * msg.width or len(msg.data) != msg.step:
         raise ValueError(f"not an embedding: encoding {msg.encoding}, {msg.height}x{msg.width}, {len(msg.data)} bytes")
     return np.frombuffer(bytes(msg.data), dtype=np.float32).copy()
+
+
+def subscribe_camera(node, topic: str, callback, qos_profile, transport: str):
+    """Subscribe to the camera's frames as image_transport lays them out: ``raw`` is
+    sensor_msgs/Image on ``topic``; ``compressed`` is sensor_msgs/CompressedImage on
+    ``topic`` (after remapping) + ``/compressed``."""
+    if transport == "compressed":
+        return node.create_subscription(CompressedImage, node.resolve_topic_name(topic) + "/compressed", callback,
+                                        qos_profile)
+    if transport != "raw":
+        raise ValueError(f"image_transport must be raw or compressed, not {transport!r}")
+    return node.create_subscription(Image, topic, callback, qos_profile)

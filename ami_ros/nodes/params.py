@@ -105,6 +105,14 @@ class ParamSpec:
         return self.type.name.endswith("_ARRAY") and len(self.default) == 0
 
 
+#: how the camera's frames arrive, for every node that reads them (image_transport's names)
+IMAGE_TRANSPORTS = ("raw", "compressed")
+IMAGE_TRANSPORT = ParamSpec(
+    "image_transport", IMAGE_TRANSPORTS[0], "How the camera's frames arrive: raw (sensor_msgs/Image on "
+    "/camera/image_raw) or compressed (sensor_msgs/CompressedImage, JPEG or PNG, on its image_transport name "
+    "/camera/image_raw/compressed; remapping /camera/image_raw moves both).", read_only=True,
+    choices=IMAGE_TRANSPORTS)
+
 #: seconds a node waits at start for a robot_description on robot_description_topic
 ROBOT_DESCRIPTION_WAIT_S = 10.0
 

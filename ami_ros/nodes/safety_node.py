@@ -46,7 +46,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -68,6 +68,7 @@ NODE_PARAMS = [
     *node_params.ROBOT_PARAMS,
     ParamSpec("autostart", True, "Configure when created and activate once the inputs are healthy; false: wait for a "
               "lifecycle manager's transitions.", read_only=True),
+    node_params.IMAGE_TRANSPORT,
     ParamSpec("watch_camera", True, "Hold when /camera/image_raw goes stale (false where there is no camera)."),
     ParamSpec("controller_start", CONTROLLER_STARTS[0], "Where the arm's trajectory controller starts a new "
               "trajectory, so where plans are gated from: its reference (commanded: joint_trajectory_controller with "
@@ -223,7 +224,8 @@ class SafetyNode(LifecycleNode):
         # plans arrive serialized: an oversized one is refused by its size, never turned into Python objects
         sub(JointTrajectory, "/ami/plan", self._on_plan, reliable1, raw=True)
         self._js_sub = sub(JointState, "/joint_states", self._on_joint_state, reliable10)
-        self._image_sub = sub(Image, "/camera/image_raw", self._on_image, qos_profile_sensor_data)
+        self._image_sub = self._make(self.destroy_subscription, msgs.subscribe_camera(
+            self, "/camera/image_raw", self._on_image, qos_profile_sensor_data, p["image_transport"]))
         self._estop_sub = sub(Bool, "/ami/estop", self._on_estop_msg, latched)
         # the command topic read back: a command this node did not send is an intruder's, caught on arrival
         sub(JointTrajectory, self._cmd_pub.topic_name, self._on_command_topic, reliable10, raw=True)
@@ -367,7 +369,7 @@ class SafetyNode(LifecycleNode):
         order = [idx[n] for n in self.names]
         self.core.observe_reference(self._now(), np.asarray(ref.positions)[order], np.asarray(ref.velocities)[order])
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg) -> None:
         self.core.observe_image(self._now())
 
     def _on_plan(self, data: bytes) -> None:

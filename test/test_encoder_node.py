@@ -1,0 +1,84 @@
+"""The encoder node on a real rclpy graph: the camera's frames raw or compressed (image_transport).
+
+A PNG of a frame sent as sensor_msgs/CompressedImage on /camera/image_raw/compressed gives
+the embedding the model computes from that frame; the node subscribes where image_transport
+puts each kind (after remapping the base topic).
+"""
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+cv2 = pytest.importorskip("cv2")
+
+from rclpy.context import Context  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
+
+from ami_ros.core.arm import share_dir  # noqa: E402
+from ami_ros.core.images import model_frame  # noqa: E402
+from ami_ros.nodes import msgs, qos  # noqa: E402
+from ami_ros.nodes.compose import NodeThreads  # noqa: E402
+
+pytestmark = pytest.mark.ros
+if not os.path.exists(os.path.join(share_dir(), "models", "default", "card.yaml")):
+    pytestmark = [pytestmark, pytest.mark.skip(reason="no trained default model in models/default")]
+
+
+def _subscribed(node, topic):
+    return [t for name, types in node.get_subscriber_names_and_types_by_node(node.get_name(), "/")
+            for t in types if name == topic]
+
+
+def test_compressed_frames_give_the_embedding_of_the_frame(ros_domain_id):
+    import torch
+
+    from ami_ros.nodes.encoder_node import EncoderNode
+
+    ctx = Context()
+    rclpy.init(args=["--ros-args", "-r", "/camera/image_raw:=/wrist/image"], context=ctx, domain_id=ros_domain_id)
+    threads = NodeThreads(context=ctx)
+    try:
+        node = EncoderNode({"image_transport": "compressed"}, context=ctx)
+        assert _subscribed(node, "/wrist/image/compressed") == ["sensor_msgs/msg/CompressedImage"]
+        assert _subscribed(node, "/wrist/image") == []
+        probe = Node("camera_probe", context=ctx)
+        got, cond = [], threading.Condition()
+
+        def on_embedding(msg):
+            with cond:
+                got.append(msgs.embedding_from_msg(msg))
+                cond.notify_all()
+
+        probe.create_subscription(Image, "/ami/embedding", on_embedding, qos.RELIABLE_1)
+        js_pub = probe.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
+        img_pub = probe.create_publisher(CompressedImage, "/wrist/image/compressed", 1)
+        threads.add(node)
+        threads.add(probe)
+        rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+        ok, png = cv2.imencode(".png", rgb[..., ::-1])
+        assert ok
+        frame_msg = CompressedImage(format="png")
+        frame_msg.data = png.tobytes()
+        q = np.zeros(len(node.joint_names))
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline:
+            stamp = probe.get_clock().now().to_msg()
+            js_pub.publish(msgs.joint_state_msg(node.joint_names, q, np.zeros_like(q), stamp=stamp))
+            frame_msg.header.stamp = stamp
+            img_pub.publish(frame_msg)
+            with cond:
+                if cond.wait_for(lambda: got, timeout=0.2):
+                    break
+        assert got, "no embedding from a compressed frame"
+        frame = model_frame(frame_msg, node.size)
+        np.testing.assert_array_equal(frame, model_frame(msgs.image_msg(rgb), node.size))   # lossless: the same frame
+        img = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
+        want = node.model.encode(img, torch.zeros(1, len(q)), torch.zeros(1, len(q)))[0].cpu().numpy()
+        np.testing.assert_allclose(got[0], want, atol=1e-4)
+    finally:
+        threads.shutdown()
+        rclpy.try_shutdown(context=ctx)
