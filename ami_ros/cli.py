@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("train", "train the JEPA world model from recorded episodes"),
     "export": ("export", "write ONNX exports for an existing model folder"),
     "eval": ("evaluate", "goal-reaching evaluation in the embedded simulator"),
+    "inspect": ("inspect", "what recorded bags hold and whether training loads them (topics, rates, steps)"),
     "demo": ("demo", "the whole stack on the embedded simulator, reaching goals"),
     "bench": ("bench", "speed and memory benchmarks"),
     "robot": ("robot", "check a robot description: joints, limits, frames, tool pose"),

@@ -12,6 +12,8 @@ import argparse
 from ami_ros.tools.profile_args import add_profile_arguments, profile_from_args
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
+CONTROL_HZ = 10.0   # the control rate the bags are sampled at (--control-hz)
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_robot_arguments(p)
@@ -33,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lambda", dest="sigreg_lambda", type=float, default=0.1, help="SIGReg weight")
     p.add_argument("--image-size", type=int, default=64, choices=range(32, 129), metavar="32..128")
-    p.add_argument("--control-hz", type=float, default=10.0)
+    p.add_argument("--control-hz", type=float, default=CONTROL_HZ)
     p.add_argument("--k-coarse", type=int, default=5)
     p.add_argument("--vis-dim", type=int, default=32, help="image part of the embedding")
     p.add_argument("--prop-dim", type=int, default=16, help="joint-state part of the embedding")

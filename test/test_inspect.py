@@ -1,0 +1,76 @@
+"""`ami-ros inspect` on tiny synthetic bags (32x32 frames, 3 s): what the bags hold, which
+ones training loads and why the others are skipped, and a contact sheet of frames."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ami_ros.cli import main
+
+pytest.importorskip("rosbags")
+cv2 = pytest.importorskip("cv2")
+
+from test_bag_profiles import SIZE, write_bag  # noqa: E402
+
+COMMANDS = "/arm_controller/joint_trajectory"
+
+
+@pytest.fixture(scope="module")
+def arm():
+    from ami_ros.core.arm import load_arm
+
+    return load_arm()     # the default arm, as the tools assume without --robot
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, arm):
+    """A folder with a good bag and one recorded without the command topic."""
+    root = tmp_path_factory.mktemp("mixed")
+    write_bag(root / "a_good", names=arm.joint_names, seconds=3.0)
+    write_bag(root / "b_no_commands", names=arm.joint_names, seconds=3.0, command_topic=None)
+    return root
+
+
+def test_inspect_names_each_bag_and_why_one_is_skipped(mixed, capsys):
+    assert main(["inspect", str(mixed)]) == 0        # one bag loads
+    out = capsys.readouterr().out
+    assert f"camera /camera/image_raw, joint states /joint_states, commands {COMMANDS}" in out
+    assert "a_good" in out and "loads: 30 control steps" in out
+    assert "b_no_commands" in out and "skipped: missing required topic(s)" in out
+    assert "pass --command-topic none" in out
+    assert "2 bag(s), 1 episode(s) training would load (30 steps), 1 skipped" in out
+
+    assert main(["inspect", str(mixed), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    good, bad = report["bags"]
+    assert good["loads"] and good["steps"] == 30 and good["reason"] is None
+    rows = {t["topic"]: t for t in good["topics"]}
+    assert rows["/joint_states"]["rate_hz"] == pytest.approx(50, rel=0.02)
+    assert rows["/camera/image_raw"]["role"] == "camera" and rows[COMMANDS]["role"] == "commands"
+    assert rows[COMMANDS]["duration_s"] == pytest.approx(3.0, abs=0.01)
+    assert not bad["loads"] and "--command-topic none" in bad["reason"]
+    assert report["totals"] == {"bags": 2, "episodes": 1, "skipped": 1, "steps": 30}
+
+
+def test_inspect_with_the_flag_that_fixes_the_bad_bag(mixed, capsys):
+    """With --command-topic none both load (the actions then come from the measured positions)."""
+    assert main(["inspect", str(mixed), "--command-topic", "none", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mapping"]["action_source"] == "measured"
+    assert report["totals"]["episodes"] == 2
+
+
+def test_inspect_preview_writes_a_contact_sheet(mixed, tmp_path, capsys):
+    png = tmp_path / "sheet.png"
+    assert main(["inspect", str(mixed / "a_good"), "--preview", str(png)]) == 0
+    assert f"preview: {png} ({4 * SIZE}x{4 * SIZE}" in capsys.readouterr().out
+    sheet = cv2.imread(str(png))
+    assert sheet.shape == (4 * SIZE, 4 * SIZE, 3)       # 16 frames of 32x32 on a 4x4 grid
+
+
+def test_inspect_refuses_a_path_without_bags(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "neither a bag folder nor a folder holding bags" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "nothere")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
