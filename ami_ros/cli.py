@@ -12,7 +12,7 @@ COMMANDS = {
     "collect": ("collect", "record exploratory episodes from the simulator as rosbag2 (MCAP)"),
     "train": ("train", "train the JEPA world model from recorded episodes"),
     "export": ("export", "write ONNX exports for an existing model folder"),
-    "eval": ("evaluate", "goal-reaching evaluation in the embedded simulator"),
+    "eval": ("evaluate", "goal reaching in the embedded simulator, or the model's predictions on bags (--bags)"),
     "inspect": ("inspect", "what recorded bags hold and whether training loads them (topics, rates, steps)"),
     "demo": ("demo", "the whole stack on the embedded simulator, reaching goals"),
     "bench": ("bench", "speed and memory benchmarks"),

@@ -1,8 +1,10 @@
-"""`ami-ros inspect` on tiny synthetic bags (32x32 frames, 3 s): what the bags hold, which
-ones training loads and why the others are skipped, and a contact sheet of frames."""
+"""`ami-ros inspect` and `ami-ros eval --bags` on tiny synthetic bags (32x32 frames, 3 s):
+what the bags hold, which ones training loads and why the others are skipped, a contact
+sheet of frames, and a tiny model's prediction figures on the recordings."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -74,3 +76,52 @@ def test_inspect_refuses_a_path_without_bags(tmp_path, capsys):
     assert "neither a bag folder nor a folder holding bags" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "nothere")]) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- eval --bags
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, arm):
+    """An untrained tiny model of the default arm (its figures are finite, not good)."""
+    torch = pytest.importorskip("torch")
+    from ami_ros.core.model_io import save_model
+    from ami_ros.core.world_model import ModelConfig, WorldModel
+
+    cfg = ModelConfig(image_size=SIZE, dof=arm.dof, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32,
+                      pred_cond=16, pred_blocks=1)
+    torch.manual_seed(0)
+    folder = str(tmp_path_factory.mktemp("models") / "tiny")
+    save_model(folder, WorldModel(cfg).eval(), {"joint_names": list(arm.joint_names), "control_dt": 0.1,
+                                                "robot": arm.card()})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory, arm):
+    """Three 3 s bags (30 control steps: enough for 10-step horizons)."""
+    root = tmp_path_factory.mktemp("recordings")
+    for i in range(3):
+        write_bag(root / f"ep{i}", names=arm.joint_names, seconds=3.0)
+    return root
+
+
+def test_eval_bags_reports_the_prediction_figures(tiny_model, recordings, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--bags", str(recordings), "--model", tiny_model, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "on 3 bag(s)" in text and "pred/copy" in text
+    assert "fit on the first 1 bag(s) by path, scored on the other 2" in text
+    r = json.loads(out.read_text())
+    assert r["model"].startswith("tiny@") and r["bag_count"] == 3
+    assert r["profile"]["command_topic"] == COMMANDS and r["profile"]["action_source"] == "commands"
+    for n in (1, 5, 10):
+        assert math.isfinite(r["metrics"][f"pred_over_copy_{n}"])
+    assert r["probes"]["fit_bags"] == 1 and r["probes"]["scored_bags"] == 2
+    assert math.isfinite(r["probes"]["probe_r2_joints"])
+
+
+def test_eval_bags_refusals(tiny_model, recordings, tmp_path, capsys):
+    """A folder without bags; a model of another arm (the UR5e names its joints alike, its kinematics differ)."""
+    assert main(["eval", "--bags", str(tmp_path), "--model", tiny_model]) == 2
+    assert "neither a bag folder nor a folder holding bags" in capsys.readouterr().err
+    assert main(["eval", "--bags", str(recordings), "--model", tiny_model, "--robot", "ur5e"]) == 2
+    assert "model was trained on arm ami_arm6" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""ami-ros eval: goal reaching in the embedded simulator from images alone.
+"""ami-ros eval: goal reaching in the embedded simulator from images alone, or (``--bags``)
+the world model's predictions on recorded episodes, with no simulator.
 
 For each split (near, far, wall) it runs the world-model planner and, in the same
 call and on the same episodes, two references: random actions, and an oracle
@@ -6,17 +7,28 @@ that knows the goal's true joint configuration (an upper bound). With
 ``--true-dynamics`` a third, diagnostic one: the model's goal energy with the
 simulator's outcomes instead of the predictor's (see
 ``ami_ros.sim.goal_task.TrueDynamicsAgent``).
+
+With ``--bags DIR`` it reads the bags under DIR with the recording profile (the model's image
+size, control period and joints) and reports what training reports on held-out episodes
+(``ami_ros.core.training.evaluate``): the prediction error against copying the last embedding
+1, 5 and 10 steps ahead, on every bag; the linear probes need a fit, so they are fit on the
+first half of the bags (by path) and scored on the rest (:func:`run_bags`).
 """
 from __future__ import annotations
 
 import argparse
 
+from ami_ros.tools.profile_args import add_profile_arguments
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model folder (default: the package's models/default)")
     add_robot_arguments(p)
+    p.add_argument("--bags", nargs="+", default=None, metavar="DIR",
+                   help="evaluate the model's predictions on the bags under DIR instead (no simulator; torch "
+                        "backend): prediction error against copying the last embedding 1, 5, 10 steps ahead, "
+                        "and linear probes fit on the first half of the bags, scored on the rest")
     p.add_argument("--episodes", type=int, default=20, help="episodes per split")
     p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
     p.add_argument("--splits", default="near,far", help="comma list of near, far, wall (far goals across a keep-out "
@@ -42,9 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a 2-core machine the "
                    "sim and the planner share the cores)")
     p.add_argument("--json", default=None, help="write the results here")
+    add_profile_arguments(p)
 
 
 def run(args) -> int:
+    if args.bags:   # the recordings, no simulator
+        return run_bags(args)
     import json
     import os
     import sys
@@ -60,7 +75,6 @@ def run(args) -> int:
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import (SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent,
                                       run_episode, tolerance_check)
-
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in SPLITS]
     if unknown or not splits:
@@ -187,6 +201,131 @@ def run(args) -> int:
                                   for b in ("0-1cm", "1-2cm", "2-5cm", ">5cm") if tc[b]["poses"]), flush=True)
     finally:
         sim.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+# ----------------------------------------------------------------------------- --bags: on recordings
+HORIZONS = (1, 5, 10)   # control steps ahead the predictions are scored at, as training scores them
+PROBE_HOLDOUT = 0.5     # the linear probes are fit on the first half of the bags (by path) and scored on the rest
+
+
+def load_bags(folders, model, arm, profile) -> tuple[list, list]:
+    """The episodes of every bag under ``folders`` at the model's image size and control period,
+    and the errors of the bags that do not load. ValueError for a folder without bags."""
+    from ami_ros.data.bags import BagError, load_episode
+    from ami_ros.tools.inspect import bag_folders
+
+    paths = [p for folder in folders for p in bag_folders(folder)]
+    episodes, errors = [], []
+    for path in paths:
+        try:
+            episodes.append(load_episode(path, control_dt=model.control_dt, joint_names=arm.joint_names,
+                                         image_size=model.cfg.image_size, profile=profile))
+        except BagError as e:
+            errors.append(e)
+    return episodes, errors
+
+
+def bag_figures(model, episodes) -> tuple[dict, dict]:
+    """``training.evaluate``'s figures on the bags: the prediction errors and embedding
+    monitors over every bag (they need no fit); the linear probes, which do, fit on the first
+    part of the bags and scored on the rest (``{"skipped": reason}`` where that cannot be done)."""
+    from ami_ros.core.training import evaluate, split_episodes
+
+    net, device = model.torch_model, model.device
+    figures = evaluate(net, [], episodes, device, horizons=HORIZONS, probes=False)
+    if len(episodes) < 2:
+        return figures, {"skipped": "the probes need 2 bags or more: one to fit them, one to score them"}
+    fit, scored = split_episodes(episodes, PROBE_HOLDOUT)
+    if not any(long_enough(model, e) for e in scored):
+        return figures, {"skipped": f"no bag of the scored part is {min_steps(model)} control steps long"}
+    out = evaluate(net, fit, scored, device, horizons=HORIZONS, probes=True)
+    probes = {"fit_bags": len(fit), "scored_bags": len(scored)}
+    probes.update({k: v for k, v in out.items() if k.startswith("probe_")})
+    return figures, probes
+
+
+def min_steps(model) -> int:
+    """Control steps an episode needs to be scored at the longest horizon (a history, then the steps)."""
+    return model.cfg.history + max(HORIZONS)
+
+
+def long_enough(model, ep) -> bool:
+    return len(ep) >= min_steps(model)
+
+
+def print_bag_figures(results: dict, card_metrics: dict) -> None:
+    """The prediction table (with the card's figures on the training's held-out episodes beside
+    them), the probes, then the other figures."""
+    m = results["metrics"]
+    print(f"model {results['model']} on {results['bag_count']} bag(s) ({m['heldout_steps']} control steps), "
+          f"actions from {results['profile']['action_source']}")
+    print(f"{'steps ahead':>11s} {'predicted':>10s} {'copy-last':>10s} {'pred/copy':>10s} {'card':>8s}")
+    for n in HORIZONS:
+        card = card_metrics.get(f"pred_over_copy_{n}")
+        print(f"{n:11d} {m[f'pred_err_{n}']:10.4g} {m[f'copy_err_{n}']:10.4g} {m[f'pred_over_copy_{n}']:10.3f} "
+              f"{'-' if card is None else format(card, '8.3f'):>8s}")
+    print("(pred/copy < 1: the model predicts the embedding better than copying the last one; card: the same "
+          "figure on the held-out episodes of its training)")
+    p = results["probes"]
+    if "skipped" in p:
+        print(f"linear probes: skipped, {p['skipped']}")
+    else:
+        print(f"linear probes (R^2), fit on the first {p['fit_bags']} bag(s) by path, scored on the other "
+              f"{p['scored_bags']}:")
+        for k, v in p.items():
+            if k.startswith("probe_"):
+                print(f"  {k:32s} {v:.3f}")
+    print("embeddings over every bag (collapse monitors, as in training):")
+    for k, v in m.items():
+        if not k.startswith(("pred_", "copy_")) and k not in ("heldout_episodes", "heldout_steps"):
+            print(f"  {k:32s} {v:.4g}")
+
+
+def run_bags(args) -> int:
+    """``ami-ros eval --bags DIR``: the model's predictions on recorded bags (no simulator)."""
+    import json
+    import sys
+
+    import torch
+
+    from ami_ros.core.model_io import load_model
+    from ami_ros.nodes.model_path import resolve_model_path
+    from ami_ros.tools.profile_args import profile_from_args
+
+    if args.backend != "torch":
+        print("error: --bags evaluates with the torch backend", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    folder = resolve_model_path(args.model)
+    try:
+        arm = arm_from_args(args)
+        profile = profile_from_args(args)
+        profile.check_arm(arm.joint_names)
+        model = load_model(folder, backend="torch", arm=arm)   # refuses a model of another arm
+        episodes, errors = load_bags(args.bags, model, arm, profile)
+    except ValueError as e:          # ModelError, RobotError, a bad profile, a folder without bags
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for e in errors:
+        print(f"skipped: {e}", file=sys.stderr)
+    if not any(long_enough(model, e) for e in episodes):
+        print(f"error: no bag under {' '.join(args.bags)} loads with at least {min_steps(model)} control steps "
+              f"(of {model.control_dt:g} s; {len(episodes)} load)", file=sys.stderr)
+        return 2
+    trained_with = model.card.get("action_source", "commands")
+    if trained_with != profile.action_source:
+        print(f"note: the model's actions came from {trained_with}, these bags' from {profile.action_source}",
+              file=sys.stderr)
+    figures, probes = bag_figures(model, episodes)
+    results = {"model": model.model_id, "bags": list(args.bags), "bag_count": len(episodes),
+               "skipped": [str(e) for e in errors], "profile": {**profile.to_dict(),
+                                                                 "action_source": profile.action_source},
+               "control_dt": model.control_dt, "horizons": list(HORIZONS), "metrics": figures, "probes": probes}
+    print_bag_figures(results, model.card.get("metrics") or {})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
