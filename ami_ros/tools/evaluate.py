@@ -278,7 +278,9 @@ def print_bag_figures(results: dict, card_metrics: dict) -> None:
               f"{p['scored_bags']}:")
         for k, v in p.items():
             if k.startswith("probe_"):
-                print(f"  {k:32s} {v:.3f}")
+                card = card_metrics.get(k)
+                print(f"  {k:32s} {v:8.3f}" + ("" if card is None else f"   card {card:.3f}"))
+        print("  (R^2 1: read off the embedding exactly, 0: no better than the mean; a fit on few bags overfits)")
     print("embeddings over every bag (collapse monitors, as in training):")
     for k, v in m.items():
         if not k.startswith(("pred_", "copy_")) and k not in ("heldout_episodes", "heldout_steps"):
