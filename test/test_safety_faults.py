@@ -489,7 +489,7 @@ def _bad_images(stamp):
         img(2, 2, "bgr8", 6, 5),                # data shorter than height * step (bgr8)
         img(64, 64, "rgb8", 2, 128),            # step shorter than a row
         img(1, 16, "32FC1", 64, 64),            # wrong encoding (an embedding)
-        img(4, 4, "yuv422", 8, 32),             # unsupported encoding
+        img(4, 4, "bayer_rggb8", 4, 16),        # unsupported encoding
         img(64, 64, "", 192, 64 * 192),         # no encoding
         img(100000, 1, "rgb8", 3, 30),          # absurd size, little data
     ]
