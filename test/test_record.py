@@ -43,9 +43,11 @@ def graph(ros_domain_id):
     names, q0 = list(sim.spec.joint_names), sim.sim.joint_positions().copy()
     cmd = rclpy.create_node("commander", context=ctx)
     pub = cmd.create_publisher(JointTrajectory, COMMANDS, qos.RELIABLE_1)
-    t0 = time.monotonic()
+    t0, paused = time.monotonic(), threading.Event()
 
     def send():
+        if paused.is_set():
+            return
         s = time.monotonic() - t0
         q = q0 + 0.05 * math.sin(s) * np.ones_like(q0)
         pub.publish(msgs.trajectory_to_msg(Trajectory(names, np.array([0.1]), q[None, :], None, 0.0)))
@@ -55,13 +57,20 @@ def graph(ros_domain_id):
     threads.add(sim)
     threads.add(cmd)
     try:
-        yield sim
+        yield argparse.Namespace(sim=sim, paused=paused, pub=pub)
     finally:
         threads.shutdown()
         cmd.destroy_node()
         sim.destroy_node()
         rclpy.try_shutdown(context=ctx)
         assert not threads.errors, threads.errors
+
+
+def wait_until(predicate, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def parse(*argv) -> argparse.Namespace:
@@ -73,6 +82,7 @@ def parse(*argv) -> argparse.Namespace:
 def test_record_two_episodes_that_load(graph, tmp_path, capsys):
     from ami_ros.data.bags import load_episode
 
+    sim = graph.sim
     out = tmp_path / "rec"
     t0 = time.monotonic()
     assert rec.run(parse("--out", str(out), "--episodes", "2", "--duration", "2")) == 0
@@ -84,7 +94,7 @@ def test_record_two_episodes_that_load(graph, tmp_path, capsys):
     folders = sorted(p.name for p in out.iterdir())
     assert folders == ["episode_0001", "episode_0002"]
     for name in folders:
-        ep = load_episode(out / name, joint_names=graph.spec.joint_names)
+        ep = load_episode(out / name, joint_names=sim.spec.joint_names)
         assert len(ep) > 10 and ep.frames.shape[1:] == (SIZE, SIZE, 3)
         assert np.abs(ep.action).max() > 0         # the commands moved the target
     assert main(["inspect", str(out), "--json"]) == 0
@@ -99,6 +109,7 @@ def test_manual_start_stop_and_interrupt(graph, tmp_path, ros_domain_id):
     (what Ctrl-C sets) closes the open episode cleanly, and it loads."""
     from ami_ros.data.bags import load_episode
 
+    sim = graph.sim
     out = tmp_path / "rec"
     (out / "episode_0007").mkdir(parents=True)
     args = parse("--out", str(out), "--episodes", "3", "--manual")
@@ -118,6 +129,7 @@ def test_manual_start_stop_and_interrupt(graph, tmp_path, ros_domain_id):
             rclpy.spin_until_future_complete(node, fut, executor=ex, timeout_sec=5.0)
             return fut.result()
 
+        wait_until(lambda: graph.pub.get_subscription_count() >= 2, "the recorder to hear the commands")
         assert not call(stop_srv).success                       # not recording yet
         assert call(start).success
         assert "already recording episode_0008" in call(start).message
@@ -138,7 +150,37 @@ def test_manual_start_stop_and_interrupt(graph, tmp_path, ros_domain_id):
     assert any(s.startswith("episode_0009:") and "(interrupted)" in s for s in lines), lines
     for name in ("episode_0008", "episode_0009"):
         assert (out / name / "metadata.yaml").exists()
-        assert len(load_episode(out / name, joint_names=graph.spec.joint_names)) > 10
+        assert len(load_episode(out / name, joint_names=sim.spec.joint_names)) > 10, "\n".join(lines)
+
+
+def test_idle_timeout_ends_the_episode(graph, tmp_path):
+    """An episode ends 0.5 s after the last command; the next starts only when commands come back."""
+    from ami_ros.data.bags import load_episode
+
+    sim, paused = graph.sim, graph.paused
+    lines, stop = [], threading.Event()
+    args = parse("--out", str(tmp_path), "--episodes", "2", "--idle-timeout", "0.5")
+    worker = threading.Thread(target=lambda: rec.record(args, stop=stop, out=lambda s, **_: lines.append(s)))
+    try:
+        worker.start()
+        wait_until(lambda: (tmp_path / "episode_0001").exists(), "episode_0001 to start")
+        time.sleep(2.0)
+        paused.set()                       # the commands stop: episode_0001 ends 0.5 s later
+        wait_until(lambda: len(lines) >= 2, "episode_0001 to end", timeout=5.0)
+        time.sleep(0.5)
+        assert len(lines) == 2 and lines[1].startswith("episode_0001:") and "(idle)" in lines[1], lines
+        assert not (tmp_path / "episode_0002").exists()   # no commands, no episode
+        paused.clear()                     # they come back: episode_0002 starts
+        wait_until(lambda: (tmp_path / "episode_0002").exists(), "episode_0002 to start", timeout=5.0)
+        time.sleep(1.5)
+        paused.set()
+        worker.join(timeout=5.0)
+    finally:
+        paused.clear()
+        stop.set()
+        worker.join(timeout=5.0)
+    assert "(idle)" in lines[2] and lines[3].startswith("record: 2 episode(s)"), lines
+    assert len(load_episode(tmp_path / "episode_0001", joint_names=sim.spec.joint_names)) > 10
 
 
 def test_options_refused(capsys):
