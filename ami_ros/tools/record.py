@@ -29,11 +29,13 @@ from ami_ros.tools.profile_args import add_profile_arguments, profile_from_args
 START_SERVICE = "/ami/record/start"
 STOP_SERVICE = "/ami/record/stop"
 EPISODE_RE = re.compile(r"^episode_(\d+)$")
+WAIT_NOTICE_S = 5.0     # an automatic episode waiting this long for its topics says which
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder; episodes go to DIR/episode_0001, ...")
-    p.add_argument("--episodes", type=int, default=1, metavar="N", help="episodes to record (default 1; 0: until Ctrl-C)")
+    p.add_argument("--episodes", type=int, default=1, metavar="N",
+                   help="episodes to record (default 1; 0: until Ctrl-C)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="seconds per episode")
     p.add_argument("--idle-timeout", type=float, default=None, metavar="S",
                    help="end an episode when no command came for S seconds")
@@ -50,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def camera_info_topic(image_topic: str) -> str:
-    """``/camera/image_raw`` -> ``/camera/camera_info``; ``/cam/color/image_raw/compressed`` -> ``/cam/color/camera_info``."""
+    """The camera_info topic beside an image topic: ``/camera/image_raw`` -> ``/camera/camera_info``,
+    ``/cam/color/image_raw/compressed`` -> ``/cam/color/camera_info``."""
     base = image_topic[:-len("/compressed")] if image_topic.endswith("/compressed") else image_topic
     head = base.rsplit("/", 1)[0]
     return f"{head}/camera_info"
@@ -64,6 +67,17 @@ def next_episode_number(out: str) -> int:
         return 1
     nums = [int(m.group(1)) for m in map(EPISODE_RE.match, names) if m]
     return max(nums, default=0) + 1
+
+
+def _waiting(node, topic: str, bag_type: str, hint: str = "") -> str:
+    """What a required topic lacks, e.g. ``/joint_states (no publisher)`` or its publishers' other type."""
+    infos = node.get_publishers_info_by_topic(topic)
+    if not infos:
+        return f"{topic} (no publisher)"
+    types = sorted({i.topic_type for i in infos} - {bag_type})
+    if types:
+        return f"{topic} (published as {', '.join(types)}, recorded as {bag_type}{hint})"
+    return f"{topic} ({len(infos)} publisher(s), no message yet)"
 
 
 def _check(args, profile) -> str | None:
@@ -249,11 +263,19 @@ def record(args, profile=None, *, stop=None, out=print) -> int:
         out(f"record: {target or 'unlimited'} episode(s) to {root}/episode_{first:04d}..., {how}; "
             f"topics {', '.join(topics)}; an episode ends after " + (" or ".join(e for e in ends if e) or "stop"),
             flush=True)
+        waiting_since, told = time.monotonic(), False
         while not (target and state["done"] >= target):
             if stop.is_set() or not ctx.ok():
                 interrupted = True
                 break
             ex.spin_once(timeout_sec=0.05)
+            if state["writer"] is not None or args.manual:
+                waiting_since, told = time.monotonic(), False
+            elif not told and time.monotonic() - waiting_since > WAIT_NOTICE_S:
+                told = True
+                lacking = [_waiting(node, t, topics[t][1], ": see --image-type" if t == profile.image_topic else "")
+                           for t in required if t not in state["seen"]]
+                out("record: waiting for " + "; ".join(lacking), flush=True)
             if state["writer"] is not None:
                 why = end_reason(time.monotonic())
                 if why:
