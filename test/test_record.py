@@ -172,7 +172,7 @@ def test_idle_timeout_ends_the_episode(graph, tmp_path):
         assert not (tmp_path / "episode_0002").exists()   # no commands, no episode
         paused.clear()                     # they come back: episode_0002 starts
         wait_until(lambda: (tmp_path / "episode_0002").exists(), "episode_0002 to start", timeout=5.0)
-        time.sleep(1.5)
+        time.sleep(1.0)
         paused.set()
         worker.join(timeout=5.0)
     finally:
@@ -181,6 +181,42 @@ def test_idle_timeout_ends_the_episode(graph, tmp_path):
         worker.join(timeout=5.0)
     assert "(idle)" in lines[2] and lines[3].startswith("record: 2 episode(s)"), lines
     assert len(load_episode(tmp_path / "episode_0001", joint_names=sim.spec.joint_names)) > 10
+
+
+def test_compressed_camera(graph, tmp_path, ros_domain_id):
+    """A camera topic ending in /compressed is recorded as sensor_msgs/CompressedImage and loads."""
+    cv2 = pytest.importorskip("cv2")
+    from sensor_msgs.msg import CompressedImage
+
+    from ami_ros.data.bags import load_episode
+
+    topic = "/cam/color/image_raw/compressed"
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=ros_domain_id)
+    cam = rclpy.create_node("png_camera", context=ctx)
+    pub = cam.create_publisher(CompressedImage, topic, qos.RELIABLE_10)
+    frame = cv2.imencode(".png", np.full((24, 40, 3), 128, np.uint8))[1].tobytes()
+
+    def send():
+        msg = CompressedImage(format="png", data=frame)
+        msg.header.stamp = cam.get_clock().now().to_msg()
+        pub.publish(msg)
+
+    cam.create_timer(0.05, send)
+    threads = NodeThreads(context=ctx)
+    threads.add(cam)
+    try:
+        lines = []
+        args = parse("--out", str(tmp_path), "--duration", "1.5", "--image-topic", topic)
+        assert rec.record(args, out=lambda s, **_: lines.append(s)) == 0
+    finally:
+        threads.shutdown()
+        cam.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    assert "/cam/color/camera_info" in lines[0] and f"{topic} " in lines[1], lines
+    ep = load_episode(tmp_path / "episode_0001", joint_names=graph.sim.spec.joint_names,
+                      profile=rec.profile_from_args(args))
+    assert len(ep) > 10 and ep.frames.shape[1:] == (24, 40, 3)
 
 
 def test_options_refused(capsys):
