@@ -6,7 +6,7 @@ Recorded: the camera (sensor_msgs/Image, or CompressedImage for a topic ending i
 ``/compressed`` or with ``--image-type compressed``), its camera_info when something
 publishes it, the joint states and the commands (unless the profile has none). Each
 message is written as rclpy hands it over (serialized CDR, never deserialized) with its
-receive time on the node clock.
+receive time (the middleware's, else the node clock's).
 
 Episodes go to ``OUT/episode_0001``, ``episode_0002``, ... (numbering continues after
 the episodes ``OUT`` already holds). Without ``--manual`` an episode starts once every
@@ -156,6 +156,7 @@ def record(args, profile=None, *, stop=None, out=print) -> int:
              "last_cmd": 0.0, "seen": set(), "done": 0, "paths": []}
 
     def open_episode() -> None:
+        t0 = time.monotonic()
         name = f"episode_{first + state['done']:04d}"
         path = os.path.join(root, name)
         w = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
@@ -163,9 +164,8 @@ def record(args, profile=None, *, stop=None, out=print) -> int:
         ts = bags._typestore()
         conns = {t: w.add_connection(t, v[1], typestore=ts, offered_qos_profiles=[v[3]])
                  for t, v in topics.items() if v[4]}   # camera_info added at its first message
-        now = time.monotonic()
-        state.update(writer=w, conns=conns, counts={t: 0 for t in topics}, name=name, path=path, t0=now,
-                     last_cmd=now)
+        state.update(writer=w, conns=conns, counts={t: 0 for t in topics}, name=name, path=path, t0=t0,
+                     last_cmd=t0)
 
     def close_episode(why: str) -> None:
         w = state["writer"]
@@ -199,8 +199,9 @@ def record(args, profile=None, *, stop=None, out=print) -> int:
     node = None
 
     def on_message(topic: str):
-        def cb(raw: bytes) -> None:
-            recv = node.get_clock().now().nanoseconds
+        def cb(raw: bytes, info) -> None:
+            # receive time: the middleware's (system clock, ns) where it gives one, else the node clock's now
+            recv = int(info.get("received_timestamp") or 0) or node.get_clock().now().nanoseconds
             now = time.monotonic()
             if state["writer"] is not None:
                 why = end_reason(now)
@@ -242,6 +243,7 @@ def record(args, profile=None, *, stop=None, out=print) -> int:
             resp.success, resp.message = True, f"wrote {path}"
         return resp
 
+    bags._typestore()   # built now, not while the first episode opens (a quarter of a second)
     ctx = Context()
     rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
     restore = None
