@@ -13,6 +13,7 @@ COMMANDS = {
     "train": ("train", "train the JEPA world model from recorded episodes"),
     "export": ("export", "write ONNX exports for an existing model folder"),
     "eval": ("evaluate", "goal reaching in the embedded simulator, or the model's predictions on bags (--bags)"),
+    "record": ("record", "record the recording profile's topics from a live ROS 2 graph, one MCAP bag per episode"),
     "inspect": ("inspect", "what recorded bags hold and whether training loads them (topics, rates, steps)"),
     "demo": ("demo", "the whole stack on the embedded simulator, reaching goals"),
     "bench": ("bench", "speed and memory benchmarks"),
