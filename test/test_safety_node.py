@@ -499,3 +499,30 @@ def test_a_managed_node_waits_for_its_transitions_and_activates_only_on_healthy_
             node.destroy_node()
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_a_middleware_that_lists_its_own_publishers_late_still_starts_and_guards(monkeypatch):
+    """Where the graph does not show the node's own publishers when they are created, the guard
+    tells them by the node's name (and says so); another node's publisher is still an intruder."""
+    from ami_ros.nodes.safety_node import SafetyNode
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID + 3)
+    try:
+        real = SafetyNode.get_publishers_info_by_topic
+        monkeypatch.setattr(SafetyNode, "get_publishers_info_by_topic", lambda self, topic: [])
+        node = SafetyNode({"watch_camera": False}, context=ctx)
+        monkeypatch.setattr(SafetyNode, "get_publishers_info_by_topic", real)
+        try:
+            assert node._own_by_name and not node._own_gids
+            node._on_guard()
+            assert node.core.intruders == [] and not node.estop.latched      # its own publishers are not
+            rogue = Node("rogue_teleop", context=ctx)
+            rogue.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory", 1)
+            node._on_guard()
+            assert node.estop.latched and "/rogue_teleop" in node.estop.reason
+            rogue.destroy_node()
+        finally:
+            node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=ctx)

@@ -217,6 +217,7 @@ class SafetyNode(LifecycleNode):
         # this node's own endpoints on the two topics only one safety gate may publish: those the graph
         # shows after their creation and not before (what else is there is an intruder)
         self._own_gids: set[bytes] = set()
+        self._own_by_name = False
         self._cmd_pub = self._create_guarded(JointTrajectory, "/arm_controller/joint_trajectory", reliable1)
         self._state_pub = self._create_guarded(String, "/ami/safety_state", latched)
         self._diag_pub = self._make(self.destroy_publisher, self.create_publisher(DiagnosticArray, "/diagnostics", 10))
@@ -287,16 +288,20 @@ class SafetyNode(LifecycleNode):
         before = {bytes(e.endpoint_gid) for e in self.get_publishers_info_by_topic(topic)}
         pub = self.create_publisher(msg_type, topic, qos_profile)
         mine = {bytes(e.endpoint_gid) for e in self.get_publishers_info_by_topic(pub.topic_name)} - before
-        if len(mine) != 1:
-            raise RuntimeError(f"cannot tell this node's publisher on {pub.topic_name} in the ROS graph "
-                               f"({len(mine)} new endpoints): the command guard needs it")
-        self._own_gids |= mine
+        if len(mine) == 1:
+            self._own_gids |= mine
+        else:  # a middleware that lists its own endpoints late: this node's are told by its name
+            self._own_by_name = True
+            self.get_logger().warning(f"cannot tell this node's publisher on {pub.topic_name} in the ROS graph "
+                                      f"({len(mine)} new endpoints): the guard tells this node's publishers by its "
+                                      "name, and does not check each command's publisher")
         return self._make(self.destroy_publisher, pub)
 
     def _others(self, topic: str) -> dict[bytes, str]:
         """Publishers on ``topic`` other than this node's guarded ones: {gid: node name}."""
+        me = self.get_fully_qualified_name() if self._own_by_name else None
         return {bytes(e.endpoint_gid): _node_name(e) for e in self.get_publishers_info_by_topic(topic)
-                if bytes(e.endpoint_gid) not in self._own_gids}
+                if bytes(e.endpoint_gid) not in self._own_gids and _node_name(e) != me}
 
     def _clients_of(self, service: str) -> list[str]:
         """The nodes (fully qualified names) holding a client of ``service``, this one left out."""
@@ -426,7 +431,7 @@ class SafetyNode(LifecycleNode):
 
     def _on_command_topic(self, data: bytes, info) -> None:
         gid = _gid(info)
-        if not gid or gid in self._own_gids:   # (a middleware without publisher GIDs: the graph look still runs)
+        if not gid or gid in self._own_gids or self._own_by_name:   # (not told apart: the graph look still runs)
             return
         topic = self._cmd_pub.topic_name
         who = self._others(topic).get(gid) or f"an unknown publisher (gid {gid.hex()})"
