@@ -61,7 +61,9 @@ class NodeThreads:
         ex.shutdown(timeout_sec=1.0)
 
     def shutdown(self, timeout: float = 5.0) -> None:
-        for node, *_ in list(self._spinning.values()):
+        """Stop all, the last added first (a stack's consumers before the nodes that feed them:
+        the safety node before the arm, so it does not see its inputs stop)."""
+        for node, *_ in reversed(list(self._spinning.values())):
             self.remove(node, timeout)
 
     def __contains__(self, node) -> bool:
