@@ -110,7 +110,7 @@ class SafetyGate:
     @_locked
     def update_state(self, now: float, force: bool = False) -> str:
         """The state at ``now``; ``on_state`` when it changed (or ``force``)."""
-        stale = [s for s in self.watchdog.check(now) if s != "plan"]
+        stale = self._stale_inputs(now)
         if self.estop.latched:
             state = "e-stopped"
         elif stale or self.q is None:
@@ -245,7 +245,7 @@ class SafetyGate:
         will be in when it is sent (``now`` plus the recent checks' duration), and the
         controller's reference is modelled from the instant it really goes out."""
         with self.lock:
-            stale = [s for s in self.watchdog.check(now) if s != "plan"]
+            stale = self._stale_inputs(now)
             if self.estop.latched:  # the gate counts it and answers with a hold (already sent)
                 q = self.q if self.q is not None else np.full(len(self.names), np.nan)
                 self.gate.gate(Trajectory(list(self.names), np.zeros(0), np.zeros((0, len(self.names)))), q, now)
@@ -296,16 +296,20 @@ class SafetyGate:
                 self._log("warning", "refused", f"plan refused ({res.reason}): {res.message}", 1.0)
             self.update_state(now)
 
+    def _stale_inputs(self, now: float) -> list[str]:
+        """The inputs (joint states, camera) not fresh at ``now``; plans aside."""
+        return [s for s in self.watchdog.check(now) if s != "plan"]
+
     @_locked
     def ready(self, now: float) -> bool:
         """Whether the inputs are healthy: a joint state known and no input stale (plans aside)."""
-        return self.q is not None and not [s for s in self.watchdog.check(now) if s != "plan"]
+        return self.q is not None and not self._stale_inputs(now)
 
     @_locked
     def activate(self, now: float) -> str:
         """Start gating plans; '' when done, else why not (the inputs are not healthy)."""
-        if not self.ready(now):
-            stale = [s for s in self.watchdog.check(now) if s != "plan"]
+        stale = self._stale_inputs(now)
+        if self.q is None or stale:
             return f"inputs not healthy: {', '.join(stale) or 'joint_state'} not fresh"
         self.active = True
         self.update_state(now)
