@@ -215,17 +215,16 @@ PROBE_HOLDOUT = 0.5     # the linear probes are fit on the first half of the bag
 def load_bags(folders, model, arm, profile) -> tuple[list, list]:
     """The episodes of every bag under ``folders`` at the model's image size and control period,
     and the errors of the bags that do not load. ValueError for a folder without bags."""
-    from ami_ros.data.bags import BagError, load_episode
+    from ami_ros.data.bags import load_episodes
     from ami_ros.tools.inspect import bag_folders
 
-    paths = [p for folder in folders for p in bag_folders(folder)]
     episodes, errors = [], []
-    for path in paths:
-        try:
-            episodes.append(load_episode(path, control_dt=model.control_dt, joint_names=arm.joint_names,
-                                         image_size=model.cfg.image_size, profile=profile))
-        except BagError as e:
-            errors.append(e)
+    for folder in folders:
+        bag_folders(folder)                       # (ValueError naming why a folder holds no bags)
+        eps, errs = load_episodes(folder, control_dt=model.control_dt, joint_names=arm.joint_names,
+                                  image_size=model.cfg.image_size, profile=profile)
+        episodes += eps
+        errors += errs
     return episodes, errors
 
 
