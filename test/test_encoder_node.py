@@ -82,3 +82,16 @@ def test_compressed_frames_give_the_embedding_of_the_frame(ros_domain_id):
     finally:
         threads.shutdown()
         rclpy.try_shutdown(context=ctx)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "safety"])
+def test_an_unknown_image_transport_is_refused_at_start(kind, ros_domain_id):
+    from ami_ros.nodes.stack import node_class
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=ros_domain_id)
+    try:
+        with pytest.raises(ValueError, match="image_transport"):
+            node_class(kind)({"image_transport": "theora"}, context=ctx)
+    finally:
+        rclpy.try_shutdown(context=ctx)

@@ -61,6 +61,16 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
     assert _train("--recipe", recipe, "--work", work, "--out", str(tmp_path / "again"), "--threads", "1") == 0
     log = capsys.readouterr().out
     assert "data a: reusing" in log and "stage 1/2 encoder: done before" in log
+    # data collected in another scene (another URDF or camera) is not taken for it either
+    index = os.path.join(work, "data", "a", "index.yaml")
+    with open(index) as f:
+        idx = yaml.safe_load(f)
+    with open(index, "w") as f:
+        yaml.safe_dump({**idx, "scene": "0" * 16}, f, sort_keys=False)
+    assert _train("--recipe", recipe, "--work", work, "--out", str(tmp_path / "y"), "--threads", "1") == 2
+    assert "made otherwise" in capsys.readouterr().err
+    with open(index, "w") as f:
+        yaml.safe_dump(idx, f, sort_keys=False)
     # data made otherwise than the recipe says is not taken for it
     changed = dict(TINY, collect={**TINY["collect"], "a": {"episodes": 3, "seed": 11}})
     assert _train("--recipe", _write(tmp_path / "changed.yaml", changed), "--work", work,
