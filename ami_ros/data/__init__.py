@@ -12,11 +12,13 @@ from ami_ros.data.bags import (
     find_bags,
     load_episode,
     load_episodes,
+    split_episode,
 )
 from ami_ros.data.profile import RecordingProfile
 
 __all__ = [
     "BagError", "Episode", "EpisodeWriter", "RecordingProfile", "find_bags", "load_episode", "load_episodes",
+    "split_episode",
     "IMAGE_TOPIC", "CAMERA_INFO_TOPIC", "JOINT_STATES_TOPIC", "COMMAND_TOPIC",
     "CUBE_POSE_TOPIC", "TOOL_POSITION_TOPIC",
 ]

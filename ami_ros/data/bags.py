@@ -29,6 +29,13 @@ the camera images, joint states and commands, and how the bag names the arm's jo
   is the position measured one control step later (what the next command brought
   about): ``Episode.action_source`` is then ``measured``, else ``commands``.
 
+The bag is read in one pass in time order, and the images stream: only those that can
+still be a tick's frame are held, each decoded and resized to ``image_size`` as soon as
+a later one arrives (:class:`_FramePicker`), so memory is about the episode's frames at
+the training size plus one image as recorded, however long the bag (the joint states
+and commands, small, are held whole). :func:`load_episodes` splits a long bag into
+episodes of at most ``max_episode_s`` seconds (:func:`split_episode`).
+
 Anything wrong with a bag raises :class:`BagError` naming the bag and the problem.
 """
 from __future__ import annotations
@@ -270,7 +277,9 @@ class Episode:
 
     ``action_source``: ``commands`` (q_cmd replays the recorded command topic) or
     ``measured`` (no command topic: q_cmd at a tick is the joint position measured one
-    control step later, what the next command brought about).
+    control step later, what the next command brought about). ``path`` names the episode:
+    the bag folder, with ``#NNN`` after it for the pieces of a bag split by
+    :func:`split_episode`; ``bag`` is the folder (the same as ``path`` when not split).
     """
 
     t: np.ndarray            # (T,) seconds (the bag's clock)
@@ -285,9 +294,44 @@ class Episode:
     path: str
     control_dt: float = 0.1
     action_source: str = "commands"
+    bag: str = ""
+
+    def __post_init__(self):
+        self.bag = self.bag or self.path
 
     def __len__(self) -> int:
         return len(self.t)
+
+
+def split_episode(ep: Episode, max_episode_s: float | None) -> list[Episode]:
+    """A long episode as episodes of at most ``max_episode_s`` seconds (None: ``[ep]``).
+
+    Fixed windows of ``n = round(max_episode_s / control_dt)`` ticks from the first tick; the
+    rest after the last whole window is an episode of its own when it has at least ``n / 2``
+    ticks and is dropped otherwise (an episode no longer than one window stays whole). Each
+    piece keeps its own ticks' arrays (the action between two pieces belongs to neither) and
+    is named ``<bag>#000``, ``<bag>#001``, ... in time order.
+    """
+    if max_episode_s is None:
+        return [ep]
+    n = int(round(float(max_episode_s) / ep.control_dt))
+    if not n >= 2:
+        raise ValueError(f"max_episode_s must span at least 2 control steps of {ep.control_dt:g} s, got {max_episode_s}")
+    if len(ep) <= n:
+        return [ep]
+    bounds = [(a, min(a + n, len(ep))) for a in range(0, len(ep), n)]
+    if 2 * (bounds[-1][1] - bounds[-1][0]) < n:
+        bounds.pop()
+    width = max(3, len(str(len(bounds) - 1)))
+
+    def piece(a: int, b: int, k: int) -> Episode:
+        part = (lambda x: None if x is None else x[a:b])
+        return Episode(t=ep.t[a:b], frames=ep.frames[a:b], q=ep.q[a:b], qd=ep.qd[a:b], q_cmd=ep.q_cmd[a:b],
+                       action=ep.action[a:b - 1], cube=part(ep.cube), tool=part(ep.tool),
+                       joint_names=ep.joint_names, path=f"{ep.path}#{k:0{width}d}", control_dt=ep.control_dt,
+                       action_source=ep.action_source, bag=ep.bag)
+
+    return [piece(a, b, k) for k, (a, b) in enumerate(bounds)]
 
 
 def _stamp(msg, recv_ns: int) -> int:
@@ -447,6 +491,7 @@ class _JointStates:
         self.samples: list[list[tuple[int, float, float]]] = [[] for _ in names]  # (ns, position, velocity|NaN)
         self.seen: set[str] = set()     # every joint name on the topic
         self.messages = 0
+        self.earliest: list[int | None] = [None for _ in names]   # each joint's earliest stamp so far
 
     def add(self, path: str, topic: str, msg, ns: int) -> None:
         mnames = list(msg.name)
@@ -461,6 +506,8 @@ class _JointStates:
             i = self.index.get(n)
             if i is not None:
                 self.samples[i].append((ns, pos[k], vel[k]))
+                if self.earliest[i] is None or ns < self.earliest[i]:
+                    self.earliest[i] = ns
 
     def finish(self, path: str, topic: str) -> None:
         """Sorts each joint's samples; velocities a message lacked become finite differences
@@ -619,26 +666,146 @@ def _check_raw_size(path: str, topic: str, msg, ns: int, shape) -> tuple[int, in
     return h, w
 
 
-def _frames(path: str, topic: str, images: list, idx: np.ndarray, size) -> np.ndarray:
-    """Decoded frames of images[i] for each i in idx (each image decoded once); a compressed
-    image is sized only once decoded, so the size check happens here too."""
-    cache: dict[int, np.ndarray] = {}
-    shape = None
-    out = []
-    for i in (int(i) for i in idx):
-        if i not in cache:
-            ns, msg = images[i]
-            try:
-                img = decode_frame(msg)
-            except ValueError as e:
-                raise BagError(path, f"{topic} at {_fmt_t(ns)}: {e}") from None
-            if shape is not None and img.shape[:2] != shape:
-                raise BagError(path, f"{topic} changes size from {shape[1]}x{shape[0]} to "
-                                     f"{img.shape[1]}x{img.shape[0]} at {_fmt_t(ns)}")
-            shape = img.shape[:2]
-            cache[i] = np.ascontiguousarray(img if size is None else resize_image(img, size))
-        out.append(cache[i])
-    return np.stack(out)
+class _Image:
+    """One camera image on its way to a frame: the message until it is decoded, then the frame
+    (resized) and the size it was recorded at, or why it does not decode."""
+
+    __slots__ = ("ns", "msg", "frame", "shape", "error")
+
+    def __init__(self, ns: int, msg):
+        self.ns, self.msg = ns, msg
+        self.frame = self.shape = self.error = None
+
+    def decode(self, size) -> None:
+        if self.msg is None:
+            return
+        msg, self.msg = self.msg, None
+        try:
+            img = decode_frame(msg)
+        except ValueError as e:
+            self.error = str(e)     # raised only if this image is a tick's frame
+            return
+        self.shape = img.shape[:2]
+        self.frame = np.ascontiguousarray(img if size is None else resize_image(img, size))
+
+
+class _FramePicker:
+    """The frame at each control tick (the latest image stamped at or before it), picked while
+    the bag streams by, so that only the images that can still be a tick's frame are held, and
+    all of them but one decoded and resized already.
+
+    The ticks are ``start + k * dt``. Until ``start`` is known (every required stream has a
+    message), images are held in arrival order, except that of those stamped at or before
+    ``bound`` (a lower bound of ``start``) only the latest is kept. Then each image goes into
+    the *slot* of the first tick at or after its stamp (slot 0 for all stamped at or before
+    ``start``), and a slot keeps its latest image: a tick's frame is then the one of the last
+    non-empty slot up to it. The newest image arriving is held as a message (a later one may
+    still replace it in its slot); it is decoded when another image arrives. Ties in stamp
+    go to the image received last, as a stable sort by stamp gives.
+
+    The grid and the bound come from the streams' first stamps in arrival order; :meth:`pick`
+    returns None when the bag's stamps went back in time so that the ticks it is asked for are
+    not the ones the images were sorted on (a second pass with the ticks known then picks them).
+    """
+
+    def __init__(self, size, dt_ns: int):
+        self.size, self.dt = size, dt_ns
+        self.start: int | None = None
+        self.bound: int | None = None        # the largest bound images were dropped at
+        self.floor: _Image | None = None     # before start: the latest image stamped <= bound
+        self.lead: list[_Image] = []         # before start: the images stamped after bound
+        self.slots: dict[int, _Image] = {}
+        self.raw: _Image | None = None       # the one image not decoded yet
+        self.count = 0
+        self.first: int | None = None        # earliest and latest image stamp
+        self.last: int | None = None
+
+    def _forget(self, dropped: _Image | None) -> None:
+        """An image no tick can have: if it is the one not decoded yet, it never is."""
+        if dropped is not None and dropped is self.raw:
+            self.raw = None
+
+    def _slot(self, ns: int) -> int:
+        return max(0, -((self.start - ns) // self.dt))    # ceil((ns - start) / dt), 0 before start
+
+    def _put(self, im: _Image) -> _Image | None:
+        """Into its slot unless a later-stamped image holds it: the image it replaced, or ``im``
+        itself when it was dropped."""
+        k = self._slot(im.ns)
+        old = self.slots.get(k)
+        if old is not None and old.ns > im.ns:
+            return im
+        self.slots[k] = im
+        return old
+
+    def _to_floor(self, im: _Image) -> _Image | None:
+        if self.floor is not None and self.floor.ns > im.ns:
+            return im
+        old, self.floor = self.floor, im
+        return old
+
+    def add(self, ns: int, msg) -> None:
+        self.count += 1
+        self.first = ns if self.first is None else min(self.first, ns)
+        self.last = ns if self.last is None else max(self.last, ns)
+        im = _Image(ns, msg)
+        if self.start is not None:
+            dropped = self._put(im)
+        elif self.bound is not None and ns <= self.bound:
+            dropped = self._to_floor(im)
+        else:
+            self.lead.append(im)
+            dropped = None
+        if dropped is im:
+            return
+        self._forget(dropped)
+        if self.raw is not None:
+            self.raw.decode(self.size)
+        self.raw = im
+
+    def lower_bound(self, ns: int) -> None:
+        """No tick comes before ``ns``: of the images stamped at or before it only the latest matters."""
+        if self.start is not None or (self.bound is not None and ns <= self.bound):
+            return
+        self.bound = ns
+        keep = []
+        for im in self.lead:
+            if im.ns > ns:
+                keep.append(im)
+            else:
+                self._forget(self._to_floor(im))
+        self.lead = keep
+
+    def set_start(self, start: int) -> None:
+        """The ticks start at ``start``: every image held goes into its slot, in arrival order."""
+        self.start = start
+        held = ([self.floor] if self.floor is not None else []) + self.lead
+        self.floor, self.lead = None, []
+        for im in held:        # the floor is stamped before every lead image; these are in arrival order
+            self._forget(self._put(im))
+
+    def pick(self, path: str, topic: str, start: int, T: int) -> np.ndarray | None:
+        """(T, H, W, 3) frames at the ticks ``start + k * dt`` (each image decoded once); None when
+        the images were sorted on other ticks. A compressed image is sized only once decoded, so a
+        change of size is refused here too."""
+        if start != self.start or (self.bound is not None and self.bound > start):
+            return None
+        if self.raw is not None:
+            self.raw.decode(self.size)
+            self.raw = None
+        out, shape, cur = [], None, None
+        for k in range(T):
+            im = self.slots.get(k)
+            if im is not None and im is not cur:
+                cur = im
+                if im.error is not None:
+                    raise BagError(path, f"{topic} at {_fmt_t(im.ns)}: {im.error}")
+                if shape is not None and im.shape != shape:
+                    raise BagError(path, f"{topic} changes size from {shape[1]}x{shape[0]} to "
+                                         f"{im.shape[1]}x{im.shape[0]} at {_fmt_t(im.ns)}")
+                shape = im.shape
+            out.append(cur.frame)
+        return np.stack(out)
 
 
 def _load(reader, path: str, control_dt: float, names: list[str], size, profile: RecordingProfile) -> Episode:
@@ -650,12 +817,14 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     expected = {c.id: c.msgcount for c in wanted}
     seen = {c.id: 0 for c in wanted}
 
-    images: list[tuple[int, object]] = []
+    dt_ns = int(round(control_dt * 1e9))
+    images = _FramePicker(size, dt_ns)
     js = _JointStates(names, profile)
     cmd_msgs: list[tuple[int, object]] = []   # (receive ns, message): read once the joint states are
     cube: list[tuple[int, np.ndarray]] = []
     tool: list[tuple[int, np.ndarray]] = []
     raw_shape = None
+    with_commands = profile.command_topic is not None
 
     for conn, recv, raw in reader.messages(connections=wanted):
         seen[conn.id] += 1
@@ -670,7 +839,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
                 raise BagError(path, f"{topic} at {_fmt_t(ns)}: {problem}{hint}")
             if not is_compressed(msg):
                 raw_shape = _check_raw_size(path, topic, msg, ns, raw_shape)
-            images.append((ns, msg))
+            images.add(ns, msg)
         elif part == "joint_states":
             js.add(path, topic, msg, _stamp(msg, recv))
         elif part == "commands":
@@ -681,6 +850,14 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
         elif part == "tool":
             p = msg.point
             tool.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
+        if images.start is None:
+            # the first tick is when every required stream has begun (see the ticks below)
+            firsts = [images.first, *js.earliest] + ([cmd_msgs[0][0] if cmd_msgs else None] if with_commands else [])
+            known = [f for f in firsts if f is not None]
+            if len(known) == len(firsts):
+                images.set_start(max(known))
+            elif known:
+                images.lower_bound(max(known))
 
     short = [(c.topic, seen[c.id], expected[c.id]) for c in wanted if seen[c.id] < expected[c.id]]
     if short:
@@ -693,13 +870,10 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
             if c is not None]
 
     # ---- ticks
-    images.sort(key=lambda x: x[0])
-    img_t = np.array([x[0] for x in images], dtype=np.int64)
     cmds.sort(key=lambda c: c.recv)
-    dt_ns = int(round(control_dt * 1e9))
-    start = max(int(img_t[0]), js.first, *([cmds[0].recv] if cmds else []))
+    start = max(images.first, js.first, *([cmds[0].recv] if cmds else []))
     # without commands the target at a tick is the position measured a control step later
-    end = min(int(img_t[-1]), js.last - (0 if profile.command_topic else dt_ns))
+    end = min(images.last, js.last - (0 if profile.command_topic else dt_ns))
     if end < start:
         raise BagError(path, f"required topics never overlap in time (all present from {_fmt_t(start)}, "
                              f"images or joint states end at {_fmt_t(end)})")
@@ -722,7 +896,14 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
         out[idx < 0] = np.nan
         return out
 
-    frames = _frames(path, profile.image_topic, images, _latest(img_t, ticks), size)
+    frames = images.pick(path, profile.image_topic, start, T)
+    if frames is None:   # stamps out of arrival order moved the first tick: the images again, on the ticks
+        again = _FramePicker(size, dt_ns)
+        again.set_start(start)
+        for conn, recv, raw in reader.messages(connections=parts["image"]):
+            msg = ts.deserialize_cdr(raw, conn.msgtype)
+            again.add(_stamp(msg, recv), msg)
+        frames = again.pick(path, profile.image_topic, start, T)
     return Episode(t=ticks / 1e9, frames=frames, q=q, qd=qd, q_cmd=q_cmd, action=np.diff(q_cmd, axis=0),
                    cube=optional(cube), tool=optional(tool), joint_names=names, path=path,
                    control_dt=control_dt, action_source=profile.action_source)
@@ -731,7 +912,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
 def _check_not_empty(path: str, profile: RecordingProfile, types_by_topic: dict, images, js: _JointStates,
                      cmds) -> None:
     """Refuses a required topic present in the bag but without messages."""
-    checks = [("image", profile.image_topic, bool(images)),
+    checks = [("image", profile.image_topic, images.count > 0),
               ("joint_states", profile.joint_states_topic, js.messages > 0)]
     if profile.command_topic is not None:
         checks.append(("commands", profile.command_topic, bool(cmds)))
@@ -752,8 +933,10 @@ def find_bags(folder) -> list[str]:
     return sorted(out)
 
 
-def load_episodes(folder, **kw) -> tuple[list[Episode], list[BagError]]:
-    """Load every bag folder under ``folder``; bad ones are skipped (warning logged) and returned as errors."""
+def load_episodes(folder, *, max_episode_s: float | None = None, **kw) -> tuple[list[Episode], list[BagError]]:
+    """Load every bag folder under ``folder`` (``kw`` as :func:`load_episode`), each split by
+    :func:`split_episode` into episodes of at most ``max_episode_s`` seconds (None: one per bag);
+    bad bags are skipped (warning logged) and returned as errors."""
     episodes: list[Episode] = []
     errors: list[BagError] = []
     bags = find_bags(folder)
@@ -761,7 +944,7 @@ def load_episodes(folder, **kw) -> tuple[list[Episode], list[BagError]]:
         log.warning("%s: no bag folders found", folder)
     for bag in bags:
         try:
-            episodes.append(load_episode(bag, **kw))
+            episodes += split_episode(load_episode(bag, **kw), max_episode_s)
         except BagError as e:
             log.warning("skipping bag: %s", e)
             errors.append(e)

@@ -2,8 +2,8 @@
 
 For each bag: its topics (type, message count, rate and duration by receive time), then
 whether ``ami-ros train`` with the same recording profile, arm and control rate would load
-it and how many control steps it gives, or the reason it would be skipped (the loader's
-message, which names the flag that fixes it). ``--preview FILE.png`` writes a contact sheet
+it and how many control steps (and, with ``--split-s``, episodes) it gives, or the reason it
+would be skipped (the loader's message, which names the flag that fixes it). ``--preview FILE.png`` writes a contact sheet
 of evenly spaced frames of the first bag that loads.
 
 Exit status: 0 when at least one bag loads, 1 when none does, 2 for a path that is neither
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from ami_ros.tools.profile_args import add_profile_arguments, profile_from_args
+from ami_ros.tools.profile_args import add_profile_arguments, add_split_argument, profile_from_args
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 from ami_ros.tools.train import CONTROL_HZ
 
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the control rate training samples the bags at (default {CONTROL_HZ:g}, as ami-ros train)")
     add_robot_arguments(p)
     add_profile_arguments(p)
+    add_split_argument(p)
 
 
 # ----------------------------------------------------------------------------- one bag
@@ -92,12 +93,15 @@ def roles(profile) -> dict[str, str]:
     return out
 
 
-def inspect_bag(path: str, *, profile, joint_names, control_dt: float) -> tuple[dict, object]:
-    """One bag's report (path, topics, loads, steps, duration_s, reason) and its Episode
-    (None when training would skip it); frames are loaded at :func:`tile_size`."""
-    from ami_ros.data.bags import BagError, load_episode
+def inspect_bag(path: str, *, profile, joint_names, control_dt: float,
+                max_episode_s: float | None = None) -> tuple[dict, object]:
+    """One bag's report (path, topics, loads, episodes and steps training gets from it with
+    ``max_episode_s``, duration_s, reason) and its Episode, whole (None when training would skip
+    it); frames are loaded at :func:`tile_size`."""
+    from ami_ros.data.bags import BagError, load_episode, split_episode
 
-    report = {"path": path, "topics": [], "loads": False, "steps": 0, "duration_s": None, "reason": None}
+    report = {"path": path, "topics": [], "loads": False, "episodes": 0, "steps": 0, "duration_s": None,
+              "reason": None}
     try:
         report["topics"] = topic_stats(path)
     except Exception:  # noqa: BLE001  (unreadable: load_episode below says why)
@@ -111,7 +115,9 @@ def inspect_bag(path: str, *, profile, joint_names, control_dt: float) -> tuple[
     except BagError as e:
         report["reason"] = e.problem
         return report, None
-    report.update(loads=True, steps=len(ep), duration_s=round(float(ep.t[-1] - ep.t[0]), 3))
+    pieces = split_episode(ep, max_episode_s)
+    report.update(loads=True, episodes=len(pieces), steps=sum(len(p) for p in pieces),
+                  duration_s=round(float(ep.t[-1] - ep.t[0]), 3))
     return report, ep
 
 
@@ -172,7 +178,7 @@ def header(profile, arm, control_dt: float) -> dict:
 
 def totals(bags: list[dict]) -> dict:
     ok = [b for b in bags if b["loads"]]
-    return {"bags": len(bags), "episodes": len(ok), "skipped": len(bags) - len(ok),
+    return {"bags": len(bags), "episodes": sum(b["episodes"] for b in ok), "skipped": len(bags) - len(ok),
             "steps": sum(b["steps"] for b in ok)}
 
 
@@ -195,7 +201,8 @@ def print_text(report: dict) -> None:
             print(f"  {t['topic']:40s} {t['type']:36s} {t['messages']:6d} {_fmt(t['rate_hz'], '7.1f')} "
                   f"{t['duration_s']:7.2f}  {t['role'] or ''}")
         if b["loads"]:
-            print(f"  loads: {b['steps']} control steps ({b['duration_s']:.2f} s)")
+            split = f", {b['episodes']} episodes" if b["episodes"] > 1 else ""
+            print(f"  loads: {b['steps']} control steps ({b['duration_s']:.2f} s{split})")
         else:
             print(f"  skipped: {b['reason']}")
     t = report["totals"]
@@ -224,7 +231,8 @@ def run(args) -> int:
     report = {"path": args.path, "mapping": header(profile, arm, control_dt), "bags": []}
     preview = None   # the first episode that loads, for the contact sheet
     for path in paths:
-        bag, ep = inspect_bag(path, profile=profile, joint_names=arm.joint_names, control_dt=control_dt)
+        bag, ep = inspect_bag(path, profile=profile, joint_names=arm.joint_names, control_dt=control_dt,
+                              max_episode_s=args.split_s)
         report["bags"].append(bag)
         if preview is None and ep is not None:
             preview = ep

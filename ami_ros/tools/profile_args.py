@@ -1,5 +1,6 @@
 """The recording-profile options of every tool that reads bags (``--profile`` and the flags
-that override its keys); the profile itself is :class:`ami_ros.data.profile.RecordingProfile`."""
+that override its keys; the profile itself is :class:`ami_ros.data.profile.RecordingProfile`),
+and ``--split-s`` of the tools that load bags into episodes."""
 from __future__ import annotations
 
 import argparse
@@ -45,3 +46,17 @@ def profile_from_args(args) -> RecordingProfile:
         return base.replace(**changes) if changes else base
     except ValueError as e:
         raise ValueError(str(e).replace("profile: ", "", 1)) from None
+
+
+def add_split_argument(p: argparse.ArgumentParser) -> None:
+    """``--split-s``, for the tools that load bags as training does (``load_episodes``' ``max_episode_s``)."""
+    p.add_argument("--split-s", type=_positive, default=None, metavar="SECONDS",
+                   help="split each bag into episodes of this many seconds (fixed windows from its first control "
+                        "step; a rest shorter than half a window is dropped) (default: one episode per bag)")
+
+
+def _positive(text: str) -> float:
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
