@@ -428,7 +428,7 @@ def test_workspace_term_prices_plans_that_leave_the_gates_box():
     arm = load_arm()
     box = SafetySpec.load(arm=arm).workspace
     cost = Cost(toy_weights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0),
-                arm.q_min, arm.q_max, kinematics=arm.link_positions, workspace=(box.lo, box.hi))
+                arm.q_min, arm.q_max, arm=arm, workspace=(box.lo, box.hi))
     q0 = torch.tensor(arm.home, dtype=torch.float32)           # tool about 0.14 m above the table
     down = torch.zeros(1, 8, 6)
     down[..., 1] = 0.1                                          # shoulder lift: tool towards the table
@@ -450,7 +450,7 @@ def test_keep_out_term_prices_plans_that_reach_into_a_keep_out_box():
     arm = load_arm()
     zone = SafetySpec.load(arm=arm).keep_out[0]
     cost = Cost(toy_weights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0),
-                arm.q_min, arm.q_max, kinematics=arm.link_positions, keep_out=[(zone.lo, zone.hi)])
+                arm.q_min, arm.q_max, arm=arm, keep_out=[(zone.lo, zone.hi)])
     q_start = arm.home.copy()
     q_start[2] = 0.6                                                    # elbow opened: a longer reach
     q0 = torch.tensor(q_start, dtype=torch.float32)
@@ -467,6 +467,163 @@ def test_keep_out_term_prices_plans_that_reach_into_a_keep_out_box():
     terms_stay = cost.breakdown(z, stay, torch.zeros(4), q0, torch.zeros(6))
     assert terms_stay["keep_out"].item() == 0.0
     assert terms_into["keep_out"].item() > 1.0
+
+
+#: the link-volume terms alone, weight 1
+VOLUME_WEIGHTS = dict(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, goal_tool=0,
+                      workspace=1.0, keep_out=1.0)
+
+
+def _standing(cost, q):
+    """The cost's terms (floats) of a one-step plan that stays at q (A,)."""
+    q = torch.as_tensor(q, dtype=torch.float32)
+    A = q.shape[0]
+    terms = cost.breakdown(torch.zeros(1, 1, 4), torch.zeros(1, 1, A), torch.zeros(4), q, torch.zeros(A))
+    return {k: v.item() for k, v in terms.items()}
+
+
+def _beside_upper_arm(clearance):
+    """A box ``clearance`` m beside the centre line of ami_arm6's upper arm (radius 5 cm; at x = y = 0
+    when all joints are 0), as the gate's test of the same case has it."""
+    from ami_ros.core.safety import Box
+
+    return Box("beside", np.array([-0.1, clearance, 0.25]), np.array([0.1, clearance + 0.2, 0.45]))
+
+
+def test_keep_out_term_prices_a_link_volume_whose_centre_line_is_clear():
+    """A box 3 cm beside the upper arm's centre line: the centre lines (and the joint origins) clear
+    it, the 5 cm volume does not, so with a 5 mm margin the keep_out term is > 0; 20 cm away it is 0.
+    A tool volume the cost's arm carries (the safety file's gripper) is priced too."""
+    from ami_ros.core.arm import Capsule, load_arm
+    from ami_ros.core.safety import Box, links_enter_box
+
+    arm = load_arm()
+    q = np.zeros(arm.dof)
+    w = toy_weights(**VOLUME_WEIGHTS, keep_out_margin=0.005)
+    near, far = _beside_upper_arm(0.03), _beside_upper_arm(0.2)
+    assert not links_enter_box(arm, q, near)                                  # the centre lines are clear
+    assert _standing(Cost(w, arm=arm, keep_out=[(near.lo, near.hi)]), q)["keep_out"] > 0
+    assert _standing(Cost(w, arm=arm, keep_out=[(far.lo, far.hi)]), q)["keep_out"] == 0.0
+    tool = arm.tool_position(q)                                                # straight up: the tool on top
+    above = Box("above", np.array([-0.1, -0.1, tool[2] + 0.08]), np.array([0.1, 0.1, tool[2] + 0.3]))
+    gripper = arm.with_tool_volumes([Capsule(arm.tool_frame, np.zeros(3), np.array([0.0, 0.0, 0.15]), 0.03)])
+    assert _standing(Cost(w, arm=arm, keep_out=[(above.lo, above.hi)]), q)["keep_out"] == 0.0
+    assert _standing(Cost(w, arm=gripper, keep_out=[(above.lo, above.hi)]), q)["keep_out"] > 0
+
+
+@pytest.mark.parametrize("robot", ["ami_arm6", "ur5e"])
+def test_workspace_term_prices_a_link_volume_below_the_floor(robot):
+    """A floor 2 cm below the lowest centre line of the links (the first one aside) at home: the
+    centre lines, the joint origins and the tool point are above it, a volume (radius >= 3.5 cm)
+    is not, so with a 1 mm margin the workspace term is > 0; 20 cm lower it is 0. The first link
+    is exempt, as in the gate: a floor just below every other volume but above part of the first
+    link's costs nothing (a UR's shoulder housing on the table top, below the shipped workspace)."""
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.safety import SafetySpec
+
+    arm = load_arm(robot)
+    q = arm.home
+    w = toy_weights(**VOLUME_WEIGHTS, workspace_margin=0.001)
+    a, b, r = arm.capsules_at(q, tool_point=True)
+    rest = ~np.append(arm.on_first_link, False)
+    low = min(a[rest, 2].min(), b[rest, 2].min())
+    floor = low - 0.02
+    assert np.all(arm.link_positions(q)[1:, 2] > floor)                      # the joint origins, the tool point
+    assert np.any(np.minimum(a[rest, 2], b[rest, 2]) - r[rest] < floor)      # a volume is below
+    box = lambda z: (np.array([-2.0, -2.0, z]), np.array([2.0, 2.0, 2.0]))  # noqa: E731
+    assert _standing(Cost(w, arm=arm, workspace=box(floor)), q)["workspace"] > 0
+    assert _standing(Cost(w, arm=arm, workspace=box(floor - 0.2)), q)["workspace"] == 0.0
+    bottom = np.minimum(a[:, 2], b[:, 2]) - r                                # each volume's lowest point
+    floor = bottom[rest].min() - 0.002                                        # below all volumes but the first link's
+    assert bottom[~rest].min() < floor
+    assert _standing(Cost(w, arm=arm, workspace=box(floor)), q)["workspace"] == 0.0
+    if robot == "ur5e":                                                       # the shipped workspace, as in the gate
+        ws = SafetySpec.load(arm=arm).workspace
+        assert bottom[~rest].min() < ws.lo[2]
+        assert _standing(Cost(CostWeights(), arm=arm, workspace=(ws.lo, ws.hi)), q)["workspace"] == 0.0
+
+
+def test_volume_terms_have_gradients():
+    """Near a keep-out box (beside the upper arm) and a workspace floor (2 cm below the lowest
+    centre line at home), each volume term gives finite, non-zero gradients with respect to the
+    actions."""
+    from ami_ros.core.arm import load_arm
+
+    arm = load_arm()
+    near = _beside_upper_arm(0.03)
+    a, b, _ = arm.capsules_at(arm.home)
+    rest = ~arm.on_first_link
+    floor = min(a[rest, 2].min(), b[rest, 2].min()) - 0.02
+    w = toy_weights(**VOLUME_WEIGHTS)
+    cases = {"keep_out": (Cost(w, arm=arm, keep_out=[(near.lo, near.hi)]), np.zeros(arm.dof)),
+             "workspace": (Cost(w, arm=arm, workspace=(np.array([-2.0, -2.0, floor]), np.full(3, 2.0))), arm.home)}
+    for term, (cost, q0) in cases.items():
+        actions = torch.full((3, 4, arm.dof), 0.01).requires_grad_()
+        terms = cost.breakdown(torch.zeros(3, 4, 4), actions, torch.zeros(4), torch.tensor(q0, dtype=torch.float32),
+                               torch.zeros(arm.dof))
+        assert bool((terms[term] > 0).all()), term
+        (grad,) = torch.autograd.grad(terms[term].sum(), actions)
+        assert bool(torch.isfinite(grad).all()) and grad.abs().sum() > 0, term
+
+
+class _StillModel(torch.nn.Module):
+    """A world model that predicts nothing useful: enough for build_planner to build its cost."""
+    embed_dim, goal_dims, history, k_coarse, has_direct = 4, slice(0, 2), 1, 4, False
+
+    def __init__(self, action_dim):
+        super().__init__()
+        self.action_dim = action_dim
+
+
+@pytest.mark.parametrize("robot", ["ami_arm6", "ur5e"])
+def test_volume_terms_are_never_laxer_than_the_gate(robot, tmp_path):
+    """On 300 random configurations of a shipped arm (with a gripper from the safety file and a
+    keep-out box in the middle of its reach besides the human zone), wherever the gate refuses to
+    stand still for the workspace or a keep-out box, the planner's cost (built by build_planner
+    from the same safety file) prices it: > 0. The cost's margins make it stricter, never laxer."""
+    import copy
+
+    import yaml
+
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.safety import Gate, SafetySpec, default_safety_file
+    from ami_ros.core.stack_config import build_planner, load_stack_config
+    from ami_ros.core.trajectory import Trajectory
+
+    arm = load_arm(robot)
+    shipped = yaml.safe_load(open(default_safety_file()))
+
+    def safety_file(name, keep_out, workspace=None):
+        doc = copy.deepcopy(shipped)
+        s = doc["safety"]["ros__parameters"]
+        s["tool_volumes"] = {"gripper": {"a": [0.0, 0.0, 0.0], "b": [0.0, 0.0, 0.12], "radius": 0.04}}
+        s["keep_out"] = keep_out
+        s["workspace"] = workspace or s["workspace"]
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    middle = {"x": [0.25, 0.45], "y": [-0.15, 0.15], "z": [0.0, 0.35]}
+    files = {"workspace": safety_file("workspace", {}),
+             # a workspace the arm cannot leave: the gate's first refusal is then keep_out
+             "keep_out": safety_file("keep_out", {**shipped["safety"]["ros__parameters"]["keep_out"],
+                                                  "middle": middle}, {a: [-3.0, 3.0] for a in "xyz"})}
+    rng = np.random.default_rng(0)
+    stack = load_stack_config()
+    for which, path in files.items():
+        spec = SafetySpec.load(str(path), arm=arm)
+        qs = rng.uniform(spec.q_lo, spec.q_hi, (300, arm.dof))
+        gate = Gate(spec)
+        refused = np.array([gate.gate(Trajectory(arm.joint_names, np.array([0.01]), q[None]), q, 0.0).reason == which
+                            for q in qs])
+        planner = build_planner(_StillModel(arm.dof), arm, stack, 0.1, safety_file=str(path), predictor="rollout")
+        assert len(planner.cost.arm.capsules) == len(arm.capsules) + 1              # the gripper
+        q = torch.tensor(qs, dtype=torch.float32)
+        terms = planner.cost.breakdown(torch.zeros(300, 1, 4), q[:, None], torch.zeros(4), torch.zeros(arm.dof),
+                                       torch.zeros(arm.dof))
+        priced = (terms[which] > 0).numpy()
+        assert refused.sum() >= 20, (which, refused.sum())
+        assert not np.any(refused & ~priced), (which, np.flatnonzero(refused & ~priced))
 
 
 # ---------------- direct predictor ----------------
@@ -550,7 +707,7 @@ def test_goal_tool_term_steers_the_tool_to_the_goals_reading():
     arm = load_arm()
     w = toy_weights(goal_terminal=0, goal_running=0, smoothness=0, effort=0, joint_limit=0, workspace=0,
                     keep_out=0, goal_tool=100.0, goal_tool_radius=0.03)
-    cost = Cost(w, arm.q_min, arm.q_max, kinematics=arm.link_positions)
+    cost = Cost(w, arm.q_min, arm.q_max, arm=arm)
     q0 = torch.tensor(arm.home, dtype=torch.float32)
     target = torch.tensor(arm.tool_position(arm.home + np.array([0.4, -0.2, 0.2, 0.0, 0.0, 0.0])),
                           dtype=torch.float32)
@@ -583,7 +740,7 @@ def test_goal_tool_term_steers_the_tool_to_the_goals_reading():
 
     bound = torch.full((6,), 0.08)
     planner = Planner(Blind(), Cost(w.replace(goal_tool_radius=0.02), arm.q_min, arm.q_max,
-                                    kinematics=arm.link_positions), toy_config(seed=2), bound)
+                                    arm=arm), toy_config(seed=2), bound)
     q, start = q0.clone(), float((arm.link_positions(q0)[-1] - target).norm())
     for _ in range(15):
         res = planner.plan(torch.zeros(1, 4), torch.zeros(4), q, torch.zeros(6), goal_tool=target)
@@ -607,9 +764,19 @@ def test_cost_refuses_a_bad_keep_out_box():
 
 
 # ---------------- hierarchical planning around an obstacle ----------------
-def _point_kinematics(q):
-    """Toy kinematics: the tool point is (q_0, q_1, 0) (P = 1 point, no links)."""
-    return torch.stack([q[..., 0], q[..., 1], torch.zeros_like(q[..., 0])], -1)[..., None, :]
+class _PointArm:
+    """Toy arm for the cost: no links, the tool point at (q_0, q_1, 0), its only volume (radius 0)."""
+    on_first_link = np.zeros(0, dtype=bool)
+
+    def tool_position(self, q):
+        return torch.stack([q[..., 0], q[..., 1], torch.zeros_like(q[..., 0])], -1)
+
+    def capsules_at(self, q, tool_point=False):
+        p = self.tool_position(q)[..., None, :]
+        return p, p, torch.zeros(1)
+
+
+POINT_ARM = _PointArm()
 
 
 WALL_LO, WALL_HI = (-0.15, -0.3, -1.0), (0.15, 2.0, 1.0)    # the tool must go round its end at y = -0.3
@@ -620,13 +787,13 @@ def _wall_run(mode, candidates, n=40):
     following its command exactly. -> (tool distances to the goal, entered the wall, last plan)."""
     weights = toy_weights(goal_terminal=0.0, goal_running=0.0, goal_tool=400.0, goal_tool_radius=0.01,
                           keep_out=100.0, keep_out_margin=0.05)
-    cost = Cost(weights, Q_MIN, Q_MAX, kinematics=_point_kinematics, keep_out=[(WALL_LO, WALL_HI)])
+    cost = Cost(weights, Q_MIN, Q_MAX, arm=POINT_ARM, keep_out=[(WALL_LO, WALL_HI)])
     cfg = toy_config(predictor="direct", mode=mode, candidates=candidates, elites=max(1, candidates // 8),
                         coarse_horizon=3, coarse_candidates=128, coarse_iterations=2, coarse_elites=16, seed=3)
     planner, model = make(cfg, model=ToyModel())
     planner.cost = cost.bind(model.goal_dims, BOUND)
     q, q_goal = torch.tensor([-0.6, 0.0, 0.0, 0.0]), torch.tensor([0.6, 0.0, 0.0, 0.0])
-    goal_tool = _point_kinematics(q_goal)[0]
+    goal_tool = POINT_ARM.tool_position(q_goal)
     goal = model.embed(q_goal)[model.goal_dims]
     z = model.embed(q)[None].repeat(H_HIST, 1)
     dists, entered, res = [], False, None
@@ -634,7 +801,7 @@ def _wall_run(mode, candidates, n=40):
         res = planner.plan(z, goal, q, torch.zeros(A), joint_state=(q, torch.zeros(A)), goal_tool=goal_tool)
         q = q + res.actions[0]
         z = model.embed(q)[None].repeat(H_HIST, 1)
-        p = _point_kinematics(q)[0]
+        p = POINT_ARM.tool_position(q)
         entered |= bool(all(lo <= float(v) <= hi for v, lo, hi in zip(p, WALL_LO, WALL_HI)))
         dists.append(float((p - goal_tool).norm()))
     return dists, entered, res, planner

@@ -211,7 +211,10 @@ class ArmSpec:
     def capsules_at(self, q, tool_point: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The link volumes at q (..., dof): end points a, b (..., C, 3) in the base frame
         and radii (C,); with ``tool_point``, the tool point last as a capsule of radius 0
-        (one kinematics pass for both)."""
+        (one kinematics pass for both). numpy in and out (float64, the gate), or torch: all
+        three in q's dtype and device, differentiable in q (the planner's cost)."""
+        import torch
+
         key = ("capsules", tool_point)
         if key not in self._kin:                   # the frames to compute and the capsules in them, once
             caps = list(self.capsules)
@@ -223,7 +226,14 @@ class ArmSpec:
                               np.stack([c.b for c in caps]) if caps else np.zeros((0, 3)),
                               np.array([c.radius for c in caps]))
         links, which, a, b, r = self._kin[key]
-        if not len(r):
+        if isinstance(q, torch.Tensor):
+            tkey = (*key, q.dtype, q.device)
+            if tkey not in self._kin:
+                self._kin[tkey] = tuple(torch.as_tensor(v, dtype=q.dtype, device=q.device) for v in (a, b, r))
+            a, b, r = self._kin[tkey]
+            if not len(r):
+                return q.new_zeros(q.shape[:-1] + (0, 3)), q.new_zeros(q.shape[:-1] + (0, 3)), r
+        elif not len(r):
             shape = np.shape(q)[:-1] + (0, 3)
             return np.zeros(shape), np.zeros(shape), np.zeros(0)
         T = self.frame_transforms(q, links)[..., which, :, :]                    # (..., C, 4, 4)

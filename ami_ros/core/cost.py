@@ -20,24 +20,34 @@ Terms (each multiplied by its weight in :class:`CostWeights`):
   ``[q_min, q_min + margin)`` or ``(q_max - margin, q_max]`` (or beyond the limit;
   it keeps growing there); summed over joints, mean over steps. One joint sitting
   exactly on its limit costs ``joint_limit`` per step.
-- ``workspace``: soft barrier keeping the arm inside the safety gate's workspace box:
-  every joint origin and the tool point (forward kinematics of ``q_t``) within
-  ``workspace_margin`` of a face costs ``(d / margin)**2`` (d: depth into the band,
-  growing beyond the face), summed over points and axes, mean over steps. Plans the
-  gate would refuse (an arm reaching into the table) are priced before they are sent.
-- ``keep_out``: soft barrier keeping the arm out of the safety gate's keep-out boxes
-  (a human zone): points along every link (each joint origin to the next at 0, 1/4,
-  1/2 and 3/4 of its length, and the tool point) that come within ``keep_out_margin``
-  of a box or enter it cost ``(d / margin)**2``, d = depth into the box grown by the
-  margin (its smallest distance to a face of the grown box), summed over points, mean
-  over steps.
+- ``workspace``: soft barrier keeping the arm's volumes inside the safety gate's workspace
+  box. The volumes are the gate's (:meth:`~ami_ros.core.arm.ArmSpec.capsules_at` of
+  the commanded position ``q_t``: each link a capsule, a segment a-b with a radius r,
+  the safety file's tool volumes among them, and the tool point, radius 0). As the box is
+  convex, a capsule is inside when both its end points are at least r inside, the gate's
+  test; each end point within ``r + workspace_margin`` of a face costs ``(d / margin)**2``
+  (d: depth into that band, growing beyond the face), summed over end points, volumes and
+  axes, mean over steps. The volumes of the first link are exempt, as in the gate (it
+  only turns about the base, where the arm is mounted). Plans the gate would refuse (an
+  arm reaching into the table) are priced before they are sent.
+- ``keep_out``: soft barrier keeping the same volumes out of the safety gate's keep-out
+  boxes (a human zone). As the gate does, a capsule is tested as its segment against the
+  box grown by r + ``keep_out_margin`` on every side (a superset of the capsule's reach),
+  and exactly: d = the depth of the segment's deepest point in the grown box (its
+  distance to the nearest face, maximized over the segment; the maximum of a concave
+  piecewise-linear function of the position along the segment, found among the ends and
+  the crossings of its pieces), not at sample points, which could straddle a box's corner.
+  Each segment with d > 0 costs ``(d / margin)**2``, summed over volumes, mean over
+  steps. Given the gate's boxes (with its own margin: ``SafetySpec.keep_out``, as
+  :func:`~ami_ros.core.stack_config.build_planner` does), it is > 0 at every
+  configuration where the gate finds a volume in a box.
 - ``goal_tool``: where the arm's tool point goes, against where the goal image shows
   it: ``relu(|p_t - p_goal| - goal_tool_radius)**2`` (metres), mean over steps, p_t the
-  tool point by forward kinematics of the commanded position ``q_t``, p_goal the model's
+  tool point (forward kinematics of the commanded position ``q_t``), p_goal the model's
   tool readout of the goal image (:meth:`~ami_ros.core.world_model.WorldModel.read_tool`). It steers
   from afar, where the image-goal distance guides poorly; within the radius (about
   the readout's error) it costs nothing and the image-goal distance alone places the
-  arm. Off without kinematics or a goal reading.
+  arm. Off without an arm or a goal reading.
 - ``subgoal``: (hierarchical low level only) mean squared distance, on ALL
   embedding dims, between the prediction at step ``subgoal_step`` and a subgoal
   embedding.
@@ -52,6 +62,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -137,10 +148,14 @@ class CostWeights(ValidatedConfig):
         "joint_limit": (0.0, 1e6, "weight of the quadratic barrier on commanded positions near q_min/q_max"),
         "joint_limit_margin": (1e-4, 1.0, "rad; the barrier acts within this distance of a joint limit"),
         "subgoal": (0.0, 1e6, "weight of the mean squared distance (all dims) to the hierarchical subgoal"),
-        "workspace": (0.0, 1e6, "weight of the barrier keeping every link point inside the workspace box"),
-        "workspace_margin": (1e-3, 0.5, "m; the workspace barrier acts within this distance of a face"),
-        "keep_out": (0.0, 1e6, "weight of the barrier keeping points along the links out of the keep-out boxes"),
-        "keep_out_margin": (1e-3, 0.5, "m; the keep-out barrier acts within this distance of a box"),
+        "workspace": (0.0, 1e6, "weight of the barrier keeping the arm's link volumes (the gate's capsules) and tool "
+                      "point inside the workspace box"),
+        "workspace_margin": (1e-3, 0.5, "m; the workspace barrier acts where a link volume comes within this "
+                             "distance of a face"),
+        "keep_out": (0.0, 1e6, "weight of the barrier keeping the arm's link volumes (the gate's capsules) out of the "
+                     "keep-out boxes"),
+        "keep_out_margin": (1e-3, 0.5, "m; the keep-out barrier acts where a link volume comes within this "
+                            "distance of a box (the box grown by it on every side)"),
         "goal_tool": (0.0, 1e8, "weight (per m^2) of the mean squared distance, beyond goal_tool_radius, of the "
                       "commanded tool point from where the goal shows the tool (the model's tool readout of a goal "
                       "image; forward kinematics of a taught goal); it also counts in the measured goal distance of "
@@ -167,13 +182,18 @@ class Cost:
     """
 
     def __init__(self, weights: CostWeights, q_min=None, q_max=None, *,
-                 action_bound=None, goal_dims: slice | None = None, kinematics=None, workspace=None,
+                 action_bound=None, goal_dims: slice | None = None, arm=None, workspace=None,
                  keep_out=()):
-        """kinematics: q (..., A) tensor -> link points (..., P, 3); workspace: (lo (3,), hi (3,))
-        box in the same frame; keep_out: such boxes the arm must stay out of. The workspace and
-        keep-out terms are off unless the kinematics and their boxes are given."""
+        """arm: the :class:`~ami_ros.core.arm.ArmSpec` whose link volumes and tool point the cost
+        prices (the gate's: give the safety spec's arm, ``SafetySpec.arm``, so that the safety
+        file's tool volumes count too); workspace: (lo (3,), hi (3,)) box in its base frame;
+        keep_out: such boxes the arm must stay out of. The workspace, keep-out and goal_tool
+        terms are off without the arm; the first two also without their boxes."""
         self._weights = weights.validate()
-        self.kinematics = kinematics
+        self.arm = arm
+        # the volumes the workspace term checks: all but the first link's (as in the gate); the tool point, last, too
+        self._in_workspace = None if arm is None else torch.as_tensor(~np.append(arm.on_first_link, False),
+                                                                      dtype=torch.float32)
         self.workspace = None if workspace is None else tuple(
             torch.as_tensor(v, dtype=torch.float32) for v in workspace)
         self.keep_out: list[tuple[Tensor, Tensor]] = []
@@ -273,10 +293,11 @@ class Cost:
         out["effort"] = w.effort * a.pow(2).mean((1, 2))
 
         q = q0.to(dev, dt) + actions.cumsum(1)                          # (B, H, A) commanded positions
-        use_ws = self.kinematics is not None and self.workspace is not None and w.workspace > 0
-        use_ko = self.kinematics is not None and bool(self.keep_out) and w.keep_out > 0
-        use_gt = self.kinematics is not None and goal_tool is not None and w.goal_tool > 0
-        pts = self.kinematics(q) if use_ws or use_ko or use_gt else None  # (B, H, P, 3), once for all
+        use_ws = self.arm is not None and self.workspace is not None and w.workspace > 0
+        use_ko = self.arm is not None and bool(self.keep_out) and w.keep_out > 0
+        use_gt = self.arm is not None and goal_tool is not None and w.goal_tool > 0
+        if use_ws or use_ko or use_gt:       # one kinematics pass for all: (B, H, C, 3) x2, (C,), tool point last
+            ends_a, ends_b, radii = self.arm.capsules_at(q, tool_point=True)
         if self.q_min is not None and w.joint_limit > 0:
             m = w.joint_limit_margin
             lo = torch.relu(self.q_min.to(dev, dt) + m - q)
@@ -287,28 +308,27 @@ class Cost:
 
         if use_ws:
             m = w.workspace_margin
+            pad = (radii + m)[:, None]                                                      # (C, 1)
             lo, hi = (v.to(dev, dt) for v in self.workspace)
-            d = torch.relu(lo + m - pts) + torch.relu(pts - (hi - m))
-            out["workspace"] = w.workspace * (d / m).pow(2).sum((-1, -2)).mean(-1)
+            lo, hi = lo + pad, hi - pad
+            pen = sum(((torch.relu(lo - e) + torch.relu(e - hi)) / m).pow(2).sum(-1) for e in (ends_a, ends_b))
+            out["workspace"] = w.workspace * (pen @ self._in_workspace.to(dev, dt)).mean(-1)   # (B, H, C) -> (B,)
         else:
             out["workspace"] = torch.zeros(B, device=dev, dtype=dt)
 
         if use_ko:
-            f = torch.tensor([0.0, 0.25, 0.5, 0.75], device=dev, dtype=dt)[:, None]
-            along = pts[..., :-1, None, :] + f * (pts[..., 1:, None, :] - pts[..., :-1, None, :])
-            samples = torch.cat([along.flatten(-3, -2), pts[..., -1:, :]], -2)  # (B, H, 4(P-1)+1, 3)
             m = w.keep_out_margin
+            pad = (radii + m)[:, None]                                                      # (C, 1)
             cost = torch.zeros(B, device=dev, dtype=dt)
             for lo, hi in self.keep_out:
-                lo, hi = lo.to(dev, dt) - m, hi.to(dev, dt) + m
-                depth = torch.relu(torch.minimum(samples - lo, hi - samples).min(-1).values)  # (B, H, P')
+                depth = segment_depth_in_box(ends_a, ends_b, lo.to(dev, dt) - pad, hi.to(dev, dt) + pad)  # (B, H, C)
                 cost = cost + (depth / m).pow(2).sum(-1).mean(-1)
             out["keep_out"] = w.keep_out * cost
         else:
             out["keep_out"] = torch.zeros(B, device=dev, dtype=dt)
 
         if use_gt:
-            out["goal_tool"] = self._goal_tool_penalty(pts[..., -1, :], goal_tool).mean(-1)   # tool points (B, H, 3)
+            out["goal_tool"] = self._goal_tool_penalty(ends_a[..., -1, :], goal_tool).mean(-1)   # tool points (B, H, 3)
         else:
             out["goal_tool"] = torch.zeros(B, device=dev, dtype=dt)
 
@@ -333,10 +353,10 @@ class Cost:
 
     def goal_tool_at(self, q, goal_tool: Tensor | None) -> float:
         """The ``goal_tool`` term (weighted) of one measured pose: q (A,) joint positions; 0 when
-        the term is off (no kinematics, no goal reading or weight 0)."""
-        if self.kinematics is None or goal_tool is None or self._weights.goal_tool <= 0:
+        the term is off (no arm, no goal reading or weight 0)."""
+        if self.arm is None or goal_tool is None or self._weights.goal_tool <= 0:
             return 0.0
-        tool = self.kinematics(torch.as_tensor(q, dtype=torch.float32).flatten())[-1]
+        tool = self.arm.tool_position(torch.as_tensor(q, dtype=torch.float32).flatten())
         return float(self._goal_tool_penalty(tool, torch.as_tensor(goal_tool, dtype=torch.float32)))
 
     def measured_goal_distance(self, z: Tensor, goal_vis: Tensor, q, goal_tool: Tensor | None) -> float:
@@ -351,3 +371,31 @@ class Cost:
         """Unweighted mean squared distance on the goal dims; z (..., D) -> (...)."""
         gd = self._goal_dims()
         return (z[..., gd] - self.goal_part(goal.to(z.device, z.dtype), z.shape[-1])).pow(2).mean(-1)
+
+
+def segment_depth_in_box(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """How deep segments a->b (..., 3) reach into boxes [lo, hi] ((..., 3), broadcast): the
+    largest, over the points p of the segment, of p's distance to the box's nearest face
+    (min over axes of min(p - lo, hi - p)); 0 for a segment that stays out. -> (...).
+
+    Exact and differentiable. Along the segment, p = a + t (b - a), t in [0, 1], the depth
+    is the smallest of six linear functions of t: per axis one rising, P_i + t s_i, and one
+    falling, Q_j - t s_j (s = |b - a|). Its maximum is a linear programme in (t, depth),
+    whose optimum two constraints already fix; so it is the smallest, over the single
+    functions and the pairs of one rising and one falling, of each one's own maximum: P_i + s_i
+    (at t = 1), Q_j (at t = 0), and for a pair its value where the two cross, t clamped to
+    [0, 1]. That is solved only for the segments whose bounding box overlaps the box (the
+    others cannot enter it), usually few of a planner's candidates."""
+    shape = torch.broadcast_shapes(a.shape, b.shape, lo.shape, hi.shape)
+    a, b, lo, hi = (v.expand(shape) for v in (a, b, lo, hi))
+    near = ((torch.maximum(a, b) > lo) & (torch.minimum(a, b) < hi)).all(-1)          # (...)
+    a, b, lo, hi = a[near], b[near], lo[near], hi[near]                                # (M, 3)
+    centre, half = (lo + hi) / 2, (hi - lo) / 2
+    c, d = a - centre, b - a
+    sc, s = torch.where(d >= 0, c, -c), d.abs()
+    P, Q = half + sc, half - sc                                              # (M, 3): the pieces at t = 0
+    P_i, s_i, Q_j, s_j = P[:, :, None], s[:, :, None], Q[:, None, :], s[:, None, :]
+    t = ((Q_j - P_i) / (s_i + s_j).clamp_min(1e-12)).clamp(0.0, 1.0)        # (M, 3, 3); two constant pieces: any t
+    pairs = torch.minimum(P_i + s_i * t, Q_j - s_j * t).flatten(1)          # (M, 9)
+    depth = torch.cat([pairs, P + s, Q], -1).amin(-1)
+    return a.new_zeros(near.shape).index_put((near,), depth.clamp_min(0.0))

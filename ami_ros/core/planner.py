@@ -344,8 +344,8 @@ class Planner:
             s = min(k, H) - 1
             target = subgoals[0] if H >= k else z_now + (subgoals[0] - z_now) * (H / k)
             extra = warm if warm is not None else torch.zeros(H, A, **f32)
-            if goal_tool is not None and self.cost.kinematics is not None:   # the tool where the subgoal has it
-                goal_tool = subgoal_tool = self.cost.kinematics(q0 + fine_c[: s + 1].sum(0))[-1]
+            if goal_tool is not None and self.cost.arm is not None:   # the tool where the subgoal has it
+                goal_tool = subgoal_tool = self.cost.arm.tool_position(q0 + fine_c[: s + 1].sum(0))
 
             def eval_fn(cand):
                 return fine_eval(cand, target, s)

@@ -68,14 +68,15 @@ def action_bound(arm: ArmSpec, control_dt: float, action_scale: float) -> np.nda
 def build_planner(model, arm: ArmSpec, stack: dict, control_dt: float, safety_file: str | None = None,
                   **overrides) -> Planner:
     """The planner of ``stack`` (load_stack_config), its cost pricing the workspace and keep-out
-    boxes of ``safety_file`` (None: the package's config/safety.yaml), the gate's: plans it would
-    refuse cost more. ``overrides``: planner settings. ValueError on a bad setting or file."""
+    boxes of ``safety_file`` (None: the package's config/safety.yaml) on the gate's link volumes
+    (the arm's and the file's tool volumes): plans it would refuse cost more. ``overrides``:
+    planner settings. ValueError on a bad setting or file."""
     from ami_ros.core.safety import SafetySpec
 
     cfg = PlannerConfig.from_dict({**stack["planner"], **overrides})
     safety = SafetySpec.load(safety_file, arm=arm)
     box = safety.workspace
     cost = Cost(CostWeights.from_dict(stack["cost"]), arm.q_min, arm.q_max,
-                kinematics=arm.link_positions, workspace=(box.lo, box.hi),
+                arm=safety.arm, workspace=(box.lo, box.hi),
                 keep_out=[(b.lo, b.hi) for b in safety.keep_out])
     return Planner(model, cost, cfg, action_bound(arm, control_dt, stack["action_scale"]))
