@@ -76,6 +76,12 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
     assert _train("--recipe", _write(tmp_path / "changed.yaml", changed), "--work", work,
                   "--out", str(tmp_path / "x")) == 2
     assert "made otherwise" in capsys.readouterr().err
+    # actions: measured trains on the same data as from recordings without commands
+    measured = _write(tmp_path / "measured.yaml", dict(TINY, actions="measured"))
+    assert _train("--recipe", measured, "--work", work, "--out", str(tmp_path / "m"), "--threads", "1") == 0
+    assert "--command-topic none" in capsys.readouterr().out
+    assert load_model(str(tmp_path / "m"), "torch").card["action_source"] == "measured"
+    assert m.card["action_source"] == "commands"
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -87,6 +93,7 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
     ({"collect": {"a": {"seed": 1}}}, "episodes"),
     ({"stages": [{"name": "s", "data": ["a"], "train": {"direct": "yes"}}]}, "true or false"),
     ({"extra": 1}, "a recipe is a mapping"),
+    ({"actions": "sometimes"}, "actions must be one of commands, measured"),
 ])
 def test_bad_recipes_are_refused_with_the_reason(tmp_path, bad, match):
     with pytest.raises(RecipeError, match=match):

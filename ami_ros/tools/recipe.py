@@ -5,6 +5,7 @@ training stages:
 
     name: default
     collect_options: {steps: 150, width: 64, height: 64}   # for every part
+    actions: commands        # or measured: train as from bags without a command topic
     collect:                 # data parts: `ami-ros collect` options, one folder each
       a: {episodes: 150, seed: 1000}
       e: {episodes: 300, seed: 40000, target_jitter: 0.35}
@@ -16,6 +17,9 @@ training stages:
         data: [a]
         train: {refine_steps: 8000}
 
+``actions: measured`` trains every stage with ``--command-topic none``: the
+recorded commands are not read and each action is the joint motion measured over
+the next control step, as from a kinesthetic or teleoperated recording.
 Option names are those of the two commands (``--target-jitter`` is
 ``target_jitter``; ``lambda`` is ``--lambda``). Every stage after the first starts
 from the model of the stage before (``--encoder-from``); the last one writes the
@@ -43,7 +47,8 @@ import yaml
 
 from ami_ros.tools.profile_args import FLAGS as PROFILE_FLAGS
 
-TOP_KEYS = {"name", "description", "robot", "collect_options", "collect", "stages"}
+TOP_KEYS = {"name", "description", "robot", "actions", "collect_options", "collect", "stages"}
+ACTIONS = ("commands", "measured")
 STAGE_KEYS = {"name", "data", "train"}
 # train options a recipe may not set: the runner sets them (paths, where it runs)
 RUNNER_OWNED = {"data", "out", "recipe", "work", "jobs", "encoder_from", "device", "threads", "name",
@@ -94,6 +99,8 @@ def load_recipe(path: str) -> dict:
         raise RecipeError(f"{path}: {e}") from None
     if not isinstance(recipe, dict) or not TOP_KEYS >= set(recipe) or not {"name", "collect", "stages"} <= set(recipe):
         raise RecipeError(f"{path}: a recipe is a mapping with name, collect and stages (and description)")
+    if recipe.get("actions", "commands") not in ACTIONS:
+        raise RecipeError(f"{path}: actions must be one of {', '.join(ACTIONS)}, not {recipe['actions']!r}")
     if not isinstance(recipe["collect"], dict) or not recipe["collect"]:
         raise RecipeError(f"{path}: collect must map part names to `ami-ros collect` options")
     if not isinstance(recipe["stages"], list) or not recipe["stages"]:
@@ -304,6 +311,8 @@ def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector
                     continue
         collector.wait_for(stage["data"])
         options = _argv(stage.get("train") or {}, actions, stage["name"])
+        if recipe.get("actions") == "measured":
+            options = [*options, "--command-topic", "none"]
         argv = [*_robot_argv(recipe), "--data", *[os.path.join(work, "data", p) for p in stage["data"]],
                 "--out", folder,
                 "--name", name, "--device", args.device, "--threads", str(args.threads), *options]
