@@ -38,6 +38,7 @@ class Probe(Node):
         self.names, self.q = list(names), np.array(q, dtype=float)
         self.cond = threading.Condition()
         self.commands: list = []               # every gated command (unbounded: tests index it by count)
+        self.followers: list = []              # the controller's trajectory for each command (same index)
         self.states: deque = deque(maxlen=100)
         self.diags: deque = deque(maxlen=10)
         self.publish_states = False
@@ -66,13 +67,19 @@ class Probe(Node):
     def _now(self):
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_command(self, msg):
+    def _on_command(self, msg, info):
+        """The controller: a command stamped 0 starts when it was published (the DDS source
+        timestamp, on the same system clock), from where the previous one had the reference then:
+        a controller without transport delay, so a loaded machine's late delivery does not shift it."""
         traj = msgs.trajectory_from_msg(msg)
-        now = self._now()
+        sent = (info or {}).get("source_timestamp") or 0
+        now = sent * 1e-9 if sent > 0 else self._now()
         with self.cond:
-            q0, v0 = self.follower.sample(now) if self.follower else (self.q, np.zeros(len(self.q)))
-            self.follower = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
+            t0 = traj.start_time if traj.start_time > 0 else now
+            q0, v0 = self.follower.sample(t0) if self.follower else (self.q, np.zeros(len(self.q)))
+            self.follower = TrajectorySampler(traj, q0, v0, t0)
             self.commands.append(msg)
+            self.followers.append(self.follower)
             self.cond.notify_all()
 
     def _on_timer(self):
@@ -85,7 +92,7 @@ class Probe(Node):
         if self.publish_states:
             self.js_pub.publish(msgs.joint_state_msg(self.names, self.q, v, stamp=self.get_clock().now().to_msg()))
 
-    def wait_for(self, predicate, timeout=5.0, what="condition"):
+    def wait_for(self, predicate, timeout=15.0, what="condition"):
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -100,14 +107,21 @@ class Probe(Node):
     def state(self):
         return self.states[-1].data if self.states else None
 
-    def wait_state(self, word, timeout=5.0):
+    def wait_state(self, word, timeout=15.0):
         try:
             self.wait_for(lambda: self.state() == word, timeout, f"safety state {word!r}")
         except AssertionError as e:
             raise AssertionError(f"{e}; states seen: {[m.data for m in self.states]}") from None
 
-    def wait_command(self, n_before, timeout=5.0):
+    def wait_command(self, n_before, timeout=15.0):
         return self.wait_for(lambda: len(self.commands) > n_before and self.commands[-1], timeout, "a gated command")
+
+    def wait_motion(self, n_before, timeout=15.0):
+        """The index of the first command after ``n_before`` that moves (more than one point: not a hold)."""
+        def found():
+            i = next((i for i in range(n_before, len(self.commands)) if len(self.commands[i].points) > 1), None)
+            return None if i is None else (i,)
+        return self.wait_for(found, timeout, "a gated motion command")[0]
 
     def call(self, client):
         assert client.wait_for_service(timeout_sec=5.0)
@@ -256,39 +270,79 @@ def test_stale_joint_state_during_motion_holds(graph):
     probe.wait_state("ok")
 
 
+def _models(node):
+    """Record, for every command the node sends, its model of the controller's trajectory (where and when
+    it starts): [(trajectory sent, TrajectorySampler)], until ``restore()``."""
+    core, seen = node.core, []
+    send = core._send
+
+    def record(traj, q0, v0, now):
+        send(traj, q0, v0, now)
+        seen.append((traj, core.sent))
+    core._send = record
+    return seen, lambda: core.__dict__.pop("_send", None)
+
+
+def _model_of(probe, seen, i):
+    """The node's model of the controller's trajectory for command ``i`` (found by its points; recorded
+    just after it was published, so maybe after the controller got it)."""
+    out = msgs.trajectory_from_msg(probe.commands[i])
+
+    def find():
+        for traj, model in list(seen):
+            if traj.times.shape == out.times.shape and np.allclose(traj.times, out.times, rtol=0, atol=1e-8) \
+                    and np.allclose(traj.positions, out.positions, rtol=0, atol=1e-9):   # (times in whole ns)
+                return (model,)
+        return None
+    return probe.wait_for(find, 15.0, f"the node's record of command {i}")[0]
+
+
 def test_plans_are_gated_from_the_controllers_reference(graph):
     """A plan that replaces a running one starts where the controller is commanded
     (it continues from its own reference), not where the lagging arm is measured."""
     node, probe = graph
     probe.wait_state("ok")
-    probe.lag = 0.2
+    seen, restore = _models(node)
+    probe.lag = 0.3
     try:
         n = len(probe.commands)
         probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.3, 0, 0, 0, 0, 0], n=10, dt=0.1))
-        probe.wait_command(n)
-        time.sleep(0.25)                                  # mid-motion (before the lease ends): measured ~0.06 rad behind
+        probe.wait_motion(n)
+        # mid-motion (the lease cuts it to ~0.12 rad at ~0.22 rad/s): the measured arm well behind the
+        # reference (up to ~0.065 rad), for about 0.3 s
+        probe.wait_for(lambda: probe.follower.sample(probe._now())[0][0] - probe.q[0] > 0.05, 15.0,
+                       "the measured arm 0.05 rad behind the controller's reference")
         q_meas = probe.q.copy()
         n, before = len(probe.commands), node.not_following
-        probe.plan_pub.publish(plan_msg(node.names, q_meas, [-0.1, 0, 0, 0, 0, 0], n=5, dt=0.1))
-        probe.wait_command(n)
-        q0 = node._sent.pos[0]                            # the state the second plan was gated from
-        q_cmd = probe.follower.pos[0]                     # where the controller actually continued from
-        np.testing.assert_allclose(q0, q_cmd, atol=0.02)     # (sampled ms apart, more on a loaded machine)
+        # a plan on from the reference (one from the measured arm may be refused: it reverses a moving arm)
+        q_ref = probe.follower.sample(probe._now() + 0.005)[0]
+        probe.plan_pub.publish(plan_msg(node.names, q_ref, [0.1, 0, 0, 0, 0, 0], n=5, dt=0.1))
+        i = probe.wait_motion(n)
+        q0 = _model_of(probe, seen, i).pos[0]   # the state the second plan was gated from
+        q_cmd = probe.followers[i].pos[0]                 # where the controller actually continued from
+        np.testing.assert_allclose(q0, q_cmd, atol=0.02)     # (sampled at its publication: no transport delay)
+        # the reference only moves on (+) from where it was when q_meas was read, 0.05 rad ahead of it
         assert abs(q0[0] - q_meas[0]) > 0.04 and node.not_following == before
         # an arm that stopped following (beyond command_tracking_tolerance): reported, and still gated from
         # the reference, where the controller continues
         probe.stuck = probe.q - [0.3, 0, 0, 0, 0, 0]
-        time.sleep(0.2)
+        probe.wait_for(lambda: node.q is not None and np.array_equal(node.q, probe.stuck), 15.0,
+                       "the stuck arm's joint state at the node")
         n = len(probe.commands)
         probe.plan_pub.publish(plan_msg(node.names, probe.follower.sample(node._now() + 0.005)[0], [0.01] * 6))
-        probe.wait_command(n)
+        i = probe.wait_motion(n)
         assert node.not_following > before
-        np.testing.assert_allclose(node._sent.pos[0], probe.follower.pos[0], atol=0.03)   # not the stuck arm
+        np.testing.assert_allclose(_model_of(probe, seen, i).pos[0], probe.followers[i].pos[0],
+                                   atol=0.03)                                         # not the stuck arm
     finally:
+        restore()
         probe.lag, probe.stuck = 0.0, None
         # leave the arm at rest for the next test
-        if probe.follower is not None:
-            time.sleep(max(0.0, probe.follower.end_time - probe._now()) + 0.1)
+        try:
+            probe.wait_for(lambda: probe.follower is None or probe._now() > probe.follower.end_time + 0.1, 20.0,
+                           "the controller's last trajectory to end")
+        except AssertionError as e:
+            print(e)
 
 
 def test_estop_latches_and_only_reset_clears(graph):
