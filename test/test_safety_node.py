@@ -198,14 +198,14 @@ def test_plan_is_gated_and_forwarded_by_name(graph):
     q0 = probe.q.copy()
     probe.plan_pub.publish(plan_msg(node.names, q0, [0.05, 0.02, -0.02, 0.02, 0.03, 0.03],
                                     perm=[3, 1, 5, 0, 2, 4]))
-    cmd = probe.wait_command(n)
+    cmd = probe.commands[probe.wait_motion(n)]                 # (not a watchdog hold)
     assert list(cmd.joint_names) == node.names
     out = msgs.trajectory_from_msg(cmd)
     np.testing.assert_allclose(out.positions[-1], q0 + [0.05, 0.02, -0.02, 0.02, 0.03, 0.03], atol=1e-9)
     # too fast: time-scaled, never passed unchanged
     n = len(probe.commands)
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.6, 0, 0, 0, 0, 0], n=3, dt=0.1))
-    out = msgs.trajectory_from_msg(probe.wait_command(n))
+    out = msgs.trajectory_from_msg(probe.commands[probe.wait_motion(n)])
     assert out.times[-1] > 0.3 + 1e-6
     assert node.gate.scaled >= 1
 
@@ -427,9 +427,14 @@ def _moving(node, probe):
     n = len(probe.commands)
     _moving.side = -getattr(_moving, "side", -1.0)
     target = node.spec.arm.home + 0.1 * _moving.side
-    probe.plan_pub.publish(plan_msg(node.names, probe.q, target - probe.q, n=10))
-    probe.wait_command(n)
-    probe.wait_state("ok")
+    # from the controller's reference (a plan from the measured arm, off it on a loaded machine, may be refused)
+    q = probe.follower.sample(probe._now() + 0.005)[0] if probe.follower else probe.q
+    probe.plan_pub.publish(plan_msg(node.names, q, target - q, n=10))
+    try:
+        probe.wait_motion(n)
+        probe.wait_state("ok")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last refusal: {node.gate.last_violation}; hold: {node.hold_reason}") from None
 
 
 def test_a_rogue_command_during_motion_latches_names_it_and_only_a_reset_after_it_left_restores_motion(graph):
