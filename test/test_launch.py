@@ -189,7 +189,13 @@ def test_images_then_gated_trajectory_after_goal():
         # the arm reaches the goal: the planner stops (reached or settled) with the tool within 5 cm
         probe.wait_for(lambda: probe.status and probe.status[-1].data.split()[0] in ("reached", "settled"),
                        PLAN_TIMEOUT, "the planner to report the goal reached or settled")
-        time.sleep(1.0)                                  # the arm goes back to that frame's pose and holds
+        # the arm goes back to that frame's pose and holds: at least 1 s on, then 10 tool positions within 2 mm
+        t_done, n_tool = time.monotonic(), len(probe.tool)
+
+        def holding():
+            pts = np.array([[m.point.x, m.point.y, m.point.z] for m in probe.tool[n_tool:][-10:]])
+            return time.monotonic() - t_done >= 1.0 and len(pts) == 10 and np.ptp(pts, axis=0).max() < 2e-3
+        probe.wait_for(holding, 20.0, "the arm to hold still")
         with probe.cond:
             p = probe.tool[-1].point
         miss = float(np.linalg.norm(np.array([p.x, p.y, p.z]) - spec.tool_position(q_goal)))

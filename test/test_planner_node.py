@@ -73,17 +73,17 @@ class _Graph:
         n = len(self.planner.joint_history)
         self._js_pub.publish(msgs.joint_state_msg(self.planner.arm.joint_names, q, np.zeros(6), None,
                                                     msgs.seconds_to_stamp(t)))
-        assert _wait(lambda: len(self.planner.joint_history) == n + 1, 5), "joint state not received"
+        assert _wait(lambda: len(self.planner.joint_history) == n + 1, 15), "joint state not received"
 
     def publish_embedding(self, t, z):
         
         self._emb_pub.publish(msgs.embedding_msg(z, msgs.seconds_to_stamp(t), self.planner.model_id))
-        assert _wait(lambda: self.planner.memory.latest_stamp() == pytest.approx(t), 5), "embedding not received"
+        assert _wait(lambda: self.planner.memory.latest_stamp() == pytest.approx(t), 15), "embedding not received"
 
     def teach(self):
-        assert self._teach.wait_for_service(timeout_sec=5)
+        assert self._teach.wait_for_service(timeout_sec=15)
         fut = self._teach.call_async(Trigger.Request())
-        assert _wait(fut.done, 5) and fut.result().success, fut.result()
+        assert _wait(fut.done, 15) and fut.result().success, fut.result()
 
     def close(self):
         self.ex.shutdown()
@@ -110,8 +110,8 @@ def test_reached_goal_returns_the_arm_to_the_pose_of_its_frame(ros_domain_id):
         # state of its frame's instant, not of the newest one
         np.testing.assert_allclose(planner.goal_tool.numpy(), arm.tool_position(q_frame), atol=1e-6)
         # the goal is the frame's own embedding: distance 0 < goal_tolerance on the next cycle
-        assert _wait(lambda: planner.goal_status == "reached", 5), planner.goal_status
-        assert _wait(lambda: len(g.plans) > 0, 5), "no last plan"
+        assert _wait(lambda: planner.goal_status == "reached", 15), planner.goal_status
+        assert _wait(lambda: len(g.plans) > 0, 15), "no last plan"
         pts = g.last_plan()                                                        # (T, A)
         np.testing.assert_allclose(pts[-1], q_frame, atol=1e-9)                    # back where the frame was taken
         steps = np.abs(np.diff(np.vstack([q_now, pts]), axis=0))
@@ -149,17 +149,25 @@ def test_settled_goal_returns_the_arm_to_the_pose_of_the_closest_frame(ros_domai
         plan = planner.planner.plan
         planner.planner.plan = lambda *a, **kw: seen.append(kw["joint_state"]) or plan(*a, **kw)
         g.teach()
-        assert _wait(lambda: planner.monitor.best_stamp == pytest.approx(t_close), 5), "closest frame not measured"
-        assert _wait(lambda: len(seen) > 0, 5), "no plan"
+        assert _wait(lambda: planner.monitor.best_stamp == pytest.approx(t_close), 15), "closest frame not measured"
+        assert _wait(lambda: len(seen) > 0, 15), "no plan"
         np.testing.assert_allclose(seen[0][0], q_close, atol=1e-9)    # the frame's instant, not the newest state
-        t_later = g.clock()                                           # the arm moved on; no later frame is closer
-        g.publish_state(t_later, q_later)
-        g.publish_embedding(t_later, z_goal + rng.normal(size=z_goal.shape).astype(np.float32))
-        assert _wait(lambda: planner.goal_status == "settled", 20), (planner.goal_status, planner.monitor.stalled_cycles)
+        # the arm moved on; no later frame is closer
+        z_later = z_goal + rng.normal(size=z_goal.shape).astype(np.float32)
+        sent = [-np.inf]
+
+        def settled():   # that later frame again at new stamps each second: the inputs stay fresh however
+            if time.monotonic() - sent[0] > 1.0:      # long the 5 stalled cycles take on a loaded machine
+                t = g.clock()
+                g.publish_state(t, q_later)
+                g.publish_embedding(t, z_later)
+                sent[0] = time.monotonic()
+            return planner.goal_status == "settled"
+        assert _wait(settled, 60), (planner.goal_status, planner.monitor.stalled_cycles)
         n_plans = planner.counts["plans"]
         assert n_plans > 0                                            # it planned until it settled
         # the last plan goes back to where the closest frame was taken
-        assert _wait(lambda: g.plans and np.allclose(g.last_plan()[-1], q_close, atol=1e-9), 5), \
+        assert _wait(lambda: g.plans and np.allclose(g.last_plan()[-1], q_close, atol=1e-9), 15), \
             (g.last_plan()[-1] if g.plans else "no plan")
         pts = g.last_plan()
         assert np.all(np.abs(np.diff(np.vstack([q_later, pts]), axis=0)) <= planner.planner.bound.numpy() + 1e-9)

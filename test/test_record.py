@@ -126,7 +126,7 @@ def test_manual_start_stop_and_interrupt(graph, tmp_path, ros_domain_id):
         def call(client):
             assert client.wait_for_service(timeout_sec=10.0)
             fut = client.call_async(Trigger.Request())
-            rclpy.spin_until_future_complete(node, fut, executor=ex, timeout_sec=5.0)
+            rclpy.spin_until_future_complete(node, fut, executor=ex, timeout_sec=15.0)
             return fut.result()
 
         wait_until(lambda: graph.pub.get_subscription_count() >= 2, "the recorder to hear the commands")
@@ -166,19 +166,19 @@ def test_idle_timeout_ends_the_episode(graph, tmp_path):
         wait_until(lambda: (tmp_path / "episode_0001").exists(), "episode_0001 to start")
         time.sleep(2.0)
         paused.set()                       # the commands stop: episode_0001 ends 0.5 s later
-        wait_until(lambda: len(lines) >= 2, "episode_0001 to end", timeout=5.0)
+        wait_until(lambda: len(lines) >= 2, "episode_0001 to end", timeout=20.0)
         time.sleep(0.5)
         assert len(lines) == 2 and lines[1].startswith("episode_0001:") and "(idle)" in lines[1], lines
         assert not (tmp_path / "episode_0002").exists()   # no commands, no episode
         paused.clear()                     # they come back: episode_0002 starts
-        wait_until(lambda: (tmp_path / "episode_0002").exists(), "episode_0002 to start", timeout=5.0)
+        wait_until(lambda: (tmp_path / "episode_0002").exists(), "episode_0002 to start", timeout=20.0)
         time.sleep(1.0)
         paused.set()
-        worker.join(timeout=5.0)
+        worker.join(timeout=20.0)
     finally:
         paused.clear()
         stop.set()
-        worker.join(timeout=5.0)
+        worker.join(timeout=20.0)
     assert "(idle)" in lines[2] and lines[3].startswith("record: 2 episode(s)"), lines
     assert len(load_episode(tmp_path / "episode_0001", joint_names=sim.spec.joint_names)) > 10
 

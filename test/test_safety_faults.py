@@ -331,7 +331,7 @@ def _still_now(probe):
     return len(T) > 5 and np.max(np.abs(Q - Q[0])) <= POS_TOL and np.abs(V).max() <= VEL_TOL
 
 
-def _check_report(probe, t_after, word, reason_part, timeout=3.0):
+def _check_report(probe, t_after, word, reason_part, timeout=15.0):
     """/ami/safety_state says ``word`` and the safety diagnostics (published after ``t_after``)
     report ``reason_part``; returns the diagnostic values."""
     assert _wait(lambda: probe.state() == word, timeout), f"safety state {probe.state()!r}, expected {word!r}"
@@ -583,9 +583,9 @@ def test_malformed_burst_is_refused_and_counted(restored):
             return None
         vals = d[1]
         return vals if all(int(vals.get(f"rejected.{r}", 0)) > rej0.get(r, 0) for r in expected) else None
-    vals = _wait(diag_counts, 4)
+    vals = _wait(diag_counts, 15)
     assert vals, f"diagnostics lack refusal counts: {probe.safety_diag()}"
-    d = _wait(lambda: probe.node_diag("encoder", t_diag), 3)
+    d = _wait(lambda: probe.node_diag("encoder", t_diag), 15)
     assert d and int(d[1]["refused_image"]) > enc0["refused_image"], d
 
     # nothing bad reached the controller; the gate kept passing the planner's plans
@@ -596,9 +596,9 @@ def test_malformed_burst_is_refused_and_counted(restored):
     # more plans) is planned for, its plans pass the gate, fresh frames are encoded
     passed1 = safety.gate.passed
     _start_motion(s)
-    assert _wait(lambda: safety.gate.passed > passed1 + 3, 3), "the planner's plans stopped passing the gate"
+    assert _wait(lambda: safety.gate.passed > passed1 + 3, 15), "the planner's plans stopped passing the gate"
     e, p = encoder.counts["embeddings"], planner.counts["plans"]
-    assert _wait(lambda: encoder.counts["embeddings"] > e + 3 and planner.counts["plans"] > p + 3, 3)
+    assert _wait(lambda: encoder.counts["embeddings"] > e + 3 and planner.counts["plans"] > p + 3, 15)
     assert np.all(np.isfinite(safety.q)) and np.allclose(safety.q, s["sim"].sim.joint_positions(), atol=0.1)
     assert not s["errors"], s["errors"]
     _within_limits(s, t0)
@@ -628,9 +628,9 @@ def test_estop_during_motion_latches_until_reset(restored):
     p0 = planner.counts["plans"]
     t_latched = time.monotonic()
     probe.estop_pub.publish(Bool(data=False))            # does not clear the latch
-    time.sleep(1.5)
-    assert planner.counts["plans"] >= p0 + 3, "the planner stopped planning"
-    assert safety.gate.rejections["estop_latched"] >= n_latched + 3
+    assert _wait(lambda: planner.counts["plans"] >= p0 + 3, 20), "the planner stopped planning"
+    assert _wait(lambda: safety.gate.rejections["estop_latched"] >= n_latched + 3, 20), \
+        safety.gate.rejections["estop_latched"] - n_latched
     assert safety.estop.latched and probe.state() == "e-stopped"
     assert all(len(m.points) == 1 for _, m in probe.commands_since(t_hold)), "something moving passed the latch"
     T, Q, V = probe.joint_series(t_still)
@@ -644,8 +644,8 @@ def test_estop_during_motion_latches_until_reset(restored):
     print(f"e-stop reset {t_reset - t_trip:.3f} s after the trip")
     res = probe.call(probe.reset_estop)
     assert res.success and not safety.estop.latched
-    assert _wait(lambda: probe.state() in ("ok", "holding", "rejecting") and safety.gate.passed > passed, 3)
-    assert _wait(lambda: any(len(m.points) > 1 for _, m in probe.commands_since(t_reset)), 3)
+    assert _wait(lambda: probe.state() in ("ok", "holding", "rejecting") and safety.gate.passed > passed, 15)
+    assert _wait(lambda: any(len(m.points) > 1 for _, m in probe.commands_since(t_reset)), 15)
     _clear_goal_and_settle(s, "after the e-stop reset")
     _check_report(probe, t_reset, "holding", "plan")
     _within_limits(s, t_trip)
@@ -687,7 +687,7 @@ def test_embeddings_of_another_model_stop_planning_and_hold(restored):
         vals = _check_report(probe, t_switch, "holding", "plan")
         assert "plan" in vals["stale_inputs"]
         t_diag = time.monotonic()
-        d = _wait(lambda: probe.node_diag("planner", t_diag), 3)
+        d = _wait(lambda: probe.node_diag("planner", t_diag), 15)
         assert d and int(d[1]["refused_embedding_model"]) > refused0, d
         # still refusing, still no plans
         n = planner.counts["plans"]
@@ -709,8 +709,10 @@ def test_gate_killed_mid_motion_the_arm_stops_by_itself(restored):
     s = restored
     probe, safety = s["probe"], s["safety"]
     bound = safety.core.motion_bound()
-    _start_motion(s)
-    time.sleep(0.3)
+    t_moving, _ = _start_motion(s)
+    # mid-motion (0.3 s on), just after a plan passed (what the gate sent last is under way)
+    assert _wait(lambda: time.monotonic() - t_moving > 0.3
+                 and time.monotonic() - (probe.last_motion_command() or -np.inf) < 0.1, 20), "no plan passing"
     t_kill = time.monotonic()
     s["destroyed"].append("safety")
     s["stack"].destroy(safety)
@@ -745,7 +747,7 @@ def test_zero_size_images_are_refused_not_raised(restored):
     n_cam = len(s["errors"])
     goal0 = planner.counts["refused_goal_image"]
     probe.goal_pub.publish(empty)
-    _wait(lambda: planner.counts["refused_goal_image"] > goal0 or len(s["errors"]) > n_cam, 3)
+    _wait(lambda: planner.counts["refused_goal_image"] > goal0 or len(s["errors"]) > n_cam, 15)
     time.sleep(0.3)
     errors = [f"{e} (in {_where(tb)})" for e, tb in zip(s["errors"][n_err:], s["tracebacks"][n_err:])]
     del s["errors"][n_err:], s["tracebacks"][n_err:]          # reported here, not again by the fixture

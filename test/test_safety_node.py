@@ -38,6 +38,7 @@ class Probe(Node):
         self.names, self.q = list(names), np.array(q, dtype=float)
         self.cond = threading.Condition()
         self.commands: list = []               # every gated command (unbounded: tests index it by count)
+        self.followers: list = []              # the controller's trajectory for each command (same index)
         self.states: deque = deque(maxlen=100)
         self.diags: deque = deque(maxlen=10)
         self.publish_states = False
@@ -66,13 +67,19 @@ class Probe(Node):
     def _now(self):
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_command(self, msg):
+    def _on_command(self, msg, info):
+        """The controller: a command stamped 0 starts when it was published (the DDS source
+        timestamp, on the same system clock), from where the previous one had the reference then:
+        a controller without transport delay, so a loaded machine's late delivery does not shift it."""
         traj = msgs.trajectory_from_msg(msg)
-        now = self._now()
+        sent = (info or {}).get("source_timestamp") or 0
+        now = sent * 1e-9 if sent > 0 else self._now()
         with self.cond:
-            q0, v0 = self.follower.sample(now) if self.follower else (self.q, np.zeros(len(self.q)))
-            self.follower = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now)
+            t0 = traj.start_time if traj.start_time > 0 else now
+            q0, v0 = self.follower.sample(t0) if self.follower else (self.q, np.zeros(len(self.q)))
+            self.follower = TrajectorySampler(traj, q0, v0, t0)
             self.commands.append(msg)
+            self.followers.append(self.follower)
             self.cond.notify_all()
 
     def _on_timer(self):
@@ -85,7 +92,7 @@ class Probe(Node):
         if self.publish_states:
             self.js_pub.publish(msgs.joint_state_msg(self.names, self.q, v, stamp=self.get_clock().now().to_msg()))
 
-    def wait_for(self, predicate, timeout=5.0, what="condition"):
+    def wait_for(self, predicate, timeout=15.0, what="condition"):
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
@@ -100,17 +107,24 @@ class Probe(Node):
     def state(self):
         return self.states[-1].data if self.states else None
 
-    def wait_state(self, word, timeout=5.0):
+    def wait_state(self, word, timeout=15.0):
         try:
             self.wait_for(lambda: self.state() == word, timeout, f"safety state {word!r}")
         except AssertionError as e:
             raise AssertionError(f"{e}; states seen: {[m.data for m in self.states]}") from None
 
-    def wait_command(self, n_before, timeout=5.0):
+    def wait_command(self, n_before, timeout=15.0):
         return self.wait_for(lambda: len(self.commands) > n_before and self.commands[-1], timeout, "a gated command")
 
+    def wait_motion(self, n_before, timeout=15.0):
+        """The index of the first command after ``n_before`` that moves (more than one point: not a hold)."""
+        def found():
+            i = next((i for i in range(n_before, len(self.commands)) if len(self.commands[i].points) > 1), None)
+            return None if i is None else (i,)
+        return self.wait_for(found, timeout, "a gated motion command")[0]
+
     def call(self, client):
-        assert client.wait_for_service(timeout_sec=5.0)
+        assert client.wait_for_service(timeout_sec=15.0)
         fut = client.call_async(Trigger.Request())
         self.wait_for(fut.done, 5.0, client.srv_name)
         return fut.result()
@@ -172,7 +186,7 @@ def test_starts_holding_until_joint_state(graph):
     node, probe = graph
     probe.wait_state("holding")
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
-    probe.wait_for(lambda: node.gate.rejections["stale_joint_state"] >= 1, 5.0, "refusal without joint state")
+    probe.wait_for(lambda: node.gate.rejections["stale_joint_state"] >= 1, 15.0, "refusal without joint state")
     assert len(probe.commands) == 0  # nothing commanded before a joint state
     probe.publish_states = True
     probe.wait_state("ok")
@@ -184,14 +198,14 @@ def test_plan_is_gated_and_forwarded_by_name(graph):
     q0 = probe.q.copy()
     probe.plan_pub.publish(plan_msg(node.names, q0, [0.05, 0.02, -0.02, 0.02, 0.03, 0.03],
                                     perm=[3, 1, 5, 0, 2, 4]))
-    cmd = probe.wait_command(n)
+    cmd = probe.commands[probe.wait_motion(n)]                 # (not a watchdog hold)
     assert list(cmd.joint_names) == node.names
     out = msgs.trajectory_from_msg(cmd)
     np.testing.assert_allclose(out.positions[-1], q0 + [0.05, 0.02, -0.02, 0.02, 0.03, 0.03], atol=1e-9)
     # too fast: time-scaled, never passed unchanged
     n = len(probe.commands)
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.6, 0, 0, 0, 0, 0], n=3, dt=0.1))
-    out = msgs.trajectory_from_msg(probe.wait_command(n))
+    out = msgs.trajectory_from_msg(probe.commands[probe.wait_motion(n)])
     assert out.times[-1] > 0.3 + 1e-6
     assert node.gate.scaled >= 1
 
@@ -201,7 +215,7 @@ def test_bad_plan_is_refused_and_counted(graph):
     n = len(probe.commands)
     before = node.gate.rejections["position_limit"]
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0, 0, 0, 0, 0, 5.0]))
-    probe.wait_for(lambda: node.gate.rejections["position_limit"] == before + 1, 5.0, "position_limit refusal")
+    probe.wait_for(lambda: node.gate.rejections["position_limit"] == before + 1, 15.0, "position_limit refusal")
     probe.wait_state("rejecting")
     # nothing moving goes out (a hold may: the previous motion loses its plan feed)
     assert all(len(m.points) == 1 for m in list(probe.commands)[n:])
@@ -209,14 +223,14 @@ def test_bad_plan_is_refused_and_counted(graph):
     msg = plan_msg(node.names, probe.q, [0.01] * 6)
     msg.joint_names[2] = "ghost_joint"
     probe.plan_pub.publish(msg)
-    probe.wait_for(lambda: node.gate.rejections["unknown_joint"] >= 1, 5.0, "unknown_joint refusal")
+    probe.wait_for(lambda: node.gate.rejections["unknown_joint"] >= 1, 15.0, "unknown_joint refusal")
     # an oversized plan is refused unread (the work per message stays bounded)
     big = plan_msg(node.names, probe.q, [0.01] * 6, n=node.max_plan_points + 1, dt=0.001)
     probe.plan_pub.publish(big)
-    probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 1, 5.0, "too_many_points refusal")
+    probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 1, 15.0, "too_many_points refusal")
     huge = plan_msg(node.names, probe.q, [0.01] * 6, n=5 * node.max_plan_points, dt=0.001)   # refused by its size
     probe.plan_pub.publish(huge)
-    probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 2, 5.0, "too_many_points refusal by size")
+    probe.wait_for(lambda: node.gate.rejections["too_many_points"] >= 2, 15.0, "too_many_points refusal by size")
     # bytes that are no JointTrajectory are refused as malformed, not raised in the gate's thread
     bad = node._read_plan(b"\x00\x01\x00\x00not a trajectory")
     assert isinstance(bad, TrajectoryError) and bad.reason == "malformed", bad
@@ -227,7 +241,7 @@ def test_bad_plan_is_refused_and_counted(graph):
             if vals.get("rejected.position_limit") and vals.get("rejected.unknown_joint"):
                 return vals
         return None
-    vals = probe.wait_for(diag_counts, 3.0, "diagnostics with the refusal counts")
+    vals = probe.wait_for(diag_counts, 15.0, "diagnostics with the refusal counts")
     assert int(vals["rejected.position_limit"]) >= 1 and "last_violation" in vals and "gate_latency_ms" in vals
     assert all(len(m.points) == 1 for m in list(probe.commands)[n:])
 
@@ -240,7 +254,7 @@ def test_stale_joint_state_during_motion_holds(graph):
     probe.wait_state("ok")
     n = len(probe.commands)
     probe.publish_states = False
-    hold = msgs.trajectory_from_msg(probe.wait_command(n, timeout=3.0))
+    hold = msgs.trajectory_from_msg(probe.wait_command(n))
     # one point: brakes from where the arm is commanded to rest (zero velocity), a short way on
     assert len(hold.times) == 1 and not np.any(hold.velocities)
     np.testing.assert_allclose(hold.positions[0], probe.q, atol=0.03)
@@ -256,39 +270,79 @@ def test_stale_joint_state_during_motion_holds(graph):
     probe.wait_state("ok")
 
 
+def _models(node):
+    """Record, for every command the node sends, its model of the controller's trajectory (where and when
+    it starts): [(trajectory sent, TrajectorySampler)], until ``restore()``."""
+    core, seen = node.core, []
+    send = core._send
+
+    def record(traj, q0, v0, now):
+        send(traj, q0, v0, now)
+        seen.append((traj, core.sent))
+    core._send = record
+    return seen, lambda: core.__dict__.pop("_send", None)
+
+
+def _model_of(probe, seen, i):
+    """The node's model of the controller's trajectory for command ``i`` (found by its points; recorded
+    just after it was published, so maybe after the controller got it)."""
+    out = msgs.trajectory_from_msg(probe.commands[i])
+
+    def find():
+        for traj, model in list(seen):
+            if traj.times.shape == out.times.shape and np.allclose(traj.times, out.times, rtol=0, atol=1e-8) \
+                    and np.allclose(traj.positions, out.positions, rtol=0, atol=1e-9):   # (times in whole ns)
+                return (model,)
+        return None
+    return probe.wait_for(find, 15.0, f"the node's record of command {i}")[0]
+
+
 def test_plans_are_gated_from_the_controllers_reference(graph):
     """A plan that replaces a running one starts where the controller is commanded
     (it continues from its own reference), not where the lagging arm is measured."""
     node, probe = graph
     probe.wait_state("ok")
-    probe.lag = 0.2
+    seen, restore = _models(node)
+    probe.lag = 0.3
     try:
         n = len(probe.commands)
         probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.3, 0, 0, 0, 0, 0], n=10, dt=0.1))
-        probe.wait_command(n)
-        time.sleep(0.25)                                  # mid-motion (before the lease ends): measured ~0.06 rad behind
+        probe.wait_motion(n)
+        # mid-motion (the lease cuts it to ~0.12 rad at ~0.22 rad/s): the measured arm well behind the
+        # reference (up to ~0.065 rad), for about 0.3 s
+        probe.wait_for(lambda: probe.follower.sample(probe._now())[0][0] - probe.q[0] > 0.05, 15.0,
+                       "the measured arm 0.05 rad behind the controller's reference")
         q_meas = probe.q.copy()
         n, before = len(probe.commands), node.not_following
-        probe.plan_pub.publish(plan_msg(node.names, q_meas, [-0.1, 0, 0, 0, 0, 0], n=5, dt=0.1))
-        probe.wait_command(n)
-        q0 = node._sent.pos[0]                            # the state the second plan was gated from
-        q_cmd = probe.follower.pos[0]                     # where the controller actually continued from
-        np.testing.assert_allclose(q0, q_cmd, atol=0.02)     # (sampled ms apart, more on a loaded machine)
+        # a plan on from the reference (one from the measured arm may be refused: it reverses a moving arm)
+        q_ref = probe.follower.sample(probe._now() + 0.005)[0]
+        probe.plan_pub.publish(plan_msg(node.names, q_ref, [0.1, 0, 0, 0, 0, 0], n=5, dt=0.1))
+        i = probe.wait_motion(n)
+        q0 = _model_of(probe, seen, i).pos[0]   # the state the second plan was gated from
+        q_cmd = probe.followers[i].pos[0]                 # where the controller actually continued from
+        np.testing.assert_allclose(q0, q_cmd, atol=0.02)     # (sampled at its publication: no transport delay)
+        # the reference only moves on (+) from where it was when q_meas was read, 0.05 rad ahead of it
         assert abs(q0[0] - q_meas[0]) > 0.04 and node.not_following == before
         # an arm that stopped following (beyond command_tracking_tolerance): reported, and still gated from
         # the reference, where the controller continues
         probe.stuck = probe.q - [0.3, 0, 0, 0, 0, 0]
-        time.sleep(0.2)
+        probe.wait_for(lambda: node.q is not None and np.array_equal(node.q, probe.stuck), 15.0,
+                       "the stuck arm's joint state at the node")
         n = len(probe.commands)
         probe.plan_pub.publish(plan_msg(node.names, probe.follower.sample(node._now() + 0.005)[0], [0.01] * 6))
-        probe.wait_command(n)
+        i = probe.wait_motion(n)
         assert node.not_following > before
-        np.testing.assert_allclose(node._sent.pos[0], probe.follower.pos[0], atol=0.03)   # not the stuck arm
+        np.testing.assert_allclose(_model_of(probe, seen, i).pos[0], probe.followers[i].pos[0],
+                                   atol=0.03)                                         # not the stuck arm
     finally:
+        restore()
         probe.lag, probe.stuck = 0.0, None
         # leave the arm at rest for the next test
-        if probe.follower is not None:
-            time.sleep(max(0.0, probe.follower.end_time - probe._now()) + 0.1)
+        try:
+            probe.wait_for(lambda: probe.follower is None or probe._now() > probe.follower.end_time + 0.1, 20.0,
+                           "the controller's last trajectory to end")
+        except AssertionError as e:
+            print(e)
 
 
 def test_estop_latches_and_only_reset_clears(graph):
@@ -302,12 +356,12 @@ def test_estop_latches_and_only_reset_clears(graph):
     n = len(probe.commands)
     before = node.gate.rejections["estop_latched"]
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
-    probe.wait_for(lambda: node.gate.rejections["estop_latched"] == before + 1, 5.0, "estop refusal")
+    probe.wait_for(lambda: node.gate.rejections["estop_latched"] == before + 1, 15.0, "estop refusal")
     assert node.estop.latched and probe.state() == "e-stopped"
     assert all(len(m.points) == 1 for m in list(probe.commands)[n:])  # only holds
     res = probe.call(probe.reset)
     assert res.success
-    probe.wait_for(lambda: probe.state() != "e-stopped", 3.0, "e-stop cleared")
+    probe.wait_for(lambda: probe.state() != "e-stopped", 15.0, "e-stop cleared")
     assert not node.estop.latched
     # trip by service, reset again
     assert probe.call(probe.trip).success
@@ -373,9 +427,14 @@ def _moving(node, probe):
     n = len(probe.commands)
     _moving.side = -getattr(_moving, "side", -1.0)
     target = node.spec.arm.home + 0.1 * _moving.side
-    probe.plan_pub.publish(plan_msg(node.names, probe.q, target - probe.q, n=10))
-    probe.wait_command(n)
-    probe.wait_state("ok")
+    # from the controller's reference (a plan from the measured arm, off it on a loaded machine, may be refused)
+    q = probe.follower.sample(probe._now() + 0.005)[0] if probe.follower else probe.q
+    probe.plan_pub.publish(plan_msg(node.names, q, target - q, n=10))
+    try:
+        probe.wait_motion(n)
+        probe.wait_state("ok")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last refusal: {node.gate.last_violation}; hold: {node.hold_reason}") from None
 
 
 def test_a_rogue_command_during_motion_latches_names_it_and_only_a_reset_after_it_left_restores_motion(graph):
@@ -384,7 +443,7 @@ def test_a_rogue_command_during_motion_latches_names_it_and_only_a_reset_after_i
     rogue = Node("rogue_teleop", context=node.context)
     pub = rogue.create_publisher(JointTrajectory, "/arm_controller/joint_trajectory",
                                  QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
-    probe.wait_for(lambda: pub.get_subscription_count() >= 2, 5.0, "the rogue matched (controller and gate)")
+    probe.wait_for(lambda: pub.get_subscription_count() >= 2, 15.0, "the rogue matched (controller and gate)")
     n, holds, foreign = len(probe.commands), node.holds_published, node.core.foreign_commands
     t0 = time.monotonic()
     pub.publish(plan_msg(node.names, probe.q, [-0.05] * 6, n=3))      # valid, and not the gate's
@@ -395,10 +454,10 @@ def test_a_rogue_command_during_motion_latches_names_it_and_only_a_reset_after_i
     assert "/rogue_teleop" in node.estop.reason, node.estop.reason
     # the rogue's command reached the gate, and the last command the controller got is the gate's hold
     # (the controller's queue keeps the newest: it may never see the rogue's)
-    probe.wait_for(lambda: node.core.foreign_commands == foreign + 1, 5.0, "the rogue's command seen by the gate")
+    probe.wait_for(lambda: node.core.foreign_commands == foreign + 1, 15.0, "the rogue's command seen by the gate")
     probe.wait_for(lambda: node.holds_published > holds and len(probe.commands) > n
-                   and len(probe.commands[-1].points) == 1, 5.0, "a hold after the rogue")
-    probe.wait_for(lambda: "/rogue_teleop" in _diag_value(probe, "intruders"), 5.0, "the intruder in /diagnostics")
+                   and len(probe.commands[-1].points) == 1, 15.0, "a hold after the rogue")
+    probe.wait_for(lambda: "/rogue_teleop" in _diag_value(probe, "intruders"), 15.0, "the intruder in /diagnostics")
     res = probe.call(probe.reset)                                     # refused while it is there
     assert not res.success and "/rogue_teleop" in res.message and node.estop.latched, res.message
     rogue.destroy_node()
@@ -416,7 +475,7 @@ def test_a_second_safety_node_on_the_domain_latches_the_first(graph):
     t0 = time.monotonic()
     second = SafetyNode({"watch_camera": False}, node_name="safety_node_2", context=node.context)
     try:
-        probe.wait_for(lambda: node.estop.latched, 5.0, "the first gate latched")
+        probe.wait_for(lambda: node.estop.latched, 15.0, "the first gate latched")
         print(f"\nsecond safety node created -> first latched: {1000 * (time.monotonic() - t0):.1f} ms")
         assert "/safety_node_2" in node.estop.reason, node.estop.reason
         res = probe.call(probe.reset)
@@ -452,9 +511,9 @@ def _change_state(probe, transition_id):
 
     client = getattr(probe, "_lifecycle", None) or probe.create_client(ChangeState, "/safety_node/change_state")
     probe._lifecycle = client
-    assert client.wait_for_service(timeout_sec=5.0)
+    assert client.wait_for_service(timeout_sec=15.0)
     fut = client.call_async(ChangeState.Request(transition=Transition(id=transition_id)))
-    probe.wait_for(fut.done, 5.0, "change_state")
+    probe.wait_for(fut.done, 15.0, "change_state")
     return fut.result().success
 
 
@@ -470,7 +529,7 @@ def test_deactivate_holds_and_refuses_plans_activate_gates_again(graph):
     assert len(hold.points) == 1                                         # the motion braked
     n = len(probe.commands)
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
-    probe.wait_for(lambda: node.gate.rejections["inactive"] == refused + 1, 5.0, "the plan refused as inactive")
+    probe.wait_for(lambda: node.gate.rejections["inactive"] == refused + 1, 15.0, "the plan refused as inactive")
     assert len(probe.commands) == n
     assert _change_state(probe, Transition.TRANSITION_ACTIVATE)
     _moving(node, probe)

@@ -42,6 +42,7 @@ class Probe(Node):
         self.images: deque = deque(maxlen=5)
         self.infos: deque = deque(maxlen=5)
         self.states: deque = deque(maxlen=500)   # (receive time, q, v) in arm order
+        self.stamped: deque = deque(maxlen=500)  # (header stamp in s: the instant the state is of, q)
         self.last_state_msg = None
         self.tools: deque = deque(maxlen=5)
         self.diags: deque = deque(maxlen=5)
@@ -67,6 +68,7 @@ class Probe(Node):
         with self.cond:
             self.last_state_msg = msg
             self.states.append((time.monotonic(), q, v))
+            self.stamped.append((msgs.stamp_to_seconds(msg.header.stamp), q))
             self.cond.notify_all()
 
     def wait_for(self, predicate, timeout, what="condition"):
@@ -184,17 +186,17 @@ def test_trajectory_by_name_reaches_target(graph):
     t_sent = time.monotonic()
     probe.command_pub.publish(shuffled_msg(names, times, pts, seed=3))
     # a refused command mid-motion leaves the motion going
-    probe.wait_for(lambda: sim.commands_accepted >= 1, 3.0, "the command to be accepted")
+    probe.wait_for(lambda: sim.commands_accepted >= 1, 15.0, "the command to be accepted")
     refused = sim.refused_total
     bad = shuffled_msg(names, [1.0], [q0], seed=4)
     bad.joint_names[0] = "no_such_joint"
     probe.command_pub.publish(bad)
-    probe.wait_for(lambda: sim.refused_total > refused, 3.0, "the bad command to be refused")
+    probe.wait_for(lambda: sim.refused_total > refused, 15.0, "the bad command to be refused")
     probe.wait_at(q_goal, timeout=6.0)
     assert time.monotonic() - t_sent > 1.0  # followed the timing, did not jump
     # the tool-position probe agrees with forward kinematics of the measured joints
     q = probe.wait_settled()
-    tool = probe.wait_for(lambda: probe.tools and probe.tools[-1], 2.0, "tool position")
+    tool = probe.wait_for(lambda: probe.tools and probe.tools[-1], 15.0, "tool position")
     p = np.array([tool.point.x, tool.point.y, tool.point.z])
     np.testing.assert_allclose(p, sim.spec.tool_position(q), atol=0.01)
 
@@ -210,9 +212,13 @@ def test_stamped_trajectory_is_timed_from_its_stamp(graph):
     start = sim.get_clock().now().nanoseconds * 1e-9 + 0.8
     t_sent = time.monotonic()
     probe.command_pub.publish(shuffled_msg(names, [0.5], [q_goal], seed=5, stamp=start))
-    time.sleep(0.5)  # on its way, not there yet: about 0.5 of the 1.3 s segment
-    before = probe.states_since(t_sent)
-    moved = max(np.max(np.abs(q - q0)) for _, q, _ in before)
+    # joined on arrival over the longer first segment (about 1.3 s): on its way, not there yet, when the stamp
+    # comes (the sim's clock: the joint states' stamps, the instants they are of)
+    probe.wait_for(lambda: probe.stamped and probe.stamped[-1][0] >= start, 15.0, "joint states up to the stamp")
+    with probe.cond:
+        before = [q for stamp, q in probe.stamped if start - 0.8 <= stamp <= start]
+    moved = max(np.max(np.abs(q - q0)) for q in before) if before else 0.0
+    print(f"moved {moved:.3f} rad by the stamp")
     assert before and 0.01 < moved < 0.25, moved
     probe.wait_at(q_goal, timeout=5.0)
     assert time.monotonic() - t_sent > 1.0
@@ -239,9 +245,9 @@ def test_bad_trajectory_refused_arm_holds(graph, kind, reason):
     accepted = sim.commands_accepted
     t_sent = time.monotonic()
     probe.command_pub.publish(msg)
-    probe.wait_for(lambda: sim.refused_counts.get(reason, 0) == before + 1, 3.0, f"refusal ({reason})")
+    probe.wait_for(lambda: sim.refused_counts.get(reason, 0) == before + 1, 15.0, f"refusal ({reason})")
     assert sim.commands_accepted == accepted
-    probe.wait_for(lambda: probe.states[-1][0] > t_sent + 1.0, 3.0, "1 s of joint states")
+    probe.wait_for(lambda: probe.states[-1][0] > t_sent + 1.0, 15.0, "1 s of joint states")
     held = probe.states_since(t_sent)
     assert len(held) >= 5 and held[-1][0] - held[0][0] > 0.9  # samples across the whole second
     assert max(np.max(np.abs(q - q0)) for _, q, _ in held) < 1e-3
@@ -250,12 +256,12 @@ def test_bad_trajectory_refused_arm_holds(graph, kind, reason):
 def test_reset_service_and_diagnostics(graph):
     sim, probe = graph
     probe.command_pub.publish(shuffled_msg(sim.spec.joint_names, [0.5], [probe.latest_q() + 0.2]))
-    probe.wait_for(lambda: np.max(np.abs(probe.latest_q() - sim.spec.home)) > 0.1, 5.0, "the arm to move")
+    probe.wait_for(lambda: np.max(np.abs(probe.latest_q() - sim.spec.home)) > 0.1, 15.0, "the arm to move")
     probe.reset()
-    probe.wait_at(sim.spec.home, timeout=2.0, tol=0.01)
+    probe.wait_at(sim.spec.home, timeout=15.0, tol=0.01)
     n_refused = sim.refused_total
     probe.wait_for(lambda: probe.diags and diagnostics.diagnostic_values(probe.diags[-1].status[0])
-                   .get("commands_refused") == str(n_refused), 3.0, "diagnostics with the refused count")
+                   .get("commands_refused") == str(n_refused), 15.0, "diagnostics with the refused count")
     values = diagnostics.diagnostic_values(probe.diags[-1].status[0])
     assert float(values["camera_rate_hz"]) > 1.0 and float(values["joint_state_rate_hz"]) > 2.0  # measured, alive
     assert n_refused >= 3
