@@ -168,6 +168,7 @@ def test_a_gpu_provider_that_does_not_start(tmp_path):
         onnx_placement("tensorrt", providers, ALL[1:], None)
     p = onnx_placement("auto", providers, ALL[1:], None)
     assert p.providers == ALL[1:] and "did not start" in p.warning and p.line.startswith("onnxruntime runs CUDA")
+    assert p.device == "cuda"
     p = onnx_placement("tensorrt", providers, ALL, None)
     assert p.warning is None and "fp16=False" in p.line and str(tmp_path) in p.line
 
@@ -180,7 +181,7 @@ def test_onnx_auto_runs_on_the_cpu_here_and_says_so():
     if set(ort.get_available_providers()) & {"CUDAExecutionProvider", "TensorrtExecutionProvider"}:
         pytest.skip("this onnxruntime has a GPU provider")
     m = load_model(MODEL, backend="onnx", device="auto")
-    assert m.placement.providers == ["CPUExecutionProvider"]
+    assert m.placement.providers == ["CPUExecutionProvider"] and m.placement.device == "cpu"
     assert m.placement.line.startswith("onnxruntime runs CPUExecutionProvider (device=auto")
     assert all(s.get_providers() == ["CPUExecutionProvider"] for s in m.sessions.values())
 

@@ -40,7 +40,7 @@ class DeviceError(ValueError):
 
 @dataclass
 class Placement:
-    """Where a model was put: ``device`` (torch: cpu | cuda; ONNX Runtime: the choice),
+    """Where a model was put: ``device`` (cpu | cuda, and tensorrt for ONNX Runtime: what runs),
     ``providers`` (ONNX Runtime: what its sessions run, from ``session.get_providers()``),
     ``line``: what was chosen and why; ``warning``: set when a GPU was wanted and is not used."""
 
@@ -175,4 +175,5 @@ def onnx_placement(choice: str, providers, running: list[str], warning: str | No
     extra = "" if opts is None or TRT not in running else \
         f", TensorRT fp16={opts['trt_fp16_enable']}, engine cache {opts['trt_engine_cache_path']}"
     line = f"onnxruntime runs {running[0]} (device={choice}; providers {running}{extra})"
-    return Placement(choice, choice, line, providers=list(running), warning=warning)
+    runs = {TRT: "tensorrt", CUDA: "cuda"}.get(running[0], "cpu")
+    return Placement(choice, runs, line, providers=list(running), warning=warning)

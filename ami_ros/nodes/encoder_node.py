@@ -153,7 +153,7 @@ class EncoderNode(Node):
         lat = np.array(self._latency[-200:]) * 1000 if self._latency else np.zeros(1)
         self._latency = self._latency[-200:]
         pl = self.model.placement
-        values = {"model_id": self.model_id, "backend": self.model.backend, "device": self.model.device,
+        values = {"model_id": self.model_id, "backend": self.model.backend, "device": pl.device,
                   "providers": ", ".join(pl.providers) if pl.providers else "torch", "placement": pl.line,
                   "frame_rate_hz": self._meters["frames"].rate(now),
                   "embedding_rate_hz": self._meters["embeddings"].rate(now),
