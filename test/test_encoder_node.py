@@ -95,3 +95,38 @@ def test_an_unknown_image_transport_is_refused_at_start(kind, ros_domain_id):
             node_class(kind)({"image_transport": "theora"}, context=ctx)
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_diagnostics_say_which_onnx_runtime_provider_runs(ros_domain_id):
+    """backend onnx, device auto: on this machine the CPU provider, said in /diagnostics; an
+    explicit device the machine lacks is refused at start."""
+    import onnxruntime as ort
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from ami_ros.core.devices import DeviceError
+    from ami_ros.nodes.encoder_node import EncoderNode
+
+    if set(ort.get_available_providers()) & {"CUDAExecutionProvider", "TensorrtExecutionProvider"}:
+        pytest.skip("this onnxruntime has a GPU provider")
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=ros_domain_id)
+    threads = NodeThreads(context=ctx)
+    try:
+        with pytest.raises(DeviceError, match="device=tensorrt asked for"):
+            EncoderNode({"backend": "onnx", "device": "tensorrt"}, context=ctx)
+        node = EncoderNode({"backend": "onnx", "device": "auto"}, context=ctx)
+        probe = Node("diag_probe", context=ctx)
+        got = []
+        probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: got.extend(m.status), 10)
+        threads.add(node)
+        threads.add(probe)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not got:
+            time.sleep(0.05)
+        assert got, "no diagnostics"
+        values = {v.key: v.value for v in got[0].values}
+        assert values["backend"] == "onnx" and values["providers"] == "CPUExecutionProvider"
+        assert values["placement"].startswith("onnxruntime runs CPUExecutionProvider (device=auto")
+    finally:
+        threads.shutdown()
+        rclpy.try_shutdown(context=ctx)

@@ -30,11 +30,11 @@ SHIPPED = {
         "real_time_factor": 1.0, "command_topic": "/arm_controller/joint_trajectory", "controller_start": "commanded",
     },
     "encoder_node": {
-        "model_path": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "image_transport": "raw", "backend": "torch", "device": "auto", "max_frame_age_s": 0.2,
-        "max_joint_state_age_s": 0.2, "threads": 1,
+        "model_path": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "image_transport": "raw", "backend": "torch", "device": "auto", "trt_fp16": False,
+        "trt_cache_dir": "", "max_frame_age_s": 0.2, "max_joint_state_age_s": 0.2, "threads": 1,
     },
     "planner_node": {
-        "model_path": "", "backend": "torch", "safety_file": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "control_rate_hz": 10.0,
+        "model_path": "", "backend": "torch", "device": "auto", "safety_file": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "control_rate_hz": 10.0,
         "max_embedding_age_s": 0.5, "max_joint_state_age_s": 0.5, "threads": 1, "action_scale": 0.5,
         "goal_tolerance": 0.005, "settle_patience": 15, "settle_min_improvement": 0.02,
         "planner.method": "cem", "planner.mode": "flat", "planner.predictor": "direct", "planner.select": "mean",

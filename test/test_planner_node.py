@@ -249,3 +249,53 @@ def test_planner_prices_the_keep_out_boxes_of_the_safety_nodes_file(ros_domain_i
             PlannerNode(context=ctx, parameter_overrides={"safety_file": str(bad)})
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_missed_planning_cycles_are_counted_and_reported(ros_domain_id):
+    """A planner slower than the control period: each such cycle counts as missed (overran), in
+    /diagnostics and the node's counts; the device it plans on is there too."""
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from ami_ros.core.actor import Decision
+
+    g = _Graph(ros_domain_id, {})
+    try:
+        node = g.planner
+        reports = []
+        g.probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: reports.extend(m.status), 10)
+
+        def slow_step(now):            # a fake planner: 1.5 periods per cycle, nothing to send
+            time.sleep(1.5 * node.dt)
+            return Decision("no_goal", "none")
+
+        node.actor.step = slow_step
+
+        def missed_report():
+            return [{v.key: v.value for v in st.values} for st in reports
+                    if st.name.endswith("planner") and st.level == st.WARN
+                    and "planning cycles missed their period" in st.message]
+
+        assert _wait(lambda: missed_report(), 10), [st.message for st in reports]
+        values = missed_report()[-1]
+        assert int(values["cycles_missed"]) >= 1 and int(values["cycles_overran"]) >= 1
+        assert values["device"] == "cpu" and "torch on cpu" in values["placement"]
+        assert node.cycles.missed >= node.cycles.overran >= 1
+    finally:
+        g.close()
+
+
+def test_a_cuda_device_that_is_not_there_is_refused_at_start(ros_domain_id):
+    import torch
+
+    from ami_ros.core.devices import DeviceError
+    from ami_ros.nodes.planner_node import PlannerNode
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=ros_domain_id)
+    try:
+        with pytest.raises(DeviceError, match="device=cuda asked for"):
+            PlannerNode(context=ctx, parameter_overrides={"device": "cuda"})
+    finally:
+        rclpy.try_shutdown(context=ctx)

@@ -191,6 +191,7 @@ class Cost:
         terms are off without the arm; the first two also without their boxes."""
         self._weights = weights.validate()
         self.arm = arm
+        self.device = torch.device("cpu")    # where its tensors live (:meth:`to`)
         # the volumes the workspace term checks: all but the first link's (as in the gate); the tool point, last, too
         self._in_workspace = None if arm is None else torch.as_tensor(~np.append(arm.on_first_link, False),
                                                                       dtype=torch.float32)
@@ -231,8 +232,19 @@ class Cost:
             if lo.shape != (3,) or hi.shape != (3,) or not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()) \
                     or not bool((lo < hi).all()):
                 raise ValueError(f"keep-out box: need finite (3,) corners lo < hi, got {lo.tolist()}, {hi.tolist()}")
-            new.append((lo, hi))
+            new.append((lo.to(self.device), hi.to(self.device)))
         self.keep_out = new
+
+    def to(self, device) -> "Cost":
+        """Move the cost's tensors (limits, boxes, bound) to ``device``, where the planner's
+        candidates are, so an evaluation copies nothing between host and device. Returns self."""
+        self.device = dev = torch.device(device)
+        move = lambda t: None if t is None else t.to(dev)     # noqa: E731
+        self.q_min, self.q_max, self.action_bound = move(self.q_min), move(self.q_max), move(self.action_bound)
+        self._in_workspace = move(self._in_workspace)
+        self.workspace = None if self.workspace is None else tuple(move(v) for v in self.workspace)
+        self.keep_out = [(move(lo), move(hi)) for lo, hi in self.keep_out]
+        return self
 
     def bind(self, goal_dims: slice | None = None, action_bound=None) -> "Cost":
         """Fill in goal_dims / action_bound where unset; ValueError if set to something else."""
@@ -244,7 +256,7 @@ class Cost:
             b = torch.as_tensor(action_bound, dtype=torch.float32).cpu()
             if self.action_bound is not None and not torch.allclose(self.action_bound.cpu(), b):
                 raise ValueError("action_bound: cost and planner disagree")
-            self.action_bound = b
+            self.action_bound = b.to(self.device)
         return self
 
     # ---- evaluation ----
@@ -373,7 +385,7 @@ class Cost:
         return (z[..., gd] - self.goal_part(goal.to(z.device, z.dtype), z.shape[-1])).pow(2).mean(-1)
 
 
-def segment_depth_in_box(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+def segment_depth_in_box(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor, dense: bool | None = None) -> Tensor:
     """How deep segments a->b (..., 3) reach into boxes [lo, hi] ((..., 3), broadcast): the
     largest, over the points p of the segment, of p's distance to the box's nearest face
     (min over axes of min(p - lo, hi - p)); 0 for a segment that stays out. -> (...).
@@ -385,11 +397,25 @@ def segment_depth_in_box(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> Tensor
     functions and the pairs of one rising and one falling, of each one's own maximum: P_i + s_i
     (at t = 1), Q_j (at t = 0), and for a pair its value where the two cross, t clamped to
     [0, 1]. That is solved only for the segments whose bounding box overlaps the box (the
-    others cannot enter it), usually few of a planner's candidates."""
+    others cannot enter it), usually few of a planner's candidates. ``dense`` (default: off
+    the CPU) solves it for every segment and masks the answer instead: selecting the near
+    ones would make a GPU wait for their count (a host round trip per evaluation). The
+    depths are the same either way."""
     shape = torch.broadcast_shapes(a.shape, b.shape, lo.shape, hi.shape)
     a, b, lo, hi = (v.expand(shape) for v in (a, b, lo, hi))
     near = ((torch.maximum(a, b) > lo) & (torch.minimum(a, b) < hi)).all(-1)          # (...)
+    if dense is None:
+        dense = a.device.type != "cpu"
+    if dense:
+        depth = _depth(a.reshape(-1, 3), b.reshape(-1, 3), lo.reshape(-1, 3), hi.reshape(-1, 3)).reshape(near.shape)
+        return torch.where(near, depth.clamp_min(0.0), depth.new_zeros(()))
     a, b, lo, hi = a[near], b[near], lo[near], hi[near]                                # (M, 3)
+    return a.new_zeros(near.shape).index_put((near,), _depth(a, b, lo, hi).clamp_min(0.0))
+
+
+def _depth(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """The depth (:func:`segment_depth_in_box`) of segments a->b (M, 3) in boxes [lo, hi] (M, 3),
+    unclamped -> (M,)."""
     centre, half = (lo + hi) / 2, (hi - lo) / 2
     c, d = a - centre, b - a
     sc, s = torch.where(d >= 0, c, -c), d.abs()
@@ -397,5 +423,4 @@ def segment_depth_in_box(a: Tensor, b: Tensor, lo: Tensor, hi: Tensor) -> Tensor
     P_i, s_i, Q_j, s_j = P[:, :, None], s[:, :, None], Q[:, None, :], s[:, None, :]
     t = ((Q_j - P_i) / (s_i + s_j).clamp_min(1e-12)).clamp(0.0, 1.0)        # (M, 3, 3); two constant pieces: any t
     pairs = torch.minimum(P_i + s_i * t, Q_j - s_j * t).flatten(1)          # (M, 9)
-    depth = torch.cat([pairs, P + s, Q], -1).amin(-1)
-    return a.new_zeros(near.shape).index_put((near,), depth.clamp_min(0.0))
+    return torch.cat([pairs, P + s, Q], -1).amin(-1)

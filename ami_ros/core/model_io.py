@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 
+from ami_ros.core.devices import Placement
 from ami_ros.core.world_model import ModelConfig, WorldModel
 
 ONNX_FILES = ("encoder.onnx", "encoder_image.onnx", "predictor.onnx", "predictor_coarse.onnx")
@@ -180,6 +181,7 @@ class LoadedModel:
     torch_model: WorldModel | None = None
     sessions: dict | None = None
     device: str = "cpu"
+    placement: Placement | None = None   # where it runs and why (a line to log once)
 
     # planner-facing attributes (same as WorldModel)
     @property
@@ -280,18 +282,6 @@ class LoadedModel:
         return torch.cat(out, 1)
 
 
-def onnx_providers(prefer: str = "auto") -> list[str]:
-    """TensorRT, then CUDA, then CPU, among what this onnxruntime build has."""
-    import onnxruntime as ort
-
-    have = ort.get_available_providers()
-    order = {"auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-             "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-             "cpu": ["CPUExecutionProvider"]}[prefer]
-    return [p for p in order if p in have]
-
-
 def check_arm(folder: str, card: dict, arm) -> None:
     """ModelError unless the model was trained on ``arm`` (an ArmSpec): the same joints and,
     where the card records them, the same robot name and kinematics hash."""
@@ -308,13 +298,19 @@ def check_arm(folder: str, card: dict, arm) -> None:
 
 
 def load_model(folder: str, backend: str = "torch", device: str = "auto",
-               joint_names: list[str] | None = None, k_coarse: int | None = None, arm=None) -> LoadedModel:
-    """Load a model folder into torch or ONNX Runtime.
+               joint_names: list[str] | None = None, k_coarse: int | None = None, arm=None,
+               trt_fp16: bool = False, trt_cache_dir: str | None = None) -> LoadedModel:
+    """Load a model folder into torch or ONNX Runtime, on ``device`` (:mod:`ami_ros.core.devices`:
+    auto | cpu | cuda, and tensorrt with ONNX Runtime; ``trt_fp16`` and ``trt_cache_dir``: the
+    TensorRT engines' precision and cache root). ``LoadedModel.placement`` says where it runs.
 
     Refuses (ModelError) a folder whose files do not hash to the card, whose
     weights do not have the card's shapes, or whose joint names / arm
-    (:func:`check_arm`) / coarse step do not match what the caller runs with.
+    (:func:`check_arm`) / coarse step do not match what the caller runs with;
+    DeviceError (a ValueError) a device that is not there.
     """
+    from ami_ros.core import devices
+
     if backend not in ("torch", "onnx"):
         raise ModelError(f"backend must be 'torch' or 'onnx', not {backend!r}")
     card = read_card(folder)
@@ -328,8 +324,7 @@ def load_model(folder: str, backend: str = "torch", device: str = "auto",
     mid = model_id(card)
     if backend == "torch":
         _check_hashes(folder, card, ["weights.pt"])
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        placement = devices.torch_device(device)
         state = torch.load(os.path.join(folder, "weights.pt"), map_location="cpu", weights_only=True)
         model = WorldModel(cfg)
         want = {k: list(v.shape) for k, v in model.state_dict().items()}
@@ -338,13 +333,21 @@ def load_model(folder: str, backend: str = "torch", device: str = "auto",
             bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))[:5]
             raise ModelError(f"{folder}: weights do not match the card's config (first mismatches: {bad})")
         model.load_state_dict(state)
-        return LoadedModel(card, cfg, "torch", mid, torch_model=model.eval().to(device), device=device)
+        return LoadedModel(card, cfg, "torch", mid, torch_model=model.eval().to(placement.device),
+                           device=placement.device, placement=placement)
     import onnxruntime as ort
 
     files = onnx_files(cfg)
     _check_hashes(folder, card, files)
-    providers = onnx_providers("auto" if device == "auto" else device)
+    providers, warning = devices.onnx_providers(device, ort.get_available_providers(), model_id=mid,
+                                                trt_fp16=trt_fp16, trt_cache_root=trt_cache_dir,
+                                                gpu_visible=devices.gpu_present())
+    for p in providers:
+        if isinstance(p, tuple):
+            os.makedirs(p[1]["trt_engine_cache_path"], exist_ok=True)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sessions = {f: ort.InferenceSession(os.path.join(folder, f), opts, providers=providers) for f in files}
-    return LoadedModel(card, cfg, "onnx", mid, sessions=sessions, device="cpu")
+    # the encoder's session says what the sessions run (each was given the same providers)
+    placement = devices.onnx_placement(device, providers, sessions[files[0]].get_providers(), warning)
+    return LoadedModel(card, cfg, "onnx", mid, sessions=sessions, device="cpu", placement=placement)

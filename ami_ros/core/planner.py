@@ -175,7 +175,10 @@ class PlanResult:
 
 
 def _model_device(model) -> torch.device:
-    """Device of the model's first parameter or buffer; CPU when it has none."""
+    """The model's device: its ``device`` (a loaded model), else that of its first parameter or
+    buffer; CPU when it has none."""
+    if isinstance(getattr(model, "device", None), (str, torch.device)):
+        return torch.device(model.device)
     if hasattr(model, "parameters"):
         for t in itertools.chain(model.parameters(), model.buffers()):
             return t.device
@@ -199,6 +202,7 @@ class Planner:
         if self.bound.shape != (model.action_dim,) or not bool(torch.all(self.bound > 0)):
             raise ValueError(f"action_bound: need {model.action_dim} positive values, got {tuple(self.bound.shape)}")
         cost.bind(goal_dims=model.goal_dims, action_bound=self.bound.cpu())
+        cost.to(self.device)
         self.check_config(self.config)
         self._gen = torch.Generator(device=self.device)
         self.reset()
@@ -364,7 +368,7 @@ class Planner:
             actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,
             time_s=time.perf_counter() - t0, model_steps=steps,
-            terms={k_: float(v) for k_, v in terms.items()}, coarse_cost=coarse_cost,
+            terms=dict(zip(terms, torch.cat(list(terms.values())).tolist())), coarse_cost=coarse_cost,
             subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu())
 
     @staticmethod
@@ -390,14 +394,18 @@ class Planner:
         std = (c.init_std * bound).expand_as(mean).clone()
         std_min = c.min_std * bound
         mean = torch.maximum(torch.minimum(mean, bound), -bound)
-        best_c, best_a, best_z = math.inf, None, None
+        # the lowest-cost plan seen stays on the device (no host round trip per iteration); only
+        # select='best' reads it
+        best_c, best_a, best_z = torch.full((), math.inf, device=mean.device), mean, None
+        track = c.select == "best"
         steps = 0
         if extra is not None:  # two starting points: start from the cheaper one
             pair = torch.maximum(torch.minimum(torch.stack([mean, extra]), bound), -bound)
             cost, z = evaluate(pair)
             steps += 2 * z.shape[1]
-            i = int(torch.argmin(cost))
-            mean, best_c, best_a, best_z = pair[i], float(cost[i]), pair[i].clone(), z[i].clone()
+            i = torch.argmin(cost).reshape(1)
+            mean, best_c, best_z = pair.index_select(0, i)[0], cost.index_select(0, i)[0], z.index_select(0, i)[0]
+            best_a = mean.clone()
         for it in range(iterations):
             T_, C_ = mean.shape
             eps = torch.randn((n, T_, C_ // chunk), generator=self._gen, device=mean.device).repeat(1, 1, chunk)
@@ -406,9 +414,14 @@ class Planner:
             cand = torch.maximum(torch.minimum(cand, bound), -bound)
             cost, z = evaluate(cand)
             steps += n * z.shape[1]
-            i = int(torch.argmin(cost))
-            if float(cost[i]) < best_c:
-                best_c, best_a, best_z = float(cost[i]), cand[i].clone(), z[i].clone()
+            if track:
+                i = torch.argmin(cost).reshape(1)
+                c_i = cost.index_select(0, i)[0]
+                better = c_i < best_c
+                best_c = torch.where(better, c_i, best_c)
+                best_a = torch.where(better, cand.index_select(0, i)[0], best_a)
+                z_i = z.index_select(0, i)[0]
+                best_z = torch.where(better, z_i, z_i if best_z is None else best_z)
             if c.method == "cem":
                 idx = torch.topk(cost, elites, largest=False).indices
                 el = cand[idx]
@@ -420,12 +433,9 @@ class Planner:
                 fit_std = (w * (cand - fit_mean).pow(2)).sum(0).sqrt()
             mean = c.momentum * mean + (1.0 - c.momentum) * fit_mean
             std = torch.maximum(fit_std, std_min)
-        if c.select == "mean":
-            cost, z = evaluate(mean[None])
-            steps += z.shape[1]
-            return mean, float(cost[0]), z[0], steps
-        cost, z = evaluate(mean[None])  # the final mean may beat every sample
+        cost, z = evaluate(mean[None])  # select='best': the final mean may beat every sample
         steps += z.shape[1]
-        if float(cost[0]) <= best_c:
-            return mean, float(cost[0]), z[0], steps
-        return best_a, best_c, best_z, steps
+        final = float(cost[0])
+        if c.select == "mean" or best_z is None or final <= float(best_c):
+            return mean, final, z[0], steps
+        return best_a, float(best_c), best_z, steps

@@ -7,7 +7,8 @@ Subscribes
 Publishes
   /ami/embedding     sensor_msgs/Image 32FC1, 1 x D: header.stamp = the source frame's stamp,
                      header.frame_id = the model id                                           reliable, depth 1
-  /diagnostics
+  /diagnostics       rates, encode times, and where the encoder runs (torch device, or the ONNX
+                     Runtime provider that runs, e.g. TensorrtExecutionProvider)
 
 Frames are never queued: the subscription keeps only the newest, and a frame
 older than ``max_frame_age_s`` when its turn comes is dropped and counted. A
@@ -24,6 +25,7 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 
+from ami_ros.core.devices import DEVICES
 from ami_ros.core.images import model_frame
 from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
@@ -35,9 +37,18 @@ PARAMS = [
     ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
     *node_params.ROBOT_PARAMS,
     node_params.IMAGE_TRANSPORT,
-    ParamSpec("backend", "torch", "Inference backend: torch, or onnx (ONNX Runtime; TensorRT/CUDA execution "
-              "providers where present, CPU otherwise).", read_only=True, choices=("torch", "onnx")),
-    ParamSpec("device", "auto", "Inference device.", read_only=True, choices=("auto", "cpu", "cuda", "tensorrt")),
+    ParamSpec("backend", "torch", "Inference backend: torch, or onnx (ONNX Runtime, its execution providers "
+              "chosen by device).", read_only=True, choices=("torch", "onnx")),
+    ParamSpec("device", "auto", "Where the encoder runs. torch: auto (cuda when torch sees a CUDA device, else cpu), "
+              "cpu or cuda. onnx: auto (TensorRT, then CUDA, then CPU among the providers this onnxruntime has; a "
+              "WARNING when a GPU is present and it has none), cpu, cuda or tensorrt. An explicit cuda or tensorrt "
+              "that is not there is refused at start, never replaced by the CPU; tensorrt needs backend onnx. "
+              "The provider that runs is logged and in /diagnostics.", read_only=True, choices=DEVICES),
+    ParamSpec("trt_fp16", False, "TensorRT (backend onnx) builds FP16 engines; false: FP32. Off until its parity "
+              "with FP32 torch is measured on the robot's GPU (docs/jetson.md).", read_only=True),
+    ParamSpec("trt_cache_dir", "", "Root of the TensorRT engine cache: engines are kept under "
+              "<root>/<model id>/<GPU name>/<fp16|fp32> and reused at the next start; empty = "
+              "~/.cache/ami_ros/trt ($XDG_CACHE_HOME/ami_ros/trt).", read_only=True),
     ParamSpec("max_frame_age_s", 0.2, "Frames older than this when processed are dropped.", (0.01, 10.0)),
     ParamSpec("max_joint_state_age_s", 0.2, "A frame needs a joint state at most this old.", (0.01, 10.0)),
     ParamSpec("threads", 1, "torch CPU threads (0 = torch's default; see bench/README.md).", (0, 64),
@@ -58,8 +69,14 @@ class EncoderNode(Node):
         p = node_params.declare_checked(self, PARAMS)     # ValueError on a backend or device not in the table
         if p["threads"]:
             torch.set_num_threads(p["threads"])
+        # DeviceError (a ValueError): a device asked for that is not there
         self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"],
-                                arm=node_params.arm_from_params(p, self))
+                                arm=node_params.arm_from_params(p, self), trt_fp16=p["trt_fp16"],
+                                trt_cache_dir=p["trt_cache_dir"] or None)
+        placement = self.model.placement
+        self.get_logger().info(f"model placement: {placement.line}")
+        if placement.warning:
+            self.get_logger().warning(placement.warning)
         self.model_id = self.model.model_id
         self.joint_names = self.model.joint_names
         self.size = self.model.cfg.image_size
@@ -135,13 +152,17 @@ class EncoderNode(Node):
         now = time.monotonic()
         lat = np.array(self._latency[-200:]) * 1000 if self._latency else np.zeros(1)
         self._latency = self._latency[-200:]
-        values = {"model_id": self.model_id, "backend": self.model.backend,
+        pl = self.model.placement
+        values = {"model_id": self.model_id, "backend": self.model.backend, "device": pl.device,
+                  "providers": ", ".join(pl.providers) if pl.providers else "torch", "placement": pl.line,
                   "frame_rate_hz": self._meters["frames"].rate(now),
                   "embedding_rate_hz": self._meters["embeddings"].rate(now),
                   "encode_ms_p50": float(np.percentile(lat, 50)), "encode_ms_p95": float(np.percentile(lat, 95)),
                   **self.counts}
-        level = DiagnosticStatus.OK if self.counts["embeddings"] else DiagnosticStatus.WARN
+        level = DiagnosticStatus.OK if self.counts["embeddings"] and not pl.warning else DiagnosticStatus.WARN
         msg = "encoding" if self.counts["embeddings"] else "no embedding published yet"
+        if pl.warning:
+            msg += f"; {pl.warning}"
         st = diagnostics.diagnostic_status(f"{self.get_name()}: encoder", level, msg, values, hardware_id=self.model_id)
         self._diag_pub.publish(diagnostics.diagnostic_array([st], self.get_clock().now().to_msg()))
 

@@ -19,7 +19,9 @@ Publishes
                     it (the low level's aim)
   /ami/goal_status  std_msgs/String: none | active | reached | settled (+ goal distance); settled:
                     no progress for settle_patience cycles, the arm back at the closest frame seen
-  /diagnostics
+  /diagnostics      plan times, where the model runs (``device``), and the planning cycles that missed
+                    their period (started late or overran: ``core.cycles``; WARN when any did since the
+                    last report, and a throttled WARN line in the log)
 
 The goal-reaching step (plan, stopping rules, back to the frame's pose) is
 ``core.actor.Actor``'s, the same class the eval drives over the simulator; this node
@@ -31,6 +33,8 @@ passes validation of the whole configuration or is refused with the reason, and 
 effect on the next planning cycle.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -44,6 +48,8 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ami_ros.core.cost import CostWeights
+from ami_ros.core.cycles import CycleMonitor
+from ami_ros.core.devices import DEVICES
 from ami_ros.core.images import model_frame
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import PlannerConfig
@@ -60,6 +66,10 @@ PARAMS = [
     ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
     ParamSpec("backend", "torch", "Model backend for the predictor (the planner runs torch).", read_only=True,
               choices=("torch", "onnx")),
+    ParamSpec("device", "auto", "Where the model, the cost and the search run: auto (cuda when torch sees a CUDA "
+              "device, else cpu; the choice and why logged once), cpu, or cuda (refused at start when there is "
+              "none). With backend onnx: ONNX Runtime's providers (tensorrt too), the search on the CPU.",
+              read_only=True, choices=DEVICES),
     ParamSpec("safety_file", "", "Safety spec YAML whose workspace and keep-out boxes the cost prices: the "
               "safety node's (same parameter; the launch files' safety_file argument sets both); empty = the "
               "package's config/safety.yaml.", read_only=True),
@@ -108,8 +118,12 @@ class PlannerNode(Node):
         self._torch = torch
         self.arm = node_params.arm_from_params(p, self)
         self.dt = 1.0 / p["control_rate_hz"]
-        self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device="cpu",
-                                arm=self.arm)
+        self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"],
+                                arm=self.arm)    # DeviceError: a device asked for that is not there
+        placement = self.model.placement
+        self.get_logger().info(f"model placement: {placement.line}")
+        if placement.warning:
+            self.get_logger().warning(placement.warning)
         if abs(self.model.control_dt - self.dt) > 1e-6:
             raise ModelError(f"model control period {self.model.control_dt} s != 1/control_rate_hz = {self.dt} s")
         self.model_id = self.model.model_id
@@ -123,6 +137,8 @@ class PlannerNode(Node):
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
                        "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0}
         self._plan_ms: list[float] = []
+        self.cycles = CycleMonitor(self.dt)
+        self._missed_reported = 0           # cycles_missed at the last diagnostics report
 
         reliable1 = qos.RELIABLE_1
         latched = qos.LATCHED
@@ -255,6 +271,17 @@ class PlannerNode(Node):
 
     # ------------------------------------------------------------ planning
     def _on_cycle(self) -> None:
+        self.cycles.start(time.monotonic())
+        try:
+            self._cycle()
+        finally:
+            r = self.cycles.end(time.monotonic())
+            if r.missed:
+                self.get_logger().warning(f"planning cycle missed its period ({r.describe(self.dt)}); "
+                                          f"{self.cycles.missed} of {self.cycles.cycles} missed so far",
+                                          throttle_duration_sec=5.0)
+
+    def _cycle(self) -> None:
         d = self.actor.step(self._now())
         if not d.send:   # nothing to send: the safety watchdog holds the arm
             if d.reason in _MISSING:
@@ -334,7 +361,8 @@ class PlannerNode(Node):
                     setattr(self.actor, p.name, float(p.value))
                 if p.name == "action_scale":
                     bound = self._action_bound(self.arm, self.dt, p.value)
-                    self.planner.bound = self._torch.as_tensor(bound, dtype=self._torch.float32)
+                    self.planner.bound = self._torch.as_tensor(bound, dtype=self._torch.float32,
+                                                               device=self.planner.device)
                     self.planner.cost.action_bound = self.planner.bound.clone()
         if planner or cost:
             self.get_logger().info(f"parameters changed for the next cycle: {planner or ''} {cost or ''}")
@@ -346,11 +374,17 @@ class PlannerNode(Node):
         values = {"model_id": self.model_id, "goal_status": self.goal_status, "goal_distance": self.goal_distance,
                   "plan_ms_p50": float(np.percentile(ms, 50)), "plan_ms_p95": float(np.percentile(ms, 95)),
                   "method": self.planner.config.method, "mode": self.planner.config.mode,
-                  "predictor": self.planner.config.predictor,
-                  "model_steps_per_plan": self.planner.model_steps_per_plan(), **self.counts}
+                  "predictor": self.planner.config.predictor, "device": str(self.planner.device),
+                  "placement": self.model.placement.line,
+                  "model_steps_per_plan": self.planner.model_steps_per_plan(), **self.counts, **self.cycles.counts()}
         slow = float(np.percentile(ms, 95)) > 1000 * self.dt
-        level = DiagnosticStatus.WARN if slow else DiagnosticStatus.OK
-        msg = "planning slower than the control rate" if slow else f"goal {self.goal_status}"
+        missed = self.cycles.missed - self._missed_reported
+        self._missed_reported = self.cycles.missed
+        level = DiagnosticStatus.WARN if slow or missed else DiagnosticStatus.OK
+        if missed:
+            msg = f"{missed} planning cycles missed their period since the last report"
+        else:
+            msg = "planning slower than the control rate" if slow else f"goal {self.goal_status}"
         st = diagnostics.diagnostic_status(f"{self.get_name()}: planner", level, msg, values, hardware_id=self.model_id)
         self._diag_pub.publish(diagnostics.diagnostic_array([st], self.get_clock().now().to_msg()))
 

@@ -322,7 +322,7 @@ def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance:
         z_goal = model.encode_image(image_to_tensor(sim.render_configuration(qg)[None]))[0, model.goal_dims]
         z = torch.cat([model.encode_image(image_to_tensor(np.stack([sim.render_configuration(q) for q in qs[i:i + 50]])))
                        for i in range(0, poses, 50)])[:, model.goal_dims]
-        energy.append(((z - z_goal) ** 2).mean(-1).numpy())
+        energy.append(((z - z_goal) ** 2).mean(-1).cpu().numpy())
         dist.append(np.linalg.norm(sim.spec.tool_position(qs) - sim.spec.tool_position(qg), axis=-1))
     dist, energy = np.concatenate(dist), np.concatenate(energy)
     out = {"tolerance": tolerance, "goals": goals, "poses_per_goal": poses}

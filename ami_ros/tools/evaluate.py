@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 
+from ami_ros.core.devices import DEVICES
 from ami_ros.tools.profile_args import add_profile_arguments, add_split_argument
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
@@ -41,6 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "its model steps per plan within the flat planner's (both are reported)")
     p.add_argument("--config", default=None, help="planner/cost parameter file (default config/planner.yaml)")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the model, the cost and the planner's search run: auto (cuda when torch sees a CUDA "
+                        "device, else cpu), cpu, cuda (refused when there is none); with --backend onnx ONNX "
+                        "Runtime's providers, tensorrt too (docs/jetson.md)")
     p.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
     p.add_argument("--true-dynamics", action="store_true",
                    help="also run a diagnostic reference that scores actions with the model's goal energy but "
@@ -85,10 +90,11 @@ def run(args) -> int:
     folder = resolve_model_path(args.model)
     try:
         arm = arm_from_args(args)
-        model = load_model(folder, backend=args.backend, arm=arm)
-    except ValueError as e:          # ModelError, RobotError
+        model = load_model(folder, backend=args.backend, device=args.device, arm=arm)
+    except ValueError as e:          # ModelError, RobotError, DeviceError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    report_placement(model)
     stack = load_stack_config(args.config)
     dt = model.control_dt
     bound = action_bound(arm, dt, stack["action_scale"])
@@ -119,7 +125,8 @@ def run(args) -> int:
     if not args.no_references:
         agents["random"] = RandomAgent(bound, seed=args.seed)
         agents["oracle"] = OracleAgent(bound)
-    results = {"model": model.model_id, "backend": args.backend, "success_radius_m": args.success_radius,
+    results = {"model": model.model_id, "backend": args.backend, "device": model.placement.line,
+               "success_radius_m": args.success_radius,
                "episodes_per_split": args.episodes, "goal_tolerance": stack["goal_tolerance"],
                "settle_patience": stack["settle_patience"],
                "settle_min_improvement": stack["settle_min_improvement"],
@@ -288,6 +295,15 @@ def print_bag_figures(results: dict, card_metrics: dict) -> None:
             print(f"  {k:32s} {v:.4g}")
 
 
+def report_placement(model) -> None:
+    """Where the model runs and why, once, on stderr (and the warning, when a GPU goes unused)."""
+    import sys
+
+    print(f"device: {model.placement.line}", file=sys.stderr)
+    if model.placement.warning:
+        print(f"warning: {model.placement.warning}", file=sys.stderr)
+
+
 def run_bags(args) -> int:
     """``ami-ros eval --bags DIR``: the model's predictions on recorded bags (no simulator)."""
     import json
@@ -308,9 +324,10 @@ def run_bags(args) -> int:
         arm = arm_from_args(args)
         profile = profile_from_args(args)
         profile.check_arm(arm.joint_names)
-        model = load_model(folder, backend="torch", arm=arm)   # refuses a model of another arm
+        model = load_model(folder, backend="torch", device=args.device, arm=arm)   # refuses a model of another arm
+        report_placement(model)
         episodes, errors = load_bags(args.bags, model, arm, profile, args.split_s)
-    except ValueError as e:          # ModelError, RobotError, a bad profile, a folder without bags
+    except ValueError as e:          # ModelError, RobotError, DeviceError, a bad profile, a folder without bags
         print(f"error: {e}", file=sys.stderr)
         return 2
     for e in errors:

@@ -14,7 +14,7 @@ def bench_encoder(folder: str, args, out: dict) -> str:
     import numpy as np
     import torch
 
-    from ami_ros.core.model_io import load_model, onnx_providers
+    from ami_ros.core.model_io import load_model
 
     quick = args.quick
     base = load_model(folder, device="cpu")
@@ -67,7 +67,9 @@ def bench_encoder(folder: str, args, out: dict) -> str:
     else:
         res["torch_compile_error"] = "skipped (--quick or --compile-timeout 0)"
     try:
-        have = set(onnx_providers("auto"))
+        import onnxruntime as ort
+
+        have = set(ort.get_available_providers())
         for dev, prov in (("cpu", "CPUExecutionProvider"), ("cuda", "CUDAExecutionProvider"),
                           ("tensorrt", "TensorrtExecutionProvider")):
             if prov in have:
