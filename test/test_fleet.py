@@ -5,7 +5,7 @@ The Flower parts skip without the ``fleet`` extra; the transport-free checks run
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import socket
@@ -20,7 +20,11 @@ from ami_ros.core.arm import load_arm
 from ami_ros.core.fleet import check_update, identity, incompatibility
 from ami_ros.core.world_model import ModelConfig
 
-HAVE_FLWR = importlib.util.find_spec("flwr") is not None
+try:
+    importlib.import_module("flwr")
+    HAVE_FLWR = True
+except ImportError:
+    HAVE_FLWR = False
 needs_flwr = pytest.mark.skipif(not HAVE_FLWR, reason='Flower is not installed (pip install -e ".[fleet]")')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--local-steps", "2", "--batch", "4", "--image-size", "32", "--seq-len", "16"]

@@ -70,10 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    import importlib.util
+    import importlib
     import sys
 
-    if importlib.util.find_spec("flwr") is None:
+    try:
+        importlib.import_module("flwr")
+    except ImportError:
         print(f"error: {NEED_FLOWER}", file=sys.stderr)
         return 2
     return {"serve": _serve, "join": _join, "simulate": _simulate}[args.fleet_command](args)
@@ -194,7 +196,7 @@ def _simulate(args) -> int:
         variation = ["--target-jitter", f"{0.15 * i:.2f}"] + (["--push-prob", f"{0.3 * (i % 2):.1f}"] if i % 2 else [])
         cmd = py + ["collect", "--episodes", str(args.episodes), "--steps", str(args.steps), "--seed",
                     str(1000 * (i + 1)), "--width", str(args.width), "--height", str(args.width), "--out", d] + variation
-        print("$", " ".join(cmd[2:]), flush=True)
+        print("$ ami-ros", " ".join(cmd[3:]), flush=True)
         if subprocess.run(cmd).returncode != 0:
             return 1
     shared = ["--rounds", str(args.rounds), "--local-steps", str(args.local_steps), "--strategy", args.strategy,
@@ -208,7 +210,7 @@ def _simulate(args) -> int:
                                                      if args.round_timeout else []) \
         + (["--name", args.name] if args.name else [])
     logs = []
-    print("$", " ".join(server_cmd[2:]), flush=True)
+    print("$ ami-ros", " ".join(server_cmd[3:]), flush=True)
     server = subprocess.Popen(server_cmd)
     cells = []
     for i in range(args.cells):
