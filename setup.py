@@ -51,6 +51,7 @@ setup(
     ],
     extras_require={
         "ros": ROS_WHEELS,
+        "fleet": ["flwr==1.42.0"],  # federated training (ami-ros fleet); only ami_ros/fleet imports it
         "test": ["pytest>=7,<8.4", "hypothesis>=6", "example-robot-data>=6"],  # third-party URDFs (test only)
     },
     zip_safe=True,

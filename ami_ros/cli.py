@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": ("demo", "the whole stack on the embedded simulator, reaching goals"),
     "bench": ("bench", "speed and memory benchmarks"),
     "robot": ("robot", "check a robot description: joints, limits, frames, tool pose"),
+    "fleet": ("fleet", "federated training over Flower: serve, join, simulate (extra: .[fleet])"),
 }
 
 

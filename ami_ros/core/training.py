@@ -286,6 +286,44 @@ class _TrainStep(torch.nn.Module):
         return z, prediction_losses(self.model, z, a, self.rollout_steps)
 
 
+def train_step(net, model: WorldModel, opt, batch, gen: torch.Generator, cfg: TrainConfig, lr: float,
+               device: str = "cpu", extra_loss=None):
+    """One optimizer step of the stage-1 objective (prediction losses + lambda * SIGReg) on
+    ``batch`` (frames, q, qd, actions as SequenceData.batch gives them) at learning rate ``lr``;
+    ``extra_loss()``, when given, is added to the loss (e.g. a proximal term). ``net`` is the
+    _TrainStep over ``model`` (or its DDP wrapper). Returns loss, pred, reg and the prediction
+    losses (tensors)."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    f, q, qd, a = (x.to(device) for x in batch)
+    z, pl = net(f, q, qd, a)
+    pred = sum(pl.values()) / len(pl)
+    reg = sigreg(z.flatten(0, 1), cfg.sigreg_proj, gen)
+    loss = pred + cfg.sigreg_lambda * reg
+    if extra_loss is not None:
+        loss = loss + extra_loss()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss, pred, reg, pl
+
+
+@torch.no_grad()
+def collapse_check(model: WorldModel, episodes, device: str = "cpu") -> dict:
+    """The collapse monitors on the embeddings of ``episodes`` (held-out ones where there are):
+    effective rank, per-dimension std and SIGReg with fixed directions (``heldout_sigreg``;
+    the same on every rank and every call)."""
+    zs = torch.cat([encode_episode(model, e, device) for e in episodes])
+    held = float(sigreg(zs, 1024, torch.Generator().manual_seed(0), global_batch=False))
+    return {**collapse_stats(zs), "heldout_sigreg": held}
+
+
+def is_collapsed(stats: dict, cfg: TrainConfig) -> bool:
+    """Whether the collapse monitors of :func:`collapse_check` are below the configured floors."""
+    return stats["effective_rank"] < cfg.min_effective_rank or stats["std_mean"] < cfg.min_std
+
+
 def _rank() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -336,30 +374,16 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     model.train()
     while step < total:
         gen.manual_seed(cfg.seed * 100003 + step)        # SIGReg directions: a function of the step
-        for g in opt.param_groups:
-            g["lr"] = sched(step)
-        f, q, qd, a = (x.to(device) for x in data.batch(rng, cfg.batch))
-        z, pl = net(f, q, qd, a)
-        pred = sum(pl.values()) / len(pl)
-        reg = sigreg(z.flatten(0, 1), cfg.sigreg_proj, gen)
-        loss = pred + cfg.sigreg_lambda * reg
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss, pred, reg, pl = train_step(net, model, opt, data.batch(rng, cfg.batch), gen, cfg, sched(step), device)
         step += 1
         if step % cfg.steps_per_epoch == 0:
-            with torch.no_grad():
-                zs = torch.cat([encode_episode(model, e, device) for e in (test_eps or train_eps[:2])])
-            stats = collapse_stats(zs)
-            held = float(sigreg(zs, 1024, torch.Generator().manual_seed(0), global_batch=False))  # same on every rank
+            stats = collapse_check(model, test_eps or train_eps[:2], device)
             entry = {"epoch": step // cfg.steps_per_epoch, "step": step, "loss": loss.item(), "pred": pred.item(),
-                     "sigreg_train": reg.item(), "heldout_sigreg": held,
-                     **{k: v.item() for k, v in pl.items()}, **stats}
+                     "sigreg_train": reg.item(), **{k: v.item() for k, v in pl.items()}, **stats}
             logs.append(entry)
             if on_epoch is not None:
                 on_epoch(entry)
-            collapsed = stats["effective_rank"] < cfg.min_effective_rank or stats["std_mean"] < cfg.min_std
+            collapsed = is_collapsed(stats, cfg)
             if rank == 0:
                 _save_checkpoint(ckpt_path, model, opt, step, rng, {"logs": logs, "train_config": cfg.to_dict()})
             if collapsed:

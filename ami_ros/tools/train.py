@@ -76,6 +76,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_split_argument(p)
 
 
+def card_header(name: str, arm, control_dt: float, action_source: str) -> dict:
+    """The first entries of a model card: what the model is for (name, arm, joints, control
+    period, what an action is and where the actions came from: ``commands``, the recorded
+    command topic, or ``measured``, none recorded and the target at a tick is the position
+    measured one control step later)."""
+    return {"name": name, "joint_names": list(arm.joint_names), "robot": arm.card(), "control_dt": control_dt,
+            "action": "change of the commanded joint position target over one control step (rad)",
+            "action_source": action_source}
+
+
 def collection_record(folder) -> dict | None:
     """How `ami-ros collect` made the data (from its index.yaml), for the card; for a folder
     of several collections, or a list of folders, {"parts": {folder name: record}}; None for
@@ -292,14 +302,8 @@ def run(args) -> int:
         metrics.update({f"stage1_{k}": v for k, v in stage1.items() if k.startswith("pred_over_copy")})
         metrics.update(refine)
         card = {
-            "name": args.name or os.path.basename(os.path.normpath(args.out)),
-            "joint_names": list(arm.joint_names),
-            "robot": arm.card(),
-            "control_dt": 1.0 / args.control_hz,
-            "action": "change of the commanded joint position target over one control step (rad)",
-            # commands: the recorded command topic; measured: none recorded, the target at a tick is the
-            # position measured one control step later
-            "action_source": profile.action_source,
+            **card_header(args.name or os.path.basename(os.path.normpath(args.out)), arm, 1.0 / args.control_hz,
+                          profile.action_source),
             "data": {"folders": [os.path.basename(os.path.normpath(f)) for f in args.data],
                      "sha256": dataset_hash(sorted({e.bag for e in episodes})),
                      "episodes_train": len(train_eps), "episodes_heldout": len(test_eps),
