@@ -2,8 +2,8 @@
 """The recordings chain on the simulator's graph: record, inspect, train, evaluate.
 
     unshare -n bash -c 'ip link set lo up; MUJOCO_GL=egl nice -n 19 python bench/record_chain.py \\
-        [--episodes 30] [--heldout 6] [--duration 15] [--epochs 4] [--steps-per-epoch 100] \\
-        [--refine-steps 300] [--work DIR] [--keep]'
+        [--episodes 30] [--heldout 6] [--duration 15] [--epochs 3] [--steps-per-epoch 60] \\
+        [--refine-steps 1500] [--work DIR] [--keep]'
 
 (``unshare -n`` keeps DDS on a loopback of its own.) Steps, each the ``ami-ros`` command a user runs:
 
@@ -46,9 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--episodes", type=int, default=30, help="episodes recorded in all (default 30)")
     p.add_argument("--heldout", type=int, default=6, help="of them, the last ones kept for the eval (default 6)")
     p.add_argument("--duration", type=float, default=15.0, help="seconds per episode (default 15)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=100)
-    p.add_argument("--refine-steps", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps-per-epoch", type=int, default=60)
+    p.add_argument("--refine-steps", type=int, default=1500)
     p.add_argument("--threads", type=int, default=2, help="torch threads of train")
     p.add_argument("--seed", type=int, default=0, help="the commander's exploration seed")
     p.add_argument("--work", default=None, help="folder for the recordings and the model (default: temporary)")
