@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Peak memory and time of loading a long bag for training.
+"""Peak memory and time of loading a long bag for training, and of training on it.
 
     python bench/bag_memory.py [--minutes 10] [--width 640] [--height 480] [--fps 30] [--image-size 64]
                                [--split-s S] [--code NAME=DIR ...] [--limit-gb 18] [--bag DIR] [--keep] [--out FILE]
+                               [--train [--train-args "..."] [--no-load]] [--merge]
 
 Writes a synthetic bag with :class:`ami_ros.data.bags.EpisodeWriter` (the writer of ``ami-ros
 collect``): raw rgb8 images on the camera topic at ``--fps``, joint states of the default arm's
@@ -11,7 +12,11 @@ slow sinusoid). Then, for each ``--code NAME=DIR`` (default: this checkout), a c
 run in DIR (``python -c`` puts its folder first on the path) with ``PYTHONPATH=DIR`` loads it as ``ami-ros train`` does (``load_episodes`` with
 ``image_size``, and ``max_episode_s`` with ``--split-s``); reported per run: the child's peak
 resident memory (``ru_maxrss`` of the children), the wall time, the episodes and ticks loaded.
-A child whose resident memory passes ``--limit-gb`` is stopped and reported as exceeding it.
+With ``--train``, a child also runs ``ami-ros train --data BAG --image-size S [--split-s S]`` with
+``--train-args`` (default a short run: one epoch of 20 steps, no refinement) in the first checkout;
+reported: its peak resident memory (``ru_maxrss`` from ``wait4``, the child alone) and wall time
+(``--no-load``: only that run). A child whose resident memory passes ``--limit-gb`` is stopped and
+reported as exceeding it.
 The bag is deleted afterwards unless ``--keep`` (or ``--bag`` names one to reuse).
 
 Output: a table and JSON (default ``bench/results/bag-memory-<minutes>min-<W>x<H>.json``).
@@ -22,10 +27,12 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +55,10 @@ print(json.dumps({"wall_s": wall, "episodes": len(eps), "ticks": sum(len(e) for 
 """
 
 
+#: the short training run of --train: enough steps to reach steady memory, a few minutes of CPU
+TRAIN_ARGS = "--epochs 1 --steps-per-epoch 20 --refine-steps 0 --device cpu --threads 2"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
@@ -61,6 +72,9 @@ def parse_args(argv=None):
     p.add_argument("--limit-gb", type=float, default=18.0, help="stop a child whose resident memory passes this")
     p.add_argument("--bag", default=None, help="load this bag instead of writing one (kept)")
     p.add_argument("--keep", action="store_true", help="keep the bag written")
+    p.add_argument("--train", action="store_true", help="also run ami-ros train on the bag in a child")
+    p.add_argument("--train-args", default=TRAIN_ARGS, help=f"the train run's other options (default: {TRAIN_ARGS})")
+    p.add_argument("--no-load", action="store_true", help="with --train: skip the loading runs")
     p.add_argument("--merge", action="store_true",
                    help="add the runs to those already in --out (and keep its bag description when --bag reuses it)")
     p.add_argument("--out", default="")
@@ -100,41 +114,82 @@ def write_bag(path: str, minutes: float, width: int, height: int, fps: float) ->
             "bytes": size, "write_s": round(time.perf_counter() - t0, 1)}
 
 
-def measure(name: str, code: str, bag: str, kw: dict, limit_gb: float) -> dict:
-    """One child loading the bag. Its peak RSS: its own ru_maxrss (what RUSAGE_CHILDREN gives for it
-    alone, which after an earlier child would be the larger of the two), or for a child stopped
-    at the limit the largest VmRSS seen polling it."""
+def run_child(cmd: list[str], code: str, limit_gb: float) -> dict:
+    """Runs ``cmd`` in ``code`` (on PYTHONPATH), stopping it when its resident memory passes
+    ``limit_gb``: exit status, stdout, stderr, wall time, the largest VmRSS seen polling it every
+    0.2 s and its own ``ru_maxrss`` (from ``wait4``: this child alone, not the earlier ones)."""
     env = dict(os.environ, PYTHONPATH=code, OMP_NUM_THREADS="1")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, bag, json.dumps(kw)], env=env, cwd=code,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=code, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out_chunks: dict[str, list[str]] = {"out": [], "err": []}
+    readers = [threading.Thread(target=lambda f, k: out_chunks[k].extend(f), args=(f, k), daemon=True)
+               for f, k in ((proc.stdout, "out"), (proc.stderr, "err"))]    # pipes drained while it runs
+    for r in readers:
+        r.start()
     limit_kib, peak_seen, stopped = limit_gb * 1024 ** 2, 0, False
-    while proc.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
         try:
             with open(f"/proc/{proc.pid}/status") as f:
                 rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
         except (OSError, StopIteration):
             rss = 0
         peak_seen = max(peak_seen, rss)
-        if rss > limit_kib:
+        if rss > limit_kib and not stopped:
             proc.kill()
             stopped = True
-            break
         time.sleep(0.2)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    run = {"name": name, "code": code, "load": kw, "wall_s": round(wall, 1),
-           "peak_rss_mib": round(peak_seen / 1024, 1), "peak_rss_from": "VmRSS polled every 0.2 s"}
-    if stopped:
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for r in readers:
+        r.join()
+    return {"rc": proc.returncode, "out": "".join(out_chunks["out"]), "err": "".join(out_chunks["err"]),
+            "wall_s": time.perf_counter() - t0, "peak_seen_kib": peak_seen, "maxrss_kib": usage.ru_maxrss,
+            "stopped": stopped}
+
+
+def _outcome(run: dict, child: dict, limit_gb: float) -> bool:
+    """Sets run["result"] for a child that did not finish; True when it did."""
+    if child["stopped"]:
         run["result"] = f"stopped: resident memory exceeded {limit_gb:g} GB"
-    elif proc.returncode == -9:
+    elif child["rc"] == -9:
         run["result"] = "killed (SIGKILL, not by this script: the kernel's out-of-memory killer)"
-    elif proc.returncode != 0:
-        run["result"] = f"failed (rc {proc.returncode}): {err.strip().splitlines()[-1] if err.strip() else ''}"
+    elif child["rc"] != 0:
+        err = child["err"].strip()
+        run["result"] = f"failed (rc {child['rc']}): {err.splitlines()[-1] if err else ''}"
     else:
-        got = json.loads(out.strip().splitlines()[-1])
+        return True
+    return False
+
+
+def measure(name: str, code: str, bag: str, kw: dict, limit_gb: float) -> dict:
+    """One child loading the bag. Its peak RSS: its own ru_maxrss, or for a child stopped at the
+    limit the largest VmRSS seen polling it."""
+    child = run_child([sys.executable, "-c", CHILD, bag, json.dumps(kw)], code, limit_gb)
+    run = {"name": name, "code": code, "load": kw, "wall_s": round(child["wall_s"], 1),
+           "peak_rss_mib": round(child["peak_seen_kib"] / 1024, 1), "peak_rss_from": "VmRSS polled every 0.2 s"}
+    if _outcome(run, child, limit_gb):
+        got = json.loads(child["out"].strip().splitlines()[-1])
         run.update(result="loaded", load_s=round(got.pop("wall_s"), 1),
                    peak_rss_mib=round(got.pop("maxrss_kib") / 1024, 1), peak_rss_from="child's ru_maxrss", **got)
+    return run
+
+
+def measure_train(name: str, code: str, bag: str, image_size: int, split_s: float | None, train_args: str,
+                  limit_gb: float) -> dict:
+    """One child running ``ami-ros train`` on the bag (the model written to a temporary folder)."""
+    with tempfile.TemporaryDirectory(prefix="bag-memory-model-") as out:
+        argv = ["train", "--data", bag, "--out", os.path.join(out, "model"), "--image-size", str(image_size),
+                *(["--split-s", f"{split_s:g}"] if split_s else []), *shlex.split(train_args)]
+        child = run_child([sys.executable, "-m", "ami_ros.cli", *argv], code, limit_gb)
+    run = {"name": name, "code": code, "command": "ami-ros " + " ".join(argv).replace(out, "TMP").replace(bag, "BAG"),
+           "wall_s": round(child["wall_s"], 1), "peak_rss_mib": round(child["peak_seen_kib"] / 1024, 1),
+           "peak_rss_from": "VmRSS polled every 0.2 s"}
+    if _outcome(run, child, limit_gb):
+        trained = next((ln for ln in child["out"].splitlines() if ln.startswith("training on ")), "")
+        run.update(result="trained", peak_rss_mib=round(child["maxrss_kib"] / 1024, 1),
+                   peak_rss_from="ru_maxrss of the child (wait4)", trained=trained.replace(out, "TMP"))
     return run
 
 
@@ -155,9 +210,15 @@ def main(argv=None) -> int:
         kw["max_episode_s"] = args.split_s
     runs = []
     try:
-        for name, code in codes:
+        for name, code in ([] if args.train and args.no_load else codes):
             print(f"loading with {name} ({code}) ...", flush=True)
             runs.append(measure(name, os.path.abspath(code), bag, kw, args.limit_gb))
+            print(json.dumps(runs[-1]), flush=True)
+        if args.train:
+            name, code = codes[0]
+            print(f"training with {name} ({code}) ...", flush=True)
+            runs.append(measure_train(f"{name} train", os.path.abspath(code), bag, args.image_size, args.split_s,
+                                      args.train_args, args.limit_gb))
             print(json.dumps(runs[-1]), flush=True)
     finally:
         if tmp and not args.keep:
@@ -174,9 +235,9 @@ def main(argv=None) -> int:
                           "python": platform.python_version()}}
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"{'code':<10} {'result':<40} {'peak RSS MiB':>12} {'wall s':>8}")
+    print(f"{'code':<12} {'result':<40} {'peak RSS MiB':>12} {'wall s':>8}")
     for r in runs:
-        print(f"{r['name']:<10} {r['result'][:40]:<40} {r['peak_rss_mib']:>12} {r['wall_s']:>8}")
+        print(f"{r['name']:<12} {r['result'][:40]:<40} {r['peak_rss_mib']:>12} {r['wall_s']:>8}")
     print(f"wrote {out}")
     return 0
 

@@ -64,12 +64,13 @@ def image_msg(kind: str, ns: int = BASE):
 def write_bag(path, *, storage: str = "mcap", image_topic: str = "/camera/image_raw", image: str = "rgb8",
               depth_topic: str | None = None, command_topic: str | None = "/arm_controller/joint_trajectory",
               prefix: str = "", gripper: bool = False, arm_from: float = 0.0, partial: bool = False,
-              seconds: float = 2.0, names: list[str] = NAMES) -> None:
+              seconds: float = 2.0, names: list[str] = NAMES, camera_clock_s: float = 0.0) -> None:
     """A bag as `ros2 bag record` lays it out: joint states at 50 Hz (with a gripper publishing its
     own joint from t=0 when ``gripper``; the arm from ``arm_from``), frames at 20 Hz, commands at
     10 Hz received 5 ms late and stamped 0 (start on arrival); ``partial``: after the first, the
     commands name j1 only. ``depth_topic``: a 16UC1 depth camera as well. ``names``: the arm's joints
-    (other than NAMES: positions and targets repeat those of NAMES)."""
+    (other than NAMES: positions and targets repeat those of NAMES). ``camera_clock_s``: the camera's
+    header stamps run this far ahead of the recorder's clock."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = _ts()
@@ -91,7 +92,7 @@ def write_bag(path, *, storage: str = "mcap", image_topic: str = "/camera/image_
         if gripper and n % 2 == 0:
             events.append((ns + 1_500_000, "js", joint_state(ns, ["gripper"], [0.04]), "sensor_msgs/msg/JointState"))
         if n % 5 in (0, 3):    # ~20 Hz
-            events.append((ns + 3_000_000, "img", image_msg(image, ns), image_type))
+            events.append((ns + 3_000_000, "img", image_msg(image, ns + int(round(camera_clock_s * 1e9))), image_type))
             if depth_topic:
                 events.append((ns + 3_000_000, "depth", image_msg("16UC1", ns), "sensor_msgs/msg/Image"))
         if command_topic and n % 5 == 0:

@@ -34,7 +34,10 @@ still be a tick's frame are held, each decoded and resized to ``image_size`` as 
 a later one arrives (:class:`_FramePicker`), so memory is about the episode's frames at
 the training size plus one image as recorded, however long the bag (the joint states
 and commands, small, are held whole). :func:`load_episodes` splits a long bag into
-episodes of at most ``max_episode_s`` seconds (:func:`split_episode`).
+episodes (:func:`split_episode`): at gaps (a camera or joint-state stream silent for longer
+than ``gap_s``), at pauses (the arm at rest for longer than ``pause_s``) and into windows
+of at most ``max_episode_s`` seconds. Each stream's clock offset (median stamp minus
+receive time) is kept, and streams whose offsets disagree are logged (:func:`clock_problem`).
 
 Anything wrong with a bag raises :class:`BagError` naming the bag and the problem.
 """
@@ -43,7 +46,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -295,6 +298,13 @@ class Episode:
     control_dt: float = 0.1
     action_source: str = "commands"
     bag: str = ""
+    #: per required stream (its topic: the camera's, the joint states'), (T,) seconds: the interval between
+    #: the two messages of that stream the tick falls strictly between (0 on a message); for one joint
+    #: state stream, the longest over the arm's joints. A long one is a gap: the tick's data is stale.
+    gap_s: dict = field(default_factory=dict)
+    #: per required stream (topic), seconds: the median of (stamp used - the bag's receive time), see
+    #: :func:`clock_problem`
+    clock_offsets: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.bag = self.bag or self.path
@@ -303,25 +313,94 @@ class Episode:
         return len(self.t)
 
 
-def split_episode(ep: Episode, max_episode_s: float | None) -> list[Episode]:
-    """A long episode as episodes of at most ``max_episode_s`` seconds (None: ``[ep]``).
+#: splitting a long recording (``ami-ros train`` / ``inspect`` / ``eval --bags`` ``--split-*``, :func:`load_episodes`)
+SPLIT_GAP_S = 1.0       # a required stream silent for longer than this is a gap: the ticks inside it are dropped
+SPLIT_PAUSE_S = None    # off; S: the arm at rest for longer than S seconds is a pause (between demonstrations): cut out
+REST_SPEED = 0.02       # rad/s: at rest when every arm joint's measured speed is below this
+MIN_WINDOW_STEPS = 2    # the shortest --split-s window, in control steps (one action)
+CLOCK_TOLERANCE_S = 0.05  # streams whose clock offsets (:func:`clock_problem`) differ by more are reported
 
-    Fixed windows of ``n = round(max_episode_s / control_dt)`` ticks from the first tick; the
-    rest after the last whole window is an episode of its own when it has at least ``n / 2``
-    ticks and is dropped otherwise (an episode no longer than one window stays whole). Each
-    piece keeps its own ticks' arrays (the action between two pieces belongs to neither) and
-    is named ``<bag>#000``, ``<bag>#001``, ... in time order.
+
+@dataclass
+class Cut:
+    """Ticks ``[start, stop)`` of an episode that :func:`split_episode` drops: ``kind`` gap (``topic``
+    silent for ``seconds``) or pause (the arm at rest for ``seconds``, its first and last tick kept)."""
+
+    kind: str
+    start: int
+    stop: int
+    seconds: float
+    topic: str | None = None
+
+
+def window_steps(max_episode_s: float, control_dt: float) -> int:
+    """Ticks in a window of ``max_episode_s`` seconds; ValueError when shorter than MIN_WINDOW_STEPS."""
+    n = int(round(float(max_episode_s) / control_dt))
+    if not n >= MIN_WINDOW_STEPS:
+        raise ValueError(f"max_episode_s must span at least {MIN_WINDOW_STEPS} control steps of {control_dt:g} s, "
+                         f"got {max_episode_s}")
+    return n
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def split_cuts(ep: Episode, *, gap_s: float | None = SPLIT_GAP_S, pause_s: float | None = SPLIT_PAUSE_S,
+               rest_speed: float = REST_SPEED) -> list[Cut]:
+    """Where :func:`split_episode` cuts ``ep``, in time order (None turns a kind off).
+
+    A gap: ticks at which a required stream's interval between messages (``Episode.gap_s``) is
+    longer than ``gap_s``; they are dropped (their data would be invented). A pause: a run of ticks
+    with every arm joint's measured speed below ``rest_speed`` lasting longer than ``pause_s``; its
+    ticks but the first and the last are dropped, so the piece before ends at rest and the one
+    after starts from rest.
     """
-    if max_episode_s is None:
+    cuts: list[Cut] = []
+    if gap_s is not None:
+        for topic, g in ep.gap_s.items():
+            g = np.asarray(g)
+            cuts += [Cut("gap", a, b, float(g[a:b].max()), topic) for a, b in _runs(g > gap_s)]
+    if pause_s is not None and len(ep) > 2:
+        rest = np.abs(ep.qd).max(axis=1) < rest_speed       # NaN never at rest
+        for a, b in _runs(rest):
+            if (b - 1 - a) * ep.control_dt > pause_s and b - a > 2:
+                cuts.append(Cut("pause", a + 1, b - 1, round((b - 1 - a) * ep.control_dt, 6)))
+    return sorted(cuts, key=lambda c: (c.start, c.stop))
+
+
+def split_episode(ep: Episode, max_episode_s: float | None = None, *, gap_s: float | None = SPLIT_GAP_S,
+                  pause_s: float | None = SPLIT_PAUSE_S, rest_speed: float = REST_SPEED) -> list[Episode]:
+    """A long recording as episodes: cut at gaps and pauses (:func:`split_cuts`), then each part
+    into windows of at most ``max_episode_s`` seconds (None: parts whole).
+
+    Windows of ``n = round(max_episode_s / control_dt)`` ticks from the part's first tick; the
+    remainder after the last whole window is an episode of its own when it has at least ``n / 2``
+    ticks and is dropped otherwise (a part no longer than one window stays whole). A part of
+    fewer than 2 ticks (no action) is dropped. Each piece keeps its own ticks' arrays (the
+    action between two pieces belongs to neither) and is named ``<bag>#000``, ``<bag>#001``, ...
+    in time order; an episode nothing cuts is returned as it is (``[ep]``), and one that is all
+    cut away as ``[]``.
+    """
+    n = None if max_episode_s is None else window_steps(max_episode_s, ep.control_dt)
+    keep = np.ones(len(ep), dtype=bool)
+    for c in split_cuts(ep, gap_s=gap_s, pause_s=pause_s, rest_speed=rest_speed):
+        keep[c.start:c.stop] = False
+    bounds = []
+    for a, b in _runs(keep):
+        if b - a < 2:
+            continue
+        if n is None or b - a <= n:
+            bounds.append((a, b))
+            continue
+        windows = [(s, min(s + n, b)) for s in range(a, b, n)]
+        if 2 * (windows[-1][1] - windows[-1][0]) < n:
+            windows.pop()
+        bounds += windows
+    if bounds == [(0, len(ep))]:
         return [ep]
-    n = int(round(float(max_episode_s) / ep.control_dt))
-    if not n >= 2:
-        raise ValueError(f"max_episode_s must span at least 2 control steps of {ep.control_dt:g} s, got {max_episode_s}")
-    if len(ep) <= n:
-        return [ep]
-    bounds = [(a, min(a + n, len(ep))) for a in range(0, len(ep), n)]
-    if 2 * (bounds[-1][1] - bounds[-1][0]) < n:
-        bounds.pop()
     width = max(3, len(str(len(bounds) - 1)))
 
     def piece(a: int, b: int, k: int) -> Episode:
@@ -329,9 +408,49 @@ def split_episode(ep: Episode, max_episode_s: float | None) -> list[Episode]:
         return Episode(t=ep.t[a:b], frames=ep.frames[a:b], q=ep.q[a:b], qd=ep.qd[a:b], q_cmd=ep.q_cmd[a:b],
                        action=ep.action[a:b - 1], cube=part(ep.cube), tool=part(ep.tool),
                        joint_names=ep.joint_names, path=f"{ep.path}#{k:0{width}d}", control_dt=ep.control_dt,
-                       action_source=ep.action_source, bag=ep.bag)
+                       action_source=ep.action_source, bag=ep.bag,
+                       gap_s={t: g[a:b] for t, g in ep.gap_s.items()}, clock_offsets=dict(ep.clock_offsets))
 
     return [piece(a, b, k) for k, (a, b) in enumerate(bounds)]
+
+
+def stream_gaps(stamps: np.ndarray, ticks: np.ndarray) -> np.ndarray:
+    """(len(ticks),) seconds: the interval between the two of the sorted ``stamps`` (ns) each tick
+    falls strictly between; 0 for a tick on a stamp or outside them."""
+    i = _latest(stamps, ticks)
+    inside = (i >= 0) & (i < len(stamps) - 1)
+    i = np.clip(i, 0, max(len(stamps) - 2, 0))
+    out = np.zeros(len(ticks))
+    if len(stamps) >= 2:
+        between = inside & (ticks > stamps[i])
+        out[between] = (stamps[i + 1] - stamps[i])[between] / 1e9
+    return out
+
+
+def clock_offsets(offsets_ns: dict[str, Sequence[int]]) -> dict[str, float]:
+    """Per stream: the median, in seconds, of its (stamp used - the bag's receive time)."""
+    return {t: round(float(np.median(np.asarray(v, dtype=np.int64))) / 1e9, 6) for t, v in offsets_ns.items() if len(v)}
+
+
+def clock_problem(offsets: dict[str, float], tolerance: float = CLOCK_TOLERANCE_S) -> str | None:
+    """What is wrong with the streams' clock offsets (:func:`clock_offsets`), or None.
+
+    On one clock, a message is stamped a little before it is received (its latency), so the
+    offsets of the streams are all near 0 and near each other; when two differ by more than
+    ``tolerance`` seconds, their stamps disagree (clocks out of sync, or a stream stamping
+    something other than the instant it measured) and ticks aligned on the stamps pair data
+    taken that far apart.
+    """
+    if len(offsets) < 2:
+        return None
+    lo = min(offsets, key=offsets.get)
+    hi = max(offsets, key=offsets.get)
+    diff = offsets[hi] - offsets[lo]
+    if diff <= tolerance:
+        return None
+    return (f"clock offset: the stamps of {hi} run {diff:.3f} s ahead of those of {lo} relative to the bag's "
+            f"receive times (median stamp - receive time {offsets[hi]:+.3f} s vs {offsets[lo]:+.3f} s, tolerance "
+            f"{tolerance:g} s); ticks are aligned on the stamps as they are")
 
 
 def _stamp(msg, recv_ns: int) -> int:
@@ -825,6 +944,8 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     tool: list[tuple[int, np.ndarray]] = []
     raw_shape = None
     with_commands = profile.command_topic is not None
+    image_stamps: list[int] = []
+    offsets: dict[str, list[int]] = {profile.image_topic: [], profile.joint_states_topic: []}  # stamp - receive
 
     for conn, recv, raw in reader.messages(connections=wanted):
         seen[conn.id] += 1
@@ -840,8 +961,12 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
             if not is_compressed(msg):
                 raw_shape = _check_raw_size(path, topic, msg, ns, raw_shape)
             images.add(ns, msg)
+            image_stamps.append(ns)
+            offsets[topic].append(ns - int(recv))
         elif part == "joint_states":
-            js.add(path, topic, msg, _stamp(msg, recv))
+            ns = _stamp(msg, recv)
+            js.add(path, topic, msg, ns)
+            offsets[topic].append(ns - int(recv))
         elif part == "commands":
             cmd_msgs.append((int(recv), msg))
         elif part == "cube":
@@ -896,6 +1021,14 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
         out[idx < 0] = np.nan
         return out
 
+    # where a required stream falls silent between the ticks, and how its stamps sit against receipt
+    gaps = {profile.image_topic: stream_gaps(np.sort(np.asarray(image_stamps, dtype=np.int64)), ticks),
+            profile.joint_states_topic: np.max([stream_gaps(t, ticks) for t in js.t], axis=0)}
+    offsets_s = clock_offsets(offsets)
+    problem = clock_problem(offsets_s)
+    if problem:
+        log.warning("%s: %s", path, problem)
+
     frames = images.pick(path, profile.image_topic, start, T)
     if frames is None:   # stamps out of arrival order moved the first tick: the images again, on the ticks
         again = _FramePicker(size, dt_ns)
@@ -906,7 +1039,8 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
         frames = again.pick(path, profile.image_topic, start, T)
     return Episode(t=ticks / 1e9, frames=frames, q=q, qd=qd, q_cmd=q_cmd, action=np.diff(q_cmd, axis=0),
                    cube=optional(cube), tool=optional(tool), joint_names=names, path=path,
-                   control_dt=control_dt, action_source=profile.action_source)
+                   control_dt=control_dt, action_source=profile.action_source, gap_s=gaps,
+                   clock_offsets=offsets_s)
 
 
 def _check_not_empty(path: str, profile: RecordingProfile, types_by_topic: dict, images, js: _JointStates,
@@ -933,10 +1067,12 @@ def find_bags(folder) -> list[str]:
     return sorted(out)
 
 
-def load_episodes(folder, *, max_episode_s: float | None = None, **kw) -> tuple[list[Episode], list[BagError]]:
+def load_episodes(folder, *, max_episode_s: float | None = None, gap_s: float | None = SPLIT_GAP_S,
+                  pause_s: float | None = SPLIT_PAUSE_S, rest_speed: float = REST_SPEED,
+                  **kw) -> tuple[list[Episode], list[BagError]]:
     """Load every bag folder under ``folder`` (``kw`` as :func:`load_episode`), each split by
-    :func:`split_episode` into episodes of at most ``max_episode_s`` seconds (None: one per bag);
-    bad bags are skipped (warning logged) and returned as errors."""
+    :func:`split_episode` at gaps and pauses and into episodes of at most ``max_episode_s``
+    seconds (None: parts whole); bad bags are skipped (warning logged) and returned as errors."""
     episodes: list[Episode] = []
     errors: list[BagError] = []
     bags = find_bags(folder)
@@ -944,8 +1080,13 @@ def load_episodes(folder, *, max_episode_s: float | None = None, **kw) -> tuple[
         log.warning("%s: no bag folders found", folder)
     for bag in bags:
         try:
-            episodes += split_episode(load_episode(bag, **kw), max_episode_s)
+            pieces = split_episode(load_episode(bag, **kw), max_episode_s, gap_s=gap_s, pause_s=pause_s,
+                                   rest_speed=rest_speed)
         except BagError as e:
             log.warning("skipping bag: %s", e)
             errors.append(e)
+            continue
+        if not pieces:
+            log.warning("%s: nothing left once split at gaps and pauses (the arm at rest throughout?)", bag)
+        episodes += pieces
     return episodes, errors

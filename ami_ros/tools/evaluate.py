@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 from ami_ros.core.devices import DEVICES
-from ami_ros.tools.profile_args import add_profile_arguments, add_split_argument
+from ami_ros.tools.profile_args import add_profile_arguments, add_split_arguments
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
 
@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "sim and the planner share the cores)")
     p.add_argument("--json", default=None, help="write the results here")
     add_profile_arguments(p)
-    add_split_argument(p)
+    add_split_arguments(p)
 
 
 def run(args) -> int:
@@ -220,10 +220,10 @@ HORIZONS = (1, 5, 10)   # control steps ahead the predictions are scored at, as 
 PROBE_HOLDOUT = 0.5     # the linear probes are fit on the first half of the bags (by path) and scored on the rest
 
 
-def load_bags(folders, model, arm, profile, max_episode_s=None) -> tuple[list, list]:
+def load_bags(folders, model, arm, profile, split=None) -> tuple[list, list]:
     """The episodes of every bag under ``folders`` at the model's image size and control period
-    (split into episodes of at most ``max_episode_s`` seconds), and the errors of the bags that do
-    not load. ValueError for a folder without bags."""
+    (split as ``split``, keyword arguments of ``load_episodes``, says), and the errors of the bags
+    that do not load. ValueError for a folder without bags."""
     from ami_ros.data.bags import load_episodes
     from ami_ros.tools.inspect import bag_folders
 
@@ -231,7 +231,7 @@ def load_bags(folders, model, arm, profile, max_episode_s=None) -> tuple[list, l
     for folder in folders:
         bag_folders(folder)                       # (ValueError naming why a folder holds no bags)
         eps, errs = load_episodes(folder, control_dt=model.control_dt, joint_names=arm.joint_names,
-                                  image_size=model.cfg.image_size, profile=profile, max_episode_s=max_episode_s)
+                                  image_size=model.cfg.image_size, profile=profile, **(split or {}))
         episodes += eps
         errors += errs
     return episodes, errors
@@ -313,7 +313,7 @@ def run_bags(args) -> int:
 
     from ami_ros.core.model_io import load_model
     from ami_ros.nodes.model_path import resolve_model_path
-    from ami_ros.tools.profile_args import profile_from_args
+    from ami_ros.tools.profile_args import profile_from_args, split_from_args
 
     if args.backend != "torch":
         print("error: --bags evaluates with the torch backend", file=sys.stderr)
@@ -326,7 +326,7 @@ def run_bags(args) -> int:
         profile.check_arm(arm.joint_names)
         model = load_model(folder, backend="torch", device=args.device, arm=arm)   # refuses a model of another arm
         report_placement(model)
-        episodes, errors = load_bags(args.bags, model, arm, profile, args.split_s)
+        episodes, errors = load_bags(args.bags, model, arm, profile, split_from_args(args, model.control_dt))
     except ValueError as e:          # ModelError, RobotError, DeviceError, a bad profile, a folder without bags
         print(f"error: {e}", file=sys.stderr)
         return 2

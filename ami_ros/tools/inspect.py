@@ -2,8 +2,10 @@
 
 For each bag: its topics (type, message count, rate and duration by receive time), then
 whether ``ami-ros train`` with the same recording profile, arm and control rate would load
-it and how many control steps (and, with ``--split-s``, episodes) it gives, or the reason it
-would be skipped (the loader's message, which names the flag that fixes it). ``--preview FILE.png`` writes a contact sheet
+it and how many control steps and episodes it gives (where it would be split at gaps, pauses
+and ``--split-s`` windows), each stream's clock offset (median header stamp minus receive time,
+flagged when the streams disagree), or the reason it would be skipped (the loader's message,
+which names the flag that fixes it). ``--preview FILE.png`` writes a contact sheet
 of evenly spaced frames of the first bag that loads.
 
 Exit status: 0 when at least one bag loads, 1 when none does, 2 for a path that is neither
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from ami_ros.tools.profile_args import add_profile_arguments, add_split_argument, profile_from_args
+from ami_ros.tools.profile_args import (add_profile_arguments, add_split_arguments, profile_from_args,
+                                       split_from_args)
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 from ami_ros.tools.train import CONTROL_HZ
 
@@ -30,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"the control rate training samples the bags at (default {CONTROL_HZ:g}, as ami-ros train)")
     add_robot_arguments(p)
     add_profile_arguments(p)
-    add_split_argument(p)
+    add_split_arguments(p)
 
 
 # ----------------------------------------------------------------------------- one bag
@@ -94,14 +97,17 @@ def roles(profile) -> dict[str, str]:
 
 
 def inspect_bag(path: str, *, profile, joint_names, control_dt: float,
-                max_episode_s: float | None = None) -> tuple[dict, object]:
-    """One bag's report (path, topics, loads, episodes and steps training gets from it with
-    ``max_episode_s``, duration_s, reason) and its Episode, whole (None when training would skip
-    it); frames are loaded at :func:`tile_size`."""
-    from ami_ros.data.bags import BagError, load_episode, split_episode
+                split: dict | None = None) -> tuple[dict, object]:
+    """One bag's report (path, topics, loads, episodes and steps training gets from it when split
+    as ``split`` (keyword arguments of ``load_episodes``) says, the cuts at gaps and pauses,
+    duration_s, the streams' clock offsets and any problem with them, reason) and its Episode,
+    whole (None when training would skip it); frames are loaded at :func:`tile_size`."""
+    from ami_ros.data.bags import BagError, clock_problem, load_episode, split_cuts, split_episode
 
+    split = dict(split or {})
+    window = split.pop("max_episode_s", None)
     report = {"path": path, "topics": [], "loads": False, "episodes": 0, "steps": 0, "duration_s": None,
-              "reason": None}
+              "cuts": [], "clock_offsets": {}, "clock_problem": None, "reason": None}
     try:
         report["topics"] = topic_stats(path)
     except Exception:  # noqa: BLE001  (unreadable: load_episode below says why)
@@ -115,9 +121,15 @@ def inspect_bag(path: str, *, profile, joint_names, control_dt: float,
     except BagError as e:
         report["reason"] = e.problem
         return report, None
-    pieces = split_episode(ep, max_episode_s)
+    pieces = split_episode(ep, window, **split)
+    t0 = float(ep.t[0])
+    cuts = [{"kind": c.kind, "topic": c.topic, "seconds": round(c.seconds, 3),
+             "from_s": round(float(ep.t[c.start - 1]) - t0, 3) if c.start else 0.0,      # the last tick kept before
+             "to_s": round(float(ep.t[min(c.stop, len(ep) - 1)]) - t0, 3)}               # the first kept after
+            for c in split_cuts(ep, **split)]
     report.update(loads=True, episodes=len(pieces), steps=sum(len(p) for p in pieces),
-                  duration_s=round(float(ep.t[-1] - ep.t[0]), 3))
+                  duration_s=round(float(ep.t[-1]) - t0, 3), cuts=cuts, clock_offsets=ep.clock_offsets,
+                  clock_problem=clock_problem(ep.clock_offsets))
     return report, ep
 
 
@@ -168,12 +180,13 @@ def bag_folders(path: str) -> list[str]:
     return bags
 
 
-def header(profile, arm, control_dt: float) -> dict:
-    """What the profile maps to each part, and what the loader aligns them on."""
+def header(profile, arm, control_dt: float, split: dict | None = None) -> dict:
+    """What the profile maps to each part, what the loader aligns them on and how it splits them."""
     return {"camera": profile.image_topic, "joint_states": profile.joint_states_topic,
             "commands": profile.command_topic, "action_source": profile.action_source,
             "joint_prefix": profile.joint_prefix, "ignore_joints": list(profile.ignore_joints),
-            "robot": arm.name, "joint_names": list(arm.joint_names), "control_dt": control_dt}
+            "robot": arm.name, "joint_names": list(arm.joint_names), "control_dt": control_dt,
+            "split": dict(split or {})}
 
 
 def totals(bags: list[dict]) -> dict:
@@ -193,6 +206,11 @@ def print_text(report: dict) -> None:
     print(f"         joint prefix {m['joint_prefix'] or '(none)'}, ignored joints "
           f"{' '.join(m['ignore_joints']) or '(none)'}; arm {m['robot']} {m['joint_names']}, "
           f"control step {m['control_dt']:g} s")
+    sp = m["split"]
+    if sp:
+        off = (lambda v, unit: "off" if v is None else f"{v:g} {unit}")
+        print(f"split:   windows {off(sp['max_episode_s'], 's')}, at gaps over {off(sp['gap_s'], 's')}, at pauses "
+              f"over {off(sp['pause_s'], 's')} (at rest below {sp['rest_speed']:g} rad/s)")
     for b in report["bags"]:
         print(f"\n{b['path']}")
         if b["topics"]:
@@ -201,8 +219,17 @@ def print_text(report: dict) -> None:
             print(f"  {t['topic']:40s} {t['type']:36s} {t['messages']:6d} {_fmt(t['rate_hz'], '7.1f')} "
                   f"{t['duration_s']:7.2f}  {t['role'] or ''}")
         if b["loads"]:
-            split = f", {b['episodes']} episodes" if b["episodes"] > 1 else ""
+            split = f", {b['episodes']} episodes" if b["episodes"] != 1 else ""
             print(f"  loads: {b['steps']} control steps ({b['duration_s']:.2f} s{split})")
+            for c in b["cuts"]:
+                why = (f"{c['topic']} silent for {c['seconds']:.2f} s" if c["kind"] == "gap"
+                       else f"the arm at rest for {c['seconds']:.2f} s")
+                print(f"  split at a {c['kind']}: {c['from_s']:.2f}-{c['to_s']:.2f} s ({why})")
+            if b["clock_offsets"]:
+                print("  clock offsets (median stamp - receive time): "
+                      + ", ".join(f"{t} {v:+.3f} s" for t, v in b["clock_offsets"].items()))
+            if b["clock_problem"]:
+                print(f"  WARNING {b['clock_problem']}")
         else:
             print(f"  skipped: {b['reason']}")
     t = report["totals"]
@@ -223,16 +250,17 @@ def run(args) -> int:
         profile.check_arm(arm.joint_names)
         if not args.control_hz > 0:
             raise ValueError(f"--control-hz must be > 0, got {args.control_hz}")
+        split = split_from_args(args, 1.0 / args.control_hz)
         paths = bag_folders(args.path)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     control_dt = 1.0 / args.control_hz
-    report = {"path": args.path, "mapping": header(profile, arm, control_dt), "bags": []}
+    report = {"path": args.path, "mapping": header(profile, arm, control_dt, split), "bags": []}
     preview = None   # the first episode that loads, for the contact sheet
     for path in paths:
         bag, ep = inspect_bag(path, profile=profile, joint_names=arm.joint_names, control_dt=control_dt,
-                              max_episode_s=args.split_s)
+                              split=split)
         report["bags"].append(bag)
         if preview is None and ep is not None:
             preview = ep

@@ -1,6 +1,6 @@
 """The recording-profile options of every tool that reads bags (``--profile`` and the flags
 that override its keys; the profile itself is :class:`ami_ros.data.profile.RecordingProfile`),
-and ``--split-s`` of the tools that load bags into episodes."""
+and the splitting options of the tools that load bags into episodes."""
 from __future__ import annotations
 
 import argparse
@@ -48,15 +48,54 @@ def profile_from_args(args) -> RecordingProfile:
         raise ValueError(str(e).replace("profile: ", "", 1)) from None
 
 
-def add_split_argument(p: argparse.ArgumentParser) -> None:
-    """``--split-s``, for the tools that load bags as training does (``load_episodes``' ``max_episode_s``)."""
-    p.add_argument("--split-s", type=_positive, default=None, metavar="SECONDS",
-                   help="split each bag into episodes of this many seconds (fixed windows from its first control "
-                        "step; a rest shorter than half a window is dropped) (default: one episode per bag)")
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """``--split-s``, ``--split-gap-s``, ``--split-pause-s`` and ``--split-rest-speed``, for the tools
+    that load bags into episodes as training does (:func:`ami_ros.data.bags.split_episode`)."""
+    from ami_ros.data import bags
+
+    g = p.add_argument_group("splitting", "a long recording becomes several episodes: cut at gaps and pauses, "
+                                          "then into windows")
+    g.add_argument("--split-s", type=_positive, default=None, metavar="SECONDS",
+                   help="then split each part into episodes of this many seconds (fixed windows from its first "
+                        "control step; a remainder shorter than half a window is dropped) (default: parts whole)")
+    g.add_argument("--split-gap-s", type=_positive_or_off, default=bags.SPLIT_GAP_S, metavar="SECONDS",
+                   help="split where the camera or the joint states send nothing for longer than this; the control "
+                        f"steps inside the gap are dropped ('off': never) (default {bags.SPLIT_GAP_S:g})")
+    g.add_argument("--split-pause-s", type=_positive_or_off, default=bags.SPLIT_PAUSE_S, metavar="SECONDS",
+                   help="split where the arm rests (every joint slower than --split-rest-speed) for longer than "
+                        "this, as a teleoperator does between demonstrations; the rest is cut out but for its "
+                        "first and last control step, e.g. 5 for a teleoperated session (default off: a robot holding still "
+                        "is data too)")
+    g.add_argument("--split-rest-speed", type=_positive, default=bags.REST_SPEED, metavar="RAD_S",
+                   help=f"joint speed below which the arm is at rest (default {bags.REST_SPEED:g} rad/s)")
+
+
+def split_from_args(args, control_dt: float) -> dict:
+    """The splitting options as keyword arguments of ``load_episodes`` / ``split_episode``;
+    ValueError naming the flag for a ``--split-s`` shorter than the shortest window."""
+    from ami_ros.data import bags
+
+    window = getattr(args, "split_s", None)
+    if window is not None:
+        try:
+            bags.window_steps(window, control_dt)
+        except ValueError:
+            raise ValueError(f"--split-s {window:g}: an episode needs at least {bags.MIN_WINDOW_STEPS} control "
+                             f"steps of {control_dt:g} s") from None
+    return {"max_episode_s": window, "gap_s": getattr(args, "split_gap_s", bags.SPLIT_GAP_S),
+            "pause_s": getattr(args, "split_pause_s", bags.SPLIT_PAUSE_S),
+            "rest_speed": getattr(args, "split_rest_speed", bags.REST_SPEED)}
 
 
 def _positive(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text}") from None
     if not v > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return v
+
+
+def _positive_or_off(text: str) -> float | None:
+    return None if text.strip().lower() in ("off", "none") else _positive(text)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from ami_ros.tools.profile_args import add_profile_arguments, add_split_argument, profile_from_args
+from ami_ros.tools.profile_args import (add_profile_arguments, add_split_arguments, profile_from_args,
+                                       split_from_args)
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
 CONTROL_HZ = 10.0   # the control rate the bags are sampled at (--control-hz)
@@ -73,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoint", action="store_true")
     p.add_argument("--name", default=None, help="model name in the card (default: folder name)")
     add_profile_arguments(p)
-    add_split_argument(p)
+    add_split_arguments(p)
 
 
 def card_header(name: str, arm, control_dt: float, action_source: str) -> dict:
@@ -181,6 +182,9 @@ def run(args) -> int:
         arm = arm_from_args(args)
         profile = profile_from_args(args)     # which topics of the bags hold what
         profile.check_arm(arm.joint_names)
+        if not args.control_hz > 0:
+            raise ValueError(f"--control-hz must be > 0, got {args.control_hz}")
+        split = split_from_args(args, 1.0 / args.control_hz)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -219,7 +223,7 @@ def run(args) -> int:
     episodes, errors = [], []
     for folder in args.data:
         eps, errs = load_episodes(folder, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
-                                  image_size=args.image_size, profile=profile, max_episode_s=args.split_s)
+                                  image_size=args.image_size, profile=profile, **split)
         episodes += eps
         errors += errs
     for e in errors:
@@ -308,7 +312,7 @@ def run(args) -> int:
                      "sha256": dataset_hash(sorted({e.bag for e in episodes})),
                      "episodes_train": len(train_eps), "episodes_heldout": len(test_eps),
                      "steps_train": int(sum(len(e.q) for e in train_eps)), "skipped_bags": len(errors),
-                     "recording_profile": profile.to_dict(), "max_episode_s": args.split_s},
+                     "recording_profile": profile.to_dict(), **split},
             "training": {**cfg.to_dict(), "device": device, "world_size": world,
                          "wall_time_s_last_run": round(wall, 1),
                          "command": getattr(args, "command_line", None) or "ami-ros " + " ".join(sys.argv[1:])},
