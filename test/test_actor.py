@@ -178,3 +178,61 @@ def test_a_taught_goal_is_the_frame_and_the_pose_it_was_taken_at():
     d = actor.step(0.2)                                                    # that frame is the goal: reached
     assert d.reason == "reached"
     np.testing.assert_allclose(d.back_to, Q_GOAL)
+
+
+class ReadoutModel(Model):
+    """With a tool readout that reads a toy frame's tool point (its first three joints) off by an
+    error that changes smoothly with the pose, as a trained readout's does."""
+    has_tool_readout = True
+
+    @staticmethod
+    def error(p):
+        return 0.04 + 0.1 * p
+
+    def read_tool(self, image):
+        p = torch.as_tensor(image, dtype=torch.float32)[..., :3]
+        return p + self.error(p)
+
+
+def test_an_image_goals_tool_position_is_corrected_by_the_readouts_error_at_the_frame():
+    model = ReadoutModel()
+    planner = Planner(model, Cost(CostWeights(), Q_MIN, Q_MAX), PlannerConfig(), BOUND)
+    actor = Actor(model, Arm(), planner, DT, StopRules(0.0, 0, 0.02))
+    aims = []
+    plan = planner.plan
+    planner.plan = lambda *a, **k: aims.append(k["goal_tool"]) or plan(*a, **k)
+    actor.set_goal_image(image(Q_GOAL))
+    read_goal = model.read_tool(image(Q_GOAL))[0]
+    np.testing.assert_allclose(actor.goal_tool.numpy(), read_goal.numpy(), atol=1e-6)
+
+    q = np.array([0.1, 0.05, -0.1, 0.0])
+    observe(actor, model, 0.0, q)
+    assert actor.step(0.0).reason == "plan"                 # no reading of the frame: the goal image's reading
+    np.testing.assert_allclose(aims[-1].numpy(), read_goal.numpy(), atol=1e-6)
+    assert np.isnan(actor.tool_correction)
+
+    for t, qt in ((0.1, q), (0.2, Q_GOAL)):
+        observe(actor, model, t, qt)
+        actor.observe_tool_reading(t, model.read_tool(image(qt))[0])
+        assert actor.step(t).reason == "plan"
+        # the goal's reading less the readout's error at the frame's pose: off by the change of the
+        # error between the two poses, exact at the goal
+        want = Q_GOAL[:3] + 0.1 * (Q_GOAL[:3] - qt[:3])
+        np.testing.assert_allclose(aims[-1].numpy(), want, atol=1e-6)
+        np.testing.assert_allclose(actor.goal_tool_aim.numpy(), want, atol=1e-6)
+        assert actor.tool_correction == pytest.approx(np.linalg.norm(0.04 + 0.1 * qt[:3]), abs=1e-6)
+
+    # a reading older than max_embedding_age_s before the frame is not used
+    observe(actor, model, 1.0, q)
+    actor.step(1.0)
+    np.testing.assert_allclose(aims[-1].numpy(), read_goal.numpy(), atol=1e-6)
+    # a bad reading is refused and nothing kept
+    for bad in ([np.nan, 0.0, 0.0], [0.0, 0.0]):
+        with pytest.raises(ValueError):
+            actor.observe_tool_reading(1.0, bad)
+    assert actor.tool_reading[0] == 0.2
+    # a taught goal's tool position is its joint state's forward kinematics: never corrected
+    actor.observe_tool_reading(1.0, model.read_tool(image(q))[0])
+    assert actor.teach_goal()
+    actor.step(1.0)
+    np.testing.assert_allclose(actor.goal_tool_aim.numpy(), q[:3], atol=1e-6)

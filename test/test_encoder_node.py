@@ -16,9 +16,10 @@ cv2 = pytest.importorskip("cv2")
 
 from rclpy.context import Context  # noqa: E402
 from rclpy.node import Node  # noqa: E402
+from geometry_msgs.msg import PointStamped  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image, JointState  # noqa: E402
 
-from ami_ros.core.arm import share_dir  # noqa: E402
+from ami_ros.core.arm import load_arm, share_dir  # noqa: E402
 from ami_ros.core.images import model_frame  # noqa: E402
 from ami_ros.nodes import msgs, qos  # noqa: E402
 from ami_ros.nodes.compose import NodeThreads  # noqa: E402
@@ -33,7 +34,7 @@ def _subscribed(node, topic):
             for t in types if name == topic]
 
 
-def test_compressed_frames_give_the_embedding_of_the_frame(ros_domain_id):
+def test_compressed_frames_give_the_embedding_and_tool_reading_of_the_frame(ros_domain_id):
     import torch
 
     from ami_ros.nodes.encoder_node import EncoderNode
@@ -46,14 +47,20 @@ def test_compressed_frames_give_the_embedding_of_the_frame(ros_domain_id):
         assert _subscribed(node, "/wrist/image/compressed") == ["sensor_msgs/msg/CompressedImage"]
         assert _subscribed(node, "/wrist/image") == []
         probe = Node("camera_probe", context=ctx)
-        got, cond = [], threading.Condition()
+        got, readings, cond = [], [], threading.Condition()
 
         def on_embedding(msg):
             with cond:
                 got.append(msgs.embedding_from_msg(msg))
                 cond.notify_all()
 
+        def on_reading(msg):
+            with cond:
+                readings.append(msg)
+                cond.notify_all()
+
         probe.create_subscription(Image, "/ami/embedding", on_embedding, qos.RELIABLE_1)
+        probe.create_subscription(PointStamped, "/ami/tool_reading", on_reading, qos.RELIABLE_1)
         js_pub = probe.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
         img_pub = probe.create_publisher(CompressedImage, "/wrist/image/compressed", 1)
         threads.add(node)
@@ -71,14 +78,20 @@ def test_compressed_frames_give_the_embedding_of_the_frame(ros_domain_id):
             frame_msg.header.stamp = stamp
             img_pub.publish(frame_msg)
             with cond:
-                if cond.wait_for(lambda: got, timeout=0.2):
+                if cond.wait_for(lambda: got and readings, timeout=0.2):
                     break
         assert got, "no embedding from a compressed frame"
+        assert readings, "no tool reading from a compressed frame (the shipped model has a tool readout)"
         frame = model_frame(frame_msg, node.size)
         np.testing.assert_array_equal(frame, model_frame(msgs.image_msg(rgb), node.size))   # lossless: the same frame
         img = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
         want = node.model.encode(img, torch.zeros(1, len(q)), torch.zeros(1, len(q)))[0].cpu().numpy()
         np.testing.assert_allclose(got[0], want, atol=1e-4)
+        # the tool readout's reading of the same frame, in the arm's base frame, stamped as the frame
+        assert readings[0].header.frame_id == load_arm().base_frame
+        np.testing.assert_allclose(msgs.point_from_msg(readings[0]), node.model.read_tool(img)[0].cpu().numpy(),
+                                   atol=1e-5)
+        assert msgs.stamp_to_seconds(readings[0].header.stamp) > 0
     finally:
         threads.shutdown()
         rclpy.try_shutdown(context=ctx)

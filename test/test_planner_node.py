@@ -299,3 +299,37 @@ def test_a_cuda_device_that_is_not_there_is_refused_at_start(ros_domain_id):
             PlannerNode(context=ctx, parameter_overrides={"device": "cuda"})
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def test_the_goal_images_tool_reading_is_corrected_by_the_frames(ros_domain_id):
+    """/ami/tool_reading (the encoder's reading of a frame) moves where the goal_tool term aims by the
+    readout's error at the frame's pose; a NaN reading is refused and counted."""
+    from geometry_msgs.msg import PointStamped
+
+    g = _Graph(ros_domain_id, {"goal_tolerance": 0.0, "settle_patience": 0, "max_embedding_age_s": 10.0,
+                               "max_joint_state_age_s": 10.0})
+    goal_pub = g.probe.create_publisher(Image, "/ami/goal_image", qos.LATCHED)
+    reading_pub = g.probe.create_publisher(PointStamped, "/ami/tool_reading", qos.RELIABLE_1)
+    try:
+        planner, arm = g.planner, g.planner.arm
+        actor = planner.actor
+        rgb = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        goal_pub.publish(msgs.image_msg(rgb))
+        assert _wait(lambda: actor.goal_tool is not None, 15), "goal image not received"
+        goal_reading = actor.goal_tool.numpy().copy()
+        t = g.clock()
+        g.publish_state(t, arm.home)
+        g.publish_embedding(t, np.random.default_rng(2).normal(size=planner.model.embed_dim).astype(np.float32))
+        error = np.array([0.03, -0.02, 0.01])
+        reading = arm.tool_position(arm.home) + error        # the readout misreads the frame by `error`
+        reading_pub.publish(msgs.point_msg(reading, msgs.seconds_to_stamp(t), arm.base_frame))
+        assert _wait(lambda: np.isfinite(actor.tool_correction), 15), "the reading was not applied"
+        np.testing.assert_allclose(actor.goal_tool_aim.numpy(), goal_reading - error, atol=1e-5)
+        assert actor.tool_correction == pytest.approx(np.linalg.norm(error), abs=1e-5)
+
+        bad = msgs.point_msg(reading, msgs.seconds_to_stamp(t), arm.base_frame)
+        bad.point.y = float("nan")
+        reading_pub.publish(bad)
+        assert _wait(lambda: planner.counts["refused_tool_reading"] == 1, 15), "NaN reading not refused"
+    finally:
+        g.close()

@@ -3,7 +3,8 @@
 :class:`Actor` holds the planner, the short-term memory (recent embeddings, executed
 actions, the last plan), the recent measured joint states, the stopping rules
 (:class:`~ami_ros.core.memory.GoalMonitor`) and the goal. Its caller hands it what
-arrives (:meth:`Actor.observe_embedding`, :meth:`Actor.observe_joint_state`) and,
+arrives (:meth:`Actor.observe_embedding`, :meth:`Actor.observe_joint_state`, and with a
+model that has a tool readout :meth:`Actor.observe_tool_reading`) and,
 once per control step, asks it what to do (:meth:`Actor.step`), which answers with a
 :class:`Decision`:
 
@@ -91,6 +92,9 @@ class Actor:
         self.goal = None            # the planner's goal (Planner.encode_goal), tensor
         self.goal_vis = None        # (Dv,) the goal's z_vis: the measured goal distance
         self.goal_tool = None       # (3,) tensor: where the goal has the tool point (m), or None
+        self.tool_reading = None    # (stamp, (3,) tensor): the tool readout's reading of the latest frame
+        self.tool_correction = float("nan")   # m: how far the last step moved the goal's tool position (NaN: not)
+        self.goal_tool_aim = None   # (3,) tensor: where the last step's goal_tool term aimed (goal_tool_from)
         self.goal_source = None     # ("image", (1, 3, H, W)) or ("taught", z (D,), (q, qd)): re-encoded on
                                     # a change of the planner's goal space (planner.predictor)
         self.status = "none"        # none | active | reached | settled
@@ -121,6 +125,47 @@ class Actor:
         with self.lock:
             return self.memory.push_embedding(stamp, torch.as_tensor(z, dtype=torch.float32))
 
+    def observe_tool_reading(self, stamp: float, tool) -> None:
+        """The tool readout's reading (3,) (m) of the camera frame taken at ``stamp``
+        (``read_tool`` of the loaded model). Optional: with it, an image goal's tool position
+        is corrected by the readout's error at the arm's pose (:meth:`goal_tool_from`).
+        ValueError (nothing kept) on a wrong shape or NaN/Inf."""
+        tool = torch.as_tensor(tool, dtype=torch.float32).flatten()
+        if tool.shape != (3,) or not bool(torch.isfinite(tool).all()):
+            raise ValueError(f"tool reading: need a finite (3,) position, got {tuple(tool.shape)}")
+        with self.lock:
+            self.tool_reading = (float(stamp), tool)
+
+    def goal_tool_from(self, source_stamp: float) -> torch.Tensor | None:
+        """Where the cost's ``goal_tool`` term aims when planning from the frame taken at
+        ``source_stamp``.
+
+        An image goal's tool position is the readout's reading of the goal image, off by the
+        readout's error there. The readout's error at the arm's current pose (its reading of
+        a recent frame minus the forward kinematics of the joint state measured when that
+        frame was taken) is taken off it: near the goal the two errors agree, so the arm
+        stops where its own image reads as the goal image does (image-based visual servoing's
+        fixed point), not where the readout misplaces the goal. A taught goal's position is
+        exact and kept. Without a reading within ``max_embedding_age_s`` of the frame, or
+        without the joint state of its instant, the goal image's reading is used as it is.
+        Sets :attr:`goal_tool_aim` to the result and :attr:`tool_correction` (m; NaN when none
+        was applied)."""
+        self.tool_correction = float("nan")
+        self.goal_tool_aim = self.goal_tool
+        if self.goal_tool is None or self.goal_source is None or self.goal_source[0] != "image":
+            return self.goal_tool
+        reading = self.tool_reading
+        if reading is None or abs(reading[0] - source_stamp) > self.max_embedding_age_s:
+            return self.goal_tool
+        state = self.joint_history.state_at(reading[0])
+        if state is None:
+            return self.goal_tool
+        error = reading[1] - torch.as_tensor(self.arm.tool_position(np.asarray(state[0], dtype=np.float64)),
+                                             dtype=torch.float32)
+        self.tool_correction = float(error.norm())
+        self.goal_tool_aim = self.goal_tool - error.to(self.goal_tool.device)
+        return self.goal_tool_aim
+
     # ------------------------------------------------------------ goals
     def _encode_goal(self, src):
         """(planner goal, z_vis goal, goal tool position or None) of a goal source: an image's tool
@@ -137,6 +182,7 @@ class Actor:
         The planner's warm start and the stopping rules start over."""
         with self.lock:
             self.goal, self.goal_vis, self.goal_tool = self._encode_goal(src)
+            self.goal_tool_aim = self.goal_tool
             self.goal_source = src
             self.planner.reset()
             self.monitor.reset()
@@ -161,7 +207,7 @@ class Actor:
     def clear_goal(self) -> None:
         """No goal: steps send nothing."""
         with self.lock:
-            self.goal = self.goal_vis = self.goal_tool = self.goal_source = None
+            self.goal = self.goal_vis = self.goal_tool = self.goal_source = self.goal_tool_aim = None
             self.status = "none"
 
     def reencode_goal(self) -> None:
@@ -169,6 +215,7 @@ class Actor:
         with self.lock:
             if self.goal_source is not None:
                 self.goal, self.goal_vis, self.goal_tool = self._encode_goal(self.goal_source)
+                self.goal_tool_aim = self.goal_tool
 
     def set_stop_rules(self, goal_tolerance: float, settle_patience: int, settle_min_improvement: float) -> None:
         """ValueError (nothing changed) on a value out of range (:class:`StopRules`)."""
@@ -180,7 +227,7 @@ class Actor:
         with self.lock:
             self.memory.clear()
             self.joint_history.clear()
-            self.joint = self.q_cmd = self.last_targets = None
+            self.joint = self.q_cmd = self.last_targets = self.tool_reading = None
 
     # ------------------------------------------------------------ the step
     @property
@@ -219,15 +266,16 @@ class Actor:
             state = self.joint_history.state_at(source_stamp) or (joint[1], joint[2])
             # measured, not predicted: the latest frame's distance to the goal image, plus the goal_tool
             # term of where the arm was then
+            goal_tool = self.goal_tool_from(source_stamp)
             self.goal_distance = self.planner.cost.measured_goal_distance(z_hist[-1], self.goal_vis, state[0],
-                                                                          self.goal_tool)
+                                                                          goal_tool)
             self.status = self.monitor.update(self.goal_distance, source_stamp)
             if self.status != "active":
                 decision = self._back(joint[1], source_stamp, bound)
             else:
                 t0 = time.perf_counter()
                 res = self.planner.plan(z_hist, self.goal, torch.as_tensor(q0, dtype=torch.float32),
-                                        self.memory.last_action(), joint_state=state, goal_tool=self.goal_tool)
+                                        self.memory.last_action(), joint_state=state, goal_tool=goal_tool)
                 plan_s = time.perf_counter() - t0
                 self.memory.push_action(res.actions[0])
                 self.memory.set_plan(res)

@@ -7,6 +7,10 @@ Subscribes
 Publishes
   /ami/embedding     sensor_msgs/Image 32FC1, 1 x D: header.stamp = the source frame's stamp,
                      header.frame_id = the model id                                           reliable, depth 1
+  /ami/tool_reading  geometry_msgs/PointStamped (models with a tool readout): where the frame shows the
+                     tool point, in the arm's base frame; stamped as the embedding, published before it.
+                     The planner corrects its reading of the goal image by this reading's error
+                     (core.actor.Actor.goal_tool_from)                                         reliable, depth 1
   /diagnostics       rates, encode times, and where the encoder runs (torch device, or the ONNX
                      Runtime provider that runs, e.g. TensorrtExecutionProvider)
 
@@ -21,6 +25,7 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PointStamped
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -70,8 +75,9 @@ class EncoderNode(Node):
         if p["threads"]:
             torch.set_num_threads(p["threads"])
         # DeviceError (a ValueError): a device asked for that is not there
+        arm = node_params.arm_from_params(p, self)
         self.model = load_model(resolve_model_path(p["model_path"]), backend=p["backend"], device=p["device"],
-                                arm=node_params.arm_from_params(p, self), trt_fp16=p["trt_fp16"],
+                                arm=arm, trt_fp16=p["trt_fp16"],
                                 trt_cache_dir=p["trt_cache_dir"] or None)
         placement = self.model.placement
         self.get_logger().info(f"model placement: {placement.line}")
@@ -94,6 +100,9 @@ class EncoderNode(Node):
                                 history=HistoryPolicy.KEEP_LAST, durability=qos_profile_sensor_data.durability)
         self._pub = self.create_publisher(Image, "/ami/embedding", reliable1)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._base_frame = arm.base_frame
+        self._tool_pub = (self.create_publisher(PointStamped, "/ami/tool_reading", reliable1)
+                          if self.model.has_tool_readout else None)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         msgs.subscribe_camera(self, "/camera/image_raw", self._on_image, camera_qos, p["image_transport"])
         self.create_timer(1.0, self._on_diagnostics)
@@ -143,6 +152,9 @@ class EncoderNode(Node):
         img = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
         z = self.model.encode(img, torch.as_tensor(joint[1][None], dtype=torch.float32),
                               torch.as_tensor(joint[2][None], dtype=torch.float32))[0].cpu().numpy()
+        if self._tool_pub is not None:
+            self._tool_pub.publish(msgs.point_msg(self.model.read_tool(img)[0].cpu().numpy(), msg.header.stamp,
+                                                  self._base_frame))
         self._latency.append(time.perf_counter() - t0)
         self._pub.publish(msgs.embedding_msg(z, msg.header.stamp, self.model_id))
         self.counts["embeddings"] += 1

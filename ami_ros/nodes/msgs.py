@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration as DurationMsg
 from builtin_interfaces.msg import Time as TimeMsg
+from geometry_msgs.msg import PointStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -174,6 +175,22 @@ def embedding_from_msg(msg: Image) -> np.ndarray:
     if msg.encoding != "32FC1" or msg.height != 1 or msg.step != 4 * msg.width or len(msg.data) != msg.step:
         raise ValueError(f"not an embedding: encoding {msg.encoding}, {msg.height}x{msg.width}, {len(msg.data)} bytes")
     return np.frombuffer(bytes(msg.data), dtype=np.float32).copy()
+
+
+def point_msg(p, stamp, frame_id: str) -> PointStamped:
+    """(3,) metres -> geometry_msgs/PointStamped in ``frame_id``."""
+    msg = PointStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.point.x, msg.point.y, msg.point.z = (float(x) for x in np.asarray(p).reshape(3))
+    return msg
+
+
+def point_from_msg(msg: PointStamped) -> np.ndarray:
+    """Inverse of :func:`point_msg` -> (3,); ValueError on NaN/Inf."""
+    p = np.array([msg.point.x, msg.point.y, msg.point.z], dtype=np.float64)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("NaN or Inf in the point")
+    return p
 
 
 def subscribe_camera(node, topic: str, callback, qos_profile, transport: str):

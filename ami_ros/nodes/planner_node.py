@@ -7,14 +7,18 @@ Subscribes
                     command; kept with their stamps, so a goal reached on a frame the arm has since
                     moved on from brings the arm back to where that frame was taken
   /ami/goal_image   sensor_msgs/Image: a new goal (encoded with the same model), transient local
+  /ami/tool_reading geometry_msgs/PointStamped (encoder_node, models with a tool readout): the readout's
+                    reading of a frame; its error there (against the forward kinematics of the joint
+                    state of the frame's instant) is taken off the goal image's reading
+                    (core.actor.Actor.goal_tool_from); without it the goal image's reading is used as is
 Services
   /ami/teach_goal   std_srvs/Trigger: the current embedding becomes the goal (a taught goal)
   /ami/clear_goal   std_srvs/Trigger: stop planning (the safety node then holds the arm)
 Publishes
   /ami/plan         trajectory_msgs/JointTrajectory (ungated; the safety node gates it)
   /ami/plan_markers visualization_msgs/MarkerArray: the planned tool path (forward kinematics),
-                    stamped with the source camera frame's stamp, and a sphere where the goal has the
-                    tool point (the model's reading of the goal image, or a taught goal's), as wide as
+                    stamped with the source camera frame's stamp, and a sphere where the goal_tool term aims
+                    (the model's reading of the goal image, corrected as above, or a taught goal's), as wide as
                     cost.goal_tool_radius; in hierarchical mode a smaller one where the next subgoal has
                     it (the low level's aim)
   /ami/goal_status  std_msgs/String: none | active | reached | settled (+ goal distance); settled:
@@ -38,7 +42,7 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
@@ -135,7 +139,8 @@ class PlannerNode(Node):
         self.actor = Actor(self.model, self.arm, self.planner, self.dt, rules, p["max_embedding_age_s"],
                            p["max_joint_state_age_s"])
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
-                       "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0}
+                       "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0,
+                       "refused_tool_reading": 0}
         self._plan_ms: list[float] = []
         self.cycles = CycleMonitor(self.dt)
         self._missed_reported = 0           # cycles_missed at the last diagnostics report
@@ -151,6 +156,7 @@ class PlannerNode(Node):
         # deeper queue would hand the planner its oldest state (at 50 Hz and depth 10, 0.2 s old)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable1)
         self.create_subscription(Image, "/ami/goal_image", self._on_goal_image, latched)
+        self.create_subscription(PointStamped, "/ami/tool_reading", self._on_tool_reading, reliable1)
         self.create_service(Trigger, "/ami/teach_goal", self._on_teach)
         self.create_service(Trigger, "/ami/clear_goal", self._on_clear)
         self.create_timer(self.dt, self._on_cycle)
@@ -240,6 +246,13 @@ class PlannerNode(Node):
             return
         self.actor.observe_embedding(stamp, z)
 
+    def _on_tool_reading(self, msg: PointStamped) -> None:
+        try:
+            self.actor.observe_tool_reading(msgs.stamp_to_seconds(msg.header.stamp), msgs.point_from_msg(msg))
+        except ValueError as e:
+            self.counts["refused_tool_reading"] += 1
+            self.get_logger().warning(f"tool reading refused: {e}", throttle_duration_sec=2.0)
+
     def _on_goal_image(self, msg: Image) -> None:
         try:
             frame = model_frame(msg, self.model.cfg.image_size)
@@ -313,9 +326,10 @@ class PlannerNode(Node):
         m.pose.orientation.w = 1.0
         m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in path]
         markers = [m]
-        if self.goal_tool is not None:   # where the goal has the tool (the goal image's reading, or taught)
+        aim = self.actor.goal_tool_aim   # where the goal_tool term aims (the goal image's reading, corrected, or taught)
+        if aim is not None:
             diameter = 2 * self.planner.cost.weights.goal_tool_radius or 0.01
-            markers.append(_sphere(m.header, "ami_goal_tool", 1, self.goal_tool, diameter, (1.0, 0.4, 0.1, 0.5)))
+            markers.append(_sphere(m.header, "ami_goal_tool", 1, aim, diameter, (1.0, 0.4, 0.1, 0.5)))
         if subgoal_tool is None:         # where the next subgoal has the tool (hier), else delete the last one
             sg = Marker(header=m.header, ns="ami_subgoal_tool", id=2, action=Marker.DELETE)
         else:
@@ -376,7 +390,8 @@ class PlannerNode(Node):
                   "method": self.planner.config.method, "mode": self.planner.config.mode,
                   "predictor": self.planner.config.predictor, "device": str(self.planner.device),
                   "placement": self.model.placement.line,
-                  "model_steps_per_plan": self.planner.model_steps_per_plan(), **self.counts, **self.cycles.counts()}
+                  "model_steps_per_plan": self.planner.model_steps_per_plan(),
+                  "goal_tool_correction_m": self.actor.tool_correction, **self.counts, **self.cycles.counts()}
         slow = float(np.percentile(ms, 95)) > 1000 * self.dt
         missed = self.cycles.missed - self._missed_reported
         self._missed_reported = self.cycles.missed

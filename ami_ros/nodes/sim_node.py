@@ -255,10 +255,7 @@ class SimNode(Node):
             # stamped with the instant the state is of (the physics step), not the publish time
             stamp = msgs.seconds_to_stamp(self.ros_time_of(self.sim.time))
         self._joint_pub.publish(msgs.joint_state_msg(self.spec.joint_names, q, v, e, stamp))
-        pt = PointStamped()
-        pt.header.stamp, pt.header.frame_id = stamp, WORLD_FRAME
-        pt.point.x, pt.point.y, pt.point.z = (float(x) for x in tool)
-        self._tool_pub.publish(pt)
+        self._tool_pub.publish(msgs.point_msg(tool, stamp, WORLD_FRAME))
         pose = PoseStamped()
         pose.header.stamp, pose.header.frame_id = stamp, WORLD_FRAME
         pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(x) for x in cube[:3])

@@ -145,9 +145,12 @@ class WorldModelAgent:
         if self.hold is not None:
             return straight_line_actions(q_cmd, self.hold, self.bound), None
         self.actor.observe_joint_state(stamp, q, qd, stamp)
-        z = self.model.encode(image_to_tensor(frame[None]), torch.as_tensor(q[None], dtype=torch.float32),
+        image = image_to_tensor(frame[None])
+        z = self.model.encode(image, torch.as_tensor(q[None], dtype=torch.float32),
                               torch.as_tensor(qd[None], dtype=torch.float32))[0]
         self.actor.observe_embedding(stamp, z)
+        if self.model.has_tool_readout:
+            self.actor.observe_tool_reading(stamp, self.model.read_tool(image)[0])
         d = self.actor.step(stamp)
         self.measured_distance = d.goal_distance
         if not d.send:
