@@ -44,7 +44,9 @@ Terms (each multiplied by its weight in :class:`CostWeights`):
 - ``goal_tool``: where the arm's tool point goes, against where the goal image shows
   it: ``relu(|p_t - p_goal| - goal_tool_radius)**2`` (metres), mean over steps, p_t the
   tool point (forward kinematics of the commanded position ``q_t``), p_goal the model's
-  tool readout of the goal image (:meth:`~ami_ros.core.world_model.WorldModel.read_tool`). It steers
+  tool readout of the goal image (:meth:`~ami_ros.core.world_model.WorldModel.read_tool`), less
+  the readout's error at the arm's current pose where the caller has a reading of the
+  current frame (:meth:`~ami_ros.core.actor.Actor.goal_tool_from`). It steers
   from afar, where the image-goal distance guides poorly; within the radius (about
   the readout's error) it costs nothing and the image-goal distance alone places the
   arm. Off without an arm or a goal reading.
