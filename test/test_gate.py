@@ -190,6 +190,23 @@ def test_in_measured_mode_a_hold_allows_for_what_the_arm_gained_since_its_joint_
     assert durations["commanded"] < durations["measured"]
 
 
+def test_in_measured_mode_the_arm_state_is_carried_forward_with_its_references_acceleration():
+    """Between joint states the arm follows the reference it was sent: the estimate the gate
+    starts a measured-mode trajectory from moves with the reference's change of velocity, not at
+    the last measured velocity alone."""
+    g = SafetyGate(SPEC, False, 0.15, send=lambda t: None, controller_start="measured")
+    g.observe_joint_state(0.0, HOME, np.zeros(DOF), stamp=0.0)
+    g.on_plan(0.0, line(HOME, [0.05] * DOF))
+    q_then, v_then = g.sent.sample(0.0)
+    q_ref, v_ref = g.sent.sample(0.04)
+    assert np.any(np.abs(v_ref - v_then) > 1e-3)                  # the reference accelerates from rest
+    q, v = g.measured_state(0.04)
+    np.testing.assert_allclose(v, v_ref - v_then, atol=1e-9)       # measured at rest, then as the reference
+    np.testing.assert_allclose(q, HOME + q_ref - q_then, atol=1e-9)
+    # the hold's band covers the measured velocity too: around the estimate, wider by the change
+    np.testing.assert_allclose(g.start_uncertainty(0.04), SPEC.arm.a_max * 0.04 + np.abs(v_ref - v_then))
+
+
 def test_estop_while_idle_sends_one_hold_and_stays_holding():
     p = Probe()
     p.fresh(0.0)

@@ -19,7 +19,8 @@ Plans are gated from the state the controller starts them from (``controller_sta
 :data:`~ami_ros.core.trajectory.CONTROLLER_STARTS`): ``commanded``, the controller's reference,
 which it continues smoothly (the trajectory last sent, sampled as the controller samples it, or
 the controller's own report of it when one is fed in); ``measured``, the latest joint state
-carried forward by its velocity to the instant of the decision. In ``commanded`` the measured
+carried forward to the instant of the decision, by its velocity and by what the reference it
+follows did meanwhile (:meth:`SafetyGate.measured_state`). In ``commanded`` the measured
 position farther than ``tracking_tolerance`` from the reference is reported (the arm is not
 following: a driver stop, a collision), not gated from: the controller still starts there.
 
@@ -132,11 +133,27 @@ class SafetyGate:
         return state
 
     def measured_state(self, now: float) -> tuple[np.ndarray, np.ndarray]:
-        """The latest joint state carried forward to ``now`` at its velocity (at most for one
-        joint-state timeout, the velocity within the joint limits)."""
+        """The latest joint state carried forward to ``now`` (at most for one joint-state
+        timeout, the velocity within the joint limits): at its velocity, plus the change of
+        velocity the controller's reference (what was last sent) made over that time. The arm
+        follows its reference, so while the reference accelerates (a plan's start, a hold's
+        braking) the arm does too; carried at a constant velocity, the estimate lagged the arm
+        by the reference's acceleration times the age, and a trajectory the controller restarts
+        from the arm's state was checked from a velocity the arm no longer had."""
+        age, dq, dv = self._reference_change(now)
+        v_max = self.spec.arm.v_max
+        v = np.clip(self.v, -v_max, v_max)
+        return self.q + v * age + dq, np.clip(v + dv, -v_max, v_max)
+
+    def _reference_change(self, now: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """(age of the joint state, the reference's motion over it beyond its velocity at the
+        joint state's instant (dof,), its change of velocity over it (dof,))."""
         age = min(max(now - self.t_q, 0.0), self.spec.tunables.joint_state_timeout)
-        v = np.clip(self.v, -self.spec.arm.v_max, self.spec.arm.v_max)
-        return self.q + v * age, self.v
+        if self.sent is None or age <= 0:
+            return age, np.zeros(len(self.names)), np.zeros(len(self.names))
+        q_then, v_then = self.sent.sample(now - age)
+        q_ref, v_ref = self.sent.sample(now)
+        return age, q_ref - q_then - v_then * age, v_ref - v_then
 
     def command_state(self, now: float, report: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The position and velocity (dof,) the controller starts a trajectory from at ``now``
@@ -165,8 +182,10 @@ class SafetyGate:
         what the arm can gain at its acceleration limits since the joint state was measured."""
         if self.controller_start != "measured":
             return np.zeros(len(self.names))
-        age = min(max(now - self.t_q, 0.0), self.spec.tunables.joint_state_timeout)
-        return self.spec.arm.a_max * age
+        age, _, dv = self._reference_change(now)
+        # the arm gained at most a_max * age over the measured velocity; :meth:`measured_state`'s
+        # estimate moved dv from it, so the band around the estimate that holds that one is wider by |dv|
+        return self.spec.arm.a_max * age + np.abs(dv)
 
     @property
     def lease(self) -> float:

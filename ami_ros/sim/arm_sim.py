@@ -1,7 +1,9 @@
 """ArmSim: the MuJoCo scene behind the interface a real arm and camera offer.
 
 Position-controlled actuators track the desired state of the active joint
-trajectory, sampled at every physics step as joint_trajectory_controller does;
+trajectory, sampled at every physics step as joint_trajectory_controller does, with
+the desired velocity fed forward as a drive does (a PD servo on position and velocity
+error: at a constant velocity the arm does not lag its reference);
 a new trajectory replaces the active one from its start time, starting from the
 controller's reference (``controller_start="commanded"``) or from the arm's
 measured state (``"measured"``, JTC's default). Seeded and
@@ -57,6 +59,11 @@ class ArmSim:
         self.data = mujoco.MjData(self.model)
         self._qadr = np.array([self.model.jnt_qposadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])
+        self._pos = np.array([self.model.actuator(f"{n}_pos").id for n in self.spec.joint_names])
+        self._ff = np.array([self.model.actuator(f"{n}_ff").id for n in self.spec.joint_names])
+        # feed-forward torque per rad/s of desired velocity: the position servo's damping plus the joint's own,
+        # so that they resist only the velocity error
+        self._ff_gain = -self.model.actuator_biasprm[self._pos, 2] + self.model.dof_damping[self._vadr]
         self._cube_q = self.model.jnt_qposadr[self.model.joint("cube").id]
         self._tool = self.model.site(self.spec.tool_frame).id
         # Mesa's software renderer (llvmpipe, where there is no GPU) starts a render thread per core unless told
@@ -84,7 +91,7 @@ class ArmSim:
         return self.data.qvel[self._vadr].copy()
 
     def joint_efforts(self) -> np.ndarray:
-        return self.data.actuator_force.copy()
+        return self.data.actuator_force[self._pos] + self.data.actuator_force[self._ff]
 
     def tool_position(self) -> np.ndarray:
         return self.data.site_xpos[self._tool].copy()
@@ -95,7 +102,7 @@ class ArmSim:
 
     def command(self) -> np.ndarray:
         """The position the actuators are currently commanded to."""
-        return self.data.ctrl.copy()
+        return self.data.ctrl[self._pos].copy()
 
     # ---------------- control ----------------
     def random_configuration(self, margin: float = 0.15) -> np.ndarray:
@@ -123,7 +130,7 @@ class ArmSim:
         yaw = self.rng.uniform(-np.pi, np.pi)
         self.data.qpos[self._cube_q:self._cube_q + 7] = [cube_xy[0], cube_xy[1], CUBE_HALF,
                                                           np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
-        self.data.ctrl[:] = q
+        self._set_command(q)
         self._hold, self._sampler = q.copy(), None
         mujoco.mj_forward(self.model, self.data)
 
@@ -134,7 +141,7 @@ class ArmSim:
         if self.controller_start == "measured":
             q0, v0 = self.joint_positions(), self.joint_velocities()
         else:
-            q0 = self.data.ctrl.copy()
+            q0 = self.command()
             v0 = self._sampler.sample(self.time)[1] if self._sampler else np.zeros(self.spec.dof)
         self._sampler = TrajectorySampler(traj, q0, v0, t0, t_state=self.time)
 
@@ -142,16 +149,21 @@ class ArmSim:
         """Drop the active trajectory and hold ``q`` (the current position if None)."""
         self._sampler = None
         self._hold = self.joint_positions() if q is None else np.asarray(q, dtype=np.float64)
-        self.data.ctrl[:] = self._hold
+        self._set_command(self._hold)
 
     def step(self, duration: float) -> None:
         """Advance physics by ``duration`` seconds, tracking the active trajectory."""
         n = max(1, int(round(duration / self.model.opt.timestep)))
         for _ in range(n):
             if self._sampler is not None:
-                q, _ = self._sampler.sample(self.time)
-                self.data.ctrl[:] = self.spec.clip(q)
+                q, v = self._sampler.sample(self.time)
+                self._set_command(self.spec.clip(q), v)
             mujoco.mj_step(self.model, self.data)
+
+    def _set_command(self, q: np.ndarray, v: np.ndarray | None = None) -> None:
+        """The servo's desired position q and velocity v (dof,) (None: at rest)."""
+        self.data.ctrl[self._pos] = q
+        self.data.ctrl[self._ff] = 0.0 if v is None else self._ff_gain * v
 
     # ---------------- camera ----------------
     def render(self) -> np.ndarray:

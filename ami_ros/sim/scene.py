@@ -146,6 +146,8 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480))
             a.forcerange, a.forcelimited = [-lim.max_effort, lim.max_effort], mujoco.mjtLimited.mjLIMITED_TRUE
         if np.isfinite(lim.min_position) and np.isfinite(lim.max_position):
             a.ctrlrange, a.ctrllimited = [lim.min_position, lim.max_position], mujoco.mjtLimited.mjLIMITED_TRUE
+    for name in spec.joint_names:   # the servo's velocity feed-forward (ArmSim sets it from the reference's velocity)
+        scene.add_actuator(name=f"{name}_ff", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT).set_to_motor()
     cube = scene.worldbody.add_body(name="cube", pos=[0.45, 0.15, CUBE_HALF])
     cube.add_freejoint(name="cube")
     cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[0.1, 0.75, 0.2, 1],
