@@ -78,8 +78,8 @@ NODE_PARAMS = [
               "(control_msgs/JointTrajectoryControllerState), read for its reference where control_msgs is "
               "installed; empty = model the reference from the trajectories sent.", read_only=True),
     ParamSpec("command_tracking_tolerance", 0.15, "Warn when the measured position is farther than this from the "
-              "controller's reference (rad; commanded start): the arm is not following (the servo lag reached "
-              "0.058 rad in the soak).", (0.0, 0.5)),
+              "controller's reference (rad; commanded start): the arm is not following (stopped, blocked, or the "
+              "controller restarted); a servo's lag at speed must stay under it.", (0.0, 0.5)),
     ParamSpec("max_plan_points", 1000, "Plans with more points are refused (too_many_points) before any other "
               "work on them.", (2, 100000)),
     ParamSpec("reset_allowed_nodes", [], "Fully qualified names of the nodes that may reset the e-stop (e.g. "
