@@ -54,10 +54,16 @@ def camera_of(spec: ArmSpec) -> tuple:
     return CAMERA
 
 
+#: how the simulated joints are driven (ArmSim): part of the scene hash, since it shapes the recorded motion
+SERVO = "position PD, velocity fed forward"
+
+
 def scene_hash(spec: ArmSpec) -> str:
-    """sha256 (first 16 hex digits) of what the arm's files decide of the scene's pictures: its
-    URDF (links, volumes, colours) and the camera. Recordings made with another are other data."""
-    doc = {"urdf": spec.urdf, "camera": [list(v) if isinstance(v, tuple) else v for v in camera_of(spec)]}
+    """sha256 (first 16 hex digits) of what decides the recordings of the scene: the arm's URDF
+    (links, volumes, colours), the camera and the servo (:data:`SERVO`). Recordings made with
+    another are other data."""
+    doc = {"urdf": spec.urdf, "camera": [list(v) if isinstance(v, tuple) else v for v in camera_of(spec)],
+           "servo": SERVO}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -146,7 +152,7 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480))
             a.forcerange, a.forcelimited = [-lim.max_effort, lim.max_effort], mujoco.mjtLimited.mjLIMITED_TRUE
         if np.isfinite(lim.min_position) and np.isfinite(lim.max_position):
             a.ctrlrange, a.ctrllimited = [lim.min_position, lim.max_position], mujoco.mjtLimited.mjLIMITED_TRUE
-    for name in spec.joint_names:   # the servo's velocity feed-forward (ArmSim sets it from the reference's velocity)
+    for name in spec.joint_names:   # the servo's velocity feed-forward (SERVO; ArmSim sets it from the reference's velocity)
         scene.add_actuator(name=f"{name}_ff", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT).set_to_motor()
     cube = scene.worldbody.add_body(name="cube", pos=[0.45, 0.15, CUBE_HALF])
     cube.add_freejoint(name="cube")

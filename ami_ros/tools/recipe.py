@@ -143,7 +143,7 @@ def _sha256(path: str) -> str:
 
 def _collected(folder: str, opts: dict, scene: str) -> bool:
     """Whether ``folder`` holds a finished collection made with these options in the scene
-    ``scene`` (:func:`~ami_ros.sim.scene.scene_hash`: the arm's URDF and the camera)."""
+    ``scene`` (:func:`~ami_ros.sim.scene.scene_hash`: the arm's URDF, the camera and the servo)."""
     from ami_ros.tools import collect
 
     index = os.path.join(folder, "index.yaml")
