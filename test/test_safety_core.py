@@ -512,6 +512,30 @@ def test_a_hold_for_an_uncertain_start_velocity_stays_within_the_limits_for_any_
     assert np.max(np.abs(np.diff(vel, axis=0) / 0.002) / spec.a_lim) > 1.5
 
 
+def test_a_plan_for_an_uncertain_start_velocity_stays_within_the_limits_for_any_of_them():
+    """A plan gated for a controller that restarts from the measured state: scaled for every
+    start velocity within e of the gate's estimate, so it stays within the acceleration limit
+    from v - e, v and v + e; scaled for v alone (e = 0) it lands on the limit from v and goes
+    beyond it from one of the band's ends (a one-point plan: the start acceleration moves by 4e/T)."""
+    spec = SafetySpec.load()
+    gate = Gate(spec)
+    q, v = spec.arm.home.copy(), np.array([0.3, -0.2, 0.25, -0.3, 0.2, 0.1])
+    e = spec.arm.a_max * 0.02                                           # a joint state 20 ms old
+    plan = Trajectory(spec.joint_names, np.array([0.1]), (q + 0.02)[None], np.zeros((1, 6)))
+
+    def peak(traj, v_start):
+        s = TrajectorySampler(traj, q, v_start, 0.0)
+        vel = np.array([s.sample(t)[1] for t in np.arange(0.0, traj.duration + 0.02, 0.001)])
+        return float(np.max(np.abs(np.diff(vel, axis=0) / 0.001) / spec.a_lim))
+
+    robust = gate.gate(plan, q, 0.0, v, v_uncertainty=e)
+    nominal = gate.gate(plan, q, 0.0, v)
+    assert robust.ok and nominal.ok and robust.time_scale > nominal.time_scale > 1.0
+    assert max(peak(robust.trajectory, w) for w in (v - e, v, v + e)) <= 1 + 1e-2
+    assert peak(nominal.trajectory, v) <= 1 + 1e-2
+    assert max(peak(nominal.trajectory, w) for w in (v - e, v + e)) > 1.05
+
+
 def test_hold_from_an_impossible_velocity_brakes_from_the_hard_limit():
     """A measured velocity beyond the joints' hard limit (a glitch or a fault: no joint can
     move that fast) must not stretch the braking: the gate's hold brakes as from v_max, all

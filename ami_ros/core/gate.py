@@ -286,8 +286,9 @@ class SafetyGate:
                 self.update_state(now)
                 return
             q0, v0 = self.command_state(now + self._lead, report=False)   # (reported when it goes out)
+            e = self.start_uncertainty(now + self._lead)
             epoch, spec, lease = self._epoch, self.spec, self.lease
-        res = self.gate.gate(plan, q0, now, v0, lease=lease)
+        res = self.gate.gate(plan, q0, now, v0, lease=lease, v_uncertainty=e)
         with self.lock:
             self.latency_last = res.latency
             self.latency_max = max(self.latency_max, res.latency)

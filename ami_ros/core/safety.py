@@ -617,12 +617,15 @@ class Gate:
                                self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max, v_uncertainty)
 
     # ---------------- main entry ----------------
-    def gate(self, traj: Trajectory, q_now, now: float, v_now=None, lease: float | None = None) -> GateResult:
+    def gate(self, traj: Trajectory, q_now, now: float, v_now=None, lease: float | None = None,
+             v_uncertainty=0.0) -> GateResult:
         """Pass, time-scale or refuse ``traj`` for an arm at ``q_now`` (velocity ``v_now``,
         default at rest) at time ``now`` (the clock of ``traj.start_time``). With a ``lease``
-        (s), what passes ends at rest within :meth:`motion_bound` of its start (:meth:`_bounded`)."""
+        (s), what passes ends at rest within :meth:`motion_bound` of its start (:meth:`_bounded`).
+        ``v_uncertainty`` (rad/s, scalar or per joint): how far the velocity the controller starts
+        from may be from ``v_now`` (as for :meth:`hold`); the limits hold for every start within it."""
         t0 = time.perf_counter()
-        res = self._gate(traj, q_now, now, v_now, lease)
+        res = self._gate(traj, q_now, now, v_now, lease, v_uncertainty)
         res.latency = time.perf_counter() - t0
         if res.ok:
             self.passed += 1
@@ -635,10 +638,11 @@ class Gate:
     def _refuse(self, reason: str, message: str) -> GateResult:
         return GateResult(False, None, reason, message)
 
-    def _gate(self, traj, q_now, now, v_now, lease) -> GateResult:
+    def _gate(self, traj, q_now, now, v_now, lease, v_uncertainty=0.0) -> GateResult:
         spec, tun, dof = self.spec, self.spec.tunables, self.spec.arm.dof
         q_now = np.asarray(q_now, dtype=np.float64).reshape(-1)
         v_now = np.zeros(dof) if v_now is None else np.asarray(v_now, dtype=np.float64).reshape(-1)
+        starts = self._starts(v_now, v_uncertainty)
         if self.estop.latched:
             hold = self.hold(q_now) if q_now.shape == (dof,) and np.all(np.isfinite(q_now)) else None
             return GateResult(False, hold, "estop_latched", f"e-stop latched ({self.estop.reason}); holding")
@@ -687,12 +691,12 @@ class Gate:
         bad = self._path_violation(p)
         if bad:
             return self._refuse(*bad)
-        bad = self._dynamics_violation(p)
+        bad = self._dynamics_from(cand, q_now, starts)
         scale = 1.0
         if bad:
             if tun.violation_policy == "reject":
                 return self._refuse(*bad)
-            scale = self._find_scale(cand, q_now, v_now)
+            scale = self._find_scale(cand, q_now, starts)
             if scale is None:
                 return self._refuse("scale_too_large", f"{bad[1]}; no time scale <= {tun.max_time_scale} fixes it")
             if times[-1] * scale > tun.max_duration:
@@ -703,7 +707,7 @@ class Gate:
         final = "no cut"
         for out in self._bounded(cand, q_now, v_now, lease):
             p = _pieces(out.times, out.positions, out.velocities, q_now, v_now)
-            final = self._path_violation(p) or self._dynamics_violation(p)
+            final = self._path_violation(p) or self._dynamics_from(out, q_now, starts)
             if not final:
                 cand = out
                 break
@@ -806,7 +810,33 @@ class Gate:
                                     f"{np.round(b[k, l], 3).tolist()}) enters keep-out box {box.name!r}")
         return None
 
-    def _dynamics_violation(self, p: _Pieces) -> tuple[str, str] | None:
+    def _starts(self, v_now: np.ndarray, v_uncertainty) -> list[np.ndarray]:
+        """The start velocities (dof,) to check a trajectory from: ``v_now``, and with an
+        uncertainty e, also v_now - e and v_now + e (within the joints' velocity limits). A joint's
+        velocity, acceleration and jerk bounds are maxima of |x| over quantities affine in its own
+        start velocity, so convex in it: over the band [v - e, v + e] they peak at its ends. The
+        tool speed is checked from ``v_now`` alone: with every joint at an end of its band at once
+        it would grow by e . reach at the start, which no plan can change."""
+        e = np.abs(np.broadcast_to(np.asarray(v_uncertainty, dtype=np.float64), v_now.shape))
+        if not np.any(e > 0) or not np.all(np.isfinite(e)):
+            return [v_now]
+        vm = self.spec.arm.v_max
+        return [v_now, np.clip(v_now - e, -vm, vm), np.clip(v_now + e, -vm, vm)]
+
+    def _dynamics_from(self, t: Trajectory, q_now, starts: list[np.ndarray]) -> tuple[str, str] | None:
+        """The first dynamics violation of ``t`` started at ``q_now`` with any velocity of
+        ``starts`` (a point at time 0 is the current state: its velocity is the start's)."""
+        for i, v in enumerate(starts):
+            vel = t.velocities
+            if vel is not None and t.times[0] == 0.0:
+                vel = vel.copy()
+                vel[0] = v
+            bad = self._dynamics_violation(_pieces(t.times, t.positions, vel, q_now, v), tool=i == 0)
+            if bad:
+                return bad
+        return None
+
+    def _dynamics_violation(self, p: _Pieces, tool: bool = True) -> tuple[str, str] | None:
         spec = self.spec
         d = dynamics_bounds(p, spec.hard.derivative_period, spec.arm.tool_reach)
         names = spec.joint_names
@@ -818,7 +848,7 @@ class Gate:
             if np.any(bad):
                 j = int(np.argmax(val / lim))
                 return reason, f"{names[j]} {reason.split('_')[0]} up to {val[j]:.4g} {unit} > {lim[j]:.4g}"
-        if d.tool_speed > spec.tool_speed_lim * tight:
+        if tool and d.tool_speed > spec.tool_speed_lim * tight:
             return "tool_speed", f"tool speed up to {d.tool_speed:.4g} m/s > {spec.tool_speed_lim:.4g}"
         return None
 
@@ -830,12 +860,11 @@ class Gate:
             vel[0] = t.velocities[0]  # the current velocity (point 0 is the current state)
         return Trajectory(list(t.joint_names), t.times * k, t.positions.copy(), vel, t.start_time)
 
-    def _find_scale(self, t: Trajectory, q_now, v_now) -> float | None:
+    def _find_scale(self, t: Trajectory, q_now, starts: list[np.ndarray]) -> float | None:
         kmax = self.spec.tunables.max_time_scale
 
         def ok(k):
-            s = self._scaled(t, k)
-            return self._dynamics_violation(_pieces(s.times, s.positions, s.velocities, q_now, v_now)) is None
+            return self._dynamics_from(self._scaled(t, k), q_now, starts) is None
 
         if not ok(kmax):
             return None
