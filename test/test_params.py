@@ -35,7 +35,7 @@ SHIPPED = {
     },
     "planner_node": {
         "model_path": "", "backend": "torch", "device": "auto", "safety_file": "", "robot_description": "", "robot_description_topic": "", "robot": "", "joint_limits_file": "", "control_rate_hz": 10.0,
-        "max_embedding_age_s": 0.5, "max_joint_state_age_s": 0.5, "threads": 1, "action_scale": 0.5,
+        "plan_budget": 0.6, "max_embedding_age_s": 0.5, "max_joint_state_age_s": 0.5, "threads": 1, "action_scale": 0.5,
         "goal_tolerance": 0.005, "settle_patience": 15, "settle_min_improvement": 0.02,
         "planner.method": "cem", "planner.mode": "flat", "planner.predictor": "direct", "planner.select": "mean",
         "planner.warm_start": True, "planner.candidates": 256, "planner.horizon": 8, "planner.iterations": 3,

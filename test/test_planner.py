@@ -262,6 +262,25 @@ def test_deterministic_with_seed(method, mode):
     assert torch.equal(planner.plan(*args).actions, first)
 
 
+@pytest.mark.parametrize("mode", ["flat", "hier"])
+def test_a_deadline_cuts_the_iterations_and_says_so(mode):
+    """Anytime search: a deadline already past runs one iteration per level (and says it was cut);
+    one far ahead, or none, runs them all; the first iteration of a level always runs."""
+    import time
+
+    planner, model = make(toy_config(mode=mode, iterations=4, coarse_iterations=3))
+    zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
+    args = (zh, model.embed(Q_FAR)[model.goal_dims], torch.zeros(A), torch.zeros(A))
+    levels = 2 if mode == "hier" else 1
+    full = 4 + (3 if mode == "hier" else 0)
+    for deadline, iterations, cut in ((None, full, False), (time.perf_counter() + 60.0, full, False),
+                                      (time.perf_counter() - 1.0, levels, True)):
+        planner.reset()
+        res = planner.plan(*args, deadline=deadline)
+        assert (res.iterations, res.cut) == (iterations, cut)
+        assert torch.all(res.actions.abs() <= BOUND + 1e-6) and math.isfinite(res.cost)
+
+
 def test_actions_within_bound_and_set_config():
     planner, model = make(toy_config(method="mppi", init_std=5.0))
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)

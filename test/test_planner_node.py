@@ -264,7 +264,7 @@ def test_missed_planning_cycles_are_counted_and_reported(ros_domain_id):
         reports = []
         g.probe.create_subscription(DiagnosticArray, "/diagnostics", lambda m: reports.extend(m.status), 10)
 
-        def slow_step(now):            # a fake planner: 1.5 periods per cycle, nothing to send
+        def slow_step(now, deadline=None):            # a fake planner: 1.5 periods per cycle, nothing to send
             time.sleep(1.5 * node.dt)
             return Decision("no_goal", "none")
 
@@ -280,6 +280,45 @@ def test_missed_planning_cycles_are_counted_and_reported(ros_domain_id):
         assert int(values["cycles_missed"]) >= 1 and int(values["cycles_overran"]) >= 1
         assert values["device"] == "cpu" and "torch on cpu" in values["placement"]
         assert node.cycles.missed >= node.cycles.overran >= 1
+    finally:
+        g.close()
+
+
+def test_the_plan_budget_cuts_the_search_and_is_counted(ros_domain_id):
+    """plan_budget: the search gets a deadline that fraction of the control period after its
+    cycle starts; too small a budget cuts every plan to one iteration (counted in plans_cut);
+    0, set live, lets every plan run all its iterations."""
+    from rclpy.parameter import Parameter
+
+    g = _Graph(ros_domain_id, {"plan_budget": 0.001, "max_embedding_age_s": 5.0, "max_joint_state_age_s": 5.0,
+                               "settle_patience": 1000})
+    try:
+        planner, arm = g.planner, g.planner.arm
+        rng = np.random.default_rng(1)
+        t0 = g.clock()
+        g.publish_state(t0, arm.home)
+        g.publish_embedding(t0, rng.normal(size=planner.model.embed_dim).astype(np.float32))
+        g.teach()
+        seen, inner = [], planner.planner.plan
+
+        def spy(*a, deadline=None, **kw):
+            called = time.perf_counter()
+            res = inner(*a, deadline=deadline, **kw)
+            seen.append((None if deadline is None else deadline - called, res.iterations, res.cut))
+            return res
+        planner.planner.plan = spy
+        t1 = g.clock()
+        g.publish_state(t1, arm.home)
+        g.publish_embedding(t1, rng.normal(size=planner.model.embed_dim).astype(np.float32))   # not the goal
+        assert _wait(lambda: len(seen) >= 3, 15), planner.goal_status
+        assert all(d is not None and d <= 0.001 * planner.dt and it == 1 and cut for d, it, cut in seen[:3]), seen
+        assert planner.counts["plans_cut"] >= 3
+        assert planner.set_parameters([Parameter("plan_budget", value=0.0)])[0].successful
+        assert not planner.set_parameters([Parameter("plan_budget", value=1.5)])[0].successful
+        n = len(seen)
+        assert _wait(lambda: len(seen) >= n + 3, 15)
+        full = planner.planner.config.iterations
+        assert all(d is None and it == full and not cut for d, it, cut in seen[n + 1:n + 3]), seen[n:]
     finally:
         g.close()
 

@@ -235,9 +235,10 @@ class Actor:
         """(A,) the action bound: the largest change of a joint target in one control step."""
         return self.planner.bound.cpu().numpy().astype(np.float64)
 
-    def step(self, now: float) -> Decision:
+    def step(self, now: float, deadline: float | None = None) -> Decision:
         """One control step at ``now``: plan toward the goal, or go back to the frame's pose once
-        the stopping rules stop the goal, or send nothing (see the module's description)."""
+        the stopping rules stop the goal, or send nothing (see the module's description).
+        ``deadline``: when the search should be done (:meth:`Planner.plan`), or None."""
         with self.lock:
             if self.goal is None:
                 return Decision("no_goal", self.status)
@@ -275,7 +276,8 @@ class Actor:
             else:
                 t0 = time.perf_counter()
                 res = self.planner.plan(z_hist, self.goal, torch.as_tensor(q0, dtype=torch.float32),
-                                        self.memory.last_action(), joint_state=state, goal_tool=goal_tool)
+                                        self.memory.last_action(), joint_state=state, goal_tool=goal_tool,
+                                        deadline=deadline)
                 plan_s = time.perf_counter() - t0
                 self.memory.push_action(res.actions[0])
                 self.memory.set_plan(res)

@@ -50,6 +50,14 @@ Hierarchical mode (``mode='hier'``):
    cheaper (under this cost) of the first ``H`` fine actions of the chosen chunks and
    the shifted previous low-level plan (zeros, i.e. "stay", on the first cycle).
 
+A ``deadline`` (on :func:`time.perf_counter`'s clock) makes the search anytime, as a real-time
+loop needs it: each level stops starting iterations once the next one, as long as its last,
+would end after its share of the time left (the high level's share is its share of the model
+steps), with at least one iteration per level; :attr:`PlanResult.cut` says when it stopped
+early. Without one (the default, and ``ami-ros eval``), the configured iterations all run, so
+the same seed and inputs give the same plan on any machine. On a CUDA device each iteration is
+then synchronised to read the clock.
+
 Compute is counted in model step evaluations (one predictor step for one candidate,
 fine or coarse): :attr:`PlanResult.model_steps`, :meth:`Planner.model_steps_per_plan`,
 so flat and hierarchical can be compared at equal compute.
@@ -171,6 +179,7 @@ class PlanResult:
     model_steps: int = 0             # model step evaluations spent (fine + coarse)
     terms: dict = field(default_factory=dict)  # weighted cost terms of ``actions`` (floats)
     coarse_cost: float | None = None  # hier: cost of the chosen chunks
+    cut: bool = False                # a deadline stopped the search before its configured iterations
     subgoal_tool: Tensor | None = None  # hier with a goal_tool reading: (3,) the tool point the low level aims at (m)
 
 
@@ -265,14 +274,15 @@ class Planner:
     # ---- planning ----
     @torch.no_grad()
     def plan(self, z_hist: Tensor, goal: Tensor, q0, prev_action, advance: int = 1,
-             joint_state=None, goal_tool=None) -> PlanResult:
+             joint_state=None, goal_tool=None, deadline: float | None = None) -> PlanResult:
         """Plan from the recent embeddings ``z_hist`` (h, D) towards ``goal`` (D,) or (Dg,).
 
         q0 (A,): commanded joint target now; prev_action (A,): last executed action;
         advance: control steps executed since the previous plan (warm-start shift);
         joint_state: measured (q, qd), each (A,); needed by ``predictor='direct'``;
         goal_tool: (3,) the tool position read off the goal image (m) for the cost's
-        ``goal_tool`` term (:meth:`read_goal_tool`), or None.
+        ``goal_tool`` term (:meth:`read_goal_tool`), or None; deadline: when the search should
+        be done (:func:`time.perf_counter`), or None (see the module docstring).
         """
         t0 = time.perf_counter()
         c, m, dev = self.config, self.model, self.device
@@ -297,6 +307,7 @@ class Planner:
         A, H = m.action_dim, c.horizon
         steps = 0
         iters = 0
+        cut = False
         if direct:
             if joint_state is None:
                 raise ValueError("predictor='direct' needs the measured joint state (q, qd)")
@@ -335,10 +346,17 @@ class Planner:
             wc = self._shifted(self._warm_coarse, advance, A) if c.warm_start else None
             mean_c = wc if wc is not None else torch.zeros(Hc, k * A, **f32)
             bound_c = self.bound.repeat(k)
-            a_c, coarse_cost, subgoals, n = self._search(
-                coarse_eval, mean_c, bound_c, c.coarse_candidates, c.coarse_elites, c.coarse_iterations, chunk=k)
+            coarse_deadline = None
+            if deadline is not None:   # the high level's share of the time left: its share of the model steps
+                fine_steps = c.iterations * c.candidates * H
+                share = 1.0 - fine_steps / max(c.model_steps(), 1)
+                coarse_deadline = time.perf_counter() + share * (deadline - time.perf_counter())
+            a_c, coarse_cost, subgoals, n, it = self._search(
+                coarse_eval, mean_c, bound_c, c.coarse_candidates, c.coarse_elites, c.coarse_iterations, chunk=k,
+                deadline=coarse_deadline)
             steps += n
-            iters += c.coarse_iterations
+            iters += it
+            cut |= it < c.coarse_iterations
             self._warm_coarse = a_c
             # low level: chase the first subgoal, starting from the chosen chunks
             fine_c = a_c.reshape(Hc * k, A)                   # the chosen chunks as fine actions
@@ -354,10 +372,11 @@ class Planner:
             def eval_fn(cand):
                 return fine_eval(cand, target, s)
 
-        actions, cost, predicted, n = self._search(eval_fn, mean0, self.bound, c.candidates, c.elites,
-                                                   c.iterations, extra)
+        actions, cost, predicted, n, it = self._search(eval_fn, mean0, self.bound, c.candidates, c.elites,
+                                                       c.iterations, extra, deadline=deadline)
         steps += n
-        iters += c.iterations
+        iters += it
+        cut |= it < c.iterations
         self._warm = actions
         if c.mode == "flat":
             terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, goal_dims=gdims,
@@ -369,7 +388,7 @@ class Planner:
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,
             time_s=time.perf_counter() - t0, model_steps=steps,
             terms=dict(zip(terms, torch.cat(list(terms.values())).tolist())), coarse_cost=coarse_cost,
-            subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu())
+            subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu(), cut=cut)
 
     @staticmethod
     def _shifted(prev: Tensor | None, advance: int, A: int) -> Tensor | None:
@@ -384,11 +403,14 @@ class Planner:
         return flat.reshape(T, C)
 
     def _search(self, evaluate: Callable[[Tensor], tuple[Tensor, Tensor]], mean: Tensor, bound: Tensor,
-                n: int, elites: int, iterations: int, extra: Tensor | None = None, chunk: int = 1):
+                n: int, elites: int, iterations: int, extra: Tensor | None = None, chunk: int = 1,
+                deadline: float | None = None):
         """Sampling search over sequences (T, C) bounded by ``bound`` (C,); ``chunk``: each row holds
-        that many actions of C / chunk values, and one noise draw serves them all.
+        that many actions of C / chunk values, and one noise draw serves them all. With a
+        ``deadline`` (perf_counter), no iteration starts that would end after it, judged by the
+        last one (the first always runs).
 
-        Returns (plan (T, C), cost float, predicted embeddings, model steps spent).
+        Returns (plan (T, C), cost float, predicted embeddings, model steps spent, iterations run).
         """
         c = self.config
         std = (c.init_std * bound).expand_as(mean).clone()
@@ -406,7 +428,17 @@ class Planner:
             i = torch.argmin(cost).reshape(1)
             mean, best_c, best_z = pair.index_select(0, i)[0], cost.index_select(0, i)[0], z.index_select(0, i)[0]
             best_a = mean.clone()
+        sync = deadline is not None and mean.device.type == "cuda"
+        ran, t_it = 0, time.perf_counter()
         for it in range(iterations):
+            if it and deadline is not None:
+                if sync:
+                    torch.cuda.synchronize(mean.device)
+                t = time.perf_counter()
+                if t + (t - t_it) > deadline:
+                    break
+                t_it = t
+            ran += 1
             T_, C_ = mean.shape
             eps = torch.randn((n, T_, C_ // chunk), generator=self._gen, device=mean.device).repeat(1, 1, chunk)
             cand = mean + std * eps
@@ -437,5 +469,5 @@ class Planner:
         steps += z.shape[1]
         final = float(cost[0])
         if c.select == "mean" or best_z is None or final <= float(best_c):
-            return mean, final, z[0], steps
-        return best_a, float(best_c), best_z, steps
+            return mean, final, z[0], steps, ran
+        return best_a, float(best_c), best_z, steps, ran

@@ -80,6 +80,10 @@ PARAMS = [
     *node_params.ROBOT_PARAMS,
     ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
               (0.5, 100.0), read_only=True),
+    ParamSpec("plan_budget", 0.6, "Fraction of the control period the search may take: it skips iterations that "
+              "would end later (at least one per level runs; plans_cut in the diagnostics counts the plans cut "
+              "short), so a busy CPU plans with fewer iterations rather than missing cycles. 0: every plan runs "
+              "all its iterations, as ami-ros eval does.", (0.0, 1.0)),
     ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
     ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
     ParamSpec("threads", 1, "torch CPU threads (0 = torch's default); on a 2-core machine 1 and 0 plan about "
@@ -140,9 +144,11 @@ class PlannerNode(Node):
                            p["max_joint_state_age_s"])
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
                        "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0,
-                       "refused_tool_reading": 0}
+                       "refused_tool_reading": 0, "plans_cut": 0}
         self._plan_ms: list[float] = []
+        self._plan_iterations: list[int] = []    # sampling iterations of the same plans
         self.cycles = CycleMonitor(self.dt)
+        self.plan_budget = p["plan_budget"]
         self._missed_reported = 0           # cycles_missed at the last diagnostics report
 
         reliable1 = qos.RELIABLE_1
@@ -285,8 +291,9 @@ class PlannerNode(Node):
     # ------------------------------------------------------------ planning
     def _on_cycle(self) -> None:
         self.cycles.start(time.monotonic())
+        deadline = time.perf_counter() + self.plan_budget * self.dt if self.plan_budget > 0 else None
         try:
-            self._cycle()
+            self._cycle(deadline)
         finally:
             r = self.cycles.end(time.monotonic())
             if r.missed:
@@ -294,8 +301,8 @@ class PlannerNode(Node):
                                           f"{self.cycles.missed} of {self.cycles.cycles} missed so far",
                                           throttle_duration_sec=5.0)
 
-    def _cycle(self) -> None:
-        d = self.actor.step(self._now())
+    def _cycle(self, deadline: float | None = None) -> None:
+        d = self.actor.step(self._now(), deadline)
         if not d.send:   # nothing to send: the safety watchdog holds the arm
             if d.reason in _MISSING:
                 self.get_logger().warning(f"a goal is set but {_MISSING[d.reason]}: not planning",
@@ -303,7 +310,9 @@ class PlannerNode(Node):
             return
         if d.plan is not None:
             self._plan_ms.append(1000 * d.plan_s)
+            self._plan_iterations.append(d.plan.iterations)
             self.counts["plans"] += 1
+            self.counts["plans_cut"] += d.plan.cut
         else:
             if d.hold_fallback:
                 self.get_logger().warning("no joint state at that frame's stamp: holding where the arm is")
@@ -373,6 +382,8 @@ class PlannerNode(Node):
             for p in params:
                 if p.name in ("max_embedding_age_s", "max_joint_state_age_s"):
                     setattr(self.actor, p.name, float(p.value))
+                if p.name == "plan_budget":
+                    self.plan_budget = float(p.value)
                 if p.name == "action_scale":
                     bound = self._action_bound(self.arm, self.dt, p.value)
                     self.planner.bound = self._torch.as_tensor(bound, dtype=self._torch.float32,
@@ -384,9 +395,11 @@ class PlannerNode(Node):
     # ------------------------------------------------------------ diagnostics
     def _on_diagnostics(self) -> None:
         ms = np.array(self._plan_ms[-100:]) if self._plan_ms else np.zeros(1)
-        self._plan_ms = self._plan_ms[-100:]
+        self._plan_ms, self._plan_iterations = self._plan_ms[-100:], self._plan_iterations[-100:]
         values = {"model_id": self.model_id, "goal_status": self.goal_status, "goal_distance": self.goal_distance,
                   "plan_ms_p50": float(np.percentile(ms, 50)), "plan_ms_p95": float(np.percentile(ms, 95)),
+                  "plan_iterations_mean": float(np.mean(self._plan_iterations)) if self._plan_iterations else 0.0,
+                  "plan_budget": self.plan_budget,
                   "method": self.planner.config.method, "mode": self.planner.config.mode,
                   "predictor": self.planner.config.predictor, "device": str(self.planner.device),
                   "placement": self.model.placement.line,
