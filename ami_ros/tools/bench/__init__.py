@@ -16,11 +16,14 @@ Sections (``--sections``, comma separated; default all):
 - ``gate``: the safety gate's added latency on planner-shaped trajectories.
 - ``e2e``: the four nodes on a private rclpy graph (sim camera at 30 Hz), latency
   per hop and from the camera frame's stamp to the gated command, and dropped frames.
+- ``graph``: the four nodes each in a process of its own, as ``ros2 launch`` runs them, in
+  closed loop (a new goal whenever one is reached): planning cycles missed, plans cut by the
+  plan budget, and the latency from the camera frame to the gated command.
 - ``memory``: peak RSS (VmHWM) of each node, each in its own process, all four running.
 
 Every number, plus a description of the machine, goes to ``--out`` (JSON).
 
-One module per section (encoder, planner, gate, e2e, memory), ``table`` for what they
+One module per section (encoder, planner, gate, e2e, graph, memory), ``table`` for what they
 share; the processes the encoder and memory sections start are the modules
 ``compile_child`` and ``node_child`` (``python -m``).
 """
@@ -30,7 +33,7 @@ import argparse
 
 from ami_ros.tools.robot_args import add_robot_arguments
 
-SECTIONS = ("encoder", "planner", "gate", "e2e", "memory")
+SECTIONS = ("encoder", "planner", "gate", "e2e", "graph", "memory")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_robot_arguments(p)
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (smoke test)")
-    p.add_argument("--e2e-seconds", type=float, default=None, help="graph measurement time (default 20, quick 3)")
+    p.add_argument("--e2e-seconds", type=float, default=None, help="e2e measurement time (default 20, quick 3)")
+    p.add_argument("--graph-seconds", type=float, default=None,
+                   help="closed-loop window of the graph section (default 120, quick 10)")
+    p.add_argument("--graph-set", action="append", default=[], metavar="KIND:PARAM:=VALUE",
+                   help="a node parameter for the graph section (KIND: sim, encoder, planner, safety), e.g. "
+                        "planner:plan_budget:=0; repeatable")
     p.add_argument("--memory-seconds", type=float, default=None,
                    help="how long the nodes run together for the RSS measurement, at least (default 10, quick 3); "
                         "longer (up to 2x + 15 s) until the planner has planned 3 times and the encoder encoded 50 frames")
@@ -48,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--e2e-threads", default=None,
                    help="comma-separated torch thread settings for the graph run, each measured in turn "
                         "(planner/encoder node parameter 'threads'; 0 = torch's default). Default 0,1 (quick: 0)")
-    p.add_argument("--domain-id", type=int, default=61, help="ROS domain of the private graphs (e2e, memory)")
+    p.add_argument("--domain-id", type=int, default=61, help="ROS domain of the private graphs (e2e, graph, memory)")
 
 
 def run(args) -> int:
@@ -60,6 +68,7 @@ def run(args) -> int:
     from ami_ros.tools.bench.e2e import bench_e2e
     from ami_ros.tools.bench.encoder import bench_encoder
     from ami_ros.tools.bench.gate import bench_gate
+    from ami_ros.tools.bench.graph import bench_graph
     from ami_ros.tools.bench.memory import bench_memory
     from ami_ros.tools.bench.planner import bench_planner
     from ami_ros.tools.bench.table import device_info, device_tag
@@ -85,7 +94,7 @@ def run(args) -> int:
     print(f"model {out['model_id']} ({folder})\n", flush=True)
     runners = {"encoder": lambda: bench_encoder(folder, args, out), "planner": lambda: bench_planner(folder, args, out),
                "gate": lambda: bench_gate(args, out), "e2e": lambda: bench_e2e(folder, args, out),
-               "memory": lambda: bench_memory(folder, args, out)}
+               "graph": lambda: bench_graph(folder, args, out), "memory": lambda: bench_memory(folder, args, out)}
     out["wall_s"], texts = {}, []
     for s in SECTIONS:
         if s not in sections:

@@ -1,0 +1,264 @@
+"""Graph section: the four nodes each in a process of its own, started as ``ros2 launch`` starts
+them (the node executables with the package's parameter files), in closed loop for a while:
+the planner's cycles missed and plans cut (its /diagnostics), and the latency from the camera
+frame a plan started from to the gated command.
+
+A probe node in this process publishes a goal image (rendered here from the same scene) and
+the next one whenever the planner reports the goal reached or settled, or after ``GOAL_S``
+seconds, so the planner plans throughout. The latency of a gated command is its arrival at
+the probe minus the stamp of the camera frame its plan started from (the planner's
+``/ami/plan_markers`` carry it), the newest plan's markers received before the command."""
+from __future__ import annotations
+
+from ami_ros.tools.bench.table import fmt, stats, table
+
+GOAL_S = 15.0          # seconds on one goal before the next is sent
+WARMUP_S = 5.0         # seconds of planning before the window opens
+
+
+def node_command(kind: str, folder: str, robot: dict, extra: list[str] = ()) -> list[str]:
+    """The command line of node ``kind`` as a launch file runs it (its executable's main);
+    ``extra``: ``KIND:PARAM:=VALUE`` settings, those of this kind applied last."""
+    import sys
+
+    from ami_ros.nodes.stack import ros_args
+
+    sets = {"sim": {"camera_rate_hz": 30.0}, "encoder": {"model_path": folder},
+            "planner": {"model_path": folder}}.get(kind, {})
+    sets = {**sets, **{k: v for k, v in robot.items() if v not in ("", None)}}
+    args = ros_args()
+    for k, v in sets.items():
+        args += ["-p", f"{k}:={v}"]
+    for s in extra:
+        node, _, setting = s.partition(":")
+        if ":=" not in setting:
+            raise ValueError(f"--graph-set {s!r}: expected KIND:PARAM:=VALUE")
+        if node == kind:
+            args += ["-p", setting]
+    return [sys.executable, "-m", f"ami_ros.nodes.{kind}_node", *args]
+
+
+def bench_graph(folder: str, args, out: dict) -> str:
+    try:
+        res = run_graph(folder, args)
+    except RuntimeError as e:          # a node that did not start or exited: its console says why
+        out["graph"] = {"error": str(e)}
+        return f"== the graph in four processes: failed: {e}"
+    out["graph"] = res
+    lat = res["latency_ms"]
+    rows = [[k, v.get("n", 0), v.get("p50", "-"), v.get("p95", "-"), v.get("p99", "-")] for k, v in lat.items()]
+    t = table(f"the graph in four processes, camera 30 Hz, {res['seconds']:.0f} s closed loop"
+              f"{' (' + ', '.join(res['settings']) + ')' if res['settings'] else ''} (ms)",
+              ["hop", "n", "p50", "p95", "p99"], rows)
+    c = res["planner"]
+    t += (f"\nplanning cycles: {c.get('cycles', '-')}, missed: {c.get('cycles_missed', '-')} (late "
+          f"{c.get('cycles_late', '-')}, overran {c.get('cycles_overran', '-')}); plans {c.get('plans', '-')}, cut "
+          f"by the plan budget {c.get('plans_cut', '-')}; plan ms p50/p95 (planner) {fmt(c.get('plan_ms_p50'))}/"
+          f"{fmt(c.get('plan_ms_p95'))}, iterations per plan (mean of the last 100) "
+          f"{fmt(c.get('plan_iterations_mean'))}; gated plans {res['gated_commands']}, one-point commands "
+          f"(holds, short ways back) {res['holds']}; goals "
+          f"{res['goals_sent']} sent, {res['goals_reached']} reached, {res['goals_settled']} settled; node exits "
+          f"{res['exit_codes']}")
+    return t
+
+
+def run_graph(folder: str, args) -> dict:
+    import os
+    import subprocess
+    import tempfile
+    import threading
+    import time
+
+    import numpy as np
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+    from visualization_msgs.msg import MarkerArray
+
+    from ami_ros.nodes import msgs, qos
+    from ami_ros.nodes.stack import KINDS
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.tools.demo import goal_sequence
+    from ami_ros.tools.robot_args import arm_from_args, node_robot_params
+
+    seconds = args.graph_seconds if args.graph_seconds is not None else (10.0 if args.quick else 120.0)
+    domain = args.domain_id + 2
+    robot = node_robot_params(args)
+    arm = arm_from_args(args)
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1"}
+    logs = {k: tempfile.TemporaryFile("w+") for k in KINDS}    # each node's console, for a node that exits
+    extra = list(args.graph_set or [])
+    procs = {k: subprocess.Popen(node_command(k, folder, robot, extra), env=env, stdout=logs[k],
+                                 stderr=subprocess.STDOUT) for k in KINDS}
+
+    def exited() -> str:
+        """'' while every node runs, else which exited, with the end of its console."""
+        for k, p in procs.items():
+            if p.poll() is not None:
+                logs[k].seek(0)
+                tail = logs[k].read()[-600:].strip()
+                return f"{k}_node exited ({p.returncode}): {tail}"
+        return ""
+
+    rec = {"markers": [], "gated": [], "plans": 0, "status": "", "q": None, "diag": {}}
+    lock = threading.Lock()
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    probe = rclpy.create_node("ami_bench_graph_probe", context=ctx)
+    now = lambda: probe.get_clock().now().nanoseconds * 1e-9  # noqa: E731
+
+    def on_markers(m):
+        if m.markers:
+            with lock:
+                rec["markers"].append((now(), msgs.stamp_to_seconds(m.markers[0].header.stamp)))
+
+    def on_gated(m):
+        with lock:
+            rec["gated"].append((now(), len(m.points)))
+
+    def on_plan(_m):
+        with lock:
+            rec["plans"] += 1
+
+    def on_status(m):
+        with lock:
+            rec["status"] = m.data.split()[0] if m.data else ""
+
+    def on_js(m):
+        try:
+            q, _, _ = msgs.joint_state_by_name(m, arm.joint_names)
+        except ValueError:
+            return
+        with lock:
+            rec["q"] = q
+
+    def on_diag(m):
+        for st in m.status:
+            if st.name.endswith(": planner"):
+                with lock:
+                    rec["diag"] = {v.key: v.value for v in st.values}
+
+    probe.create_subscription(MarkerArray, "/ami/plan_markers", on_markers, qos.RELIABLE_10)
+    probe.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", on_gated, qos.RELIABLE_10)
+    probe.create_subscription(JointTrajectory, "/ami/plan", on_plan, qos.RELIABLE_10)
+    probe.create_subscription(String, "/ami/goal_status", on_status, qos.LATCHED)
+    probe.create_subscription(JointState, "/joint_states", on_js, qos.RELIABLE_10)
+    probe.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+    goal_pub = probe.create_publisher(Image, "/ami/goal_image", qos.LATCHED)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(probe)
+    spinner = threading.Thread(target=ex.spin, daemon=True)
+    spinner.start()
+
+    def counts():
+        with lock:
+            d = dict(rec["diag"])
+        return {k: int(d[k]) for k in ("cycles", "cycles_missed", "cycles_late", "cycles_overran", "plans",
+                                       "plans_cut") if k in d}
+
+    res = {"seconds": seconds, "camera_rate_hz": 30.0, "processes": list(KINDS), "settings": extra, "goals_sent": 0,
+           "goals_reached": 0, "goals_settled": 0}
+    sim = None
+    try:
+        t_wait = time.monotonic()   # the planner plans once a goal, an embedding and a joint state are there
+        while (rec["q"] is None or "cycles" not in rec["diag"]) and time.monotonic() - t_wait < 90:
+            if exited():
+                raise RuntimeError(exited())
+            time.sleep(0.1)
+        if rec["q"] is None or "cycles" not in rec["diag"]:
+            raise RuntimeError("no joint states or planner diagnostics within 90 s")
+        sim = ArmSim(arm, width=64, height=64, seed=0)
+        goals = iter(goal_sequence(arm, rec["q"], 10_000, np.random.default_rng(0)))
+
+        def send_goal():
+            goal_pub.publish(msgs.image_msg(sim.render_configuration(next(goals)), probe.get_clock().now().to_msg(),
+                                            "goal"))
+            with lock:
+                rec["status"] = "sent"
+        t_goal = time.monotonic()
+        send_goal()
+        t_open, opened, c0, t_start = time.monotonic() + WARMUP_S, False, {}, 0.0
+        while True:
+            t = time.monotonic()
+            if not opened and t >= t_open:
+                c0 = _next_report(counts)      # the window opens on a fresh diagnostics report
+                with lock:
+                    rec["markers"].clear(), rec["gated"].clear()
+                    rec["plans"] = 0
+                opened, t_start = True, now()
+                res.update(goals_sent=0, goals_reached=0, goals_settled=0)
+            if opened and now() - t_start >= seconds:
+                break
+            with lock:
+                status = rec["status"]
+            if status in ("reached", "settled") or t - t_goal > GOAL_S:
+                if opened and status in ("reached", "settled"):
+                    res[f"goals_{status}"] += 1
+                send_goal()
+                res["goals_sent"] += opened
+                t_goal = t
+            if exited():
+                raise RuntimeError(exited())
+            time.sleep(0.05)
+        c1 = _next_report(counts)              # the cycles of the window: up to the next report
+        t_end = now()
+        with lock:
+            snap = {"markers": list(rec["markers"]), "gated": list(rec["gated"]), "plans": rec["plans"]}
+    finally:
+        if sim is not None:
+            sim.close()
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(2)
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in logs.values():
+            f.close()
+        ex.shutdown()
+        probe.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        spinner.join(timeout=2)
+    res["seconds"] = t_end - t_start
+    res["planner"] = {k: c1[k] - c0.get(k, 0) for k in c1}
+    res["planner"].update({k: float(rec["diag"][k]) for k in ("plan_ms_p50", "plan_ms_p95", "plan_iterations_mean")
+                          if k in rec["diag"]})
+    res["exit_codes"] = {k: p.returncode for k, p in procs.items()}
+    res.update(latency(snap))
+    return res
+
+
+def _next_report(counts) -> dict:
+    """The planner's counts from its next diagnostics report (1 Hz), or the last after 2.5 s."""
+    import time
+
+    before, t0 = counts(), time.monotonic()
+    while counts() == before and time.monotonic() - t0 < 2.5:
+        time.sleep(0.02)
+    return counts()
+
+
+def latency(snap: dict) -> dict:
+    """camera frame -> gated command per planned command (more than one point; holds have one):
+    the command's arrival minus the source stamp of the newest plan markers received before it."""
+    import bisect
+
+    markers = sorted(snap["markers"])
+    t_mark = [m[0] for m in markers]
+    chain, hold = [], 0
+    for t_g, n in snap["gated"]:
+        if n <= 1:
+            hold += 1
+            continue
+        i = bisect.bisect_right(t_mark, t_g) - 1
+        if i >= 0 and t_g - t_mark[i] < 0.5:
+            chain.append(t_g - markers[i][1])
+    return {"latency_ms": {"camera stamp -> gated command received": stats(chain)},
+            "gated_commands": len(snap["gated"]) - hold, "holds": hold, "plans_seen": snap["plans"]}
