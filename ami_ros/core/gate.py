@@ -20,9 +20,12 @@ Plans are gated from the state the controller starts them from (``controller_sta
 which it continues smoothly (the trajectory last sent, sampled as the controller samples it, or
 the controller's own report of it when one is fed in); ``measured``, the latest joint state
 carried forward to the instant of the decision, by its velocity and by what the reference it
-follows did meanwhile (:meth:`SafetyGate.measured_state`). In ``commanded`` the measured
-position farther than ``tracking_tolerance`` from the reference is reported (the arm is not
-following: a driver stop, a collision), not gated from: the controller still starts there.
+follows did meanwhile (:meth:`SafetyGate.measured_state`); the arm's velocity may be off that
+estimate by what it can gain since the joint state (:meth:`SafetyGate.start_uncertainty`), and
+plans and holds alike are made safe for every start velocity within that band. In
+``commanded`` the measured position farther than ``tracking_tolerance`` from the reference is
+reported (the arm is not following: a driver stop, a collision), not gated from: the
+controller still starts there.
 
 The gate is the only thing that may command the arm. Another publisher on the controller's
 command topic, or a second safety node (:meth:`SafetyGate.observe_intruders`, from the ROS

@@ -25,11 +25,15 @@ Publishes
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics      plan times, where the model runs (``device``), and the planning cycles that missed
                     their period (started late or overran: ``core.cycles``; WARN when any did since the
-                    last report, and a throttled WARN line in the log)
+                    last report, and a throttled WARN line in the log); the plans the budget cut short
+                    (``plans_cut``) and the mean iterations per plan
 
 The goal-reaching step (plan, stopping rules, back to the frame's pose) is
 ``core.actor.Actor``'s, the same class the eval drives over the simulator; this node
-converts the messages, calls it once per control period and publishes its decision.
+converts the messages, calls it once per control period and publishes its decision. The
+search gets ``plan_budget`` of the period from the cycle's start (``Planner.plan``'s deadline:
+iterations that would end later are skipped), so a busy CPU plans with fewer iterations rather
+than missing cycles.
 
 Every parameter is a row of ``PARAMS`` (docs/parameters.md): cost weights (``cost.*``) and
 planner settings (``planner.*``) are declared, typed, range-checked parameters; a change
