@@ -298,3 +298,52 @@ def test_demo_wall_sequence_and_its_safety_file(tmp_path):
     wall = spec.hard.keep_out[-1]
     np.testing.assert_allclose(wall.lo, WALL.lo)
     np.testing.assert_allclose(wall.hi, WALL.hi)
+
+
+def test_push_task_goal_image_shows_the_cube_moved_and_the_scripted_pusher_moves_it():
+    """The push task: the cube's goal is 5-15 cm from its start in the task's region, the goal
+    image differs from the start frame only where the cube is, and the scripted pusher, which
+    reads the cube's true pose, pushes it to within 2 cm where random actions leave it short."""
+    from ami_ros.core.stack_config import action_bound
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import PUSH, RandomAgent, ScriptedPusher, draw_push, run_push_episode
+
+    arm = load_arm()
+    bound = action_bound(arm, 0.1, 0.5)
+    with ArmSim(arm, seed=0) as sim:
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            q0, start, goal = draw_push(sim, rng)
+            assert PUSH.displacement[0] <= np.linalg.norm(goal - start) <= PUSH.displacement[1]
+            (x0, x1), (y0, y1) = PUSH.region
+            assert x0 <= goal[0] <= x1 and y0 <= goal[1] <= y1
+            assert np.linalg.norm(arm.tool_position(q0)[:2] - start) >= PUSH.tool_clearance
+        sim.reset(q0, cube_xy=start)
+        pose = sim.cube_pose()
+        pose[:2] = goal
+        before, goal_img = sim.render(), sim.render_configuration(q0, cube_pose=pose)
+        assert np.allclose(sim.cube_pose()[:2], start)                    # rendering the goal moved nothing
+        changed = np.abs(goal_img.astype(int) - before.astype(int)).sum(-1) > 30
+        assert 0 < changed.mean() < 0.1                                   # the cube's pixels, not the arm's
+
+        scripted, random = ScriptedPusher(sim, bound), RandomAgent(bound, seed=0)
+        eps = [run_push_episode(sim, scripted, np.random.default_rng([5, i])) for i in range(4)]
+        assert sum(e.success for e in eps) >= 3, [round(e.final_distance, 3) for e in eps]
+        assert all(e.final_distance < e.start_distance for e in eps if e.success)
+        eps = [run_push_episode(sim, random, np.random.default_rng([5, i])) for i in range(4)]
+        assert sum(e.success for e in eps) == 0
+
+
+def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_path):
+    from ami_ros.tools import evaluate as tool
+
+    p = argparse.ArgumentParser()
+    tool.add_arguments(p)
+    out = tmp_path / "eval.json"
+    assert tool.run(p.parse_args(["--episodes", "2", "--splits", "push", "--json", str(out)])) == 0
+    push = json.loads(out.read_text())["splits"]["push"]
+    assert set(push) == {"planner_flat", "random", "scripted_pusher"}
+    for r in push.values():
+        assert r["episodes"] == 2 and r["success_radius_m"] == 0.02 and len(r["per_episode"]) == 2
+        assert r["successes"] == sum(e["final_m"] < 0.02 for e in r["per_episode"])
+    assert push["scripted_pusher"]["cube_moved_episodes"] >= 1

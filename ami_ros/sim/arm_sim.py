@@ -184,10 +184,13 @@ class ArmSim:
         """(3,) world position of the camera's optical centre."""
         return self.data.cam_xpos[self.model.camera(self.camera_name).id].copy()
 
-    def render_configuration(self, q: np.ndarray) -> np.ndarray:
-        """Image of the scene with the arm at ``q`` (cube where it is); state is restored."""
+    def render_configuration(self, q: np.ndarray, cube_pose: np.ndarray | None = None) -> np.ndarray:
+        """Image of the scene with the arm at ``q`` and the cube at ``cube_pose`` ((7,) position and
+        quaternion wxyz; None: where it is); state is restored."""
         saved_q, saved_v = self.data.qpos.copy(), self.data.qvel.copy()
         self.data.qpos[self._qadr] = q
+        if cube_pose is not None:
+            self.data.qpos[self._cube_q:self._cube_q + 7] = np.asarray(cube_pose, dtype=np.float64)
         mujoco.mj_forward(self.model, self.data)
         img = self.render()
         self.data.qpos[:], self.data.qvel[:] = saved_q, saved_v

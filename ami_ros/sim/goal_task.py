@@ -12,6 +12,11 @@ across the arm's front (:data:`WALL`, 0.30 m high), which the planner is told of
 it is told of the safety config's keep-out boxes (its cost's ``keep_out`` term). The
 straight way is blocked; the arm must go over or around, a detour that first takes
 the tool away from the goal (a long-horizon search).
+
+The ``push`` task (:data:`PUSH`, :func:`run_push_episode`) is about the world, not the arm:
+the goal image shows the cube moved 5-15 cm on the table (the arm where it starts), and
+success is the cube's centre within 2 cm of the goal's at the end. References: random
+actions, and :class:`ScriptedPusher`, which reads the cube's true pose every step.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from ami_ros.core.planner import Planner
 from ami_ros.core.safety import Box, links_enter_box
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.core.world_model import image_to_tensor
+from ami_ros.sim.scene import CUBE_HALF
 
 # A keep-out box standing on the table across the arm's front (m, base frame).
 WALL = Box("wall", np.array([0.2, -0.03, 0.0]), np.array([0.9, 0.03, 0.30]))
@@ -237,6 +243,140 @@ class TrueDynamicsAgent:
         z = self.encode(image_to_tensor(imgs))                                         # (N+1, G)
         best = int(torch.argmin(((z - self.goal) ** 2).sum(-1)))
         return cands[best][None], None
+
+
+# ---------------------------------------------------------------- push
+@dataclass(frozen=True)
+class Push:
+    displacement: tuple[float, float] = (0.05, 0.15)   # (min, max) distance the cube is to be pushed (m)
+    steps: int = 80                                      # control steps allowed
+    success_radius: float = 0.02                         # m: the cube's centre this close to the goal's
+    region: tuple[tuple[float, float], tuple[float, float]] = ((0.33, 0.57), (-0.22, 0.22))   # x, y of start and goal
+    tool_clearance: float = 0.10                         # m: the tool starts at least this far from the cube
+
+
+PUSH = Push()
+
+
+def draw_push(sim, rng: np.random.Generator, task: Push = PUSH):
+    """-> (q_start, cube_start_xy (2,), cube_goal_xy (2,)): both cube positions in the task's
+    region, the goal ``displacement`` away, the tool away from the cube above the table."""
+    (x0, x1), (y0, y1) = task.region
+    for _ in range(100000):
+        start = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
+        angle, dist = rng.uniform(-np.pi, np.pi), rng.uniform(*task.displacement)
+        goal = start + dist * np.array([np.cos(angle), np.sin(angle)])
+        if not (x0 <= goal[0] <= x1 and y0 <= goal[1] <= y1):
+            continue
+        q0 = sim.random_configuration()
+        tool = sim.spec.tool_position(q0)
+        if min(np.linalg.norm(tool[:2] - start), np.linalg.norm(tool[:2] - goal)) >= task.tool_clearance:
+            return q0, start, goal
+    raise RuntimeError("could not draw a push episode")
+
+
+@dataclass
+class PushResult:
+    success: bool
+    steps_to_success: int | None
+    final_distance: float          # m: the cube's centre from the goal's at the end
+    start_distance: float
+    closest_distance: float
+    moved: float                   # m: how far the cube moved from its start
+    plan_times: list = field(default_factory=list)
+
+
+def run_push_episode(sim, agent, rng: np.random.Generator, dt: float = 0.1, task: Push = PUSH) -> PushResult:
+    """One push episode: the agent sees camera frames, joint states and the goal image (the
+    scene with the cube at its goal, the arm at its start); an agent with ``push_goal`` (the
+    scripted pusher) is also told the goal position."""
+    q0, start, goal = draw_push(sim, rng, task)
+    if hasattr(agent, "set_keep_out"):
+        agent.set_keep_out(())
+    sim.reset(q0, cube_xy=start)
+    pose = sim.cube_pose()
+    pose[:2] = goal
+    agent.reset(sim.render_configuration(q0, cube_pose=pose), None)
+    if hasattr(agent, "push_goal"):
+        agent.push_goal = goal
+    q_cmd = sim.joint_positions()
+    cube = lambda: sim.cube_pose()[:2]  # noqa: E731
+    d0 = float(np.linalg.norm(cube() - goal))
+    steps_ok, times, closest = None, [], d0
+    for k in range(task.steps):
+        frame = sim.render()
+        t = time.perf_counter()
+        actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
+        if getattr(agent, "planning", True):
+            times.append(time.perf_counter() - t)
+        q_cmd = command_actions(sim, q_cmd, actions, dt)
+        sim.step(dt)
+        d = float(np.linalg.norm(cube() - goal))
+        closest = min(closest, d)
+        if steps_ok is None and d < task.success_radius:
+            steps_ok = k + 1
+    final = float(np.linalg.norm(cube() - goal))
+    return PushResult(final < task.success_radius, steps_ok, final, d0, closest,
+                      float(np.linalg.norm(cube() - start)), times)
+
+
+class ScriptedPusher:
+    """Reference that knows the true state: reads the cube's position from the simulator every
+    step and pushes it to ``push_goal`` along the line between them. It moves the tool above the
+    point behind the cube, down to the cube's mid-height, then through it towards the goal,
+    re-aiming whenever the cube drifts off the line; the tool's approach axis kept pointing
+    down. Joint targets by damped least squares on the arm's Jacobian, within the action bound."""
+
+    planning = False
+    RISE = 0.12          # m: the height the tool travels at when going round to the cube's far side
+    BEHIND = 0.035       # m: how far behind the cube's face the tool starts a push
+    STEP = 0.03          # m: the most the tool's target moves per control step
+    DAMPING = 0.05
+
+    def __init__(self, sim, action_bound):
+        self.sim, self.bound = sim, np.asarray(action_bound, dtype=np.float64)
+        self.push_goal = None
+
+    def reset(self, goal_image, q_goal=None):
+        self.push_goal = None
+
+    def set_keep_out(self, boxes) -> None:
+        pass
+
+    def _target(self, tool: np.ndarray) -> np.ndarray:
+        cube, goal = self.sim.cube_pose()[:2], np.asarray(self.push_goal, dtype=np.float64)
+        d = goal - cube
+        if np.linalg.norm(d) < 0.005:
+            return tool
+        u = d / np.linalg.norm(d)
+        z = CUBE_HALF
+        rel = tool[:2] - cube
+        along, across = float(rel @ u), float(rel @ np.array([-u[1], u[0]]))
+        behind = cube - u * (CUBE_HALF + self.BEHIND)
+        if along < -CUBE_HALF and abs(across) < 0.015 and tool[2] < z + 0.03:   # lined up behind it: push
+            return np.array([*(cube + u * min(np.linalg.norm(d), self.STEP + CUBE_HALF)), z])
+        if np.linalg.norm(tool[:2] - behind) < 0.01:                            # above the start of a push: down
+            return np.array([*behind, z])
+        if tool[2] < self.RISE - 0.01 and np.linalg.norm(tool[:2] - behind) > 0.02:   # up first
+            return np.array([*tool[:2], self.RISE])
+        return np.array([*behind, self.RISE])
+
+    def act(self, stamp, frame, q, qd, q_cmd):
+        arm = self.sim.spec
+        q_cmd = np.asarray(q_cmd, dtype=np.float64)
+        tool = arm.tool_position(q_cmd)
+        target = self._target(tool)
+        step = target - tool
+        n = np.linalg.norm(step)
+        if n > self.STEP:
+            step *= self.STEP / n
+        J = arm.jacobian(q_cmd)                                      # (6, A)
+        axis = arm.tool_pose(q_cmd)[:3, 2]
+        w = 0.3 * np.cross(axis, np.array([0.0, 0.0, -1.0]))         # turn the approach axis down
+        Jw = np.vstack([J[:3], 0.3 * J[3:]])
+        e = np.concatenate([step, 0.3 * w])
+        dq = Jw.T @ np.linalg.solve(Jw @ Jw.T + self.DAMPING ** 2 * np.eye(6), e)
+        return np.clip(dq, -self.bound, self.bound)[None], None
 
 
 # ---------------------------------------------------------------- episode

@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes", type=int, default=20, help="episodes per split")
     p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
     p.add_argument("--splits", default="near,far", help="comma list of near, far, wall (far goals across a keep-out "
-                   "wall the planner is told of: the way around is a long-horizon search)")
+                   "wall the planner is told of: the way around is a long-horizon search), push (the goal image shows "
+                   "the cube moved 5-15 cm; success: the cube within 2 cm of it; references random and a scripted "
+                   "pusher that reads the cube's true pose)")
     p.add_argument("--method", choices=["cem", "mppi"], default=None, help="override the planner config's method")
     p.add_argument("--predictor", choices=["rollout", "direct"], default=None,
                    help="override the planner config's predictor")
@@ -46,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the model, the cost and the planner's search run: auto (cuda when torch sees a CUDA "
                         "device, else cpu), cpu, cuda (refused when there is none); with --backend onnx ONNX "
                         "Runtime's providers, tensorrt too (docs/jetson.md)")
-    p.add_argument("--no-references", action="store_true", help="skip the random and oracle references")
+    p.add_argument("--no-references", action="store_true",
+                   help="skip the random and oracle references (push: random and the scripted pusher)")
     p.add_argument("--true-dynamics", action="store_true",
                    help="also run a diagnostic reference that scores actions with the model's goal energy but "
                         "takes their outcome from the simulator (rendered and encoded): it tells whether the "
@@ -82,9 +85,9 @@ def run(args) -> int:
     from ami_ros.sim.goal_task import (SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent,
                                       run_episode, tolerance_check)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    unknown = [s for s in splits if s not in SPLITS]
+    unknown = [s for s in splits if s not in (*SPLITS, "push")]
     if unknown or not splits:
-        print(f"error: --splits: unknown {unknown or 'empty'}; choose from {', '.join(SPLITS)}", file=sys.stderr)
+        print(f"error: --splits: unknown {unknown or 'empty'}; choose from {', '.join(SPLITS)}, push", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     folder = resolve_model_path(args.model)
@@ -143,6 +146,9 @@ def run(args) -> int:
     try:
         for split in splits:
             results["splits"][split] = {}
+            if split == "push":
+                results["splits"][split] = _push_split(sim, agents, bound, dt, args)
+                continue
             key = list(SPLITS).index(split) + 1     # near 1, far 2, wall 3
             for name, agent in agents.items():
                 rng = np.random.default_rng([args.seed, key])
@@ -213,6 +219,43 @@ def run(args) -> int:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+def _push_split(sim, agents: dict, bound, dt: float, args) -> dict:
+    """The push split: the planners as configured (their goal, the goal image), random, and the
+    scripted pusher that reads the cube's true pose (in place of the oracle)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from ami_ros.sim.goal_task import PUSH, OracleAgent, ScriptedPusher, run_push_episode
+
+    agents = {k: a for k, a in agents.items() if not isinstance(a, OracleAgent)}
+    if not args.no_references:
+        agents["scripted_pusher"] = ScriptedPusher(sim, bound)
+    out = {}
+    for name, agent in agents.items():
+        rng = np.random.default_rng([args.seed, 4])
+        sim.rng = np.random.default_rng([args.seed, 4, 7])
+        eps = [run_push_episode(sim, agent, rng, dt) for _ in tqdm(range(args.episodes), desc=f"push {name:14s}",
+                                                                    unit="ep", leave=False)]
+        ok = [e for e in eps if e.success]
+        times = np.array([t for e in eps for t in e.plan_times]) * 1000
+        r = out[name] = {
+            "success_rate": len(ok) / len(eps), "successes": len(ok), "episodes": len(eps),
+            "success_radius_m": PUSH.success_radius,
+            "steps_to_success_median": float(np.median([e.steps_to_success for e in ok])) if ok else None,
+            "final_distance_m_median": float(np.median([e.final_distance for e in eps])),
+            "start_distance_m_median": float(np.median([e.start_distance for e in eps])),
+            "cube_moved_episodes": sum(e.moved > 0.01 for e in eps),
+            "plan_ms_median": float(np.median(times)) if len(times) else None,
+            "per_episode": [{"success": e.success, "start_m": round(e.start_distance, 4),
+                             "final_m": round(e.final_distance, 4), "closest_m": round(e.closest_distance, 4),
+                             "moved_m": round(e.moved, 4)} for e in eps]}
+        print(f"push {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
+              f"cube's final distance {100 * r['final_distance_m_median']:.1f} cm (start "
+              f"{100 * r['start_distance_m_median']:.1f})  cube moved (> 1 cm) in {r['cube_moved_episodes']}"
+              + (f"  plan {r['plan_ms_median']:.1f} ms" if r["plan_ms_median"] is not None else ""), flush=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- --bags: on recordings
