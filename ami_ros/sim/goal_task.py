@@ -251,7 +251,8 @@ class Push:
     displacement: tuple[float, float] = (0.05, 0.15)   # (min, max) distance the cube is to be pushed (m)
     steps: int = 80                                      # control steps allowed
     success_radius: float = 0.02                         # m: the cube's centre this close to the goal's
-    region: tuple[tuple[float, float], tuple[float, float]] = ((0.33, 0.57), (-0.22, 0.22))   # x, y of start and goal
+    # (x, y) ranges of the cube's start and goal (m, base frame)
+    region: tuple[tuple[float, float], tuple[float, float]] = ((0.33, 0.57), (-0.22, 0.22))
     tool_clearance: float = 0.10                         # m: the tool starts at least this far from the cube
 
 
