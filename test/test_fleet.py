@@ -156,16 +156,16 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _fleet(out, data_dirs, rounds, faults=(), timeout=300):
+def _fleet(out, data_dirs, rounds, faults=(), timeout=300, serve_args=(), join_args=()):
     """Run ``fleet serve`` and one ``fleet join`` per folder; -> the server's output."""
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     addr = f"127.0.0.1:{_port()}"
     py = [sys.executable, "-m", "ami_ros.cli", "fleet"]
     server = subprocess.Popen(py + ["serve", "--out", str(out), "--address", addr, "--rounds", str(rounds),
-                                    "--min-clients", str(len(data_dirs))] + SMALL,
+                                    "--min-clients", str(len(data_dirs))] + SMALL + list(serve_args),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     joins = [subprocess.Popen(py + ["join", "--data", d, "--server", addr, "--cell", f"cell_{i}", "--threads", "1"]
-                              + (["--fault", faults[i]] if i < len(faults) and faults[i] else []),
+                              + (["--fault", faults[i]] if i < len(faults) and faults[i] else []) + list(join_args),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
              for i, d in enumerate(data_dirs)]
     try:
@@ -212,3 +212,59 @@ def test_federated_run_nan_cell_and_restart(cells, tmp_path):
     again = load_model(str(out), "torch", "cpu", arm=arm)
     assert again.card["fleet"]["rounds_done"] == 2 and [r["round"] for r in again.card["fleet"]["rounds"]] == [1, 2]
     assert again.model_id != first
+
+
+def test_certificates_are_made_for_the_hosts_and_refused_when_missing(tmp_path):
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+
+    from ami_ros.fleet.certs import make_certificates, root_certificate, server_certificates
+
+    folder = tmp_path / "certs"
+    make_certificates(str(folder), ["127.0.0.1", "fleet.example.org"])
+    ca, cert, key = server_certificates(str(folder))
+    c = x509.load_pem_x509_certificate(cert)
+    sans = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert sans.get_values_for_type(x509.DNSName) == ["fleet.example.org"]
+    assert c.issuer == x509.load_pem_x509_certificate(ca).subject and b"PRIVATE KEY" in key
+    c.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    assert oct(os.stat(folder / "server.key").st_mode & 0o777) == "0o600"
+    assert root_certificate(str(folder / "ca.crt")) == ca
+    os.remove(folder / "server.key")
+    with pytest.raises(ValueError, match="no server.key"):
+        server_certificates(str(folder))
+    with pytest.raises(ValueError, match="not a PEM certificate"):
+        root_certificate(str(folder / "ca.key"))
+
+
+@needs_flwr
+def test_a_round_over_tls_and_a_cell_that_does_not_trust_the_server_takes_no_part(cells, tmp_path):
+    """Served with the fleet's certificates, cells with its CA take part; a cell given another
+    CA's certificate cannot connect, and the round goes on without it."""
+    from ami_ros.fleet.certs import make_certificates
+
+    make_certificates(str(tmp_path / "certs"), ["127.0.0.1"])
+    make_certificates(str(tmp_path / "other"), ["127.0.0.1"])
+    out = tmp_path / "global"
+    text = _fleet(out, cells[:2], rounds=1, serve_args=["--certificates", str(tmp_path / "certs")],
+                  join_args=["--root-certificate", str(tmp_path / "certs" / "ca.crt")])
+    assert "(TLS)" in text and "insecure gRPC" not in text
+    from ami_ros.core.model_io import read_card
+
+    assert read_card(str(out))["fleet"]["rounds"][0]["cells"] == ["cell_0", "cell_1"]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    addr = f"127.0.0.1:{_port()}"
+    py = [sys.executable, "-m", "ami_ros.cli", "fleet"]
+    server = subprocess.Popen(py + ["serve", "--out", str(tmp_path / "g2"), "--address", addr, "--rounds", "1",
+                                    "--min-clients", "1", "--certificates", str(tmp_path / "certs")] + SMALL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        stranger = subprocess.run(py + ["join", "--data", cells[0], "--server", addr, "--cell", "stranger",
+                                        "--root-certificate", str(tmp_path / "other" / "ca.crt")],
+                                  capture_output=True, text=True, env=env, timeout=120)
+        assert stranger.returncode == 1 and "Tls handshake failed" in stranger.stderr, stranger.stderr[-800:]
+        assert not (tmp_path / "g2" / "card.yaml").exists()       # no round ran with it
+    finally:
+        server.kill()
+        server.communicate()

@@ -208,18 +208,22 @@ def make_strategy(agg: Aggregator, min_clients: int, min_fit: int | None = None)
     return FleetStrategy(**kw)
 
 
-def serve(agg: Aggregator, address: str, min_clients: int, round_timeout: float | None) -> int:
-    """Run the remaining rounds; returns the rounds run."""
+def serve(agg: Aggregator, address: str, min_clients: int, round_timeout: float | None,
+          certificates: tuple[bytes, bytes, bytes] | None = None) -> int:
+    """Run the remaining rounds; returns the rounds run. ``certificates``: (CA certificate, server
+    certificate, server key), PEM, to serve over TLS (:mod:`ami_ros.fleet.certs`); None: insecure."""
     from flwr.server import ServerConfig, start_server
 
     left = agg.rounds - agg.done
     if left <= 0:
         log.info("all %d rounds are done (%s)", agg.rounds, agg.out)
         return 0
-    log.info("serving %d round(s) (%d done) on %s, %s, at least %d cell(s)", left, agg.done, address, agg.strategy,
-             min_clients)
+    log.info("serving %d round(s) (%d done) on %s (%s), %s, at least %d cell(s)", left, agg.done, address,
+             "TLS" if certificates else "insecure", agg.strategy, min_clients)
+    if certificates is None:
+        log.warning("no --certificates: insecure gRPC, parameters in the clear; for loopback or a trusted network")
     start_server(server_address=address, strategy=make_strategy(agg, min_clients),
-                 config=ServerConfig(num_rounds=left, round_timeout=round_timeout))
+                 config=ServerConfig(num_rounds=left, round_timeout=round_timeout), certificates=certificates)
     return left
 
 
@@ -277,8 +281,13 @@ class Cell(NumPyClient):
         return float(stats["heldout_sigreg"]), n, {"cell": self.name, **stats}
 
 
-def join(cell: Cell, address: str, max_retries: int | None = 30, max_wait_time: float | None = 600.0) -> None:
+def join(cell: Cell, address: str, root_certificate: bytes | None = None, max_retries: int | None = 30,
+         max_wait_time: float | None = 600.0) -> None:
+    """Take part until the server ends; over TLS with ``root_certificate`` (the fleet's CA
+    certificate, PEM), else insecure."""
     from flwr.client import start_client
 
-    start_client(server_address=address, client=cell.to_client(), insecure=True,
-                 max_retries=max_retries, max_wait_time=max_wait_time)
+    if root_certificate is None:
+        log.warning("no --root-certificate: insecure gRPC, parameters in the clear; for loopback or a trusted network")
+    start_client(server_address=address, client=cell.to_client(), insecure=root_certificate is None,
+                 root_certificates=root_certificate, max_retries=max_retries, max_wait_time=max_wait_time)

@@ -6,6 +6,7 @@
                   few local steps per round and sends back only the parameters
   fleet simulate  a server and N cells as processes on this machine (loopback), each
                   cell with its own recordings from ``ami-ros collect``
+  fleet certs     a certificate authority and the aggregator's TLS certificate
 
 Needs the optional extra: ``pip install -e ".[fleet]"`` (Flower). See docs/fleet.md.
 """
@@ -45,12 +46,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("serve", help="the aggregator: rounds of FedAvg/FedProx, the global model as a model folder")
     s.add_argument("--out", required=True, help="model folder of the global model (resumed from if it exists)")
     s.add_argument("--address", default="127.0.0.1:8080", help="host:port to listen on")
+    s.add_argument("--certificates", default=None, metavar="DIR",
+                   help="serve over TLS with DIR/ca.crt, server.pem, server.key (ami-ros fleet certs); without it, "
+                        "insecure gRPC, for loopback or a trusted network only (a warning says so)")
     _model_arguments(s)
     add_robot_arguments(s)
     j = sub.add_parser("join", help="a cell: train on its own bags each round, send only parameters")
     j.add_argument("--data", nargs="+", required=True, metavar="DIR", help="the cell's episode bags")
     j.add_argument("--server", required=True, metavar="ADDR", help="the aggregator's host:port")
     j.add_argument("--cell", default=None, help="the cell's name in the global model's card (default: host name)")
+    j.add_argument("--root-certificate", default=None, metavar="FILE",
+                   help="connect over TLS, trusting a server whose certificate the fleet's CA (FILE: its ca.crt) "
+                        "signed for the address dialled; without it, insecure gRPC")
     j.add_argument("--control-hz", type=float, default=10.0)
     j.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     j.add_argument("--fault", choices=["nan", "shape"], default=None, help=argparse.SUPPRESS)  # fault tests
@@ -66,7 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--steps", type=int, default=150, help="control steps per episode")
     m.add_argument("--width", type=int, default=64, help="camera image size (square) in the cells' bags")
     m.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    m.add_argument("--tls", action="store_true", help="make certificates for 127.0.0.1 in WORK/certs and use TLS")
     _model_arguments(m)
+    c = sub.add_parser("certs", help="a certificate authority and the aggregator's TLS certificate for --host")
+    c.add_argument("--out", required=True, metavar="DIR", help="writes ca.crt, ca.key, server.pem, server.key here")
+    c.add_argument("--host", action="append", required=True,
+                   help="an address the cells dial the server at (IP or DNS name); repeatable")
+    c.add_argument("--days", type=int, default=365, help="validity (default 365)")
 
 
 def run(args) -> int:
@@ -78,7 +91,26 @@ def run(args) -> int:
     except ImportError:
         print(f"error: {NEED_FLOWER}", file=sys.stderr)
         return 2
-    return {"serve": _serve, "join": _join, "simulate": _simulate}[args.fleet_command](args)
+    return {"serve": _serve, "join": _join, "simulate": _simulate, "certs": _certs}[args.fleet_command](args)
+
+
+def _certs(args) -> int:
+    import sys
+
+    from ami_ros.fleet.certs import make_certificates
+
+    if args.days < 1:
+        print("error: --days must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        paths = make_certificates(args.out, args.host, args.days)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(paths))
+    print(f"serve with --certificates {args.out}; give each cell only {args.out}/ca.crt (--root-certificate); "
+          f"keep ca.key and server.key private")
+    return 0
 
 
 def _logging() -> None:
@@ -99,10 +131,12 @@ def _serve(args) -> int:
     from ami_ros.core.model_io import ModelError
     from ami_ros.core.training import TrainConfig
     from ami_ros.core.world_model import ModelConfig
+    from ami_ros.fleet.certs import server_certificates
     from ami_ros.fleet.flower import Aggregator, serve
 
     _logging()
     try:
+        certificates = server_certificates(args.certificates) if args.certificates else None
         arm = arm_from_args(args)
         mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
                            prop_dim=args.prop_dim)
@@ -126,7 +160,7 @@ def _serve(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    serve(agg, args.address, args.min_clients, args.round_timeout)
+    serve(agg, args.address, args.min_clients, args.round_timeout, certificates)
     print(f"{args.out}: {agg.done} of {args.rounds} rounds done")
     return 0 if agg.done >= args.rounds else 1
 
@@ -139,12 +173,14 @@ def _join(args) -> int:
 
     from ami_ros.core.training import split_episodes
     from ami_ros.data.bags import load_episodes
+    from ami_ros.fleet.certs import root_certificate
     from ami_ros.fleet.flower import Cell, join
 
     _logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        root = root_certificate(args.root_certificate) if args.root_certificate else None
         arm = arm_from_args(args)
         profile = profile_from_args(args)
         profile.check_arm(arm.joint_names)
@@ -166,7 +202,12 @@ def _join(args) -> int:
         return split_episodes(episodes, 0.1)
 
     cell = Cell(args.cell or socket.gethostname(), arm, control_dt, load, fault=args.fault)
-    join(cell, args.server)
+    try:
+        join(cell, args.server, root)
+    except Exception as e:  # noqa: BLE001 - gRPC's errors (TLS refused, server gone) in one line
+        details = e.details() if callable(getattr(e, "details", None)) else str(e)
+        print(f"error: cell {cell.name} could not take part: {details}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -187,6 +228,13 @@ def _simulate(args) -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
     py = [sys.executable, "-m", "ami_ros.cli"]
+    tls_serve, tls_join = [], []
+    if args.tls:
+        from ami_ros.fleet.certs import make_certificates
+
+        certs = os.path.join(args.work, "certs")
+        make_certificates(certs, ["127.0.0.1"])
+        tls_serve, tls_join = ["--certificates", certs], ["--root-certificate", os.path.join(certs, "ca.crt")]
     # the non-IID split: each cell collects with its own seeds and its own exploration
     # (target jitter and push probability differ per cell)
     for i in range(args.cells):
@@ -206,7 +254,7 @@ def _simulate(args) -> int:
               str(args.seed), "--control-hz", str(args.control_hz)]
     min_clients = min(args.min_clients, args.cells)
     server_cmd = py + ["fleet", "serve", "--out", out, "--address", f"127.0.0.1:{port}", "--min-clients",
-                       str(min_clients)] + shared + (["--round-timeout", str(args.round_timeout)]
+                       str(min_clients)] + shared + tls_serve + (["--round-timeout", str(args.round_timeout)]
                                                      if args.round_timeout else []) \
         + (["--name", args.name] if args.name else [])
     logs = []
@@ -218,7 +266,7 @@ def _simulate(args) -> int:
         logs.append(lf)
         cmd = py + ["fleet", "join", "--data", os.path.join(args.work, f"cell_{i}"), "--server",
                     f"127.0.0.1:{port}", "--cell", f"cell_{i}", "--threads", str(args.threads), "--control-hz",
-                    str(args.control_hz)]
+                    str(args.control_hz)] + tls_join
         cells.append(subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT))
     try:
         rc = server.wait()

@@ -1,0 +1,95 @@
+"""TLS certificates for a fleet: a certificate authority of the fleet's own and the aggregator's
+certificate signed by it, made with ``cryptography`` (which Flower already needs).
+
+``fleet certs --out DIR --host HOST`` writes them (:func:`make_certificates`); ``fleet serve
+--certificates DIR`` serves over TLS with the server's three files, ``fleet join
+--root-certificate DIR/ca.crt`` (the CA's certificate, the only file a cell gets) connects only
+to a server whose certificate the CA signed for the address it dials. The CA's key stays with
+whoever runs the fleet; it signs nothing else here.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+
+#: the files ``make_certificates`` writes and ``serve`` reads, in Flower's order (CA, server certificate, key)
+SERVER_FILES = ("ca.crt", "server.pem", "server.key")
+CA_KEY = "ca.key"
+
+
+def make_certificates(out: str, hosts: list[str], days: int = 365) -> list[str]:
+    """Write a CA (``ca.crt``, ``ca.key``) and a server certificate for ``hosts`` (IP addresses
+    or DNS names, as the cells dial the server: its subject alternative names) signed by it
+    (``server.pem``, ``server.key``) into ``out``; keys readable by the owner only. Returns the
+    paths written."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    if not hosts:
+        raise ValueError("give at least one host (the address the cells dial, e.g. 127.0.0.1 or fleet.example.org)")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ami_ros fleet CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now)
+          .not_valid_after(now + datetime.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    names = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    os.makedirs(out, exist_ok=True)
+    pem = serialization.Encoding.PEM
+    files = {"ca.crt": ca.public_bytes(pem), "server.pem": cert.public_bytes(pem)}
+    for name, k in ((CA_KEY, ca_key), ("server.key", key)):
+        files[name] = k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    paths = []
+    for name, data in files.items():
+        path = os.path.join(out, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if name.endswith(".key") else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        paths.append(path)
+    return paths
+
+
+def server_certificates(folder: str) -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, server certificate, server key) from ``folder``, as Flower's server takes
+    them; a missing file is an error naming it."""
+    out = []
+    for name in SERVER_FILES:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"--certificates {folder}: no {name} (make them with: ami-ros fleet certs --out "
+                             f"{folder} --host ADDRESS)")
+        with open(path, "rb") as f:
+            out.append(f.read())
+    return tuple(out)
+
+
+def root_certificate(path: str) -> bytes:
+    """The CA certificate a cell checks the server against."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--root-certificate {path}: no such file (the fleet's ca.crt)")
+    with open(path, "rb") as f:
+        data = f.read()
+    if b"BEGIN CERTIFICATE" not in data:
+        raise ValueError(f"--root-certificate {path}: not a PEM certificate")
+    return data
