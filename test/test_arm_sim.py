@@ -65,3 +65,24 @@ def test_the_servo_feeds_the_references_velocity_forward():
         sim.step(1.0)
         assert np.max(np.abs(sim.command() - sim.joint_positions())) < 2e-3
         np.testing.assert_allclose(sim.joint_velocities()[0], 0.2, atol=0.01)
+
+
+def test_a_cell_variation_changes_the_scene_and_its_hash_and_the_default_is_the_shipped_scene():
+    from ami_ros.core.arm import load_arm
+    from ami_ros.sim.scene import Variation, scene_hash
+
+    arm = load_arm()
+    assert scene_hash(arm) == scene_hash(arm, Variation())            # the shipped scene's recordings keep their hash
+    cell = Variation(camera_offset=(0.08, 0.06, -0.05), light=0.7, cube_rgb=(0.8, 0.2, 0.15))
+    assert scene_hash(arm, cell) != scene_hash(arm)
+    with ArmSim(arm, seed=3) as a, ArmSim(arm, seed=3, variation=cell) as b:
+        assert np.allclose(a.camera_position() + [0.08, 0.06, -0.05], b.camera_position())
+        img_a, img_b = a.render().astype(float), b.render().astype(float)
+        assert np.abs(img_a - img_b).mean() > 5.0                         # another view, darker
+        assert img_b.mean() < img_a.mean()
+    with ArmSim(arm, seed=3, variation=Variation(cube_rgb=(0.8, 0.2, 0.15))) as c, ArmSim(arm, seed=3) as d:
+        diff = np.abs(c.render().astype(int) - d.render().astype(int)).sum(-1) > 30
+        assert 0 < diff.mean() < 0.05                                      # the cube's pixels only
+    for bad in (dict(camera_offset=(0.5, 0, 0)), dict(light=0.0), dict(cube_rgb=(1.2, 0, 0)), dict(table_rgb=(0, 0))):
+        with pytest.raises(ValueError):
+            Variation(**bad)

@@ -254,3 +254,20 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
                 ["--direct", "--goal-features", "-1"]):
         assert train(*common, "--out", str(tmp_path / "y"), *bad) == 2, bad
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_collect_records_a_cell_variation_and_refuses_a_bad_one(tmp_path, capsys):
+    import yaml
+
+    from ami_ros.core.arm import load_arm
+    from ami_ros.sim.scene import Variation, scene_hash
+
+    out = tmp_path / "cell"
+    assert collect("--episodes", "1", "--out", str(out), "--steps", "4", "--width", "32", "--height", "32",
+                   "--camera-offset", "0.05,0,0", "--light", "1.3", "--cube-rgb", "0.8,0.2,0.1") == 0
+    index = yaml.safe_load((out / "index.yaml").read_text())
+    v = Variation(camera_offset=(0.05, 0, 0), light=1.3, cube_rgb=(0.8, 0.2, 0.1))
+    assert index["variation"] == v.as_dict() and index["scene"] == scene_hash(load_arm(), v)
+    assert collect("--episodes", "1", "--out", str(tmp_path / "bad"), "--light", "9") == 2
+    assert "light 9.0: between 0.2 and 3" in capsys.readouterr().err
+    assert collect("--episodes", "1", "--out", str(tmp_path / "bad"), "--cube-rgb", "red") == 2

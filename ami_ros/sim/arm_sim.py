@@ -19,7 +19,7 @@ import numpy as np
 
 from ami_ros.core.arm import ArmSpec, load_arm
 from ami_ros.core.trajectory import CONTROLLER_STARTS, Trajectory, TrajectorySampler, validate
-from ami_ros.sim.scene import CAMERA, CUBE_HALF, build_model
+from ami_ros.sim.scene import CAMERA, CUBE_HALF, Variation, build_model
 
 # Where resets put the cube and draw joint configurations (a region the camera sees).
 CUBE_X = (0.30, 0.60)
@@ -46,7 +46,7 @@ def clear_of_table(arm: ArmSpec, q: np.ndarray) -> np.ndarray:
 class ArmSim:
     def __init__(self, spec: ArmSpec | None = None, *, width: int = 64, height: int = 64,
                  seed: int = 0, timestep: float = 0.002, render: bool = True,
-                 controller_start: str = CONTROLLER_STARTS[0]):
+                 controller_start: str = CONTROLLER_STARTS[0], variation: Variation | None = None):
         if not (8 <= width <= 4096 and 8 <= height <= 4096):
             raise ValueError(f"camera size {width}x{height} outside 8..4096")
         if controller_start not in CONTROLLER_STARTS:
@@ -55,7 +55,9 @@ class ArmSim:
         self.spec = spec or load_arm()
         self.width, self.height = int(width), int(height)
         self.camera_name = CAMERA[0]
-        self.model = build_model(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)))
+        self.variation = variation or Variation()    # how this cell's scene differs from the shipped one
+        self.model = build_model(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)),
+                                 variation=self.variation)
         self.data = mujoco.MjData(self.model)
         self._qadr = np.array([self.model.jnt_qposadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import warnings
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -58,30 +59,68 @@ def camera_of(spec: ArmSpec) -> tuple:
 SERVO = "position PD, velocity fed forward"
 
 
-def scene_hash(spec: ArmSpec) -> str:
+@dataclass(frozen=True)
+class Variation:
+    """How one cell's scene differs from the shipped one, as cells of a fleet differ: where the
+    camera stands, how bright the room is, the cube's and the table's colours. The defaults are
+    the shipped scene."""
+
+    camera_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)   # m, added to the camera's position
+    light: float = 1.0                                           # scale of the lights' intensity
+    cube_rgb: tuple[float, float, float] = (0.1, 0.75, 0.2)
+    table_rgb: tuple[float, float, float] = (0.42, 0.36, 0.30)   # the table's checker (its second colour darker)
+
+    def __post_init__(self):
+        for name, n in (("camera_offset", 3), ("cube_rgb", 3), ("table_rgb", 3)):
+            v = getattr(self, name)
+            if len(v) != n or not all(np.isfinite(x) for x in v):
+                raise ValueError(f"{name}: need {n} finite numbers, got {v}")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
+        if max(abs(x) for x in self.camera_offset) > 0.3:
+            raise ValueError(f"camera_offset {self.camera_offset}: at most 0.3 m on each axis")
+        if not 0.2 <= self.light <= 3.0:
+            raise ValueError(f"light {self.light}: between 0.2 and 3")
+        for name in ("cube_rgb", "table_rgb"):
+            if not all(0.0 <= x <= 1.0 for x in getattr(self, name)):
+                raise ValueError(f"{name} {getattr(self, name)}: each in [0, 1]")
+
+    @property
+    def is_default(self) -> bool:
+        return self == Variation()
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def scene_hash(spec: ArmSpec, variation: Variation | None = None) -> str:
     """sha256 (first 16 hex digits) of what decides the recordings of the scene: the arm's URDF
-    (links, volumes, colours), the camera and the servo (:data:`SERVO`). Recordings made with
-    another are other data."""
+    (links, volumes, colours), the camera, the servo (:data:`SERVO`) and a cell's
+    :class:`Variation` (none: the shipped scene). Recordings made with another are other data."""
     doc = {"urdf": spec.urdf, "camera": [list(v) if isinstance(v, tuple) else v for v in camera_of(spec)],
            "servo": SERVO}
+    if variation is not None and not variation.is_default:
+        doc["variation"] = variation.as_dict()
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _room(timestep: float, offscreen) -> str:
+def _room(timestep: float, offscreen, variation: Variation) -> str:
     tx, ty = TABLE_CENTER
     hx, hy = TABLE_HALF
+    k = variation.light
+    t1 = _fmt(variation.table_rgb)
+    t2 = _fmt(0.9 * np.asarray(variation.table_rgb))
     return f"""
 <mujoco model="ami_tabletop">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="{timestep}" integrator="implicitfast"/>
   <visual><global offwidth="{offscreen[0]}" offheight="{offscreen[1]}"/><quality shadowsize="0"/>
-    <headlight ambient="0.35 0.35 0.35" diffuse="0.5 0.5 0.5"/></visual>
+    <headlight ambient="{_fmt([0.35 * k] * 3)}" diffuse="{_fmt([0.5 * k] * 3)}"/></visual>
   <asset>
-    <texture name="grid" type="2d" builtin="checker" rgb1="0.42 0.36 0.30" rgb2="0.38 0.32 0.27" width="64" height="64"/>
+    <texture name="grid" type="2d" builtin="checker" rgb1="{t1}" rgb2="{t2}" width="64" height="64"/>
     <material name="table" texture="grid" texrepeat="6 6"/>
   </asset>
   <worldbody>
-    <light pos="0.3 -0.5 2.0" dir="0 0.2 -1" diffuse="0.6 0.6 0.6" castshadow="false"/>
+    <light pos="0.3 -0.5 2.0" dir="0 0.2 -1" diffuse="{_fmt([0.6 * k] * 3)}" castshadow="false"/>
     <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" rgba="0.25 0.27 0.30 1" contype="0" conaffinity="0"/>
     <geom name="table" type="box" pos="{tx} {ty} -0.025" size="{hx} {hy} 0.025" material="table" contype="1" conaffinity="3"/>
   </worldbody>
@@ -137,11 +176,13 @@ def robot_spec(spec: ArmSpec):
     return rs
 
 
-def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480)):
-    """The compiled scene (mujoco.MjModel) with ``spec``'s arm standing at the world origin."""
+def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480), variation: Variation | None = None):
+    """The compiled scene (mujoco.MjModel) with ``spec``'s arm standing at the world origin, as
+    ``variation`` changes it (None: the shipped scene)."""
     import mujoco
 
-    scene = mujoco.MjSpec.from_string(_room(timestep, offscreen))
+    variation = variation or Variation()
+    scene = mujoco.MjSpec.from_string(_room(timestep, offscreen, variation))
     rs = robot_spec(spec)
     with _no_empty_prefix_warning():
         scene.worldbody.add_frame().attach_body(rs.body(spec.base_frame), "", "")
@@ -156,9 +197,10 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480))
         scene.add_actuator(name=f"{name}_ff", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT).set_to_motor()
     cube = scene.worldbody.add_body(name="cube", pos=[0.45, 0.15, CUBE_HALF])
     cube.add_freejoint(name="cube")
-    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[0.1, 0.75, 0.2, 1],
+    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[*variation.cube_rgb, 1],
                   mass=0.1, contype=1, conaffinity=3, friction=[0.8, 0.01, 0.001])
     name, pos, target, fovy = camera_of(spec)
+    pos = tuple(float(p + o) for p, o in zip(pos, variation.camera_offset))   # it still looks at its target
     cam = scene.worldbody.add_camera(name=name, pos=list(pos), fovy=fovy)
     cam.alt.type, cam.alt.xyaxes = mujoco.mjtOrientation.mjORIENTATION_XYAXES, _xyaxes(pos, target)
     with _no_empty_prefix_warning():

@@ -38,7 +38,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-jitter", type=float, default=0.0, metavar="RAD",
                    help="move each random exploration target by up to RAD per joint, clear of the table (default 0): "
                         "poses at the workspace's edges, as a goal nearby may ask for")
+    v = p.add_argument_group("cell variation", "how this cell's scene differs from the shipped one (a fleet's "
+                             "cells: docs/fleet.md); recorded in OUT/index.yaml and the scene hash")
+    v.add_argument("--camera-offset", default=None, metavar="X,Y,Z",
+                   help="metres added to the camera's position (it still looks at the table), each within 0.3")
+    v.add_argument("--light", type=float, default=None, help="scale of the room's light, 0.2 to 3 (default 1)")
+    v.add_argument("--cube-rgb", default=None, metavar="R,G,B", help="the cube's colour, each in [0, 1]")
+    v.add_argument("--table-rgb", default=None, metavar="R,G,B", help="the table's colour, each in [0, 1]")
     add_robot_arguments(p)
+
+
+def variation_from_args(args):
+    """The :class:`~ami_ros.sim.scene.Variation` the options ask for (ValueError naming the bad one)."""
+    from ami_ros.sim.scene import Variation
+
+    kw = {}
+    for name in ("camera_offset", "cube_rgb", "table_rgb"):
+        text = getattr(args, name)
+        if text is not None:
+            try:
+                kw[name] = tuple(float(x) for x in text.split(","))
+            except ValueError:
+                raise ValueError(f"--{name.replace('_', '-')} {text!r}: three comma-separated numbers") from None
+    if args.light is not None:
+        kw["light"] = args.light
+    return Variation(**kw)
 
 
 def _human(n: float) -> str:
@@ -261,6 +285,7 @@ def run(args) -> int:
             return 2
     try:
         spec = arm_from_args(args)
+        variation = variation_from_args(args)
     except ValueError as e:
         print(f"collect: {e}", file=sys.stderr)
         return 2
@@ -277,7 +302,7 @@ def run(args) -> int:
     from ami_ros.sim.scene import scene_hash
 
     t_wall = time.perf_counter()
-    sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed)
+    sim = ArmSim(spec, width=args.width, height=args.height, seed=args.seed, variation=variation)
     entries = []
     try:
         with tqdm(total=args.episodes * args.steps, unit="step", desc="collect", dynamic_ncols=True) as bar:
@@ -292,7 +317,8 @@ def run(args) -> int:
     finally:
         sim.close()
         index = {
-            "robot": args.robot, "limits": args.limits, "arm": spec.card(), "scene": scene_hash(spec),
+            "robot": args.robot, "limits": args.limits, "arm": spec.card(), "scene": scene_hash(spec, variation),
+            **({} if variation.is_default else {"variation": variation.as_dict()}),
             "joint_names": list(spec.joint_names),
             "seed": args.seed,
             "steps": args.steps, "width": args.width, "height": args.height,

@@ -19,6 +19,16 @@ from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
 NEED_FLOWER = 'ami-ros fleet needs Flower: pip install -e ".[fleet]" (or pip install flwr)'
 
+#: ``fleet simulate``'s cells, in turn: each a scene of its own (``collect``'s cell-variation options);
+#: the first is the shipped scene
+CELL_SCENES = (
+    (),
+    ("--camera-offset", "0.08,0.06,-0.05", "--light", "0.7", "--cube-rgb", "0.8,0.2,0.15", "--table-rgb",
+     "0.55,0.55,0.58"),
+    ("--camera-offset", "-0.06,-0.08,0.05", "--light", "1.4", "--cube-rgb", "0.15,0.3,0.85", "--table-rgb",
+     "0.30,0.24,0.18"),
+)
+
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=10, help="federated rounds in all (a restart runs the rest)")
@@ -235,13 +245,15 @@ def _simulate(args) -> int:
         certs = os.path.join(args.work, "certs")
         make_certificates(certs, ["127.0.0.1"])
         tls_serve, tls_join = ["--certificates", certs], ["--root-certificate", os.path.join(certs, "ca.crt")]
-    # the non-IID split: each cell collects with its own seeds and its own exploration
-    # (target jitter and push probability differ per cell)
+    # the non-IID split: each cell collects in a scene of its own (camera pose, light, cube and table
+    # colours: CELL_SCENES in turn), with its own seeds and its own exploration (target jitter and
+    # push probability differ per cell)
     for i in range(args.cells):
         d = os.path.join(args.work, f"cell_{i}")
         if os.path.exists(os.path.join(d, "index.yaml")):
             continue
-        variation = ["--target-jitter", f"{0.15 * i:.2f}"] + (["--push-prob", f"{0.3 * (i % 2):.1f}"] if i % 2 else [])
+        variation = list(CELL_SCENES[i % len(CELL_SCENES)]) + ["--target-jitter", f"{0.15 * i:.2f}"] \
+            + (["--push-prob", f"{0.3 * (i % 2):.1f}"] if i % 2 else [])
         cmd = py + ["collect", "--episodes", str(args.episodes), "--steps", str(args.steps), "--seed",
                     str(1000 * (i + 1)), "--width", str(args.width), "--height", str(args.width), "--out", d] + variation
         print("$ ami-ros", " ".join(cmd[3:]), flush=True)
