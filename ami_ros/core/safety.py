@@ -642,13 +642,13 @@ class Gate:
         spec, tun, dof = self.spec, self.spec.tunables, self.spec.arm.dof
         q_now = np.asarray(q_now, dtype=np.float64).reshape(-1)
         v_now = np.zeros(dof) if v_now is None else np.asarray(v_now, dtype=np.float64).reshape(-1)
-        starts = self._starts(v_now, v_uncertainty)
         if self.estop.latched:
             hold = self.hold(q_now) if q_now.shape == (dof,) and np.all(np.isfinite(q_now)) else None
             return GateResult(False, hold, "estop_latched", f"e-stop latched ({self.estop.reason}); holding")
         if q_now.shape != (dof,) or v_now.shape != (dof,) or not (
                 np.all(np.isfinite(q_now)) and np.all(np.isfinite(v_now))):
             return self._refuse("bad_state", "current joint state unknown or not finite")
+        starts = self._starts(v_now, v_uncertainty)
         try:
             t = validate(traj, spec.joint_names)
         except TrajectoryError as e:

@@ -64,6 +64,7 @@ def bench_graph(folder: str, args, out: dict) -> str:
 
 def run_graph(folder: str, args) -> dict:
     import os
+    import signal
     import subprocess
     import tempfile
     import threading
@@ -172,10 +173,11 @@ def run_graph(folder: str, args) -> dict:
         if rec["q"] is None or "cycles" not in rec["diag"]:
             raise RuntimeError("no joint states or planner diagnostics within 90 s")
         sim = ArmSim(arm, width=64, height=64, seed=0)
-        goals = iter(goal_sequence(arm, rec["q"], 10_000, np.random.default_rng(0)))
+        rng, last = np.random.default_rng(0), [rec["q"]]
 
-        def send_goal():
-            goal_pub.publish(msgs.image_msg(sim.render_configuration(next(goals)), probe.get_clock().now().to_msg(),
+        def send_goal():               # each goal a short reach from the one before (the demo's rule)
+            last[0] = goal_sequence(arm, last[0], 1, rng)[0]
+            goal_pub.publish(msgs.image_msg(sim.render_configuration(last[0]), probe.get_clock().now().to_msg(),
                                             "goal"))
             with lock:
                 rec["status"] = "sent"
@@ -213,7 +215,7 @@ def run_graph(folder: str, args) -> dict:
             sim.close()
         for p in procs.values():
             if p.poll() is None:
-                p.send_signal(2)
+                p.send_signal(signal.SIGINT)      # as launch stops a node
         for p in procs.values():
             try:
                 p.wait(timeout=15)
