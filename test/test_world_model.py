@@ -312,3 +312,16 @@ def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):
     assert var[0] >= var[-1]                            # most variance first
     assert after["direct_err_goal_5"] < 0.5 * before["direct_err_goal_5"], (before, after)
     assert after["copy_err_goal_5"] > 0 and "fine_err_vis_5" not in after
+
+
+def test_probes_are_reported_per_coordinate_as_well_as_averaged():
+    """A probe's R^2 per target column: one column read off the features exactly, one that is
+    noise; the averaged figure is their mean (the card shows both, e.g. the tool's x, y, z)."""
+    from ami_ros.core.training import _ridge_r2, _ridge_r2_each
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 8))
+    Y = np.stack([X @ rng.normal(size=8), rng.normal(size=400)], axis=1)
+    each = _ridge_r2_each(X[:300], Y[:300], X[300:], Y[300:])
+    assert each.shape == (2,) and each[0] > 0.99 and each[1] < 0.1
+    assert _ridge_r2(X[:300], Y[:300], X[300:], Y[300:]) == pytest.approx(float(each.mean()))

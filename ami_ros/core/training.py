@@ -166,6 +166,12 @@ def encode_episode(model: WorldModel, ep, device, chunk: int = 256):
 
 
 def _ridge_r2(Xtr, Ytr, Xte, Yte, alpha=1e-3):
+    """R^2 of a ridge probe fit on (Xtr, Ytr), scored on (Xte, Yte), averaged over Y's columns."""
+    return float(np.mean(_ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha)))
+
+
+def _ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha=1e-3) -> np.ndarray:
+    """R^2 of a ridge probe, per column of Y: (n, k) targets -> (k,)."""
     mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
     Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
     Xtr = np.hstack([Xtr, np.ones((len(Xtr), 1))])
@@ -173,7 +179,7 @@ def _ridge_r2(Xtr, Ytr, Xte, Yte, alpha=1e-3):
     W = np.linalg.solve(Xtr.T @ Xtr + alpha * len(Xtr) * np.eye(Xtr.shape[1]), Xtr.T @ Ytr)
     res = ((Yte - Xte @ W) ** 2).sum(0)
     tot = ((Yte - Yte.mean(0)) ** 2).sum(0) + 1e-12
-    return float(np.mean(1 - res / tot))
+    return 1 - res / tot
 
 
 @torch.no_grad()
@@ -218,10 +224,14 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     out["probe_r2_joints_from_image"] = _ridge_r2(z_train[:, :Dv], qtr, Zt[:, :Dv], qte)
     if all(e.cube is not None for e in train_eps + test_eps):
         ctr, cte = np.concatenate([e.cube[:, :2] for e in train_eps]), np.concatenate([e.cube[:, :2] for e in test_eps])
-        out["probe_r2_cube_xy"] = _ridge_r2(z_train[:, :Dv], ctr, Zt[:, :Dv], cte)
+        each = _ridge_r2_each(z_train[:, :Dv], ctr, Zt[:, :Dv], cte)
+        out["probe_r2_cube_xy"] = float(np.mean(each))
+        out.update({f"probe_r2_cube_{c}": float(r) for c, r in zip("xy", each)})   # per coordinate
     if all(e.tool is not None for e in train_eps + test_eps):
         ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
-        out["probe_r2_tool_from_image"] = _ridge_r2(z_train[:, :Dv], ttr, Zt[:, :Dv], tte)
+        each = _ridge_r2_each(z_train[:, :Dv], ttr, Zt[:, :Dv], tte)
+        out["probe_r2_tool_from_image"] = float(np.mean(each))
+        out.update({f"probe_r2_tool_{c}_from_image": float(r) for c, r in zip("xyz", each)})
     model.train()
     return out
 
