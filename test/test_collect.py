@@ -271,3 +271,16 @@ def test_collect_records_a_cell_variation_and_refuses_a_bad_one(tmp_path, capsys
     assert collect("--episodes", "1", "--out", str(tmp_path / "bad"), "--light", "9") == 2
     assert "light 9.0: between 0.2 and 3" in capsys.readouterr().err
     assert collect("--episodes", "1", "--out", str(tmp_path / "bad"), "--cube-rgb", "red") == 2
+
+
+def test_the_fleet_simulators_cell_scenes_parse_as_collect_options():
+    from ami_ros.sim.scene import Variation
+    from ami_ros.tools import collect as tool
+    from ami_ros.tools.collect import variation_from_args
+    from ami_ros.tools.fleet import CELL_SCENES
+
+    p = argparse.ArgumentParser()
+    tool.add_arguments(p)
+    scenes = [variation_from_args(p.parse_args(["--episodes", "1", "--out", "x", *s])) for s in CELL_SCENES]
+    assert scenes[0] == Variation() and len(set(scenes)) == len(CELL_SCENES)
+    assert scenes[2].camera_offset == (-0.06, -0.08, 0.05)

@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v = p.add_argument_group("cell variation", "how this cell's scene differs from the shipped one (a fleet's "
                              "cells: docs/fleet.md); recorded in OUT/index.yaml and the scene hash")
     v.add_argument("--camera-offset", default=None, metavar="X,Y,Z",
-                   help="metres added to the camera's position (it still looks at the table), each within 0.3")
+                   help="metres added to the camera's position (it still looks at the table), each within 0.3; "
+                        "a negative first value needs the = form: --camera-offset=-0.05,0,0")
     v.add_argument("--light", type=float, default=None, help="scale of the room's light, 0.2 to 3 (default 1)")
     v.add_argument("--cube-rgb", default=None, metavar="R,G,B", help="the cube's colour, each in [0, 1]")
     v.add_argument("--table-rgb", default=None, metavar="R,G,B", help="the table's colour, each in [0, 1]")

@@ -23,10 +23,8 @@ NEED_FLOWER = 'ami-ros fleet needs Flower: pip install -e ".[fleet]" (or pip ins
 #: the first is the shipped scene
 CELL_SCENES = (
     (),
-    ("--camera-offset", "0.08,0.06,-0.05", "--light", "0.7", "--cube-rgb", "0.8,0.2,0.15", "--table-rgb",
-     "0.55,0.55,0.58"),
-    ("--camera-offset", "-0.06,-0.08,0.05", "--light", "1.4", "--cube-rgb", "0.15,0.3,0.85", "--table-rgb",
-     "0.30,0.24,0.18"),
+    ("--camera-offset=0.08,0.06,-0.05", "--light=0.7", "--cube-rgb=0.8,0.2,0.15", "--table-rgb=0.55,0.55,0.58"),
+    ("--camera-offset=-0.06,-0.08,0.05", "--light=1.4", "--cube-rgb=0.15,0.3,0.85", "--table-rgb=0.30,0.24,0.18"),
 )
 
 
