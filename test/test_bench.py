@@ -111,3 +111,17 @@ def test_bench_graph_runs_the_nodes_as_launch_does(tmp_path, ros_domain_id):
                  "--out", str(out)]) == 0
     g = json.loads(out.read_text())["graph"]
     assert g["error"].startswith("planner_node exited") and "plan_budget" in g["error"], g
+
+
+def test_bench_graph_refuses_a_malformed_setting_before_starting_a_node(tmp_path):
+    from ami_ros.cli import main
+    from ami_ros.tools.bench.graph import node_command
+
+    with pytest.raises(ValueError, match="KIND:PARAM:=VALUE"):
+        node_command("planner", "m", {}, ["planner:plan_budget"])
+    assert node_command("planner", "m", {}, ["planner:plan_budget:=0.5", "sim:seed:=3"])[-2:] == \
+        ["-p", "plan_budget:=0.5"]
+    out = tmp_path / "g.json"
+    assert main(["bench", "--sections", "graph", "--graph-set", "planner:plan_budget", "--out", str(out)]) == 0
+    g = json.loads(out.read_text())["graph"]
+    assert "--graph-set 'planner:plan_budget': expected KIND:PARAM:=VALUE" in g["error"]

@@ -55,9 +55,8 @@ class ArmSim:
         self.spec = spec or load_arm()
         self.width, self.height = int(width), int(height)
         self.camera_name = CAMERA[0]
-        self.variation = variation or Variation()    # how this cell's scene differs from the shipped one
         self.model = build_model(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)),
-                                 variation=self.variation)
+                                 variation=variation)
         self.data = mujoco.MjData(self.model)
         self._qadr = np.array([self.model.jnt_qposadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])

@@ -365,14 +365,15 @@ class ScriptedPusher:
     def act(self, stamp, frame, q, qd, q_cmd):
         arm = self.sim.spec
         q_cmd = np.asarray(q_cmd, dtype=np.float64)
-        tool = arm.tool_position(q_cmd)
+        pose = arm.tool_pose(q_cmd)                                  # (4, 4): the tool point and its axes
+        tool = pose[:3, 3]
         target = self._target(tool)
         step = target - tool
         n = np.linalg.norm(step)
         if n > self.STEP:
             step *= self.STEP / n
         J = arm.jacobian(q_cmd)                                      # (6, A)
-        axis = arm.tool_pose(q_cmd)[:3, 2]
+        axis = pose[:3, 2]
         w = 0.3 * np.cross(axis, np.array([0.0, 0.0, -1.0]))         # turn the approach axis down
         Jw = np.vstack([J[:3], 0.3 * J[3:]])
         e = np.concatenate([step, 0.3 * w])

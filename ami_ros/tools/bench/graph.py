@@ -10,7 +10,7 @@ the probe minus the stamp of the camera frame its plan started from (the planner
 ``/ami/plan_markers`` carry it), the newest plan's markers received before the command."""
 from __future__ import annotations
 
-from ami_ros.tools.bench.table import fmt, stats, table
+from ami_ros.tools.bench.table import fmt, stats, stop_processes, table
 
 GOAL_S = 15.0          # seconds on one goal before the next is sent
 WARMUP_S = 5.0         # seconds of planning before the window opens
@@ -41,7 +41,7 @@ def node_command(kind: str, folder: str, robot: dict, extra: list[str] = ()) -> 
 def bench_graph(folder: str, args, out: dict) -> str:
     try:
         res = run_graph(folder, args)
-    except RuntimeError as e:          # a node that did not start or exited: its console says why
+    except (RuntimeError, ValueError) as e:   # a bad --graph-set, or a node that did not start or exited (its console)
         out["graph"] = {"error": str(e)}
         return f"== the graph in four processes: failed: {e}"
     out["graph"] = res
@@ -213,15 +213,7 @@ def run_graph(folder: str, args) -> dict:
     finally:
         if sim is not None:
             sim.close()
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)      # as launch stops a node
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs.values(), signal.SIGINT, 15.0)     # SIGINT: as launch stops a node
         for f in logs.values():
             f.close()
         ex.shutdown()

@@ -2,11 +2,12 @@
 (:mod:`ami_ros.tools.bench.node_child`), all four running while a goal makes the planner plan."""
 from __future__ import annotations
 
-from ami_ros.tools.bench.table import table
+from ami_ros.tools.bench.table import stop_processes, table
 
 
 def bench_memory(folder: str, args, out: dict) -> str:
     import json
+    import signal
     import subprocess
     import sys
     import threading
@@ -45,15 +46,7 @@ def bench_memory(folder: str, args, out: dict) -> str:
             break
         time.sleep(0.2)
     time.sleep(1.1)  # one more report from each
-    for p in procs.values():
-        if p.poll() is None:
-            p.terminate()
-    for p in procs.values():
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    stop_processes(procs.values(), signal.SIGTERM, 10.0)
     for t in threads:
         t.join(timeout=2)
     res, rows = {}, []
