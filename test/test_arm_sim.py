@@ -86,3 +86,15 @@ def test_a_cell_variation_changes_the_scene_and_its_hash_and_the_default_is_the_
     for bad in (dict(camera_offset=(0.5, 0, 0)), dict(light=0.0), dict(cube_rgb=(1.2, 0, 0)), dict(table_rgb=(0, 0))):
         with pytest.raises(ValueError):
             Variation(**bad)
+
+
+def test_a_cube_off_the_table_comes_to_rest_on_the_floor():
+    """Pushed over the table's edge the cube lands on the floor (it used to fall for ever, and a
+    recording's cube position ran to -577 m); the arm does not touch the floor."""
+    from ami_ros.sim.scene import TABLE_CENTER, TABLE_HALF
+
+    with ArmSim(render=False) as sim:
+        sim.reset(cube_xy=np.array([TABLE_CENTER[0] + TABLE_HALF[0] + 0.1, 0.0]))   # beyond the edge
+        sim.step(2.0)
+        z = sim.cube_pose()[2]
+    assert -0.76 < z < -0.70

@@ -253,6 +253,18 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     for bad in (["--keep-predictors"], ["--goal-features", "4"], ["--direct", "--direct-ensemble", "0"],
                 ["--direct", "--goal-features", "-1"]):
         assert train(*common, "--out", str(tmp_path / "y"), *bad) == 2, bad
+    # fine-tuning: the whole model starts from another's weights (a fleet's global model, say), with its options
+    fifth = str(tmp_path / "fifth")
+    assert train(*common, "--out", fifth, "--init-from", first, "--epochs", "1", "--steps-per-epoch", "1",
+                 "--lr", "0", "--vis-dim", "8", "--frame-skip", "2") == 0
+    e = load_model(fifth, "torch")
+    assert e.cfg == a.cfg and e.card["init_from"]["model_id"] == a.model_id
+    assert e.card["training"]["frame_skip"] == 2
+    for k, v in a.torch_model.encoder.state_dict().items():      # learning rate 0: the weights it started from
+        assert torch.equal(v, e.torch_model.encoder.state_dict()[k]), k
+    assert train(*common, "--out", str(tmp_path / "x"), "--init-from", first, "--encoder-from", first) == 2
+    assert train(*common, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "nowhere")) == 2
+    assert train(*common, "--out", str(tmp_path / "x"), "--frame-skip", "0") == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

@@ -347,3 +347,17 @@ def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_
         assert r["episodes"] == 2 and r["success_radius_m"] == 0.02 and len(r["per_episode"]) == 2
         assert r["successes"] == sum(e["final_m"] < 0.02 for e in r["per_episode"])
     assert push["scripted_pusher"]["cube_moved_episodes"] >= 1
+
+
+def test_eval_runs_in_a_cells_scene_and_refuses_a_bad_variation(tmp_path, capsys):
+    from ami_ros.tools import evaluate as tool
+
+    p = argparse.ArgumentParser()
+    tool.add_arguments(p)
+    out = tmp_path / "eval.json"
+    assert tool.run(p.parse_args(["--episodes", "1", "--splits", "near", "--no-references", "--light", "0.7",
+                                  "--cube-rgb", "0.8,0.2,0.15", "--json", str(out)])) == 0
+    r = json.loads(out.read_text())
+    assert r["variation"]["light"] == 0.7 and r["variation"]["cube_rgb"] == [0.8, 0.2, 0.15]
+    assert tool.run(p.parse_args(["--episodes", "1", "--splits", "near", "--light", "9"])) == 2
+    assert "light" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import yaml
 
 from ami_ros.core.model_io import ModelError, load_model, save_model
 from ami_ros.core.sigreg import collapse_stats, sigreg
-from ami_ros.core.training import TrainConfig, train
+from ami_ros.core.training import SequenceData, TrainConfig, train
 from ami_ros.core.world_model import ModelConfig, WorldModel, image_to_tensor
 
 JOINTS = [f"j{i}" for i in range(6)]
@@ -98,6 +98,27 @@ def test_sigreg_under_distributed_is_the_global_batchs(tmp_path):
     assert out[0][1] != pytest.approx(whole, rel=1e-3)
 
 
+def test_frame_skip_windows_step_k_ticks_and_their_actions_sum_the_commands():
+    eps = _episodes(n=2, T=40)
+    one, five = SequenceData(eps, 4), SequenceData(eps, 4, frame_skip=5)
+    assert len(five.windows) == 2 * (40 - 15)       # every phase starts windows; a window covers 16 ticks
+    rng = np.random.default_rng(0)
+    f, q, qd, a = five.batch(rng, 8)
+    assert f.shape == (8, 4, 3, 32, 32) and q.shape == (8, 4, 6) and a.shape == (8, 3, 6)
+    idx = five.windows[np.random.default_rng(0).integers(0, len(five.windows), 8)]
+    for (i, s), qi, ai in zip(idx, q, a):
+        ticks = eps[i].q[s:s + 16:5]
+        np.testing.assert_allclose(qi.numpy(), ticks)
+        # the action of a 5-tick step: the five one-tick commands summed
+        np.testing.assert_allclose(ai.numpy(), eps[i].action[s:s + 15].reshape(3, 5, 6).sum(1), atol=1e-5)
+    f1, q1, _, a1 = one.batch(np.random.default_rng(0), 8)
+    assert a1.shape == (8, 3, 6)
+    with pytest.raises(ValueError, match="at least 46 control steps"):
+        SequenceData(eps, 10, frame_skip=5)
+    with pytest.raises(ValueError, match="frame_skip"):
+        SequenceData(eps, 4, frame_skip=0)
+
+
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     eps = _episodes()
     cfg = TrainConfig(epochs=2, steps_per_epoch=4, batch=4, seq_len=16, ckpt_every=3, model=TINY)
@@ -118,6 +139,30 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
     assert [e["epoch"] for e in logs] == [1, 2]
+
+
+def test_token_sigreg_trains_the_token_head_and_is_logged(tmp_path):
+    """With a token head, stage 1 also regularizes every feature-map location (tokens sampled
+    from the batch); the head only trains, the embedding is computed as without it."""
+    import dataclasses
+
+    eps = _episodes()
+    tok = dataclasses.replace(TINY, token_dim=8)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, token_lambda=0.05, token_samples=64,
+                      model=tok)
+    torch.manual_seed(0)
+    start = WorldModel(tok).encoder.image.token_head.weight.clone()
+    model, logs = train(cfg, eps[:2], eps[2:], str(tmp_path / "t.pt"))
+    assert logs[0]["token_sigreg"] > 0
+    assert not torch.equal(model.encoder.image.token_head.weight, start)
+    img = image_to_tensor(eps[0].frames[:3])
+    z_vis, tokens = model.encoder.image.forward_with_tokens(img)
+    assert torch.allclose(z_vis, model.encoder.encode_image(img), atol=1e-5)
+    assert tokens.shape == (3 * 4 * 4, 8)                           # 32 px, three halvings: 4 x 4 locations
+    with pytest.raises(ValueError, match="token head"):
+        TrainConfig(token_lambda=0.05, model=TINY)
+    with pytest.raises(ValueError, match="token_dim"):
+        dataclasses.replace(TINY, token_dim=-1)
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
@@ -325,3 +370,27 @@ def test_probes_are_reported_per_coordinate_as_well_as_averaged():
     each = _ridge_r2_each(X[:300], Y[:300], X[300:], Y[300:])
     assert each.shape == (2,) and each[0] > 0.99 and each[1] < 0.1
     assert _ridge_r2(X[:300], Y[:300], X[300:], Y[300:]) == pytest.approx(float(each.mean()))
+    # a target that does not vary (a planar arm's tool height) is undefined, and left out of the mean
+    Y3 = np.hstack([Y, np.full((400, 1), 0.05)])
+    each3 = _ridge_r2_each(X[:300], Y3[:300], X[300:], Y3[300:])
+    assert np.isnan(each3[2]) and each3[:2] == pytest.approx(each)
+    assert _ridge_r2(X[:300], Y3[:300], X[300:], Y3[300:]) == pytest.approx(float(each.mean()))
+
+
+def test_cube_probes_leave_out_frames_with_the_cube_off_the_table():
+    from ami_ros.core.training import evaluate
+
+    torch.manual_seed(0)
+    model = WorldModel(TINY)
+    eps = _episodes(n=4, T=40)
+    rng = np.random.default_rng(1)
+    for e in eps:
+        e.cube = np.column_stack([rng.uniform(0.3, 0.6, 40), rng.uniform(-0.2, 0.2, 40), np.full(40, 0.02)])
+        e.tool = np.column_stack([rng.normal(size=(40, 2)), np.full(40, 0.3)])     # a tool that never rises
+    eps[3].cube[30:] = [[2.0, 14.0, -577.0]] * 10          # fell off the table (a scene without a floor)
+    out = evaluate(model, eps[:2], eps[2:], "cpu", horizons=(1,))
+    assert out["probe_cube_frames_off_table"] == 10
+    assert -2.0 < out["probe_r2_cube_x"] <= 1.0 and -2.0 < out["probe_r2_cube_y"] <= 1.0
+    assert out["probe_r2_tool_z_from_image"] is None            # undefined, not -1e11
+    assert out["probe_r2_tool_from_image"] == pytest.approx(
+        (out["probe_r2_tool_x_from_image"] + out["probe_r2_tool_y_from_image"]) / 2)

@@ -90,7 +90,7 @@ class LocalTrainer:
         self.model = WorldModel(cfg.model).to(device)
         self.net = _TrainStep(self.model, cfg.rollout_steps)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.data = SequenceData(train_eps, cfg.seq_len)
+        self.data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator()
         self.shapes = [tuple(v.shape) for v in self.model.state_dict().values()]

@@ -43,11 +43,15 @@ class TrainConfig:
     steps_per_epoch: int = 150
     batch: int = 32               # sequences per step (per rank)
     seq_len: int = 16             # control steps per sequence (>= 3 * k_coarse + 1)
+    frame_skip: int = 1           # stage 1: control ticks per step of a training sequence (SequenceData)
     rollout_steps: int = 8        # autoregressive fine steps in the loss
     lr: float = 1e-3
     weight_decay: float = 1e-4
     sigreg_lambda: float = 0.1
     sigreg_proj: int = 256
+    token_lambda: float = 0.0     # weight of SIGReg on the image tokens (needs model.token_dim > 0): every location
+                                  # of the feature map must carry information, so a small object is kept
+    token_samples: int = 1536     # tokens per step it is measured on, drawn from the batch's
     holdout_frac: float = 0.1
     seed: int = 0
     ckpt_every: int = 25          # steps
@@ -67,6 +71,12 @@ class TrainConfig:
     tool_lr: float = 1e-3
     model: ModelConfig = field(default_factory=ModelConfig)
 
+    def __post_init__(self):
+        if self.token_lambda < 0 or self.token_samples < 1:
+            raise ValueError("token_lambda must be >= 0 and token_samples >= 1")
+        if self.token_lambda and not self.model.token_dim:
+            raise ValueError("token_lambda needs a model with a token head (token_dim > 0)")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["model"] = self.model.to_dict()
@@ -75,28 +85,42 @@ class TrainConfig:
 
 # ---------------------------------------------------------------- data
 class SequenceData:
-    """Episodes as flat arrays plus the windows of ``seq_len`` steps inside each."""
+    """Episodes as flat arrays plus the windows of ``seq_len`` steps inside each.
 
-    def __init__(self, episodes, seq_len: int):
+    With ``frame_skip`` k > 1 a window's steps are k control ticks apart (every phase of every
+    episode is a window start) and its actions are the changes of the commanded target over
+    those k ticks, so the predictors learn k-tick moves, in which the arm's motion is larger
+    against what stays put."""
+
+    def __init__(self, episodes, seq_len: int, frame_skip: int = 1):
+        if frame_skip < 1:
+            raise ValueError(f"frame_skip must be >= 1, not {frame_skip}")
         self.episodes = episodes
         self.frames = [torch.from_numpy(np.ascontiguousarray(e.frames)) for e in episodes]  # (T,S,S,3) u8
         self.q = [torch.as_tensor(e.q, dtype=torch.float32) for e in episodes]
         self.qd = [torch.as_tensor(e.qd, dtype=torch.float32) for e in episodes]
         self.act = [torch.as_tensor(e.action, dtype=torch.float32) for e in episodes]   # (T-1, A)
+        self.q_cmd = [torch.as_tensor(e.q_cmd, dtype=torch.float32) for e in episodes]  # (T, A)
+        span = (seq_len - 1) * frame_skip + 1                                           # ticks a window covers
         self.windows = np.array([(i, s) for i, e in enumerate(episodes)
-                                 for s in range(len(e.q) - seq_len + 1)], dtype=np.int64)
-        self.seq_len = seq_len
+                                 for s in range(len(e.q) - span + 1)], dtype=np.int64)
+        self.seq_len, self.frame_skip = seq_len, frame_skip
         if len(self.windows) == 0:
-            raise ValueError(f"no episode is at least {seq_len} control steps long")
+            raise ValueError(f"no episode is at least {span} control steps long "
+                             f"({seq_len} steps of {frame_skip} ticks)")
 
     def batch(self, rng: np.random.Generator, n: int):
         """-> frames (n,L,3,S,S) float, q, qd (n,L,A), actions (n,L-1,A)."""
-        L = self.seq_len
+        L, k = self.seq_len, self.frame_skip
         idx = self.windows[rng.integers(0, len(self.windows), n)]
-        f = torch.stack([self.frames[i][s:s + L] for i, s in idx])
-        q = torch.stack([self.q[i][s:s + L] for i, s in idx])
-        qd = torch.stack([self.qd[i][s:s + L] for i, s in idx])
-        a = torch.stack([self.act[i][s:s + L - 1] for i, s in idx])
+        ticks = [slice(s, s + (L - 1) * k + 1, k) for _, s in idx]
+        f = torch.stack([self.frames[i][t] for (i, _), t in zip(idx, ticks)])
+        q = torch.stack([self.q[i][t] for (i, _), t in zip(idx, ticks)])
+        qd = torch.stack([self.qd[i][t] for (i, _), t in zip(idx, ticks)])
+        if k == 1:
+            a = torch.stack([self.act[i][s:s + L - 1] for i, s in idx])
+        else:
+            a = torch.stack([self.q_cmd[i][t].diff(dim=0) for (i, _), t in zip(idx, ticks)])
         return image_to_tensor(f), q, qd, a
 
 
@@ -166,20 +190,39 @@ def encode_episode(model: WorldModel, ep, device, chunk: int = 256):
 
 
 def _ridge_r2(Xtr, Ytr, Xte, Yte, alpha=1e-3):
-    """R^2 of a ridge probe fit on (Xtr, Ytr), scored on (Xte, Yte), averaged over Y's columns."""
-    return float(np.mean(_ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha)))
+    """R^2 of a ridge probe fit on (Xtr, Ytr), scored on (Xte, Yte), averaged over Y's columns
+    (those it is defined for; NaN when none is)."""
+    return _mean_defined(_ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha))
+
+
+def _mean_defined(r: np.ndarray) -> float:
+    r = r[np.isfinite(r)]
+    return float(r.mean()) if len(r) else float("nan")
+
+
+#: a scored target column with a variance under this is constant: its R^2 is undefined (NaN), not a huge
+#: negative number (a planar arm's tool height, a cube that never moved)
+FLAT_TARGET_VAR = 1e-10
 
 
 def _ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha=1e-3) -> np.ndarray:
-    """R^2 of a ridge probe, per column of Y: (n, k) targets -> (k,)."""
+    """R^2 of a ridge probe, per column of Y: (n, k) targets -> (k,); NaN for a column whose
+    scored values do not vary (:data:`FLAT_TARGET_VAR`)."""
     mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
     Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
     Xtr = np.hstack([Xtr, np.ones((len(Xtr), 1))])
     Xte = np.hstack([Xte, np.ones((len(Xte), 1))])
     W = np.linalg.solve(Xtr.T @ Xtr + alpha * len(Xtr) * np.eye(Xtr.shape[1]), Xtr.T @ Ytr)
     res = ((Yte - Xte @ W) ** 2).sum(0)
-    tot = ((Yte - Yte.mean(0)) ** 2).sum(0) + 1e-12
-    return 1 - res / tot
+    tot = ((Yte - Yte.mean(0)) ** 2).sum(0)
+    flat = tot <= FLAT_TARGET_VAR * len(Yte)
+    return np.where(flat, np.nan, 1 - res / np.where(flat, 1.0, tot))
+
+
+def _cube_on_table(cube: np.ndarray) -> np.ndarray:
+    """(T, 3) cube positions -> (T,) bool: known and on the table (its centre above the table top, z = 0):
+    a cube pushed off the table is out of the scene the probes ask about."""
+    return np.isfinite(cube).all(1) & (cube[:, 2] > 0.0)
 
 
 @torch.no_grad()
@@ -223,15 +266,22 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     out["probe_r2_joints"] = _ridge_r2(z_train, qtr, Zt, qte)
     out["probe_r2_joints_from_image"] = _ridge_r2(z_train[:, :Dv], qtr, Zt[:, :Dv], qte)
     if all(e.cube is not None for e in train_eps + test_eps):
+        on_tr = np.concatenate([_cube_on_table(e.cube) for e in train_eps])
+        on_te = np.concatenate([_cube_on_table(e.cube) for e in test_eps])
         ctr, cte = np.concatenate([e.cube[:, :2] for e in train_eps]), np.concatenate([e.cube[:, :2] for e in test_eps])
-        each = _ridge_r2_each(z_train[:, :Dv], ctr, Zt[:, :Dv], cte)
-        out["probe_r2_cube_xy"] = float(np.mean(each))
+        each = (_ridge_r2_each(z_train[on_tr, :Dv], ctr[on_tr], Zt[on_te, :Dv], cte[on_te])
+                if on_tr.sum() > Dv and on_te.any() else np.full(2, np.nan))
+        out["probe_r2_cube_xy"] = _mean_defined(each)
         out.update({f"probe_r2_cube_{c}": float(r) for c, r in zip("xy", each)})   # per coordinate
+        out["probe_cube_frames_off_table"] = int((~on_tr).sum() + (~on_te).sum())
     if all(e.tool is not None for e in train_eps + test_eps):
         ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
-        each = _ridge_r2_each(z_train[:, :Dv], ttr, Zt[:, :Dv], tte)
-        out["probe_r2_tool_from_image"] = float(np.mean(each))
+        ktr, kte = np.isfinite(ttr).all(1), np.isfinite(tte).all(1)        # NaN before the first tool message
+        each = _ridge_r2_each(z_train[ktr, :Dv], ttr[ktr], Zt[kte, :Dv], tte[kte])
+        out["probe_r2_tool_from_image"] = _mean_defined(each)
         out.update({f"probe_r2_tool_{c}_from_image": float(r) for c, r in zip("xyz", each)})
+    # an undefined R^2 (a target that did not vary) is None, not NaN: the card and result files are YAML / JSON
+    out.update({k: None for k, v in out.items() if k.startswith("probe_r2") and v != v})
     model.train()
     return out
 
@@ -285,31 +335,44 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
 
 # ---------------------------------------------------------------- loop
 class _TrainStep(torch.nn.Module):
-    """One forward of the training objective, so DistributedDataParallel can wrap it."""
+    """One forward of the training objective, so DistributedDataParallel can wrap it:
+    -> z (B, L, D), the prediction losses, and the image tokens (B*L*s*s, token_dim) of a model
+    with a token head (None without)."""
 
     def __init__(self, model: WorldModel, rollout_steps: int):
         super().__init__()
         self.model, self.rollout_steps = model, rollout_steps
 
     def forward(self, frames, q, qd, a):
-        z = encode_sequence(self.model, frames, q, qd)                      # (B, L, D)
-        return z, prediction_losses(self.model, z, a, self.rollout_steps)
+        B, L = q.shape[:2]
+        if self.model.cfg.token_dim:
+            z, tokens = self.model.encoder.forward_with_tokens(frames.flatten(0, 1), q.flatten(0, 1),
+                                                               qd.flatten(0, 1))
+            z = z.view(B, L, -1)
+        else:
+            z, tokens = encode_sequence(self.model, frames, q, qd), None       # (B, L, D)
+        return z, prediction_losses(self.model, z, a, self.rollout_steps), tokens
 
 
 def train_step(net, model: WorldModel, opt, batch, gen: torch.Generator, cfg: TrainConfig, lr: float,
                device: str = "cpu", extra_loss=None):
-    """One optimizer step of the stage-1 objective (prediction losses + lambda * SIGReg) on
-    ``batch`` (frames, q, qd, actions as SequenceData.batch gives them) at learning rate ``lr``;
+    """One optimizer step of the stage-1 objective (prediction losses + lambda * SIGReg, and
+    token_lambda * SIGReg of ``token_samples`` image tokens drawn from the batch's) on ``batch``
+    (frames, q, qd, actions as SequenceData.batch gives them) at learning rate ``lr``;
     ``extra_loss()``, when given, is added to the loss (e.g. a proximal term). ``net`` is the
     _TrainStep over ``model`` (or its DDP wrapper). Returns loss, pred, reg and the prediction
-    losses (tensors)."""
+    losses (tensors; with the token term, its value too, as ``token_sigreg``)."""
     for g in opt.param_groups:
         g["lr"] = lr
     f, q, qd, a = (x.to(device) for x in batch)
-    z, pl = net(f, q, qd, a)
+    z, pl, tokens = net(f, q, qd, a)
     pred = sum(pl.values()) / len(pl)
     reg = sigreg(z.flatten(0, 1), cfg.sigreg_proj, gen)
     loss = pred + cfg.sigreg_lambda * reg
+    if cfg.token_lambda:
+        pick = torch.randperm(tokens.shape[0], generator=gen)[:cfg.token_samples].to(tokens.device)
+        pl["token_sigreg"] = sigreg(tokens[pick], cfg.sigreg_proj, gen)
+        loss = loss + cfg.token_lambda * pl["token_sigreg"]
     if extra_loss is not None:
         loss = loss + extra_loss()
     opt.zero_grad(set_to_none=True)
@@ -349,8 +412,12 @@ def _save_checkpoint(path, model, opt, step, rng, extra):
 
 
 def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "cpu",
-          progress=None, on_epoch=None) -> tuple[WorldModel, list[dict]]:
+          progress=None, on_epoch=None, init_state: dict | None = None) -> tuple[WorldModel, list[dict]]:
     """Train (or resume from ``ckpt_path``). Returns the model and the epoch logs.
+
+    ``init_state``: weights to start from (a state dict of a model of ``cfg.model``, e.g. a fleet's
+    global model that a cell fine-tunes on its own recordings); a fresh model otherwise. Entries
+    the model does not have, or has in another shape, are an error.
 
     Works unchanged under torchrun: each rank draws its own batches, gradients
     are averaged by DistributedDataParallel and SIGReg sees the global batch.
@@ -359,6 +426,8 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     model = WorldModel(cfg.model).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, rank])
     total = cfg.epochs * cfg.steps_per_epoch
@@ -378,7 +447,7 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     net = _TrainStep(model, cfg.rollout_steps)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device != "cpu" else None)
-    data = SequenceData(train_eps, cfg.seq_len)
+    data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
     gen = torch.Generator().manual_seed(cfg.seed)
     sched = lambda s: cfg.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / total))  # noqa: E731
     model.train()

@@ -53,10 +53,14 @@ class ModelConfig:
                                   # components of the image encoder's last feature map; 0: in z_vis
     tool_readout: bool = False    # a separate CNN reading the tool point's position (m, base frame) off an image
     tool_channels: tuple = (16, 32, 64, 128)  # its conv widths (all stride 2)
+    token_dim: int = 0            # > 0: a training-only linear head maps each location of the image encoder's last
+                                  # feature map to token_dim numbers, which stage 1's token SIGReg keeps isotropic
 
     def __post_init__(self):
         if self.goal_features < 0:
             raise ValueError(f"goal_features must be >= 0, not {self.goal_features}")
+        if self.token_dim < 0:
+            raise ValueError(f"token_dim must be >= 0, not {self.token_dim}")
         if self.goal_features and not self.direct:
             raise ValueError("goal_features needs direct=True")
         if self.tool_readout and self.image_size % 2 ** len(self.tool_channels):
@@ -126,6 +130,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.conv = strided_convs(cfg.channels)
         self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
+        self.token_head = nn.Linear(cfg.channels[-1], cfg.token_dim) if cfg.token_dim else None
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> the last feature map, flattened (B, F)."""
@@ -133,6 +138,13 @@ class ImageEncoder(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(img))        # (B, Dv)
+
+    def forward_with_tokens(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> z_vis (B, Dv) and the token head's reading of every location of the
+        last feature map (B * s * s, token_dim): what stage 1's token SIGReg acts on."""
+        fmap = self.conv(img / 127.5 - 1.0)                                    # (B, C, s, s)
+        tokens = self.token_head(fmap.flatten(2).transpose(1, 2).flatten(0, 1))  # (B*s*s, token_dim)
+        return self.proj(fmap.flatten(1)), tokens
 
 
 class ToolReadout(nn.Module):
@@ -183,6 +195,12 @@ class Encoder(nn.Module):
         """img (B, 3, S, S), q (B, A), qd (B, A) -> z (B, D)."""
         s = torch.cat([q, qd], -1) if self.cfg.prop_velocity else q
         return torch.cat([self.image(img), self.prop(s)], -1)
+
+    def forward_with_tokens(self, img, q, qd) -> tuple[torch.Tensor, torch.Tensor]:
+        """As forward, and the image encoder's tokens (ImageEncoder.forward_with_tokens)."""
+        s = torch.cat([q, qd], -1) if self.cfg.prop_velocity else q
+        z_vis, tokens = self.image.forward_with_tokens(img)
+        return torch.cat([z_vis, self.prop(s)], -1), tokens
 
 
 class AdaLNBlock(nn.Module):

@@ -121,7 +121,7 @@ def _room(timestep: float, offscreen, variation: Variation) -> str:
   </asset>
   <worldbody>
     <light pos="0.3 -0.5 2.0" dir="0 0.2 -1" diffuse="{_fmt([0.6 * k] * 3)}" castshadow="false"/>
-    <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" rgba="0.25 0.27 0.30 1" contype="0" conaffinity="0"/>
+    <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" rgba="0.25 0.27 0.30 1" contype="1" conaffinity="1"/>
     <geom name="table" type="box" pos="{tx} {ty} -0.025" size="{hx} {hy} 0.025" material="table" contype="1" conaffinity="3"/>
   </worldbody>
 </mujoco>

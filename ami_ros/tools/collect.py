@@ -38,15 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target-jitter", type=float, default=0.0, metavar="RAD",
                    help="move each random exploration target by up to RAD per joint, clear of the table (default 0): "
                         "poses at the workspace's edges, as a goal nearby may ask for")
+    add_variation_arguments(p, "recorded in OUT/index.yaml and the scene hash")
+    add_robot_arguments(p)
+
+
+def add_variation_arguments(p: argparse.ArgumentParser, where: str) -> None:
+    """The cell-variation options (collect, eval); ``where``: what the command does with them."""
     v = p.add_argument_group("cell variation", "how this cell's scene differs from the shipped one (a fleet's "
-                             "cells: docs/fleet.md); recorded in OUT/index.yaml and the scene hash")
+                             f"cells: docs/fleet.md); {where}")
     v.add_argument("--camera-offset", default=None, metavar="X,Y,Z",
                    help="metres added to the camera's position (it still looks at the table), each within 0.3; "
                         "a negative first value needs the = form: --camera-offset=-0.05,0,0")
     v.add_argument("--light", type=float, default=None, help="scale of the room's light, 0.2 to 3 (default 1)")
     v.add_argument("--cube-rgb", default=None, metavar="R,G,B", help="the cube's colour, each in [0, 1]")
     v.add_argument("--table-rgb", default=None, metavar="R,G,B", help="the table's colour, each in [0, 1]")
-    add_robot_arguments(p)
 
 
 def variation_from_args(args):

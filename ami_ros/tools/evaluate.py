@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 from ami_ros.core.devices import DEVICES
+from ami_ros.tools.collect import add_variation_arguments, variation_from_args
 from ami_ros.tools.profile_args import add_profile_arguments, add_split_arguments
 from ami_ros.tools.robot_args import add_robot_arguments, arm_from_args
 
@@ -62,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a 2-core machine the "
                    "sim and the planner share the cores)")
     p.add_argument("--json", default=None, help="write the results here")
+    add_variation_arguments(p, "goal reaching runs in that scene (e.g. a fleet cell's, with its model)")
     add_profile_arguments(p)
     add_split_arguments(p)
 
@@ -93,8 +95,9 @@ def run(args) -> int:
     folder = resolve_model_path(args.model)
     try:
         arm = arm_from_args(args)
+        variation = variation_from_args(args)
         model = load_model(folder, backend=args.backend, device=args.device, arm=arm)
-    except ValueError as e:          # ModelError, RobotError, DeviceError
+    except ValueError as e:          # ModelError, RobotError, DeviceError, a bad variation
         print(f"error: {e}", file=sys.stderr)
         return 2
     report_placement(model)
@@ -137,8 +140,9 @@ def run(args) -> int:
                "cost_weights": dict(stack["cost"]), "action_scale": stack["action_scale"],
                "config_file": os.path.basename(args.config) if args.config else None,
                "seed": args.seed, "equal_compute": bool(args.equal_compute),
+               **({} if variation.is_default else {"variation": variation.as_dict()}),
                "splits": {}}
-    sim = ArmSim(arm, width=size, height=size, seed=args.seed)
+    sim = ArmSim(arm, width=size, height=size, seed=args.seed, variation=variation)
     if args.true_dynamics:
         first = next(iter(agents.values()))    # the same goal space as the (first) planner
         agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed,
@@ -330,8 +334,10 @@ def print_bag_figures(results: dict, card_metrics: dict) -> None:
         for k, v in p.items():
             if k.startswith("probe_"):
                 card = card_metrics.get(k)
-                print(f"  {k:32s} {v:8.3f}" + ("" if card is None else f"   card {card:.3f}"))
-        print("  (R^2 1: read off the embedding exactly, 0: no better than the mean; a fit on few bags overfits)")
+                shown = "undefined" if v is None else str(v) if isinstance(v, int) else format(v, "8.3f")
+                print(f"  {k:32s} {shown:>9s}" + ("" if card is None else f"   card {card:.3f}"))
+        print("  (R^2 1: read off the embedding exactly, 0: no better than the mean; undefined: the target did "
+              "not vary; a fit on few bags overfits)")
     print("embeddings over every bag (collapse monitors, as in training):")
     for k, v in m.items():
         if not k.startswith(("pred_", "copy_")) and k not in ("heldout_episodes", "heldout_steps"):

@@ -33,6 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=150)
     p.add_argument("--batch", type=int, default=32, help="sequences per step (per GPU under torchrun)")
     p.add_argument("--seq-len", type=int, default=16)
+    p.add_argument("--token-sigreg", type=float, default=0.0, metavar="LAMBDA",
+                   help="stage 1: also SIGReg, at this weight, on every location of the image encoder's last "
+                        "feature map (through a training-only linear head of TOKEN_DIM): each must carry "
+                        "information, so a small object such as the cube is kept (0: off)")
+    p.add_argument("--token-dim", type=int, default=64, help="width of that head (with --token-sigreg)")
+    p.add_argument("--frame-skip", type=int, default=1, metavar="K",
+                   help="stage 1: control ticks between the steps of a training sequence; the predictors then "
+                        "learn K-tick moves, in which the arm moves more against what stays put (stages 2 and "
+                        "3 train the predictors at one tick)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lambda", dest="sigreg_lambda", type=float, default=0.1, help="SIGReg weight")
     p.add_argument("--image-size", type=int, default=64, choices=range(32, 129), metavar="32..128")
@@ -48,6 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encoder-from", default=None, metavar="MODEL",
                    help="take the encoder of this model folder, frozen, and train only new predictors on its "
                         "embeddings (stage 2, --refine-steps); the encoder options above are then ignored")
+    p.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="start the whole model from this model folder's weights and train it further on --data "
+                        "(all stages as usual): fine-tuning, e.g. a fleet's global model on one cell's "
+                        "recordings; the model's options (image size, embedding sizes, coarse step, direct "
+                        "predictor, tool readout) are that model's, the options above for them are ignored")
     p.add_argument("--keep-predictors", action="store_true",
                    help="with --encoder-from: start the fine and coarse predictors from that model's too "
                         "(--refine-steps trains them further; 0 keeps them), and its direct predictor where the "
@@ -175,6 +189,13 @@ def run(args) -> int:
     if args.tool_readout_steps < 0:
         print("error: --tool-readout-steps must be >= 0", file=sys.stderr)
         return 2
+    if args.frame_skip < 1:
+        print("error: --frame-skip must be >= 1", file=sys.stderr)
+        return 2
+    if args.init_from and args.encoder_from:
+        print("error: --init-from and --encoder-from exclude each other (fine-tune all, or train new predictors "
+              "on a frozen encoder)", file=sys.stderr)
+        return 2
     if args.keep_predictors and not args.encoder_from:
         print("error: --keep-predictors needs --encoder-from", file=sys.stderr)
         return 2
@@ -196,14 +217,25 @@ def run(args) -> int:
             print(f"error: --encoder-from: {e}", file=sys.stderr)
             return 2
         args.image_size = src.cfg.image_size
+    init = None
+    if args.init_from:
+        try:
+            init = load_model(args.init_from, "torch", "cpu", arm=arm)
+        except ModelError as e:
+            print(f"error: --init-from: {e}", file=sys.stderr)
+            return 2
+        args.image_size = init.cfg.image_size
     direct = dict(direct=args.direct, direct_width=args.direct_width, direct_ensemble=args.direct_ensemble,
                   goal_features=args.goal_features, tool_readout=args.tool_readout_steps > 0)
     try:
         if src is not None:  # the source's encoder config; only the predictors' options apply
             mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, **direct)
+        elif init is not None:
+            mcfg = init.cfg
         else:
             mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
-                               prop_dim=args.prop_dim, **direct)
+                               prop_dim=args.prop_dim, token_dim=args.token_dim if args.token_sigreg else 0,
+                               **direct)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -232,11 +264,16 @@ def run(args) -> int:
         print(f"error: need at least 2 loadable episodes in {' '.join(args.data)}, found {len(episodes)}",
               file=sys.stderr)
         return 2
-    cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
-                      seq_len=args.seq_len, lr=args.lr, sigreg_lambda=args.sigreg_lambda, seed=args.seed,
-                      allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
-                      direct_steps=args.direct_steps,
-                      direct_span=args.direct_span, tool_steps=args.tool_readout_steps, model=mcfg)
+    try:
+        cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
+                          seq_len=args.seq_len, frame_skip=args.frame_skip, lr=args.lr,
+                          sigreg_lambda=args.sigreg_lambda, token_lambda=args.token_sigreg if src is None else 0.0,
+                          seed=args.seed, allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
+                          direct_steps=args.direct_steps, direct_span=args.direct_span,
+                          tool_steps=args.tool_readout_steps, model=mcfg)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.pt")
@@ -273,7 +310,8 @@ def run(args) -> int:
         logs = []
     else:
         try:
-            model, logs = train(cfg, train_eps, test_eps, ckpt, device, progress, on_epoch)
+            model, logs = train(cfg, train_eps, test_eps, ckpt, device, progress, on_epoch,
+                                None if init is None else init.torch_model.state_dict())
         except CollapseError as e:
             bar.close()
             print(f"error: {e}", file=sys.stderr)
@@ -322,6 +360,10 @@ def run(args) -> int:
         card["data"]["collection"] = collection_record(args.data)
         if getattr(args, "recipe_record", None):
             card["recipe"] = args.recipe_record
+        if init is not None:  # what the training started from
+            card["init_from"] = {"model_id": init.model_id, "name": init.card.get("name"),
+                                 "recipe": init.card.get("recipe"), "data": init.card.get("data"),
+                                 "fleet": init.card.get("fleet"), "init_from": init.card.get("init_from")}
         if src is not None:  # how the frozen encoder was made
             card["encoder_from"] = {"model_id": src.model_id, "recipe": src.card.get("recipe"),
                                     "predictors_kept": bool(args.keep_predictors),
