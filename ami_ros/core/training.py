@@ -3,6 +3,8 @@
 loss = multi-step prediction error in embedding space (fine: teacher-forced one
 step + an autoregressive rollout; coarse: one jump + a chained rollout)
        + lambda * SIGReg(all embeddings of the batch)
+       [+ token_lambda * SIGReg(the image encoder's feature-map locations, through a head)]
+Sequences step ``frame_skip`` control ticks at a time (1: every tick).
 No reconstruction, no EMA teacher, no stop-gradient. Collapse is watched each
 epoch (SIGReg statistic, effective rank, per-dimension std) and stops training.
 Stage 2 trains the predictors further on the frozen encoder's embeddings, and
