@@ -102,7 +102,6 @@ class SequenceData:
         self.q = [torch.as_tensor(e.q, dtype=torch.float32) for e in episodes]
         self.qd = [torch.as_tensor(e.qd, dtype=torch.float32) for e in episodes]
         self.act = [torch.as_tensor(e.action, dtype=torch.float32) for e in episodes]   # (T-1, A)
-        self.q_cmd = [torch.as_tensor(e.q_cmd, dtype=torch.float32) for e in episodes]  # (T, A)
         span = (seq_len - 1) * frame_skip + 1                                           # ticks a window covers
         self.windows = np.array([(i, s) for i, e in enumerate(episodes)
                                  for s in range(len(e.q) - span + 1)], dtype=np.int64)
@@ -119,10 +118,8 @@ class SequenceData:
         f = torch.stack([self.frames[i][t] for (i, _), t in zip(idx, ticks)])
         q = torch.stack([self.q[i][t] for (i, _), t in zip(idx, ticks)])
         qd = torch.stack([self.qd[i][t] for (i, _), t in zip(idx, ticks)])
-        if k == 1:
-            a = torch.stack([self.act[i][s:s + L - 1] for i, s in idx])
-        else:
-            a = torch.stack([self.q_cmd[i][t].diff(dim=0) for (i, _), t in zip(idx, ticks)])
+        # a step's action: the k one-tick commands it spans, summed
+        a = torch.stack([self.act[i][s:s + (L - 1) * k].view(L - 1, k, -1).sum(1) for i, s in idx])
         return image_to_tensor(f), q, qd, a
 
 

@@ -132,9 +132,13 @@ class ImageEncoder(nn.Module):
         self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
         self.token_head = nn.Linear(cfg.channels[-1], cfg.token_dim) if cfg.token_dim else None
 
+    def feature_map(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> the last feature map (B, C, s, s)."""
+        return self.conv(img / 127.5 - 1.0)
+
     def features(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> the last feature map, flattened (B, F)."""
-        return self.conv(img / 127.5 - 1.0).flatten(1)
+        return self.feature_map(img).flatten(1)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(img))        # (B, Dv)
@@ -142,7 +146,7 @@ class ImageEncoder(nn.Module):
     def forward_with_tokens(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) -> z_vis (B, Dv) and the token head's reading of every location of the
         last feature map (B * s * s, token_dim): what stage 1's token SIGReg acts on."""
-        fmap = self.conv(img / 127.5 - 1.0)                                    # (B, C, s, s)
+        fmap = self.feature_map(img)                                           # (B, C, s, s)
         tokens = self.token_head(fmap.flatten(2).transpose(1, 2).flatten(0, 1))  # (B*s*s, token_dim)
         return self.proj(fmap.flatten(1)), tokens
 
@@ -191,16 +195,18 @@ class Encoder(nn.Module):
         """img (B, 3, S, S) float 0..255 -> z_vis (B, Dv)."""
         return self.image(img)
 
+    def encode_prop(self, q: torch.Tensor, qd: torch.Tensor) -> torch.Tensor:
+        """q (B, A), qd (B, A) -> z_prop (B, Dp)."""
+        return self.prop(torch.cat([q, qd], -1) if self.cfg.prop_velocity else q)
+
     def forward(self, img: torch.Tensor, q: torch.Tensor, qd: torch.Tensor) -> torch.Tensor:
         """img (B, 3, S, S), q (B, A), qd (B, A) -> z (B, D)."""
-        s = torch.cat([q, qd], -1) if self.cfg.prop_velocity else q
-        return torch.cat([self.image(img), self.prop(s)], -1)
+        return torch.cat([self.image(img), self.encode_prop(q, qd)], -1)
 
     def forward_with_tokens(self, img, q, qd) -> tuple[torch.Tensor, torch.Tensor]:
         """As forward, and the image encoder's tokens (ImageEncoder.forward_with_tokens)."""
-        s = torch.cat([q, qd], -1) if self.cfg.prop_velocity else q
         z_vis, tokens = self.image.forward_with_tokens(img)
-        return torch.cat([z_vis, self.prop(s)], -1), tokens
+        return torch.cat([z_vis, self.encode_prop(q, qd)], -1), tokens
 
 
 class AdaLNBlock(nn.Module):
