@@ -5,6 +5,7 @@ import pytest
 
 from ami_ros.core.trajectory import Trajectory
 from ami_ros.sim.arm_sim import ArmSim
+from ami_ros.sim.scene import CUBE_HALF
 
 
 def _replace_mid_motion(controller_start):
@@ -98,3 +99,57 @@ def test_a_cube_off_the_table_comes_to_rest_on_the_floor():
         sim.step(2.0)
         z = sim.cube_pose()[2]
     assert -0.76 < z < -0.70
+
+
+def test_cube_visible_fraction_sees_the_cube_in_view_and_not_when_hidden_or_out_of_view():
+    """The share of the cube the camera sees: all of it on the table in front of the arm at home,
+    none of it under the table top (hidden) or far beyond the image's edge; and, where the arm hides
+    part of it, about what a segmentation of the rendered image counts."""
+    import mujoco
+
+    with ArmSim() as sim:
+        sim.reset(cube_xy=np.array([0.45, -0.15]))
+        assert sim.cube_visible_fraction() > 0.9
+        cube = sim.cube_pose()
+        for where in ([0.45, -0.15, -0.2], [0.45, 6.0, 0.025]):           # under the table top; out of view
+            sim.data.qpos[sim._cube_q:sim._cube_q + 3] = where
+            mujoco.mj_forward(sim.model, sim.data)
+            assert sim.cube_visible_fraction() == 0.0
+        sim.data.qpos[sim._cube_q:sim._cube_q + 7] = cube
+        mujoco.mj_forward(sim.model, sim.data)
+        assert sim.cube_visible_fraction() > 0.9
+    # the cube on the table behind a point of the arm's forearm as the camera sees it, or under the tool
+    with ArmSim(width=128, height=128, seed=4) as sim:
+        m, d = sim.model, sim.data
+        cube_geom = m.geom("cube").id
+        seg = mujoco.Renderer(m, 128, 128)
+        seg.enable_segmentation_rendering()
+        scene_only, cube_only = mujoco.MjvOption(), mujoco.MjvOption()
+        scene_only.geomgroup[:] = [1, 1, 1, 0, 0, 0]
+        cube_only.geomgroup[:] = [0, 0, 0, 0, 1, 0]
+
+        def cube_pixels(option):
+            seg.update_scene(d, camera=sim.camera_name, scene_option=option)
+            ids = seg.render()
+            return int(((ids[..., 0] == cube_geom) & (ids[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM))).sum())
+
+        ray, counted = [], []
+        cam = sim.camera_position()
+        for i in range(40):
+            q = sim.random_configuration()
+            joints = sim.spec.link_positions(q)
+            p = (joints[2] + joints[3]) / 2 if i % 2 else sim.spec.tool_position(q)
+            if i % 2:                                    # where the camera's ray through p meets the table
+                p = cam + (CUBE_HALF - cam[2]) / (p[2] - cam[2]) * (p - cam)
+            d.qpos[sim._qadr] = q
+            d.qpos[sim._cube_q:sim._cube_q + 7] = [p[0], p[1], CUBE_HALF, 1, 0, 0, 0]
+            mujoco.mj_forward(m, d)
+            ray.append(sim.cube_visible_fraction())
+            m.geom_group[cube_geom] = 4                  # the cube alone: drawn in a group of its own
+            alone = cube_pixels(cube_only)
+            m.geom_group[cube_geom] = 0
+            counted.append(cube_pixels(scene_only) / max(alone, 1))
+        seg.close()
+    ray, counted = np.array(ray), np.array(counted)
+    assert (counted < 0.5).sum() >= 5 and (counted > 0.5).sum() >= 5   # both kinds of frame drawn
+    assert np.mean(np.abs(ray - counted)) < 0.1 and np.mean((ray >= 0.5) == (counted >= 0.5)) >= 0.9

@@ -41,6 +41,7 @@ def write_synthetic(path, *, steps: int = 20, shuffle: bool = True, commands: bo
                 if images:
                     w.write_image(t, np.full((H, W, 3), [i, 2 * i % 256, 7], np.uint8), np.eye(3))
                 w.write_cube_pose(t, [1.0 + t, 2.0, 3.0, 1.0, 0.0, 0.0, 0.0])
+                w.write_cube_visible(t, (i % 4) / 4)
                 w.write_tool_position(t, [t, 0.0, -t])
             if commands and n % 5 == 0 and n < steps * 5:
                 k = n // 5
@@ -73,6 +74,8 @@ def test_alignment_and_by_name_mapping(good_bag):
     expect = np.stack([q_of(0.0)] + [target_of(k) for k in range(T - 1)])
     np.testing.assert_allclose(ep.q_cmd, expect, atol=1e-9)
     np.testing.assert_allclose(ep.action, np.diff(expect, axis=0), atol=1e-9)
+    # the share of the cube seen: image 2k's, as the frame (written with it, stamped on receipt)
+    np.testing.assert_allclose(ep.cube_visible, (2 * np.arange(T) % 4) / 4)
     assert ep.action.shape == (T - 1, 3)
     np.testing.assert_allclose(ep.cube[:, 0], 1.0 + ep.t, atol=1e-12)
     np.testing.assert_allclose(ep.tool[:, 2], -ep.t, atol=1e-12)

@@ -29,7 +29,7 @@ def _episodes(n=3, T=40, size=32, seed=0):
     for i in range(n):
         q = np.cumsum(rng.normal(0, 0.05, (T, 6)), 0).astype(np.float32)
         eps.append(SimpleNamespace(frames=(rng.random((T, size, size, 3)) * 255).astype(np.uint8), q=q,
-                                   qd=np.zeros_like(q), q_cmd=q, action=np.diff(q, axis=0), cube=None, tool=None,
+                                   qd=np.zeros_like(q), q_cmd=q, action=np.diff(q, axis=0), cube=None, tool=None, cube_visible=None,
                                    path=f"/episodes/{i}"))
     return eps
 
@@ -389,7 +389,15 @@ def test_cube_probes_leave_out_frames_with_the_cube_off_the_table():
         e.tool = np.column_stack([rng.normal(size=(40, 2)), np.full(40, 0.3)])     # a tool that never rises
     eps[3].cube[30:] = [[2.0, 14.0, -577.0]] * 10          # fell off the table (a scene without a floor)
     out = evaluate(model, eps[:2], eps[2:], "cpu", horizons=(1,))
-    assert out["probe_cube_frames_off_table"] == 10
+    assert out["probe_cube_frames_off_table"] == 10 and out["probe_cube_frames_hidden"] == 0
+    # frames in which the camera sees less than half the cube are left out too (counted once when off the table)
+    for e in eps:
+        e.cube_visible = np.ones(40)
+    eps[0].cube_visible[:5] = 0.3
+    eps[3].cube_visible[25:35] = 0.0
+    hidden = evaluate(model, eps[:2], eps[2:], "cpu", horizons=(1,))
+    assert hidden["probe_cube_frames_off_table"] == 10 and hidden["probe_cube_frames_hidden"] == 10
+    assert hidden["probe_r2_cube_x"] != out["probe_r2_cube_x"]
     assert -2.0 < out["probe_r2_cube_x"] <= 1.0 and -2.0 < out["probe_r2_cube_y"] <= 1.0
     assert out["probe_r2_tool_z_from_image"] is None            # undefined, not -1e11
     assert out["probe_r2_tool_from_image"] == pytest.approx(

@@ -218,10 +218,23 @@ def _ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha=1e-3) -> np.ndarray:
     return np.where(flat, np.nan, 1 - res / np.where(flat, 1.0, tot))
 
 
+#: a frame whose camera sees less than this share of the cube (hidden by the arm, out of view) is left out of
+#: the cube probes: no image says where such a cube is
+CUBE_SEEN_MIN = 0.5
+
+
 def _cube_on_table(cube: np.ndarray) -> np.ndarray:
     """(T, 3) cube positions -> (T,) bool: known and on the table (its centre above the table top, z = 0):
     a cube pushed off the table is out of the scene the probes ask about."""
     return np.isfinite(cube).all(1) & (cube[:, 2] > 0.0)
+
+
+def _cube_hidden(ep) -> np.ndarray:
+    """(T,) bool: the camera sees less than :data:`CUBE_SEEN_MIN` of the cube (False where the
+    recording does not say)."""
+    if ep.cube_visible is None:
+        return np.zeros(len(ep.q), bool)
+    return np.asarray(ep.cube_visible) < CUBE_SEEN_MIN
 
 
 @torch.no_grad()
@@ -267,12 +280,16 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     if all(e.cube is not None for e in train_eps + test_eps):
         on_tr = np.concatenate([_cube_on_table(e.cube) for e in train_eps])
         on_te = np.concatenate([_cube_on_table(e.cube) for e in test_eps])
+        hid_tr = np.concatenate([_cube_hidden(e) for e in train_eps]) & on_tr
+        hid_te = np.concatenate([_cube_hidden(e) for e in test_eps]) & on_te
+        out["probe_cube_frames_off_table"] = int((~on_tr).sum() + (~on_te).sum())
+        out["probe_cube_frames_hidden"] = int(hid_tr.sum() + hid_te.sum())
+        on_tr, on_te = on_tr & ~hid_tr, on_te & ~hid_te
         ctr, cte = np.concatenate([e.cube[:, :2] for e in train_eps]), np.concatenate([e.cube[:, :2] for e in test_eps])
         each = (_ridge_r2_each(z_train[on_tr, :Dv], ctr[on_tr], Zt[on_te, :Dv], cte[on_te])
                 if on_tr.sum() > Dv and on_te.any() else np.full(2, np.nan))
         out["probe_r2_cube_xy"] = _mean_defined(each)
         out.update({f"probe_r2_cube_{c}": float(r) for c, r in zip("xy", each)})   # per coordinate
-        out["probe_cube_frames_off_table"] = int((~on_tr).sum() + (~on_te).sum())
     if all(e.tool is not None for e in train_eps + test_eps):
         ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
         ktr, kte = np.isfinite(ttr).all(1), np.isfinite(tte).all(1)        # NaN before the first tool message

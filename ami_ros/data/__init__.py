@@ -2,6 +2,7 @@
 from ami_ros.data.bags import (
     COMMAND_TOPIC,
     CUBE_POSE_TOPIC,
+    CUBE_VISIBLE_TOPIC,
     CAMERA_INFO_TOPIC,
     IMAGE_TOPIC,
     JOINT_STATES_TOPIC,
@@ -20,5 +21,5 @@ __all__ = [
     "BagError", "Episode", "EpisodeWriter", "RecordingProfile", "find_bags", "load_episode", "load_episodes",
     "split_episode",
     "IMAGE_TOPIC", "CAMERA_INFO_TOPIC", "JOINT_STATES_TOPIC", "COMMAND_TOPIC",
-    "CUBE_POSE_TOPIC", "TOOL_POSITION_TOPIC",
+    "CUBE_POSE_TOPIC", "CUBE_VISIBLE_TOPIC", "TOOL_POSITION_TOPIC",
 ]

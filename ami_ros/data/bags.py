@@ -64,6 +64,8 @@ JOINT_STATES_TOPIC = RecordingProfile().joint_states_topic
 COMMAND_TOPIC = RecordingProfile().command_topic
 CUBE_POSE_TOPIC = "/ami/cube_pose"
 TOOL_POSITION_TOPIC = "/ami/tool_position"
+#: the share of the cube the camera sees at each frame, 0..1 (the simulator's; no header: stamped on receipt)
+CUBE_VISIBLE_TOPIC = "/ami/cube_visible"
 
 IMAGE_T = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_T = "sensor_msgs/msg/CompressedImage"
@@ -73,6 +75,7 @@ JOINT_STATE_T = "sensor_msgs/msg/JointState"
 TRAJECTORY_T = "trajectory_msgs/msg/JointTrajectory"
 POSE_STAMPED_T = "geometry_msgs/msg/PoseStamped"
 POINT_STAMPED_T = "geometry_msgs/msg/PointStamped"
+FLOAT32_T = "std_msgs/msg/Float32"
 
 TOPIC_TYPES = {
     IMAGE_TOPIC: IMAGE_T,
@@ -81,6 +84,7 @@ TOPIC_TYPES = {
     COMMAND_TOPIC: TRAJECTORY_T,
     CUBE_POSE_TOPIC: POSE_STAMPED_T,
     TOOL_POSITION_TOPIC: POINT_STAMPED_T,
+    CUBE_VISIBLE_TOPIC: FLOAT32_T,
 }
 REQUIRED_TOPICS = (IMAGE_TOPIC, JOINT_STATES_TOPIC, COMMAND_TOPIC)
 
@@ -146,7 +150,8 @@ class EpisodeWriter:
         self._writer.open()
         sensor, reliable10, reliable1 = _qos(False, 5), _qos(True, 10), _qos(True, 1)
         qos = {IMAGE_TOPIC: sensor, CAMERA_INFO_TOPIC: sensor, JOINT_STATES_TOPIC: reliable10,
-               COMMAND_TOPIC: reliable1, CUBE_POSE_TOPIC: reliable10, TOOL_POSITION_TOPIC: reliable10}
+               COMMAND_TOPIC: reliable1, CUBE_POSE_TOPIC: reliable10, TOOL_POSITION_TOPIC: reliable10,
+               CUBE_VISIBLE_TOPIC: reliable10}
         for topic, msgtype in TOPIC_TYPES.items():
             self._conns[topic] = self._writer.add_connection(
                 topic, msgtype, typestore=ts, offered_qos_profiles=[qos[topic]])
@@ -264,6 +269,11 @@ class EpisodeWriter:
         self._write(CUBE_POSE_TOPIC, ns, ts.types[POSE_STAMPED_T](header=self._header(ns, self.world_frame),
                                                                   pose=pose))
 
+    def write_cube_visible(self, t: float, fraction: float) -> None:
+        """The share of the cube the camera sees in the frame at ``t`` (0..1)."""
+        msg = _typestore().types[FLOAT32_T](data=float(np.clip(fraction, 0.0, 1.0)))
+        self._write(CUBE_VISIBLE_TOPIC, _ns(t), msg)
+
     def write_tool_position(self, t: float, xyz) -> None:
         ts = _typestore()
         p = np.asarray(xyz, dtype=np.float64).reshape(3)
@@ -305,6 +315,8 @@ class Episode:
     #: per required stream (topic), seconds: the median of (stamp used - the bag's receive time), see
     #: :func:`clock_problem`
     clock_offsets: dict = field(default_factory=dict)
+    #: (T,) the share of the cube the camera sees (0..1, NaN before its first message), or None
+    cube_visible: np.ndarray | None = None
 
     def __post_init__(self):
         self.bag = self.bag or self.path
@@ -409,7 +421,8 @@ def split_episode(ep: Episode, max_episode_s: float | None = None, *, gap_s: flo
                        action=ep.action[a:b - 1], cube=part(ep.cube), tool=part(ep.tool),
                        joint_names=ep.joint_names, path=f"{ep.path}#{k:0{width}d}", control_dt=ep.control_dt,
                        action_source=ep.action_source, bag=ep.bag,
-                       gap_s={t: g[a:b] for t, g in ep.gap_s.items()}, clock_offsets=dict(ep.clock_offsets))
+                       gap_s={t: g[a:b] for t, g in ep.gap_s.items()}, clock_offsets=dict(ep.clock_offsets),
+                       cube_visible=part(ep.cube_visible))
 
     return [piece(a, b, k) for k, (a, b) in enumerate(bounds)]
 
@@ -568,7 +581,8 @@ def _connections(reader, path: str, profile: RecordingProfile) -> dict[str, list
     """The bag's connections by part (image, joint_states, commands, cube, tool); refuses a bag
     without a required topic, or with one of the wrong type, naming the flag that fixes it."""
     topics = {"image": profile.image_topic, "joint_states": profile.joint_states_topic,
-              "commands": profile.command_topic, "cube": CUBE_POSE_TOPIC, "tool": TOOL_POSITION_TOPIC}
+              "commands": profile.command_topic, "cube": CUBE_POSE_TOPIC, "tool": TOOL_POSITION_TOPIC,
+              "cube_visible": CUBE_VISIBLE_TOPIC}
     types_by_topic = {c.topic: c.msgtype for c in reader.connections}
     parts: dict[str, list] = {}
     for part, topic in topics.items():
@@ -931,7 +945,8 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     ts = _typestore()
     parts = _connections(reader, path, profile)
     types_by_topic = {c.topic: c.msgtype for c in reader.connections}
-    wanted = [c for p in ("image", "joint_states", "commands", "cube", "tool") for c in parts.get(p, [])]
+    wanted = [c for p in ("image", "joint_states", "commands", "cube", "tool", "cube_visible")
+              for c in parts.get(p, [])]
     part_of = {c.id: p for p in parts for c in parts[p]}
     expected = {c.id: c.msgcount for c in wanted}
     seen = {c.id: 0 for c in wanted}
@@ -942,6 +957,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     cmd_msgs: list[tuple[int, object]] = []   # (receive ns, message): read once the joint states are
     cube: list[tuple[int, np.ndarray]] = []
     tool: list[tuple[int, np.ndarray]] = []
+    cube_visible: list[tuple[int, float]] = []
     raw_shape = None
     with_commands = profile.command_topic is not None
     image_stamps: list[int] = []
@@ -975,6 +991,8 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
         elif part == "tool":
             p = msg.point
             tool.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
+        elif part == "cube_visible":
+            cube_visible.append((int(recv), float(msg.data)))
         if images.start is None:
             # the first tick is when every required stream has begun (see the ticks below)
             firsts = [images.first, *js.earliest] + ([cmd_msgs[0][0] if cmd_msgs else None] if with_commands else [])
@@ -1040,7 +1058,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     return Episode(t=ticks / 1e9, frames=frames, q=q, qd=qd, q_cmd=q_cmd, action=np.diff(q_cmd, axis=0),
                    cube=optional(cube), tool=optional(tool), joint_names=names, path=path,
                    control_dt=control_dt, action_source=profile.action_source, gap_s=gaps,
-                   clock_offsets=offsets_s)
+                   clock_offsets=offsets_s, cube_visible=optional(cube_visible))
 
 
 def _check_not_empty(path: str, profile: RecordingProfile, types_by_topic: dict, images, js: _JointStates,

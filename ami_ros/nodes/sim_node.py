@@ -6,6 +6,7 @@ Publishes (defaults; remappable)
   /joint_states          sensor_msgs/JointState          reliable keep last 10, ``joint_state_rate_hz``
   /ami/tool_position     geometry_msgs/PointStamped      (probe, world frame) with the joint states
   /ami/cube_pose         geometry_msgs/PoseStamped       (probe, world frame) with the joint states
+  /ami/cube_visible      std_msgs/Float32                (probe) share of the cube the camera sees, with each image
   /diagnostics           diagnostic_msgs/DiagnosticArray 1 Hz
 Subscribes
   /arm_controller/joint_trajectory (``command_topic``) trajectory_msgs/JointTrajectory, reliable keep last 1
@@ -44,6 +45,7 @@ from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float32
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
@@ -146,6 +148,7 @@ class SimNode(Node):
         self._joint_pub = self.create_publisher(JointState, "/joint_states", reliable10)
         self._tool_pub = self.create_publisher(PointStamped, "/ami/tool_position", reliable10)
         self._cube_pub = self.create_publisher(PoseStamped, "/ami/cube_pose", reliable10)
+        self._cube_visible_pub = self.create_publisher(Float32, "/ami/cube_visible", reliable10)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._command_sub = self.create_subscription(JointTrajectory, p["command_topic"], self._on_command, reliable1)
         self._reset_srv = self.create_service(Trigger, "/sim/reset", self._on_reset)
@@ -226,9 +229,11 @@ class SimNode(Node):
             finally:
                 _release_gl_context()
             K = self.sim.camera_matrix()
+            seen = self.sim.cube_visible_fraction()
             stamp = msgs.seconds_to_stamp(self.ros_time_of(self.sim.time))  # when the scene looked so
         self._image_pub.publish(msgs.image_msg(img, stamp, CAMERA_FRAME))
         self._info_pub.publish(msgs.camera_info_msg(K, img.shape[1], img.shape[0], stamp, CAMERA_FRAME))
+        self._cube_visible_pub.publish(Float32(data=float(seen)))
         self._meters["camera"].tick()
 
     def render_configuration(self, q) -> np.ndarray:

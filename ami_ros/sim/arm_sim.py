@@ -28,6 +28,10 @@ CUBE_Y = (-0.30, 0.30)
 # target), and the lowest the surface of a link volume beyond the first link may be
 TABLE_CLEARANCE = 0.06
 VOLUME_CLEARANCE = 0.01
+# points per edge of the grid sampled on each face of the cube the camera faces (cube_visible_fraction)
+_FACE_GRID = (np.arange(3) + 0.5) / 3 * 1.8 - 0.9
+# geom groups a ray may meet: 0-2, the ones the camera draws (not the collision geometry's)
+_DRAWN_GROUPS = np.array([1, 1, 1, 0, 0, 0], np.uint8)
 
 
 def clear_of_table(arm: ArmSpec, q: np.ndarray) -> np.ndarray:
@@ -41,6 +45,16 @@ def clear_of_table(arm: ArmSpec, q: np.ndarray) -> np.ndarray:
         surface = np.minimum(a[..., 2], b[..., 2]) - r                              # (..., C)
         ok &= surface[..., moving].min(axis=-1) >= VOLUME_CLEARANCE
     return ok
+
+
+def drawn_range(arm: ArmSpec, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) (dof,): where the simulator draws and explores joint positions: the limits less
+    ``margin``, and for a joint that may turn more than once (a range over 2 pi, as a UR's +-2 pi)
+    the one turn around home. Two positions a turn apart show the same pose, and the straight
+    joint path between them sweeps the arm through the table (where it sticks)."""
+    lo, hi = arm.q_min + margin, arm.q_max - margin
+    turns = arm.q_max - arm.q_min > 2 * np.pi
+    return np.where(turns, np.maximum(lo, arm.home - np.pi), lo), np.where(turns, np.minimum(hi, arm.home + np.pi), hi)
 
 
 class ArmSim:
@@ -66,6 +80,7 @@ class ArmSim:
         # so that they resist only the velocity error
         self._ff_gain = -self.model.actuator_biasprm[self._pos, 2] + self.model.dof_damping[self._vadr]
         self._cube_q = self.model.jnt_qposadr[self.model.joint("cube").id]
+        self._cube_geom = self.model.geom("cube").id
         self._tool = self.model.site(self.spec.tool_frame).id
         # Mesa's software renderer (llvmpipe, where there is no GPU) starts a render thread per core unless told
         # otherwise; rendering in the calling thread keeps one simulator on one core (same pixels)
@@ -101,14 +116,48 @@ class ArmSim:
         """(7,) position xyz and quaternion wxyz."""
         return self.data.qpos[self._cube_q:self._cube_q + 7].copy()
 
+    def cube_visible_fraction(self) -> float:
+        """How much of the cube the camera sees, 0..1: the share of points on a 3 x 3 grid on each
+        face turned to the camera that fall inside the image and that a ray from the camera meets
+        first (drawn geometry only). A frame in which the cube is hidden by the arm or out of view
+        says nothing about where it is; probes leave such frames out."""
+        m, d = self.model, self.data
+        cam_id = m.camera(self.camera_name).id
+        cam, R = d.cam_xpos[cam_id], d.cam_xmat[cam_id].reshape(3, 3)    # camera axes: x right, y up, looks along -z
+        centre, axes = d.geom_xpos[self._cube_geom], d.geom_xmat[self._cube_geom].reshape(3, 3)
+        K = self.camera_matrix()
+        hit = np.zeros(1, np.int32)
+        n_all = n_seen = 0
+        for ax in range(3):
+            for sign in (-1.0, 1.0):
+                normal = axes[:, ax] * sign
+                face = centre + normal * CUBE_HALF
+                if np.dot(normal, cam - face) <= 0.0:
+                    continue                                               # turned away from the camera
+                a1, a2 = (axes[:, k] * CUBE_HALF for k in range(3) if k != ax)
+                for u in _FACE_GRID:
+                    for v in _FACE_GRID:
+                        p = face + a1 * u + a2 * v
+                        n_all += 1
+                        pc = R.T @ (p - cam)                               # (3,) in the camera frame
+                        if pc[2] >= 0.0:
+                            continue
+                        px, py = K[0, 0] * pc[0] / -pc[2] + K[0, 2], K[1, 1] * pc[1] / pc[2] + K[1, 2]
+                        if not (-0.5 <= px <= self.width - 0.5 and -0.5 <= py <= self.height - 0.5):
+                            continue
+                        mujoco.mj_ray(m, d, cam, p - cam, _DRAWN_GROUPS, 1, -1, hit)
+                        n_seen += int(hit[0] == self._cube_geom)
+        return n_seen / n_all if n_all else 0.0
+
     def command(self) -> np.ndarray:
         """The position the actuators are currently commanded to."""
         return self.data.ctrl[self._pos].copy()
 
     # ---------------- control ----------------
     def random_configuration(self, margin: float = 0.15) -> np.ndarray:
-        """A joint configuration with the tool above the table in front of the arm."""
-        lo, hi = self.spec.q_min + margin, self.spec.q_max - margin
+        """A joint configuration with the tool above the table in front of the arm (within
+        :func:`drawn_range`)."""
+        lo, hi = drawn_range(self.spec, margin)
         for _ in range(1000):
             q = self.rng.uniform(lo, hi)
             q[0] = self.spec.home[0] + self.rng.uniform(-1.0, 1.0)  # face the table, as home does

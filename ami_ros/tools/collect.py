@@ -98,6 +98,8 @@ class Explorer:
     def __init__(self, sim, rng, control_dt: float, q_start, push_prob: float = 0.0, target_jitter: float = 0.0):
         import numpy as np
 
+        from ami_ros.sim.arm_sim import drawn_range
+
         self.np = np
         self.sim, self.rng, self.dt = sim, rng, control_dt
         spec = sim.spec
@@ -107,7 +109,7 @@ class Explorer:
         self.two_points = bool(rng.random() < 0.5)
         self.bound = spec.v_max * control_dt * self.action_scale
         self.dv_max = spec.a_max * control_dt * control_dt  # keeps the increments smooth
-        self.lo, self.hi = spec.q_min + 0.05, spec.q_max - 0.05
+        self.lo, self.hi = drawn_range(spec, 0.05)
         self.push_prob = float(push_prob)
         self.target_jitter = float(target_jitter)
         self.waypoints: list = []   # a push's remaining joint targets
@@ -242,6 +244,7 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
             if "cam" in now:
                 w.write_image(t, sim.render(), K)
                 w.write_cube_pose(t, sim.cube_pose())
+                w.write_cube_visible(t, sim.cube_visible_fraction())
                 w.write_tool_position(t, sim.tool_position())
             if "ctrl" in now:  # decided from the state at t, after the observations at t
                 times, pos, vel = explorer.step(t)
