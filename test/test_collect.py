@@ -299,7 +299,7 @@ def test_the_fleet_simulators_cell_scenes_parse_as_collect_options():
 
 
 def test_an_arm_whose_joints_turn_twice_explores_one_turn_and_tracks_its_commands(tmp_path):
-    """The UR5e's joints (but its elbow) may turn +-2 pi: configurations are drawn within one turn
+    """The UR5e's joints, all but the elbow, may turn +-2 pi: configurations are drawn within one turn
     around home (``drawn_range``), where each pose appears once. Drawn over the whole range, the
     straight path between two of them swept the arm through the table, where it stuck: the
     shoulder lift's measured position missed the commanded one by 0.6 rad in the median, 3.9 in

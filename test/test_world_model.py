@@ -29,8 +29,8 @@ def _episodes(n=3, T=40, size=32, seed=0):
     for i in range(n):
         q = np.cumsum(rng.normal(0, 0.05, (T, 6)), 0).astype(np.float32)
         eps.append(SimpleNamespace(frames=(rng.random((T, size, size, 3)) * 255).astype(np.uint8), q=q,
-                                   qd=np.zeros_like(q), q_cmd=q, action=np.diff(q, axis=0), cube=None, tool=None, cube_visible=None,
-                                   path=f"/episodes/{i}"))
+                                   qd=np.zeros_like(q), q_cmd=q, action=np.diff(q, axis=0), cube=None, tool=None,
+                                   cube_visible=None, path=f"/episodes/{i}"))
     return eps
 
 
@@ -377,7 +377,7 @@ def test_probes_are_reported_per_coordinate_as_well_as_averaged():
     assert _ridge_r2(X[:300], Y3[:300], X[300:], Y3[300:]) == pytest.approx(float(each.mean()))
 
 
-def test_cube_probes_leave_out_frames_with_the_cube_off_the_table():
+def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
     from ami_ros.core.training import evaluate
 
     torch.manual_seed(0)
