@@ -53,7 +53,7 @@ import numpy as np
 import yaml
 
 from ami_ros.core.arm import ArmSpec, load_arm, share_dir
-from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler, validate
+from ami_ros.core.trajectory import Trajectory, TrajectoryError, validate
 
 POLICIES = ("scale", "reject")
 
@@ -380,13 +380,24 @@ def _pieces(times, pos, vel, q0, v0) -> _Pieces:
                    np.asarray(v0, dtype=np.float64), P[0].copy())
 
 
-def _window_max(t: np.ndarray, x: np.ndarray, width: float) -> np.ndarray:
-    """max over windows [t_i, t_i + width] of the sum of x (t sorted; x (n, dof) >= 0)."""
-    if len(t) == 0:
-        return np.zeros(x.shape[1:])
-    cs = np.vstack([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
-    end = np.searchsorted(t, t + width * (1 + 1e-12), side="right")
-    return np.max(cs[end] - cs[np.arange(len(t))], axis=0)
+def _window_max(t: np.ndarray, piece: np.ndarray, jump: np.ndarray, width: float) -> np.ndarray:
+    """Per joint, an upper bound over every window [s, s + width] of the largest piece value
+    overlapping it plus the sum of the jumps at the knots inside it: ``t`` (n,) sorted knots,
+    ``piece`` (n - 1, dof) >= 0 a value per piece between them (0 before the first knot and
+    after the last), ``jump`` (n, dof) >= 0 a value per knot. A window whose knots are i..k
+    overlaps the pieces i - 1..k; the window starting at knot i holds all the knots any such
+    window can."""
+    n, dof = jump.shape
+    pieces = np.zeros((n + 1, dof))                  # [i]: the piece that ends at knot i
+    pieces[1:-1] = piece
+    cs = np.zeros((n + 1, dof))
+    np.cumsum(jump, axis=0, out=cs[1:])
+    first = np.arange(n)
+    end = np.searchsorted(t, t + width * (1 + 1e-12), side="right")        # knots i..end-1 inside
+    best = np.maximum(pieces[:-1], pieces[1:])                              # pieces i-1..end-1 (padded i..end)
+    for o in range(2, int(np.max(end - first)) + 1):
+        best = np.maximum(best, pieces[np.minimum(first + o, end)])
+    return np.max(best + cs[end] - cs[:-1], axis=0)
 
 
 @dataclass
@@ -412,14 +423,15 @@ def dynamics_bounds(p: _Pieces, period: float, reach: np.ndarray) -> Dynamics:
         acc = lambda s: 2 * c2 + 6 * c3 * s  # noqa: E731
         piece_speed = np.maximum.reduce([np.abs(vel(0.0)), np.abs(vel(h)), np.abs(vel(sv))])
         a_start, a_end, v_start, v_end = acc(0.0), acc(h), vel(0.0), vel(h)
-        a_cont = np.maximum(np.abs(a_start), np.abs(a_end)).max(axis=0)
-        j_cont = np.abs(6 * c3).max(axis=0)
+        a_piece = np.maximum(np.abs(a_start), np.abs(a_end))                  # (m, dof)
+        j_piece = np.abs(6 * c3)
         v_cont = piece_speed.max(axis=0)
         tool = float(np.max(piece_speed @ reach))
     else:
         piece_speed = np.zeros((0, dof))
         a_start = a_end = v_start = v_end = np.zeros((0, dof))
-        a_cont = j_cont = v_cont = np.zeros(dof)
+        a_piece = j_piece = np.zeros((0, dof))
+        v_cont = np.zeros(dof)
         tool = 0.0
     # jumps at the knots: before the first knot the current state (accel 0), after the last: hold
     v_left = np.vstack([p.v_before[None], v_end])
@@ -428,8 +440,8 @@ def dynamics_bounds(p: _Pieces, period: float, reach: np.ndarray) -> Dynamics:
     a_right = np.vstack([a_start, np.zeros((1, dof))])
     dv, da = np.abs(v_right - v_left), np.abs(a_right - a_left)
     T = period
-    acc_bound = a_cont + _window_max(p.knots, dv, 2 * T) / T
-    jerk_bound = j_cont + _window_max(p.knots, 0.75 * da / T + dv / T**2, 3 * T)
+    acc_bound = _window_max(p.knots, a_piece, dv / T, 2 * T)
+    jerk_bound = _window_max(p.knots, j_piece, 0.75 * da / T + dv / T**2, 3 * T)
     return Dynamics(v_cont, acc_bound, jerk_bound, tool, piece_speed)
 
 
@@ -492,6 +504,47 @@ class Violation:
     reason: str
     message: str
     time: float
+
+
+# A joint moving at v with acceleration a brakes to rest in three phases, the same lengths for
+# every joint: tau at constant jerk j1, sigma at constant acceleration a1, tau at jerk j3 (the
+# position is one cubic per phase, so Hermite pieces through the phase ends reproduce it exactly
+# and the acceleration is continuous throughout). At rest after them:
+#   a1 = -(v + a tau / 2) / (tau + sigma),  j1 = (a1 - a) / tau,  j3 = -a1 / tau,
+# within A and J when |v + a tau / 2| <= A (tau + sigma) and |j1|, |j3| <= J. With tau the time
+# to turn the acceleration from a to -A, the stop takes about |v| / A + tau.
+_BRAKE_ACCELERATION = 0.95          # share of the acceleration limits a brake may use (the rest: rounding)
+BRAKE_JERK = (0.95, 0.5, 0.25)      # shares of the jerk limits a brake tries in turn: the plan's own
+                                    # acceleration jumps just before the cut take the rest
+
+
+def brake_phases(v, a, a_lim, j_lim, duration_min: float = 0.0,
+                 jerk_share: float = BRAKE_JERK[0]) -> tuple[float, float]:
+    """The phase lengths (tau, sigma) (s) for which every joint's brake from (v, a) (dof,) stays
+    within ``jerk_share`` of ``j_lim`` and 0.95 of ``a_lim`` (past it only where |a| is) and lasts at
+    least ``duration_min``: tau = max (|a| + A) / J, so that |j1|, |j3| <= (|a1| + |a|) / tau <= J
+    once |a1| <= A, then the least sigma with |v + a tau / 2| <= A (tau + sigma)."""
+    v, a = np.asarray(v, dtype=np.float64), np.asarray(a, dtype=np.float64)
+    A, J = _BRAKE_ACCELERATION * np.asarray(a_lim), jerk_share * np.asarray(j_lim)
+    tau = float(max(np.max((np.abs(a) + A) / J), duration_min / 2))
+    sigma = float(np.max(np.abs(v + a * tau / 2) / A)) - tau
+    return tau, max(sigma, duration_min - 2 * tau, 0.0)
+
+
+def brake_pieces(q, v, a, a_lim, j_lim, duration_min: float = 0.0, jerk_share: float = BRAKE_JERK[0]):
+    """Where a joint group at (q, v, a) (dof,) brakes to rest, jerk-limited, all joints together
+    (:func:`brake_phases`): the phase ends' times (k,) from now, positions and velocities (k, dof)."""
+    tau, sigma = brake_phases(v, a, a_lim, j_lim, duration_min, jerk_share)
+    a1 = -(v + a * tau / 2) / (tau + sigma)
+    j1, j3 = (a1 - a) / tau, -a1 / tau
+    q1 = q + v * tau + a * tau**2 / 2 + j1 * tau**3 / 6
+    v1 = v + a * tau + j1 * tau**2 / 2
+    q2, v2 = q1 + v1 * sigma + a1 * sigma**2 / 2, v1 + a1 * sigma
+    q3 = q2 + v2 * tau + a1 * tau**2 / 2 + j3 * tau**3 / 6
+    times, pos, vel = [tau, tau + sigma, 2 * tau + sigma], [q1, q2, q3], [v1, v2, np.zeros_like(v)]
+    if sigma < 1e-9:                                    # no constant-acceleration phase
+        del times[1], pos[1], vel[1]
+    return np.array(times), np.vstack(pos), np.vstack(vel)
 
 
 def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_lim=None,
@@ -707,7 +760,7 @@ class Gate:
         final = "no cut"
         for out in self._bounded(cand, q_now, v_now, lease):
             p = _pieces(out.times, out.positions, out.velocities, q_now, v_now)
-            final = self._path_violation(p) or self._dynamics_from(out, q_now, starts)
+            final = self._dynamics_from(out, q_now, starts) or self._path_violation(p)   # the cheap check first
             if not final:
                 cand = out
                 break
@@ -719,18 +772,21 @@ class Gate:
 
     def motion_bound(self, lease: float) -> float:
         """Seconds from its start within which anything passed with ``lease`` ends at rest: the
-        lease and the longest braking :meth:`_bounded` tries, from the joints' velocity limits."""
-        return lease + 2 * max(self.spec.hard.hold_time,
-                                                         float(np.max(self.spec.arm.v_max / self.spec.a_lim)))
+        lease and the longest braking :meth:`_bounded` makes (:func:`brake_phases` from the joints'
+        velocity and acceleration limits)."""
+        a = self.spec.a_lim
+        tau, sigma = brake_phases(self.spec.arm.v_max, a, a, self.spec.j_lim, self.spec.hard.hold_time,
+                                  min(BRAKE_JERK))
+        return lease + 2 * tau + sigma
 
     def _bounded(self, t: Trajectory, q_now, v_now, lease: float | None):
         """Candidates of the output that end at rest, to verify in turn: ``t`` itself when it ends
-        within the ``lease`` (or there is none); else ``t`` cut at the lease and braked to rest at
-        constant deceleration within the acceleration limits, then over twice that time, then
-        the same cut at its earlier points after half the lease (where the planned acceleration,
-        so the jump to the braking, differs); for a position-only trajectory, cut at its first
-        point at or after the lease. If nothing replaces what was sent (the planner or the gate
-        gone), the arm stops on the planned path within :meth:`motion_bound`."""
+        within the ``lease`` (or there is none); else ``t`` cut at the lease and braked to rest by
+        :func:`brake_pieces` (acceleration continuous, jerk and acceleration within the limits)
+        with each share of the jerk limits in ``BRAKE_JERK``, then the same at its earlier points after half the lease (where the planned velocity
+        and acceleration differ); for a position-only trajectory, cut at its first point at or
+        after the lease. If nothing replaces what was sent (the planner or the gate gone), the arm
+        stops within :meth:`motion_bound`."""
         if lease is None or not math.isfinite(lease) or t.times[-1] <= lease:
             yield t
             return
@@ -738,15 +794,19 @@ class Gate:
             k = int(np.searchsorted(t.times, lease - 1e-9))
             yield Trajectory(list(t.joint_names), t.times[:k + 1], t.positions[:k + 1], None, t.start_time)
             return
-        sampler = TrajectorySampler(t, q_now, v_now, 0.0)
+        spec = self.spec
+        pieces = _pieces(t.times, t.positions, t.velocities, q_now, v_now)
         knots = t.times[(t.times > lease / 2) & (t.times < lease - 1e-6)][::-1]
-        for cut, stretch in [(lease, 1.0), (lease, 2.0)] + [(c, 2.0) for c in knots]:
-            q_c, v_c = sampler.sample(cut)
+        for cut, share in [(c, s) for c in [lease, *knots] for s in BRAKE_JERK]:
+            i = min(int(np.searchsorted(pieces.knots, cut, side="right")) - 1, len(pieces.h) - 1)
+            s = cut - pieces.knots[i]
+            c0, c1, c2, c3 = (c[i] for c in pieces.c)
+            q_c, v_c, a_c = c0 + s * (c1 + s * (c2 + s * c3)), c1 + s * (2 * c2 + 3 * s * c3), 2 * c2 + 6 * s * c3
+            dt, q_b, v_b = brake_pieces(q_c, v_c, a_c, spec.a_lim, spec.j_lim, spec.hard.hold_time, share)
             keep = t.times < cut - 1e-6
-            T = stretch * max(self.spec.hard.hold_time, float(np.max(np.abs(v_c) / self.spec.a_lim)))
-            yield Trajectory(list(t.joint_names), np.concatenate([t.times[keep], [cut, cut + T]]),
-                             np.vstack([t.positions[keep], q_c, q_c + v_c * T / 2]),
-                             np.vstack([t.velocities[keep], v_c, np.zeros_like(v_c)]), t.start_time)
+            yield Trajectory(list(t.joint_names), np.concatenate([t.times[keep], [cut], cut + dt]),
+                             np.vstack([t.positions[keep], q_c, q_b]),
+                             np.vstack([t.velocities[keep], v_c, v_b]), t.start_time)
 
     # ---------------- checks ----------------
     def _path_violation(self, p: _Pieces) -> tuple[str, str] | None:
@@ -861,10 +921,13 @@ class Gate:
         return Trajectory(list(t.joint_names), t.times * k, t.positions.copy(), vel, t.start_time)
 
     def _find_scale(self, t: Trajectory, q_now, starts: list[np.ndarray]) -> float | None:
+        """The smallest time scale whose output passes the dynamics checks from every start:
+        the points :meth:`_subdivide` inserts on the first piece follow the start velocity
+        ``starts[0]``, so from the others they are checked as they go out."""
         kmax = self.spec.tunables.max_time_scale
 
         def ok(k):
-            return self._dynamics_from(self._scaled(t, k), q_now, starts) is None
+            return self._dynamics_from(self._subdivide(self._scaled(t, k), q_now, starts[0]), q_now, starts) is None
 
         if not ok(kmax):
             return None
@@ -878,9 +941,9 @@ class Gate:
         """Insert points on the same path where scaling made segments longer than allowed
         (exact: the same line or the same cubic)."""
         limit = self.spec.tunables.max_segment_duration
-        p = _pieces(t.times, t.positions, t.velocities, q_now, v_now)
-        if len(p.h) == 0 or np.max(p.h) <= limit:
+        if t.times[-1] <= limit or np.max(np.diff(t.times, prepend=0.0)) <= limit:
             return t
+        p = _pieces(t.times, t.positions, t.velocities, q_now, v_now)
         times, pos, vel = [], [], []
         c0, c1, c2, c3 = p.c
         first = 0 if t.times[0] > 0 else 1  # pieces[0] ends at point 0 when times[0] > 0

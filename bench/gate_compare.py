@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Two versions of the safety gate on the same plans, calls interleaved (so a busy machine
+slows both alike): outcomes and latency per arm.
+
+    git show REV:ami_ros/core/safety.py > /tmp/safety_before.py
+    python bench/gate_compare.py --before /tmp/safety_before.py --before-label REV --out bench/results/FILE.json
+
+Each arm (ami_arm6, ur5e, panda): 64 plans shaped as the planner node sends them (8 points
+0.1 s apart, with velocities, ``ami_ros.tools.bench.gate.planner_shaped``) from home, gated as
+the safety node gates them (with its lease, the plan timeout), each 4 times by each version.
+Reported exactly as measured: outcomes of the first round, p50 / p99 latency of all.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+
+def load_before(path: str):
+    spec = importlib.util.spec_from_file_location("safety_before", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["safety_before"] = mod          # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--before", required=True, help="a safety.py of another version")
+    ap.add_argument("--before-label", default="", help="what --before is, for the results file (e.g. REV:path)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--robots", default="ami_arm6,ur5e,panda")
+    args = ap.parse_args()
+
+    import ami_ros.core.safety as after
+    from ami_ros.core.stack_config import action_bound, load_stack_config
+    from ami_ros.tools.bench.gate import planner_shaped
+
+    versions = {"before": load_before(args.before), "after": after}
+    res = {}
+    for robot in args.robots.split(","):
+        gates = {k: m.Gate(m.SafetySpec.load(robot=robot)) for k, m in versions.items()}
+        spec = gates["after"].spec
+        bound = action_bound(spec.arm, 0.1, load_stack_config()["action_scale"])
+        rng = np.random.default_rng(0)
+        q = np.asarray(spec.arm.home, dtype=np.float64)
+        plans = [planner_shaped(spec.arm, q, bound, rng) for _ in range(64)]
+        lat = {k: [] for k in gates}
+        outcomes = {k: {} for k in gates}
+        for rep in range(4):
+            for plan in plans:
+                for k, g in gates.items():
+                    t0 = time.perf_counter()
+                    r = g.gate(plan, q, 0.0, lease=spec.tunables.plan_timeout)
+                    lat[k].append(time.perf_counter() - t0)
+                    if rep == 0:
+                        outcomes[k][r.reason] = outcomes[k].get(r.reason, 0) + 1
+        res[robot] = {k: {"outcomes": outcomes[k], "p50_ms": 1e3 * float(np.median(lat[k])),
+                          "p99_ms": 1e3 * float(np.percentile(lat[k], 99)), "calls": len(lat[k])} for k in gates}
+        print(robot, json.dumps(res[robot]), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"before": args.before_label or os.path.abspath(args.before), "plans_per_arm": 64, "rounds": 4, "arms": res}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
