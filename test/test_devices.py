@@ -245,7 +245,8 @@ def test_plans_on_cpu_are_bit_identical_to_the_reference():
     """The search keeps its bookkeeping on the device now (no host round trip per iteration);
     on the CPU its plans are bit for bit those of the search before that change, stored in
     test/data/planner_reference.npz (``python test/test_devices.py --write-reference`` at the
-    commit before; one torch thread, as the sums' order depends on the thread count)."""
+    commit before; one torch thread, as the sums' order depends on the thread count): bit for bit
+    on the machine that wrote it, within rounding elsewhere."""
     ref = np.load(REFERENCE)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -253,13 +254,23 @@ def test_plans_on_cpu_are_bit_identical_to_the_reference():
         got = reference_plans()
     finally:
         torch.set_num_threads(threads)
-    assert sorted(got) == sorted(k for k in ref.files if k != "torch_version")
-    exact = str(ref["torch_version"]) == torch.__version__
+    assert sorted(got) == sorted(k for k in ref.files if k not in ("torch_version", "machine"))
+    exact = "machine" in ref.files and str(ref["machine"]) == machine()
     for k, v in got.items():
-        if exact:   # the same torch build: the same bits
+        if exact:   # the same torch build on the same processor: the same bits
             assert np.array_equal(v, ref[k]), k
-        else:       # another build may sum in another order
+        else:       # another build or processor (its kernels) may sum in another order
             np.testing.assert_allclose(v, ref[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def machine() -> str:
+    """What decides the bits of a CPU plan: the torch build, the processor and the kernels torch
+    picks for it (one torch build gave other bits on an AMD EPYC than on an Intel Xeon)."""
+    model = ""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    return f"torch {torch.__version__}, {model or 'unknown processor'}, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def test_dense_keep_out_depth_matches_the_selected_one():
@@ -278,5 +289,5 @@ def test_dense_keep_out_depth_matches_the_selected_one():
 if __name__ == "__main__" and sys.argv[1:] == ["--write-reference"]:
     torch.set_num_threads(1)
     plans = reference_plans()
-    np.savez(REFERENCE, torch_version=np.array(torch.__version__), **plans)
+    np.savez(REFERENCE, torch_version=np.array(torch.__version__), machine=np.array(machine()), **plans)
     print(f"wrote {REFERENCE}: {len(plans)} arrays")
