@@ -22,10 +22,10 @@ holds the last point. The gate builds exactly these polynomial pieces and checks
 * velocity: exact extremes of every piece;
 * acceleration / jerk as the commanded position shows them at the controller's
   ``derivative_period`` T, for ANY phase of the controller clock: an upper bound of
-  the second / third finite difference at spacing T built from the pieces' own
-  acceleration / jerk plus the velocity and acceleration jumps at the points
-  (a velocity jump dv contributes at most dv / T to acceleration and dv / T^2 to jerk;
-  an acceleration jump da at most 0.75 da / T to jerk, within windows of 2T / 3T);
+  the second / third finite difference at spacing T, per window of 2T / 3T, built from the
+  largest acceleration / jerk of the pieces it overlaps plus the velocity and acceleration
+  jumps at the points inside it (a velocity jump dv contributes at most dv / T to
+  acceleration and dv / T^2 to jerk; an acceleration jump da at most 0.75 da / T to jerk);
 * tool speed: sum over joints of |joint speed| * (the chain's length from that joint to
   the tool point, :attr:`ArmSpec.tool_reach`), an upper bound of the Cartesian tool speed;
 * workspace box and keep-out boxes for every link volume (the capsules of the URDF's
@@ -38,8 +38,10 @@ holds the last point. The gate builds exactly these polynomial pieces and checks
 
 Time scaling stretches all times by k (and divides given velocities by k): velocity
 falls as 1/k, acceleration and jerk at least as 1/k, the path is unchanged. The gate
-takes the smallest k (bisection, relative precision 1e-4) that passes, and verifies the
-output trajectory again from scratch before it returns it.
+takes the smallest k (bisection, relative precision 1e-4) that passes. With a lease (the
+safety node's plan timeout) it then cuts what runs longer at the lease and brakes it to
+rest, jerk-limited (:func:`brake_pieces`), and verifies the output trajectory again from
+scratch before it returns it.
 """
 from __future__ import annotations
 
@@ -783,10 +785,11 @@ class Gate:
         """Candidates of the output that end at rest, to verify in turn: ``t`` itself when it ends
         within the ``lease`` (or there is none); else ``t`` cut at the lease and braked to rest by
         :func:`brake_pieces` (acceleration continuous, jerk and acceleration within the limits)
-        with each share of the jerk limits in ``BRAKE_JERK``, then the same at its earlier points after half the lease (where the planned velocity
-        and acceleration differ); for a position-only trajectory, cut at its first point at or
-        after the lease. If nothing replaces what was sent (the planner or the gate gone), the arm
-        stops within :meth:`motion_bound`."""
+        with each share of the jerk limits in ``BRAKE_JERK``, then the same at its earlier points
+        after half the lease (where the planned velocity and acceleration differ); for a
+        position-only trajectory, cut at its first point at or after the lease. If nothing
+        replaces what was sent (the planner or the gate gone), the arm stops within
+        :meth:`motion_bound`."""
         if lease is None or not math.isfinite(lease) or t.times[-1] <= lease:
             yield t
             return
