@@ -290,8 +290,10 @@ def test_the_plan_budget_cuts_the_search_and_is_counted(ros_domain_id):
     0, set live, lets every plan run all its iterations."""
     from rclpy.parameter import Parameter
 
+    # goal_tolerance 0: a cycle between teaching the goal and the next embedding would find the goal
+    # frame itself at distance 0 and stop it as reached
     g = _Graph(ros_domain_id, {"plan_budget": 0.001, "max_embedding_age_s": 5.0, "max_joint_state_age_s": 5.0,
-                               "settle_patience": 1000})
+                               "settle_patience": 1000, "goal_tolerance": 0.0})
     try:
         planner, arm = g.planner, g.planner.arm
         rng = np.random.default_rng(1)
