@@ -282,7 +282,6 @@ def main(argv=None) -> int:
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from ami_ros.core.safety import SafetySpec
     from ami_ros.nodes import msgs
     from ami_ros.nodes.stack import Stack
 
@@ -290,16 +289,6 @@ def main(argv=None) -> int:
     out_path = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                         f"soak-{args.duration:g}s.json")
 
-    hard = SafetySpec.load()              # the hard limits (tunables do not matter to the monitor)
-    arm = hard.arm
-    keep_out = [(b.name, b.lo, b.hi) for b in hard.hard.keep_out]
-    ws = (hard.hard.workspace.lo, hard.hard.workspace.hi)
-    streams = {
-        "physics": Stream("physics", arm, ws, keep_out, hard.hard.max_tool_speed, args.accel_window),
-        "command": Stream("command", arm, ws, keep_out, hard.hard.max_tool_speed, args.accel_window,
-                          velocity_from_positions=True),
-        "joint_states": Stream("joint_states", arm, ws, keep_out, hard.hard.max_tool_speed, args.accel_window),
-    }
     rec = Recorder()
 
     spin_errors = []
@@ -308,6 +297,18 @@ def main(argv=None) -> int:
                   on_error=lambda node, e, tb: spin_errors.append(f"{type(e).__name__}: {e}"))
     try:
         sim, encoder, planner, safety = stack.sim, stack.encoder, stack.planner, stack.safety
+        # the arm and the hard limits the safety node runs with, whichever arm and safety file the
+        # overrides chose (the monitor reads only .arm and .hard: the node's tunables do not matter)
+        hard = safety.core.spec
+        arm = hard.arm
+        keep_out = [(b.name, b.lo, b.hi) for b in hard.hard.keep_out]
+        ws = (hard.hard.workspace.lo, hard.hard.workspace.hi)
+        streams = {
+            "physics": Stream("physics", arm, ws, keep_out, hard.hard.max_tool_speed, args.accel_window),
+            "command": Stream("command", arm, ws, keep_out, hard.hard.max_tool_speed, args.accel_window,
+                              velocity_from_positions=True),
+            "joint_states": Stream("joint_states", arm, ws, keep_out, hard.hard.max_tool_speed, args.accel_window),
+        }
         mon = stack.create_node("soak_monitor")
 
         # ---- physics hook: one physics step at a time, recorded after each
@@ -486,7 +487,7 @@ def main(argv=None) -> int:
             "overrides": overrides, "params_files": args.params_file,
             "controller_start": safety.core.controller_start,
             "accel_window_s": args.accel_window,
-            "limits": {"q_min": arm.q_min.tolist(), "q_max": arm.q_max.tolist(), "v_max": arm.v_max.tolist(),
+            "limits": {"arm": arm.name, "joints": list(arm.joint_names), "q_min": arm.q_min.tolist(), "q_max": arm.q_max.tolist(), "v_max": arm.v_max.tolist(),
                        "a_max": arm.a_max.tolist(), "max_tool_speed": hard.hard.max_tool_speed,
                        "workspace": [ws[0].tolist(), ws[1].tolist()],
                        "keep_out": {n: [lo.tolist(), hi.tolist()] for n, lo, hi in keep_out}},
