@@ -357,6 +357,12 @@ class _Pieces:
         s = s[..., None]
         return c0 + s * (c1 + s * (c2 + s * c3))
 
+    def derivatives(self, i: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Velocity and acceleration of pieces ``i`` at local times ``s``, as :meth:`eval`."""
+        _, c1, c2, c3 = (self.c[k][i] for k in range(4))
+        s = s[..., None]
+        return c1 + s * (2 * c2 + 3 * s * c3), 2 * c2 + 6 * s * c3
+
 
 def _pieces(times, pos, vel, q0, v0) -> _Pieces:
     """Same pieces as core.trajectory.TrajectorySampler (from (q0, v0) to the first point
@@ -801,10 +807,9 @@ class Gate:
         pieces = _pieces(t.times, t.positions, t.velocities, q_now, v_now)
         knots = t.times[(t.times > lease / 2) & (t.times < lease - 1e-6)][::-1]
         for cut, share in [(c, s) for c in [lease, *knots] for s in BRAKE_JERK]:
-            i = min(int(np.searchsorted(pieces.knots, cut, side="right")) - 1, len(pieces.h) - 1)
+            i = np.array([min(int(np.searchsorted(pieces.knots, cut, side="right")) - 1, len(pieces.h) - 1)])
             s = cut - pieces.knots[i]
-            c0, c1, c2, c3 = (c[i] for c in pieces.c)
-            q_c, v_c, a_c = c0 + s * (c1 + s * (c2 + s * c3)), c1 + s * (2 * c2 + 3 * s * c3), 2 * c2 + 6 * s * c3
+            (q_c,), ((v_c,), (a_c,)) = pieces.eval(i, s), pieces.derivatives(i, s)
             dt, q_b, v_b = brake_pieces(q_c, v_c, a_c, spec.a_lim, spec.j_lim, spec.hard.hold_time, share)
             keep = t.times < cut - 1e-6
             yield Trajectory(list(t.joint_names), np.concatenate([t.times[keep], [cut], cut + dt]),
@@ -948,7 +953,6 @@ class Gate:
             return t
         p = _pieces(t.times, t.positions, t.velocities, q_now, v_now)
         times, pos, vel = [], [], []
-        c0, c1, c2, c3 = p.c
         first = 0 if t.times[0] > 0 else 1  # pieces[0] ends at point 0 when times[0] > 0
         if first == 1:
             times.append(t.times[0]), pos.append(t.positions[0])
@@ -961,7 +965,7 @@ class Gate:
                     q, v = p.eval(np.array([i]), np.array([h]))[0], None
                 else:
                     q = p.eval(np.array([i]), np.array([s]))[0]
-                    v = c1[i] + 2 * c2[i] * s + 3 * c3[i] * s**2
+                    v = p.derivatives(np.array([i]), np.array([s]))[0][0]
                 times.append(p.knots[i] + s)
                 pos.append(q)
                 vel.append(v)

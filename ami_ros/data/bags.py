@@ -578,8 +578,9 @@ def _fix(types_by_topic: dict[str, str], part: str, exclude: str = "") -> str:
 
 
 def _connections(reader, path: str, profile: RecordingProfile) -> dict[str, list]:
-    """The bag's connections by part (image, joint_states, commands, cube, tool); refuses a bag
-    without a required topic, or with one of the wrong type, naming the flag that fixes it."""
+    """The bag's connections by part (image, joint_states, commands, cube, tool, cube_visible);
+    refuses a bag without a required topic, or with one of the wrong type, naming the flag that
+    fixes it."""
     topics = {"image": profile.image_topic, "joint_states": profile.joint_states_topic,
               "commands": profile.command_topic, "cube": CUBE_POSE_TOPIC, "tool": TOOL_POSITION_TOPIC,
               "cube_visible": CUBE_VISIBLE_TOPIC}
@@ -945,8 +946,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     ts = _typestore()
     parts = _connections(reader, path, profile)
     types_by_topic = {c.topic: c.msgtype for c in reader.connections}
-    wanted = [c for p in ("image", "joint_states", "commands", "cube", "tool", "cube_visible")
-              for c in parts.get(p, [])]
+    wanted = [c for conns in parts.values() for c in conns]
     part_of = {c.id: p for p in parts for c in parts[p]}
     expected = {c.id: c.msgcount for c in wanted}
     seen = {c.id: 0 for c in wanted}
