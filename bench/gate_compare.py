@@ -9,6 +9,13 @@ Each arm (ami_arm6, ur5e, panda): 64 plans shaped as the planner node sends them
 0.1 s apart, with velocities, ``ami_ros.tools.bench.gate.planner_shaped``) from home, gated as
 the safety node gates them (with its lease, the plan timeout), each 4 times by each version.
 Reported exactly as measured: outcomes of the first round, p50 / p99 latency of all.
+
+With ``--holds``: each version's hold (``Gate.hold``, what the safety node sends when an input
+goes stale or the e-stop trips) from the same 60 moving states per arm (joints in the middle of
+their ranges, velocities up to 0.6 v_max, the start uncertain by 0, 1 or 3 % of a_max per s: a
+joint state 0, 10, 30 ms old), each 4 times: the largest acceleration and jerk of the command
+over the limits (``command_peaks``, finite differences, from every start in the band), the
+median duration and largest joint travel to rest, the holds over a limit, p50 / p99 latency.
 """
 from __future__ import annotations
 
@@ -38,7 +45,11 @@ def main() -> None:
     ap.add_argument("--before-label", default="", help="what --before is, for the results file (e.g. REV:path)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--robots", default="ami_arm6,ur5e,panda")
+    ap.add_argument("--holds", action="store_true", help="compare the holds instead of the plans")
     args = ap.parse_args()
+    if args.holds:
+        compare_holds(args)
+        return
 
     import ami_ros.core.safety as after
     from ami_ros.core.stack_config import action_bound, load_stack_config
@@ -68,6 +79,47 @@ def main() -> None:
         print(robot, json.dumps(res[robot]), flush=True)
     with open(args.out, "w") as f:
         json.dump({"before": args.before_label or os.path.abspath(args.before), "plans_per_arm": 64, "rounds": 4, "arms": res}, f, indent=1)
+
+
+def compare_holds(args) -> None:
+    import ami_ros.core.safety as after
+    from ami_ros.tools.bench.gate import command_peaks
+
+    versions = {"before": load_before(args.before), "after": after}
+    res = {}
+    for robot in args.robots.split(","):
+        gates = {k: m.Gate(m.SafetySpec.load(robot=robot)) for k, m in versions.items()}
+        spec = gates["after"].spec
+        rng = np.random.default_rng(0)
+        states = []
+        for i in range(60):
+            q = spec.q_lo + (spec.q_hi - spec.q_lo) * rng.uniform(0.35, 0.65, spec.arm.dof)
+            v = rng.uniform(-0.6, 0.6, spec.arm.dof) * spec.arm.v_max
+            states.append((q, v, spec.arm.a_max * (0.0, 0.01, 0.03)[i % 3]))
+        lat = {k: [] for k in gates}
+        rows = {k: [] for k in gates}
+        for rep in range(4):
+            for q, v, e in states:
+                for k, g in gates.items():
+                    t0 = time.perf_counter()
+                    hold = g.hold(q, v, e)
+                    lat[k].append(time.perf_counter() - t0)
+                    if rep == 0:
+                        peaks = np.array([command_peaks(spec, hold, q, w) for w in (v, v - e, v + e)]).max(axis=0)
+                        rows[k].append((*peaks, hold.duration, float(np.max(np.abs(hold.positions[-1] - q))),
+                                        len(hold.times)))
+        res[robot] = {}
+        for k in gates:
+            r = np.array(rows[k])
+            res[robot][k] = {"acceleration_peak": float(r[:, 0].max()), "jerk_peak": float(r[:, 1].max()),
+                             "over_a_limit": int(np.sum((r[:, 0] > 1 + 1e-3) | (r[:, 1] > 1 + 1e-3))),
+                             "duration_median_s": float(np.median(r[:, 2])), "travel_max_rad": float(r[:, 3].max()),
+                             "one_point_holds": int(np.sum(r[:, 4] == 1)),
+                             "p50_ms": 1e3 * float(np.median(lat[k])), "p99_ms": 1e3 * float(np.percentile(lat[k], 99))}
+        print(robot, json.dumps(res[robot]), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"before": args.before_label or os.path.abspath(args.before), "states_per_arm": 60, "rounds": 4,
+                   "arms": res}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ numpy + yaml only (no rclpy); ``ami_ros.nodes.safety_node`` is a thin shell arou
 * :class:`Gate` - ``gate(traj, q_now, now)`` -> :class:`GateResult`: a trajectory is
   passed, time-scaled, or refused with a stable reason code; never passed unchanged
   when it violates a limit.
-* :func:`hold_trajectory`, :class:`Watchdog`, :class:`EStop` (latched).
+* :meth:`Gate.hold` (to rest within the acceleration and jerk limits), :class:`Watchdog`,
+  :class:`EStop` (latched).
 
 How the gate judges a trajectory (the controller model)
 -------------------------------------------------------
@@ -524,25 +525,32 @@ class Violation:
 _BRAKE_ACCELERATION = 0.95          # share of the acceleration limits a brake may use (the rest: rounding)
 BRAKE_JERK = (0.95, 0.5, 0.25)      # shares of the jerk limits a brake tries in turn: the plan's own
                                     # acceleration jumps just before the cut take the rest
+# shares of the acceleration limits a hold's cubic tries, and its brakes where the start velocity is
+# uncertain (off by e), those also with first phases up to 1.5^4 x as long: the first piece's
+# acceleration is then off by 4 e / tau at its start and 2 e / tau at its end
+_HOLD_ACCELERATION = (_BRAKE_ACCELERATION, 0.75, 0.5)
+_HOLD_STRETCHES = 5
 
 
-def brake_phases(v, a, a_lim, j_lim, duration_min: float = 0.0,
-                 jerk_share: float = BRAKE_JERK[0]) -> tuple[float, float]:
+def brake_phases(v, a, a_lim, j_lim, duration_min: float = 0.0, jerk_share: float = BRAKE_JERK[0],
+                 tau_min: float = 0.0, acceleration_share: float = _BRAKE_ACCELERATION) -> tuple[float, float]:
     """The phase lengths (tau, sigma) (s) for which every joint's brake from (v, a) (dof,) stays
-    within ``jerk_share`` of ``j_lim`` and 0.95 of ``a_lim`` (past it only where |a| is) and lasts at
-    least ``duration_min``: tau = max (|a| + A) / J, so that |j1|, |j3| <= (|a1| + |a|) / tau <= J
-    once |a1| <= A, then the least sigma with |v + a tau / 2| <= A (tau + sigma)."""
+    within ``jerk_share`` of ``j_lim`` and ``acceleration_share`` of ``a_lim`` (past it only where
+    |a| is) and lasts at least ``duration_min``: tau = max (|a| + A) / J (at least ``tau_min``), so
+    that |j1|, |j3| <= (|a1| + |a|) / tau <= J once |a1| <= A, then the least sigma with
+    |v + a tau / 2| <= A (tau + sigma)."""
     v, a = np.asarray(v, dtype=np.float64), np.asarray(a, dtype=np.float64)
-    A, J = _BRAKE_ACCELERATION * np.asarray(a_lim), jerk_share * np.asarray(j_lim)
-    tau = float(max(np.max((np.abs(a) + A) / J), duration_min / 2))
+    A, J = acceleration_share * np.asarray(a_lim), jerk_share * np.asarray(j_lim)
+    tau = float(max(np.max((np.abs(a) + A) / J), duration_min / 2, tau_min))
     sigma = float(np.max(np.abs(v + a * tau / 2) / A)) - tau
     return tau, max(sigma, duration_min - 2 * tau, 0.0)
 
 
-def brake_pieces(q, v, a, a_lim, j_lim, duration_min: float = 0.0, jerk_share: float = BRAKE_JERK[0]):
+def brake_pieces(q, v, a, a_lim, j_lim, duration_min: float = 0.0, jerk_share: float = BRAKE_JERK[0],
+                 tau_min: float = 0.0, acceleration_share: float = _BRAKE_ACCELERATION):
     """Where a joint group at (q, v, a) (dof,) brakes to rest, jerk-limited, all joints together
     (:func:`brake_phases`): the phase ends' times (k,) from now, positions and velocities (k, dof)."""
-    tau, sigma = brake_phases(v, a, a_lim, j_lim, duration_min, jerk_share)
+    tau, sigma = brake_phases(v, a, a_lim, j_lim, duration_min, jerk_share, tau_min, acceleration_share)
     a1 = -(v + a * tau / 2) / (tau + sigma)
     j1, j3 = (a1 - a) / tau, -a1 / tau
     q1 = q + v * tau + a * tau**2 / 2 + j1 * tau**3 / 6
@@ -672,10 +680,57 @@ class Gate:
         self.spec, self._reach = spec, spec.arm.reach
 
     def hold(self, q_now, v_now=None, v_uncertainty=0.0) -> Trajectory:
-        """Bring the arm to rest from (q_now, v_now) within the acceleration limits, for any
-        start velocity within ``v_uncertainty`` of v_now (:func:`hold_trajectory`)."""
-        return hold_trajectory(q_now, self.spec.joint_names, self.spec.hard.hold_time, v_now, self.spec.a_lim,
-                               self.spec.q_lo, self.spec.q_hi, self.spec.arm.v_max, v_uncertainty)
+        """Bring the arm to rest from (q_now, v_now), within the acceleration and jerk limits for any
+        start velocity within ``v_uncertainty`` of v_now. At rest: one point at q_now. Moving: the
+        shortest of the constant-deceleration cubic of :func:`hold_trajectory` (one point) and the
+        jerk-limited brakes of :func:`brake_pieces` from acceleration 0 (the controller model's state
+        before a command) that keeps the limits from every start and ends within the position limits.
+        The brakes use each share of the jerk limits in ``BRAKE_JERK``; for an uncertain start also
+        lower decelerations and longer first phases (``_HOLD_ACCELERATION``, ``_HOLD_STRETCHES``).
+        None keeps them (a start the limits cannot stop in time): the cubic, its rest point within
+        the position limits. A velocity beyond v_max counts as v_max."""
+        spec = self.spec
+        cubic = hold_trajectory(q_now, spec.joint_names, spec.hard.hold_time, v_now, spec.a_lim,
+                                spec.q_lo, spec.q_hi, spec.arm.v_max, v_uncertainty)
+        q = np.asarray(q_now, dtype=np.float64).reshape(-1)
+        v = None if v_now is None else np.asarray(v_now, dtype=np.float64).reshape(-1)
+        if v is None or v.shape != q.shape or not np.all(np.isfinite(v)) or not np.all(np.isfinite(q)):
+            return cubic
+        v = np.clip(v, -spec.arm.v_max, spec.arm.v_max)
+        if not np.any(v):
+            return cubic
+        starts = self._starts(v, v_uncertainty)
+        uncertain = len(starts) > 1
+        a0, hold_time = np.zeros_like(v), spec.hard.hold_time
+        cands = [(cubic.duration, cubic)]                  # (duration, cubic or brake shape), lengths first (cheap)
+        for a_share in _HOLD_ACCELERATION:
+            c = hold_trajectory(q, spec.joint_names, hold_time, v, a_share * spec.a_lim, spec.q_lo, spec.q_hi,
+                                spec.arm.v_max, v_uncertainty)
+            cands.append((c.duration, c))
+        for a_share in _HOLD_ACCELERATION if uncertain else _HOLD_ACCELERATION[:1]:
+            for j_share in BRAKE_JERK:
+                tau0, _ = brake_phases(v, a0, spec.a_lim, spec.j_lim, hold_time, j_share, 0.0, a_share)
+                for k in range(_HOLD_STRETCHES if uncertain else 1):
+                    tau, sigma = brake_phases(v, a0, spec.a_lim, spec.j_lim, hold_time, j_share, tau0 * 1.5**k, a_share)
+                    cands.append((2 * tau + sigma, (j_share, tau0 * 1.5**k, a_share)))
+        for _, shape in sorted(cands, key=lambda c: c[0]):
+            hold = shape
+            if not isinstance(shape, Trajectory):
+                dt, pos, vel = brake_pieces(q, v, a0, spec.a_lim, spec.j_lim, hold_time, *shape)
+                if not np.all((pos >= spec.q_lo) & (pos <= spec.q_hi)):
+                    continue
+                hold = Trajectory(list(spec.joint_names), dt, pos, vel, 0.0)
+            if all(self._brakes_within_limits(hold, q, s) for s in starts):
+                return hold
+        return cubic
+
+    def _brakes_within_limits(self, brake: Trajectory, q_now, v_start) -> bool:
+        """Whether ``brake`` started at (q_now, v_start) keeps the acceleration and jerk limits (its
+        speed only falls from the start's, which no command can change)."""
+        d = dynamics_bounds(_pieces(brake.times, brake.positions, brake.velocities, q_now, v_start),
+                            self.spec.hard.derivative_period, self.spec.arm.tool_reach)
+        tight = 1 - 1e-9
+        return bool(np.all(d.acceleration <= self.spec.a_lim * tight) and np.all(d.jerk <= self.spec.j_lim * tight))
 
     # ---------------- main entry ----------------
     def gate(self, traj: Trajectory, q_now, now: float, v_now=None, lease: float | None = None,

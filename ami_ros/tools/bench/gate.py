@@ -13,6 +13,24 @@ def planner_shaped(arm, q_now, bound, rng, n=8, dt=0.1):
     return trajectory_from_actions(arm.joint_names, q_now, actions, dt, arm.clip)
 
 
+def command_peaks(spec, traj, q, v_start, phases: int = 4) -> tuple[float, float]:
+    """The largest |acceleration| / a_lim and |jerk| / j_lim of the controller's command for ``traj``
+    tracked from (q, v_start) (moving at v_start before it starts): finite differences at the
+    derivative period, at several clock phases (an independent check: not the gate's bounds)."""
+    import numpy as np
+
+    from ami_ros.core.trajectory import TrajectorySampler
+
+    s, T = TrajectorySampler(traj, q, v_start, 0.0), spec.hard.derivative_period
+    acc = jerk = 0.0
+    for phase in np.linspace(0, T, phases, endpoint=False):
+        g = np.arange(-4 * T + phase, traj.duration + 4 * T, T)
+        qg = np.array([s.sample(t)[0] if t >= 0 else q + v_start * t for t in g])
+        acc = max(acc, float(np.max(np.abs(np.diff(qg, 2, axis=0)) / T**2 / spec.a_lim)))
+        jerk = max(jerk, float(np.max(np.abs(np.diff(qg, 3, axis=0)) / T**3 / spec.j_lim)))
+    return acc, jerk
+
+
 def bench_gate(args, out: dict) -> str:
     import time
 
