@@ -282,6 +282,7 @@ def main(argv=None) -> int:
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
+    from ami_ros.core.safety import is_hold
     from ami_ros.nodes import msgs
     from ami_ros.nodes.stack import Stack
 
@@ -367,12 +368,13 @@ def main(argv=None) -> int:
                                 lambda m: tool.update(p=np.array([m.point.x, m.point.y, m.point.z])), 10)
         mon.create_subscription(String, "/ami/safety_state", on_state, latched)
         goal_pub = mon.create_publisher(Image, "/ami/goal_image", latched)
-        commands = []   # (sim time, ros time, points, scaled duration) of every gated command
+        commands = []   # (sim time, ros time, points, scaled duration, a hold: 1 or 0) of every gated command
 
         def on_cmd(m):
             now = mon.get_clock().now().nanoseconds * 1e-9
             commands.append((sim.sim_time_of(now), now, len(m.points),
-                             msgs.duration_to_seconds(m.points[-1].time_from_start) if m.points else 0.0))
+                             msgs.duration_to_seconds(m.points[-1].time_from_start) if m.points else 0.0,
+                             float(bool(m.points) and is_hold(msgs.trajectory_from_msg(m)))))
         mon.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", on_cmd,
                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
 
@@ -450,8 +452,8 @@ def main(argv=None) -> int:
         stop.set()
         mon_thread.join(timeout=30)
 
-        # ---- annotate violations with the gated command before them (a hold has 1 point)
-        cmd = np.array(commands) if commands else np.zeros((0, 4))
+        # ---- annotate violations with the gated command before them (``core.safety.is_hold``: a hold)
+        cmd = np.array(commands) if commands else np.zeros((0, 5))
         for name, st in streams.items():
             col = 1 if name == "joint_states" else 0
             for ev in st.events:
@@ -459,9 +461,9 @@ def main(argv=None) -> int:
                 i = int(np.searchsorted(cmd[:, col], t_abs, side="right")) - 1 if len(cmd) else -1
                 if i >= 0:
                     ev["last_command"] = {"before_s": round(float(t_abs - cmd[i, col]), 4), "points": int(cmd[i, 2]),
-                                          "duration_s": round(float(cmd[i, 3]), 3)}
-                    ev["prev_command_points"] = int(cmd[i - 1, 2]) if i >= 1 else None
-            # where the violations happen: after a hold (1-point command) or after a plan; in the command
+                                          "duration_s": round(float(cmd[i, 3]), 3), "hold": bool(cmd[i, 4])}
+                    ev["prev_command_hold"] = bool(cmd[i - 1, 4]) if i >= 1 else None
+            # where the violations happen: after a hold or after a plan; in the command
             # stream, within one acceleration window of a restart (with controller_start measured the
             # controller's reference restarts at the measured position: a jump by the tracking error)
             rs = np.array(restarts)
@@ -473,8 +475,8 @@ def main(argv=None) -> int:
                 j = int(np.searchsorted(rs, t_abs, side="right")) - 1
                 return " at a controller restart" if j >= 0 and t_abs - rs[j] <= args.accel_window + step_dt else ""
             st.by_context = Counter(
-                f"{ev['kind']} after {'a hold' if ev.get('last_command', {}).get('points') == 1 else 'a plan'}"
-                + (" (that followed a hold)" if ev.get("prev_command_points") == 1 else "") + at_restart(ev)
+                f"{ev['kind']} after {'a hold' if ev.get('last_command', {}).get('hold') else 'a plan'}"
+                + (" (that followed a hold)" if ev.get("prev_command_hold") else "") + at_restart(ev)
                 for ev in st.events)
             st.events = st.events[:200]
 

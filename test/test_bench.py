@@ -73,11 +73,11 @@ def test_e2e_analysis_matches_chains():
 
 def test_graph_latency_pairs_each_gated_plan_with_the_frame_of_its_plan():
     """camera -> gated command: a planned command against the newest plan markers before it;
-    one-point commands (holds, short ways back) are counted apart."""
+    holds (and short ways back to rest, ``core.safety.is_hold``) are counted apart."""
     from ami_ros.tools.bench.graph import latency
 
     snap = {"markers": [(10.060, 9.990), (10.160, 10.095)], "plans": 2,
-            "gated": [(10.080, 8), (10.150, 1), (10.185, 8)]}
+            "gated": [(10.080, False), (10.150, True), (10.185, False)]}
     r = latency(snap)
     assert (r["gated_commands"], r["holds"]) == (2, 1)
     lat = r["latency_ms"]["camera stamp -> gated command received"]

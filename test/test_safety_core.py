@@ -14,7 +14,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ami_ros.core.safety import (Box, EStop, Gate, SafetySpec, Watchdog, _pieces, default_safety_file,
+from ami_ros.core.safety import (Box, EStop, Gate, SafetySpec, Watchdog, _pieces, default_safety_file, is_hold,
                                  hold_trajectory)
 from ami_ros.core.trajectory import Trajectory, TrajectorySampler
 from ami_ros.tools.bench.gate import command_peaks
@@ -584,6 +584,7 @@ def test_a_plan_longer_than_the_lease_is_braked_within_the_jerk_limits(robot):
             out = r.trajectory
             assert_within_limits(spec, out, home, rng=rng)
             assert out.duration <= gate.motion_bound(lease) + 1e-9 and out.times[-1] > lease
+            assert not is_hold(out)                                     # a plan, not a hold
             np.testing.assert_allclose(out.velocities[-1], 0.0, atol=1e-12)
     assert len(reasons) >= 8 and reasons.count("ok") + reasons.count("scaled") == len(reasons), reasons
 
@@ -635,6 +636,7 @@ def test_a_hold_keeps_the_acceleration_and_jerk_limits_from_every_start(robot):
         v = rng.uniform(-0.6, 0.6, spec.arm.dof) * spec.arm.v_max
         e = spec.arm.a_max * (0.0, 0.01, 0.03)[k % 3]            # a joint state 0, 10 or 30 ms old
         hold = gate.hold(q, v, e)
+        assert is_hold(hold)
         for v_start in (v, v - e, v + e):
             acc, jerk = command_peaks(spec, hold, q, v_start)
             assert acc <= 1 + 1e-3 and jerk <= 1 + 1e-3, (k, acc, jerk)

@@ -9,8 +9,8 @@ numpy + yaml only (no rclpy); ``ami_ros.nodes.safety_node`` is a thin shell arou
 * :class:`Gate` - ``gate(traj, q_now, now)`` -> :class:`GateResult`: a trajectory is
   passed, time-scaled, or refused with a stable reason code; never passed unchanged
   when it violates a limit.
-* :meth:`Gate.hold` (to rest within the acceleration and jerk limits), :class:`Watchdog`,
-  :class:`EStop` (latched).
+* :meth:`Gate.hold` (to rest within the acceleration and jerk limits; :func:`is_hold` tells one),
+  :class:`Watchdog`, :class:`EStop` (latched).
 
 How the gate judges a trajectory (the controller model)
 -------------------------------------------------------
@@ -599,6 +599,20 @@ def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_l
             if q_lo is not None and q_hi is not None:
                 stop = np.clip(stop, q_lo, q_hi)
     return Trajectory(list(joint_names), np.array([T]), stop[None], np.zeros((1, q.size)), 0.0)
+
+
+def is_hold(traj: Trajectory) -> bool:
+    """Whether a command the gate sent only brakes to rest, as :meth:`Gate.hold` makes them: at
+    most three points (the cubic's one, a brake's phase ends), the last at rest, no joint's speed
+    growing from point to point or changing sign. What passes of a plan has more points (the
+    planner's eight, or those before the lease and its brake), or one that moves."""
+    if len(traj.times) > 3:
+        return False
+    if traj.velocities is None:
+        return len(traj.times) == 1
+    v = traj.velocities
+    return bool(np.all(v[-1] == 0) and np.all(np.abs(v[1:]) <= np.abs(v[:-1]) + 1e-12)
+                and np.all(v[1:] * v[:-1] >= 0))
 
 
 class EStop:

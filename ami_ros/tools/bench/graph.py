@@ -55,8 +55,8 @@ def bench_graph(folder: str, args, out: dict) -> str:
           f"{c.get('cycles_late', '-')}, overran {c.get('cycles_overran', '-')}); plans {c.get('plans', '-')}, cut "
           f"by the plan budget {c.get('plans_cut', '-')}; plan ms p50/p95 (planner) {fmt(c.get('plan_ms_p50'))}/"
           f"{fmt(c.get('plan_ms_p95'))}, iterations per plan (mean of the last 100) "
-          f"{fmt(c.get('plan_iterations_mean'))}; gated plans {res['gated_commands']}, one-point commands "
-          f"(holds, short ways back) {res['holds']}; goals "
+          f"{fmt(c.get('plan_iterations_mean'))}; gated plans {res['gated_commands']}, holds "
+          f"(and short ways back to rest) {res['holds']}; goals "
           f"{res['goals_sent']} sent, {res['goals_reached']} reached, {res['goals_settled']} settled; node exits "
           f"{res['exit_codes']}")
     return t
@@ -80,6 +80,7 @@ def run_graph(folder: str, args) -> dict:
     from trajectory_msgs.msg import JointTrajectory
     from visualization_msgs.msg import MarkerArray
 
+    from ami_ros.core.safety import is_hold
     from ami_ros.nodes import msgs, qos
     from ami_ros.nodes.stack import KINDS
     from ami_ros.sim.arm_sim import ArmSim
@@ -119,7 +120,7 @@ def run_graph(folder: str, args) -> dict:
 
     def on_gated(m):
         with lock:
-            rec["gated"].append((now(), len(m.points)))
+            rec["gated"].append((now(), bool(m.points) and is_hold(msgs.trajectory_from_msg(m))))
 
     def on_plan(_m):
         with lock:
@@ -240,15 +241,15 @@ def _next_report(counts) -> dict:
 
 
 def latency(snap: dict) -> dict:
-    """camera frame -> gated command per planned command (more than one point; holds have one):
+    """camera frame -> gated command per planned command (holds, ``core.safety.is_hold``, apart):
     the command's arrival minus the source stamp of the newest plan markers received before it."""
     import bisect
 
     markers = sorted(snap["markers"])
     t_mark = [m[0] for m in markers]
     chain, hold = [], 0
-    for t_g, n in snap["gated"]:
-        if n <= 1:
+    for t_g, braking in snap["gated"]:
+        if braking:
             hold += 1
             continue
         i = bisect.bisect_right(t_mark, t_g) - 1
