@@ -377,6 +377,22 @@ def test_probes_are_reported_per_coordinate_as_well_as_averaged():
     assert _ridge_r2(X[:300], Y3[:300], X[300:], Y3[300:]) == pytest.approx(float(each.mean()))
 
 
+def test_the_non_linear_probe_reads_a_curved_quantity_the_linear_one_misses():
+    """A target that is a curved function of the features (as the tool's position is of the
+    joint angles) is read by the MLP probe and not by the ridge probe; noise is read by neither,
+    and a constant target is undefined for both."""
+    from ami_ros.core.training import _mlp_r2_each, _ridge_r2_each
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-1.5, 1.5, size=(3000, 8))
+    Y = np.stack([np.cos(2 * X[:, 0]) * X[:, 1], rng.normal(size=3000), np.full(3000, 0.3)], axis=1)
+    lin = _ridge_r2_each(X[:2400], Y[:2400], X[2400:], Y[2400:])
+    mlp = _mlp_r2_each(X[:2400], Y[:2400], X[2400:], Y[2400:])
+    assert lin[0] < 0.2 and mlp[0] > 0.9, (lin, mlp)
+    assert mlp[1] < 0.1 and np.isnan(mlp[2]) and np.isnan(lin[2])
+    np.testing.assert_array_equal(mlp, _mlp_r2_each(X[:2400], Y[:2400], X[2400:], Y[2400:]))   # one seed, one probe
+
+
 def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
     from ami_ros.core.training import evaluate
 
@@ -402,3 +418,4 @@ def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
     assert out["probe_r2_tool_z_from_image"] is None            # undefined, not -1e11
     assert out["probe_r2_tool_from_image"] == pytest.approx(
         (out["probe_r2_tool_x_from_image"] + out["probe_r2_tool_y_from_image"]) / 2)
+    assert out["probe_r2_tool_z_from_image_mlp"] is None and -5.0 < out["probe_r2_cube_x_mlp"] <= 1.0

@@ -218,6 +218,42 @@ def _ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha=1e-3) -> np.ndarray:
     return np.where(flat, np.nan, 1 - res / np.where(flat, 1.0, tot))
 
 
+def _mlp_r2_each(Xtr, Ytr, Xte, Yte, hidden: int = 256, steps: int = 1500, batch: int = 512,
+                 seed: int = 0) -> np.ndarray:
+    """R^2 of a non-linear probe, per column of Y (NaN as :func:`_ridge_r2_each`): one hidden layer
+    of ``hidden`` (SiLU), inputs and targets standardised on the fit set, Adam (lr 1e-3, weight
+    decay 1e-4) for ``steps`` batches of ``batch``, one seed. What a linear probe misses of a
+    quantity the embedding carries in a curved way (the tool's position is not linear in the
+    joint angles, nor in anything that carries them)."""
+    g = torch.Generator().manual_seed(seed)
+    mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
+    ym, ys = Ytr.mean(0), Ytr.std(0) + 1e-9
+    X = torch.as_tensor((Xtr - mu) / sd, dtype=torch.float32)
+    Y = torch.as_tensor((Ytr - ym) / ys, dtype=torch.float32)
+    lin1 = torch.nn.Linear(X.shape[1], hidden)
+    lin2 = torch.nn.Linear(hidden, Y.shape[1])
+    with torch.no_grad():                                  # initialised from the generator: one seed, one probe
+        for lin in (lin1, lin2):
+            bound = 1 / np.sqrt(lin.in_features)
+            lin.weight.uniform_(-bound, bound, generator=g)
+            lin.bias.uniform_(-bound, bound, generator=g)
+    net = torch.nn.Sequential(lin1, torch.nn.SiLU(), lin2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    with torch.enable_grad():
+        for _ in range(steps):
+            i = torch.randint(0, len(X), (min(batch, len(X)),), generator=g)
+            loss = ((net(X[i]) - Y[i]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        pred = net(torch.as_tensor((Xte - mu) / sd, dtype=torch.float32)).numpy().astype(np.float64) * ys + ym
+    res = ((Yte - pred) ** 2).sum(0)
+    tot = ((Yte - Yte.mean(0)) ** 2).sum(0)
+    flat = tot <= FLAT_TARGET_VAR * len(Yte)
+    return np.where(flat, np.nan, 1 - res / np.where(flat, 1.0, tot))
+
+
 #: a frame whose camera sees less than this share of the cube (hidden by the arm, out of view) is left out of
 #: the cube probes: no image says where such a cube is
 CUBE_SEEN_MIN = 0.5
@@ -239,7 +275,8 @@ def _cube_hidden(ep) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10), probes: bool = True) -> dict:
-    """Held-out figures: prediction error vs copy-last, linear probes, collapse monitors."""
+    """Held-out figures: prediction error vs copy-last, probes (linear, and ``_mlp`` non-linear ones
+    from z_vis), collapse monitors."""
     model.eval()
     h = model.cfg.history
     z_test = [encode_episode(model, e, device) for e in test_eps]
@@ -270,13 +307,14 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     if not probes:
         model.train()
         return out
-    # linear probes fit on training episodes, scored on held-out ones
+    # probes fit on training episodes, scored on held-out ones
     z_train = torch.cat([encode_episode(model, e, device) for e in train_eps]).cpu().numpy()
     Zt = Z.cpu().numpy()
     Dv = model.cfg.vis_dim
     qtr, qte = np.concatenate([e.q for e in train_eps]), np.concatenate([e.q for e in test_eps])
     out["probe_r2_joints"] = _ridge_r2(z_train, qtr, Zt, qte)
     out["probe_r2_joints_from_image"] = _ridge_r2(z_train[:, :Dv], qtr, Zt[:, :Dv], qte)
+    out["probe_r2_joints_from_image_mlp"] = _mean_defined(_mlp_r2_each(z_train[:, :Dv], qtr, Zt[:, :Dv], qte))
     if all(e.cube is not None for e in train_eps + test_eps):
         on_tr = np.concatenate([_cube_on_table(e.cube) for e in train_eps])
         on_te = np.concatenate([_cube_on_table(e.cube) for e in test_eps])
@@ -286,16 +324,22 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
         out["probe_cube_frames_hidden"] = int(hid_tr.sum() + hid_te.sum())
         on_tr, on_te = on_tr & ~hid_tr, on_te & ~hid_te
         ctr, cte = np.concatenate([e.cube[:, :2] for e in train_eps]), np.concatenate([e.cube[:, :2] for e in test_eps])
+        enough = on_tr.sum() > Dv and on_te.any()
         each = (_ridge_r2_each(z_train[on_tr, :Dv], ctr[on_tr], Zt[on_te, :Dv], cte[on_te])
-                if on_tr.sum() > Dv and on_te.any() else np.full(2, np.nan))
+                if enough else np.full(2, np.nan))
         out["probe_r2_cube_xy"] = _mean_defined(each)
         out.update({f"probe_r2_cube_{c}": float(r) for c, r in zip("xy", each)})   # per coordinate
+        each = (_mlp_r2_each(z_train[on_tr, :Dv], ctr[on_tr], Zt[on_te, :Dv], cte[on_te])
+                if enough else np.full(2, np.nan))
+        out.update({f"probe_r2_cube_{c}_mlp": float(r) for c, r in zip("xy", each)})
     if all(e.tool is not None for e in train_eps + test_eps):
         ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
         ktr, kte = np.isfinite(ttr).all(1), np.isfinite(tte).all(1)        # NaN before the first tool message
         each = _ridge_r2_each(z_train[ktr, :Dv], ttr[ktr], Zt[kte, :Dv], tte[kte])
         out["probe_r2_tool_from_image"] = _mean_defined(each)
         out.update({f"probe_r2_tool_{c}_from_image": float(r) for c, r in zip("xyz", each)})
+        each = _mlp_r2_each(z_train[ktr, :Dv], ttr[ktr], Zt[kte, :Dv], tte[kte])
+        out.update({f"probe_r2_tool_{c}_from_image_mlp": float(r) for c, r in zip("xyz", each)})
     # an undefined R^2 (a target that did not vary) is None, not NaN: the card and result files are YAML / JSON
     out.update({k: None for k, v in out.items() if k.startswith("probe_r2") and v != v})
     model.train()
