@@ -16,6 +16,12 @@ their ranges, velocities up to 0.6 v_max, the start uncertain by 0, 1 or 3 % of 
 joint state 0, 10, 30 ms old), each 4 times: the largest acceleration and jerk of the command
 over the limits (``command_peaks``, finite differences, from every start in the band), the
 median duration and largest joint travel to rest, the holds over a limit, p50 / p99 latency.
+
+With ``--replan``: 200 plans shaped as the planner's, a new one every 0.1 s from the commanded
+state, through the safety node's state machine (``replan_through_gate``) with each version's
+gate (the one before given no ``before``: it knows nothing of the command it replaces); the
+command the controller tracks, switched at each plan that passed, by finite differences at the
+derivative period (4 clock phases): peaks over the limits and samples over them.
 """
 from __future__ import annotations
 
@@ -46,9 +52,13 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--robots", default="ami_arm6,ur5e,panda")
     ap.add_argument("--holds", action="store_true", help="compare the holds instead of the plans")
+    ap.add_argument("--replan", action="store_true", help="compare the command under replanning at 10 Hz")
     args = ap.parse_args()
     if args.holds:
         compare_holds(args)
+        return
+    if args.replan:
+        compare_replanning(args)
         return
 
     import ami_ros.core.safety as after
@@ -120,6 +130,47 @@ def compare_holds(args) -> None:
     with open(args.out, "w") as f:
         json.dump({"before": args.before_label or os.path.abspath(args.before), "states_per_arm": 60, "rounds": 4,
                    "arms": res}, f, indent=1)
+
+
+class _WithoutBefore:
+    """A gate of a version that takes no ``before`` (the command it replaces), in today's state machine."""
+
+    def __init__(self, gate):
+        self._gate = gate
+
+    def __getattr__(self, name):
+        return getattr(self._gate, name)
+
+    def gate(self, *args, before=None, **kwargs):
+        return self._gate.gate(*args, **kwargs)
+
+    def hold(self, q_now, v_now=None, v_uncertainty=0.0, before=None):
+        return self._gate.hold(q_now, v_now, v_uncertainty)
+
+
+def compare_replanning(args) -> None:
+    import ami_ros.core.safety as after
+    from ami_ros.tools.bench.gate import replan_through_gate, switched_command_peaks
+
+    old = load_before(args.before)
+    res = {}
+    for robot in args.robots.split(","):
+        spec = after.SafetySpec.load(robot=robot)
+        res[robot] = {}
+        for k in ("before", "after"):
+            patch = None
+            if k == "before":
+                patch = _WithoutBefore(old.Gate(old.SafetySpec.load(robot=robot)))
+            g, switches = replan_through_gate(spec, 200, np.random.default_rng(0), gate=patch)
+            acc, jerk = switched_command_peaks(spec, switches, 200 * 0.1)
+            res[robot][k] = {"plans_passed": len(switches), "refused": dict(g.gate.rejections),
+                             "acceleration_peak": float(acc.max()), "jerk_peak": float(jerk.max()),
+                             "acceleration_samples_over": int(np.sum(acc > 1 + 1e-6)),
+                             "jerk_samples_over": int(np.sum(jerk > 1 + 1e-6)), "jerk_samples": int(len(jerk))}
+        print(robot, json.dumps(res[robot]), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"before": args.before_label or os.path.abspath(args.before), "plans_per_arm": 200, "arms": res},
+                  f, indent=1)
 
 
 if __name__ == "__main__":

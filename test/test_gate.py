@@ -330,3 +330,19 @@ def test_a_plan_refused_for_stale_input_while_idle_shows_as_holding_not_rejectin
     p.fresh(0.35)
     p.g.tick(0.35)
     assert p.g.state == "ok"
+
+
+@pytest.mark.parametrize("robot", ["ami_arm6", "ur5e"])
+def test_replanning_keeps_the_jerk_limits_where_one_command_replaces_another(robot):
+    """Plans shaped as the planner's, a new one every 0.1 s from the commanded state, each
+    replacing the last mid-motion: the command the controller tracks, switched at every plan that
+    passed, stays within the acceleration and jerk limits at every clock phase. The step from the
+    replaced command's acceleration to the new one's counts: taken as 0, the UR5e's command (jerk
+    limit 10 x its acceleration per s) went over its jerk limit in one sample of nine."""
+    from ami_ros.tools.bench.gate import replan_through_gate, switched_command_peaks
+
+    spec = SafetySpec.load(robot=robot)
+    g, switches = replan_through_gate(spec, 80, np.random.default_rng(0))
+    assert len(switches) >= 70 and g.holds_published == 0, dict(g.gate.rejections)
+    acc, jerk = switched_command_peaks(spec, switches, 80 * 0.1)
+    assert acc.max() <= 1 + 1e-6 and jerk.max() <= 1 + 1e-6, (acc.max(), jerk.max())

@@ -648,3 +648,21 @@ def test_a_hold_keeps_the_acceleration_and_jerk_limits_from_every_start(robot):
         q, v = spec.arm.home.copy(), 0.5 * spec.arm.v_max * np.array([1, -1, 1, -1, 1, -1])
         steep = hold_trajectory(q, spec.joint_names, spec.hard.hold_time, v, spec.a_lim)
         assert command_peaks(spec, steep, q, v)[1] > 1.05
+
+
+@pytest.mark.parametrize("robot", ["ami_arm6", "ur5e"])
+def test_a_hold_that_replaces_an_accelerating_command_keeps_the_jerk_limits(robot):
+    """A hold sent while the command it replaces accelerates or brakes starts from that
+    acceleration: the command stays within the acceleration and jerk limits across the switch."""
+    spec = SafetySpec.load(robot=robot)
+    gate = Gate(spec)
+    rng = np.random.default_rng(6)
+    for k in range(16):
+        q = spec.q_lo + (spec.q_hi - spec.q_lo) * rng.uniform(0.35, 0.65, spec.arm.dof)
+        v = rng.uniform(-0.5, 0.5, spec.arm.dof) * spec.arm.v_max
+        before = np.stack([rng.uniform(-0.8, 0.8, spec.arm.dof) * spec.a_lim,
+                           rng.uniform(-0.3, 0.3, spec.arm.dof) * spec.j_lim])
+        hold = gate.hold(q, v, 0.0, before)
+        assert is_hold(hold)
+        acc, jerk = command_peaks(spec, hold, q, v, before=before)
+        assert acc <= 1 + 1e-3 and jerk <= 1 + 1e-3, (k, acc, jerk)

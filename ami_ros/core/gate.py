@@ -179,6 +179,13 @@ class SafetyGate:
                       2.0)
         return qc, vc
 
+    def command_derivatives(self, now: float) -> np.ndarray:
+        """(2, dof) the acceleration and jerk of the command the controller tracks at ``now`` (what
+        was last sent; 0 when nothing was): a new command steps from them."""
+        if self.sent is None:
+            return np.zeros((2, len(self.names)))
+        return np.stack(self.sent.acceleration_and_jerk(now))
+
     def start_uncertainty(self, now: float) -> np.ndarray:
         """(dof,) how far the velocity the controller starts from at ``now`` may be from
         :meth:`command_state`'s: none for ``commanded`` (the reference is known), for ``measured``
@@ -221,7 +228,7 @@ class SafetyGate:
         if self.q is None:
             return
         q0, v0 = self.command_state(now)
-        self._send(self.gate.hold(q0, v0, self.start_uncertainty(now)), q0, v0, now)
+        self._send(self.gate.hold(q0, v0, self.start_uncertainty(now), self.command_derivatives(now)), q0, v0, now)
         self.holds_published += 1
         self._log("warning", "hold", f"holding: {reason}", 0.0)
 
@@ -290,8 +297,9 @@ class SafetyGate:
                 return
             q0, v0 = self.command_state(now + self._lead, report=False)   # (reported when it goes out)
             e = self.start_uncertainty(now + self._lead)
+            before = self.command_derivatives(now + self._lead)
             epoch, spec, lease = self._epoch, self.spec, self.lease
-        res = self.gate.gate(plan, q0, now, v0, lease=lease, v_uncertainty=e)
+        res = self.gate.gate(plan, q0, now, v0, lease=lease, v_uncertainty=e, before=before)
         with self.lock:
             self.latency_last = res.latency
             self.latency_max = max(self.latency_max, res.latency)

@@ -26,7 +26,8 @@ holds the last point. The gate builds exactly these polynomial pieces and checks
   the second / third finite difference at spacing T, per window of 2T / 3T, built from the
   largest acceleration / jerk of the pieces it overlaps plus the velocity and acceleration
   jumps at the points inside it (a velocity jump dv contributes at most dv / T to
-  acceleration and dv / T^2 to jerk; an acceleration jump da at most 0.75 da / T to jerk);
+  acceleration and dv / T^2 to jerk; an acceleration jump da at most 0.75 da / T to jerk),
+  the first from the acceleration (and jerk) of the command it replaces (``before``);
 * tool speed: sum over joints of |joint speed| * (the chain's length from that joint to
   the tool point, :attr:`ArmSpec.tool_reach`), an upper bound of the Cartesian tool speed;
 * workspace box and keep-out boxes for every link volume (the capsules of the URDF's
@@ -342,12 +343,15 @@ class _Pieces:
     """The controller's commanded motion as polynomial pieces (per joint, local time s).
 
     knots (m+1,), coefficients c0..c3 (m, dof): q(s) = c0 + c1 s + c2 s^2 + c3 s^3.
-    v_before: velocity before the first knot (the current state).
+    v_before: velocity before the first knot (the current state); a_before, j_before: the
+    acceleration and jerk there of the command it replaces.
     """
     knots: np.ndarray
     c: np.ndarray          # (4, m, dof)
     v_before: np.ndarray
     q_start: np.ndarray
+    a_before: np.ndarray
+    j_before: np.ndarray
 
     @property
     def h(self) -> np.ndarray:
@@ -365,9 +369,10 @@ class _Pieces:
         return c1 + s * (2 * c2 + 3 * s * c3), 2 * c2 + 6 * s * c3
 
 
-def _pieces(times, pos, vel, q0, v0) -> _Pieces:
+def _pieces(times, pos, vel, q0, v0, before=None) -> _Pieces:
     """Same pieces as core.trajectory.TrajectorySampler (from (q0, v0) to the first point
-    when its time is > 0; linear without velocities, cubic Hermite with them)."""
+    when its time is > 0; linear without velocities, cubic Hermite with them); ``before`` the
+    acceleration and jerk (2, dof) of the command before (None: at rest or constant velocity)."""
     if times[0] > 0:
         knots = np.concatenate([[0.0], times])
         P = np.vstack([q0, pos])
@@ -385,19 +390,21 @@ def _pieces(times, pos, vel, q0, v0) -> _Pieces:
         c1 = V0.copy()
         c2 = (3 * d - 2 * V0 - V1) / h
         c3 = (V0 + V1 - 2 * d) / h**2
-    return _Pieces(np.asarray(knots, dtype=np.float64), np.stack([P0, c1, c2, c3]),
-                   np.asarray(v0, dtype=np.float64), P[0].copy())
+    v0 = np.asarray(v0, dtype=np.float64)
+    a0, j0 = np.zeros((2, len(v0))) if before is None else np.asarray(before, dtype=np.float64)
+    return _Pieces(np.asarray(knots, dtype=np.float64), np.stack([P0, c1, c2, c3]), v0, P[0].copy(), a0, j0)
 
 
-def _window_max(t: np.ndarray, piece: np.ndarray, jump: np.ndarray, width: float) -> np.ndarray:
+def _window_max(t: np.ndarray, piece: np.ndarray, jump: np.ndarray, width: float, before=0.0) -> np.ndarray:
     """Per joint, an upper bound over every window [s, s + width] of the largest piece value
     overlapping it plus the sum of the jumps at the knots inside it: ``t`` (n,) sorted knots,
-    ``piece`` (n - 1, dof) >= 0 a value per piece between them (0 before the first knot and
-    after the last), ``jump`` (n, dof) >= 0 a value per knot. A window whose knots are i..k
+    ``piece`` (n - 1, dof) >= 0 a value per piece between them (``before`` before the first knot,
+    0 after the last), ``jump`` (n, dof) >= 0 a value per knot. A window whose knots are i..k
     overlaps the pieces i - 1..k; the window starting at knot i holds all the knots any such
     window can."""
     n, dof = jump.shape
     pieces = np.zeros((n + 1, dof))                  # [i]: the piece that ends at knot i
+    pieces[0] = before
     pieces[1:-1] = piece
     cs = np.zeros((n + 1, dof))
     np.cumsum(jump, axis=0, out=cs[1:])
@@ -442,15 +449,15 @@ def dynamics_bounds(p: _Pieces, period: float, reach: np.ndarray) -> Dynamics:
         a_piece = j_piece = np.zeros((0, dof))
         v_cont = np.zeros(dof)
         tool = 0.0
-    # jumps at the knots: before the first knot the current state (accel 0), after the last: hold
+    # jumps at the knots: before the first knot the current state (the command it replaces), after the last: hold
     v_left = np.vstack([p.v_before[None], v_end])
     v_right = np.vstack([v_start, np.zeros((1, dof))])
-    a_left = np.vstack([np.zeros((1, dof)), a_end])
+    a_left = np.vstack([p.a_before[None], a_end])
     a_right = np.vstack([a_start, np.zeros((1, dof))])
     dv, da = np.abs(v_right - v_left), np.abs(a_right - a_left)
     T = period
-    acc_bound = _window_max(p.knots, a_piece, dv / T, 2 * T)
-    jerk_bound = _window_max(p.knots, j_piece, 0.75 * da / T + dv / T**2, 3 * T)
+    acc_bound = _window_max(p.knots, a_piece, dv / T, 2 * T, np.abs(p.a_before))
+    jerk_bound = _window_max(p.knots, j_piece, 0.75 * da / T + dv / T**2, 3 * T, np.abs(p.j_before))
     return Dynamics(v_cont, acc_bound, jerk_bound, tool, piece_speed)
 
 
@@ -601,6 +608,12 @@ def hold_trajectory(q_now, joint_names, hold_time: float = 0.05, v_now=None, a_l
     return Trajectory(list(joint_names), np.array([T]), stop[None], np.zeros((1, q.size)), 0.0)
 
 
+def _before(before, dof: int) -> np.ndarray:
+    """The acceleration and jerk (2, dof) of the command being replaced: zeros where not given or not finite."""
+    b = None if before is None else np.asarray(before, dtype=np.float64)
+    return b if b is not None and b.shape == (2, dof) and np.all(np.isfinite(b)) else np.zeros((2, dof))
+
+
 def is_hold(traj: Trajectory) -> bool:
     """Whether a command the gate sent only brakes to rest, as :meth:`Gate.hold` makes them: at
     most three points (the cubic's one, a brake's phase ends), the last at rest, no joint's speed
@@ -693,12 +706,13 @@ class Gate:
             raise ValueError("a new spec must describe the same arm")
         self.spec, self._reach = spec, spec.arm.reach
 
-    def hold(self, q_now, v_now=None, v_uncertainty=0.0) -> Trajectory:
-        """Bring the arm to rest from (q_now, v_now), within the acceleration and jerk limits for any
-        start velocity within ``v_uncertainty`` of v_now. At rest: one point at q_now. Moving: the
+    def hold(self, q_now, v_now=None, v_uncertainty=0.0, before=None) -> Trajectory:
+        """Bring the arm to rest from (q_now, v_now), replacing a command whose acceleration and
+        jerk are ``before`` (2, dof) (None: 0), within the acceleration and jerk limits for any start
+        velocity within ``v_uncertainty`` of v_now. At rest: one point at q_now. Moving: the
         shortest of the constant-deceleration cubic of :func:`hold_trajectory` (one point) and the
-        jerk-limited brakes of :func:`brake_pieces` from acceleration 0 (the controller model's state
-        before a command) that keeps the limits from every start and ends within the position limits.
+        jerk-limited brakes of :func:`brake_pieces` from v_now at that acceleration that keeps the
+        limits from every start and ends within the position limits.
         The brakes use each share of the jerk limits in ``BRAKE_JERK``; for an uncertain start also
         lower decelerations and longer first phases (``_HOLD_ACCELERATION``, ``_HOLD_STRETCHES``).
         None keeps them (a start the limits cannot stop in time): the cubic, its rest point within
@@ -711,11 +725,13 @@ class Gate:
         if v is None or v.shape != q.shape or not np.all(np.isfinite(v)) or not np.all(np.isfinite(q)):
             return cubic
         v = np.clip(v, -spec.arm.v_max, spec.arm.v_max)
-        if not np.any(v):
+        before = _before(before, v.size)
+        a0 = before[0]
+        if not np.any(v) and not np.any(a0):
             return cubic
         starts = self._starts(v, v_uncertainty)
         uncertain = len(starts) > 1
-        a0, hold_time = np.zeros_like(v), spec.hard.hold_time
+        hold_time = spec.hard.hold_time
         cands = [(cubic.duration, cubic)]                  # (duration, cubic or brake shape), lengths first (cheap)
         for a_share in _HOLD_ACCELERATION:
             c = hold_trajectory(q, spec.joint_names, hold_time, v, a_share * spec.a_lim, spec.q_lo, spec.q_hi,
@@ -734,28 +750,31 @@ class Gate:
                 if not np.all((pos >= spec.q_lo) & (pos <= spec.q_hi)):
                     continue
                 hold = Trajectory(list(spec.joint_names), dt, pos, vel, 0.0)
-            if all(self._brakes_within_limits(hold, q, s) for s in starts):
+            if all(self._brakes_within_limits(hold, q, s, before) for s in starts):
                 return hold
         return cubic
 
-    def _brakes_within_limits(self, brake: Trajectory, q_now, v_start) -> bool:
-        """Whether ``brake`` started at (q_now, v_start) keeps the acceleration and jerk limits (its
-        speed only falls from the start's, which no command can change)."""
-        d = dynamics_bounds(_pieces(brake.times, brake.positions, brake.velocities, q_now, v_start),
+    def _brakes_within_limits(self, brake: Trajectory, q_now, v_start, before) -> bool:
+        """Whether ``brake`` started at (q_now, v_start), replacing a command with acceleration and
+        jerk ``before``, keeps the acceleration and jerk limits (its speed only falls from the
+        start's, which no command can change)."""
+        d = dynamics_bounds(_pieces(brake.times, brake.positions, brake.velocities, q_now, v_start, before),
                             self.spec.hard.derivative_period, self.spec.arm.tool_reach)
         tight = 1 - 1e-9
         return bool(np.all(d.acceleration <= self.spec.a_lim * tight) and np.all(d.jerk <= self.spec.j_lim * tight))
 
     # ---------------- main entry ----------------
     def gate(self, traj: Trajectory, q_now, now: float, v_now=None, lease: float | None = None,
-             v_uncertainty=0.0) -> GateResult:
+             v_uncertainty=0.0, before=None) -> GateResult:
         """Pass, time-scale or refuse ``traj`` for an arm at ``q_now`` (velocity ``v_now``,
         default at rest) at time ``now`` (the clock of ``traj.start_time``). With a ``lease``
         (s), what passes ends at rest within :meth:`motion_bound` of its start (:meth:`_bounded`).
         ``v_uncertainty`` (rad/s, scalar or per joint): how far the velocity the controller starts
-        from may be from ``v_now`` (as for :meth:`hold`); the limits hold for every start within it."""
+        from may be from ``v_now`` (as for :meth:`hold`); the limits hold for every start within it.
+        ``before`` (2, dof): the acceleration and jerk of the command ``traj`` replaces, at the switch
+        (None: 0); the step from it to ``traj``'s is checked as any other."""
         t0 = time.perf_counter()
-        res = self._gate(traj, q_now, now, v_now, lease, v_uncertainty)
+        res = self._gate(traj, q_now, now, v_now, lease, v_uncertainty, before)
         res.latency = time.perf_counter() - t0
         if res.ok:
             self.passed += 1
@@ -768,15 +787,16 @@ class Gate:
     def _refuse(self, reason: str, message: str) -> GateResult:
         return GateResult(False, None, reason, message)
 
-    def _gate(self, traj, q_now, now, v_now, lease, v_uncertainty=0.0) -> GateResult:
+    def _gate(self, traj, q_now, now, v_now, lease, v_uncertainty=0.0, before=None) -> GateResult:
         spec, tun, dof = self.spec, self.spec.tunables, self.spec.arm.dof
         q_now = np.asarray(q_now, dtype=np.float64).reshape(-1)
         v_now = np.zeros(dof) if v_now is None else np.asarray(v_now, dtype=np.float64).reshape(-1)
         if self.estop.latched:
             hold = self.hold(q_now) if q_now.shape == (dof,) and np.all(np.isfinite(q_now)) else None
             return GateResult(False, hold, "estop_latched", f"e-stop latched ({self.estop.reason}); holding")
-        if q_now.shape != (dof,) or v_now.shape != (dof,) or not (
-                np.all(np.isfinite(q_now)) and np.all(np.isfinite(v_now))):
+        before = np.zeros((2, dof)) if before is None else np.asarray(before, dtype=np.float64)
+        if q_now.shape != (dof,) or v_now.shape != (dof,) or before.shape != (2, dof) or not (
+                np.all(np.isfinite(q_now)) and np.all(np.isfinite(v_now)) and np.all(np.isfinite(before))):
             return self._refuse("bad_state", "current joint state unknown or not finite")
         starts = self._starts(v_now, v_uncertainty)
         try:
@@ -821,12 +841,12 @@ class Gate:
         bad = self._path_violation(p)
         if bad:
             return self._refuse(*bad)
-        bad = self._dynamics_from(cand, q_now, starts)
+        bad = self._dynamics_from(cand, q_now, starts, before)
         scale = 1.0
         if bad:
             if tun.violation_policy == "reject":
                 return self._refuse(*bad)
-            scale = self._find_scale(cand, q_now, starts)
+            scale = self._find_scale(cand, q_now, starts, before)
             if scale is None:
                 return self._refuse("scale_too_large", f"{bad[1]}; no time scale <= {tun.max_time_scale} fixes it")
             if times[-1] * scale > tun.max_duration:
@@ -837,7 +857,7 @@ class Gate:
         final = "no cut"
         for out in self._bounded(cand, q_now, v_now, lease):
             p = _pieces(out.times, out.positions, out.velocities, q_now, v_now)
-            final = self._dynamics_from(out, q_now, starts) or self._path_violation(p)   # the cheap check first
+            final = self._dynamics_from(out, q_now, starts, before) or self._path_violation(p)   # the cheap check first
             if not final:
                 cand = out
                 break
@@ -960,15 +980,16 @@ class Gate:
         vm = self.spec.arm.v_max
         return [v_now, np.clip(v_now - e, -vm, vm), np.clip(v_now + e, -vm, vm)]
 
-    def _dynamics_from(self, t: Trajectory, q_now, starts: list[np.ndarray]) -> tuple[str, str] | None:
+    def _dynamics_from(self, t: Trajectory, q_now, starts: list[np.ndarray], before=None) -> tuple[str, str] | None:
         """The first dynamics violation of ``t`` started at ``q_now`` with any velocity of
-        ``starts`` (a point at time 0 is the current state: its velocity is the start's)."""
+        ``starts`` (a point at time 0 is the current state: its velocity is the start's), replacing
+        a command with acceleration and jerk ``before`` (2, dof)."""
         for i, v in enumerate(starts):
             vel = t.velocities
             if vel is not None and t.times[0] == 0.0:
                 vel = vel.copy()
                 vel[0] = v
-            bad = self._dynamics_violation(_pieces(t.times, t.positions, vel, q_now, v), tool=i == 0)
+            bad = self._dynamics_violation(_pieces(t.times, t.positions, vel, q_now, v, before), tool=i == 0)
             if bad:
                 return bad
         return None
@@ -997,14 +1018,15 @@ class Gate:
             vel[0] = t.velocities[0]  # the current velocity (point 0 is the current state)
         return Trajectory(list(t.joint_names), t.times * k, t.positions.copy(), vel, t.start_time)
 
-    def _find_scale(self, t: Trajectory, q_now, starts: list[np.ndarray]) -> float | None:
+    def _find_scale(self, t: Trajectory, q_now, starts: list[np.ndarray], before=None) -> float | None:
         """The smallest time scale whose output passes the dynamics checks from every start:
         the points :meth:`_subdivide` inserts on the first piece follow the start velocity
         ``starts[0]``, so from the others they are checked as they go out."""
         kmax = self.spec.tunables.max_time_scale
 
         def ok(k):
-            return self._dynamics_from(self._subdivide(self._scaled(t, k), q_now, starts[0]), q_now, starts) is None
+            return self._dynamics_from(self._subdivide(self._scaled(t, k), q_now, starts[0]), q_now, starts,
+                                       before) is None
 
         if not ok(kmax):
             return None

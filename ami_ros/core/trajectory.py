@@ -154,3 +154,16 @@ class TrajectorySampler:
         q = h00 * p0 + h10 * m0 + h01 * p1 + h11 * m1
         v = (d00 * p0 + d10 * m0 + d01 * p1 + d11 * m1) / h
         return q, v
+
+    def acceleration_and_jerk(self, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """The desired acceleration and jerk at ``t`` (0 on a linear segment, before the start and
+        after the end)."""
+        s = t - self.t0
+        if self.vel is None or s <= self.times[0] or s >= self.times[-1]:
+            return np.zeros_like(self.pos[0]), np.zeros_like(self.pos[0])
+        i = int(np.searchsorted(self.times, s, side="right")) - 1
+        h = self.times[i + 1] - self.times[i]
+        u = (s - self.times[i]) / h
+        p0, p1, m0, m1 = self.pos[i], self.pos[i + 1], self.vel[i] * h, self.vel[i + 1] * h
+        a = ((12 * u - 6) * p0 + (6 * u - 4) * m0 + (6 - 12 * u) * p1 + (6 * u - 2) * m1) / h**2
+        return a, (12 * p0 + 6 * m0 - 12 * p1 + 6 * m1) / h**3

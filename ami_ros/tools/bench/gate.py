@@ -2,6 +2,8 @@
 safety node gates them (with its lease, the plan timeout: the 0.8 s plans are cut and braked)."""
 from __future__ import annotations
 
+import numpy as np
+
 from ami_ros.tools.bench.table import stats, table
 
 
@@ -13,22 +15,71 @@ def planner_shaped(arm, q_now, bound, rng, n=8, dt=0.1):
     return trajectory_from_actions(arm.joint_names, q_now, actions, dt, arm.clip)
 
 
-def command_peaks(spec, traj, q, v_start, phases: int = 4) -> tuple[float, float]:
+def command_peaks(spec, traj, q, v_start, phases: int = 4, before=None) -> tuple[float, float]:
     """The largest |acceleration| / a_lim and |jerk| / j_lim of the controller's command for ``traj``
-    tracked from (q, v_start) (moving at v_start before it starts): finite differences at the
-    derivative period, at several clock phases (an independent check: not the gate's bounds)."""
+    tracked from (q, v_start), replacing a command that reached (q, v_start) with acceleration and
+    jerk ``before`` (2, dof) (None: at constant velocity): finite differences at the derivative
+    period that reach the switch or past it, at several clock phases (an independent check: not
+    the gate's bounds)."""
     import numpy as np
 
     from ami_ros.core.trajectory import TrajectorySampler
 
     s, T = TrajectorySampler(traj, q, v_start, 0.0), spec.hard.derivative_period
+    a0, j0 = (0.0, 0.0) if before is None else before
     acc = jerk = 0.0
     for phase in np.linspace(0, T, phases, endpoint=False):
         g = np.arange(-4 * T + phase, traj.duration + 4 * T, T)
-        qg = np.array([s.sample(t)[0] if t >= 0 else q + v_start * t for t in g])
-        acc = max(acc, float(np.max(np.abs(np.diff(qg, 2, axis=0)) / T**2 / spec.a_lim)))
-        jerk = max(jerk, float(np.max(np.abs(np.diff(qg, 3, axis=0)) / T**3 / spec.j_lim)))
+        qg = np.array([s.sample(t)[0] if t >= 0 else q + v_start * t + a0 * t**2 / 2 + j0 * t**3 / 6 for t in g])
+        acc = max(acc, float(np.max(np.abs(np.diff(qg, 2, axis=0)[g[2:] >= 0]) / T**2 / spec.a_lim)))
+        jerk = max(jerk, float(np.max(np.abs(np.diff(qg, 3, axis=0)[g[3:] >= 0]) / T**3 / spec.j_lim)))
     return acc, jerk
+
+
+def replan_through_gate(spec, plans: int, rng, action_scale: float | None = None, gate=None):
+    """Plans shaped as the planner's, a new one every 0.1 s from the commanded state, through a
+    ``SafetyGate`` (``commanded`` controller start) whose joint states follow the commanded reference
+    at 100 Hz (``gate``: a gate of another version in its place). Returns the state machine and what
+    the controller tracked: [(switch time, sampler)], one per plan that passed."""
+    import numpy as np
+
+    from ami_ros.core.gate import SafetyGate
+    from ami_ros.core.stack_config import action_bound, load_stack_config
+
+    g = SafetyGate(spec, watch_camera=False)
+    if gate is not None:
+        g.gate = gate
+    scale = load_stack_config()["action_scale"] if action_scale is None else action_scale
+    bound = action_bound(spec.arm, 0.1, scale)
+    t, switches, rest = 0.0, [], np.zeros(spec.arm.dof)
+    g.observe_joint_state(t, spec.arm.home, rest)
+    for _ in range(plans):
+        for _ in range(10):
+            t = round(t + 0.01, 10)
+            q, v = g.sent.sample(t) if g.sent is not None else (spec.arm.home, rest)
+            g.observe_joint_state(t, q, v)
+            g.tick(t)
+        before = g.sent
+        g.on_plan(t, planner_shaped(spec.arm, g.command_state(t, report=False)[0], bound, rng), clock=lambda: t)
+        if g.sent is not before:
+            switches.append((t, g.sent))
+    return g, switches
+
+
+def switched_command_peaks(spec, switches, t_end: float, phases: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Per finite difference at the derivative period (several clock phases), the largest |acceleration|
+    / a_lim and |jerk| / j_lim over the joints of the command a controller tracks that switches to
+    each sampler of ``switches`` at its time, up to ``t_end``: (n,), (n,)."""
+    import numpy as np
+
+    starts, T = np.array([s[0] for s in switches]), spec.hard.derivative_period
+    acc, jerk = [], []
+    for phase in np.linspace(0, T, phases, endpoint=False):
+        grid = np.arange(starts[0] + phase, t_end, T)
+        Q = np.array([switches[np.searchsorted(starts, t, side="right") - 1][1].sample(t)[0] for t in grid])
+        acc.append(np.max(np.abs(np.diff(Q, 2, axis=0)) / T**2 / spec.a_lim, axis=1))
+        jerk.append(np.max(np.abs(np.diff(Q, 3, axis=0)) / T**3 / spec.j_lim, axis=1))
+    return np.concatenate(acc), np.concatenate(jerk)
 
 
 def bench_gate(args, out: dict) -> str:
