@@ -40,7 +40,7 @@ def write_synthetic(path, *, steps: int = 20, shuffle: bool = True, commands: bo
                 i = n // 5 * 2 + (n % 5 == 3)
                 if images:
                     w.write_image(t, np.full((H, W, 3), [i, 2 * i % 256, 7], np.uint8), np.eye(3))
-                w.write_cube_pose(t, [1.0 + t, 2.0, 3.0, 1.0, 0.0, 0.0, 0.0])
+                w.write_cube_pose(t, [1.0 + t, 2.0, 3.0, np.cos(t / 2), 0.0, 0.0, np.sin(t / 2)])   # yaw = t
                 w.write_cube_visible(t, (i % 4) / 4)
                 w.write_tool_position(t, [t, 0.0, -t])
             if commands and n % 5 == 0 and n < steps * 5:
@@ -78,6 +78,7 @@ def test_alignment_and_by_name_mapping(good_bag):
     np.testing.assert_allclose(ep.cube_visible, (2 * np.arange(T) % 4) / 4)
     assert ep.action.shape == (T - 1, 3)
     np.testing.assert_allclose(ep.cube[:, 0], 1.0 + ep.t, atol=1e-12)
+    np.testing.assert_allclose(ep.cube_yaw, ep.t, atol=1e-9)                    # the turn about z, from the quaternion
     np.testing.assert_allclose(ep.tool[:, 2], -ep.t, atol=1e-12)
     assert ep.joint_names == NAMES and ep.path == os.path.abspath(good_bag)
 

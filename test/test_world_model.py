@@ -30,7 +30,7 @@ def _episodes(n=3, T=40, size=32, seed=0):
         q = np.cumsum(rng.normal(0, 0.05, (T, 6)), 0).astype(np.float32)
         eps.append(SimpleNamespace(frames=(rng.random((T, size, size, 3)) * 255).astype(np.uint8), q=q,
                                    qd=np.zeros_like(q), q_cmd=q, action=np.diff(q, axis=0), cube=None, tool=None,
-                                   cube_visible=None, path=f"/episodes/{i}"))
+                                   cube_visible=None, cube_yaw=None, path=f"/episodes/{i}"))
     return eps
 
 
@@ -419,3 +419,9 @@ def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
     assert out["probe_r2_tool_from_image"] == pytest.approx(
         (out["probe_r2_tool_x_from_image"] + out["probe_r2_tool_y_from_image"]) / 2)
     assert out["probe_r2_tool_z_from_image_mlp"] is None and -5.0 < out["probe_r2_cube_x_mlp"] <= 1.0
+    assert "probe_r2_cube_turn_cos" not in out                  # no yaw recorded: no turn probe
+    for e in eps:
+        e.cube_yaw = rng.uniform(-np.pi, np.pi, 40)
+    turned = evaluate(model, eps[:2], eps[2:], "cpu", horizons=(1,))
+    assert all(np.isfinite(turned[f"probe_r2_cube_turn_{c}{m}"]) and turned[f"probe_r2_cube_turn_{c}{m}"] <= 1.0
+               for c in ("cos", "sin") for m in ("", "_mlp"))

@@ -332,6 +332,15 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
         each = (_mlp_r2_each(z_train[on_tr, :Dv], ctr[on_tr], Zt[on_te, :Dv], cte[on_te])
                 if enough else np.full(2, np.nan))
         out.update({f"probe_r2_cube_{c}_mlp": float(r) for c, r in zip("xy", each)})
+        if all(e.cube_yaw is not None for e in train_eps + test_eps):
+            # a cube looks the same turned by 90 degrees: its turn as (cos 4 yaw, sin 4 yaw)
+            turn = [np.column_stack([np.cos(4 * e.cube_yaw), np.sin(4 * e.cube_yaw)]) for e in train_eps + test_eps]
+            ytr, yte = np.concatenate(turn[:len(train_eps)]), np.concatenate(turn[len(train_eps):])
+            ktr, kte = on_tr & np.isfinite(ytr).all(1), on_te & np.isfinite(yte).all(1)
+            for suffix, probe in (("", _ridge_r2_each), ("_mlp", _mlp_r2_each)):
+                each = (probe(z_train[ktr, :Dv], ytr[ktr], Zt[kte, :Dv], yte[kte])
+                        if ktr.sum() > Dv and kte.any() else np.full(2, np.nan))
+                out.update({f"probe_r2_cube_turn_{c}{suffix}": float(r) for c, r in zip(("cos", "sin"), each)})
     if all(e.tool is not None for e in train_eps + test_eps):
         ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
         ktr, kte = np.isfinite(ttr).all(1), np.isfinite(tte).all(1)        # NaN before the first tool message

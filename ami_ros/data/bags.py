@@ -317,6 +317,9 @@ class Episode:
     clock_offsets: dict = field(default_factory=dict)
     #: (T,) the share of the cube the camera sees (0..1, NaN before its first message), or None
     cube_visible: np.ndarray | None = None
+    #: (T,) the cube's yaw, its turn about the vertical (rad, from its pose's quaternion; NaN before its
+    #: first message), or None
+    cube_yaw: np.ndarray | None = None
 
     def __post_init__(self):
         self.bag = self.bag or self.path
@@ -422,7 +425,7 @@ def split_episode(ep: Episode, max_episode_s: float | None = None, *, gap_s: flo
                        joint_names=ep.joint_names, path=f"{ep.path}#{k:0{width}d}", control_dt=ep.control_dt,
                        action_source=ep.action_source, bag=ep.bag,
                        gap_s={t: g[a:b] for t, g in ep.gap_s.items()}, clock_offsets=dict(ep.clock_offsets),
-                       cube_visible=part(ep.cube_visible))
+                       cube_visible=part(ep.cube_visible), cube_yaw=part(ep.cube_yaw))
 
     return [piece(a, b, k) for k, (a, b) in enumerate(bounds)]
 
@@ -956,6 +959,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     js = _JointStates(names, profile)
     cmd_msgs: list[tuple[int, object]] = []   # (receive ns, message): read once the joint states are
     cube: list[tuple[int, np.ndarray]] = []
+    cube_yaw: list[tuple[int, float]] = []
     tool: list[tuple[int, np.ndarray]] = []
     cube_visible: list[tuple[int, float]] = []
     raw_shape = None
@@ -986,8 +990,9 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
         elif part == "commands":
             cmd_msgs.append((int(recv), msg))
         elif part == "cube":
-            p = msg.pose.position
+            p, o = msg.pose.position, msg.pose.orientation
             cube.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
+            cube_yaw.append((cube[-1][0], float(np.arctan2(2 * (o.w * o.z + o.x * o.y), 1 - 2 * (o.y**2 + o.z**2)))))
         elif part == "tool":
             p = msg.point
             tool.append((_stamp(msg, recv), np.array([p.x, p.y, p.z])))
@@ -1058,7 +1063,7 @@ def _load(reader, path: str, control_dt: float, names: list[str], size, profile:
     return Episode(t=ticks / 1e9, frames=frames, q=q, qd=qd, q_cmd=q_cmd, action=np.diff(q_cmd, axis=0),
                    cube=optional(cube), tool=optional(tool), joint_names=names, path=path,
                    control_dt=control_dt, action_source=profile.action_source, gap_s=gaps,
-                   clock_offsets=offsets_s, cube_visible=optional(cube_visible))
+                   clock_offsets=offsets_s, cube_visible=optional(cube_visible), cube_yaw=optional(cube_yaw))
 
 
 def _check_not_empty(path: str, profile: RecordingProfile, types_by_topic: dict, images, js: _JointStates,

@@ -11,7 +11,7 @@ simulator's outcomes instead of the predictor's (see
 With ``--bags DIR`` it reads the bags under DIR with the recording profile (the model's image
 size, control period and joints) and reports what training reports on held-out episodes
 (``ami_ros.core.training.evaluate``): the prediction error against copying the last embedding
-1, 5 and 10 steps ahead, on every bag; the linear probes need a fit, so they are fit on the
+1, 5 and 10 steps ahead, on every bag; the probes (linear and one-hidden-layer) need a fit, so they are fit on the
 first half of the bags (by path) and scored on the rest (:func:`run_bags`).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bags", nargs="+", default=None, metavar="DIR",
                    help="evaluate the model's predictions on the bags under DIR instead (no simulator; torch "
                         "backend): prediction error against copying the last embedding 1, 5, 10 steps ahead, "
-                        "and linear probes fit on the first half of the bags, scored on the rest")
+                        "and probes (linear, MLP) fit on the first half of the bags, scored on the rest")
     p.add_argument("--episodes", type=int, default=20, help="episodes per split")
     p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
     p.add_argument("--splits", default="near,far", help="comma list of near, far, wall (far goals across a keep-out "
@@ -264,7 +264,7 @@ def _push_split(sim, agents: dict, bound, dt: float, args) -> dict:
 
 # ----------------------------------------------------------------------------- --bags: on recordings
 HORIZONS = (1, 5, 10)   # control steps ahead the predictions are scored at, as training scores them
-PROBE_HOLDOUT = 0.5     # the linear probes are fit on the first half of the bags (by path) and scored on the rest
+PROBE_HOLDOUT = 0.5     # the probes are fit on the first half of the bags (by path) and scored on the rest
 
 
 def load_bags(folders, model, arm, profile, split=None) -> tuple[list, list]:
@@ -286,7 +286,7 @@ def load_bags(folders, model, arm, profile, split=None) -> tuple[list, list]:
 
 def bag_figures(model, episodes) -> tuple[dict, dict]:
     """``training.evaluate``'s figures on the bags: the prediction errors and embedding
-    monitors over every bag (they need no fit); the linear probes, which do, fit on the first
+    monitors over every bag (they need no fit); the probes, which do, fit on the first
     part of the bags and scored on the rest (``{"skipped": reason}`` where that cannot be done)."""
     from ami_ros.core.training import evaluate, split_episodes
 
@@ -327,17 +327,18 @@ def print_bag_figures(results: dict, card_metrics: dict) -> None:
           "figure on the held-out episodes of its training)")
     p = results["probes"]
     if "skipped" in p:
-        print(f"linear probes: skipped, {p['skipped']}")
+        print(f"probes: skipped, {p['skipped']}")
     else:
-        print(f"linear probes (R^2), fit on the first {p['fit_bags']} bag(s) by path, scored on the other "
-              f"{p['scored_bags']}:")
+        print(f"probes (R^2; linear, and _mlp: one hidden layer), fit on the first {p['fit_bags']} bag(s) by path, "
+              f"scored on the other {p['scored_bags']}:")
         for k, v in p.items():
             if k.startswith("probe_"):
                 card = card_metrics.get(k)
                 shown = "undefined" if v is None else str(v) if isinstance(v, int) else format(v, "8.3f")
-                print(f"  {k:32s} {shown:>9s}" + ("" if card is None else f"   card {card:.3f}"))
+                print(f"  {k:36s} {shown:>9s}" + ("" if card is None else f"   card {card:.3f}"))
         print("  (R^2 1: read off the embedding exactly, 0: no better than the mean; undefined: the target did "
-              "not vary; a fit on few bags overfits)")
+              "not vary; a fit on few bags overfits; cube_turn: the cube's yaw as cos / sin of 4 yaw, a cube "
+              "turned by 90 degrees looking the same)")
     print("embeddings over every bag (collapse monitors, as in training):")
     for k, v in m.items():
         if not k.startswith(("pred_", "copy_")) and k not in ("heldout_episodes", "heldout_steps"):
