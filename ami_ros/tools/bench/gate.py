@@ -21,8 +21,6 @@ def command_peaks(spec, traj, q, v_start, phases: int = 4, before=None) -> tuple
     jerk ``before`` (2, dof) (None: at constant velocity): finite differences at the derivative
     period that reach the switch or past it, at several clock phases (an independent check: not
     the gate's bounds)."""
-    import numpy as np
-
     from ami_ros.core.trajectory import TrajectorySampler
 
     s, T = TrajectorySampler(traj, q, v_start, 0.0), spec.hard.derivative_period
@@ -41,8 +39,6 @@ def replan_through_gate(spec, plans: int, rng, action_scale: float | None = None
     ``SafetyGate`` (``commanded`` controller start) whose joint states follow the commanded reference
     at 100 Hz (``gate``: a gate of another version in its place). Returns the state machine and what
     the controller tracked: [(switch time, sampler)], one per plan that passed."""
-    import numpy as np
-
     from ami_ros.core.gate import SafetyGate
     from ami_ros.core.stack_config import action_bound, load_stack_config
 
@@ -70,8 +66,6 @@ def switched_command_peaks(spec, switches, t_end: float, phases: int = 4) -> tup
     """Per finite difference at the derivative period (several clock phases), the largest |acceleration|
     / a_lim and |jerk| / j_lim over the joints of the command a controller tracks that switches to
     each sampler of ``switches`` at its time, up to ``t_end``: (n,), (n,)."""
-    import numpy as np
-
     starts, T = np.array([s[0] for s in switches]), spec.hard.derivative_period
     acc, jerk = [], []
     for phase in np.linspace(0, T, phases, endpoint=False):
