@@ -26,7 +26,8 @@ velocity for the arm streams; position differences over one step for ``command``
 |acceleration| <= max_acceleration with W = ``--accel-window`` (default 0.05 s =
 safety.derivative_period): for the arm streams the measured velocity's change over W (for 50 Hz
 joint states the smallest sample span >= W, i.e. 0.06 s), for ``command`` the second difference
-of the commanded position at spacing W, as safety.yaml defines the limit (a velocity taken from
+of the commanded position at spacing W, as safety.yaml defines the limit, and |jerk| <= max_jerk as
+the third difference at the same spacing (``command`` only; a velocity taken from
 one 2 ms step would turn the simulated controller's one-step pause at every trajectory switch,
 where it restarts from the previous step's command, into a spurious v / W); every joint origin and the tool point (forward kinematics,
 ArmSpec.link_positions) inside the workspace box, and every straight link segment between them
@@ -116,7 +117,7 @@ class Stream:
         self.events = []                               # the first MAX_EVENTS violations
         dof = arm.dof
         self.max_abs = {"position_low_margin": np.full(dof, np.inf), "position_high_margin": np.full(dof, np.inf),
-                        "velocity": np.zeros(dof), "acceleration": np.zeros(dof)}
+                        "velocity": np.zeros(dof), "acceleration": np.zeros(dof), "jerk": np.zeros(dof)}
         self.max_tool_speed_seen = 0.0
         self.min_workspace_margin = np.inf
         self.min_keep_out_clearance = np.inf           # of the joint origins / tool point (metres)
@@ -164,6 +165,7 @@ class Stream:
         # --- acceleration over the window, and tool speed over the same span
         ends = np.searchsorted(t, t + self.window * (1 - 1e-9), side="left")
         ends2 = np.searchsorted(t, t + 2 * self.window * (1 - 1e-9), side="left")
+        ends3 = np.searchsorted(t, t + 3 * self.window * (1 - 1e-9), side="left")
         ok = (ends2 if self.vel_from_pos else ends) < len(t)
         starts = np.flatnonzero(ok)
         last = ends2 if self.vel_from_pos else ends
@@ -183,6 +185,17 @@ class Stream:
             for i, j in np.argwhere(aa > arm.a_max):
                 self._event("acceleration_limit", t[e[i]], {"joint": arm.joint_names[j], "value": float(acc[i, j]),
                                                             "limit": float(arm.a_max[j]), "span": float(span[i, 0])})
+            if self.vel_from_pos:   # third difference at spacing W: the jerk, as the gate bounds it
+                s3 = starts[(ends3[starts] < len(t)) & (ends3[starts] >= k0)]
+                if len(s3):
+                    e1, e2, e3 = ends[s3], ends2[s3], ends3[s3]
+                    w = ((t[e3] - t[s3]) / 3)[:, None]
+                    jerk = (q[e3] - 3 * q[e2] + 3 * q[e1] - q[s3]) / w**3
+                    aj = np.abs(jerk)
+                    self.max_abs["jerk"] = np.maximum(self.max_abs["jerk"], aj.max(0))
+                    for i, j in np.argwhere(aj > arm.j_max):
+                        self._event("jerk_limit", t[e3[i]], {"joint": arm.joint_names[j], "value": float(jerk[i, j]),
+                                                             "limit": float(arm.j_max[j])})
             tool = arm.tool_position(q)
             ts = np.linalg.norm(tool[e] - tool[starts], axis=1) / span[:, 0]
             self.max_tool_speed_seen = max(self.max_tool_speed_seen, float(ts.max()))
@@ -203,7 +216,7 @@ class Stream:
             for i in np.flatnonzero(hit):
                 self._event("keep_out", tn[i], {"box": name, "q": np.round(qn[i], 4).tolist()})
         # keep enough for the next window
-        keep = np.searchsorted(t, t[-1] - 2 * self.window - 0.05, side="left")
+        keep = np.searchsorted(t, t[-1] - 3 * self.window - 0.05, side="left")
         self._tail = (t[keep:], q[keep:], None if v is None or self.vel_from_pos else v[keep:])
         if self.vel_from_pos:
             self._tail = (t[keep:], q[keep:], None)
@@ -219,6 +232,7 @@ class Stream:
             "max_abs_acceleration": dict(zip(arm.joint_names, np.round(self.max_abs["acceleration"], 3).tolist())),
             "max_acceleration_over_limit": float(np.max(self.max_abs["acceleration"] / arm.a_max)),
             "acceleration_span_s": round(float(np.median(self.accel_span)), 4) if self.accel_span else None,
+            "max_jerk_over_limit": float(np.max(self.max_abs["jerk"] / arm.j_max)) if self.vel_from_pos else None,
             "min_position_margin_rad": float(min(self.max_abs["position_low_margin"].min(),
                                                  self.max_abs["position_high_margin"].min())),
             "max_tool_speed": round(self.max_tool_speed_seen, 4),
@@ -490,7 +504,7 @@ def main(argv=None) -> int:
             "controller_start": safety.core.controller_start,
             "accel_window_s": args.accel_window,
             "limits": {"arm": arm.name, "joints": list(arm.joint_names), "q_min": arm.q_min.tolist(), "q_max": arm.q_max.tolist(), "v_max": arm.v_max.tolist(),
-                       "a_max": arm.a_max.tolist(), "max_tool_speed": hard.hard.max_tool_speed,
+                       "a_max": arm.a_max.tolist(), "j_max": arm.j_max.tolist(), "max_tool_speed": hard.hard.max_tool_speed,
                        "workspace": [ws[0].tolist(), ws[1].tolist()],
                        "keep_out": {n: [lo.tolist(), hi.tolist()] for n, lo, hi in keep_out}},
             "streams": {k: s.summary() for k, s in streams.items()},
@@ -519,10 +533,11 @@ def main(argv=None) -> int:
         print()
         print(f"soak {wall:.0f} s ({cpu_s / wall:.2f} cores), accel window {args.accel_window} s")
         print(f"{'stream':<13}{'samples':>9}{'rate Hz':>9}{'viol.':>7}  {'max|v|/vmax':>11}{'max|a|/amax':>12}"
-              f"{'tool m/s':>9}{'ws margin':>10}{'keep-out':>9}{'q margin':>9}")
+              f"{'max|j|/jmax':>12}{'tool m/s':>9}{'ws margin':>10}{'keep-out':>9}{'q margin':>9}")
         for k, s in result["streams"].items():
+            jerk = "-" if s["max_jerk_over_limit"] is None else f"{s['max_jerk_over_limit']:.3f}"
             print(f"{k:<13}{s['samples']:>9}{s['rate_hz'] or 0:>9.1f}{s['violations']:>7}  "
-                  f"{s['max_velocity_over_limit']:>11.3f}{s['max_acceleration_over_limit']:>12.3f}"
+                  f"{s['max_velocity_over_limit']:>11.3f}{s['max_acceleration_over_limit']:>12.3f}{jerk:>12}"
                   f"{s['max_tool_speed']:>9.3f}{s['min_workspace_margin_m']:>10.3f}"
                   f"{s['min_keep_out_clearance_m']:>9.3f}{s['min_position_margin_rad']:>9.3f}")
             if s["violations"]:

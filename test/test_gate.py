@@ -346,3 +346,28 @@ def test_replanning_keeps_the_jerk_limits_where_one_command_replaces_another(rob
     assert len(switches) >= 70 and g.holds_published == 0, dict(g.gate.rejections)
     acc, jerk = switched_command_peaks(spec, switches, 80 * 0.1)
     assert acc.max() <= 1 + 1e-6 and jerk.max() <= 1 + 1e-6, (acc.max(), jerk.max())
+
+
+def test_a_hold_is_stamped_with_the_instant_it_brakes_from_so_a_late_arrival_joins_it_smoothly():
+    """A hold brakes from the commanded state at the instant it is made; the controller starts it
+    when it arrives, some milliseconds later, from where the command it replaces is then. The
+    hold is stamped with that instant (not "on arrival"), so the controller joins the brake where
+    the brake is by then, and the command keeps the limits (UR5e, mid-motion under replanning)
+    with the hold arriving 10 or 20 ms late."""
+    from ami_ros.tools.bench.gate import replan_through_gate, switched_command_peaks
+
+    spec = SafetySpec.load(robot="ur5e")
+    for late in (0.01, 0.02):
+        g, switches = replan_through_gate(spec, 20, np.random.default_rng(1))
+        sent = []
+        g._send_cb = sent.append
+        t_hold = switches[-1][0] + 0.05                        # mid-plan, the arm moving
+        old = g.sent
+        g.trip("test", t_hold)
+        (hold,) = sent
+        assert hold.start_time == t_hold and np.any(old.sample(t_hold)[1])
+        q_arr, v_arr = old.sample(t_hold + late)
+        joined = TrajectorySampler(hold, q_arr, v_arr, hold.start_time, t_state=t_hold + late)
+        acc, jerk = switched_command_peaks(spec, [(switches[-1][0] + 0.005, old), (t_hold + late, joined)],
+                                           t_hold + hold.duration + 0.3)
+        assert acc.max() <= 1 + 1e-3 and jerk.max() <= 1 + 1e-3, (late, acc.max(), jerk.max())

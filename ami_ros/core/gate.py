@@ -36,6 +36,7 @@ or the e-stop topic still asserts it (:meth:`SafetyGate.reset_estop`).
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import threading
 from typing import Callable, Iterable, Sequence
 
@@ -228,7 +229,10 @@ class SafetyGate:
         if self.q is None:
             return
         q0, v0 = self.command_state(now)
-        self._send(self.gate.hold(q0, v0, self.start_uncertainty(now), self.command_derivatives(now)), q0, v0, now)
+        hold = self.gate.hold(q0, v0, self.start_uncertainty(now), self.command_derivatives(now))
+        # stamped with the instant it brakes from: the controller joins it where the command it replaces
+        # is when it arrives (a brake's first phase is short: started late from there, it would jerk)
+        self._send(replace(hold, start_time=now) if now > 0 else hold, q0, v0, now)
         self.holds_published += 1
         self._log("warning", "hold", f"holding: {reason}", 0.0)
 
