@@ -186,7 +186,7 @@ class Stream:
                 self._event("acceleration_limit", t[e[i]], {"joint": arm.joint_names[j], "value": float(acc[i, j]),
                                                             "limit": float(arm.a_max[j]), "span": float(span[i, 0])})
             if self.vel_from_pos:   # third difference at spacing W: the jerk, as the gate bounds it
-                s3 = starts[(ends3[starts] < len(t)) & (ends3[starts] >= k0)]
+                s3 = np.flatnonzero((ends3 < len(t)) & (ends3 >= k0))     # third differences that end in the new samples
                 if len(s3):
                     e1, e2, e3 = ends[s3], ends2[s3], ends3[s3]
                     w = ((t[e3] - t[s3]) / 3)[:, None]
