@@ -296,7 +296,6 @@ def main(argv=None) -> int:
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from ami_ros.core.safety import is_hold
     from ami_ros.nodes import msgs
     from ami_ros.nodes.stack import Stack
 
@@ -388,7 +387,7 @@ def main(argv=None) -> int:
             now = mon.get_clock().now().nanoseconds * 1e-9
             commands.append((sim.sim_time_of(now), now, len(m.points),
                              msgs.duration_to_seconds(m.points[-1].time_from_start) if m.points else 0.0,
-                             float(bool(m.points) and is_hold(msgs.trajectory_from_msg(m)))))
+                             float(msgs.is_hold_command(m))))
         mon.create_subscription(JointTrajectory, "/arm_controller/joint_trajectory", on_cmd,
                                 QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
 

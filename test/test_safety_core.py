@@ -657,3 +657,19 @@ def test_a_hold_keeps_the_acceleration_and_jerk_limits_from_every_start(robot):
         q, v = spec.arm.home.copy(), 0.5 * spec.arm.v_max * np.array([1, -1, 1, -1, 1, -1])
         steep = hold_trajectory(q, spec.joint_names, spec.hard.hold_time, v, spec.a_lim)
         assert command_peaks(spec, steep, q, v)[1] > 1.05
+
+
+def test_a_replaced_command_state_that_is_not_finite_or_mis_sized_is_refused_and_a_hold_still_stops():
+    """The acceleration and jerk of the command a plan replaces come from the node's own record;
+    NaN or the wrong shape there is refused as a bad state (nothing is judged against it), while a
+    hold given it still brakes to rest, as from acceleration 0."""
+    gate = Gate(SPEC)
+    plan = line(HOME, [0.02] * 6, vel=True)
+    assert gate.gate(plan, HOME, 0.0, before=np.zeros((2, 6))).ok
+    for before in (np.full((2, 6), np.nan), np.zeros((2, 5)), np.zeros(6)):
+        r = gate.gate(plan, HOME, 0.0, before=before)
+        assert not r.ok and r.reason == "bad_state" and r.trajectory is None
+    v = np.full(6, 0.4)
+    hold = gate.hold(HOME, v, 0.0, np.full((2, 6), np.nan))
+    assert is_hold(hold) and np.allclose(hold.velocities[-1], 0.0)
+    np.testing.assert_array_equal(hold.positions, gate.hold(HOME, v, 0.0).positions)

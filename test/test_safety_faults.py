@@ -52,7 +52,6 @@ from std_srvs.srv import Trigger  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 from ami_ros.core.arm import share_dir  # noqa: E402
-from ami_ros.core.safety import is_hold  # noqa: E402
 from ami_ros.nodes import diagnostics, msgs  # noqa: E402
 from ami_ros.nodes.stack import Stack  # noqa: E402
 
@@ -79,11 +78,6 @@ PLANNER_OVERRIDES = ("planner_node:threads:=1", "encoder_node:threads:=1", "plan
 GARBAGE = "fault_probe_garbage"  # frame_id of the malformed messages (the recorder skips them)
 # two goal configurations (offsets from home), tool over the table, ~0.45 m apart
 GOAL_OFFSETS = (np.array([0.5, 0.2, -0.3, 0.1, 0.0, 0.0]), np.array([-0.5, -0.1, 0.2, -0.1, 0.0, 0.0]))
-
-
-def _is_hold(m: JointTrajectory) -> bool:
-    """A command of the gate's that only brakes to rest (``core.safety.is_hold``)."""
-    return is_hold(msgs.trajectory_from_msg(m))
 
 
 class Probe(Node):
@@ -154,7 +148,7 @@ class Probe(Node):
     def last_motion_command(self):
         """Time of the last gated command that is not a hold (a plan)."""
         with self.lock:
-            ts = [tc for tc, m in self.cmds if not _is_hold(m)]
+            ts = [tc for tc, m in self.cmds if not msgs.is_hold_command(m)]
         return ts[-1] if ts else None
 
     def last_plan(self):
@@ -289,7 +283,7 @@ def _start_motion(stack):
 
     def moving():
         T, _, V = probe.joint_series(t0)
-        gated = any(not _is_hold(m) for _, m in probe.commands_since(t0))
+        gated = any(not msgs.is_hold_command(m) for _, m in probe.commands_since(t0))
         return gated and len(V) and np.abs(V[-1]).max() > MOVING
     assert _wait(moving, 15), (f"the arm did not start moving toward the goal (plans {len(probe.plans)}, "
                                f"safety state {probe.state()!r}, gate passed {stack['safety'].gate.passed})")
@@ -297,7 +291,7 @@ def _start_motion(stack):
 
 
 def _holds_since(probe, t):
-    return [(tc, m) for tc, m in probe.commands_since(t) if _is_hold(m)]
+    return [(tc, m) for tc, m in probe.commands_since(t) if msgs.is_hold_command(m)]
 
 
 def _clear_goal_and_settle(stack, what):
@@ -376,7 +370,7 @@ def test_planner_killed_mid_motion_holds(restored):
     vals = _check_report(probe, t_kill, "holding", "plan")
     assert "plan" in vals["stale_inputs"] and int(vals["holds_published"]) >= 1
     # nothing but holds after the hold
-    assert all(_is_hold(m) for _, m in probe.commands_since(t_hold))
+    assert all(msgs.is_hold_command(m) for _, m in probe.commands_since(t_hold))
     _within_limits(s, t_kill)
     print(f"planner killed: hold {t_hold - t_last:.3f} s after the last plan, arm still "
           f"{t_still - t_last:.3f} s after it")
@@ -402,7 +396,7 @@ def test_camera_stall_holds(restored):
     assert "camera" in vals["stale_inputs"]
     # while the camera is stalled nothing moving is commanded
     time.sleep(0.5)
-    assert all(_is_hold(m) for _, m in probe.commands_since(t_hold))
+    assert all(msgs.is_hold_command(m) for _, m in probe.commands_since(t_hold))
     _within_limits(s, t_stall)
     assert all(r.successful for r in probe.set_sim_params(camera_rate_hz=20.0))
     print(f"camera stalled: hold {t_hold - t_img:.3f} s after the last frame, arm still "
@@ -638,7 +632,7 @@ def test_estop_during_motion_latches_until_reset(restored):
     assert _wait(lambda: safety.gate.rejections["estop_latched"] >= n_latched + 3, 20), \
         safety.gate.rejections["estop_latched"] - n_latched
     assert safety.estop.latched and probe.state() == "e-stopped"
-    assert all(_is_hold(m) for _, m in probe.commands_since(t_hold)), "something moving passed the latch"
+    assert all(msgs.is_hold_command(m) for _, m in probe.commands_since(t_hold)), "something moving passed the latch"
     T, Q, V = probe.joint_series(t_still)
     assert np.max(np.abs(Q - Q[0])) <= POS_TOL and np.abs(V).max() <= VEL_TOL, \
         f"the arm moved while latched: {np.ptp(Q, axis=0)}"
@@ -651,7 +645,7 @@ def test_estop_during_motion_latches_until_reset(restored):
     res = probe.call(probe.reset_estop)
     assert res.success and not safety.estop.latched
     assert _wait(lambda: probe.state() in ("ok", "holding", "rejecting") and safety.gate.passed > passed, 15)
-    assert _wait(lambda: any(not _is_hold(m) for _, m in probe.commands_since(t_reset)), 15)
+    assert _wait(lambda: any(not msgs.is_hold_command(m) for _, m in probe.commands_since(t_reset)), 15)
     _clear_goal_and_settle(s, "after the e-stop reset")
     _check_report(probe, t_reset, "holding", "plan")
     _within_limits(s, t_trip)
@@ -699,7 +693,7 @@ def test_embeddings_of_another_model_stop_planning_and_hold(restored):
         n = planner.counts["plans"]
         time.sleep(0.5)
         assert planner.counts["plans"] == n
-        assert all(_is_hold(m) for _, m in probe.commands_since(t_hold))
+        assert all(msgs.is_hold_command(m) for _, m in probe.commands_since(t_hold))
     finally:
         stop.set()
         th.join(timeout=2)

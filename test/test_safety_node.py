@@ -33,11 +33,6 @@ pytestmark = pytest.mark.ros
 DOMAIN_ID = 41  # unique to this module
 
 
-def _is_hold(m: JointTrajectory) -> bool:
-    """A command of the gate's that only brakes to rest (``core.safety.is_hold``)."""
-    return is_hold(msgs.trajectory_from_msg(m))
-
-
 class Probe(Node):
     def __init__(self, context, names, q):
         super().__init__("safety_probe", context=context)
@@ -125,7 +120,8 @@ class Probe(Node):
     def wait_motion(self, n_before, timeout=15.0):
         """The index of the first command after ``n_before`` that is not a hold (a plan)."""
         def found():
-            i = next((i for i in range(n_before, len(self.commands)) if not _is_hold(self.commands[i])), None)
+            i = next((i for i in range(n_before, len(self.commands))
+                      if not msgs.is_hold_command(self.commands[i])), None)
             return None if i is None else (i,)
         return self.wait_for(found, timeout, "a gated motion command")[0]
 
@@ -224,7 +220,7 @@ def test_bad_plan_is_refused_and_counted(graph):
     probe.wait_for(lambda: node.gate.rejections["position_limit"] == before + 1, 15.0, "position_limit refusal")
     probe.wait_state("rejecting")
     # nothing moving goes out (a hold may: the previous motion loses its plan feed)
-    assert all(_is_hold(m) for m in list(probe.commands)[n:])
+    assert all(msgs.is_hold_command(m) for m in list(probe.commands)[n:])
     # unknown joint names, too
     msg = plan_msg(node.names, probe.q, [0.01] * 6)
     msg.joint_names[2] = "ghost_joint"
@@ -249,7 +245,7 @@ def test_bad_plan_is_refused_and_counted(graph):
         return None
     vals = probe.wait_for(diag_counts, 15.0, "diagnostics with the refusal counts")
     assert int(vals["rejected.position_limit"]) >= 1 and "last_violation" in vals and "gate_latency_ms" in vals
-    assert all(_is_hold(m) for m in list(probe.commands)[n:])
+    assert all(msgs.is_hold_command(m) for m in list(probe.commands)[n:])
 
 
 def test_stale_joint_state_during_motion_holds(graph):
@@ -364,7 +360,7 @@ def test_estop_latches_and_only_reset_clears(graph):
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
     probe.wait_for(lambda: node.gate.rejections["estop_latched"] == before + 1, 15.0, "estop refusal")
     assert node.estop.latched and probe.state() == "e-stopped"
-    assert all(_is_hold(m) for m in list(probe.commands)[n:])  # only holds
+    assert all(msgs.is_hold_command(m) for m in list(probe.commands)[n:])  # only holds
     res = probe.call(probe.reset)
     assert res.success
     probe.wait_for(lambda: probe.state() != "e-stopped", 15.0, "e-stop cleared")
@@ -462,7 +458,7 @@ def test_a_rogue_command_during_motion_latches_names_it_and_only_a_reset_after_i
     # (the controller's queue keeps the newest: it may never see the rogue's)
     probe.wait_for(lambda: node.core.foreign_commands == foreign + 1, 15.0, "the rogue's command seen by the gate")
     probe.wait_for(lambda: node.holds_published > holds and len(probe.commands) > n
-                   and _is_hold(probe.commands[-1]), 15.0, "a hold after the rogue")
+                   and msgs.is_hold_command(probe.commands[-1]), 15.0, "a hold after the rogue")
     probe.wait_for(lambda: "/rogue_teleop" in _diag_value(probe, "intruders"), 15.0, "the intruder in /diagnostics")
     res = probe.call(probe.reset)                                     # refused while it is there
     assert not res.success and "/rogue_teleop" in res.message and node.estop.latched, res.message
@@ -532,7 +528,7 @@ def test_deactivate_holds_and_refuses_plans_activate_gates_again(graph):
     assert _change_state(probe, Transition.TRANSITION_DEACTIVATE)       # as a lifecycle manager does
     probe.wait_state("inactive")
     hold = probe.wait_command(n)
-    assert _is_hold(hold)                                                # the motion braked
+    assert msgs.is_hold_command(hold)                                    # the motion braked
     n = len(probe.commands)
     probe.plan_pub.publish(plan_msg(node.names, probe.q, [0.01] * 6))
     probe.wait_for(lambda: node.gate.rejections["inactive"] == refused + 1, 15.0, "the plan refused as inactive")

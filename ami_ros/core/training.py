@@ -212,9 +212,15 @@ def _ridge_r2_each(Xtr, Ytr, Xte, Yte, alpha=1e-3) -> np.ndarray:
     Xtr = np.hstack([Xtr, np.ones((len(Xtr), 1))])
     Xte = np.hstack([Xte, np.ones((len(Xte), 1))])
     W = np.linalg.solve(Xtr.T @ Xtr + alpha * len(Xtr) * np.eye(Xtr.shape[1]), Xtr.T @ Ytr)
-    res = ((Yte - Xte @ W) ** 2).sum(0)
-    tot = ((Yte - Yte.mean(0)) ** 2).sum(0)
-    flat = tot <= FLAT_TARGET_VAR * len(Yte)
+    return _r2_each(Yte, Xte @ W)
+
+
+def _r2_each(Y, pred) -> np.ndarray:
+    """R^2 of ``pred`` against ``Y`` per column (n, k) -> (k,); NaN for a column whose values do not
+    vary (:data:`FLAT_TARGET_VAR`)."""
+    res = ((Y - pred) ** 2).sum(0)
+    tot = ((Y - Y.mean(0)) ** 2).sum(0)
+    flat = tot <= FLAT_TARGET_VAR * len(Y)
     return np.where(flat, np.nan, 1 - res / np.where(flat, 1.0, tot))
 
 
@@ -248,10 +254,7 @@ def _mlp_r2_each(Xtr, Ytr, Xte, Yte, hidden: int = 256, steps: int = 1500, batch
             opt.step()
     with torch.no_grad():
         pred = net(torch.as_tensor((Xte - mu) / sd, dtype=torch.float32)).numpy().astype(np.float64) * ys + ym
-    res = ((Yte - pred) ** 2).sum(0)
-    tot = ((Yte - Yte.mean(0)) ** 2).sum(0)
-    flat = tot <= FLAT_TARGET_VAR * len(Yte)
-    return np.where(flat, np.nan, 1 - res / np.where(flat, 1.0, tot))
+    return _r2_each(Yte, pred)
 
 
 #: a frame whose camera sees less than this share of the cube (hidden by the arm, out of view) is left out of
@@ -315,6 +318,18 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     out["probe_r2_joints"] = _ridge_r2(z_train, qtr, Zt, qte)
     out["probe_r2_joints_from_image"] = _ridge_r2(z_train[:, :Dv], qtr, Zt[:, :Dv], qte)
     out["probe_r2_joints_from_image_mlp"] = _mean_defined(_mlp_r2_each(z_train[:, :Dv], qtr, Zt[:, :Dv], qte))
+
+    def vis_probes(key: str, coords, ytr, yte, ktr, kte, enough: bool = True) -> np.ndarray:
+        """The linear and the MLP probe from z_vis of targets ``ytr`` / ``yte`` on the frames ``ktr`` /
+        ``kte``, per coordinate into ``out`` (``key`` with the coordinate; ``_mlp`` appended for the
+        MLP); NaN without ``enough`` frames to fit one. Returns the linear probe's."""
+        each = {}
+        for suffix, probe in (("", _ridge_r2_each), ("_mlp", _mlp_r2_each)):
+            each[suffix] = (probe(z_train[ktr, :Dv], ytr[ktr], Zt[kte, :Dv], yte[kte]) if enough
+                            else np.full(len(coords), np.nan))
+            out.update({key.format(c) + suffix: float(r) for c, r in zip(coords, each[suffix])})
+        return each[""]
+
     if all(e.cube is not None for e in train_eps + test_eps):
         on_tr = np.concatenate([_cube_on_table(e.cube) for e in train_eps])
         on_te = np.concatenate([_cube_on_table(e.cube) for e in test_eps])
@@ -324,31 +339,19 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
         out["probe_cube_frames_hidden"] = int(hid_tr.sum() + hid_te.sum())
         on_tr, on_te = on_tr & ~hid_tr, on_te & ~hid_te
         ctr, cte = np.concatenate([e.cube[:, :2] for e in train_eps]), np.concatenate([e.cube[:, :2] for e in test_eps])
-        enough = on_tr.sum() > Dv and on_te.any()
-        each = (_ridge_r2_each(z_train[on_tr, :Dv], ctr[on_tr], Zt[on_te, :Dv], cte[on_te])
-                if enough else np.full(2, np.nan))
+        each = vis_probes("probe_r2_cube_{}", "xy", ctr, cte, on_tr, on_te, on_tr.sum() > Dv and on_te.any())
         out["probe_r2_cube_xy"] = _mean_defined(each)
-        out.update({f"probe_r2_cube_{c}": float(r) for c, r in zip("xy", each)})   # per coordinate
-        each = (_mlp_r2_each(z_train[on_tr, :Dv], ctr[on_tr], Zt[on_te, :Dv], cte[on_te])
-                if enough else np.full(2, np.nan))
-        out.update({f"probe_r2_cube_{c}_mlp": float(r) for c, r in zip("xy", each)})
         if all(e.cube_yaw is not None for e in train_eps + test_eps):
             # a cube looks the same turned by 90 degrees: its turn as (cos 4 yaw, sin 4 yaw)
             turn = [np.column_stack([np.cos(4 * e.cube_yaw), np.sin(4 * e.cube_yaw)]) for e in train_eps + test_eps]
             ytr, yte = np.concatenate(turn[:len(train_eps)]), np.concatenate(turn[len(train_eps):])
             ktr, kte = on_tr & np.isfinite(ytr).all(1), on_te & np.isfinite(yte).all(1)
-            for suffix, probe in (("", _ridge_r2_each), ("_mlp", _mlp_r2_each)):
-                each = (probe(z_train[ktr, :Dv], ytr[ktr], Zt[kte, :Dv], yte[kte])
-                        if ktr.sum() > Dv and kte.any() else np.full(2, np.nan))
-                out.update({f"probe_r2_cube_turn_{c}{suffix}": float(r) for c, r in zip(("cos", "sin"), each)})
+            vis_probes("probe_r2_cube_turn_{}", ("cos", "sin"), ytr, yte, ktr, kte, ktr.sum() > Dv and kte.any())
     if all(e.tool is not None for e in train_eps + test_eps):
         ttr, tte = np.concatenate([e.tool for e in train_eps]), np.concatenate([e.tool for e in test_eps])
         ktr, kte = np.isfinite(ttr).all(1), np.isfinite(tte).all(1)        # NaN before the first tool message
-        each = _ridge_r2_each(z_train[ktr, :Dv], ttr[ktr], Zt[kte, :Dv], tte[kte])
-        out["probe_r2_tool_from_image"] = _mean_defined(each)
-        out.update({f"probe_r2_tool_{c}_from_image": float(r) for c, r in zip("xyz", each)})
-        each = _mlp_r2_each(z_train[ktr, :Dv], ttr[ktr], Zt[kte, :Dv], tte[kte])
-        out.update({f"probe_r2_tool_{c}_from_image_mlp": float(r) for c, r in zip("xyz", each)})
+        out["probe_r2_tool_from_image"] = _mean_defined(vis_probes("probe_r2_tool_{}_from_image", "xyz", ttr, tte,
+                                                                   ktr, kte))
     # an undefined R^2 (a target that did not vary) is None, not NaN: the card and result files are YAML / JSON
     out.update({k: None for k, v in out.items() if k.startswith("probe_r2") and v != v})
     model.train()

@@ -16,6 +16,7 @@ from geometry_msgs.msg import PointStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from ami_ros.core.safety import is_hold
 from ami_ros.core.trajectory import Trajectory, TrajectoryError
 
 
@@ -63,6 +64,11 @@ def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
     if pts and all(len(p.velocities) == n for p in pts):
         vel = np.array([list(p.velocities) for p in pts], dtype=np.float64).reshape(len(pts), n)
     return Trajectory(names, times, pos, vel, stamp_to_seconds(msg.header.stamp))
+
+
+def is_hold_command(msg: JointTrajectory) -> bool:
+    """Whether a command on the controller's topic is one of the gate's holds (``core.safety.is_hold``)."""
+    return bool(msg.points) and is_hold(trajectory_from_msg(msg))
 
 
 def trajectory_to_msg(traj: Trajectory, frame_id: str = "") -> JointTrajectory:

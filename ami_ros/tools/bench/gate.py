@@ -15,6 +15,16 @@ def planner_shaped(arm, q_now, bound, rng, n=8, dt=0.1):
     return trajectory_from_actions(arm.joint_names, q_now, actions, dt, arm.clip)
 
 
+class _ConstantJerk:
+    """A command at (q, v) at time 0 with acceleration and jerk (a, j) there, as a sampler."""
+
+    def __init__(self, q, v, a, j):
+        self.q, self.v, self.a, self.j = q, v, a, j
+
+    def sample(self, t: float):
+        return self.q + self.v * t + self.a * t**2 / 2 + self.j * t**3 / 6, None
+
+
 def command_peaks(spec, traj, q, v_start, phases: int = 4, before=None) -> tuple[float, float]:
     """The largest |acceleration| / a_lim and |jerk| / j_lim of the controller's command for ``traj``
     tracked from (q, v_start), replacing a command that reached (q, v_start) with acceleration and
@@ -23,15 +33,11 @@ def command_peaks(spec, traj, q, v_start, phases: int = 4, before=None) -> tuple
     the gate's bounds)."""
     from ami_ros.core.trajectory import TrajectorySampler
 
-    s, T = TrajectorySampler(traj, q, v_start, 0.0), spec.hard.derivative_period
+    T = spec.hard.derivative_period
     a0, j0 = (0.0, 0.0) if before is None else before
-    acc = jerk = 0.0
-    for phase in np.linspace(0, T, phases, endpoint=False):
-        g = np.arange(-4 * T + phase, traj.duration + 4 * T, T)
-        qg = np.array([s.sample(t)[0] if t >= 0 else q + v_start * t + a0 * t**2 / 2 + j0 * t**3 / 6 for t in g])
-        acc = max(acc, float(np.max(np.abs(np.diff(qg, 2, axis=0)[g[2:] >= 0]) / T**2 / spec.a_lim)))
-        jerk = max(jerk, float(np.max(np.abs(np.diff(qg, 3, axis=0)[g[3:] >= 0]) / T**3 / spec.j_lim)))
-    return acc, jerk
+    switches = [(-4 * T, _ConstantJerk(q, v_start, a0, j0)), (0.0, TrajectorySampler(traj, q, v_start, 0.0))]
+    acc, jerk = switched_command_peaks(spec, switches, traj.duration + 4 * T, phases, t_from=0.0)
+    return float(acc.max()), float(jerk.max())
 
 
 def replan_through_gate(spec, plans: int, rng, action_scale: float | None = None, gate=None):
@@ -62,17 +68,19 @@ def replan_through_gate(spec, plans: int, rng, action_scale: float | None = None
     return g, switches
 
 
-def switched_command_peaks(spec, switches, t_end: float, phases: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """Per finite difference at the derivative period (several clock phases), the largest |acceleration|
-    / a_lim and |jerk| / j_lim over the joints of the command a controller tracks that switches to
-    each sampler of ``switches`` at its time, up to ``t_end``: (n,), (n,)."""
+def switched_command_peaks(spec, switches, t_end: float, phases: int = 4,
+                           t_from: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Per finite difference at the derivative period (several clock phases) that ends at or after
+    ``t_from``, the largest |acceleration| / a_lim and |jerk| / j_lim over the joints of the command
+    a controller tracks that switches to each sampler of ``switches`` at its time, up to ``t_end``:
+    (n,), (n,)."""
     starts, T = np.array([s[0] for s in switches]), spec.hard.derivative_period
     acc, jerk = [], []
     for phase in np.linspace(0, T, phases, endpoint=False):
         grid = np.arange(starts[0] + phase, t_end, T)
         Q = np.array([switches[np.searchsorted(starts, t, side="right") - 1][1].sample(t)[0] for t in grid])
-        acc.append(np.max(np.abs(np.diff(Q, 2, axis=0)) / T**2 / spec.a_lim, axis=1))
-        jerk.append(np.max(np.abs(np.diff(Q, 3, axis=0)) / T**3 / spec.j_lim, axis=1))
+        acc.append(np.max(np.abs(np.diff(Q, 2, axis=0)) / T**2 / spec.a_lim, axis=1)[grid[2:] >= t_from])
+        jerk.append(np.max(np.abs(np.diff(Q, 3, axis=0)) / T**3 / spec.j_lim, axis=1)[grid[3:] >= t_from])
     return np.concatenate(acc), np.concatenate(jerk)
 
 

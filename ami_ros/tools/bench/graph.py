@@ -80,7 +80,6 @@ def run_graph(folder: str, args) -> dict:
     from trajectory_msgs.msg import JointTrajectory
     from visualization_msgs.msg import MarkerArray
 
-    from ami_ros.core.safety import is_hold
     from ami_ros.nodes import msgs, qos
     from ami_ros.nodes.stack import KINDS
     from ami_ros.sim.arm_sim import ArmSim
@@ -120,7 +119,7 @@ def run_graph(folder: str, args) -> dict:
 
     def on_gated(m):
         with lock:
-            rec["gated"].append((now(), bool(m.points) and is_hold(msgs.trajectory_from_msg(m))))
+            rec["gated"].append((now(), msgs.is_hold_command(m)))
 
     def on_plan(_m):
         with lock:
