@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import types
 
 import numpy as np
@@ -80,7 +81,7 @@ def _aggregator(out, strategy="fedavg"):
     return Aggregator(str(out), arm, cfg, 0.1, 2, 2, strategy, 0.0, "fleet_test", "test")
 
 
-def _cell(name, data, arm=None, fault=None):
+def _cell(name, data, arm=None, fault=None, store=None):
     from ami_ros.core.training import split_episodes
     from ami_ros.data.bags import load_episodes
     from ami_ros.fleet.flower import Cell
@@ -91,7 +92,7 @@ def _cell(name, data, arm=None, fault=None):
         eps, _ = load_episodes(data, control_dt=0.1, joint_names=arm.joint_names, image_size=size)
         return split_episodes(eps, 0.1)
 
-    return Cell(name, arm, 0.1, load, fault=fault)
+    return Cell(name, arm, 0.1, load, fault=fault, store=store)
 
 
 @needs_flwr
@@ -107,6 +108,26 @@ def test_a_cell_sends_only_parameter_arrays_and_scalars(cells, tmp_path):
         assert isinstance(v, (int, float, str, bool)), k
         assert not isinstance(v, str) or len(v) < 200, k
     assert metrics["cell"] == "a" and metrics["episodes_train"] == 2 and metrics["episodes_heldout"] == 1
+
+
+@needs_flwr
+def test_a_cell_started_afresh_each_round_trains_as_one_that_lives_on(cells, tmp_path):
+    """Flower starts the ClientApp in a new process for every message: what the cell keeps
+    between rounds (optimizer moments, batch sampler) goes through the run's context.state."""
+    from flwr.common import RecordDict
+
+    from ami_ros.core.fleet import get_arrays
+
+    agg = _aggregator(tmp_path / "g")
+    start, one, two = get_arrays(agg.model), agg.fit_config(1), {**agg.fit_config(1), "round": 2}
+    live = _cell("a", cells[0])
+    a2, _, _ = live.fit(live.fit(start, one)[0], two)
+    store = RecordDict()
+    b1, _, _ = _cell("a", cells[0], store=store).fit(start, one)
+    b2, _, _ = _cell("a", cells[0], store=store).fit(b1, two)
+    assert all(np.array_equal(x, y) for x, y in zip(a2, b2))
+    c2, _, _ = _cell("a", cells[0]).fit(b1, two)         # without it the moments are lost
+    assert not all(np.array_equal(x, y) for x, y in zip(a2, c2))
 
 
 @needs_flwr
@@ -156,47 +177,81 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _fleet(out, data_dirs, rounds, faults=(), timeout=300, serve_args=(), join_args=()):
-    """Run ``fleet serve`` and one ``fleet join`` per folder; -> the server's output."""
+def _start(args, **kw):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "ami_ros.cli", "fleet"] + list(args), text=True, env=env,
+                            stdout=kw.pop("stdout", subprocess.PIPE), stderr=subprocess.STDOUT, **kw)
+
+
+def _fleet(out, data_dirs, rounds, faults=(), timeout=420, serve_args=(), join_args=None, extra=(), on_line=None):
+    """Run ``fleet serve`` and one ``fleet join`` per folder (``join_args[i]``: more arguments for
+    join i; ``extra``: more joins' arguments) until the server ends; ``on_line(i, line, proc)`` sees every line of join i.
+    -> (the server's output, [(exit code, output) of each join])."""
     addr = f"127.0.0.1:{_port()}"
-    py = [sys.executable, "-m", "ami_ros.cli", "fleet"]
-    server = subprocess.Popen(py + ["serve", "--out", str(out), "--address", addr, "--rounds", str(rounds),
-                                    "--min-clients", str(len(data_dirs))] + SMALL + list(serve_args),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    joins = [subprocess.Popen(py + ["join", "--data", d, "--server", addr, "--cell", f"cell_{i}", "--threads", "1"]
-                              + (["--fault", faults[i]] if i < len(faults) and faults[i] else []) + list(join_args),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-             for i, d in enumerate(data_dirs)]
+    server = _start(["serve", "--out", str(out), "--address", addr, "--rounds", str(rounds),
+                     "--min-clients", str(len(data_dirs))] + SMALL + list(serve_args))
+    argv = [["join", "--data", d, "--server", addr, "--cell", f"cell_{i}", "--threads", "1"]
+            + (["--fault", faults[i]] if i < len(faults) and faults[i] else []) + list((join_args or {}).get(i, ()))
+            for i, d in enumerate(data_dirs)] + [["join", "--server", addr, "--threads", "1"] + list(e) for e in extra]
+    joins = [_start(a) for a in argv]
+    outputs = [[] for _ in joins]
+
+    def read(i, proc):
+        for line in proc.stdout:
+            outputs[i].append(line)
+            if on_line is not None:
+                on_line(i, line, proc)
+
+    readers = [threading.Thread(target=read, args=(i, j), daemon=True) for i, j in enumerate(joins)]
+    for r in readers:
+        r.start()
     try:
         text, _ = server.communicate(timeout=timeout)
     finally:
+        for j in joins:          # a cell serves until it is stopped
+            j.terminate()
         for j in joins:
             try:
                 j.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 j.kill()
-    assert server.returncode == 0, text
-    return text
+                j.wait()
+        for r in readers:
+            r.join(timeout=10)
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+    assert server.returncode == 0, text[-3000:]
+    return text, [(j.returncode, "".join(o)) for j, o in zip(joins, outputs)]
 
 
 @needs_flwr
-def test_federated_run_nan_cell_and_restart(cells, tmp_path):
-    from ami_ros.core.model_io import load_model
+def test_federated_run_with_a_nan_cell_a_cell_killed_mid_round_and_a_server_killed_and_restarted(cells, tmp_path):
+    from ami_ros.core.model_io import load_model, read_card
 
     out = tmp_path / "global"
-    text = _fleet(out, cells, rounds=1, faults=(None, None, "nan"))
+    killed = []
+
+    def kill_in_training(i, line, proc):   # cell_2 dies as soon as its first round's training starts
+        if i == 2 and "Start `flwr-clientapp` process" in line and not killed:
+            killed.append(True)
+            proc.kill()
+
+    text, _ = _fleet(out, cells, rounds=1, faults=(None, "nan"), serve_args=["--round-timeout", "90"],
+                     on_line=kill_in_training)
+    assert killed
     arm = load_arm(None)
     model = load_model(str(out), "torch", "cpu", arm=arm)
     load_model(str(out), "onnx", arm=arm)
     fleet = model.card["fleet"]
     assert fleet["rounds_done"] == 1 and fleet["strategy"] == "fedavg"
     r1 = fleet["rounds"][0]
-    assert r1["cells"] == ["cell_0", "cell_1"] and r1["aggregated"]
-    assert r1["excluded"][0]["cell"] == "cell_2" and "NaN/Inf" in r1["excluded"][0]["reason"]
-    assert "round 1: cell cell_2 excluded: array 0 holds" in text
+    assert r1["cells"] == ["cell_0"] and r1["aggregated"] and r1["failures"] == 1
+    assert r1["excluded"][0]["cell"] == "cell_1" and "NaN/Inf" in r1["excluded"][0]["reason"]
+    assert "round 1: cell cell_1 excluded: array 0 holds" in text
+    assert "round 1: 1 cell(s) failed" in text
     assert r1["collapse"]["effective_rank"] > 1 and "heldout_sigreg" in r1["collapse"]
-    assert sorted(model.card["data"]["cells"]) == ["cell_0", "cell_1"]
+    assert sorted(model.card["data"]["cells"]) == ["cell_0"]
     # every message the server received: arrays of the model's shapes (or none), scalar metrics
     shapes = list(model.card["shapes"].values())
     lines = [json.loads(x) for x in (out / "fleet_log.jsonl").read_text().splitlines()]
@@ -206,11 +261,35 @@ def test_federated_run_nan_cell_and_restart(cells, tmp_path):
         assert {s for _, s in x["arrays"]} <= {"float32", "float64"}
         assert set(x["metrics"].values()) <= {"int", "float", "str", "bool"}
 
+    # a server restart while the cells keep running: killed (SIGKILL) after round 2, started again
     first = model.model_id
-    text = _fleet(out, cells[:2], rounds=2)     # a restart: round 2 from the saved global model
-    assert "resuming" in text and "after round 1 of 2" in text
+    addr = f"127.0.0.1:{_port()}"
+    serve = ["serve", "--out", str(out), "--address", addr, "--rounds", "3", "--min-clients", "2"] + SMALL
+    joins = [_start(["join", "--data", d, "--server", addr, "--cell", f"cell_{i}", "--threads", "1"],
+                    stdout=subprocess.DEVNULL) for i, d in enumerate(cells[:2])]
+    try:
+        server = _start(serve)
+        text = ""
+        for line in server.stdout:
+            text += line
+            if "round 2: averaged" in line:
+                server.kill()
+                break
+        server.wait()
+        assert "resuming" in text and "after round 1 of 3" in text and "round 2: averaged 2 cell(s)" in text
+        assert read_card(str(out))["fleet"]["rounds_done"] == 2
+        server = _start(serve)
+        text, _ = server.communicate(timeout=420)
+        assert server.returncode == 0, text[-3000:]
+    finally:
+        for j in joins:
+            j.terminate()
+        for j in joins:
+            j.wait(timeout=30)
+    assert "after round 2 of 3" in text and "round 3: averaged 2 cell(s) ['cell_0', 'cell_1']" in text
     again = load_model(str(out), "torch", "cpu", arm=arm)
-    assert again.card["fleet"]["rounds_done"] == 2 and [r["round"] for r in again.card["fleet"]["rounds"]] == [1, 2]
+    assert again.card["fleet"]["rounds_done"] == 3
+    assert [r["round"] for r in again.card["fleet"]["rounds"]] == [1, 2, 3]
     assert again.model_id != first
 
 
@@ -238,33 +317,66 @@ def test_certificates_are_made_for_the_hosts_and_refused_when_missing(tmp_path):
         root_certificate(str(folder / "ca.key"))
 
 
+def test_cell_keys_are_made_in_flowers_format_and_bad_ones_refused(tmp_path):
+    pytest.importorskip("cryptography")
+    from cryptography.hazmat.primitives import serialization
+
+    from ami_ros.fleet.certs import cell_private_key, cell_public_key, make_cell_keys
+
+    make_cell_keys(str(tmp_path), ["cell_a", "cell_b"])
+    pub = (tmp_path / "cell_a.pub").read_bytes()
+    assert pub.startswith(b"ecdsa-sha2-nistp384 ")
+    key = serialization.load_ssh_private_key((tmp_path / "cell_a.key").read_bytes(), None)
+    assert key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                         serialization.PublicFormat.OpenSSH) == pub.strip()
+    assert (tmp_path / "cell_b.pub").read_bytes() != pub
+    assert oct(os.stat(tmp_path / "cell_a.key").st_mode & 0o777) == "0o600"
+    assert cell_public_key(str(tmp_path / "cell_a.pub")) and cell_private_key(str(tmp_path / "cell_a.key"))
+    with pytest.raises(ValueError, match="not an OpenSSH ECDSA public key"):
+        cell_public_key(str(tmp_path / "cell_a.key"))
+    with pytest.raises(ValueError, match="not an OpenSSH private key"):
+        cell_private_key(str(tmp_path / "cell_a.pub"))
+    with pytest.raises(ValueError, match="plain name"):
+        make_cell_keys(str(tmp_path), ["../x"])
+
+
 @needs_flwr
-def test_a_round_over_tls_and_a_cell_that_does_not_trust_the_server_takes_no_part(cells, tmp_path):
-    """Served with the fleet's certificates, cells with its CA take part; a cell given another
-    CA's certificate cannot connect, and the round goes on without it."""
-    from ami_ros.fleet.certs import make_certificates
+def test_cell_keys_without_tls_are_refused(tmp_path):
+    from ami_ros.fleet.certs import make_cell_keys
 
-    make_certificates(str(tmp_path / "certs"), ["127.0.0.1"])
-    make_certificates(str(tmp_path / "other"), ["127.0.0.1"])
-    out = tmp_path / "global"
-    text = _fleet(out, cells[:2], rounds=1, serve_args=["--certificates", str(tmp_path / "certs")],
-                  join_args=["--root-certificate", str(tmp_path / "certs" / "ca.crt")])
-    assert "(TLS)" in text and "insecure gRPC" not in text
+    make_cell_keys(str(tmp_path), ["a"])
+    p = _start(["serve", "--out", str(tmp_path / "g"), "--cell-keys", str(tmp_path / "a.pub")])
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--cell-keys needs --certificates" in text
+    p = _start(["join", "--data", str(tmp_path), "--server", "127.0.0.1:1", "--key", str(tmp_path / "a.key")])
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--key needs --root-certificate" in text
+
+
+@needs_flwr
+def test_over_tls_only_admitted_cells_that_trust_the_server_take_part(cells, tmp_path):
+    """Served with the fleet's certificates and two cells' public keys: those two take part; a
+    cell that trusts the CA but holds a key the server was not given is refused (Flower's
+    SuperNode authentication), a cell given another CA's certificate fails the TLS handshake,
+    and the round goes on without them."""
     from ami_ros.core.model_io import read_card
+    from ami_ros.fleet.certs import make_cell_keys, make_certificates
 
+    certs, other = tmp_path / "certs", tmp_path / "other"
+    make_certificates(str(certs), ["127.0.0.1"])
+    make_certificates(str(other), ["127.0.0.1"])
+    make_cell_keys(str(certs), ["cell_0", "cell_1", "stranger"])
+    out = tmp_path / "global"
+    ca = ["--root-certificate", str(certs / "ca.crt")]
+    text, joins = _fleet(out, cells[:2], rounds=1,
+                         serve_args=["--certificates", str(certs), "--cell-keys", str(certs / "cell_0.pub"),
+                                     str(certs / "cell_1.pub")],
+                         join_args={i: ca + ["--key", str(certs / f"cell_{i}.key")] for i in range(2)},
+                         extra=[["--data", cells[2], "--cell", "stranger", "--key", str(certs / "stranger.key")] + ca,
+                                ["--data", cells[2], "--cell", "no_ca", "--key", str(certs / "cell_1.key"),
+                                 "--root-certificate", str(other / "ca.crt")]])
+    assert "(TLS, 2 cell key(s) admitted)" in text and "insecure" not in text
     assert read_card(str(out))["fleet"]["rounds"][0]["cells"] == ["cell_0", "cell_1"]
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    addr = f"127.0.0.1:{_port()}"
-    py = [sys.executable, "-m", "ami_ros.cli", "fleet"]
-    server = subprocess.Popen(py + ["serve", "--out", str(tmp_path / "g2"), "--address", addr, "--rounds", "1",
-                                    "--min-clients", "1", "--certificates", str(tmp_path / "certs")] + SMALL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        stranger = subprocess.run(py + ["join", "--data", cells[0], "--server", addr, "--cell", "stranger",
-                                        "--root-certificate", str(tmp_path / "other" / "ca.crt")],
-                                  capture_output=True, text=True, env=env, timeout=120)
-        assert stranger.returncode == 1 and "Tls handshake failed" in stranger.stderr, stranger.stderr[-800:]
-        assert not (tmp_path / "g2" / "card.yaml").exists()       # no round ran with it
-    finally:
-        server.kill()
-        server.communicate()
+    (rc_s, out_s), (rc_o, out_o) = joins[2], joins[3]
+    assert rc_s == 1 and "Failed to activate SuperNode" in out_s, out_s[-1500:]
+    assert rc_o == 1 and "CERTIFICATE_VERIFY_FAILED" in out_o, out_o[-1500:]

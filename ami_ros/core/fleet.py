@@ -10,6 +10,7 @@ these between processes is ``ami_ros/fleet``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 
@@ -118,6 +119,19 @@ class LocalTrainer:
                                             proximal if anchor is not None else None)
             out = {"loss": float(loss.item()), "pred": float(pred.item()), "sigreg_train": float(reg.item())}
         return get_arrays(self.model), out
+
+    def state(self) -> bytes:
+        """What this trainer keeps between rounds (the optimizer's moments, the batch sampler's
+        state), serialised: the cell's own, kept by its SuperNode, never sent."""
+        buf = io.BytesIO()
+        torch.save({"optimizer": self.opt.state_dict(), "rng": self.rng.bit_generator.state}, buf)
+        return buf.getvalue()
+
+    def load_state(self, blob: bytes) -> None:
+        """Continue from :meth:`state`."""
+        saved = torch.load(io.BytesIO(blob), map_location=self.device, weights_only=True)
+        self.opt.load_state_dict(saved["optimizer"])
+        self.rng.bit_generator.state = saved["rng"]
 
     def evaluate(self, arrays) -> dict[str, float]:
         """The collapse monitors of the given (global) parameters on the cell's held-out

@@ -1,11 +1,14 @@
-"""TLS certificates for a fleet: a certificate authority of the fleet's own and the aggregator's
-certificate signed by it, made with ``cryptography`` (which Flower already needs).
+"""TLS certificates and cell keys for a fleet, made with ``cryptography`` (which Flower already needs).
 
-``fleet certs --out DIR --host HOST`` writes them (:func:`make_certificates`); ``fleet serve
---certificates DIR`` serves over TLS with the server's three files, ``fleet join
---root-certificate DIR/ca.crt`` (the CA's certificate, the only file a cell gets) connects only
-to a server whose certificate the CA signed for the address it dials. The CA's key stays with
-whoever runs the fleet; it signs nothing else here.
+``fleet certs --out DIR --host HOST`` writes a certificate authority of the fleet's own and the
+aggregator's certificate signed by it (:func:`make_certificates`); ``fleet serve --certificates
+DIR`` serves over TLS with the server's three files, ``fleet join --root-certificate
+DIR/ca.crt`` (the CA's certificate) connects only to a server whose certificate the CA signed
+for the address it dials. The CA's key stays with whoever runs the fleet; it signs nothing else.
+
+``fleet keys --out DIR --cell NAME`` writes a key pair per cell (:func:`make_cell_keys`) for
+Flower's SuperNode authentication: ``fleet serve --cell-keys NAME.pub ...`` admits only the
+cells holding those keys' private halves (``fleet join --key NAME.key``).
 """
 from __future__ import annotations
 
@@ -93,3 +96,51 @@ def root_certificate(path: str) -> bytes:
     if b"BEGIN CERTIFICATE" not in data:
         raise ValueError(f"--root-certificate {path}: not a PEM certificate")
     return data
+
+
+def make_cell_keys(out: str, names: list[str]) -> list[str]:
+    """A key pair per cell for SuperNode authentication: ``NAME.key`` (private, OpenSSH, owner
+    only: stays on the cell, ``fleet join --key``) and ``NAME.pub`` (``fleet serve --cell-keys``:
+    the aggregator admits only cells whose public key it was given). ECDSA P-384, as Flower's
+    SuperNode authentication takes it. Returns the paths written."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    paths = []
+    os.makedirs(out, exist_ok=True)
+    for name in names:
+        if not name or os.sep in name or name.startswith("."):
+            raise ValueError(f"cell name {name!r}: give a plain name (it names the key files)")
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        for suffix, data, mode in ((".key", private, 0o600), (".pub", public + b"\n", 0o644)):
+            path = os.path.join(out, name + suffix)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            paths.append(path)
+    return paths
+
+
+def cell_public_key(path: str) -> str:
+    """Check that ``path`` is a cell's public key (OpenSSH ECDSA, as :func:`make_cell_keys` writes)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--cell-keys {path}: no such file (make keys with: ami-ros fleet keys --out DIR --cell NAME)")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head.startswith(b"ecdsa-sha2-"):
+        raise ValueError(f"--cell-keys {path}: not an OpenSSH ECDSA public key (NAME.pub from ami-ros fleet keys)")
+    return path
+
+
+def cell_private_key(path: str) -> str:
+    """Check that ``path`` is a cell's private key (OpenSSH, as :func:`make_cell_keys` writes)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--key {path}: no such file (the cell's NAME.key from ami-ros fleet keys)")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if b"BEGIN OPENSSH PRIVATE KEY" not in head:
+        raise ValueError(f"--key {path}: not an OpenSSH private key (the cell's NAME.key from ami-ros fleet keys)")
+    return path

@@ -1,18 +1,15 @@
-"""The aggregator and the cell as a Flower server and a Flower client.
+"""The aggregator and the cell as a Flower ServerApp and ClientApp.
 
-Which Flower API: Flower 1.42's deployment engine (``flower-superlink`` /
-``flower-supernode`` and ``flwr run`` of a packaged Flower App) runs a server
-app and client apps in processes it starts itself from an app bundle, with a
-SuperLink state database, and passes settings as run and node configs. The
-aggregator here has to write model folders, resume from one and log every
-exclusion in the process the user started, and a cell has to be one command
-pointed at a folder of bags. The legacy entry points ``flwr.server.start_server``
-and ``flwr.client.start_client`` (deprecated since 1.13, still shipped and
-working in 1.42 under ``flwr.compat``) do exactly that: one process per role,
-gRPC on the given address (loopback in the tests and in ``fleet simulate``),
-with the same ``Strategy`` classes (FedAvg, FedProx), round timeout and minimum
-client counts as the deployment engine. The strategy and client below would move
-unchanged into a ServerApp / ClientApp when these entry points are removed.
+They run on Flower 1.42's deployment engine (:mod:`ami_ros.fleet.deploy` starts it):
+``fleet serve`` runs a SuperLink and submits this Flower App as a run; the SuperLink
+starts :data:`server_app` in a process of its own, which reads the settings file
+``fleet serve`` wrote (``run_config["settings"]``) and drives the rounds with a Flower
+strategy (FedAvg or FedProx) whose aggregation goes through :class:`Aggregator`.
+``fleet join`` runs a SuperNode; for every message of a run it starts
+:data:`client_app` in a fresh process, which reads the cell's settings file
+(``node_config["settings"]``: its bags, name, arm) and trains as :class:`Cell`. What a
+cell keeps between rounds (optimizer moments, sampler state) lives in the run's
+``context.state`` on its own SuperNode.
 
 What a cell sends: the model's state_dict arrays (float32, the model's shapes) and
 scalar metrics (its name, episode counts, identity hashes, losses, collapse
@@ -25,8 +22,9 @@ import logging
 import os
 
 import numpy as np
-from flwr.client import NumPyClient
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.client import ClientApp, NumPyClient
+from flwr.common import ConfigRecord, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import ServerApp
 from flwr.server.strategy import FedAvg, FedProx
 
 from ami_ros.core.fleet import (LocalTrainer, check_update, get_arrays, identity, incompatibility, set_arrays,
@@ -34,10 +32,12 @@ from ami_ros.core.fleet import (LocalTrainer, check_update, get_arrays, identity
 from ami_ros.core.model_io import save_model
 from ami_ros.core.training import TrainConfig, is_collapsed
 from ami_ros.core.world_model import ModelConfig, WorldModel
+from ami_ros.fleet.deploy import exit_with
 
 log = logging.getLogger("ami_ros.fleet")
 
 COLLAPSE_KEYS = ("effective_rank", "std_mean", "std_min", "std_max", "heldout_sigreg")
+STATE_KEY = "ami_ros.cell"   # the cell's entry in context.state
 LOCAL_KEYS = ("batch", "seq_len", "rollout_steps", "lr", "weight_decay", "sigreg_lambda", "sigreg_proj",
               "holdout_frac", "seed")
 
@@ -181,7 +181,7 @@ class Aggregator:
         save_model(self.out, self.model, card)
 
 
-def make_strategy(agg: Aggregator, min_clients: int, min_fit: int | None = None):
+def make_strategy(agg: Aggregator, min_clients: int):
     """A Flower FedAvg (or FedProx with ``agg.mu``) whose rounds go through ``agg``."""
     base = FedProx if agg.strategy == "fedprox" else FedAvg
 
@@ -194,12 +194,16 @@ def make_strategy(agg: Aggregator, min_clients: int, min_fit: int | None = None)
             agg.finish_fit(round_, arrays, kept, excluded, failures)
             return ndarrays_to_parameters(get_arrays(agg.model)), {}
 
+        def num_evaluation_clients(self, num_available_clients):
+            # the new global model is measured on the cells there now: a cell lost in the round's
+            # training must not hold the evaluation (and the run) until a cell comes back
+            return max(1, num_available_clients), 1
+
         def aggregate_evaluate(self, server_round, results, failures):
             agg.finish_evaluate(agg.done, results)
             return None, {}
 
-    kw = dict(min_fit_clients=min_fit or min_clients, min_evaluate_clients=min_fit or min_clients,
-              min_available_clients=min_clients, on_fit_config_fn=agg.fit_config,
+    kw = dict(min_fit_clients=min_clients, min_available_clients=min_clients, on_fit_config_fn=agg.fit_config,
               on_evaluate_config_fn=agg.fit_config, fit_metrics_aggregation_fn=lambda _: {},
               evaluate_metrics_aggregation_fn=lambda _: {},
               initial_parameters=ndarrays_to_parameters(get_arrays(agg.model)), accept_failures=True)
@@ -208,36 +212,18 @@ def make_strategy(agg: Aggregator, min_clients: int, min_fit: int | None = None)
     return FleetStrategy(**kw)
 
 
-def serve(agg: Aggregator, address: str, min_clients: int, round_timeout: float | None,
-          certificates: tuple[bytes, bytes, bytes] | None = None) -> int:
-    """Run the remaining rounds; returns the rounds run. ``certificates``: (CA certificate, server
-    certificate, server key), PEM, to serve over TLS (:mod:`ami_ros.fleet.certs`); None: insecure."""
-    from flwr.server import ServerConfig, start_server
-
-    left = agg.rounds - agg.done
-    if left <= 0:
-        log.info("all %d rounds are done (%s)", agg.rounds, agg.out)
-        return 0
-    log.info("serving %d round(s) (%d done) on %s (%s), %s, at least %d cell(s)", left, agg.done, address,
-             "TLS" if certificates else "insecure", agg.strategy, min_clients)
-    if certificates is None:
-        log.warning("no --certificates: insecure gRPC, parameters in the clear; for loopback or a trusted network")
-    start_server(server_address=address, strategy=make_strategy(agg, min_clients),
-                 config=ServerConfig(num_rounds=left, round_timeout=round_timeout), certificates=certificates)
-    return left
-
-
 # ---------------------------------------------------------------- the cell
 class Cell(NumPyClient):
     """A cell: its episodes stay here; it trains what the server sends for the requested
     local steps and returns the arrays and scalar metrics. ``load(image_size)`` loads the
     cell's episodes at the model's image size -> (train, held-out)."""
 
-    def __init__(self, name: str, arm, control_dt: float, load, device: str = "cpu", fault: str | None = None):
+    def __init__(self, name: str, arm, control_dt: float, load, device: str = "cpu", fault: str | None = None,
+                 store=None):
         self.name, self.arm, self.control_dt, self.load = name, arm, control_dt, load
         self.device, self.fault = device, fault
+        self.store = store   # a Flower RecordDict (the run's context.state) or None: what persists between rounds
         self.trainer = None
-        self.refused = None
 
     def _setup(self, config) -> str | None:
         """Build the trainer from the server's settings; the reason when this cell refuses them."""
@@ -250,6 +236,8 @@ class Cell(NumPyClient):
             train_eps, test_eps = self.load(mcfg.image_size)
             cfg = TrainConfig(model=mcfg, **json.loads(config["train_config"]))
             self.trainer = LocalTrainer(cfg, train_eps, test_eps, self.device)
+            if self.store is not None and STATE_KEY in self.store:
+                self.trainer.load_state(self.store[STATE_KEY]["trainer"])
             self.ident = mine
         return None
 
@@ -264,6 +252,8 @@ class Cell(NumPyClient):
             return [], 0, {"cell": self.name, "refused": reason}
         arrays, m = self.trainer.fit(parameters, int(config["local_steps"]), int(config["round"]),
                                      mu=float(config.get("proximal_mu", config.get("mu", 0.0))))
+        if self.store is not None:
+            self.store[STATE_KEY] = ConfigRecord({"trainer": self.trainer.state()})
         if self.fault == "nan":
             arrays[0] = np.full_like(arrays[0], np.nan)
         elif self.fault == "shape":
@@ -281,13 +271,68 @@ class Cell(NumPyClient):
         return float(stats["heldout_sigreg"]), n, {"cell": self.name, **stats}
 
 
-def join(cell: Cell, address: str, root_certificate: bytes | None = None, max_retries: int | None = 30,
-         max_wait_time: float | None = 600.0) -> None:
-    """Take part until the server ends; over TLS with ``root_certificate`` (the fleet's CA
-    certificate, PEM), else insecure."""
-    from flwr.client import start_client
 
-    if root_certificate is None:
-        log.warning("no --root-certificate: insecure gRPC, parameters in the clear; for loopback or a trusted network")
-    start_client(server_address=address, client=cell.to_client(), insecure=root_certificate is None,
-                 root_certificates=root_certificate, max_retries=max_retries, max_wait_time=max_wait_time)
+
+# ---------------------------------------------------------------- the Flower App
+#: the Flower App that ``fleet serve`` submits (``flwr run``): its pyproject.toml. The components are
+#: this module's, imported from the installed ami_ros on the SuperLink's and SuperNodes' machines.
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "ami-ros-fleet"
+version = "1.0.0"
+description = "ami_ros world model, federated: the aggregator and the cell"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "ami-ros"
+
+[tool.flwr.app.components]
+serverapp = "ami_ros.fleet.flower:server_app"
+clientapp = "ami_ros.fleet.flower:client_app"
+
+[tool.flwr.app.config]
+settings = ""
+"""
+
+
+def _read_settings(path: str, what: str) -> dict:
+    if not path or not os.path.isfile(path):
+        raise RuntimeError(f"no {what} settings file at {path!r}: start this app with ami-ros fleet serve / join")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _server_fn(context):
+    from flwr.server import ServerAppComponents, ServerConfig
+
+    from ami_ros.tools.fleet import aggregator_from_settings, setup_logging
+
+    setup_logging()
+    settings = _read_settings(str(context.run_config.get("settings", "")), "aggregator")
+    exit_with(settings["owner"])
+    agg = aggregator_from_settings(settings)
+    if agg.resume():
+        log.info("resuming %s after round %d of %d", agg.out, agg.done, agg.rounds)
+    left = agg.rounds - agg.done
+    log.info("%d round(s) to run (%d done), %s, at least %d cell(s)", left, agg.done, agg.strategy,
+             settings["min_clients"])
+    return ServerAppComponents(strategy=make_strategy(agg, settings["min_clients"]),
+                               config=ServerConfig(num_rounds=max(left, 0), round_timeout=settings["round_timeout"]))
+
+
+def _client_fn(context):
+    from ami_ros.tools.fleet import cell_from_settings, setup_logging
+
+    setup_logging()
+    settings = _read_settings(str(context.node_config.get("settings", "")), "cell")
+    exit_with(settings["owner"])
+    return cell_from_settings(settings, context.state).to_client()
+
+
+server_app = ServerApp(server_fn=_server_fn)
+client_app = ClientApp(client_fn=_client_fn)
