@@ -124,23 +124,22 @@ def make_cell_keys(out: str, names: list[str]) -> list[str]:
     return paths
 
 
+def _key_file(path: str, option: str, marker: bytes, kind: str, hint: str) -> str:
+    if not os.path.isfile(path):
+        raise ValueError(f"{option} {path}: no such file ({hint})")
+    with open(path, "rb") as f:
+        if marker not in f.read(64):
+            raise ValueError(f"{option} {path}: not {kind} ({hint})")
+    return path
+
+
 def cell_public_key(path: str) -> str:
     """Check that ``path`` is a cell's public key (OpenSSH ECDSA, as :func:`make_cell_keys` writes)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--cell-keys {path}: no such file (make keys with: ami-ros fleet keys --out DIR --cell NAME)")
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not head.startswith(b"ecdsa-sha2-"):
-        raise ValueError(f"--cell-keys {path}: not an OpenSSH ECDSA public key (NAME.pub from ami-ros fleet keys)")
-    return path
+    return _key_file(path, "--cell-keys", b"ecdsa-sha2-", "an OpenSSH ECDSA public key",
+                     "NAME.pub from ami-ros fleet keys --out DIR --cell NAME")
 
 
 def cell_private_key(path: str) -> str:
     """Check that ``path`` is a cell's private key (OpenSSH, as :func:`make_cell_keys` writes)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--key {path}: no such file (the cell's NAME.key from ami-ros fleet keys)")
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if b"BEGIN OPENSSH PRIVATE KEY" not in head:
-        raise ValueError(f"--key {path}: not an OpenSSH private key (the cell's NAME.key from ami-ros fleet keys)")
-    return path
+    return _key_file(path, "--key", b"BEGIN OPENSSH PRIVATE KEY", "an OpenSSH private key",
+                     "the cell's NAME.key from ami-ros fleet keys")
