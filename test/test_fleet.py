@@ -341,9 +341,15 @@ def test_cell_keys_are_made_in_flowers_format_and_bad_ones_refused(tmp_path):
 
 
 @needs_flwr
-def test_cell_keys_without_tls_are_refused(tmp_path):
-    from ami_ros.fleet.certs import make_cell_keys
+def test_cell_keys_without_tls_and_a_certificate_for_other_hosts_are_refused(tmp_path):
+    from ami_ros.fleet.certs import certificate_names, make_cell_keys, make_certificates, server_certificates
 
+    make_certificates(str(tmp_path / "certs"), ["fleet.example.org"])
+    assert certificate_names(server_certificates(str(tmp_path / "certs"))[1]) == ["127.0.0.1", "fleet.example.org"]
+    p = _start(["serve", "--out", str(tmp_path / "g"), "--address", "10.1.2.3:8080", "--certificates",
+                str(tmp_path / "certs")])
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "server.pem is not valid for 10.1.2.3" in text, text[-800:]
     make_cell_keys(str(tmp_path), ["a"])
     p = _start(["serve", "--out", str(tmp_path / "g"), "--cell-keys", str(tmp_path / "a.pub")])
     text, _ = p.communicate(timeout=120)

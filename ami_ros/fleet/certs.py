@@ -19,13 +19,15 @@ import os
 #: the files ``make_certificates`` writes and ``serve`` reads, in Flower's order (CA, server certificate, key)
 SERVER_FILES = ("ca.crt", "server.pem", "server.key")
 CA_KEY = "ca.key"
+LOOPBACK = "127.0.0.1"
 
 
 def make_certificates(out: str, hosts: list[str], days: int = 365) -> list[str]:
     """Write a CA (``ca.crt``, ``ca.key``) and a server certificate for ``hosts`` (IP addresses
     or DNS names, as the cells dial the server: its subject alternative names) signed by it
-    (``server.pem``, ``server.key``) into ``out``; keys readable by the owner only. Returns the
-    paths written."""
+    (``server.pem``, ``server.key``) into ``out``; keys readable by the owner only. 127.0.0.1 is
+    always among the names: ``fleet serve`` registers the cells with its SuperLink through it.
+    Returns the paths written."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -45,7 +47,7 @@ def make_certificates(out: str, hosts: list[str], days: int = 365) -> list[str]:
                                        key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
           .sign(ca_key, hashes.SHA256()))
     names = []
-    for h in hosts:
+    for h in list(hosts) + ([] if LOOPBACK in hosts else [LOOPBACK]):
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
@@ -85,6 +87,18 @@ def server_certificates(folder: str) -> tuple[bytes, bytes, bytes]:
         with open(path, "rb") as f:
             out.append(f.read())
     return tuple(out)
+
+
+def certificate_names(pem: bytes) -> list[str]:
+    """The IP addresses and DNS names a server certificate is valid for (subject alternative names)."""
+    from cryptography import x509
+
+    try:
+        sans = x509.load_pem_x509_certificate(pem).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    return [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] + sans.get_values_for_type(x509.DNSName)
 
 
 def root_certificate(path: str) -> bytes:

@@ -55,9 +55,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def dial_host(host: str) -> str:
+    """Where this machine reaches a server listening on ``host`` (every interface: loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
     """True once something accepts connections on host:port; False if ``proc`` exits or time runs out."""
-    dial = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    dial = dial_host(host)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
@@ -73,7 +78,8 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float =
 def write_cli_config(home: str, address: str, root_certificate: str | None) -> None:
     """The Flower CLI's connection to the SuperLink at ``address`` (TLS with the CA file, else insecure)."""
     host, port = split_address(address)
-    dial = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    dial = dial_host(host)
+    dial = f"[{dial}]" if ":" in dial else dial
     lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]",
              f'address = "{dial}:{port}"']
     lines.append(f'root-certificates = "{os.path.abspath(root_certificate)}"' if root_certificate

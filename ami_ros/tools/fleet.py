@@ -104,7 +104,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c = sub.add_parser("certs", help="a certificate authority and the aggregator's TLS certificate for --host")
     c.add_argument("--out", required=True, metavar="DIR", help="writes ca.crt, ca.key, server.pem, server.key here")
     c.add_argument("--host", action="append", required=True,
-                   help="an address the cells dial the server at (IP or DNS name); repeatable")
+                   help="an address the cells dial the server at (IP or DNS name); repeatable (127.0.0.1 is always "
+                        "added: serve reaches its SuperLink there)")
     c.add_argument("--days", type=int, default=365, help="validity (default 365)")
     k = sub.add_parser("keys", help="a key pair per cell: serve --cell-keys NAME.pub admits the cell, join --key "
                                     "NAME.key is how it proves it is that cell")
@@ -264,7 +265,7 @@ def _serve(args) -> int:
 
     from ami_ros.core.model_io import ModelError, read_card
     from ami_ros.fleet import deploy
-    from ami_ros.fleet.certs import cell_public_key, server_certificates
+    from ami_ros.fleet.certs import cell_public_key, certificate_names, server_certificates
     from ami_ros.fleet.flower import APP_PYPROJECT
 
     setup_logging()
@@ -281,7 +282,12 @@ def _serve(args) -> int:
     try:
         deploy.split_address(args.address)
         if args.certificates:
-            server_certificates(args.certificates)
+            dial = deploy.dial_host(deploy.split_address(args.address)[0])
+            names = certificate_names(server_certificates(args.certificates)[1])
+            if dial not in names:
+                raise ValueError(f"{args.certificates}/server.pem is not valid for {dial} ({', '.join(names)}), "
+                                 f"the address this command reaches the SuperLink at: make the certificates with "
+                                 f"--host {dial} among the hosts")
         keys = [cell_public_key(k) for k in args.cell_keys or []]
         settings = _settings(args)
         agg = aggregator_from_settings(settings)
