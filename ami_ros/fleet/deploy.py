@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 
 #: the connection name the CLI config in a Flower home gives the SuperLink
 CONNECTION = "fleet"
@@ -170,7 +171,7 @@ def run_supernode(cmd: list[str], home: str, superlink: str, max_wait: float, at
         if time.monotonic() > end:
             return 1, [f"nothing answers at {superlink} after {max_wait:.0f} s"]
         time.sleep(1.0)
-    errors: list[str] = []
+    errors: deque[str] = deque(maxlen=20)    # the last error lines (a cell runs for days)
     for attempt in range(attempts):
         node = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=flower_env(home), start_new_session=True, preexec_fn=die_with_parent)
@@ -184,12 +185,12 @@ def run_supernode(cmd: list[str], home: str, superlink: str, max_wait: float, at
         relay.join(timeout=5)
         refused = not activated.is_set() and any("Failed to activate SuperNode" in e for e in errors)
         if rc == 0 or not refused or attempt == attempts - 1:
-            return rc, errors
+            break
         time.sleep(retry_s)
-    return rc, errors
+    return rc, list(errors)
 
 
-def _relay(proc: subprocess.Popen, errors: list[str], activated: threading.Event) -> None:
+def _relay(proc: subprocess.Popen, errors: deque, activated: threading.Event) -> None:
     for line in proc.stdout:
         sys.stdout.write(line)
         sys.stdout.flush()
