@@ -271,8 +271,6 @@ class Cell(NumPyClient):
         return float(stats["heldout_sigreg"]), n, {"cell": self.name, **stats}
 
 
-
-
 # ---------------------------------------------------------------- the Flower App
 #: the Flower App that ``fleet serve`` submits (``flwr run``): its pyproject.toml. The components are
 #: this module's, imported from the installed ami_ros on the SuperLink's and SuperNodes' machines.
