@@ -8,7 +8,6 @@ import argparse
 import importlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 from ami_ros.core.arm import load_arm
 from ami_ros.core.fleet import check_update, identity, incompatibility
 from ami_ros.core.world_model import ModelConfig
+from ami_ros.fleet.deploy import free_port
 
 try:
     importlib.import_module("flwr")
@@ -171,26 +171,25 @@ def test_bad_cells_are_excluded_with_the_reason_and_the_round_completes(cells, t
 
 
 # ---------------------------------------------------------------- Flower, as processes on loopback
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(args, **kw):
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen([sys.executable, "-m", "ami_ros.cli", "fleet"] + list(args), text=True, env=env,
                             stdout=kw.pop("stdout", subprocess.PIPE), stderr=subprocess.STDOUT, **kw)
 
 
+def _join(data, addr, i):
+    """``fleet join`` of cell i (``cell_i``) with ``data``, one torch thread."""
+    return ["join", "--data", data, "--server", addr, "--cell", f"cell_{i}", "--threads", "1"]
+
+
 def _fleet(out, data_dirs, rounds, faults=(), timeout=420, serve_args=(), join_args=None, extra=(), on_line=None):
     """Run ``fleet serve`` and one ``fleet join`` per folder (``join_args[i]``: more arguments for
     join i; ``extra``: more joins' arguments) until the server ends; ``on_line(i, line, proc)`` sees every line of join i.
     -> (the server's output, [(exit code, output) of each join])."""
-    addr = f"127.0.0.1:{_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     server = _start(["serve", "--out", str(out), "--address", addr, "--rounds", str(rounds),
                      "--min-clients", str(len(data_dirs))] + SMALL + list(serve_args))
-    argv = [["join", "--data", d, "--server", addr, "--cell", f"cell_{i}", "--threads", "1"]
+    argv = [_join(d, addr, i)
             + (["--fault", faults[i]] if i < len(faults) and faults[i] else []) + list((join_args or {}).get(i, ()))
             for i, d in enumerate(data_dirs)] + [["join", "--server", addr, "--threads", "1"] + list(e) for e in extra]
     joins = [_start(a) for a in argv]
@@ -263,9 +262,9 @@ def test_federated_run_with_a_nan_cell_a_cell_killed_mid_round_and_a_server_kill
 
     # a server restart while the cells keep running: killed (SIGKILL) after round 2, started again
     first = model.model_id
-    addr = f"127.0.0.1:{_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     serve = ["serve", "--out", str(out), "--address", addr, "--rounds", "3", "--min-clients", "2"] + SMALL
-    joins = [_start(["join", "--data", d, "--server", addr, "--cell", f"cell_{i}", "--threads", "1"],
+    joins = [_start(_join(d, addr, i),
                     stdout=subprocess.DEVNULL) for i, d in enumerate(cells[:2])]
     try:
         server = _start(serve)

@@ -61,12 +61,13 @@ def dial_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
-    """True once something accepts connections on host:port; False if ``proc`` exits or time runs out."""
+def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> bool:
+    """True once something accepts connections on host:port; False if ``proc`` (when given) exits
+    or ``timeout`` s pass."""
     dial = dial_host(host)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             return False
         try:
             with socket.create_connection((dial, port), timeout=1.0):
@@ -165,12 +166,8 @@ def run_supernode(cmd: list[str], home: str, superlink: str, max_wait: float, at
     Waits up to ``max_wait`` s for the SuperLink's port first; a SuperNode that could not activate
     (the SuperLink up but this cell's key not yet admitted) is tried again, ``attempts`` times in
     all. -> (exit code, the log's error lines)."""
-    host, port = split_address(superlink)
-    end = time.monotonic() + max_wait
-    while not _reachable(host, port):
-        if time.monotonic() > end:
-            return 1, [f"nothing answers at {superlink} after {max_wait:.0f} s"]
-        time.sleep(1.0)
+    if not wait_for_port(*split_address(superlink), timeout=max_wait):
+        return 1, [f"nothing answers at {superlink} after {max_wait:.0f} s"]
     errors: deque[str] = deque(maxlen=20)    # the last error lines (a cell runs for days)
     for attempt in range(attempts):
         node = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -198,14 +195,6 @@ def _relay(proc: subprocess.Popen, errors: deque, activated: threading.Event) ->
             activated.set()
         if "ERROR" in line or "ailed" in line:
             errors.append(re.sub(r"\x1b\[[0-9;]*m", "", line).strip())
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2.0):
-            return True
-    except OSError:
-        return False
 
 
 def _descendants(pid: int) -> list[int]:

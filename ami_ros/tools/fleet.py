@@ -397,20 +397,17 @@ def _join(args) -> int:
 
 def _simulate(args) -> int:
     import os
-    import socket
     import subprocess
     import sys
+
+    from ami_ros.fleet.deploy import free_port
 
     if args.cells < 1:
         print("error: --cells must be >= 1", file=sys.stderr)
         return 2
     os.makedirs(args.work, exist_ok=True)
     out = args.out or os.path.join(args.work, "global")
-    port = args.port
-    if port == 0:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+    port = args.port or free_port()
     py = [sys.executable, "-m", "ami_ros.cli"]
     tls_serve, tls_join = [], [[] for _ in range(args.cells)]
     if args.tls:
