@@ -340,7 +340,7 @@ def test_cell_keys_are_made_in_flowers_format_and_bad_ones_refused(tmp_path):
 
 
 @needs_flwr
-def test_cell_keys_without_tls_and_a_certificate_for_other_hosts_are_refused(tmp_path):
+def test_bad_fleet_options_are_refused_before_anything_starts(tmp_path):
     from ami_ros.fleet.certs import certificate_names, make_cell_keys, make_certificates, server_certificates
 
     make_certificates(str(tmp_path / "certs"), ["fleet.example.org"])
@@ -356,6 +356,13 @@ def test_cell_keys_without_tls_and_a_certificate_for_other_hosts_are_refused(tmp
     p = _start(["join", "--data", str(tmp_path), "--server", "127.0.0.1:1", "--key", str(tmp_path / "a.key")])
     text, _ = p.communicate(timeout=120)
     assert p.returncode == 2 and "--key needs --root-certificate" in text
+    p = _start(["serve", "--out", str(tmp_path / "g"), "--address", "fleet.example.org"])
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "is not host:port" in text, text[-800:]
+    p = _start(["join", "--data", str(tmp_path / "none"), "--server", "127.0.0.1:1"])
+    text, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "no such folder" in text, text[-800:]
+    assert not (tmp_path / "g").exists()    # refused before anything was made
 
 
 @needs_flwr
