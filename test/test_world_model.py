@@ -119,6 +119,50 @@ def test_frame_skip_windows_step_k_ticks_and_their_actions_sum_the_commands():
         SequenceData(eps, 4, frame_skip=0)
 
 
+def test_sigreg_over_sequences_penalises_what_stays_put_and_independent_frames_do_not():
+    """A Gaussian feature constant within each training sequence is 24 distinct samples in a
+    batch of 24 x 16 frames, and SIGReg reads it as far from Gaussian; the same feature over
+    independent frames is not: why stage 1 can take SIGReg on frames drawn independently."""
+    from ami_ros.core.sigreg import epps_pulley
+    g = torch.Generator().manual_seed(0)
+    const = [float(epps_pulley(torch.randn(24, 1, generator=g).repeat(1, 16).reshape(-1, 1))) for _ in range(50)]
+    free = [float(epps_pulley(torch.randn(384, 1, generator=g))) for _ in range(50)]
+    assert np.mean(const) > 5 * np.mean(free)
+
+
+def test_independent_frames_are_drawn_over_every_tick_in_proportion_to_length():
+    eps = _episodes(n=2, T=40) + _episodes(n=1, T=120, seed=1)
+    data = SequenceData(eps, 4, frame_skip=5)
+    rng = np.random.default_rng(3)
+    f, q, qd = data.frames_independent(rng, 4000)
+    assert f.shape == (4000, 3, 32, 32) and q.shape == qd.shape == (4000, 6)
+    flat = np.random.default_rng(3).integers(0, 200, 4000)       # the same draws, as ticks of the three episodes
+    for k in (0, 17, 3999):
+        i = 0 if flat[k] < 40 else 1 if flat[k] < 80 else 2
+        t = flat[k] - 40 * i
+        np.testing.assert_allclose(q[k].numpy(), eps[i].q[t])
+        assert torch.equal(f[k], image_to_tensor(eps[i].frames[t:t + 1])[0])
+    third = float((flat >= 80).mean())
+    assert 0.55 < third < 0.65                                    # 120 of 200 ticks
+
+
+def test_stage1_takes_sigreg_on_the_independent_frames(tmp_path, monkeypatch):
+    import ami_ros.core.training as training
+    seen = []
+    real = training.sigreg
+    monkeypatch.setattr(training, "sigreg", lambda z, *a, **k: seen.append(z.shape[0]) or real(z, *a, **k))
+    eps = _episodes()
+    train(TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, model=TINY), eps[:2], eps[2:],
+          str(tmp_path / "a.pt"))
+    assert seen[:2] == [2 * 16, 2 * 16]                          # two steps (then the held-out monitor)
+    seen.clear()
+    train(TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, sigreg_frames=24, model=TINY),
+          eps[:2], eps[2:], str(tmp_path / "b.pt"))
+    assert seen[:2] == [24, 24]
+    with pytest.raises(ValueError, match="sigreg_frames"):
+        TrainConfig(sigreg_frames=-1, model=TINY)
+
+
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     eps = _episodes()
     cfg = TrainConfig(epochs=2, steps_per_epoch=4, batch=4, seq_len=16, ckpt_every=3, model=TINY)

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ami_ros.core.training import SequenceData, TrainConfig, _TrainStep, collapse_check, train_step
+from ami_ros.core.training import SequenceData, TrainConfig, _TrainStep, collapse_check, stage1_batch, train_step
 from ami_ros.core.world_model import ModelConfig, WorldModel
 
 # what a cell and the aggregator must agree on; a cell or a global model that differs is refused
@@ -114,7 +114,7 @@ class LocalTrainer:
         out = {}
         for i in range(steps):
             self.gen.manual_seed(self.cfg.seed * 100003 + round_ * 1009 + i)   # SIGReg directions
-            loss, pred, reg, _ = train_step(self.net, self.model, self.opt, self.data.batch(self.rng, self.cfg.batch),
+            loss, pred, reg, _ = train_step(self.net, self.model, self.opt, stage1_batch(self.data, self.rng, self.cfg),
                                             self.gen, self.cfg, lr, self.device,
                                             proximal if anchor is not None else None)
             out = {"loss": float(loss.item()), "pred": float(pred.item()), "sigreg_train": float(reg.item())}

@@ -54,6 +54,9 @@ class TrainConfig:
     token_lambda: float = 0.0     # weight of SIGReg on the image tokens (needs model.token_dim > 0): every location
                                   # of the feature map must carry information, so a small object is kept
     token_samples: int = 1536     # tokens per step it is measured on, drawn from the batch's
+    sigreg_frames: int = 0        # > 0: SIGReg acts on this many frames drawn independently over the training ticks
+                                  # instead of on the sequences' frames, whose within-sequence repeats SIGReg reads as
+                                  # too few distinct samples (so it pushes out what stays put within a window: the cube)
     holdout_frac: float = 0.1
     seed: int = 0
     ckpt_every: int = 25          # steps
@@ -78,6 +81,8 @@ class TrainConfig:
             raise ValueError("token_lambda must be >= 0 and token_samples >= 1")
         if self.token_lambda and not self.model.token_dim:
             raise ValueError("token_lambda needs a model with a token head (token_dim > 0)")
+        if self.sigreg_frames < 0:
+            raise ValueError(f"sigreg_frames must be >= 0, not {self.sigreg_frames}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -106,6 +111,7 @@ class SequenceData:
         self.windows = np.array([(i, s) for i, e in enumerate(episodes)
                                  for s in range(len(e.q) - span + 1)], dtype=np.int64)
         self.seq_len, self.frame_skip = seq_len, frame_skip
+        self.ticks = np.cumsum([0] + [len(e.q) for e in episodes])                       # (E+1,) episode starts
         if len(self.windows) == 0:
             raise ValueError(f"no episode is at least {span} control steps long "
                              f"({seq_len} steps of {frame_skip} ticks)")
@@ -121,6 +127,17 @@ class SequenceData:
         # a step's action: the k one-tick commands it spans, summed
         a = torch.stack([self.act[i][s:s + (L - 1) * k].view(L - 1, k, -1).sum(1) for i, s in idx])
         return image_to_tensor(f), q, qd, a
+
+    def frames_independent(self, rng: np.random.Generator, n: int):
+        """-> n frames drawn independently and uniformly over every tick of every episode:
+        frames (n,3,S,S) float, q, qd (n,A)."""
+        flat = rng.integers(0, self.ticks[-1], n)
+        ep = np.searchsorted(self.ticks, flat, side="right") - 1
+        t = flat - self.ticks[ep]
+        f = torch.stack([self.frames[i][j] for i, j in zip(ep, t)])
+        q = torch.stack([self.q[i][j] for i, j in zip(ep, t)])
+        qd = torch.stack([self.qd[i][j] for i, j in zip(ep, t)])
+        return image_to_tensor(f), q, qd
 
 
 def dataset_hash(paths: list[str]) -> str:
@@ -408,14 +425,15 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
 # ---------------------------------------------------------------- loop
 class _TrainStep(torch.nn.Module):
     """One forward of the training objective, so DistributedDataParallel can wrap it:
-    -> z (B, L, D), the prediction losses, and the image tokens (B*L*s*s, token_dim) of a model
-    with a token head (None without)."""
+    -> z (B, L, D), the prediction losses, the image tokens (B*L*s*s, token_dim) of a model
+    with a token head (None without), and the embeddings (N, D) of the independent frames
+    ``single`` (frames, q, qd) when given (None without)."""
 
     def __init__(self, model: WorldModel, rollout_steps: int):
         super().__init__()
         self.model, self.rollout_steps = model, rollout_steps
 
-    def forward(self, frames, q, qd, a):
+    def forward(self, frames, q, qd, a, single=None):
         B, L = q.shape[:2]
         if self.model.cfg.token_dim:
             z, tokens = self.model.encoder.forward_with_tokens(frames.flatten(0, 1), q.flatten(0, 1),
@@ -423,23 +441,34 @@ class _TrainStep(torch.nn.Module):
             z = z.view(B, L, -1)
         else:
             z, tokens = encode_sequence(self.model, frames, q, qd), None       # (B, L, D)
-        return z, prediction_losses(self.model, z, a, self.rollout_steps), tokens
+        z_single = None if single is None else self.model.encoder(*single)    # (N, D)
+        return z, prediction_losses(self.model, z, a, self.rollout_steps), tokens, z_single
+
+
+def stage1_batch(data: SequenceData, rng: np.random.Generator, cfg: TrainConfig) -> tuple:
+    """One step's data for ``train_step``: cfg.batch sequences, then, with cfg.sigreg_frames,
+    the frames drawn independently that SIGReg acts on."""
+    batch = data.batch(rng, cfg.batch)
+    return (*batch, *data.frames_independent(rng, cfg.sigreg_frames)) if cfg.sigreg_frames else batch
 
 
 def train_step(net, model: WorldModel, opt, batch, gen: torch.Generator, cfg: TrainConfig, lr: float,
                device: str = "cpu", extra_loss=None):
     """One optimizer step of the stage-1 objective (prediction losses + lambda * SIGReg, and
     token_lambda * SIGReg of ``token_samples`` image tokens drawn from the batch's) on ``batch``
-    (frames, q, qd, actions as SequenceData.batch gives them) at learning rate ``lr``;
+    (frames, q, qd, actions as SequenceData.batch gives them; then, with cfg.sigreg_frames, the
+    independent frames SIGReg acts on, as SequenceData.frames_independent gives them) at
+    learning rate ``lr``;
     ``extra_loss()``, when given, is added to the loss (e.g. a proximal term). ``net`` is the
     _TrainStep over ``model`` (or its DDP wrapper). Returns loss, pred, reg and the prediction
     losses (tensors; with the token term, its value too, as ``token_sigreg``)."""
     for g in opt.param_groups:
         g["lr"] = lr
-    f, q, qd, a = (x.to(device) for x in batch)
-    z, pl, tokens = net(f, q, qd, a)
+    f, q, qd, a = (x.to(device) for x in batch[:4])
+    single = tuple(x.to(device) for x in batch[4:]) or None
+    z, pl, tokens, z_single = net(f, q, qd, a, single)
     pred = sum(pl.values()) / len(pl)
-    reg = sigreg(z.flatten(0, 1), cfg.sigreg_proj, gen)
+    reg = sigreg(z.flatten(0, 1) if z_single is None else z_single, cfg.sigreg_proj, gen)
     loss = pred + cfg.sigreg_lambda * reg
     if cfg.token_lambda:
         pick = torch.randperm(tokens.shape[0], generator=gen)[:cfg.token_samples].to(tokens.device)
@@ -525,7 +554,7 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     model.train()
     while step < total:
         gen.manual_seed(cfg.seed * 100003 + step)        # SIGReg directions: a function of the step
-        loss, pred, reg, pl = train_step(net, model, opt, data.batch(rng, cfg.batch), gen, cfg, sched(step), device)
+        loss, pred, reg, pl = train_step(net, model, opt, stage1_batch(data, rng, cfg), gen, cfg, sched(step), device)
         step += 1
         if step % cfg.steps_per_epoch == 0:
             stats = collapse_check(model, test_eps or train_eps[:2], device)

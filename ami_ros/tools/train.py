@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "feature map (through a training-only linear head of TOKEN_DIM): each must carry "
                         "information, so a small object such as the cube is kept (0: off)")
     p.add_argument("--token-dim", type=int, default=64, help="width of that head (with --token-sigreg)")
+    p.add_argument("--sigreg-frames", type=int, default=0, metavar="N",
+                   help="stage 1: SIGReg on N frames drawn independently over the training recordings instead "
+                        "of on the training sequences' frames (0: on those)")
     p.add_argument("--frame-skip", type=int, default=1, metavar="K",
                    help="stage 1: control ticks between the steps of a training sequence; the predictors then "
                         "learn K-tick moves, in which the arm moves more against what stays put (stages 2 and "
@@ -268,6 +271,7 @@ def run(args) -> int:
         cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                           seq_len=args.seq_len, frame_skip=args.frame_skip, lr=args.lr,
                           sigreg_lambda=args.sigreg_lambda, token_lambda=args.token_sigreg if src is None else 0.0,
+                          sigreg_frames=args.sigreg_frames,
                           seed=args.seed, allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
                           direct_steps=args.direct_steps, direct_span=args.direct_span,
                           tool_steps=args.tool_readout_steps, model=mcfg)
