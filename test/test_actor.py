@@ -236,3 +236,22 @@ def test_an_image_goals_tool_position_is_corrected_by_the_readouts_error_at_the_
     assert actor.teach_goal()
     actor.step(1.0)
     np.testing.assert_allclose(actor.goal_tool_aim.numpy(), q[:3], atol=1e-6)
+
+
+def test_warm_up_leaves_no_trace():
+    """The planner node's warm-up (one step's work on made-up inputs, so that torch's first calls
+    do not fall in a planning cycle) changes nothing the actor decides: no goal, memory or joint
+    state is left behind, and the first plan of a goal is the one a fresh actor makes."""
+    warm, model = make_actor()
+    fresh, _ = make_actor()
+    assert warm.warm_up(image(np.zeros(A))) > 0
+    assert warm.goal is None and warm.status == "none" and len(warm.memory) == 0 and warm.joint is None
+    assert warm.step(1.0).reason == "no_goal"
+    plans = []
+    for actor in (warm, fresh):
+        actor.set_goal_image(image(Q_GOAL))
+        observe(actor, model, 1.0, np.zeros(A))
+        d = actor.step(1.0)
+        assert d.reason == "plan"
+        plans.append(d.actions)
+    np.testing.assert_array_equal(plans[0], plans[1])

@@ -104,7 +104,7 @@ def test_bench_graph_runs_the_nodes_as_launch_does(tmp_path, ros_domain_id):
     assert g["planner"]["cycles"] >= 20 and g["planner"]["plans"] >= 1, g["planner"]
     assert 0 <= g["planner"]["cycles_missed"] <= g["planner"]["cycles"]
     assert g["latency_ms"]["camera stamp -> gated command received"]["n"] >= 1
-    assert set(g["exit_codes"]) == {"sim", "encoder", "planner", "safety"}
+    assert g["exit_codes"] == {"sim": 0, "encoder": 0, "planner": 0, "safety": 0}   # SIGINT: a clean stop
     # a double given as an integer: ROS refuses it, the planner exits saying why
     assert main(["bench", "--quick", "--sections", "graph", "--graph-seconds", "3", "--model", model,
                  "--graph-set", "planner:plan_budget:=0", "--domain-id", str(ros_domain_id),
@@ -115,12 +115,18 @@ def test_bench_graph_runs_the_nodes_as_launch_does(tmp_path, ros_domain_id):
 
 def test_bench_graph_refuses_a_malformed_setting_before_starting_a_node(tmp_path):
     from ami_ros.cli import main
-    from ami_ros.tools.bench.graph import node_command
+    from ami_ros.nodes.stack import node_command
+    from ami_ros.tools.bench.graph import node_params
 
     with pytest.raises(ValueError, match="KIND:PARAM:=VALUE"):
-        node_command("planner", "m", {}, ["planner:plan_budget"])
-    assert node_command("planner", "m", {}, ["planner:plan_budget:=0.5", "sim:seed:=3"])[-2:] == \
-        ["-p", "plan_budget:=0.5"]
+        node_params("m", {}, ["planner:plan_budget"])
+    with pytest.raises(ValueError, match="unknown node kind 'gate'"):
+        node_params("m", {}, ["gate:plan_budget:=0.5"])
+    params = node_params("m", {"robot": "ur5e"}, ["planner:plan_budget:=0.5", "sim:seed:=3"])
+    assert params["planner"] == ["model_path:=m", "robot:=ur5e", "plan_budget:=0.5"]
+    assert params["sim"] == ["camera_rate_hz:=30.0", "robot:=ur5e", "seed:=3"]
+    cmd = node_command("planner", params=params["planner"])
+    assert cmd[1:3] == ["-m", "ami_ros.nodes.planner_node"] and cmd[-2:] == ["-p", "plan_budget:=0.5"]
     out = tmp_path / "g.json"
     assert main(["bench", "--sections", "graph", "--graph-set", "planner:plan_budget", "--out", str(out)]) == 0
     g = json.loads(out.read_text())["graph"]

@@ -242,6 +242,30 @@ def test_demo_refuses_a_model_folder_that_is_not_one(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_demo_runs_the_nodes_as_launch_does(tmp_path, capfd):
+    """ami-ros demo starts the four node executables, each a process of its own, shows the arm
+    a goal image and reports it and the planner's missed cycles; a node that cannot start (a
+    bad parameter from --params-file) ends the demo with that node's exit, not a wait."""
+    pytest.importorskip("rclpy")
+    import re
+
+    from ami_ros.tools import demo
+
+    p = argparse.ArgumentParser()    # the nodes and the probe on this module's ROS_DOMAIN_ID (conftest)
+    demo.add_arguments(p)
+    assert demo.run(p.parse_args(["--goals", "1", "--timeout", "15"])) == 0
+    out = capfd.readouterr()
+    line = next(ln for ln in out.out.splitlines() if ln.startswith("demo: "))
+    missed = re.search(r"missed their period: (\d+) of (\d+)$", line)
+    assert missed and 0 <= int(missed[1]) <= int(missed[2]) and int(missed[2]) >= 10, line
+    assert re.search(r"^goal 1/1: (reached|NOT reached) in ", out.out, re.M), out.out
+    assert "planner ready" in out.err and "a first plan on made-up inputs" in out.err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("planner_node:\n  ros__parameters:\n    plan_budget: 2.0\n")
+    assert demo.run(p.parse_args(["--goals", "1", "--params-file", str(bad)])) == 1
+    assert "planner_node exited (1)" in capfd.readouterr().err
+
+
 def test_wall_split_is_across_a_keep_out_wall_and_entering_it_fails_an_episode(capsys):
     """The wall split: start and goal tools low on opposite sides of WALL, every link clear of it.
     The oracle, told of the wall, goes over it and reaches the goal without entering it; the same

@@ -229,6 +229,29 @@ class Actor:
             self.joint_history.clear()
             self.joint = self.q_cmd = self.last_targets = self.tool_reading = None
 
+    def warm_up(self, image=None) -> float:
+        """One step's work on made-up inputs (``image`` as the goal image, default a blank one
+        of the model's size; zero embeddings; the arm at rest at zero), so that the first plan
+        of a goal does not pay torch's first calls (several times a later plan: a planning cycle
+        missed at the start); -> its seconds. Goal, memory and joint states stay as they were;
+        the planner is reset, as at a new goal (call it before the first one)."""
+        with self.lock:
+            t0 = time.perf_counter()
+            if image is None:
+                s = self.model.cfg.image_size
+                image = torch.zeros(1, 3, s, s)
+            goal, goal_vis, goal_tool = self._encode_goal(("image", image))
+            z_hist = torch.zeros(self.model.history, self.model.embed_dim)
+            q = np.asarray(self.arm.clip(np.zeros(self.arm.dof)), dtype=np.float64)
+            state = (q, np.zeros(self.arm.dof))
+            self.planner.cost.measured_goal_distance(z_hist[-1], goal_vis, q, goal_tool)
+            res = self.planner.plan(z_hist, goal, torch.as_tensor(q, dtype=torch.float32),
+                                    torch.zeros(self.model.action_dim), joint_state=state, goal_tool=goal_tool)
+            trajectory_from_actions(self.arm.joint_names, q, res.actions.numpy().astype(np.float64), self.dt,
+                                    self.arm.clip)
+            self.planner.reset()
+            return time.perf_counter() - t0
+
     # ------------------------------------------------------------ the step
     @property
     def bound(self) -> np.ndarray:

@@ -71,17 +71,28 @@ class NodeThreads:
 
 
 def spin_node(make_node, args=None) -> None:
-    """``main()`` of a node executable: init, spin until Ctrl-C or shutdown, clean up. A node
-    that cannot start (a bad model, robot description, parameter or file) says why in one line
-    and the process exits with status 1 (set AMI_ROS_TRACEBACK=1 for the traceback)."""
+    """``main()`` of a node executable: init, spin until SIGINT (Ctrl-C; launch stops a node so),
+    SIGTERM or a shutdown of the context, clean up. A node that cannot start (a bad model, robot
+    description, parameter or file) says why in one line and the process exits with status 1
+    (set AMI_ROS_TRACEBACK=1 for the traceback).
+
+    The signals only ask the spin loop to stop: it ends after the callback that runs, never
+    inside it (rclpy's own handler raises KeyboardInterrupt wherever the main thread is, in a
+    publish or in MuJoCo's renderer, and a second signal, the terminal's and the launcher's,
+    would land in the cleanup). The exit status after a signal is 0."""
     import os
+    import signal
     import sys
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args)
-    node = None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = executor = None
     try:
         try:
             node = make_node()
@@ -92,10 +103,17 @@ def spin_node(make_node, args=None) -> None:
                   file=sys.stderr, flush=True)
             rclpy.try_shutdown()
             sys.exit(1)
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     finally:
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # done; the interpreter's own finalisation (about a second) would restore the default
+        # handlers, and a late signal would then end the process as killed
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)

@@ -146,6 +146,7 @@ class PlannerNode(Node):
         rules = StopRules(p["goal_tolerance"], p["settle_patience"], p["settle_min_improvement"])
         self.actor = Actor(self.model, self.arm, self.planner, self.dt, rules, p["max_embedding_age_s"],
                            p["max_joint_state_age_s"])
+        warm_s = self.actor.warm_up()   # torch's first calls here, not in the first planning cycle
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
                        "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0,
                        "refused_tool_reading": 0, "plans_cut": 0}
@@ -176,7 +177,8 @@ class PlannerNode(Node):
         self._publish_status()
         c = self.planner.config
         self.get_logger().info(f"planner ready: model {self.model_id}, {c.method} {c.mode}, predictor {c.predictor}, "
-                               f"{self.planner.model_steps_per_plan()} model steps/plan")
+                               f"{self.planner.model_steps_per_plan()} model steps/plan (a first plan on made-up inputs: "
+                               f"{1000 * warm_s:.0f} ms)")
 
     # ------------------------------------------------------------ the actor's state
     @property

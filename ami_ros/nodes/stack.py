@@ -2,10 +2,13 @@
 package's parameter files, built in one place for the demo, the bench, the soak run and
 the tests.
 
-``Stack`` initialises a context, builds the nodes in one process and spins each in
-its own executor thread (:class:`~ami_ros.nodes.compose.NodeThreads`), then shuts all
-down again. ``ros_args`` and ``make_node`` serve a node run alone (the bench's memory
-section runs each node in a process of its own).
+``NodeProcesses`` starts the four node executables, each a process of its own, as
+``ros2 launch`` does (the demo and the bench's graph section). ``Stack`` initialises a
+context, builds the nodes in one process and spins each in its own executor thread
+(:class:`~ami_ros.nodes.compose.NodeThreads`), then shuts all down again (the soak run,
+the tests: their probes reach into the nodes); the nodes then share one interpreter,
+so the planning cycles keep their period only in processes of their own. ``ros_args``
+and ``make_node`` serve a node run alone.
 
 Parameters come, in this order, from config/{sim,encoder,planner,safety}.yaml, the
 extra ``params_files``, the ``sets`` (``node_name:param:=value``), and per-node
@@ -35,6 +38,110 @@ def ros_args(extra_files: Iterable[str] = (), sets: Iterable[str] = ()) -> list[
     for s in sets:
         args += ["-p", s]
     return args
+
+
+def node_command(kind: str, extra_files: Iterable[str] = (), params: Iterable[str] = ()) -> list[str]:
+    """The command line of node ``kind`` as a launch file runs it (its executable's main): the
+    package's parameter files, then ``extra_files``, then ``params`` (``PARAM:=VALUE``)."""
+    import sys
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown node kind {kind!r}; known: {list(KINDS)}")
+    return [sys.executable, "-m", f"ami_ros.nodes.{kind}_node", *ros_args(extra_files, params)]
+
+
+def split_sets(sets: Iterable[str]) -> dict[str, list[str]]:
+    """``KIND:PARAM:=VALUE`` settings -> {kind: ["PARAM:=VALUE", ...]}, in order; ValueError
+    on a malformed one or an unknown kind."""
+    out: dict[str, list[str]] = {}
+    for s in sets:
+        kind, _, setting = s.partition(":")
+        if ":=" not in setting or not setting.partition(":=")[0]:
+            raise ValueError(f"{s!r}: expected KIND:PARAM:=VALUE")
+        if kind not in KINDS:
+            raise ValueError(f"{s!r}: unknown node kind {kind!r}; known: {list(KINDS)}")
+        out.setdefault(kind, []).append(setting)
+    return out
+
+
+def stop_processes(procs, sig, timeout: float) -> None:
+    """Send ``sig`` to each of ``procs`` still running, wait up to ``timeout`` s for each, kill
+    the ones that do not end."""
+    import subprocess
+
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+class NodeProcesses:
+    """The four node executables, each a process of its own, started in KINDS order as a launch
+    file starts them (:func:`node_command`). ``params``: {kind: ["PARAM:=VALUE", ...]} after the
+    parameter files and ``extra_files``; ``env``: their environment (None: this one's);
+    ``capture``: each node's console into a temporary file (the tail of an exited one is in
+    :meth:`exited`), else the nodes write to this process's terminal.
+
+    ``stop()`` (or leaving the ``with`` block) sends SIGINT, as launch stops a node, and kills a
+    node that has not ended within ``timeout`` s."""
+
+    def __init__(self, params: dict | None = None, *, extra_files: Iterable[str] = (), env: dict | None = None,
+                 capture: bool = False):
+        import subprocess
+        import tempfile
+
+        unknown = sorted(set(params or {}) - set(KINDS))
+        if unknown:
+            raise ValueError(f"parameters for unknown node kind(s) {unknown}; known: {list(KINDS)}")
+        self.procs: dict = {}
+        self.logs: dict = {}
+        try:
+            for kind in KINDS:
+                log = tempfile.TemporaryFile("w+") if capture else None
+                self.logs[kind] = log
+                self.procs[kind] = subprocess.Popen(
+                    node_command(kind, extra_files, (params or {}).get(kind, ())), env=env, stdout=log,
+                    stderr=subprocess.STDOUT if capture else None)
+        except BaseException:
+            self.stop()
+            raise
+
+    def exited(self) -> str:
+        """'' while every node runs, else which exited first found, with its exit status (and the
+        end of its console when captured)."""
+        for kind, p in self.procs.items():
+            if p.poll() is not None:
+                tail = ""
+                if self.logs.get(kind) is not None:
+                    self.logs[kind].seek(0)
+                    tail = ": " + self.logs[kind].read()[-600:].strip()
+                return f"{kind}_node exited ({p.returncode}){tail}"
+        return ""
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {kind: p.poll() for kind, p in self.procs.items()}
+
+    def stop(self, timeout: float = 15.0) -> dict[str, int | None]:
+        """SIGINT to every node still running, as launch stops them; -> their exit statuses."""
+        import signal
+
+        stop_processes(list(self.procs.values()), signal.SIGINT, timeout)
+        for log in self.logs.values():
+            if log is not None:
+                log.close()
+        self.logs = {}
+        return self.exit_codes()
+
+    def __enter__(self) -> "NodeProcesses":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def node_class(kind: str):

@@ -1,10 +1,13 @@
-"""ami-ros demo: the whole stack on the embedded simulator, in one process.
+"""ami-ros demo: the whole stack on the embedded simulator.
 
-The same node classes that the launch files start (sim_node, encoder_node,
-planner_node, safety_node), with the same parameter files, composed in one
-process (one executor thread per node, see ami_ros/nodes/compose.py). The demo then shows the arm a sequence of goal images
-(the scene rendered with the arm at a goal configuration), and reports for each
-goal whether the tool got within the success radius and how long it took.
+The four node executables (sim_node, encoder_node, planner_node, safety_node), each a
+process of its own with the package's parameter files, as ``ros2 launch`` starts them
+(:class:`~ami_ros.nodes.stack.NodeProcesses`; their logs go to this terminal). A probe
+node in this process then shows the arm a sequence of goal images (the scene rendered
+here with the arm at a goal configuration, the sim's camera and its cube where the sim
+has it), and reports for each goal whether the tool got within the success radius and
+how long it took, and at the end the planning cycles that missed their period (the
+planner's /diagnostics).
 
 ``--wall``: the eval's wall split on the ROS graph. A keep-out wall stands on the
 table across the arm's front (``WALL``); it goes into a safety spec file that both
@@ -87,24 +90,32 @@ def wall_safety_file(folder: str) -> str:
 
 
 def run(args) -> int:
+    import os
     import sys
+    import threading
     import time
 
     import numpy as np
-    from geometry_msgs.msg import PointStamped
-    from sensor_msgs.msg import Image
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PointStamped, PoseStamped
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import CameraInfo, Image, JointState
     from std_msgs.msg import String
 
     from ami_ros.core.model_io import check_arm, read_card
     from ami_ros.nodes import msgs, qos
     from ami_ros.nodes.model_path import resolve_model_path
-    from ami_ros.nodes.stack import Stack
+    from ami_ros.nodes.stack import KINDS, NodeProcesses
 
-    sets = []
+    robot = [f"{k}:={v}" for k, v in node_robot_params(args).items()]
+    params = {kind: list(robot) for kind in KINDS}
     if args.model:
-        sets += [f"encoder_node:model_path:={args.model}", f"planner_node:model_path:={args.model}"]
-    for key, value in node_robot_params(args).items():
-        sets += [f"{node}:{key}:={value}" for node in ("sim_node", "encoder_node", "planner_node", "safety_node")]
+        params["encoder"].append(f"model_path:={args.model}")
+        params["planner"].append(f"model_path:={args.model}")
     try:    # a bad model folder, arm, or a model of another arm is refused before any node starts
         folder = resolve_model_path(args.model)
         arm = arm_from_args(args)
@@ -122,40 +133,84 @@ def run(args) -> int:
         q_start, wall_goals = wall_sequence(arm, args.goals, args.seed)
         tmp = tempfile.TemporaryDirectory(prefix="ami_demo_")
         safety_file = wall_safety_file(tmp.name)
-        sets += [f"safety_node:safety_file:={safety_file}", f"planner_node:safety_file:={safety_file}",
-                 "planner_node:planner.mode:=hier", f"sim_node:initial_positions:={[float(x) for x in q_start]}"]
-    stack = None
+        params["safety"].append(f"safety_file:={safety_file}")
+        params["planner"] += [f"safety_file:={safety_file}", "planner.mode:=hier"]
+        params["sim"].append(f"initial_positions:={[float(x) for x in q_start]}")
+    nodes = ctx = ex = probe = renderer = None
+    rec: dict = {"diag": {}}
+    lock = threading.Lock()
+
+    def keep(key):
+        def callback(value):
+            with lock:
+                rec[key] = value
+        return callback
+
+    def on_diag(m):
+        with lock:
+            for st in m.status:
+                rec["diag"][st.name.rsplit(": ", 1)[-1]] = {v.key: v.value for v in st.values}
+
+    def on_joint_state(m):
+        try:
+            keep("q")(msgs.joint_state_by_name(m, arm.joint_names)[0])
+        except (KeyError, ValueError):      # another arm's, or malformed: not this demo's
+            pass
+
+    def latest(key):
+        with lock:
+            return rec.get(key)
+
+    def ready() -> bool:
+        with lock:
+            return all(k in rec for k in ("tool", "cube", "camera", "q")) and "planner" in rec["diag"]
     try:
-        print("starting sim_node, encoder_node, planner_node, safety_node ...", flush=True)
-        stack = Stack(params_files=args.params_file, sets=sets)
-        sim, safety = stack.sim, stack.safety
-        probe = stack.create_node("ami_demo")
-        tool, status = {}, {}
+        print("starting sim_node, encoder_node, planner_node, safety_node, each a process of its own ...", flush=True)
+        nodes = NodeProcesses(params, extra_files=args.params_file, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        ctx = Context()
+        rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)   # Ctrl-C: KeyboardInterrupt
+        probe = rclpy.create_node("ami_demo", context=ctx)
         probe.create_subscription(PointStamped, "/ami/tool_position",
-                                  lambda m: tool.update(p=np.array([m.point.x, m.point.y, m.point.z])), 10)
-        latched = qos.LATCHED
-        probe.create_subscription(String, "/ami/goal_status", lambda m: status.update(s=m.data), latched)
-        goal_pub = probe.create_publisher(Image, "/ami/goal_image", latched)
-        stack.spin()
-        t_wait = time.monotonic()
-        while "p" not in tool and time.monotonic() - t_wait < 10:
+                                  lambda m: keep("tool")(msgs.point_from_msg(m)), qos.RELIABLE_10)
+        probe.create_subscription(PoseStamped, "/ami/cube_pose", lambda m: keep("cube")(np.array(
+            [m.pose.position.x, m.pose.position.y, m.pose.position.z, m.pose.orientation.w, m.pose.orientation.x,
+             m.pose.orientation.y, m.pose.orientation.z])), qos.RELIABLE_10)
+        probe.create_subscription(CameraInfo, "/camera/camera_info", lambda m: keep("camera")((m.width, m.height)),
+                                  qos_profile_sensor_data)
+        probe.create_subscription(JointState, "/joint_states", on_joint_state, qos.RELIABLE_10)
+        probe.create_subscription(String, "/ami/goal_status", lambda m: keep("status")(m.data), qos.LATCHED)
+        probe.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
+        goal_pub = probe.create_publisher(Image, "/ami/goal_image", qos.LATCHED)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(probe)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        t_wait = time.monotonic()    # each node imports, loads its model, then publishes
+        while not ready():
+            if nodes.exited():
+                print(f"error: {nodes.exited()}", file=sys.stderr)
+                return 1
+            if time.monotonic() - t_wait > 90:
+                print("error: no tool position, camera, joint states and planner diagnostics within 90 s",
+                      file=sys.stderr)
+                return 1
             time.sleep(0.05)
-        if "p" not in tool:
-            print("error: no tool position from the simulator within 10 s")
-            return 1
+        from ami_ros.sim.arm_sim import ArmSim     # goal images: this scene, rendered here with the sim's camera
+
+        width, height = latest("camera")
+        renderer = ArmSim(arm, width=width, height=height)
         rng = np.random.default_rng(args.seed)
-        goals = wall_goals or goal_sequence(sim.spec, sim.sim.joint_positions(), args.goals, rng)
+        goals = wall_goals or goal_sequence(arm, latest("q"), args.goals, rng)
         reached = 0
         for i, qg in enumerate(goals, 1):
-            target = sim.tool_position_at(qg)
-            img = sim.render_configuration(qg)
-            start = float(np.linalg.norm(tool["p"] - target))
+            target = arm.tool_position(qg)
+            img = renderer.render_configuration(qg, latest("cube"))
+            start = float(np.linalg.norm(latest("tool") - target))
             goal_pub.publish(msgs.image_msg(img, probe.get_clock().now().to_msg(), "goal"))
             t0, inside_since, ok, entered = time.monotonic(), None, False, False
-            while time.monotonic() - t0 < args.timeout:
+            while time.monotonic() - t0 < args.timeout and not nodes.exited():
                 if args.wall:
-                    entered = entered or links_enter_box(sim.spec, sim.sim.joint_positions(), WALL)
-                d = float(np.linalg.norm(tool["p"] - target))
+                    entered = entered or links_enter_box(arm, latest("q"), WALL)
+                d = float(np.linalg.norm(latest("tool") - target))
                 if d < args.success_radius:
                     inside_since = inside_since or time.monotonic()
                     if time.monotonic() - inside_since > 0.5:   # stays there: reached, not passed through
@@ -165,18 +220,38 @@ def run(args) -> int:
                     inside_since = None
                 time.sleep(0.05)
             took = (inside_since or time.monotonic()) - t0
-            d = float(np.linalg.norm(tool["p"] - target))
+            d = float(np.linalg.norm(latest("tool") - target))
             ok = ok and not entered
             reached += ok
             print(f"goal {i}/{len(goals)}: {'reached' if ok else 'NOT reached'} in {took:.1f} s "
-                  f"(tool {100 * start:.1f} cm -> {100 * d:.1f} cm from the goal; planner: {status.get('s', '?')}"
-                  + (f"; {'ENTERED' if entered else 'clear of'} the wall" if args.wall else "") + ")", flush=True)
-        print(f"demo: {reached}/{len(goals)} goals reached (success radius {100 * args.success_radius:.0f} cm)"
-              + (f"; plans the gate refused for a keep-out box: {safety.gate.rejections['keep_out']}"
+                  f"(tool {100 * start:.1f} cm -> {100 * d:.1f} cm from the goal; planner: "
+                  f"{latest('status') or '?'}" + (f"; {'ENTERED' if entered else 'clear of'} the wall"
+                                                  if args.wall else "") + ")", flush=True)
+            if nodes.exited():
+                print(f"error: {nodes.exited()}", file=sys.stderr)
+                return 1
+        time.sleep(1.1)      # the nodes' next diagnostics reports (1 s)
+        with lock:
+            planner, gate = dict(rec["diag"].get("planner", {})), dict(rec["diag"].get("safety gate", {}))
+        print(f"demo: {reached}/{len(goals)} goals reached (success radius {100 * args.success_radius:.0f} cm); "
+              f"planning cycles that missed their period: {planner.get('cycles_missed', '?')} of "
+              f"{planner.get('cycles', '?')}"
+              + (f"; plans the gate refused for a keep-out box: {gate.get('rejected.keep_out', 0)}"
                  if args.wall else ""))
         return 0
+    except KeyboardInterrupt:           # the nodes got the terminal's SIGINT too
+        print("demo: interrupted", file=sys.stderr)
+        return 130
     finally:
-        if stack is not None:
-            stack.shutdown()
+        if renderer is not None:
+            renderer.close()
+        if nodes is not None:
+            nodes.stop()
+        if ex is not None:
+            ex.shutdown()
+        if probe is not None:
+            probe.destroy_node()
+        if ctx is not None:
+            rclpy.try_shutdown(context=ctx)
         if tmp is not None:
             tmp.cleanup()

@@ -10,32 +10,28 @@ the probe minus the stamp of the camera frame its plan started from (the planner
 ``/ami/plan_markers`` carry it), the newest plan's markers received before the command."""
 from __future__ import annotations
 
-from ami_ros.tools.bench.table import fmt, stats, stop_processes, table
+from ami_ros.tools.bench.table import fmt, stats, table
 
 GOAL_S = 15.0          # seconds on one goal before the next is sent
 WARMUP_S = 5.0         # seconds of planning before the window opens
 
 
-def node_command(kind: str, folder: str, robot: dict, extra: list[str] = ()) -> list[str]:
-    """The command line of node ``kind`` as a launch file runs it (its executable's main);
-    ``extra``: ``KIND:PARAM:=VALUE`` settings, those of this kind applied last."""
-    import sys
+def node_params(folder: str, robot: dict, extra: list[str] = ()) -> dict[str, list[str]]:
+    """{kind: ["PARAM:=VALUE", ...]} of the graph's nodes: the camera at 30 Hz, the model, the
+    robot, then ``extra`` (``KIND:PARAM:=VALUE``, :func:`~ami_ros.nodes.stack.split_sets`)."""
+    from ami_ros.nodes.stack import KINDS, split_sets
 
-    from ami_ros.nodes.stack import ros_args
-
-    sets = {"sim": {"camera_rate_hz": 30.0}, "encoder": {"model_path": folder},
-            "planner": {"model_path": folder}}.get(kind, {})
-    sets = {**sets, **{k: v for k, v in robot.items() if v not in ("", None)}}
-    args = ros_args()
-    for k, v in sets.items():
-        args += ["-p", f"{k}:={v}"]
-    for s in extra:
-        node, _, setting = s.partition(":")
-        if ":=" not in setting:
-            raise ValueError(f"--graph-set {s!r}: expected KIND:PARAM:=VALUE")
-        if node == kind:
-            args += ["-p", setting]
-    return [sys.executable, "-m", f"ami_ros.nodes.{kind}_node", *args]
+    try:
+        given = split_sets(extra)
+    except ValueError as e:
+        raise ValueError(f"--graph-set {e}") from None
+    out = {}
+    for kind in KINDS:
+        sets = {"sim": {"camera_rate_hz": 30.0}, "encoder": {"model_path": folder},
+                "planner": {"model_path": folder}}.get(kind, {})
+        sets = {**sets, **{k: v for k, v in robot.items() if v not in ("", None)}}
+        out[kind] = [f"{k}:={v}" for k, v in sets.items()] + given.get(kind, [])
+    return out
 
 
 def bench_graph(folder: str, args, out: dict) -> str:
@@ -64,9 +60,6 @@ def bench_graph(folder: str, args, out: dict) -> str:
 
 def run_graph(folder: str, args) -> dict:
     import os
-    import signal
-    import subprocess
-    import tempfile
     import threading
     import time
 
@@ -81,7 +74,7 @@ def run_graph(folder: str, args) -> dict:
     from visualization_msgs.msg import MarkerArray
 
     from ami_ros.nodes import msgs, qos
-    from ami_ros.nodes.stack import KINDS
+    from ami_ros.nodes.stack import KINDS, NodeProcesses
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.tools.demo import goal_sequence
     from ami_ros.tools.robot_args import arm_from_args, node_robot_params
@@ -91,19 +84,9 @@ def run_graph(folder: str, args) -> dict:
     robot = node_robot_params(args)
     arm = arm_from_args(args)
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "PYTHONUNBUFFERED": "1"}
-    logs = {k: tempfile.TemporaryFile("w+") for k in KINDS}    # each node's console, for a node that exits
     extra = list(args.graph_set or [])
-    procs = {k: subprocess.Popen(node_command(k, folder, robot, extra), env=env, stdout=logs[k],
-                                 stderr=subprocess.STDOUT) for k in KINDS}
-
-    def exited() -> str:
-        """'' while every node runs, else which exited, with the end of its console."""
-        for k, p in procs.items():
-            if p.poll() is not None:
-                logs[k].seek(0)
-                tail = logs[k].read()[-600:].strip()
-                return f"{k}_node exited ({p.returncode}): {tail}"
-        return ""
+    nodes = NodeProcesses(node_params(folder, robot, extra), env=env, capture=True)
+    exited = nodes.exited
 
     rec = {"markers": [], "gated": [], "plans": 0, "status": "", "q": None, "diag": {}}
     lock = threading.Lock()
@@ -213,9 +196,7 @@ def run_graph(folder: str, args) -> dict:
     finally:
         if sim is not None:
             sim.close()
-        stop_processes(procs.values(), signal.SIGINT, 15.0)     # SIGINT: as launch stops a node
-        for f in logs.values():
-            f.close()
+        exit_codes = nodes.stop()
         ex.shutdown()
         probe.destroy_node()
         rclpy.try_shutdown(context=ctx)
@@ -224,7 +205,7 @@ def run_graph(folder: str, args) -> dict:
     res["planner"] = {k: c1[k] - c0.get(k, 0) for k in c1}
     res["planner"].update({k: float(rec["diag"][k]) for k in ("plan_ms_p50", "plan_ms_p95", "plan_iterations_mean")
                           if k in rec["diag"]})
-    res["exit_codes"] = {k: p.returncode for k, p in procs.items()}
+    res["exit_codes"] = exit_codes
     res.update(latency(snap))
     return res
 

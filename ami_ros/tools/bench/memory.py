@@ -2,7 +2,7 @@
 (:mod:`ami_ros.tools.bench.node_child`), all four running while a goal makes the planner plan."""
 from __future__ import annotations
 
-from ami_ros.tools.bench.table import stop_processes, table
+from ami_ros.tools.bench.table import table
 
 
 def bench_memory(folder: str, args, out: dict) -> str:
@@ -13,7 +13,7 @@ def bench_memory(folder: str, args, out: dict) -> str:
     import threading
     import time
 
-    from ami_ros.nodes.stack import KINDS
+    from ami_ros.nodes.stack import KINDS, stop_processes
 
     seconds = args.memory_seconds if args.memory_seconds is not None else (3.0 if args.quick else 10.0)
     domain = args.domain_id + 1

@@ -1,22 +1,6 @@
 """What every bench section shares: timing a call, statistics of the timings, the printed
-tables, a description of the machine, and stopping the node processes a section started."""
+tables and a description of the machine."""
 from __future__ import annotations
-
-
-def stop_processes(procs, sig, timeout: float) -> None:
-    """Send ``sig`` to each of ``procs`` still running, wait up to ``timeout`` s for each, kill
-    the ones that do not end."""
-    import subprocess
-
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(sig)
-    for p in procs:
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def stats(xs, scale=1000.0) -> dict:
