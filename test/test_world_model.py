@@ -437,6 +437,27 @@ def test_the_non_linear_probe_reads_a_curved_quantity_the_linear_one_misses():
     np.testing.assert_array_equal(mlp, _mlp_r2_each(X[:2400], Y[:2400], X[2400:], Y[2400:]))   # one seed, one probe
 
 
+def test_the_pixel_reference_reads_what_the_frame_shows_beside_the_embeddings_probes():
+    """The probes from z_vis come with the same probes from the frame's pixels (``_from_pixels``):
+    a square drawn where the tool is gives a pixel reading near 1, whatever the encoder makes of it;
+    a tool height that never changes is undefined there too."""
+    from ami_ros.core.training import evaluate
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(3)
+    eps = _episodes(n=6, T=60)
+    for e in eps:
+        col = rng.integers(0, 28, 60)
+        e.frames[:] = 20
+        for t, c in enumerate(col):
+            e.frames[t, 12:16, c:c + 4] = 235
+        e.tool = np.column_stack([col * 0.01, np.full(60, 0.1), np.full(60, 0.3)])
+    out = evaluate(WorldModel(TINY), eps[:4], eps[4:], "cpu", horizons=(1,))
+    assert out["probe_r2_tool_x_from_pixels_mlp"] > 0.8, out
+    assert out["probe_r2_tool_y_from_pixels"] is None and out["probe_r2_tool_z_from_pixels_mlp"] is None
+    assert "probe_r2_tool_x_from_image" in out and "probe_r2_cube_x_from_pixels" not in out   # no cube recorded
+
+
 def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
     from ami_ros.core.training import evaluate
 
@@ -463,6 +484,7 @@ def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
     assert out["probe_r2_tool_from_image"] == pytest.approx(
         (out["probe_r2_tool_x_from_image"] + out["probe_r2_tool_y_from_image"]) / 2)
     assert out["probe_r2_tool_z_from_image_mlp"] is None and -5.0 < out["probe_r2_cube_x_mlp"] <= 1.0
+    assert -5.0 < out["probe_r2_cube_x_from_pixels_mlp"] <= 1.0 and out["probe_r2_tool_z_from_pixels"] is None
     assert "probe_r2_cube_turn_cos" not in out                  # no yaw recorded: no turn probe
     for e in eps:
         e.cube_yaw = rng.uniform(-np.pi, np.pi, 40)

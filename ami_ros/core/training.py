@@ -293,10 +293,39 @@ def _cube_hidden(ep) -> np.ndarray:
     return np.asarray(ep.cube_visible) < CUBE_SEEN_MIN
 
 
+#: the reference the probes from z_vis are read against: the same probes from the frame itself, average-pooled
+#: to PIXEL_PROBE_SIZE x PIXEL_PROBE_SIZE and cut to its top PIXEL_PROBE_PCS principal components (fit on the
+#: probes' fit frames): what a probe can read of a quantity from the image at all, with no encoder
+PIXEL_PROBE_SIZE = 16
+PIXEL_PROBE_PCS = 256
+
+
+def pixel_features(train_eps, test_eps, rows: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Frames -> (n, P) principal components of the average-pooled frames (:data:`PIXEL_PROBE_SIZE`,
+    :data:`PIXEL_PROBE_PCS`), for the fit episodes and the scored ones; the components are fit on
+    at most ``rows`` fit frames."""
+    def pooled(eps):
+        out = []
+        for e in eps:
+            for s in range(0, len(e.frames), 512):
+                f = image_to_tensor(e.frames[s:s + 512])                         # (n, 3, S, S)
+                out.append(F.adaptive_avg_pool2d(f, min(PIXEL_PROBE_SIZE, f.shape[-1])).flatten(1).numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    Ptr, Pte = pooled(train_eps), pooled(test_eps)
+    mu = Ptr.mean(0)
+    fit = Ptr[np.random.default_rng(seed).permutation(len(Ptr))[:rows]] - mu
+    _, sv, vt = np.linalg.svd(fit, full_matrices=False)
+    keep = min(PIXEL_PROBE_PCS, int((sv > 1e-6 * sv[0]).sum()))             # not the null directions of few frames
+    basis = vt[:keep]                                                        # (P, 3 * size^2)
+    return (Ptr - mu) @ basis.T, (Pte - mu) @ basis.T
+
+
 @torch.no_grad()
 def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10), probes: bool = True) -> dict:
     """Held-out figures: prediction error vs copy-last, probes (linear, and ``_mlp`` non-linear ones
-    from z_vis), collapse monitors."""
+    from z_vis; the tool's and the cube's also from the frame's pixels, ``_from_pixels``, as the
+    reference: :func:`pixel_features`), collapse monitors."""
     model.eval()
     h = model.cfg.history
     z_test = [encode_episode(model, e, device) for e in test_eps]
@@ -336,13 +365,20 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     out["probe_r2_joints_from_image"] = _ridge_r2(z_train[:, :Dv], qtr, Zt[:, :Dv], qte)
     out["probe_r2_joints_from_image_mlp"] = _mean_defined(_mlp_r2_each(z_train[:, :Dv], qtr, Zt[:, :Dv], qte))
 
-    def vis_probes(key: str, coords, ytr, yte, ktr, kte, enough: bool = True) -> np.ndarray:
-        """The linear and the MLP probe from z_vis of targets ``ytr`` / ``yte`` on the frames ``ktr`` /
-        ``kte``, per coordinate into ``out`` (``key`` with the coordinate; ``_mlp`` appended for the
-        MLP); NaN without ``enough`` frames to fit one. Returns the linear probe's."""
+    pixels = None
+
+    def vis_probes(key: str, coords, ytr, yte, ktr, kte, enough: bool = True, source: str = "z_vis") -> np.ndarray:
+        """The linear and the MLP probe from ``source`` (z_vis, or the frames' ``pixels``) of targets
+        ``ytr`` / ``yte`` on the frames ``ktr`` / ``kte``, per coordinate into ``out`` (``key`` with
+        the coordinate; ``_mlp`` appended for the MLP); NaN without ``enough`` frames to fit one.
+        Returns the linear probe's."""
+        nonlocal pixels
+        if source == "pixels" and pixels is None:
+            pixels = pixel_features(train_eps, test_eps)
+        Xtr, Xte = pixels if source == "pixels" else (z_train[:, :Dv], Zt[:, :Dv])
         each = {}
         for suffix, probe in (("", _ridge_r2_each), ("_mlp", _mlp_r2_each)):
-            each[suffix] = (probe(z_train[ktr, :Dv], ytr[ktr], Zt[kte, :Dv], yte[kte]) if enough
+            each[suffix] = (probe(Xtr[ktr], ytr[ktr], Xte[kte], yte[kte]) if enough
                             else np.full(len(coords), np.nan))
             out.update({key.format(c) + suffix: float(r) for c, r in zip(coords, each[suffix])})
         return each[""]
@@ -356,8 +392,10 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
         out["probe_cube_frames_hidden"] = int(hid_tr.sum() + hid_te.sum())
         on_tr, on_te = on_tr & ~hid_tr, on_te & ~hid_te
         ctr, cte = np.concatenate([e.cube[:, :2] for e in train_eps]), np.concatenate([e.cube[:, :2] for e in test_eps])
-        each = vis_probes("probe_r2_cube_{}", "xy", ctr, cte, on_tr, on_te, on_tr.sum() > Dv and on_te.any())
+        enough = on_tr.sum() > Dv and on_te.any()
+        each = vis_probes("probe_r2_cube_{}", "xy", ctr, cte, on_tr, on_te, enough)
         out["probe_r2_cube_xy"] = _mean_defined(each)
+        vis_probes("probe_r2_cube_{}_from_pixels", "xy", ctr, cte, on_tr, on_te, enough, "pixels")
         if all(e.cube_yaw is not None for e in train_eps + test_eps):
             # a cube looks the same turned by 90 degrees: its turn as (cos 4 yaw, sin 4 yaw)
             turn = [np.column_stack([np.cos(4 * e.cube_yaw), np.sin(4 * e.cube_yaw)]) for e in train_eps + test_eps]
@@ -369,6 +407,7 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
         ktr, kte = np.isfinite(ttr).all(1), np.isfinite(tte).all(1)        # NaN before the first tool message
         out["probe_r2_tool_from_image"] = _mean_defined(vis_probes("probe_r2_tool_{}_from_image", "xyz", ttr, tte,
                                                                    ktr, kte))
+        vis_probes("probe_r2_tool_{}_from_pixels", "xyz", ttr, tte, ktr, kte, source="pixels")
     # an undefined R^2 (a target that did not vary) is None, not NaN: the card and result files are YAML / JSON
     out.update({k: None for k, v in out.items() if k.startswith("probe_r2") and v != v})
     model.train()

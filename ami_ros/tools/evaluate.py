@@ -11,8 +11,9 @@ simulator's outcomes instead of the predictor's (see
 With ``--bags DIR`` it reads the bags under DIR with the recording profile (the model's image
 size, control period and joints) and reports what training reports on held-out episodes
 (``ami_ros.core.training.evaluate``): the prediction error against copying the last embedding
-1, 5 and 10 steps ahead, on every bag; the probes (linear and one-hidden-layer) need a fit, so they are fit on the
-first half of the bags (by path) and scored on the rest (:func:`run_bags`).
+1, 5 and 10 steps ahead, on every bag; the probes (linear and one-hidden-layer, from z_vis and, as the
+reference, from the frame's pixels) need a fit, so they are fit on the first half of the bags (by path) and
+scored on the rest (:func:`run_bags`).
 """
 from __future__ import annotations
 
@@ -338,7 +339,8 @@ def print_bag_figures(results: dict, card_metrics: dict) -> None:
                 print(f"  {k:36s} {shown:>9s}" + ("" if card is None else f"   card {card:.3f}"))
         print("  (R^2 1: read off the embedding exactly, 0: no better than the mean; undefined: the target did "
               "not vary; a fit on few bags overfits; cube_turn: the cube's yaw as cos / sin of 4 yaw, a cube "
-              "turned by 90 degrees looking the same)")
+              "turned by 90 degrees looking the same; _from_pixels: the same probe from the frame's pixels, what the "
+              "image offers with no encoder)")
     print("embeddings over every bag (collapse monitors, as in training):")
     for k, v in m.items():
         if not k.startswith(("pred_", "copy_")) and k not in ("heldout_episodes", "heldout_steps"):
