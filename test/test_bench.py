@@ -131,3 +131,41 @@ def test_bench_graph_refuses_a_malformed_setting_before_starting_a_node(tmp_path
     assert main(["bench", "--sections", "graph", "--graph-set", "planner:plan_budget", "--out", str(out)]) == 0
     g = json.loads(out.read_text())["graph"]
     assert "--graph-set 'planner:plan_budget': expected KIND:PARAM:=VALUE" in g["error"]
+
+
+def test_bench_gpu_section_says_why_it_skips(tmp_path, monkeypatch):
+    """Without a CUDA device the gpu section runs nothing and says why in its result."""
+    import torch
+
+    from ami_ros.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "g.json"
+    assert main(["bench", "--quick", "--sections", "gpu", "--out", str(out)]) == 0
+    assert "sees no CUDA device" in json.loads(out.read_text())["gpu"]["skipped"]
+
+
+def test_bench_gpu_section_rows(monkeypatch):
+    """The gpu section's rows, with the CPU standing in for the GPU (fp32 and bf16; fp16 on the
+    CPU takes seconds a plan): every device/precision row, the plan against fp32, the candidate
+    sweep, and the largest size within a 30 Hz frame taken from that sweep."""
+    import argparse
+
+    from ami_ros.core.arm import share_dir
+    from ami_ros.tools.bench import add_arguments, gpu
+
+    monkeypatch.setattr(gpu, "PRECISIONS", ("fp32", "bf16"))
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = {}
+    text = gpu.bench_gpu(f"{share_dir()}/models/default", p.parse_args(["--quick"]), out, accel="cpu")
+    r = out["gpu"]
+    assert "== gpu: candidates per plan" in text
+    assert sorted(r["encoder"]) == ["cpu/fp32", "cuda/bf16", "cuda/fp32"]
+    assert r["encoder"]["cuda/fp32"]["max_abs_diff"] == 0.0 < r["encoder"]["cuda/bf16"]["max_abs_diff"]
+    assert {"cuda/fp32", "cuda/bf16", "cpu/fp32/threads1"} <= set(r["planner_default"])
+    assert r["plan_parity"]["cuda/fp32"]["plan_mean_diff_over_bound"] == 0.0
+    sweep = [c for c in r["candidates"] if c["precision"] == "fp32"]
+    assert [c["candidates"] for c in sweep] == [256, 1024]
+    fits = [c["candidates"] for c in sweep if c["frame_ms_p95"] <= gpu.FRAME_MS]
+    assert r["max_candidates_within_30hz"]["fp32"] == max(fits, default=0)

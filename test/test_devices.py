@@ -1,8 +1,10 @@
 """Devices: where the planner and the encoder run (torch device, ONNX Runtime providers), and
 that keeping the planner's search on its device did not change a plan.
 
-CPU only here: the CUDA and TensorRT paths are checked as far as a machine without a GPU
-can (the choice, the refusals, the options handed to ONNX Runtime), not run.
+Without a GPU the CUDA and TensorRT paths are checked as far as such a machine can (the
+choice, the refusals, the options handed to ONNX Runtime); the CUDA tests here run where torch
+sees a CUDA device and skip elsewhere. Reduced precision (``planner.precision``) is checked on
+the CPU with bf16.
 """
 from __future__ import annotations
 
@@ -238,6 +240,77 @@ def test_eval_refuses_a_cuda_device_it_does_not_have(capsys):
     evaluate.add_arguments(p)
     assert evaluate.run(p.parse_args(["--device", "cuda", "--episodes", "1"])) == 2
     assert "error: device=cuda asked for" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- reduced precision
+def test_planner_precision_is_checked():
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.model_io import load_model
+    from ami_ros.core.planner import PlannerConfig
+    from ami_ros.core.stack_config import build_planner, load_stack_config
+
+    with pytest.raises(ValueError, match="precision"):
+        PlannerConfig(precision="fp8").validate()
+    arm = load_arm()
+    onnx = load_model(MODEL, backend="onnx", device="cpu", arm=arm)
+    with pytest.raises(ValueError, match="torch backend"):
+        build_planner(onnx, arm, load_stack_config(), onnx.control_dt, precision="bf16")
+
+
+def test_bf16_plans_stay_near_the_fp32_plans(monkeypatch):
+    """The reference plans (four configurations, three warm-started plans each) with the
+    predictor under bf16 autocast on the CPU: not bit for bit fp32's (the precision is applied),
+    and within 10 % of their cost and a fifth of the action bound of their actions (measured
+    here: at most 2.7 % and 0.0097 rad of 0.125)."""
+    import ami_ros.core.stack_config as stack_config
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fp32 = reference_plans()
+        build = stack_config.build_planner
+        monkeypatch.setattr(stack_config, "build_planner", lambda *a, **k: build(*a, precision="bf16", **k))
+        bf16 = reference_plans()
+    finally:
+        torch.set_num_threads(threads)
+    bound = 0.125
+    assert any(not np.array_equal(fp32[k], bf16[k]) for k in fp32 if k.endswith("/actions"))
+    for k in fp32:
+        if k.endswith("/cost"):
+            assert abs(bf16[k] - fp32[k]) <= 0.1 * abs(fp32[k]), k
+        if k.endswith("/actions"):
+            assert np.abs(bf16[k] - fp32[k]).max() <= 0.2 * bound, k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu.sh runs the GPU checks)")
+def test_reduced_precision_encoder_parity_on_cuda():
+    """On a CUDA device, the shipped encoder under fp16 / bf16 autocast against CPU fp32 on 64
+    random frames: max |dz| within 1 % (fp16) and 5 % (bf16) of the embedding's std (measured
+    on an H200: 0.28 % and 2.45 %, bench/results/gpu-h200.json)."""
+    from ami_ros.core.model_io import load_model
+
+    cpu, gpu = load_model(MODEL, device="cpu"), load_model(MODEL, device="cuda")
+    S, A = cpu.cfg.image_size, cpu.cfg.dof
+    x, q = torch.rand(64, 3, S, S, generator=torch.Generator().manual_seed(0)) * 255, torch.zeros(64, A)
+    ref = cpu.encode(x, q, q)
+    for dtype, tol in ((torch.float16, 0.01), (torch.bfloat16, 0.05)):
+        with torch.autocast("cuda", dtype=dtype):
+            z = gpu.encode(x, q, q).float().cpu()
+        assert float((z - ref).abs().max()) <= tol * float(ref.std()), dtype
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (bench/gpu.sh runs the GPU checks)")
+def test_eval_episode_on_cuda():
+    """One goal-reaching episode with the model, the cost and the search on the GPU (the
+    simulator and the arm's measured state on the host): nothing mixes the two devices."""
+    import argparse
+
+    from ami_ros.tools import evaluate
+
+    p = argparse.ArgumentParser()
+    evaluate.add_arguments(p)
+    assert evaluate.run(p.parse_args(["--device", "cuda", "--episodes", "1", "--splits", "near",
+                                      "--no-references"])) == 0
 
 
 # ---------------------------------------------------------------- the planner's search, before and after

@@ -123,6 +123,11 @@ def test_reached_goal_returns_the_arm_to_the_pose_of_its_frame(ros_domain_id):
         assert (planner.monitor.patience, planner.monitor.tolerance) == (7, 0.01)
         assert not planner.set_parameters([Parameter("settle_patience", value=-1)])[0].successful
         assert planner.monitor.patience == 7
+        # so is the predictor's precision: set live, and a value it does not know is refused
+        assert planner.set_parameters([Parameter("planner.precision", value="bf16")])[0].successful
+        assert planner.planner.config.precision == "bf16"
+        assert not planner.set_parameters([Parameter("planner.precision", value="fp8")])[0].successful
+        assert planner.planner.config.precision == "bf16"
     finally:
         g.close()
 
@@ -279,6 +284,7 @@ def test_missed_planning_cycles_are_counted_and_reported(ros_domain_id):
         values = missed_report()[-1]
         assert int(values["cycles_missed"]) >= 1 and int(values["cycles_overran"]) >= 1
         assert values["device"] == "cpu" and "torch on cpu" in values["placement"]
+        assert values["precision"] == "fp32"
         assert node.cycles.missed >= node.cycles.overran >= 1
     finally:
         g.close()

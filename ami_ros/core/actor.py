@@ -161,7 +161,7 @@ class Actor:
         if state is None:
             return self.goal_tool
         error = reading[1] - torch.as_tensor(self.arm.tool_position(np.asarray(state[0], dtype=np.float64)),
-                                             dtype=torch.float32)
+                                             dtype=torch.float32, device=reading[1].device)
         self.tool_correction = float(error.norm())
         self.goal_tool_aim = self.goal_tool - error.to(self.goal_tool.device)
         return self.goal_tool_aim

@@ -75,6 +75,9 @@ from torch import Tensor
 
 from .cost import Cost, ValidatedConfig
 
+#: planner precision -> the autocast dtype of the predictor's arithmetic (None: plain fp32)
+PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class WorldModelProtocol(Protocol):
     """What the planner needs from a world model (eval mode, called under no_grad)."""
@@ -117,6 +120,7 @@ class PlannerConfig(ValidatedConfig):
     coarse_iterations: int = 2
     coarse_elites: int = 16
     seed: int = 0
+    precision: str = "fp32"
 
     CHOICES: ClassVar[dict] = {
         "method": (("cem", "mppi"), "sampling distribution update: CEM elites or MPPI exponential weights"),
@@ -127,6 +131,9 @@ class PlannerConfig(ValidatedConfig):
                       "trained with --direct)"),
         "select": (("mean", "best"), "returned plan: final distribution mean, or lowest-cost plan evaluated"),
         "warm_start": ((True, False), "start from the previous plan shifted by the executed steps"),
+        "precision": (tuple(PRECISION_DTYPES), "the predictor's arithmetic (torch autocast; the cost and the search "
+                      "stay fp32): fp32, or bf16 / fp16 on a GPU (torch backend only). Plan quality with each: "
+                      "docs/results.md"),
     }
     RANGES: ClassVar[dict] = {
         "candidates": (2, 65536, "sampled action sequences per iteration (fine / flat level)"),
@@ -253,6 +260,9 @@ class Planner:
     def check_config(self, config: PlannerConfig) -> PlannerConfig:
         """``config`` validated and servable by this planner's model, or ValueError saying why not."""
         config.validate()
+        if config.precision != "fp32" and getattr(self.model, "backend", "torch") != "torch":
+            raise ValueError(f"precision={config.precision}: reduced precision is for the torch backend (ONNX Runtime: "
+                             "the encoder node's trt_fp16)")
         if config.predictor == "direct" and not getattr(self.model, "has_direct", False):
             raise ValueError("predictor='direct' but the model has no direct predictor (train it with "
                              "ami-ros train --direct, or plan with predictor='rollout')")
@@ -315,14 +325,19 @@ class Planner:
             if jq.shape != (A,) or jqd.shape != (A,) or not bool(torch.isfinite(jq).all() & torch.isfinite(jqd).all()):
                 raise ValueError(f"joint_state: need two finite ({A},) vectors")
 
+        low = PRECISION_DTYPES[c.precision]
+
         def predict(cand: Tensor, every: int = 1) -> Tensor:
-            """cand (N, T, A) fine actions -> predicted embeddings (N, T // every, D)."""
+            """cand (N, T, A) fine actions -> predicted embeddings (N, T // every, D), float32."""
             n = cand.shape[0]
-            if direct:
-                return m.rollout_direct(z_hist[-1].expand(n, -1), jq, jqd, q0, cand, every)
-            if every == 1:
-                return m.rollout(z_hist.expand(n, -1, -1), cand)
-            return m.rollout_coarse(z_hist[-1].expand(n, -1), cand.reshape(n, -1, every * A))
+            with torch.autocast(dev.type, dtype=low, enabled=low is not None):
+                if direct:
+                    z = m.rollout_direct(z_hist[-1].expand(n, -1), jq, jqd, q0, cand, every)
+                elif every == 1:
+                    z = m.rollout(z_hist.expand(n, -1, -1), cand)
+                else:
+                    z = m.rollout_coarse(z_hist[-1].expand(n, -1), cand.reshape(n, -1, every * A))
+            return z.float()
 
         def fine_eval(cand: Tensor, subgoal=None, s=-1):
             z = predict(cand)

@@ -407,7 +407,8 @@ class PlannerNode(Node):
                   "plan_iterations_mean": float(np.mean(self._plan_iterations)) if self._plan_iterations else 0.0,
                   "plan_budget": self.plan_budget,
                   "method": self.planner.config.method, "mode": self.planner.config.mode,
-                  "predictor": self.planner.config.predictor, "device": str(self.planner.device),
+                  "predictor": self.planner.config.predictor, "precision": self.planner.config.precision,
+                  "device": str(self.planner.device),
                   "placement": self.model.placement.line,
                   "model_steps_per_plan": self.planner.model_steps_per_plan(),
                   "goal_tool_correction_m": self.actor.tool_correction, **self.counts, **self.cycles.counts()}

@@ -13,6 +13,9 @@ Sections (``--sections``, comma separated; default all):
   the flat row: its fine candidates are reduced by what the coarse level spends),
   CEM and MPPI at the default config, torch threads 1 vs 2, torch vs ONNX Runtime
   predictor.
+- ``gpu``: the encoder and the planner on CUDA beside the CPU at each planner precision (fp32,
+  bf16, fp16), the embedding's and the plan's distance from fp32, and how many candidates a
+  plan searches within one 30 Hz camera frame; skipped with the reason without a CUDA device.
 - ``gate``: the safety gate's added latency on planner-shaped trajectories.
 - ``e2e``: the four nodes on a private rclpy graph (sim camera at 30 Hz), latency
   per hop and from the camera frame's stamp to the gated command, and dropped frames.
@@ -23,7 +26,7 @@ Sections (``--sections``, comma separated; default all):
 
 Every number, plus a description of the machine, goes to ``--out`` (JSON).
 
-One module per section (encoder, planner, gate, e2e, graph, memory), ``table`` for what they
+One module per section (encoder, planner, gpu, gate, e2e, graph, memory), ``table`` for what they
 share; the processes the encoder and memory sections start are the modules
 ``compile_child`` and ``node_child`` (``python -m``).
 """
@@ -33,7 +36,7 @@ import argparse
 
 from ami_ros.tools.robot_args import add_robot_arguments
 
-SECTIONS = ("encoder", "planner", "gate", "e2e", "graph", "memory")
+SECTIONS = ("encoder", "planner", "gpu", "gate", "e2e", "graph", "memory")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,6 +71,7 @@ def run(args) -> int:
     from ami_ros.tools.bench.e2e import bench_e2e
     from ami_ros.tools.bench.encoder import bench_encoder
     from ami_ros.tools.bench.gate import bench_gate
+    from ami_ros.tools.bench.gpu import bench_gpu
     from ami_ros.tools.bench.graph import bench_graph
     from ami_ros.tools.bench.memory import bench_memory
     from ami_ros.tools.bench.planner import bench_planner
@@ -93,6 +97,7 @@ def run(args) -> int:
           f"onnxruntime {info.get('onnxruntime')}, gpu {info['gpu']}, load average {info['loadavg_start']}")
     print(f"model {out['model_id']} ({folder})\n", flush=True)
     runners = {"encoder": lambda: bench_encoder(folder, args, out), "planner": lambda: bench_planner(folder, args, out),
+               "gpu": lambda: bench_gpu(folder, args, out),
                "gate": lambda: bench_gate(args, out), "e2e": lambda: bench_e2e(folder, args, out),
                "graph": lambda: bench_graph(folder, args, out), "memory": lambda: bench_memory(folder, args, out)}
     out["wall_s"], texts = {}, []
