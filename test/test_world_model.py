@@ -209,6 +209,56 @@ def test_token_sigreg_trains_the_token_head_and_is_logged(tmp_path):
         dataclasses.replace(TINY, token_dim=-1)
 
 
+def test_long_weight_weighs_the_terms_beyond_one_step():
+    """pred is the weighted mean of the prediction terms: the one-step term at 1, the fine
+    rollout and the coarse terms at long_weight (1: their plain mean, as before the option)."""
+    from ami_ros.core.training import SequenceData, _TrainStep, stage1_batch, train_step
+
+    eps = _episodes()
+    for w in (1.0, 0.25, 0.0):
+        torch.manual_seed(0)
+        model = WorldModel(TINY)
+        cfg = TrainConfig(batch=2, seq_len=16, long_weight=w, model=TINY)
+        batch = stage1_batch(SequenceData(eps[:2], 16), np.random.default_rng(0), cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        _, pred, _, pl = train_step(_TrainStep(model, cfg.rollout_steps), model, opt, batch,
+                                    torch.Generator().manual_seed(0), cfg, 0.0)
+        others = [v for k, v in pl.items() if k != "fine_1"]
+        assert len(others) == 3
+        expect = (pl["fine_1"] + w * sum(others)) / (1 + 3 * w)
+        assert torch.allclose(pred, expect), w
+    with pytest.raises(ValueError, match="long_weight"):
+        TrainConfig(long_weight=-1, model=TINY)
+
+
+def test_inverse_dynamics_term_trains_its_head_and_is_logged(tmp_path):
+    """With an inverse-dynamics head, stage 1 adds inverse_lambda times the error of each step's
+    action read off the z_vis of its two frames (in units of the actions' std): the head trains,
+    the term is logged, and the embedding is computed as without it."""
+    import dataclasses
+
+    from ami_ros.core.training import SequenceData, action_scale, inverse_loss
+
+    eps = _episodes()
+    inv = dataclasses.replace(TINY, inverse_dim=16)
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, inverse_lambda=0.5, model=inv)
+    torch.manual_seed(0)
+    start = WorldModel(inv).inverse[0].weight.clone()
+    model, logs = train(cfg, eps[:2], eps[2:], str(tmp_path / "i.pt"))
+    assert logs[0]["inverse"] > 0
+    assert not torch.equal(model.inverse[0].weight, start)
+    scale = action_scale(SequenceData(eps[:2], 16), np.random.default_rng(0))
+    assert scale.shape == (TINY.dof,) and bool((scale > 0).all())
+    _, q, qd, a = SequenceData(eps[:2], 16).batch(np.random.default_rng(1), 2)
+    z = torch.randn(2, 16, model.embed_dim)
+    with torch.no_grad():     # the head reads z_vis only: the joint-state part does not change it
+        z2 = z.clone()
+        z2[..., model.goal_dims.stop:] += 1.0
+        assert torch.equal(inverse_loss(model, z, a, scale), inverse_loss(model, z2, a, scale))
+    with pytest.raises(ValueError, match="inverse-dynamics head"):
+        TrainConfig(inverse_lambda=0.5, model=TINY)
+
+
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     eps = _episodes()
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, model=TINY)

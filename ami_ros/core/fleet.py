@@ -17,7 +17,8 @@ import math
 import numpy as np
 import torch
 
-from ami_ros.core.training import SequenceData, TrainConfig, _TrainStep, collapse_check, stage1_batch, train_step
+from ami_ros.core.training import (SequenceData, TrainConfig, _TrainStep, action_scale, collapse_check, stage1_batch,
+                                  train_step)
 from ami_ros.core.world_model import ModelConfig, WorldModel
 
 # what a cell and the aggregator must agree on; a cell or a global model that differs is refused
@@ -89,9 +90,11 @@ class LocalTrainer:
         self.train_eps, self.test_eps = train_eps, test_eps
         torch.manual_seed(cfg.seed)
         self.model = WorldModel(cfg.model).to(device)
-        self.net = _TrainStep(self.model, cfg.rollout_steps)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
+        scale = action_scale(self.data, np.random.default_rng(cfg.seed)).to(device) \
+            if self.model.inverse is not None else None
+        self.net = _TrainStep(self.model, cfg.rollout_steps, scale)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator()
         self.shapes = [tuple(v.shape) for v in self.model.state_dict().values()]

@@ -57,6 +57,10 @@ class TrainConfig:
     sigreg_frames: int = 0        # > 0: SIGReg acts on this many frames drawn independently over the training ticks
                                   # instead of on the sequences' frames, whose within-sequence repeats SIGReg reads as
                                   # too few distinct samples (so it pushes out what stays put within a window: the cube)
+    long_weight: float = 1.0      # weight of the prediction terms beyond one fine step (the fine rollout, the coarse
+                                  # jump and its rollout) against the one-step term's 1 (pred: their weighted mean)
+    inverse_lambda: float = 0.0   # weight of the inverse-dynamics term (needs model.inverse_dim > 0): each step's
+                                  # action read off the z_vis of its two frames, so what the actions move is kept
     holdout_frac: float = 0.1
     seed: int = 0
     ckpt_every: int = 25          # steps
@@ -83,6 +87,11 @@ class TrainConfig:
             raise ValueError("token_lambda needs a model with a token head (token_dim > 0)")
         if self.sigreg_frames < 0:
             raise ValueError(f"sigreg_frames must be >= 0, not {self.sigreg_frames}")
+        if self.long_weight < 0 or self.inverse_lambda < 0:
+            raise ValueError(f"long_weight and inverse_lambda must be >= 0, not {self.long_weight}, "
+                             f"{self.inverse_lambda}")
+        if self.inverse_lambda and not self.model.inverse_dim:
+            raise ValueError("inverse_lambda needs a model with an inverse-dynamics head (inverse_dim > 0)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -191,6 +200,19 @@ def prediction_losses(model: WorldModel, z, a, rollout_steps: int) -> dict[str, 
         rc = model.rollout_coarse(z[:, 0], chunks[:, 0:Hc * k:k])            # (B, Hc, D)
         losses["coarse_roll"] = F.mse_loss(rc, z[:, k:Hc * k + 1:k])
     return losses
+
+
+def inverse_loss(model: WorldModel, z, a, scale) -> torch.Tensor:
+    """z (B,L,D), a (B,L-1,A), scale (A,) -> MSE of the inverse-dynamics head's reading of each
+    step's action off the z_vis of its two frames, in units of ``scale`` (the actions' std)."""
+    zv = z[..., model.goal_dims]                                            # (B, L, Dv)
+    pred = model.inverse(torch.cat([zv[:, :-1], zv[:, 1:]], -1))            # (B, L-1, A)
+    return F.mse_loss(pred, a / scale)
+
+
+def action_scale(data: "SequenceData", rng: np.random.Generator, n: int = 512) -> torch.Tensor:
+    """(A,) the per-joint std of a training step's action over n drawn sequences (floor 1e-6)."""
+    return data.batch(rng, n)[3].flatten(0, 1).std(0).clamp_min(1e-6)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -468,9 +490,10 @@ class _TrainStep(torch.nn.Module):
     with a token head (None without), and the embeddings (N, D) of the independent frames
     ``single`` (frames, q, qd) when given (None without)."""
 
-    def __init__(self, model: WorldModel, rollout_steps: int):
+    def __init__(self, model: WorldModel, rollout_steps: int, action_scale: torch.Tensor | None = None):
         super().__init__()
         self.model, self.rollout_steps = model, rollout_steps
+        self.register_buffer("action_scale", action_scale, persistent=False)
 
     def forward(self, frames, q, qd, a, single=None):
         B, L = q.shape[:2]
@@ -481,7 +504,10 @@ class _TrainStep(torch.nn.Module):
         else:
             z, tokens = encode_sequence(self.model, frames, q, qd), None       # (B, L, D)
         z_single = None if single is None else self.model.encoder(*single)    # (N, D)
-        return z, prediction_losses(self.model, z, a, self.rollout_steps), tokens, z_single
+        losses = prediction_losses(self.model, z, a, self.rollout_steps)
+        if self.model.inverse is not None:
+            losses["inverse"] = inverse_loss(self.model, z, a, self.action_scale)
+        return z, losses, tokens, z_single
 
 
 def stage1_batch(data: SequenceData, rng: np.random.Generator, cfg: TrainConfig) -> tuple:
@@ -506,9 +532,14 @@ def train_step(net, model: WorldModel, opt, batch, gen: torch.Generator, cfg: Tr
     f, q, qd, a = (x.to(device) for x in batch[:4])
     single = tuple(x.to(device) for x in batch[4:]) or None
     z, pl, tokens, z_single = net(f, q, qd, a, single)
-    pred = sum(pl.values()) / len(pl)
+    inverse = pl.pop("inverse", None)
+    weights = {k: 1.0 if k == "fine_1" else cfg.long_weight for k in pl}
+    pred = sum(weights[k] * v for k, v in pl.items()) / sum(weights.values())
     reg = sigreg(z.flatten(0, 1) if z_single is None else z_single, cfg.sigreg_proj, gen)
     loss = pred + cfg.sigreg_lambda * reg
+    if inverse is not None:
+        pl["inverse"] = inverse
+        loss = loss + cfg.inverse_lambda * inverse
     if cfg.token_lambda:
         pick = torch.randperm(tokens.shape[0], generator=gen)[:cfg.token_samples].to(tokens.device)
         pl["token_sigreg"] = sigreg(tokens[pick], cfg.sigreg_proj, gen)
@@ -584,10 +615,11 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["python_rng"])
         log.info("resumed from %s at step %d", ckpt_path, step)
-    net = _TrainStep(model, cfg.rollout_steps)
+    data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
+    scale = action_scale(data, np.random.default_rng(cfg.seed)).to(device) if model.inverse is not None else None
+    net = _TrainStep(model, cfg.rollout_steps, scale)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device != "cpu" else None)
-    data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
     gen = torch.Generator().manual_seed(cfg.seed)
     sched = lambda s: cfg.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / total))  # noqa: E731
     model.train()

@@ -55,12 +55,14 @@ class ModelConfig:
     tool_channels: tuple = (16, 32, 64, 128)  # its conv widths (all stride 2)
     token_dim: int = 0            # > 0: a training-only linear head maps each location of the image encoder's last
                                   # feature map to token_dim numbers, which stage 1's token SIGReg keeps isotropic
+    inverse_dim: int = 0          # > 0: a training-only inverse-dynamics head (hidden width inverse_dim) reads the
+                                  # action between two frames off their z_vis; stage 1's inverse term trains it
 
     def __post_init__(self):
         if self.goal_features < 0:
             raise ValueError(f"goal_features must be >= 0, not {self.goal_features}")
-        if self.token_dim < 0:
-            raise ValueError(f"token_dim must be >= 0, not {self.token_dim}")
+        if self.token_dim < 0 or self.inverse_dim < 0:
+            raise ValueError(f"token_dim and inverse_dim must be >= 0, not {self.token_dim}, {self.inverse_dim}")
         if self.goal_features and not self.direct:
             raise ValueError("goal_features needs direct=True")
         if self.tool_readout and self.image_size % 2 ** len(self.tool_channels):
@@ -325,6 +327,9 @@ class WorldModel(nn.Module):
             self.register_buffer("feature_mean", torch.zeros(cfg.feature_map_dim))
             self.register_buffer("feature_basis", torch.zeros(cfg.feature_map_dim, cfg.goal_features))
         self.tool_readout = ToolReadout(cfg) if cfg.tool_readout else None
+        # training only: (z_vis now, z_vis next) (..., 2 Dv) -> the action between them (..., A), scaled
+        self.inverse = nn.Sequential(nn.Linear(2 * cfg.vis_dim, cfg.inverse_dim), nn.GELU(),
+                                     nn.Linear(cfg.inverse_dim, A)) if cfg.inverse_dim else None
 
     # planner-facing attributes
     @property

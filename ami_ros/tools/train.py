@@ -41,6 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigreg-frames", type=int, default=0, metavar="N",
                    help="stage 1: SIGReg on N frames drawn independently over the training recordings instead "
                         "of on the training sequences' frames (0: on those)")
+    p.add_argument("--long-weight", type=float, default=1.0, metavar="W",
+                   help="stage 1: weight of the prediction terms beyond one step (the fine rollout, the coarse jump "
+                        "and its rollout) against the one-step term's 1")
+    p.add_argument("--inverse", type=float, default=0.0, metavar="LAMBDA",
+                   help="stage 1: also an inverse-dynamics term at this weight: each step's action read off the "
+                        "z_vis of its two frames by a training-only head of INVERSE_DIM (0: off)")
+    p.add_argument("--inverse-dim", type=int, default=128, help="width of that head (with --inverse)")
     p.add_argument("--frame-skip", type=int, default=1, metavar="K",
                    help="stage 1: control ticks between the steps of a training sequence; the predictors then "
                         "learn K-tick moves, in which the arm moves more against what stays put (stages 2 and "
@@ -238,7 +245,7 @@ def run(args) -> int:
         else:
             mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
                                prop_dim=args.prop_dim, token_dim=args.token_dim if args.token_sigreg else 0,
-                               **direct)
+                               inverse_dim=args.inverse_dim if args.inverse else 0, **direct)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -271,8 +278,9 @@ def run(args) -> int:
         cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                           seq_len=args.seq_len, frame_skip=args.frame_skip, lr=args.lr,
                           sigreg_lambda=args.sigreg_lambda, token_lambda=args.token_sigreg if src is None else 0.0,
-                          sigreg_frames=args.sigreg_frames,
-                          seed=args.seed, allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
+                          sigreg_frames=args.sigreg_frames, long_weight=args.long_weight,
+                          inverse_lambda=args.inverse if src is None else 0.0, seed=args.seed,
+                          allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
                           direct_steps=args.direct_steps, direct_span=args.direct_span,
                           tool_steps=args.tool_readout_steps, model=mcfg)
     except ValueError as e:
