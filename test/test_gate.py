@@ -320,6 +320,24 @@ def test_tunables_narrow_and_move_the_watchdog_deadlines():
     assert values["state"] == p.g.state and message.startswith("holding")
 
 
+def test_every_state_has_a_report():
+    """The diagnostics' message and values in each state the gate can be in (the node publishes
+    them once a second, whatever the state)."""
+    p = Probe()
+    seen = {}
+    seen[p.g.state] = p.g.report(0.0)                            # holding: no joint state yet
+    p.fresh(0.0)
+    p.g.tick(0.0)
+    seen[p.g.state] = p.g.report(0.0)                            # ok
+    p.g.deactivate(0.0, "lifecycle deactivate")
+    seen[p.g.state] = p.g.report(0.0)                            # inactive
+    p.g.trip("test", 0.0)
+    seen[p.g.state] = p.g.report(0.0)                            # e-stopped
+    assert {"holding", "ok", "inactive", "e-stopped"} <= set(seen)
+    for state, (message, values) in seen.items():
+        assert values["state"] == state and message
+
+
 def test_a_plan_refused_for_stale_input_while_idle_shows_as_holding_not_rejecting():
     p = Probe()
     p.fresh(0.0)

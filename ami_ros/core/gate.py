@@ -497,5 +497,6 @@ class SafetyGate:
         lv = self.gate.last_violation
         values["last_violation"] = f"{lv.reason}: {lv.message}" if lv else ""
         message = {"ok": "gating plans", "rejecting": "refusing plans", "holding": f"holding: {self.hold_reason}",
+                   "inactive": "inactive: refusing plans until activated",
                    "e-stopped": f"e-stop latched: {self.estop.reason}"}[self.state]
         return message, values
