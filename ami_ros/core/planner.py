@@ -132,8 +132,8 @@ class PlannerConfig(ValidatedConfig):
         "select": (("mean", "best"), "returned plan: final distribution mean, or lowest-cost plan evaluated"),
         "warm_start": ((True, False), "start from the previous plan shifted by the executed steps"),
         "precision": (tuple(PRECISION_DTYPES), "the predictor's arithmetic (torch autocast; the cost and the search "
-                      "stay fp32): fp32, or bf16 / fp16 on a GPU (torch backend only). Plan quality with each: "
-                      "docs/results.md"),
+                      "stay fp32): fp32, or bf16 / fp16 on a GPU, or bf16 on a CPU that computes it natively (torch "
+                      "backend only). Speed and plan quality with each: docs/results.md sections 7 and 7b"),
     }
     RANGES: ClassVar[dict] = {
         "candidates": (2, 65536, "sampled action sequences per iteration (fine / flat level)"),
