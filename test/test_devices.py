@@ -257,6 +257,23 @@ def test_planner_precision_is_checked():
         build_planner(onnx, arm, load_stack_config(), onnx.control_dt, precision="bf16")
 
 
+def test_reduced_precision_on_a_cpu_without_it_is_flagged(monkeypatch):
+    """bf16 on a CPU that torch says does not compute it natively gets a warning (slower than
+    fp32 there: docs/results.md section 7); fp32, or a CPU that has it, none."""
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.model_io import load_model
+    from ami_ros.core.stack_config import build_planner, load_stack_config
+
+    arm = load_arm()
+    model = load_model(MODEL, device="cpu", arm=arm)
+    pl = build_planner(model, arm, load_stack_config(), model.control_dt, precision="bf16")
+    assert build_planner(model, arm, load_stack_config(), model.control_dt).precision_warning() is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert "does not compute bf16 natively" in pl.precision_warning()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert pl.precision_warning() is None
+
+
 def test_bf16_plans_stay_near_the_fp32_plans(monkeypatch):
     """The reference plans (four configurations, three warm-started plans each) with the
     predictor under bf16 autocast on the CPU: not bit for bit fp32's (the precision is applied),

@@ -281,6 +281,31 @@ def test_a_deadline_cuts_the_iterations_and_says_so(mode):
         assert torch.all(res.actions.abs() <= BOUND + 1e-6) and math.isfinite(res.cost)
 
 
+@pytest.mark.parametrize("mode", ["flat", "hier"])
+def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
+    """The iteration that always runs samples fewer candidates once the planner has measured its
+    speed and the time left does not hold them all (down to 2 x elites), and says it was cut; a
+    deadline far ahead, or none, samples them all; set_config forgets the measured speed."""
+    import time
+
+    cfg = toy_config(mode=mode, candidates=64, elites=8, iterations=2, coarse_candidates=48, coarse_elites=4)
+    planner, model = make(cfg)
+    zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
+    args = (zh, model.embed(Q_FAR)[model.goal_dims], torch.zeros(A), torch.zeros(A))
+    assert planner.plan(*args).candidates == 64                                # no deadline: all of them
+    first = planner.plan(*args, deadline=time.perf_counter() - 1.0)          # nothing measured yet
+    assert (first.candidates, first.iterations, first.cut) == (64, 2 if mode == "hier" else 1, True)
+    late = planner.plan(*args, deadline=time.perf_counter() - 1.0)           # measured: too slow for 64
+    assert (late.candidates, late.cut) == (16, True)
+    assert late.model_steps < first.model_steps
+    assert torch.all(late.actions.abs() <= BOUND + 1e-6) and math.isfinite(late.cost)
+    ample = planner.plan(*args, deadline=time.perf_counter() + 60.0)
+    assert (ample.candidates, ample.cut) == (64, False)
+    planner.plan(*args, deadline=time.perf_counter() - 1.0)
+    planner.set_config(planner.config.replace(seed=1))
+    assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 64
+
+
 def test_actions_within_bound_and_set_config():
     planner, model = make(toy_config(method="mppi", init_std=5.0))
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)

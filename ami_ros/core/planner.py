@@ -53,8 +53,14 @@ Hierarchical mode (``mode='hier'``):
 A ``deadline`` (on :func:`time.perf_counter`'s clock) makes the search anytime, as a real-time
 loop needs it: each level stops starting iterations once the next one, as long as its last,
 would end after its share of the time left (the high level's share is its share of the model
-steps), with at least one iteration per level; :attr:`PlanResult.cut` says when it stopped
-early. Without one (the default, and ``ami-ros eval``), the configured iterations all run, so
+steps), with at least one iteration per level. The one iteration that always runs is sized to
+the time left too: from the seconds per candidate this planner measured on its earlier
+deadline plans (per level and shape, a running mean) and the time the fine level's plan took
+after its last iteration (the final evaluation, the cost's terms), it samples as many
+candidates as fit, at most the configured number and at least ``min(candidates, 2 * elites)``,
+so a machine too slow for one full iteration plans with fewer candidates rather than overrunning.
+:attr:`PlanResult.cut` says when either cut the search, :attr:`PlanResult.candidates` how many
+were sampled. Without one (the default, and ``ami-ros eval``), the configured iterations all run, so
 the same seed and inputs give the same plan on any machine. On a CUDA device each iteration is
 then synchronised to read the clock.
 
@@ -186,7 +192,8 @@ class PlanResult:
     model_steps: int = 0             # model step evaluations spent (fine + coarse)
     terms: dict = field(default_factory=dict)  # weighted cost terms of ``actions`` (floats)
     coarse_cost: float | None = None  # hier: cost of the chosen chunks
-    cut: bool = False                # a deadline stopped the search before its configured iterations
+    cut: bool = False                # a deadline cut the search: fewer iterations or candidates than configured
+    candidates: int = 0              # candidates sampled per iteration of the fine / flat level
     subgoal_tool: Tensor | None = None  # hier with a goal_tool reading: (3,) the tool point the low level aims at (m)
 
 
@@ -229,6 +236,9 @@ class Planner:
         self._warm: Tensor | None = None         # (H, A)
         self._warm_coarse: Tensor | None = None  # (Hc, k*A)
         self._gen.manual_seed(int(self.config.seed))
+        self._rate: dict[tuple, float] = {}      # (chunk, T, C) -> seconds per candidate of one iteration
+        self._tail: dict[tuple, float] = {}      # the same key -> seconds from its last iteration to plan()'s end
+        self._loop_end = (None, 0.0)             # the last search's key and when its iterations ended
 
     def encode_goal(self, image: Tensor) -> Tensor:
         """Goal image(s) (B, 3, S, S) -> what ``plan`` takes as ``goal`` under the current
@@ -268,10 +278,26 @@ class Planner:
                              "ami-ros train --direct, or plan with predictor='rollout')")
         return config
 
+    def precision_warning(self) -> str | None:
+        """Why the configured precision may plan slower than fp32 here, or None: on a CPU, bf16 and
+        fp16 pay only where the processor computes them natively (oneDNN's bf16 / AMX-FP16); elsewhere
+        torch emulates them, several times slower (docs/results.md section 7)."""
+        prec = self.config.precision
+        if prec == "fp32" or self.device.type != "cpu":
+            return None
+        native = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if prec == "bf16"
+                  else torch.cpu._is_amx_fp16_supported())
+        if native:
+            return None
+        return (f"planner.precision={prec} on a CPU that does not compute {prec} natively "
+                f"({torch.backends.cpu.get_cpu_capability()}): expect plans slower than fp32")
+
     def set_config(self, config: PlannerConfig) -> None:
         """Swap settings between cycles (validated; the old ones stay on ValueError).
         The warm start is kept where its shape still fits."""
         self.config = self.check_config(config)
+        self._rate.clear()                       # precision, device or cost terms may have changed the speed
+        self._tail.clear()
         if self._warm is not None and self._warm.shape[0] != config.horizon:
             self._warm = None
         if self._warm_coarse is not None and self._warm_coarse.shape[0] != config.coarse_horizon:
@@ -366,12 +392,12 @@ class Planner:
                 fine_steps = c.iterations * c.candidates * H
                 share = 1.0 - fine_steps / max(c.model_steps(), 1)
                 coarse_deadline = time.perf_counter() + share * (deadline - time.perf_counter())
-            a_c, coarse_cost, subgoals, n, it = self._search(
+            a_c, coarse_cost, subgoals, n, it, nc = self._search(
                 coarse_eval, mean_c, bound_c, c.coarse_candidates, c.coarse_elites, c.coarse_iterations, chunk=k,
                 deadline=coarse_deadline)
             steps += n
             iters += it
-            cut |= it < c.coarse_iterations
+            cut |= it < c.coarse_iterations or nc < c.coarse_candidates
             self._warm_coarse = a_c
             # low level: chase the first subgoal, starting from the chosen chunks
             fine_c = a_c.reshape(Hc * k, A)                   # the chosen chunks as fine actions
@@ -387,23 +413,30 @@ class Planner:
             def eval_fn(cand):
                 return fine_eval(cand, target, s)
 
-        actions, cost, predicted, n, it = self._search(eval_fn, mean0, self.bound, c.candidates, c.elites,
-                                                       c.iterations, extra, deadline=deadline)
+        actions, cost, predicted, n, it, nc = self._search(eval_fn, mean0, self.bound, c.candidates, c.elites,
+                                                           c.iterations, extra, deadline=deadline)
         steps += n
         iters += it
-        cut |= it < c.iterations
+        cut |= it < c.iterations or nc < c.candidates
         self._warm = actions
         if c.mode == "flat":
             terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, goal_dims=gdims,
                                         goal_tool=goal_tool)
         else:
             terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s, gdims, goal_tool)
+        if deadline is not None:
+            self._measured(self._tail, self._loop_end[0], time.perf_counter() - self._loop_end[1])
         return PlanResult(
             actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,
             time_s=time.perf_counter() - t0, model_steps=steps,
             terms=dict(zip(terms, torch.cat(list(terms.values())).tolist())), coarse_cost=coarse_cost,
-            subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu(), cut=cut)
+            subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu(), cut=cut, candidates=nc)
+
+    @staticmethod
+    def _measured(table: dict, key: tuple, seconds: float) -> None:
+        """A running mean of the search's measured times (the last measurement weighs half)."""
+        table[key] = seconds if key not in table else 0.5 * (table[key] + seconds)
 
     @staticmethod
     def _shifted(prev: Tensor | None, advance: int, A: int) -> Tensor | None:
@@ -423,9 +456,11 @@ class Planner:
         """Sampling search over sequences (T, C) bounded by ``bound`` (C,); ``chunk``: each row holds
         that many actions of C / chunk values, and one noise draw serves them all. With a
         ``deadline`` (perf_counter), no iteration starts that would end after it, judged by the
-        last one (the first always runs).
+        last one, and the first (which always runs) samples only as many of the ``n`` candidates as
+        the time left holds at the measured rate (at least ``min(n, 2 * elites)``).
 
-        Returns (plan (T, C), cost float, predicted embeddings, model steps spent, iterations run).
+        Returns (plan (T, C), cost float, predicted embeddings, model steps spent, iterations run,
+        candidates per iteration).
         """
         c = self.config
         std = (c.init_std * bound).expand_as(mean).clone()
@@ -444,14 +479,20 @@ class Planner:
             mean, best_c, best_z = pair.index_select(0, i)[0], cost.index_select(0, i)[0], z.index_select(0, i)[0]
             best_a = mean.clone()
         sync = deadline is not None and mean.device.type == "cuda"
+        key = (chunk, *mean.shape)
         ran, t_it = 0, time.perf_counter()
         for it in range(iterations):
-            if it and deadline is not None:
+            if deadline is not None:
                 if sync:
                     torch.cuda.synchronize(mean.device)
                 t = time.perf_counter()
-                if t + (t - t_it) > deadline:
-                    break
+                if it:
+                    self._measured(self._rate, key, (t - t_it) / n)
+                    if t + (t - t_it) > deadline:
+                        break
+                elif key in self._rate:   # the first iteration: as many candidates as the time left holds
+                    left = deadline - t - self._tail.get(key, 0.0)
+                    n = min(n, max(min(n, 2 * elites), int(left / self._rate[key])))
                 t_it = t
             ran += 1
             T_, C_ = mean.shape
@@ -480,9 +521,15 @@ class Planner:
                 fit_std = (w * (cand - fit_mean).pow(2)).sum(0).sqrt()
             mean = c.momentum * mean + (1.0 - c.momentum) * fit_mean
             std = torch.maximum(fit_std, std_min)
+        if deadline is not None:
+            if sync:
+                torch.cuda.synchronize(mean.device)
+            self._loop_end = (key, time.perf_counter())
+            if ran == iterations:   # the last iteration's rate (that of one cut short is measured above)
+                self._measured(self._rate, key, (self._loop_end[1] - t_it) / n)
         cost, z = evaluate(mean[None])  # select='best': the final mean may beat every sample
         steps += z.shape[1]
         final = float(cost[0])
         if c.select == "mean" or best_z is None or final <= float(best_c):
-            return mean, final, z[0], steps, ran
-        return best_a, float(best_c), best_z, steps, ran
+            return mean, final, z[0], steps, ran, n
+        return best_a, float(best_c), best_z, steps, ran, n

@@ -1018,20 +1018,56 @@ class Gate:
             vel[0] = t.velocities[0]  # the current velocity (point 0 is the current state)
         return Trajectory(list(t.joint_names), t.times * k, t.positions.copy(), vel, t.start_time)
 
+    def _excess(self, t: Trajectory, q_now, starts: list[np.ndarray], before=None) -> float:
+        """The time scale at which ``t``'s bounds would just meet the limits if each scaled as on a
+        stretched path from rest (velocity and tool speed as 1/k, acceleration 1/k^2, jerk 1/k^3):
+        a first guess for :meth:`_find_scale`. The knots' jumps from the current state do not
+        scale so, hence only a guess."""
+        spec, r = self.spec, 1.0
+        for i, v in enumerate(starts):
+            vel = t.velocities
+            if vel is not None and t.times[0] == 0.0:
+                vel = vel.copy()
+                vel[0] = v
+            d = dynamics_bounds(_pieces(t.times, t.positions, vel, q_now, v, before), spec.hard.derivative_period,
+                                spec.arm.tool_reach)
+            r = max(r, float(np.max(d.velocity / spec.v_lim)), float(np.max(d.acceleration / spec.a_lim)) ** 0.5,
+                    float(np.max(d.jerk / spec.j_lim)) ** (1 / 3),
+                    d.tool_speed / spec.tool_speed_lim if i == 0 else 0.0)
+        return r
+
     def _find_scale(self, t: Trajectory, q_now, starts: list[np.ndarray], before=None) -> float | None:
-        """The smallest time scale whose output passes the dynamics checks from every start:
-        the points :meth:`_subdivide` inserts on the first piece follow the start velocity
-        ``starts[0]``, so from the others they are checked as they go out."""
-        kmax = self.spec.tunables.max_time_scale
+        """The smallest time scale (to 0.1 %) whose output passes the dynamics checks from every
+        start: the points :meth:`_subdivide` inserts on the first piece follow the start velocity
+        ``starts[0]``, so from the others they are checked as they go out. The search starts at
+        :meth:`_excess`'s guess (mostly a little low: the knots' jumps from the current state do
+        not shrink with the scale) and steps from it, up or down, in steps growing fourfold in log
+        scale, to a bracket of a failing and a passing scale, then bisects it in log scale (a
+        guess within 0.1 % costs two checks; scale 1 fails)."""
+        kmax, tol = self.spec.tunables.max_time_scale, 1e-3
 
         def ok(k):
             return self._dynamics_from(self._subdivide(self._scaled(t, k), q_now, starts[0]), q_now, starts,
                                        before) is None
 
-        if not ok(kmax):
-            return None
-        lo, hi = 1.0, kmax
-        while hi / lo > 1 + 1e-4:
+        guess, step = min(max(self._excess(t, q_now, starts, before), 1.0), kmax), tol
+        if guess > 1.0 and ok(guess):            # down to a failing scale (1 fails)
+            lo = hi = guess
+            while lo > 1.0:
+                lo = max(hi / (1 + step), 1.0)
+                if lo == 1.0 or not ok(lo):
+                    break
+                hi, step = lo, 4 * step
+        else:                                    # up to a passing one
+            lo = guess
+            while True:
+                hi = min(lo * (1 + step), kmax)
+                if ok(hi):
+                    break
+                if hi >= kmax:
+                    return None
+                lo, step = hi, 4 * step
+        while hi / lo > 1 + tol:
             mid = math.sqrt(lo * hi)
             lo, hi = (lo, mid) if ok(mid) else (mid, hi)
         return hi

@@ -26,14 +26,15 @@ Publishes
   /diagnostics      plan times, where the model runs (``device``), and the planning cycles that missed
                     their period (started late or overran: ``core.cycles``; WARN when any did since the
                     last report, and a throttled WARN line in the log); the plans the budget cut short
-                    (``plans_cut``) and the mean iterations per plan
+                    (``plans_cut``), the mean iterations and candidates per plan
 
 The goal-reaching step (plan, stopping rules, back to the frame's pose) is
 ``core.actor.Actor``'s, the same class the eval drives over the simulator; this node
 converts the messages, calls it once per control period and publishes its decision. The
 search gets ``plan_budget`` of the period from the cycle's start (``Planner.plan``'s deadline:
-iterations that would end later are skipped), so a busy CPU plans with fewer iterations rather
-than missing cycles.
+iterations that would end later are skipped, and the first samples as many candidates as the
+time left holds), so a busy or slow CPU plans with fewer iterations and candidates rather than
+missing cycles.
 
 Every parameter is a row of ``PARAMS`` (docs/parameters.md): cost weights (``cost.*``) and
 planner settings (``planner.*``) are declared, typed, range-checked parameters; a change
@@ -85,9 +86,10 @@ PARAMS = [
     ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
               (0.5, 100.0), read_only=True),
     ParamSpec("plan_budget", 0.6, "Fraction of the control period the search may take: it skips iterations that "
-              "would end later (at least one per level runs; plans_cut in the diagnostics counts the plans cut "
-              "short), so a busy CPU plans with fewer iterations rather than missing cycles. 0: every plan runs "
-              "all its iterations, as ami-ros eval does.", (0.0, 1.0)),
+              "would end later (at least one per level runs, with as many candidates as the time left holds at the "
+              "speed measured on earlier plans; plans_cut in the diagnostics counts the plans cut short), so a busy "
+              "or slow CPU plans with fewer iterations and candidates rather than missing cycles. 0: every plan "
+              "runs all its iterations and candidates, as ami-ros eval does.", (0.0, 1.0)),
     ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
     ParamSpec("max_joint_state_age_s", 0.5, "Plan only with a joint state at most this old.", (0.01, 10.0)),
     ParamSpec("threads", 1, "torch CPU threads (0 = torch's default); on a 2-core machine 1 and 0 plan about "
@@ -143,6 +145,8 @@ class PlannerNode(Node):
         stack = {"planner": self._section(p, "planner"), "cost": self._section(p, "cost"),
                  "action_scale": p["action_scale"]}
         self.planner = build_planner(self.model, self.arm, stack, self.dt, safety_file=p["safety_file"] or None)
+        if self.planner.precision_warning():
+            self.get_logger().warning(self.planner.precision_warning())
         rules = StopRules(p["goal_tolerance"], p["settle_patience"], p["settle_min_improvement"])
         self.actor = Actor(self.model, self.arm, self.planner, self.dt, rules, p["max_embedding_age_s"],
                            p["max_joint_state_age_s"])
@@ -152,6 +156,7 @@ class PlannerNode(Node):
                        "refused_tool_reading": 0, "plans_cut": 0}
         self._plan_ms: list[float] = []
         self._plan_iterations: list[int] = []    # sampling iterations of the same plans
+        self._plan_candidates: list[int] = []    # candidates per fine / flat iteration of the same plans
         self.cycles = CycleMonitor(self.dt)
         self.plan_budget = p["plan_budget"]
         self._missed_reported = 0           # cycles_missed at the last diagnostics report
@@ -317,6 +322,7 @@ class PlannerNode(Node):
         if d.plan is not None:
             self._plan_ms.append(1000 * d.plan_s)
             self._plan_iterations.append(d.plan.iterations)
+            self._plan_candidates.append(d.plan.candidates)
             self.counts["plans"] += 1
             self.counts["plans_cut"] += d.plan.cut
         else:
@@ -378,6 +384,8 @@ class PlannerNode(Node):
             cost = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("cost.")}
             if planner:
                 self.planner.set_config(self.planner.config.replace(**planner))
+                if "precision" in planner and self.planner.precision_warning():
+                    self.get_logger().warning(self.planner.precision_warning())
                 if "predictor" in planner:  # the goal lives in its space
                     self.actor.reencode_goal()
             if cost:
@@ -402,9 +410,11 @@ class PlannerNode(Node):
     def _on_diagnostics(self) -> None:
         ms = np.array(self._plan_ms[-100:]) if self._plan_ms else np.zeros(1)
         self._plan_ms, self._plan_iterations = self._plan_ms[-100:], self._plan_iterations[-100:]
+        self._plan_candidates = self._plan_candidates[-100:]
         values = {"model_id": self.model_id, "goal_status": self.goal_status, "goal_distance": self.goal_distance,
                   "plan_ms_p50": float(np.percentile(ms, 50)), "plan_ms_p95": float(np.percentile(ms, 95)),
                   "plan_iterations_mean": float(np.mean(self._plan_iterations)) if self._plan_iterations else 0.0,
+                  "plan_candidates_mean": float(np.mean(self._plan_candidates)) if self._plan_candidates else 0.0,
                   "plan_budget": self.plan_budget,
                   "method": self.planner.config.method, "mode": self.planner.config.mode,
                   "predictor": self.planner.config.predictor, "precision": self.planner.config.precision,

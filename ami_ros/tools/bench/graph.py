@@ -50,9 +50,9 @@ def bench_graph(folder: str, args, out: dict) -> str:
     t += (f"\nplanning cycles: {c.get('cycles', '-')}, missed: {c.get('cycles_missed', '-')} (late "
           f"{c.get('cycles_late', '-')}, overran {c.get('cycles_overran', '-')}); plans {c.get('plans', '-')}, cut "
           f"by the plan budget {c.get('plans_cut', '-')}; plan ms p50/p95 (planner) {fmt(c.get('plan_ms_p50'))}/"
-          f"{fmt(c.get('plan_ms_p95'))}, iterations per plan (mean of the last 100) "
-          f"{fmt(c.get('plan_iterations_mean'))}; gated plans {res['gated_commands']}, holds "
-          f"(and short ways back to rest) {res['holds']}; goals "
+          f"{fmt(c.get('plan_ms_p95'))}, iterations and candidates per plan (means of the last 100) "
+          f"{fmt(c.get('plan_iterations_mean'))}, {fmt(c.get('plan_candidates_mean'))}; gated plans "
+          f"{res['gated_commands']}, holds (and short ways back to rest) {res['holds']}; goals "
           f"{res['goals_sent']} sent, {res['goals_reached']} reached, {res['goals_settled']} settled; node exits "
           f"{res['exit_codes']}")
     return t
@@ -203,7 +203,8 @@ def run_graph(folder: str, args) -> dict:
         spinner.join(timeout=2)
     res["seconds"] = t_end - t_start
     res["planner"] = {k: c1[k] - c0.get(k, 0) for k in c1}
-    res["planner"].update({k: float(rec["diag"][k]) for k in ("plan_ms_p50", "plan_ms_p95", "plan_iterations_mean")
+    res["planner"].update({k: float(rec["diag"][k]) for k in ("plan_ms_p50", "plan_ms_p95", "plan_iterations_mean",
+                                                            "plan_candidates_mean")
                           if k in rec["diag"]})
     res["exit_codes"] = exit_codes
     res.update(latency(snap))
