@@ -285,7 +285,8 @@ def test_a_deadline_cuts_the_iterations_and_says_so(mode):
 def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
     """The iteration that always runs samples fewer candidates once the planner has measured its
     speed and the time left does not hold them all (down to 2 x elites), and says it was cut; a
-    deadline far ahead, or none, samples them all; set_config forgets the measured speed."""
+    deadline far ahead, or none, samples them all; reset (a new goal) keeps the measured speed,
+    set_config forgets it."""
     import time
 
     cfg = toy_config(mode=mode, candidates=64, elites=8, iterations=2, coarse_candidates=48, coarse_elites=4)
@@ -301,6 +302,8 @@ def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
     assert torch.all(late.actions.abs() <= BOUND + 1e-6) and math.isfinite(late.cost)
     ample = planner.plan(*args, deadline=time.perf_counter() + 60.0)
     assert (ample.candidates, ample.cut) == (64, False)
+    planner.reset()                                                          # a new goal: the speed stays
+    assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 16
     planner.plan(*args, deadline=time.perf_counter() - 1.0)
     planner.set_config(planner.config.replace(seed=1))
     assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 64

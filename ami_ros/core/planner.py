@@ -228,17 +228,19 @@ class Planner:
         cost.to(self.device)
         self.check_config(self.config)
         self._gen = torch.Generator(device=self.device)
+        # the search's measured speed, for deadlines: of this machine and config, kept across goals
+        self._rate: dict[tuple, float] = {}      # (chunk, T, C) -> seconds per candidate of one iteration
+        self._tail: dict[tuple, float] = {}      # the same key -> seconds from its last iteration to plan()'s end
+        self._loop_end = (None, 0.0)             # the last search's key and when its iterations ended
         self.reset()
 
     # ---- state ----
     def reset(self) -> None:
-        """Drop the warm start and re-seed the sampler (next plan is as from a fresh planner)."""
+        """Drop the warm start and re-seed the sampler (next plan is as from a fresh planner, but
+        for the search speed measured for deadlines, which :meth:`set_config` forgets)."""
         self._warm: Tensor | None = None         # (H, A)
         self._warm_coarse: Tensor | None = None  # (Hc, k*A)
         self._gen.manual_seed(int(self.config.seed))
-        self._rate: dict[tuple, float] = {}      # (chunk, T, C) -> seconds per candidate of one iteration
-        self._tail: dict[tuple, float] = {}      # the same key -> seconds from its last iteration to plan()'s end
-        self._loop_end = (None, 0.0)             # the last search's key and when its iterations ended
 
     def encode_goal(self, image: Tensor) -> Tensor:
         """Goal image(s) (B, 3, S, S) -> what ``plan`` takes as ``goal`` under the current
