@@ -3,6 +3,8 @@
 the goal from the commanded target the arm follows, sends nothing on missing or stale input,
 stops on the stopping rules and goes back to the pose of the frame that showed the goal
 (reached) or came closest to it (settled)."""
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -255,3 +257,7 @@ def test_warm_up_leaves_no_trace():
         assert d.reason == "plan"
         plans.append(d.actions)
     np.testing.assert_array_equal(plans[0], plans[1])
+    # it measured the search's speed: the first cycle under a deadline is sized at once
+    c = warm.planner.config
+    late = [a.step(1.0, time.perf_counter() - 1.0).plan.candidates for a in (warm, fresh)]
+    assert late == [min(c.candidates, 2 * c.elites), c.candidates]

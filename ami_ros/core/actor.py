@@ -233,8 +233,10 @@ class Actor:
         """One step's work on made-up inputs (``image`` as the goal image, default a blank one
         of the model's size; zero embeddings; the arm at rest at zero), so that the first plan
         of a goal does not pay torch's first calls (several times a later plan: a planning cycle
-        missed at the start); -> its seconds. Goal, memory and joint states stay as they were;
-        the planner is reset, as at a new goal (call it before the first one)."""
+        missed at the start), then a second plan under a distant deadline, so the planner has
+        measured its speed before the first cycle sizes a search to its deadline; -> the seconds.
+        Goal, memory and joint states stay as they were; the planner is reset, as at a new goal
+        (call it before the first one)."""
         with self.lock:
             t0 = time.perf_counter()
             if image is None:
@@ -245,8 +247,10 @@ class Actor:
             q = np.asarray(self.arm.clip(np.zeros(self.arm.dof)), dtype=np.float64)
             state = (q, np.zeros(self.arm.dof))
             self.planner.cost.measured_goal_distance(z_hist[-1], goal_vis, q, goal_tool)
-            res = self.planner.plan(z_hist, goal, torch.as_tensor(q, dtype=torch.float32),
-                                    torch.zeros(self.model.action_dim), joint_state=state, goal_tool=goal_tool)
+            for deadline in (None, time.perf_counter() + 3600.0):
+                res = self.planner.plan(z_hist, goal, torch.as_tensor(q, dtype=torch.float32),
+                                        torch.zeros(self.model.action_dim), joint_state=state, goal_tool=goal_tool,
+                                        deadline=deadline)
             trajectory_from_actions(self.arm.joint_names, q, res.actions.numpy().astype(np.float64), self.dt,
                                     self.arm.clip)
             self.planner.reset()
