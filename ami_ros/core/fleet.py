@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ami_ros.core.training import (SequenceData, TrainConfig, _TrainStep, action_scale, collapse_check, stage1_batch,
+from ami_ros.core.training import (SequenceData, TrainConfig, collapse_check, stage1_batch, stage1_net,
                                   train_step)
 from ami_ros.core.world_model import ModelConfig, WorldModel
 
@@ -92,9 +92,7 @@ class LocalTrainer:
         self.model = WorldModel(cfg.model).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
-        scale = action_scale(self.data, np.random.default_rng(cfg.seed)).to(device) \
-            if self.model.inverse is not None else None
-        self.net = _TrainStep(self.model, cfg.rollout_steps, scale)
+        self.net = stage1_net(self.model, cfg, self.data, device)
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator()
         self.shapes = [tuple(v.shape) for v in self.model.state_dict().values()]

@@ -984,15 +984,22 @@ class Gate:
         """The first dynamics violation of ``t`` started at ``q_now`` with any velocity of
         ``starts`` (a point at time 0 is the current state: its velocity is the start's), replacing
         a command with acceleration and jerk ``before`` (2, dof)."""
-        for i, v in enumerate(starts):
+        for i, p in enumerate(self._start_pieces(t, q_now, starts, before)):
+            bad = self._dynamics_violation(p, tool=i == 0)
+            if bad:
+                return bad
+        return None
+
+    @staticmethod
+    def _start_pieces(t: Trajectory, q_now, starts: list[np.ndarray], before=None):
+        """``t``'s pieces started at ``q_now`` with each velocity of ``starts`` in turn (a point at
+        time 0 is the current state: its velocity is the start's), lazily."""
+        for v in starts:
             vel = t.velocities
             if vel is not None and t.times[0] == 0.0:
                 vel = vel.copy()
                 vel[0] = v
-            bad = self._dynamics_violation(_pieces(t.times, t.positions, vel, q_now, v, before), tool=i == 0)
-            if bad:
-                return bad
-        return None
+            yield _pieces(t.times, t.positions, vel, q_now, v, before)
 
     def _dynamics_violation(self, p: _Pieces, tool: bool = True) -> tuple[str, str] | None:
         spec = self.spec
@@ -1024,13 +1031,8 @@ class Gate:
         a first guess for :meth:`_find_scale`. The knots' jumps from the current state do not
         scale so, hence only a guess."""
         spec, r = self.spec, 1.0
-        for i, v in enumerate(starts):
-            vel = t.velocities
-            if vel is not None and t.times[0] == 0.0:
-                vel = vel.copy()
-                vel[0] = v
-            d = dynamics_bounds(_pieces(t.times, t.positions, vel, q_now, v, before), spec.hard.derivative_period,
-                                spec.arm.tool_reach)
+        for i, p in enumerate(self._start_pieces(t, q_now, starts, before)):
+            d = dynamics_bounds(p, spec.hard.derivative_period, spec.arm.tool_reach)
             r = max(r, float(np.max(d.velocity / spec.v_lim)), float(np.max(d.acceleration / spec.a_lim)) ** 0.5,
                     float(np.max(d.jerk / spec.j_lim)) ** (1 / 3),
                     d.tool_speed / spec.tool_speed_lim if i == 0 else 0.0)

@@ -505,9 +505,15 @@ class _TrainStep(torch.nn.Module):
             z, tokens = encode_sequence(self.model, frames, q, qd), None       # (B, L, D)
         z_single = None if single is None else self.model.encoder(*single)    # (N, D)
         losses = prediction_losses(self.model, z, a, self.rollout_steps)
-        if self.model.inverse is not None:
+        if self.action_scale is not None:                                    # the inverse term is on
             losses["inverse"] = inverse_loss(self.model, z, a, self.action_scale)
         return z, losses, tokens, z_single
+
+
+def stage1_net(model: WorldModel, cfg: TrainConfig, data: "SequenceData", device) -> _TrainStep:
+    """The stage-1 step of ``model`` under ``cfg``, with the actions' scale when the inverse term is on."""
+    scale = action_scale(data, np.random.default_rng(cfg.seed)).to(device) if cfg.inverse_lambda else None
+    return _TrainStep(model, cfg.rollout_steps, scale)
 
 
 def stage1_batch(data: SequenceData, rng: np.random.Generator, cfg: TrainConfig) -> tuple:
@@ -616,8 +622,7 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         random.setstate(ck["python_rng"])
         log.info("resumed from %s at step %d", ckpt_path, step)
     data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
-    scale = action_scale(data, np.random.default_rng(cfg.seed)).to(device) if model.inverse is not None else None
-    net = _TrainStep(model, cfg.rollout_steps, scale)
+    net = stage1_net(model, cfg, data, device)
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device != "cpu" else None)
     gen = torch.Generator().manual_seed(cfg.seed)

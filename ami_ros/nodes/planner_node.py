@@ -145,8 +145,8 @@ class PlannerNode(Node):
         stack = {"planner": self._section(p, "planner"), "cost": self._section(p, "cost"),
                  "action_scale": p["action_scale"]}
         self.planner = build_planner(self.model, self.arm, stack, self.dt, safety_file=p["safety_file"] or None)
-        if self.planner.precision_warning():
-            self.get_logger().warning(self.planner.precision_warning())
+        if warning := self.planner.precision_warning():
+            self.get_logger().warning(warning)
         rules = StopRules(p["goal_tolerance"], p["settle_patience"], p["settle_min_improvement"])
         self.actor = Actor(self.model, self.arm, self.planner, self.dt, rules, p["max_embedding_age_s"],
                            p["max_joint_state_age_s"])
@@ -384,8 +384,8 @@ class PlannerNode(Node):
             cost = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("cost.")}
             if planner:
                 self.planner.set_config(self.planner.config.replace(**planner))
-                if "precision" in planner and self.planner.precision_warning():
-                    self.get_logger().warning(self.planner.precision_warning())
+                if "precision" in planner and (warning := self.planner.precision_warning()):
+                    self.get_logger().warning(warning)
                 if "predictor" in planner:  # the goal lives in its space
                     self.actor.reencode_goal()
             if cost:

@@ -115,8 +115,8 @@ def run(args) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        if planner.precision_warning():
-            print(f"warning: {planner.precision_warning()}", file=sys.stderr)
+        if warning := planner.precision_warning():
+            print(f"warning: {warning}", file=sys.stderr)
         rules = StopRules(stack["goal_tolerance"], stack["settle_patience"], stack["settle_min_improvement"])
         agents[f"planner_{mode}"] = WorldModelAgent(model, planner, arm, bound, rules)
     if args.equal_compute:
