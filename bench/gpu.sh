@@ -4,7 +4,7 @@
 #   bash bench/gpu.sh OUTDIR [EPISODES]
 # 1. ami-ros bench --sections encoder  -> OUTDIR/bench-encoder.json (torch CPU/CUDA, ONNX Runtime providers)
 # 2. ami-ros bench --sections gpu      -> OUTDIR/bench-gpu.json (planner and encoder per device and precision)
-# 3. ami-ros eval --device cuda, near goals, EPISODES (default 50) per planner precision
+# 3. ami-ros eval --device cuda, near goals, EPISODES (default 50) per planner precision (EVAL_PRECISIONS)
 #                                      -> OUTDIR/eval-near<EPISODES>-cuda-<precision>.json
 # Each step runs even when the one before it failed; what each printed is in OUTDIR/gpu.log.
 set -uo pipefail
@@ -24,7 +24,7 @@ for section in ${BENCH_SECTIONS-encoder gpu}; do      # BENCH_SECTIONS: a subset
         | tee -a "$log"
 done
 cfg=$(mktemp -d)
-for precision in fp32 bf16 fp16; do
+for precision in ${EVAL_PRECISIONS-fp32 bf16 fp16}; do   # EVAL_PRECISIONS: a subset
     printf 'planner_node:\n  ros__parameters:\n    planner:\n      precision: %s\n' $precision > "$cfg/$precision.yaml"
     echo "== eval near $episodes, $device, precision $precision" | tee -a "$log"
     timeout "${STEP_TIMEOUT:-1800}" $py -m ami_ros.cli eval --device "$device" --config "$cfg/$precision.yaml" \

@@ -163,9 +163,11 @@ def test_bench_gpu_section_rows(monkeypatch):
     assert "== gpu: candidates per plan" in text
     assert sorted(r["encoder"]) == ["cpu/fp32", "cuda/bf16", "cuda/fp32"]
     assert r["encoder"]["cuda/fp32"]["max_abs_diff"] == 0.0 < r["encoder"]["cuda/bf16"]["max_abs_diff"]
-    assert {"cuda/fp32", "cuda/bf16", "cpu/fp32/threads1"} <= set(r["planner_default"])
+    assert {"cuda/fp32", "cuda/bf16", "cuda/fp32/eager", "cpu/fp32/threads1"} <= set(r["planner_default"])
     assert r["plan_parity"]["cuda/fp32"]["plan_mean_diff_over_bound"] == 0.0
-    sweep = [c for c in r["candidates"] if c["precision"] == "fp32"]
+    assert r["plan_parity"]["cuda/fp32/eager"]["plan_mean_diff_over_bound"] == 0.0   # the same search, eager
+    sweep = [c for c in r["candidates"] if c["precision"] == "fp32" and c["cuda_graph"]]
     assert [c["candidates"] for c in sweep] == [256, 1024]
     fits = [c["candidates"] for c in sweep if c["frame_ms_p95"] <= gpu.FRAME_MS]
     assert r["max_candidates_within_30hz"]["fp32"] == max(fits, default=0)
+    assert set(r["max_candidates_within_30hz"]) == {"fp32", "bf16", "fp32/eager"}

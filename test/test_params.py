@@ -42,6 +42,7 @@ SHIPPED = {
         "planner.elites": 32, "planner.temperature": 0.5, "planner.init_std": 0.5, "planner.min_std": 0.05,
         "planner.momentum": 0.1, "planner.coarse_horizon": 3, "planner.coarse_candidates": 128,
         "planner.coarse_iterations": 2, "planner.coarse_elites": 16, "planner.seed": 0, "planner.precision": "fp32",
+        "planner.cuda_graph": True,
         "cost.goal_terminal": 1.0, "cost.goal_running": 0.1, "cost.goal_discount": 1.0, "cost.smoothness": 0.01,
         "cost.effort": 0.001, "cost.joint_limit": 10.0, "cost.joint_limit_margin": 0.1, "cost.subgoal": 1.0,
         "cost.workspace": 10.0, "cost.workspace_margin": 0.03, "cost.keep_out": 10.0, "cost.keep_out_margin": 0.05,

@@ -309,6 +309,78 @@ def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
     assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 64
 
 
+@pytest.mark.parametrize("method, select, predictor", [("cem", "mean", "rollout"), ("mppi", "best", "rollout"),
+                                                        ("cem", "best", "direct")])
+def test_the_graphed_search_plans_as_the_eager_one(monkeypatch, method, select, predictor):
+    """The flat search as one captured function (what a CUDA graph replays; on the CPU the same
+    code runs without capture) gives the eager search's plans, costs and terms, cycle after cycle
+    with the warm start; it is captured once, again when the cost weights or the number of keep-out
+    boxes change (new boxes, as many, are copied into the captured ones), and forgotten by
+    set_config; a capture that fails leaves the search eager."""
+    from ami_ros.core import planner as planner_mod
+
+    captures = []
+
+    class Counted(planner_mod.CapturedGraph):
+        def __init__(self, fn, inputs):
+            captures.append(len(inputs))
+            super().__init__(fn, inputs)
+
+    monkeypatch.setattr(planner_mod, "CapturedGraph", Counted)
+    cfg = toy_config(method=method, select=select, predictor=predictor, candidates=48, elites=6, seed=5)
+    graphed, model = make(cfg)
+    eager, _ = make(cfg.replace(cuda_graph=False))
+    monkeypatch.setattr(Planner, "_graphable", lambda self: self.config.cuda_graph and self._graph_failed is None)
+    q, goal = torch.zeros(A), model.embed(Q_FAR)
+    if predictor == "direct":
+        goal = goal[:DV]
+
+    def cycle(q, tool=None):
+        zh = model.embed(q).expand(H_HIST, -1)
+        kw = dict(joint_state=(q, torch.zeros(A))) if predictor == "direct" else {}
+        r1, r2 = (p.plan(zh, goal, q, torch.zeros(A), goal_tool=tool, **kw) for p in (graphed, eager))
+        assert torch.equal(r1.actions, r2.actions) and r1.cost == pytest.approx(r2.cost, rel=1e-6, abs=1e-9)
+        assert torch.equal(r1.predicted, r2.predicted)
+        assert r1.terms.keys() == r2.terms.keys()
+        assert all(r1.terms[k] == pytest.approx(r2.terms[k], rel=1e-5, abs=1e-9) for k in r1.terms)
+        assert (r1.iterations, r1.candidates, r1.model_steps) == (r2.iterations, r2.candidates, r2.model_steps)
+        return q + r1.actions[0]
+
+    for _ in range(4):
+        q = cycle(q)
+    assert len(captures) == 1 and graphed.search_line.startswith("eager")   # the CPU: nothing is a CUDA graph
+    for p in (graphed, eager):
+        p.cost.set_weights(smoothness=0.3)
+    q = cycle(q)
+    assert len(captures) == 2
+    for p in (graphed, eager):
+        p.cost.set_keep_out([(torch.tensor([5.0, 5, 5]), torch.tensor([6.0, 6, 6]))])
+    q = cycle(q)
+    assert len(captures) == 3
+    box = (torch.tensor([-0.5, -0.5, -0.5]), torch.tensor([0.5, 0.5, 0.5]))   # as many boxes: copied in, not captured
+    for p in (graphed, eager):
+        p.cost.set_keep_out([box])
+    q = cycle(q)
+    (lo, hi), = list(graphed._graphs.values())[-1][0]                         # the graph's own box
+    assert len(captures) == 3 and torch.equal(lo, box[0]) and torch.equal(hi, box[1])
+    assert lo is not graphed.cost.keep_out[0][0] and torch.equal(box[0], torch.tensor([-0.5, -0.5, -0.5]))
+    for p in (graphed, eager):
+        p.set_config(p.config.replace(momentum=0.2))
+    q = cycle(q)
+    assert len(captures) == 4 and len(graphed._graphs) == 1
+
+    def broken(fn, inputs):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(planner_mod, "CapturedGraph", broken)
+    graphed.set_config(graphed.config.replace(momentum=0.3))
+    eager.set_config(eager.config.replace(momentum=0.3))
+    for _ in range(2):
+        q = cycle(q)
+    assert graphed.search_line == "eager (CUDA graph capture failed: RuntimeError: operation not permitted when " \
+                                  "stream is capturing)"
+
+
 def test_actions_within_bound_and_set_config():
     planner, model = make(toy_config(method="mppi", init_std=5.0))
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)

@@ -166,8 +166,11 @@ class ArmSpec:
         if key not in self._kin:
             self._kin[key] = [chain.frame_to_idx[f] for f in frames]
         idx = self._kin[key]
-        if is_torch:
-            mats = chain.forward_kinematics_tensor(flat)[idx]                   # (F, B, 4, 4)
+        if is_torch:     # the frames picked by an index on q's device (a list would be copied there per call)
+            tkey = (*key, qt.device)
+            if tkey not in self._kin:
+                self._kin[tkey] = torch.as_tensor(idx, device=qt.device)
+            mats = chain.forward_kinematics_tensor(flat).index_select(0, self._kin[tkey])   # (F, B, 4, 4)
         else:
             with torch.inference_mode():
                 mats = chain.forward_kinematics_tensor(flat)[idx]
@@ -229,14 +232,16 @@ class ArmSpec:
         if isinstance(q, torch.Tensor):
             tkey = (*key, q.dtype, q.device)
             if tkey not in self._kin:
-                self._kin[tkey] = tuple(torch.as_tensor(v, dtype=q.dtype, device=q.device) for v in (a, b, r))
-            a, b, r = self._kin[tkey]
+                self._kin[tkey] = (*(torch.as_tensor(v, dtype=q.dtype, device=q.device) for v in (a, b, r)),
+                                   torch.as_tensor(which, device=q.device))
+            a, b, r, which = self._kin[tkey]
             if not len(r):
                 return q.new_zeros(q.shape[:-1] + (0, 3)), q.new_zeros(q.shape[:-1] + (0, 3)), r
         elif not len(r):
             shape = np.shape(q)[:-1] + (0, 3)
             return np.zeros(shape), np.zeros(shape), np.zeros(0)
-        T = self.frame_transforms(q, links)[..., which, :, :]                    # (..., C, 4, 4)
+        T = self.frame_transforms(q, links)
+        T = T.index_select(-3, which) if isinstance(T, torch.Tensor) else T[..., which, :, :]   # (..., C, 4, 4)
         R, p = T[..., :3, :3], T[..., :3, 3]                                     # (..., C, 3, 3), (..., C, 3)
         return (R @ a[..., None])[..., 0] + p, (R @ b[..., None])[..., 0] + p, r
 

@@ -64,6 +64,14 @@ were sampled. Without one (the default, and ``ami-ros eval``), the configured it
 the same seed and inputs give the same plan on any machine. On a CUDA device each iteration is
 then synchronised to read the clock.
 
+On a CUDA device the flat search runs as one CUDA graph (``cuda_graph``, on by default): its
+iterations, the final evaluation and the cost's terms are captured once per settings, cost
+weights, number of keep-out boxes and input shapes, then replayed with each plan's inputs copied
+in, one launch where the eager search makes hundreds. The sampling noise is drawn from the
+planner's generator outside the graph, as the eager search draws it, so both give the same plans.
+A graph runs all its iterations whatever the deadline (on a GPU the whole search takes a few
+milliseconds). The hierarchical search stays eager.
+
 Compute is counted in model step evaluations (one predictor step for one candidate,
 fine or coarse): :attr:`PlanResult.model_steps`, :meth:`Planner.model_steps_per_plan`,
 so flat and hierarchical can be compared at equal compute.
@@ -79,7 +87,7 @@ from typing import Callable, ClassVar, Protocol
 import torch
 from torch import Tensor
 
-from .cost import Cost, ValidatedConfig
+from .cost import TERMS, Cost, ValidatedConfig
 
 #: planner precision -> the autocast dtype of the predictor's arithmetic (None: plain fp32)
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -127,6 +135,7 @@ class PlannerConfig(ValidatedConfig):
     coarse_elites: int = 16
     seed: int = 0
     precision: str = "fp32"
+    cuda_graph: bool = True
 
     CHOICES: ClassVar[dict] = {
         "method": (("cem", "mppi"), "sampling distribution update: CEM elites or MPPI exponential weights"),
@@ -140,6 +149,9 @@ class PlannerConfig(ValidatedConfig):
         "precision": (tuple(PRECISION_DTYPES), "the predictor's arithmetic (torch autocast; the cost and the search "
                       "stay fp32): fp32, or bf16 / fp16 on a GPU, or bf16 on a CPU that computes it natively (torch "
                       "backend only). Speed and plan quality with each: docs/results.md sections 7 and 7b"),
+        "cuda_graph": ((True, False), "on a CUDA device, run the flat search as one captured CUDA graph (one "
+                       "launch a plan instead of hundreds; captured again when the settings or cost weights change). "
+                       "It runs all its iterations and candidates whatever the deadline"),
     }
     RANGES: ClassVar[dict] = {
         "candidates": (2, 65536, "sampled action sequences per iteration (fine / flat level)"),
@@ -167,11 +179,11 @@ class PlannerConfig(ValidatedConfig):
 
     def model_steps(self) -> int:
         """Model step evaluations one plan spends under this config."""
-        n = self.iterations * self.candidates * self.horizon + (self.horizon if self.select == "mean" else 0)
+        n = self.iterations * self.candidates * self.horizon + self.horizon   # + the final mean's evaluation
         if self.mode == "hier":
             n += 2 * self.horizon  # the low level's two starting points
             n += self.coarse_iterations * self.coarse_candidates * self.coarse_horizon
-            n += self.coarse_horizon if self.select == "mean" else 0
+            n += self.coarse_horizon
         return n
 
     def candidates_within(self, budget: int) -> int:
@@ -232,6 +244,8 @@ class Planner:
         self._rate: dict[tuple, float] = {}      # (chunk, T, C) -> seconds per candidate of one iteration
         self._tail: dict[tuple, float] = {}      # the same key -> seconds from its last iteration to plan()'s end
         self._loop_end = (None, 0.0)             # the last search's key and when its iterations ended
+        self._graphs: dict[tuple, list] = {}     # CUDA graphs of the flat search (see _graphed_flat)
+        self._graph_failed: str | None = None    # why a capture failed (the search then runs eagerly)
         self.reset()
 
     # ---- state ----
@@ -300,6 +314,8 @@ class Planner:
         self.config = self.check_config(config)
         self._rate.clear()                       # precision, device or cost terms may have changed the speed
         self._tail.clear()
+        self._graphs.clear()
+        self._graph_failed = None
         if self._warm is not None and self._warm.shape[0] != config.horizon:
             self._warm = None
         if self._warm_coarse is not None and self._warm_coarse.shape[0] != config.coarse_horizon:
@@ -352,29 +368,22 @@ class Planner:
             jq, jqd = (torch.as_tensor(x, **f32).flatten() for x in joint_state)
             if jq.shape != (A,) or jqd.shape != (A,) or not bool(torch.isfinite(jq).all() & torch.isfinite(jqd).all()):
                 raise ValueError(f"joint_state: need two finite ({A},) vectors")
+        else:
+            jq = jqd = None
 
-        low = PRECISION_DTYPES[c.precision]
-
-        def predict(cand: Tensor, every: int = 1) -> Tensor:
-            """cand (N, T, A) fine actions -> predicted embeddings (N, T // every, D), float32."""
-            n = cand.shape[0]
-            with torch.autocast(dev.type, dtype=low, enabled=low is not None):
-                if direct:
-                    z = m.rollout_direct(z_hist[-1].expand(n, -1), jq, jqd, q0, cand, every)
-                elif every == 1:
-                    z = m.rollout(z_hist.expand(n, -1, -1), cand)
-                else:
-                    z = m.rollout_coarse(z_hist[-1].expand(n, -1), cand.reshape(n, -1, every * A))
-            return z.float()
-
-        def fine_eval(cand: Tensor, subgoal=None, s=-1):
-            z = predict(cand)
-            return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims, goal_tool), z
-
+        predict, fine_eval = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
         subgoals, coarse_cost, extra, subgoal_tool = None, None, None, None
         warm = self._shifted(self._warm, advance, A) if c.warm_start else None
         if c.mode == "flat":
             mean0 = warm if warm is not None else torch.zeros(H, A, **f32)
+            if self._graphable():
+                actions, cost, predicted, terms = self._graphed_flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean0)
+                self._warm = actions
+                steps, n = c.model_steps(), c.candidates
+                return PlanResult(
+                    actions=actions.cpu(), cost=cost, predicted=predicted.cpu(), subgoals=None,
+                    iterations=c.iterations, time_s=time.perf_counter() - t0, model_steps=steps,
+                    terms=dict(zip(TERMS, terms.tolist())), candidates=n)
             eval_fn = fine_eval
         else:
             k = int(m.k_coarse)
@@ -413,7 +422,7 @@ class Planner:
                 goal_tool = subgoal_tool = self.cost.arm.tool_position(q0 + fine_c[: s + 1].sum(0))
 
             def eval_fn(cand):
-                return fine_eval(cand, target, s)
+                return fine_eval(cand, target, s, goal_tool)
 
         actions, cost, predicted, n, it, nc = self._search(eval_fn, mean0, self.bound, c.candidates, c.elites,
                                                            c.iterations, extra, deadline=deadline)
@@ -434,6 +443,97 @@ class Planner:
             time_s=time.perf_counter() - t0, model_steps=steps,
             terms=dict(zip(terms, torch.cat(list(terms.values())).tolist())), coarse_cost=coarse_cost,
             subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu(), cut=cut, candidates=nc)
+
+    def _evaluators(self, z_hist, goal, q0, prev, jq, jqd, goal_tool):
+        """The model and cost calls of one plan, over its inputs (:meth:`plan`'s, as tensors on the
+        device; jq, jqd None unless ``predictor='direct'``): ``predict(cand, every)`` and
+        ``fine_eval(cand, subgoal, s, goal_tool)`` -> (cost (N,), predictions)."""
+        c, m = self.config, self.model
+        direct = c.predictor == "direct"
+        gdims = slice(None) if direct else None          # direct: predictions are the goal space itself
+        low = PRECISION_DTYPES[c.precision]
+        A = m.action_dim
+
+        def predict(cand: Tensor, every: int = 1) -> Tensor:
+            """cand (N, T, A) fine actions -> predicted embeddings (N, T // every, D), float32."""
+            n = cand.shape[0]
+            # no autocast cache: a cast cached while a CUDA graph is captured would not be replayed
+            with torch.autocast(cand.device.type, dtype=low, enabled=low is not None, cache_enabled=False):
+                if direct:
+                    z = m.rollout_direct(z_hist[-1].expand(n, -1), jq, jqd, q0, cand, every)
+                elif every == 1:
+                    z = m.rollout(z_hist.expand(n, -1, -1), cand)
+                else:
+                    z = m.rollout_coarse(z_hist[-1].expand(n, -1), cand.reshape(n, -1, every * A))
+            return z.float()
+
+        def fine_eval(cand: Tensor, subgoal=None, s=-1, tool=goal_tool):
+            z = predict(cand)
+            return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims, tool), z
+
+        return predict, fine_eval
+
+    # ---- the flat search as one CUDA graph ----
+    def _graphable(self) -> bool:
+        """Whether the flat search runs as a CUDA graph: ``cuda_graph`` on a CUDA device, and no
+        capture has failed since the last :meth:`set_config`."""
+        return self.config.cuda_graph and self.device.type == "cuda" and self._graph_failed is None
+
+    @property
+    def search_line(self) -> str:
+        """How the search runs, in words, for diagnostics."""
+        if self._graph_failed is not None:
+            return f"eager (CUDA graph capture failed: {self._graph_failed})"
+        if self.config.cuda_graph and self.device.type == "cuda" and self.config.mode == "flat":
+            return f"cuda graph ({len(self._graphs)} captured)"
+        return "eager"
+
+    def _graphed_flat(self, z_hist, goal, q0, prev, jq, jqd, goal_tool, mean0):
+        """The flat search (all iterations, then the final mean's cost and terms) replayed from a CUDA
+        graph captured per settings, cost weights, number of keep-out boxes and input shapes (new
+        boxes are copied into the captured ones). The noise is drawn
+        from the planner's generator outside the graph, in the order the eager search draws it, so
+        the seed means what it means there. Returns (plan (H, A), cost float, predictions, terms)."""
+        c, w, boxes = self.config, self.cost.weights, self.cost.keep_out
+        inputs = (z_hist, goal, q0, prev, jq, jqd, goal_tool, mean0)
+        key = (c, w, len(boxes), tuple(None if x is None else tuple(x.shape) for x in inputs))
+        entry = self._graphs.get(key)
+        if entry is not None and entry[2] is not boxes:    # new keep-out boxes, as many: into the captured ones
+            for (lo0, hi0), (lo, hi) in zip(entry[0], boxes):
+                lo0.copy_(lo)
+                hi0.copy_(hi)
+            entry[2] = boxes
+        noise = [torch.randn((c.candidates, *mean0.shape), generator=self._gen, device=self.device)
+                 for _ in range(c.iterations)]
+
+        def flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean, *noise):
+            _, fine_eval = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
+            st = self._search_begin(mean, self.bound)
+            for eps in noise:
+                st = self._search_step(fine_eval, st, eps, self.bound, c.elites)
+            plan, cost, z = self._search_end(fine_eval, st)
+            gdims = slice(None) if c.predictor == "direct" else None
+            terms = self.cost.breakdown(z[None], plan[None], goal, q0, prev, goal_dims=gdims, goal_tool=goal_tool)
+            return plan, cost, z, torch.cat([terms[k] for k in TERMS])
+
+        if entry is None:
+            captured = [(lo.clone(), hi.clone()) for lo, hi in boxes]   # the graph's own boxes, to copy new ones into
+            self.cost.keep_out = captured
+            try:
+                graph = CapturedGraph(flat, (*inputs, *noise))
+            except RuntimeError as e:     # an operation that cannot be captured: plan eagerly from now on
+                self._graph_failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                self._graphs.clear()
+                self.cost.keep_out = boxes
+                plan, cost, z, terms = flat(*inputs, *noise)
+                return plan, float(cost), z, terms
+            finally:
+                self.cost.keep_out = boxes
+            if len(self._graphs) >= 4:                     # a few kept (each holds its own memory pool)
+                self._graphs.pop(next(iter(self._graphs)))
+            entry = self._graphs[key] = [captured, graph, boxes]   # the boxes captured, the graph, the boxes last seen
+        plan, cost, z, terms = entry[1](*inputs, *noise)
+        return plan.clone(), float(cost), z.clone(), terms
 
     @staticmethod
     def _measured(table: dict, key: tuple, seconds: float) -> None:
@@ -464,24 +564,11 @@ class Planner:
         Returns (plan (T, C), cost float, predicted embeddings, model steps spent, iterations run,
         candidates per iteration).
         """
-        c = self.config
-        std = (c.init_std * bound).expand_as(mean).clone()
-        std_min = c.min_std * bound
-        mean = torch.maximum(torch.minimum(mean, bound), -bound)
-        # the lowest-cost plan seen stays on the device (no host round trip per iteration); only
-        # select='best' reads it
-        best_c, best_a, best_z = torch.full((), math.inf, device=mean.device), mean, None
-        track = c.select == "best"
-        steps = 0
-        if extra is not None:  # two starting points: start from the cheaper one
-            pair = torch.maximum(torch.minimum(torch.stack([mean, extra]), bound), -bound)
-            cost, z = evaluate(pair)
-            steps += 2 * z.shape[1]
-            i = torch.argmin(cost).reshape(1)
-            mean, best_c, best_z = pair.index_select(0, i)[0], cost.index_select(0, i)[0], z.index_select(0, i)[0]
-            best_a = mean.clone()
+        st = self._search_begin(mean, bound, evaluate, extra)
+        mean = st[0]
         sync = deadline is not None and mean.device.type == "cuda"
         key = (chunk, *mean.shape)
+        T_, C_ = mean.shape
         ran, t_it = 0, time.perf_counter()
         for it in range(iterations):
             if deadline is not None:
@@ -497,41 +584,108 @@ class Planner:
                     n = min(n, max(min(n, 2 * elites), int(left / self._rate[key])))
                 t_it = t
             ran += 1
-            T_, C_ = mean.shape
-            eps = torch.randn((n, T_, C_ // chunk), generator=self._gen, device=mean.device).repeat(1, 1, chunk)
-            cand = mean + std * eps
-            cand[0] = mean
-            cand = torch.maximum(torch.minimum(cand, bound), -bound)
-            cost, z = evaluate(cand)
-            steps += n * z.shape[1]
-            if track:
-                i = torch.argmin(cost).reshape(1)
-                c_i = cost.index_select(0, i)[0]
-                better = c_i < best_c
-                best_c = torch.where(better, c_i, best_c)
-                best_a = torch.where(better, cand.index_select(0, i)[0], best_a)
-                z_i = z.index_select(0, i)[0]
-                best_z = torch.where(better, z_i, z_i if best_z is None else best_z)
-            if c.method == "cem":
-                idx = torch.topk(cost, elites, largest=False).indices
-                el = cand[idx]
-                fit_mean, fit_std = el.mean(0), el.std(0, unbiased=False)
-            else:
-                spread = cost.std() + 1e-12
-                w = torch.softmax(-(cost - cost.min()) / (c.temperature * spread), 0)[:, None, None]
-                fit_mean = (w * cand).sum(0)
-                fit_std = (w * (cand - fit_mean).pow(2)).sum(0).sqrt()
-            mean = c.momentum * mean + (1.0 - c.momentum) * fit_mean
-            std = torch.maximum(fit_std, std_min)
+            eps = torch.randn((n, T_, C_ // chunk), generator=self._gen, device=mean.device)
+            st = self._search_step(evaluate, st, eps, bound, elites)
         if deadline is not None:
             if sync:
-                torch.cuda.synchronize(mean.device)
+                torch.cuda.synchronize(st[0].device)
             self._loop_end = (key, time.perf_counter())
             if ran == iterations:   # the last iteration's rate (that of one cut short is measured above)
                 self._measured(self._rate, key, (self._loop_end[1] - t_it) / n)
-        cost, z = evaluate(mean[None])  # select='best': the final mean may beat every sample
-        steps += z.shape[1]
-        final = float(cost[0])
-        if c.select == "mean" or best_z is None or final <= float(best_c):
-            return mean, final, z[0], steps, ran, n
-        return best_a, float(best_c), best_z, steps, ran, n
+        plan, cost, z = self._search_end(evaluate, st)
+        steps = st[5] + z.shape[0]
+        return plan, float(cost), z, steps, ran, n
+
+    # The search's pieces are tensor work only (no host round trip), so that a CUDA graph can hold
+    # them. Its state: (mean (T, C), std (T, C), lowest cost seen (), its plan (T, C), its
+    # predictions or None, model steps spent).
+    def _search_begin(self, mean: Tensor, bound: Tensor, evaluate=None, extra: Tensor | None = None) -> tuple:
+        """The state before the first iteration, from ``mean``; with ``extra``, from the cheaper of
+        the two (both evaluated)."""
+        c = self.config
+        std = (c.init_std * bound).expand_as(mean).clone()
+        mean = torch.maximum(torch.minimum(mean, bound), -bound)
+        best_c, best_a, best_z, steps = torch.full((), math.inf, device=mean.device), mean, None, 0
+        if extra is not None:
+            pair = torch.maximum(torch.minimum(torch.stack([mean, extra]), bound), -bound)
+            cost, z = evaluate(pair)
+            steps += 2 * z.shape[1]
+            i = torch.argmin(cost).reshape(1)
+            mean, best_c, best_z = pair.index_select(0, i)[0], cost.index_select(0, i)[0], z.index_select(0, i)[0]
+            best_a = mean.clone()
+        return mean, std, best_c, best_a, best_z, steps
+
+    def _search_step(self, evaluate, st: tuple, eps: Tensor, bound: Tensor, elites: int) -> tuple:
+        """One iteration from state ``st`` with the noise ``eps`` (N, T, C / chunk) -> the next state."""
+        c = self.config
+        mean, std, best_c, best_a, best_z, steps = st
+        n, chunk = eps.shape[0], mean.shape[1] // eps.shape[2]
+        cand = mean + std * eps.repeat(1, 1, chunk)
+        cand[0] = mean
+        cand = torch.maximum(torch.minimum(cand, bound), -bound)
+        cost, z = evaluate(cand)
+        steps += n * z.shape[1]
+        if c.select == "best":   # the lowest-cost plan seen stays on the device
+            i = torch.argmin(cost).reshape(1)
+            c_i = cost.index_select(0, i)[0]
+            better = c_i < best_c
+            best_c = torch.where(better, c_i, best_c)
+            best_a = torch.where(better, cand.index_select(0, i)[0], best_a)
+            z_i = z.index_select(0, i)[0]
+            best_z = torch.where(better, z_i, z_i if best_z is None else best_z)
+        if c.method == "cem":
+            idx = torch.topk(cost, elites, largest=False).indices
+            el = cand[idx]
+            fit_mean, fit_std = el.mean(0), el.std(0, unbiased=False)
+        else:
+            spread = cost.std() + 1e-12
+            w = torch.softmax(-(cost - cost.min()) / (c.temperature * spread), 0)[:, None, None]
+            fit_mean = (w * cand).sum(0)
+            fit_std = (w * (cand - fit_mean).pow(2)).sum(0).sqrt()
+        mean = c.momentum * mean + (1.0 - c.momentum) * fit_mean
+        std = torch.maximum(fit_std, c.min_std * bound)
+        return mean, std, best_c, best_a, best_z, steps
+
+    def _search_end(self, evaluate, st: tuple) -> tuple[Tensor, Tensor, Tensor]:
+        """The final mean evaluated, and the returned plan: that mean, or (``select='best'``) the
+        lowest-cost plan seen where it is cheaper -> (plan (T, C), its cost (), its predictions)."""
+        mean, _, best_c, best_a, best_z, _ = st
+        cost, z = evaluate(mean[None])
+        cost, z = cost[0], z[0]
+        if self.config.select == "mean" or best_z is None:
+            return mean, cost, z
+        better = best_c < cost
+        return torch.where(better, best_a, mean), torch.where(better, best_c, cost), torch.where(better, best_z, z)
+
+
+class CapturedGraph:
+    """``fn(*inputs)`` captured once as a CUDA graph and replayed: each call copies its tensors
+    into the captured inputs (same shapes; None where the capture had None) and returns the
+    captured outputs, which the next call overwrites. ``fn`` must be tensor work only on one
+    device, without host round trips or shapes that depend on values. RuntimeError when the
+    capture fails. Inputs on the CPU: nothing is captured and each call runs ``fn`` on the
+    copied inputs (the same contract, without a GPU)."""
+
+    def __init__(self, fn: Callable, inputs: tuple):
+        self.fn, self.graph = fn, None
+        self.inputs = tuple(None if x is None else x.clone() for x in inputs)
+        if not any(x is not None and x.is_cuda for x in self.inputs):
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):          # warm-up: lazy caches and library workspaces, off the capture
+            for _ in range(2):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):   # other threads may use the GPU
+            self.outputs = fn(*self.inputs)
+
+    def __call__(self, *inputs):
+        for mine, x in zip(self.inputs, inputs):
+            if mine is not None:
+                mine.copy_(x)
+        if self.graph is None:
+            return self.fn(*self.inputs)
+        self.graph.replay()
+        return self.outputs

@@ -160,6 +160,7 @@ class PlannerNode(Node):
         self.cycles = CycleMonitor(self.dt)
         self.plan_budget = p["plan_budget"]
         self._missed_reported = 0           # cycles_missed at the last diagnostics report
+        self._search_said = "eager"         # how the search runs, as last logged (CUDA graph or eager)
 
         reliable1 = qos.RELIABLE_1
         latched = qos.LATCHED
@@ -408,6 +409,11 @@ class PlannerNode(Node):
 
     # ------------------------------------------------------------ diagnostics
     def _on_diagnostics(self) -> None:
+        search = self.planner.search_line
+        said = "cuda graph" if search.startswith("cuda graph") else search   # not each new capture
+        if said != self._search_said:                      # say it when how the search runs changes
+            (self.get_logger().warning if "failed" in search else self.get_logger().info)(f"planner search: {search}")
+            self._search_said = said
         ms = np.array(self._plan_ms[-100:]) if self._plan_ms else np.zeros(1)
         self._plan_ms, self._plan_iterations = self._plan_ms[-100:], self._plan_iterations[-100:]
         self._plan_candidates = self._plan_candidates[-100:]
@@ -418,7 +424,7 @@ class PlannerNode(Node):
                   "plan_budget": self.plan_budget,
                   "method": self.planner.config.method, "mode": self.planner.config.mode,
                   "predictor": self.planner.config.predictor, "precision": self.planner.config.precision,
-                  "device": str(self.planner.device),
+                  "device": str(self.planner.device), "search": search,
                   "placement": self.model.placement.line,
                   "model_steps_per_plan": self.planner.model_steps_per_plan(),
                   "goal_tool_correction_m": self.actor.tool_correction, **self.counts, **self.cycles.counts()}

@@ -1,6 +1,7 @@
 """GPU section: the encoder and the planner on CUDA beside the CPU, at each planner precision
-(fp32, bf16, fp16), how many candidates a plan can search within one camera frame, and how far
-reduced precision moves the embedding and the plan. Skipped, with the reason, when torch sees
+(fp32, bf16, fp16), the search as one CUDA graph (``planner.cuda_graph``) and eager, how many
+candidates a plan can search within one camera frame, and how far reduced precision and the
+graph move the embedding and the plan. Skipped, with the reason, when torch sees
 no CUDA device."""
 from __future__ import annotations
 
@@ -72,35 +73,37 @@ def bench_gpu(folder: str, args, out: dict, accel: str = "cuda") -> str:
         goal, tool = pl.encode_goal(img.to(kind[dev]))[0], pl.read_goal_tool(img)
         return pl, (lambda: pl.plan(z_hist, goal, q0, prev, joint_state=(q0, 0 * q0), goal_tool=tool))
 
+    # the cuda rows: the search as one CUDA graph (planner.cuda_graph, the default) and eager (one launch per op)
     rows, res["planner_default"] = [], {}
     threads0 = torch.get_num_threads()
     plans = {}
-    for dev, prec, threads in ([("cpu", "fp32", 1), ("cpu", "fp32", threads0)]
-                               + [("cuda", p, threads0) for p in PRECISIONS]):
+    runs = ([("cpu", "fp32", 1, False), ("cpu", "fp32", threads0, False)]
+            + [("cuda", p, threads0, graph) for graph in (True, False) for p in PRECISIONS])
+    for dev, prec, threads, graph in runs:
         torch.set_num_threads(threads)
-        pl, call = planner(dev, precision=prec)
+        pl, call = planner(dev, precision=prec, cuda_graph=graph)
         s = stats(time_calls(call, *reps, warmup=2))
         pl.reset()
-        plans[(dev, prec)] = call()
-        key = f"{dev}/{prec}/threads{threads}" if dev == "cpu" else f"{dev}/{prec}"
-        res["planner_default"][key] = {**s, "model_steps": pl.model_steps_per_plan()}
-        rows.append([key, s["p50"], s["p95"], s["max"]])
+        key = f"{dev}/{prec}/threads{threads}" if dev == "cpu" else f"{dev}/{prec}" + ("" if graph else "/eager")
+        plans[key] = call()
+        res["planner_default"][key] = {**s, "model_steps": pl.model_steps_per_plan(), "search": pl.search_line}
+        rows.append([key, s["p50"], s["p95"], s["max"], pl.search_line])
     torch.set_num_threads(threads0)
     search = f"{p_def['method']}/{p_def['mode']}/{p_def['predictor']}"
     texts.append(table(f"gpu: planner, default search ({p_def['candidates']} cand x H{p_def['horizon']} x "
                        f"{p_def['iterations']} it, {search}; ms per plan)",
-                       ["device/precision", "p50 ms", "p95 ms", "max ms"], rows))
+                       ["device/precision", "p50 ms", "p95 ms", "max ms", "search"], rows))
 
-    # --- reduced precision against fp32 on the same inputs and seed: the plan's first action and its cost ---
-    ref = plans[("cuda", "fp32")]
+    # --- against cuda fp32 on the same inputs and seed: reduced precision, the eager search; first action, cost ---
+    ref = plans["cuda/fp32"]
     bound = build_planner(base, arm, stack, dt).bound
     rows, res["plan_parity"] = [], {}
     for key, r in plans.items():
         d = (r.actions - ref.actions).abs() / bound                       # (H, A)
-        res["plan_parity"]["/".join(key)] = {"first_action_max_diff_over_bound": float(d[0].max()),
-                                             "plan_mean_diff_over_bound": float(d.mean()), "cost": r.cost,
-                                             "cost_fp32_cuda": ref.cost}
-        rows.append(["/".join(key), float(d[0].max()), float(d.mean()), r.cost])
+        res["plan_parity"][key] = {"first_action_max_diff_over_bound": float(d[0].max()),
+                                   "plan_mean_diff_over_bound": float(d.mean()), "cost": r.cost,
+                                   "cost_fp32_cuda": ref.cost}
+        rows.append([key, float(d[0].max()), float(d.mean()), r.cost])
     texts.append(table("gpu: the plan against cuda fp32 (same inputs and seed; differences in units of the action "
                        "bound)", ["device/precision", "max |a0 - a0_fp32|", "mean |a - a_fp32|", "plan cost"], rows))
 
@@ -108,20 +111,25 @@ def bench_gpu(folder: str, args, out: dict, accel: str = "cuda") -> str:
     enc_ms = {p: res["encoder"][f"cuda/{p}"]["batch1_ms"]["p50"] for p in PRECISIONS}
     sizes = [256, 1024] if quick else [256, 1024, 2560, 4096, 8192, 16384, 32768]
     rows, res["candidates"] = [], []
-    for prec in PRECISIONS:
+    for prec, graph in [(p, True) for p in PRECISIONS] + [("fp32", False)]:
         for n in sizes:
-            pl, call = planner("cuda", precision=prec, candidates=n, elites=max(1, n // 8))
+            pl, call = planner("cuda", precision=prec, candidates=n, elites=max(1, n // 8), cuda_graph=graph)
             s = stats(time_calls(call, *reps, warmup=2))
             frame = enc_ms[prec] + s["p95"]
-            res["candidates"].append({"precision": prec, "candidates": n, "plan": s, "encoder_p50_ms": enc_ms[prec],
-                                      "frame_ms_p95": frame, "within_30hz": frame <= FRAME_MS,
-                                      "model_steps": pl.model_steps_per_plan()})
-            rows.append([prec, n, s["p50"], s["p95"], frame, "yes" if frame <= FRAME_MS else "no"])
+            res["candidates"].append({"precision": prec, "cuda_graph": graph, "candidates": n, "plan": s,
+                                      "encoder_p50_ms": enc_ms[prec], "frame_ms_p95": frame,
+                                      "within_30hz": frame <= FRAME_MS, "model_steps": pl.model_steps_per_plan(),
+                                      "search": pl.search_line})
+            rows.append([prec, "graph" if graph else "eager", n, s["p50"], s["p95"], frame,
+                         "yes" if frame <= FRAME_MS else "no"])
     texts.append(table(f"gpu: candidates per plan on cuda (H{p_def['horizon']} x {p_def['iterations']} it); "
                        f"encoder p50 + plan p95 against one 30 Hz frame ({FRAME_MS:.1f} ms)",
-                       ["precision", "candidates", "plan p50 ms", "plan p95 ms", "enc+plan ms", "within 30 Hz"], rows))
+                       ["precision", "search", "candidates", "plan p50 ms", "plan p95 ms", "enc+plan ms",
+                        "within 30 Hz"], rows))
     res["max_candidates_within_30hz"] = {
-        p: max([c["candidates"] for c in res["candidates"] if c["precision"] == p and c["within_30hz"]], default=0)
-        for p in PRECISIONS}
+        p + ("" if graph else "/eager"): max([c["candidates"] for c in res["candidates"]
+                                              if c["precision"] == p and c["cuda_graph"] == graph
+                                              and c["within_30hz"]], default=0)
+        for p, graph in [(p, True) for p in PRECISIONS] + [("fp32", False)]}
     out["gpu"] = res
     return "\n\n".join(texts)
