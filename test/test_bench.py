@@ -50,6 +50,20 @@ def test_bench_quick_encoder_and_gate(tiny_model, tmp_path, capsys):
     assert "== encoder" in r["tables"]
 
 
+def test_bench_quick_planner(tiny_model, tmp_path):
+    """The planner section's tables, the per-precision rows saying whether this CPU computes each
+    precision natively (--quick: fp32 alone; bf16 and fp16 take seconds a plan where emulated)."""
+    from ami_ros.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["bench", "--quick", "--sections", "planner", "--model", tiny_model, "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["planner"]
+    _positive(r["precision"]["fp32"], "n", "p50", "p95")
+    assert r["precision"]["fp32"]["native"] is True and r["precision"]["cpu_capability"]
+    assert set(r["precision"]) == {"fp32", "cpu_capability"}
+    assert r["default"] and r["grid"] and r["threads"]
+
+
 def test_bench_refuses_unknown_section(tiny_model, tmp_path):
     from ami_ros.cli import main
 

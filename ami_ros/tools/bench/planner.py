@@ -53,8 +53,11 @@ def bench_planner(folder: str, args, out: dict) -> str:
     texts = []
     threads0 = torch.get_num_threads()
 
+    # a model without a direct predictor plans with the rollout one where the settings do not say
+    base = {} if getattr(model, "has_direct", False) else {"predictor": "rollout"}
+
     def time_plan(**over):
-        pl = build_planner(model, arm, stack, dt, **over)
+        pl = build_planner(model, arm, stack, dt, **{**base, **over})
         goal = goal_for(pl)
         ts = time_calls(lambda: pl.plan(z_hist, goal, q0, prev, joint_state=joint_state), min_reps, max_reps,
                          budget, warmup=1)
@@ -74,9 +77,22 @@ def bench_planner(folder: str, args, out: dict) -> str:
                        f"x {stack['planner']['iterations']} it, flat CEM), torch threads (ms per plan)",
                        ["threads", "p50 ms", "p95 ms", "n"], rows))
 
+    # --- default config per planner.precision, and whether this CPU computes each natively ---
+    from ami_ros.core.planner import PRECISION_DTYPES
+
+    rows, res["precision"] = [], {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    for prec in (["fp32"] if quick else list(PRECISION_DTYPES)):   # reduced precision: seconds a plan where emulated
+        s, steps = time_plan(precision=prec)
+        warning = build_planner(model, arm, stack, dt, **base, precision=prec).precision_warning()
+        res["precision"][prec] = {**s, "native": warning is None}
+        rows.append([prec, s["p50"], s["p95"], s["n"], "yes" if warning is None else "no (emulated)"])
+    texts.append(table(f"planner: default config per planner.precision, threads={best_threads}, on "
+                       f"{res['precision']['cpu_capability']} (ms per plan)",
+                       ["precision", "p50 ms", "p95 ms", "n", "native here"], rows))
+
     # --- default config: CEM / MPPI, flat / hier, rollout / direct predictor, torch / onnx ---
     rows, res["default"] = [], {}
-    predictors = [stack["planner"].get("predictor", "rollout")]
+    predictors = [base.get("predictor", stack["planner"]["predictor"])]
     if getattr(model, "has_direct", False):
         predictors = sorted(set(predictors) | {"rollout", "direct"})
     variants = [("cem", "flat", pr, "torch") for pr in predictors] + [("mppi", "flat", predictors[0], "torch")]
