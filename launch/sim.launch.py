@@ -16,6 +16,7 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 from ami_ros.core.trajectory import CONTROLLER_STARTS
+from ami_ros.nodes.stack import SIM_PREFIX
 
 
 def generate_launch_description():
@@ -47,7 +48,7 @@ def generate_launch_description():
                                           "(commanded: its reference; measured: the joint state); the gate is told"),
 
         Node(package="ami_ros", executable="sim_node", name="sim_node", output="screen", on_exit=Shutdown(),
-             ros_arguments=["--enclave", "/ami_ros/sim_node"],
+             prefix=" ".join(SIM_PREFIX), ros_arguments=["--enclave", "/ami_ros/sim_node"],
              parameters=[LaunchConfiguration("sim_params"),
                          {"robot": LaunchConfiguration("robot"),
                           "joint_limits_file": LaunchConfiguration("joint_limits_file"),

@@ -141,6 +141,7 @@ def test_bench_graph_refuses_a_malformed_setting_before_starting_a_node(tmp_path
     assert params["sim"] == ["camera_rate_hz:=30.0", "robot:=ur5e", "seed:=3"]
     cmd = node_command("planner", params=params["planner"])
     assert cmd[1:3] == ["-m", "ami_ros.nodes.planner_node"] and cmd[-2:] == ["-p", "plan_budget:=0.5"]
+    assert node_command("sim")[:3] == ["nice", "-n", "5"]     # the simulator yields the CPU to the stack
     out = tmp_path / "g.json"
     assert main(["bench", "--sections", "graph", "--graph-set", "planner:plan_budget", "--out", str(out)]) == 0
     g = json.loads(out.read_text())["graph"]

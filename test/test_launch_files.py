@@ -227,6 +227,13 @@ def test_robot_launch_requires_the_controller_start():
     assert "controller_start" in LaunchFile(ROOT / "launch" / "robot.launch.py").required
 
 
+def test_the_simulator_is_launched_behind_the_stacks_prefix():
+    """sim.launch.py runs sim_node niced as the bench's node processes do (one SIM_PREFIX)."""
+    tree = ast.parse((ROOT / "launch" / "sim.launch.py").read_text())
+    sim = [c for c in calls(tree, "Node") if const_str(kwarg(c, "executable")) == "sim_node"]
+    assert len(sim) == 1 and "SIM_PREFIX" in ast.unparse(kwarg(sim[0], "prefix"))
+
+
 def test_gz_bridge_config():
     entries = yaml.safe_load((ROOT / "config" / "gz_bridge.yaml").read_text())
     assert isinstance(entries, list) and entries

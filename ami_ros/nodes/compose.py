@@ -80,6 +80,7 @@ def spin_node(make_node, args=None) -> None:
     inside it (rclpy's own handler raises KeyboardInterrupt wherever the main thread is, in a
     publish or in MuJoCo's renderer, and a second signal, the terminal's and the launcher's,
     would land in the cleanup). The exit status after a signal is 0."""
+    import gc
     import os
     import signal
     import sys
@@ -103,6 +104,11 @@ def spin_node(make_node, args=None) -> None:
                   file=sys.stderr, flush=True)
             rclpy.try_shutdown()
             sys.exit(1)
+        # what start-up made (the libraries, the model) lives as long as the process: frozen out of the
+        # collector's full passes, which walk every tracked object (0.11 s in the planner node on a 2-core
+        # EPYC, more than a planning period; about 0.01 s after this)
+        gc.collect()
+        gc.freeze()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         while not stop.is_set() and rclpy.ok():

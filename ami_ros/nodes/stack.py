@@ -21,6 +21,12 @@ from typing import Iterable
 
 KINDS = ("sim", "encoder", "planner", "safety")
 
+#: the simulator's process runs niced (sim.launch.py's prefix, :func:`node_command`): on a busy CPU
+#: the simulated world yields to the stack, as a real arm and camera cost the robot's computer
+#: nothing (on 2 cores the planner then missed 1 cycle in 6 runs of 120 s where it missed 7;
+#: docs/results.md section 7)
+SIM_PREFIX = ("nice", "-n", "5")
+
 
 def params_files() -> list[str]:
     """The package's parameter files of the four nodes, in KINDS order."""
@@ -41,13 +47,15 @@ def ros_args(extra_files: Iterable[str] = (), sets: Iterable[str] = ()) -> list[
 
 
 def node_command(kind: str, extra_files: Iterable[str] = (), params: Iterable[str] = ()) -> list[str]:
-    """The command line of node ``kind`` as a launch file runs it (its executable's main): the
-    package's parameter files, then ``extra_files``, then ``params`` (``PARAM:=VALUE``)."""
+    """The command line of node ``kind`` as a launch file runs it (its executable's main, the
+    simulator's behind :data:`SIM_PREFIX`): the package's parameter files, then ``extra_files``,
+    then ``params`` (``PARAM:=VALUE``)."""
     import sys
 
     if kind not in KINDS:
         raise ValueError(f"unknown node kind {kind!r}; known: {list(KINDS)}")
-    return [sys.executable, "-m", f"ami_ros.nodes.{kind}_node", *ros_args(extra_files, params)]
+    prefix = list(SIM_PREFIX) if kind == "sim" else []
+    return [*prefix, sys.executable, "-m", f"ami_ros.nodes.{kind}_node", *ros_args(extra_files, params)]
 
 
 def split_sets(sets: Iterable[str]) -> dict[str, list[str]]:
