@@ -243,7 +243,6 @@ class Planner:
         # the search's measured speed, for deadlines: of this machine and config, kept across goals
         self._rate: dict[tuple, float] = {}      # (chunk, T, C) -> seconds per candidate of one iteration
         self._tail: dict[tuple, float] = {}      # the same key -> seconds from its last iteration to plan()'s end
-        self._loop_end = (None, 0.0)             # the last search's key and when its iterations ended
         self._graphs: dict[tuple, list] = {}     # CUDA graphs of the flat search (see _graphed_flat)
         self._graph_failed: str | None = None    # why a capture failed (the search then runs eagerly)
         self.reset()
@@ -403,7 +402,7 @@ class Planner:
                 fine_steps = c.iterations * c.candidates * H
                 share = 1.0 - fine_steps / max(c.model_steps(), 1)
                 coarse_deadline = time.perf_counter() + share * (deadline - time.perf_counter())
-            a_c, coarse_cost, subgoals, n, it, nc = self._search(
+            a_c, coarse_cost, subgoals, n, it, nc, _ = self._search(
                 coarse_eval, mean_c, bound_c, c.coarse_candidates, c.coarse_elites, c.coarse_iterations, chunk=k,
                 deadline=coarse_deadline)
             steps += n
@@ -424,8 +423,8 @@ class Planner:
             def eval_fn(cand):
                 return fine_eval(cand, target, s, goal_tool)
 
-        actions, cost, predicted, n, it, nc = self._search(eval_fn, mean0, self.bound, c.candidates, c.elites,
-                                                           c.iterations, extra, deadline=deadline)
+        actions, cost, predicted, n, it, nc, loop_end = self._search(
+            eval_fn, mean0, self.bound, c.candidates, c.elites, c.iterations, extra, deadline=deadline)
         steps += n
         iters += it
         cut |= it < c.iterations or nc < c.candidates
@@ -436,7 +435,7 @@ class Planner:
         else:
             terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s, gdims, goal_tool)
         if deadline is not None:
-            self._measured(self._tail, self._loop_end[0], time.perf_counter() - self._loop_end[1])
+            self._measured(self._tail, loop_end[0], time.perf_counter() - loop_end[1])
         return PlanResult(
             actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,
@@ -562,14 +561,15 @@ class Planner:
         the time left holds at the measured rate (at least ``min(n, 2 * elites)``).
 
         Returns (plan (T, C), cost float, predicted embeddings, model steps spent, iterations run,
-        candidates per iteration).
+        candidates per iteration, (the speed table's key, perf_counter when the iterations ended) or
+        None without a deadline).
         """
         st = self._search_begin(mean, bound, evaluate, extra)
         mean = st[0]
         sync = deadline is not None and mean.device.type == "cuda"
         key = (chunk, *mean.shape)
         T_, C_ = mean.shape
-        ran, t_it = 0, time.perf_counter()
+        ran, t_it, loop_end = 0, time.perf_counter(), None
         for it in range(iterations):
             if deadline is not None:
                 if sync:
@@ -589,12 +589,12 @@ class Planner:
         if deadline is not None:
             if sync:
                 torch.cuda.synchronize(st[0].device)
-            self._loop_end = (key, time.perf_counter())
+            loop_end = (key, time.perf_counter())
             if ran == iterations:   # the last iteration's rate (that of one cut short is measured above)
-                self._measured(self._rate, key, (self._loop_end[1] - t_it) / n)
+                self._measured(self._rate, key, (loop_end[1] - t_it) / n)
         plan, cost, z = self._search_end(evaluate, st)
         steps = st[5] + z.shape[0]
-        return plan, float(cost), z, steps, ran, n
+        return plan, float(cost), z, steps, ran, n, loop_end
 
     # The search's pieces are tensor work only (no host round trip), so that a CUDA graph can hold
     # them. Its state: (mean (T, C), std (T, C), lowest cost seen (), its plan (T, C), its

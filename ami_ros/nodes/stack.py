@@ -23,8 +23,7 @@ KINDS = ("sim", "encoder", "planner", "safety")
 
 #: the simulator's process runs niced (sim.launch.py's prefix, :func:`node_command`): on a busy CPU
 #: the simulated world yields to the stack, as a real arm and camera cost the robot's computer
-#: nothing (on 2 cores the planner then missed 1 cycle in 6 runs of 120 s where it missed 7;
-#: docs/results.md section 7)
+#: nothing (its effect on the planner's missed cycles: docs/results.md section 7)
 SIM_PREFIX = ("nice", "-n", "5")
 
 
