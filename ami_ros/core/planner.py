@@ -370,7 +370,7 @@ class Planner:
         else:
             jq = jqd = None
 
-        predict, fine_eval = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
+        predict, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
         subgoals, coarse_cost, extra, subgoal_tool = None, None, None, None
         warm = self._shifted(self._warm, advance, A) if c.warm_start else None
         if c.mode == "flat":
@@ -429,11 +429,8 @@ class Planner:
         iters += it
         cut |= it < c.iterations or nc < c.candidates
         self._warm = actions
-        if c.mode == "flat":
-            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, goal_dims=gdims,
-                                        goal_tool=goal_tool)
-        else:
-            terms = self.cost.breakdown(predicted[None], actions[None], goal, q0, prev, target, s, gdims, goal_tool)
+        terms = plan_terms(actions, predicted) if c.mode == "flat" else \
+            plan_terms(actions, predicted, target, s, goal_tool)
         if deadline is not None:
             self._measured(self._tail, loop_end[0], time.perf_counter() - loop_end[1])
         return PlanResult(
@@ -446,7 +443,8 @@ class Planner:
     def _evaluators(self, z_hist, goal, q0, prev, jq, jqd, goal_tool):
         """The model and cost calls of one plan, over its inputs (:meth:`plan`'s, as tensors on the
         device; jq, jqd None unless ``predictor='direct'``): ``predict(cand, every)`` and
-        ``fine_eval(cand, subgoal, s, goal_tool)`` -> (cost (N,), predictions)."""
+        ``fine_eval(cand, subgoal, s, goal_tool)`` -> (cost (N,), predictions), and ``terms(plan, z,
+        subgoal, s, goal_tool)``: the cost's weighted terms of one plan (T, A) and its predictions."""
         c, m = self.config, self.model
         direct = c.predictor == "direct"
         gdims = slice(None) if direct else None          # direct: predictions are the goal space itself
@@ -470,7 +468,10 @@ class Planner:
             z = predict(cand)
             return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims, tool), z
 
-        return predict, fine_eval
+        def terms(plan: Tensor, z: Tensor, subgoal=None, s=-1, tool=goal_tool) -> dict:
+            return self.cost.breakdown(z[None], plan[None], goal, q0, prev, subgoal, s, gdims, tool)
+
+        return predict, fine_eval, terms
 
     # ---- the flat search as one CUDA graph ----
     def _graphable(self) -> bool:
@@ -506,13 +507,12 @@ class Planner:
                  for _ in range(c.iterations)]
 
         def flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean, *noise):
-            _, fine_eval = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
+            _, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
             st = self._search_begin(mean, self.bound)
             for eps in noise:
                 st = self._search_step(fine_eval, st, eps, self.bound, c.elites)
             plan, cost, z = self._search_end(fine_eval, st)
-            gdims = slice(None) if c.predictor == "direct" else None
-            terms = self.cost.breakdown(z[None], plan[None], goal, q0, prev, goal_dims=gdims, goal_tool=goal_tool)
+            terms = plan_terms(plan, z)
             return plan, cost, z, torch.cat([terms[k] for k in TERMS])
 
         if entry is None:
@@ -521,13 +521,13 @@ class Planner:
             try:
                 graph = CapturedGraph(flat, (*inputs, *noise))
             except RuntimeError as e:     # an operation that cannot be captured: plan eagerly from now on
-                self._graph_failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                self._graphs.clear()
-                self.cost.keep_out = boxes
-                plan, cost, z, terms = flat(*inputs, *noise)
-                return plan, float(cost), z, terms
+                graph, self._graph_failed = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             finally:
                 self.cost.keep_out = boxes
+            if graph is None:
+                self._graphs.clear()
+                plan, cost, z, terms = flat(*inputs, *noise)
+                return plan, float(cost), z, terms
             if len(self._graphs) >= 4:                     # a few kept (each holds its own memory pool)
                 self._graphs.pop(next(iter(self._graphs)))
             entry = self._graphs[key] = [captured, graph, boxes]   # the boxes captured, the graph, the boxes last seen
