@@ -371,6 +371,38 @@ def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_
         assert r["episodes"] == 2 and r["success_radius_m"] == 0.02 and len(r["per_episode"]) == 2
         assert r["successes"] == sum(e["final_m"] < 0.02 for e in r["per_episode"])
     assert push["scripted_pusher"]["cube_moved_episodes"] >= 1
+    seen = push["scripted_pusher"]["energy_sees_cube"]           # the planner's energy along the pusher's episodes
+    assert seen["frames"] == 2 * 80 // seen["every_steps"]
+    assert "energy_sees_cube" not in push["planner_flat"]
+    for r in push.values():     # the targets the gate's workspace test refuses, of one per control step
+        assert r["targets"] == 2 * 80 and 0 <= r["targets_outside_workspace"] <= r["targets"]
+        assert r["episodes_with_targets_outside_workspace"] <= 2
+        assert all(e["tool_closest_m"] > 0 for e in r["per_episode"])
+
+
+def test_cube_energy_watch_tells_an_energy_that_sees_the_cube_from_one_that_does_not():
+    """Along the scripted pusher's episodes: an 'embedding' made of the frame's pixels orders the
+    scenes as the cube's distance to its goal does, and its cube part is near 0 at the goal; one
+    that ignores the image has no order to give (None), whatever the frames."""
+    import torch
+
+    from ami_ros.core.stack_config import action_bound
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import CubeEnergyWatch, ScriptedPusher, run_push_episode
+
+    arm = load_arm()
+    pixels = CubeEnergyWatch(lambda img: img.flatten(1), every=2)
+    blind = CubeEnergyWatch(lambda img: torch.zeros(len(img), 8), every=2)
+    with ArmSim(arm, seed=0) as sim:
+        pusher = ScriptedPusher(sim, action_bound(arm, 0.1, 0.5))
+        for watch in (pixels, blind):
+            for i in range(3):
+                run_push_episode(sim, pusher, np.random.default_rng([5, i]), watch=watch)
+    f, b = pixels.figures(), blind.figures()
+    assert f["frames"] == b["frames"] == 3 * 40
+    assert f["rank_corr_cube_part_vs_cube_distance"] > 0.5, f
+    assert f["cube_part_median_near"] is None or f["cube_part_median_near"] < f["cube_part_median_far"], f
+    assert b["rank_corr_cube_part_vs_cube_distance"] is None and b["rank_corr_frame_energy_vs_cube_distance"] is None
 
 
 def test_eval_runs_in_a_cells_scene_and_refuses_a_bad_variation(tmp_path, capsys):

@@ -265,6 +265,18 @@ def test_keep_out_and_workspace():
     assert not r.ok and r.reason == "workspace", r.message
 
 
+def test_configurations_inside_is_the_gates_workspace_test():
+    """SafetySpec.configurations_inside says of a pose what the gate says of holding it: home
+    inside; the arm dived into the table outside (the gate refuses it for the workspace); the first
+    link's volume exempt below the floor for either."""
+    dive = HOME + [0, 0.9, 0.5, 0, 0, 0]
+    assert SPEC.configurations_inside(np.vstack([HOME, dive])).tolist() == [True, False]
+    g = Gate(SPEC)
+    for q, inside in ((HOME, True), (dive, False)):
+        r = g.gate(Trajectory(NAMES, np.array([0.1]), q[None]), q, 0.0)
+        assert r.ok == inside and (inside or r.reason == "workspace"), r.message
+
+
 def _reach_toward(box_y: float, clearance: float, q0=None):
     """A keep-out box beside the straight-up arm, ``clearance`` m from the centre line of the
     upper arm (which is at x = y = 0 when all joints are 0), and a short move at q = 0."""

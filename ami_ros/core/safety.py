@@ -324,6 +324,26 @@ class SafetySpec:
         """The workspace box less the workspace margin."""
         return self.hard.workspace.grown(-self.tunables.workspace_margin)
 
+    def volumes_inside(self, a: np.ndarray, b: np.ndarray, r: np.ndarray, margin=None) -> np.ndarray:
+        """The gate's workspace test: link volumes as ``arm.capsules_at(q, tool_point=True)`` gives them,
+        end points (S, C+1, 3) x2 and radii (C+1,), and ``margin`` (S,) m more (the motion between path
+        samples; None: 0) -> (S, C+1) bool, each volume and the tool point (last) inside the workspace
+        less the workspace margin."""
+        ws = self.workspace
+        margin = np.zeros(a.shape[0]) if margin is None else np.asarray(margin, dtype=np.float64)
+        pad = margin[:, None, None] + r[None, :, None]       # (S, C+1, 1)
+        inside = np.all((np.minimum(a, b) >= ws.lo + pad) & (np.maximum(a, b) <= ws.hi - pad), axis=-1)
+        # the first link only turns about the base, where the arm is mounted: its volume may reach into
+        # the mount below the workspace floor (a UR's shoulder housing); keep-out boxes still apply to it
+        inside[:, :-1] |= self.arm.on_first_link                   # (the tool point, last, is not exempt)
+        return inside
+
+    def configurations_inside(self, q: np.ndarray) -> np.ndarray:
+        """(S, A) joint positions -> (S,) bool: every link volume and the tool point inside the
+        workspace less its margin (:meth:`volumes_inside`) with the arm held there."""
+        q = np.atleast_2d(np.asarray(q, dtype=np.float64))
+        return self.volumes_inside(*self.arm.capsules_at(q, tool_point=True)).all(-1)
+
     @property
     def keep_out(self) -> tuple[Box, ...]:
         """The keep-out boxes grown by the workspace margin."""
@@ -950,10 +970,7 @@ class Gate:
         vols = [c.link for c in spec.arm.capsules] + ["tool point"]
         ws = spec.workspace
         pad = margin[:, None, None] + r[None, :, None]       # (S, C+1, 1)
-        inside = np.all((np.minimum(a, b) >= ws.lo + pad) & (np.maximum(a, b) <= ws.hi - pad), axis=-1)
-        # the first link only turns about the base, where the arm is mounted: its volume may reach into
-        # the mount below the workspace floor (a UR's shoulder housing); keep-out boxes still apply to it
-        inside[:, :-1] |= spec.arm.on_first_link                   # (the tool point, last, is not exempt)
+        inside = spec.volumes_inside(a, b, r, margin)
         if not np.all(inside):
             k, l = np.argwhere(~inside)[0]
             return "workspace", (f"{_volume(vols, r, l)} at {np.round(a[k, l], 4).tolist()} -> "

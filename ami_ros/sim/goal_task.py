@@ -285,40 +285,112 @@ class PushResult:
     closest_distance: float
     moved: float                   # m: how far the cube moved from its start
     plan_times: list = field(default_factory=list)
+    tool_closest: float = float("nan")   # m: the tool's closest approach to the cube's centre (did it go there?)
+    targets: np.ndarray | None = None    # (steps, A) the joint targets commanded, one per control step
 
 
-def run_push_episode(sim, agent, rng: np.random.Generator, dt: float = 0.1, task: Push = PUSH) -> PushResult:
+def run_push_episode(sim, agent, rng: np.random.Generator, dt: float = 0.1, task: Push = PUSH,
+                     watch: "CubeEnergyWatch | None" = None) -> PushResult:
     """One push episode: the agent sees camera frames, joint states and the goal image (the
     scene with the cube at its goal, the arm at its start); an agent with ``push_goal`` (the
-    scripted pusher) is also told the goal position."""
+    scripted pusher) is also told the goal position. ``watch`` measures the scene each step."""
     q0, start, goal = draw_push(sim, rng, task)
     if hasattr(agent, "set_keep_out"):
         agent.set_keep_out(())
     sim.reset(q0, cube_xy=start)
     pose = sim.cube_pose()
     pose[:2] = goal
-    agent.reset(sim.render_configuration(q0, cube_pose=pose), None)
+    goal_image = sim.render_configuration(q0, cube_pose=pose)
+    agent.reset(goal_image, None)
     if hasattr(agent, "push_goal"):
         agent.push_goal = goal
+    if watch is not None:
+        watch.begin(goal_image, q0, goal)
     q_cmd = sim.joint_positions()
     cube = lambda: sim.cube_pose()[:2]  # noqa: E731
     d0 = float(np.linalg.norm(cube() - goal))
     steps_ok, times, closest = None, [], d0
+    tool_closest = float(np.linalg.norm(sim.tool_position() - sim.cube_pose()[:3]))
+    targets = []
     for k in range(task.steps):
         frame = sim.render()
+        if watch is not None:
+            watch.see(k, sim, frame)
         t = time.perf_counter()
         actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
         if getattr(agent, "planning", True):
             times.append(time.perf_counter() - t)
         q_cmd = command_actions(sim, q_cmd, actions, dt)
+        targets.append(q_cmd)
         sim.step(dt)
         d = float(np.linalg.norm(cube() - goal))
         closest = min(closest, d)
+        tool_closest = min(tool_closest, float(np.linalg.norm(sim.tool_position() - sim.cube_pose()[:3])))
         if steps_ok is None and d < task.success_radius:
             steps_ok = k + 1
     final = float(np.linalg.norm(cube() - goal))
     return PushResult(final < task.success_radius, steps_ok, final, d0, closest,
-                      float(np.linalg.norm(cube() - start)), times)
+                      float(np.linalg.norm(cube() - start)), times, tool_closest, np.array(targets))
+
+
+class CubeEnergyWatch:
+    """Whether a model's goal energy sees the cube, measured along push episodes (those of the
+    scripted pusher, which moves it): every ``every`` control steps, the energy (mean squared
+    distance in the goal space, ``encode``: image (B,3,S,S) -> (B,G), to the goal image's) of the
+    frame as the camera sees it, and of the same scene with the arm put back at its start pose,
+    where the goal image shows it: what is left of the energy there is the cube's part. Each
+    beside the cube's true distance to its goal (the simulator's pose measures; nothing steers).
+
+    :meth:`figures`: the rank correlation (Spearman) of each energy with that distance (1: the
+    energy orders the scenes as the cube's distance does), and the cube's part where the cube is
+    within 2 cm of its goal and where it is over 8 cm away."""
+
+    NEAR, FAR = 0.02, 0.08      # m
+
+    def __init__(self, encode, every: int = 4):
+        self.encode, self.every = encode, every
+        self.rows: list[tuple[float, float, float]] = []     # (cube's distance, frame energy, cube's part)
+        self._goal = self._q0 = self._xy = None
+
+    def _energy(self, images: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z = self.encode(image_to_tensor(images))
+        return ((z - self._goal) ** 2).mean(-1).cpu().numpy()
+
+    def begin(self, goal_image: np.ndarray, q0: np.ndarray, goal_xy: np.ndarray) -> None:
+        with torch.no_grad():
+            self._goal = self.encode(image_to_tensor(goal_image[None]))[0]
+        self._q0, self._xy = np.asarray(q0, dtype=np.float64), np.asarray(goal_xy, dtype=np.float64)
+
+    def see(self, step: int, sim, frame: np.ndarray) -> None:
+        if step % self.every:
+            return
+        cube = sim.cube_pose()
+        e = self._energy(np.stack([frame, sim.render_configuration(self._q0, cube_pose=cube)]))
+        self.rows.append((float(np.linalg.norm(cube[:2] - self._xy)), float(e[0]), float(e[1])))
+
+    def figures(self) -> dict:
+        r = np.array(self.rows).reshape(-1, 3)
+        d, frame, part = r.T
+        near, far = part[d < self.NEAR], part[d > self.FAR]
+        return {"frames": len(r), "every_steps": self.every,
+                "rank_corr_frame_energy_vs_cube_distance": _spearman(frame, d),
+                "rank_corr_cube_part_vs_cube_distance": _spearman(part, d),
+                "cube_part_median_near": float(np.median(near)) if len(near) else None,
+                "cube_part_median_far": float(np.median(far)) if len(far) else None,
+                "frame_energy_median": float(np.median(frame)) if len(r) else None,
+                "near_m": self.NEAR, "far_m": self.FAR}
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman's rank correlation (Pearson's of the ranks; ties are not averaged: these are
+    continuous measures), None with fewer than 3 pairs or a constant series."""
+    if len(a) < 3:
+        return None
+    ra, rb = (np.argsort(np.argsort(x)).astype(np.float64) for x in (a, b))
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 class ScriptedPusher:

@@ -230,23 +230,34 @@ def run(args) -> int:
 
 def _push_split(sim, agents: dict, bound, dt: float, args) -> dict:
     """The push split: the planners as configured (their goal, the goal image), random, and the
-    scripted pusher that reads the cube's true pose (in place of the oracle)."""
+    scripted pusher that reads the cube's true pose (in place of the oracle). Along the scripted
+    pusher's episodes, whether the first planner's goal energy sees the cube it moves
+    (``energy_sees_cube``, :class:`~ami_ros.sim.goal_task.CubeEnergyWatch`). The agents' targets
+    go to the simulator as in the other splits, without the gate; each agent's count of those the
+    gate's workspace test refuses (``targets_outside_workspace``) says which pushes the stack
+    could make."""
     import numpy as np
     from tqdm import tqdm
 
-    from ami_ros.sim.goal_task import PUSH, OracleAgent, ScriptedPusher, run_push_episode
+    from ami_ros.core.safety import SafetySpec
+    from ami_ros.sim.goal_task import (PUSH, CubeEnergyWatch, OracleAgent, ScriptedPusher, WorldModelAgent,
+                                      run_push_episode)
 
+    safety = SafetySpec.load(None, arm=sim.spec)     # the gate's workspace, to count the targets it would refuse
     agents = {k: a for k, a in agents.items() if not isinstance(a, OracleAgent)}
+    planner = next((a for a in agents.values() if isinstance(a, WorldModelAgent)), None)
     if not args.no_references:
         agents["scripted_pusher"] = ScriptedPusher(sim, bound)
     out = {}
     for name, agent in agents.items():
         rng = np.random.default_rng([args.seed, 4])
         sim.rng = np.random.default_rng([args.seed, 4, 7])
-        eps = [run_push_episode(sim, agent, rng, dt) for _ in tqdm(range(args.episodes), desc=f"push {name:14s}",
-                                                                    unit="ep", leave=False)]
+        watch = CubeEnergyWatch(planner.planner.encode_goal) if name == "scripted_pusher" and planner else None
+        eps = [run_push_episode(sim, agent, rng, dt, watch=watch)
+               for _ in tqdm(range(args.episodes), desc=f"push {name:14s}", unit="ep", leave=False)]
         ok = [e for e in eps if e.success]
         times = np.array([t for e in eps for t in e.plan_times]) * 1000
+        outside = [int((~safety.configurations_inside(e.targets)).sum()) for e in eps]
         r = out[name] = {
             "success_rate": len(ok) / len(eps), "successes": len(ok), "episodes": len(eps),
             "success_radius_m": PUSH.success_radius,
@@ -254,14 +265,29 @@ def _push_split(sim, agents: dict, bound, dt: float, args) -> dict:
             "final_distance_m_median": float(np.median([e.final_distance for e in eps])),
             "start_distance_m_median": float(np.median([e.start_distance for e in eps])),
             "cube_moved_episodes": sum(e.moved > 0.01 for e in eps),
+            "tool_closest_to_cube_m_median": float(np.median([e.tool_closest for e in eps])),
+            "targets_outside_workspace": sum(outside), "targets": sum(len(e.targets) for e in eps),
+            "episodes_with_targets_outside_workspace": sum(n > 0 for n in outside),
             "plan_ms_median": float(np.median(times)) if len(times) else None,
             "per_episode": [{"success": e.success, "start_m": round(e.start_distance, 4),
                              "final_m": round(e.final_distance, 4), "closest_m": round(e.closest_distance, 4),
-                             "moved_m": round(e.moved, 4)} for e in eps]}
+                             "moved_m": round(e.moved, 4), "tool_closest_m": round(e.tool_closest, 4)} for e in eps]}
         print(f"push {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
               f"cube's final distance {100 * r['final_distance_m_median']:.1f} cm (start "
-              f"{100 * r['start_distance_m_median']:.1f})  cube moved (> 1 cm) in {r['cube_moved_episodes']}"
+              f"{100 * r['start_distance_m_median']:.1f})  cube moved (> 1 cm) in {r['cube_moved_episodes']}  tool's closest "
+              f"to it {100 * r['tool_closest_to_cube_m_median']:.1f} cm  targets the gate's workspace refuses "
+              f"{r['targets_outside_workspace']} of {r['targets']} (in {r['episodes_with_targets_outside_workspace']} "
+              f"episodes)"
               + (f"  plan {r['plan_ms_median']:.1f} ms" if r["plan_ms_median"] is not None else ""), flush=True)
+        if watch is not None:
+            w = r["energy_sees_cube"] = watch.figures()
+            fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731
+            print(f"push energy: along the scripted pusher's {w['frames']} frames, rank correlation with the cube's "
+                  f"distance to its goal: the frame's energy {fmt(w['rank_corr_frame_energy_vs_cube_distance'])}, "
+                  f"the cube's part (the arm put back at its start) {fmt(w['rank_corr_cube_part_vs_cube_distance'])}; "
+                  f"the cube's part within {100 * w['near_m']:g} cm {fmt(w['cube_part_median_near'])}, over "
+                  f"{100 * w['far_m']:g} cm {fmt(w['cube_part_median_far'])} (the frame's energy, median: "
+                  f"{fmt(w['frame_energy_median'])})", flush=True)
     return out
 
 
