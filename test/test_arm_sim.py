@@ -84,9 +84,26 @@ def test_a_cell_variation_changes_the_scene_and_its_hash_and_the_default_is_the_
     with ArmSim(arm, seed=3, variation=Variation(cube_rgb=(0.8, 0.2, 0.15))) as c, ArmSim(arm, seed=3) as d:
         diff = np.abs(c.render().astype(int) - d.render().astype(int)).sum(-1) > 30
         assert 0 < diff.mean() < 0.05                                      # the cube's pixels only
-    for bad in (dict(camera_offset=(0.5, 0, 0)), dict(light=0.0), dict(cube_rgb=(1.2, 0, 0)), dict(table_rgb=(0, 0))):
+    for bad in (dict(camera_offset=(0.5, 0, 0)), dict(light=0.0), dict(cube_rgb=(1.2, 0, 0)), dict(table_rgb=(0, 0)),
+                dict(cube_size=(0.05, 0.5)), dict(cube_size=(0.05,)), dict(cube_size=(0.01, 0.05))):
         with pytest.raises(ValueError):
             Variation(**bad)
+
+
+def test_a_taller_block_stands_on_the_table_and_the_camera_sees_all_of_it():
+    """--cube-size: the block rests on the table at half its height (it does not sink or drop when
+    the simulation runs), the cube's visible share counts its own faces, and the scene is another's."""
+    from ami_ros.core.arm import load_arm
+    from ami_ros.sim.scene import Variation, scene_hash
+
+    arm = load_arm()
+    tall = Variation(cube_size=(0.12, 0.14))
+    assert scene_hash(arm, tall) != scene_hash(arm) and np.allclose(tall.cube_half, [0.06, 0.06, 0.07])
+    with ArmSim(arm, seed=3, variation=tall) as sim:
+        sim.reset(cube_xy=np.array([0.5, 0.1]))
+        sim.step(0.5)
+        assert abs(sim.cube_pose()[2] - 0.07) < 0.003, sim.cube_pose()
+        assert sim.cube_visible_fraction() > 0.5
 
 
 def test_a_cube_off_the_table_comes_to_rest_on_the_floor():

@@ -19,7 +19,7 @@ import numpy as np
 
 from ami_ros.core.arm import ArmSpec, load_arm
 from ami_ros.core.trajectory import CONTROLLER_STARTS, Trajectory, TrajectorySampler, validate
-from ami_ros.sim.scene import CAMERA, CUBE_HALF, Variation, build_model
+from ami_ros.sim.scene import CAMERA, Variation, build_model
 
 # Where resets put the cube and draw joint configurations (a region the camera sees).
 CUBE_X = (0.30, 0.60)
@@ -71,6 +71,7 @@ class ArmSim:
         self.camera_name = CAMERA[0]
         self.model = build_model(self.spec, timestep=timestep, offscreen=(max(640, width), max(480, height)),
                                  variation=variation)
+        self.cube_half = (variation or Variation()).cube_half        # (3,) m: the block's half extents
         self.data = mujoco.MjData(self.model)
         self._qadr = np.array([self.model.jnt_qposadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])
@@ -131,10 +132,10 @@ class ArmSim:
         for ax in range(3):
             for sign in (-1.0, 1.0):
                 normal = axes[:, ax] * sign
-                face = centre + normal * CUBE_HALF
+                face = centre + normal * self.cube_half[ax]
                 if np.dot(normal, cam - face) <= 0.0:
                     continue                                               # turned away from the camera
-                a1, a2 = (axes[:, k] * CUBE_HALF for k in range(3) if k != ax)
+                a1, a2 = (axes[:, k] * self.cube_half[k] for k in range(3) if k != ax)
                 for u in _FACE_GRID:
                     for v in _FACE_GRID:
                         p = face + a1 * u + a2 * v
@@ -178,7 +179,7 @@ class ArmSim:
         if cube_xy is None:
             cube_xy = (self.rng.uniform(*CUBE_X), self.rng.uniform(*CUBE_Y))
         yaw = self.rng.uniform(-np.pi, np.pi)
-        self.data.qpos[self._cube_q:self._cube_q + 7] = [cube_xy[0], cube_xy[1], CUBE_HALF,
+        self.data.qpos[self._cube_q:self._cube_q + 7] = [cube_xy[0], cube_xy[1], self.cube_half[2],
                                                           np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
         self._set_command(q)
         self._hold, self._sampler = q.copy(), None

@@ -32,7 +32,6 @@ from ami_ros.core.planner import Planner
 from ami_ros.core.safety import Box, links_enter_box
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.core.world_model import image_to_tensor
-from ami_ros.sim.scene import CUBE_HALF
 
 # A keep-out box standing on the table across the arm's front (m, base frame).
 WALL = Box("wall", np.array([0.2, -0.03, 0.0]), np.array([0.9, 0.03, 0.30]))
@@ -401,7 +400,7 @@ class ScriptedPusher:
     down. Joint targets by damped least squares on the arm's Jacobian, within the action bound."""
 
     planning = False
-    RISE = 0.12          # m: the height the tool travels at when going round to the cube's far side
+    RISE = 0.07          # m above the cube's top: the height the tool travels at going round to its far side
     BEHIND = 0.035       # m: how far behind the cube's face the tool starts a push
     STEP = 0.03          # m: the most the tool's target moves per control step
     DAMPING = 0.05
@@ -422,17 +421,18 @@ class ScriptedPusher:
         if np.linalg.norm(d) < 0.005:
             return tool
         u = d / np.linalg.norm(d)
-        z = CUBE_HALF
+        half, z = self.sim.cube_half[0], self.sim.cube_half[2]      # its half width, and its mid-height
         rel = tool[:2] - cube
         along, across = float(rel @ u), float(rel @ np.array([-u[1], u[0]]))
-        behind = cube - u * (CUBE_HALF + self.BEHIND)
-        if along < -CUBE_HALF and abs(across) < 0.015 and tool[2] < z + 0.03:   # lined up behind it: push
-            return np.array([*(cube + u * min(np.linalg.norm(d), self.STEP + CUBE_HALF)), z])
+        behind = cube - u * (half + self.BEHIND)
+        if along < -half and abs(across) < 0.015 and tool[2] < z + 0.03:   # lined up behind it: push
+            return np.array([*(cube + u * min(np.linalg.norm(d), self.STEP + half)), z])
         if np.linalg.norm(tool[:2] - behind) < 0.01:                            # above the start of a push: down
             return np.array([*behind, z])
-        if tool[2] < self.RISE - 0.01 and np.linalg.norm(tool[:2] - behind) > 0.02:   # up first
-            return np.array([*tool[:2], self.RISE])
-        return np.array([*behind, self.RISE])
+        rise = 2 * z + self.RISE
+        if tool[2] < rise - 0.01 and np.linalg.norm(tool[:2] - behind) > 0.02:   # up first
+            return np.array([*tool[:2], rise])
+        return np.array([*behind, rise])
 
     def act(self, stamp, frame, q, qd, q_cmd):
         arm = self.sim.spec

@@ -69,9 +69,10 @@ class Variation:
     light: float = 1.0                                           # scale of the lights' intensity
     cube_rgb: tuple[float, float, float] = (0.1, 0.75, 0.2)
     table_rgb: tuple[float, float, float] = (0.42, 0.36, 0.30)   # the table's checker (its second colour darker)
+    cube_size: tuple[float, float] = (2 * CUBE_HALF, 2 * CUBE_HALF)   # m: the block's edge (square footprint), height
 
     def __post_init__(self):
-        for name, n in (("camera_offset", 3), ("cube_rgb", 3), ("table_rgb", 3)):
+        for name, n in (("camera_offset", 3), ("cube_rgb", 3), ("table_rgb", 3), ("cube_size", 2)):
             v = getattr(self, name)
             if len(v) != n or not all(np.isfinite(x) for x in v):
                 raise ValueError(f"{name}: need {n} finite numbers, got {v}")
@@ -83,6 +84,15 @@ class Variation:
         for name in ("cube_rgb", "table_rgb"):
             if not all(0.0 <= x <= 1.0 for x in getattr(self, name)):
                 raise ValueError(f"{name} {getattr(self, name)}: each in [0, 1]")
+        edge, height = self.cube_size
+        if not (0.02 <= edge <= 0.15 and 0.02 <= height <= 0.3):
+            raise ValueError(f"cube_size {self.cube_size}: edge 0.02-0.15 m, height 0.02-0.3 m")
+
+    @property
+    def cube_half(self) -> np.ndarray:
+        """(3,) the block's half extents along its own axes (m): x, y, then up."""
+        edge, height = self.cube_size
+        return np.array([edge / 2, edge / 2, height / 2])
 
     @property
     def is_default(self) -> bool:
@@ -195,9 +205,10 @@ def build_model(spec: ArmSpec, *, timestep: float = 0.002, offscreen=(640, 480),
             a.ctrlrange, a.ctrllimited = [lim.min_position, lim.max_position], mujoco.mjtLimited.mjLIMITED_TRUE
     for name in spec.joint_names:   # the servo's velocity feed-forward (SERVO; ArmSim sets it from the reference's velocity)
         scene.add_actuator(name=f"{name}_ff", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT).set_to_motor()
-    cube = scene.worldbody.add_body(name="cube", pos=[0.45, 0.15, CUBE_HALF])
+    half = variation.cube_half
+    cube = scene.worldbody.add_body(name="cube", pos=[0.45, 0.15, half[2]])
     cube.add_freejoint(name="cube")
-    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3, rgba=[*variation.cube_rgb, 1],
+    cube.add_geom(name="cube", type=mujoco.mjtGeom.mjGEOM_BOX, size=half.tolist(), rgba=[*variation.cube_rgb, 1],
                   mass=0.1, contype=1, conaffinity=3, friction=[0.8, 0.01, 0.001])
     name, pos, target, fovy = camera_of(spec)
     pos = tuple(float(p + o) for p, o in zip(pos, variation.camera_offset))   # it still looks at its target

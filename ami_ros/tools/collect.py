@@ -52,6 +52,8 @@ def add_variation_arguments(p: argparse.ArgumentParser, where: str) -> None:
     v.add_argument("--light", type=float, default=None, help="scale of the room's light, 0.2 to 3 (default 1)")
     v.add_argument("--cube-rgb", default=None, metavar="R,G,B", help="the cube's colour, each in [0, 1]")
     v.add_argument("--table-rgb", default=None, metavar="R,G,B", help="the table's colour, each in [0, 1]")
+    v.add_argument("--cube-size", default=None, metavar="EDGE,HEIGHT",
+                   help="the block's edge (square footprint, 0.02-0.15) and height (0.02-0.3), m (default 0.05,0.05)")
 
 
 def variation_from_args(args):
@@ -59,13 +61,13 @@ def variation_from_args(args):
     from ami_ros.sim.scene import Variation
 
     kw = {}
-    for name in ("camera_offset", "cube_rgb", "table_rgb"):
-        text = getattr(args, name)
+    for name, n in (("camera_offset", "three"), ("cube_rgb", "three"), ("table_rgb", "three"), ("cube_size", "two")):
+        text = getattr(args, name, None)
         if text is not None:
             try:
                 kw[name] = tuple(float(x) for x in text.split(","))
             except ValueError:
-                raise ValueError(f"--{name.replace('_', '-')} {text!r}: three comma-separated numbers") from None
+                raise ValueError(f"--{name.replace('_', '-')} {text!r}: {n} comma-separated numbers") from None
     if args.light is not None:
         kw["light"] = args.light
     return Variation(**kw)
