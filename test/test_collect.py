@@ -111,12 +111,14 @@ def test_refuses_a_probability_outside_0_1(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_pushes_move_the_cube(tmp_path):
+@pytest.mark.parametrize("block", [None, "0.12,0.14"])
+def test_pushes_move_the_cube(tmp_path, block):
     """--push-prob 1: every exploration target is a push, and the recorded cube moves
-    (without pushes it stays where it was put in nearly every episode)."""
+    (without pushes it stays where it was put in nearly every episode); a taller, wider block
+    (--cube-size) is pushed too: the pushes aim at its size."""
     d = tmp_path / "push"
     assert collect("--episodes", "2", "--out", str(d), "--steps", "80", "--seed", "5", "--push-prob", "1",
-                   "--width", "32", "--height", "24") == 0
+                   "--width", "32", "--height", "24", *(("--cube-size", block) if block else ())) == 0
     index = yaml.safe_load((d / "index.yaml").read_text())
     assert index["push_prob"] == 1.0
     for entry in index["episodes"]:

@@ -91,7 +91,8 @@ class Explorer:
     """Smooth random joint-target exploration for one episode (its own RNG); with
     ``push_prob`` > 0 some targets are pushes of the cube (three waypoints in a row)."""
 
-    PUSH_HEIGHT = 0.03      # m, tool point above the table while pushing (the cube is 0.05 high)
+    # for the shipped 5 cm cube; a bigger block (--cube-size) moves them by its size's difference
+    PUSH_HEIGHT = 0.03      # m, tool point above the table while pushing (or the block's mid-height if higher)
     PUSH_BEHIND = 0.09      # m, start this far behind the cube's centre
     PUSH_THROUGH = (0.04, 0.12)  # m, end this far beyond it
     PUSH_CLEARANCE = 0.035  # m, the other links' lowest allowed height in a push pose
@@ -126,15 +127,19 @@ class Explorer:
     def _push_waypoints(self) -> list:
         """Joint targets above-behind, down-behind and through the cube, or [] if the
         inverse kinematics finds no pose that keeps the arm's other links off the table."""
+        from ami_ros.sim.scene import CUBE_HALF
+
         np, spec = self.np, self.sim.spec
         cube = self.sim.cube_pose()[:3]
         if not (0.25 <= cube[0] <= 0.7 and abs(cube[1]) <= 0.4):   # pushed out of the work area: leave it
             return []
+        wider, taller = self.sim.cube_half[0] - CUBE_HALF, self.sim.cube_half[2] - CUBE_HALF   # 0 for the cube
         a = self.rng.uniform(-np.pi, np.pi)
         u = np.array([np.cos(a), np.sin(a), 0.0])
-        behind = cube[:2] - self.PUSH_BEHIND * u[:2]
-        through = cube[:2] + self.rng.uniform(*self.PUSH_THROUGH) * u[:2]
-        points = [(behind, cube[2] + 0.08), (behind, self.PUSH_HEIGHT), (through, self.PUSH_HEIGHT)]  # (xy, z)
+        behind = cube[:2] - (self.PUSH_BEHIND + wider) * u[:2]
+        through = cube[:2] + (self.rng.uniform(*self.PUSH_THROUGH) + wider) * u[:2]
+        height = max(self.PUSH_HEIGHT, self.sim.cube_half[2])
+        points = [(behind, cube[2] + 0.08 + taller), (behind, height), (through, height)]  # (xy, z)
         q, out = self.q_cmd, []
         for xy, z in points:
             q, err = spec.solve_tool_position(np.array([xy[0], xy[1], z]), q)
