@@ -129,6 +129,7 @@ def test_pushes_move_the_cube(tmp_path, block):
     from ami_ros.tools.train import collection_record   # what a model card says of this data
     rec = collection_record(str(d))
     assert rec["push_prob"] == 1.0 and "--push-prob 1.0 " in rec["command"]
+    assert (f"--cube-size={block} " in rec["command"]) == bool(block) and ("variation" in rec) == bool(block)
 
 
 def test_target_jitter_reaches_the_workspace_edges_clear_of_the_table(tmp_path, capsys):

@@ -136,11 +136,19 @@ def collection_record(folder) -> dict | None:
     rec["push_prob"] = idx.get("push_prob", 0.0)
     rec["target_jitter"] = idx.get("target_jitter", 0.0)
     rec["episodes"] = len(idx.get("episodes", []))
+    from ami_ros.sim.scene import Variation
+
+    shipped = Variation().as_dict()          # a cell's scene: the options that differ from the shipped one
+    changed = {k: v for k, v in (idx.get("variation") or {}).items() if k in shipped and v != shipped[k]}
+    if changed:
+        rec["variation"] = changed
     rec["command"] = (f"ami-ros collect --episodes {rec['episodes']} --steps {rec['steps']} --seed {rec['seed']} "
                       f"--width {rec['width']} --height {rec['height']} --camera-hz {rec['camera_hz']} "
                       f"--joint-state-hz {rec['joint_state_hz']} --control-hz {rec['control_hz']} "
                       + (f"--push-prob {rec['push_prob']} " if rec["push_prob"] else "")
                       + (f"--target-jitter {rec['target_jitter']} " if rec["target_jitter"] else "")
+                      + "".join(f"--{k.replace('_', '-')}=" + (",".join(f"{x:g}" for x in v) if isinstance(v, list)
+                                                              else f"{v:g}") + " " for k, v in changed.items())
                       + "--out DIR")
     return rec
 
