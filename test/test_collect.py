@@ -265,6 +265,24 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     assert e.card["training"]["frame_skip"] == 2
     for k, v in a.torch_model.encoder.state_dict().items():      # learning rate 0: the weights it started from
         assert torch.equal(v, e.torch_model.encoder.state_dict()[k]), k
+    # stage 1 alone with a frame skip: its predictors step that many ticks, which the card says, its
+    # prediction figures are scored at, and a one-tick planner refuses; stage 2 makes them one-tick
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.stack_config import build_planner, load_stack_config
+
+    sixth, seventh = str(tmp_path / "sixth"), str(tmp_path / "seventh")
+    assert train(*common, "--out", sixth, "--epochs", "1", "--steps-per-epoch", "1", "--frame-skip", "2",
+                 "--refine-steps", "0") == 0
+    f = load_model(sixth, "torch")
+    assert f.cfg.predictor_ticks == 2 and f.card["config"]["predictor_ticks"] == 2
+    assert "pred_over_copy_10" in f.card["metrics"] and "pred_over_copy_1" not in f.card["metrics"]
+    arm, stack = load_arm(), load_stack_config(None)
+    with pytest.raises(ValueError, match="step 2"):
+        build_planner(f, arm, stack, 0.1, predictor="rollout")
+    assert train(*common, "--out", seventh, "--encoder-from", sixth, "--keep-predictors") == 0
+    g = load_model(seventh, "torch")
+    assert g.cfg.predictor_ticks == 1 and "pred_over_copy_1" in g.card["metrics"]
+    build_planner(g, arm, stack, 0.1, predictor="rollout")
     assert train(*common, "--out", str(tmp_path / "x"), "--init-from", first, "--encoder-from", first) == 2
     assert train(*common, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "nowhere")) == 2
     assert train(*common, "--out", str(tmp_path / "x"), "--frame-skip", "0") == 2

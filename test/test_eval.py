@@ -358,6 +358,52 @@ def test_push_task_goal_image_shows_the_cube_moved_and_the_scripted_pusher_moves
         assert sum(e.success for e in eps) == 0
 
 
+def test_push_demo_goal_is_the_scripted_pushers_last_frame_and_the_episode_starts_where_it_did():
+    """push-demo: the goal image is the frame the scripted pusher's push ends on (the arm moved,
+    not only the cube), the goal is where that push left the cube, and the agent starts from the
+    very state the demonstration started from (same arm, cube and turn): the pusher, run again,
+    replays it. Without the action bound the demonstration needs, the episode is refused."""
+    from ami_ros.core.stack_config import action_bound
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import PUSH_DEMO, ScriptedPusher, demonstrate_push, draw_push, run_push_episode
+
+    arm = load_arm()
+    bound = action_bound(arm, 0.1, 0.5)
+
+    class Recorder:            # holds still; keeps what it was shown
+        def reset(self, goal_image, q_goal=None):
+            self.goal_image, self.first = goal_image, None
+
+        def act(self, stamp, frame, q, qd, q_cmd):
+            if self.first is None:
+                self.first = (frame.copy(), np.array(q), sim.cube_pose())
+            return np.zeros((1, arm.dof)), None
+
+    with ArmSim(arm, seed=0) as sim:
+        rec, sim_rng = Recorder(), copy.deepcopy(sim.rng)
+        e = run_push_episode(sim, rec, np.random.default_rng([5, 0]), task=PUSH_DEMO, action_bound=bound)
+        frame, q_start, cube_start = rec.first
+        assert e.demo_steps is not None and 0 < e.demo_steps <= PUSH_DEMO.steps and not e.success
+        moved = np.abs(rec.goal_image.astype(int) - frame.astype(int)).sum(-1) > 30
+        assert moved.mean() > 0.01                                  # more than the cube: the arm is elsewhere
+        # the draw again, as the episode drew it: the demonstration started where the agent did
+        sim.rng, rng = sim_rng, np.random.default_rng([5, 0])
+        for _ in range(e.demo_redraws + 1):
+            q0, start, goal = draw_push(sim, rng)
+            sim.reset(q0, cube_xy=start)
+        np.testing.assert_allclose(q_start, q0, atol=1e-9)
+        np.testing.assert_allclose(cube_start, sim.cube_pose(), atol=1e-9)
+        demo = demonstrate_push(sim, goal, bound, 0.1, PUSH_DEMO)
+        assert demo is not None and demo[2] == e.demo_steps
+        np.testing.assert_array_equal(demo[0], rec.goal_image)
+        pusher = ScriptedPusher(sim, bound)
+        ok = [run_push_episode(sim, pusher, np.random.default_rng([5, i]), task=PUSH_DEMO, action_bound=bound)
+              for i in range(2)]
+        assert all(r.success for r in ok), [round(r.final_distance, 3) for r in ok]
+        with pytest.raises(ValueError, match="action bound"):
+            run_push_episode(sim, pusher, np.random.default_rng(0), task=PUSH_DEMO)
+
+
 def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_path):
     from ami_ros.tools import evaluate as tool
 
@@ -378,6 +424,11 @@ def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_
         assert r["targets"] == 2 * 80 and 0 <= r["targets_outside_workspace"] <= r["targets"]
         assert r["episodes_with_targets_outside_workspace"] <= 2
         assert all(e["tool_closest_m"] > 0 for e in r["per_episode"])
+    assert tool.run(p.parse_args(["--episodes", "1", "--splits", "push-demo", "--no-references",
+                                  "--json", str(out)])) == 0
+    demo = json.loads(out.read_text())["splits"]["push-demo"]["planner_flat"]
+    assert demo["episodes"] == 1 and 0 < demo["demo_steps_median"] <= 80 and demo["demo_redraws"] >= 0
+    assert "energy_sees_cube" not in demo
 
 
 def test_cube_energy_watch_tells_an_energy_that_sees_the_cube_from_one_that_does_not():

@@ -541,3 +541,23 @@ def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
     turned = evaluate(model, eps[:2], eps[2:], "cpu", horizons=(1,))
     assert all(np.isfinite(turned[f"probe_r2_cube_turn_{c}{m}"]) and turned[f"probe_r2_cube_turn_{c}{m}"] <= 1.0
                for c in ("cos", "sin") for m in ("", "_mlp"))
+
+
+def test_a_card_written_before_predictor_ticks_reads_them_off_its_training_record():
+    """Stage 1 with a frame skip and no stage 2: the predictors step that many ticks, also when
+    a later model kept them (--encoder-from --keep-predictors, no --refine-steps); stage 2 or
+    new predictors step one; a card that says it is believed."""
+    from ami_ros.core.model_io import _predictor_ticks
+
+    stage1 = {"training": {"frame_skip": 5, "refine_steps": 0}}
+    assert _predictor_ticks(stage1) == 5
+    assert _predictor_ticks({"training": {"frame_skip": 5, "refine_steps": 3000}}) == 1
+    assert _predictor_ticks({"training": {"frame_skip": 1, "refine_steps": 0}}) == 1
+    assert _predictor_ticks({}) == 1
+    kept = {"predictors_kept": True, **stage1}
+    assert _predictor_ticks({"training": {"frame_skip": 1, "refine_steps": 0}, "encoder_from": kept}) == 5
+    assert _predictor_ticks({"training": {"frame_skip": 1, "refine_steps": 0},
+                             "encoder_from": {**kept, "predictors_kept": False}}) == 1
+    assert _predictor_ticks({"training": {"frame_skip": 1, "refine_steps": 2}, "encoder_from": kept}) == 1
+    with pytest.raises(ValueError, match="predictor_ticks"):
+        ModelConfig(predictor_ticks=0)

@@ -126,6 +126,19 @@ def export_onnx(folder: str, model: WorldModel) -> None:
 
 
 # ---------------------------------------------------------------- loading
+def _predictor_ticks(card: dict) -> int:
+    """ModelConfig.predictor_ticks of a card written before it: its stage 1's frame skip where no
+    stage 2 trained the predictors again at one tick (followed through ``--encoder-from
+    --keep-predictors`` to the model they came from)."""
+    training = card.get("training") or {}
+    if int(training.get("refine_steps") or 0) > 0:
+        return 1
+    source = card.get("encoder_from")
+    if source:
+        return _predictor_ticks(source) if source.get("predictors_kept") else 1
+    return int(training.get("frame_skip") or 1)
+
+
 def read_card(folder: str) -> dict:
     path = os.path.join(folder, "card.yaml")
     if not os.path.isdir(folder):
@@ -133,6 +146,7 @@ def read_card(folder: str) -> dict:
     try:
         with open(path) as f:
             card = yaml.safe_load(f)
+        card["config"].setdefault("predictor_ticks", _predictor_ticks(card))
         ModelConfig.from_dict(card["config"])
         card["files"]["weights.pt"]
     except FileNotFoundError:

@@ -288,6 +288,11 @@ class Planner:
         if config.precision != "fp32" and getattr(self.model, "backend", "torch") != "torch":
             raise ValueError(f"precision={config.precision}: reduced precision is for the torch backend (ONNX Runtime: "
                              "the encoder node's trt_fp16)")
+        ticks = getattr(getattr(self.model, "cfg", None), "predictor_ticks", 1)
+        if config.predictor == "rollout" and ticks != 1:
+            raise ValueError(f"predictor='rollout' steps one control tick, and the model's predictors step {ticks} "
+                             f"(trained with --frame-skip {ticks} and no stage 2): train them at one tick "
+                             "(ami-ros train --encoder-from MODEL --refine-steps N)")
         if config.predictor == "direct" and not getattr(self.model, "has_direct", False):
             raise ValueError("predictor='direct' but the model has no direct predictor (train it with "
                              "ami-ros train --direct, or plan with predictor='rollout')")

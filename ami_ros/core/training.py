@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -355,22 +355,30 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
     out = {"heldout_episodes": len(test_eps), "heldout_steps": int(Z.shape[0])}
     out.update({f"heldout_{k}": v for k, v in collapse_stats(Z).items()})
     out["heldout_sigreg"] = float(sigreg(Z, 1024, torch.Generator().manual_seed(0), global_batch=False))
-    Hmax = max(horizons)
-    err = {n: [] for n in horizons}
-    base = {n: [] for n in horizons}
+    # a predictor of k-tick steps (ModelConfig.predictor_ticks) is scored k ticks a step, its history
+    # k ticks apart, at the horizons (control ticks) that are whole steps of it
+    k = model.cfg.predictor_ticks
+    steps = [n for n in horizons if n % k == 0]
+    Hmax = max(steps, default=0)
+    err = {n: [] for n in steps}
+    base = {n: [] for n in steps}
     for ep, z in zip(test_eps, z_test):
+        if not steps:
+            break
         a = torch.as_tensor(ep.action, dtype=torch.float32, device=device)
-        starts = torch.arange(h - 1, len(z) - Hmax)
+        starts = torch.arange((h - 1) * k, len(z) - Hmax)
         if len(starts) == 0:
             continue
-        hist = torch.stack([z[s - h + 1:s + 1] for s in starts])                # (N, h, D)
-        acts = torch.stack([a[s:s + Hmax] for s in starts])                     # (N, H, A)
-        pred = model.rollout(hist, acts)                                        # (N, H, D)
-        for n in horizons:
+        hist = torch.stack([z[s - (h - 1) * k:s + 1:k] for s in starts])                           # (N, h, D)
+        acts = torch.stack([a[s:s + Hmax].reshape(Hmax // k, k, -1).sum(1) for s in starts])      # (N, H/k, A)
+        pred = model.rollout(hist, acts)                                                         # (N, H/k, D)
+        for n in steps:
             target = torch.stack([z[s + n] for s in starts])
-            err[n].append(((pred[:, n - 1] - target) ** 2).sum(-1))
+            err[n].append(((pred[:, n // k - 1] - target) ** 2).sum(-1))
             base[n].append(((hist[:, -1] - target) ** 2).sum(-1))
-    for n in horizons:
+    for n in steps:
+        if not err[n]:
+            continue
         e, b = torch.cat(err[n]).mean().item(), torch.cat(base[n]).mean().item()
         out[f"pred_err_{n}"], out[f"copy_err_{n}"], out[f"pred_over_copy_{n}"] = e, b, e / b
     if model.direct is not None:
@@ -457,6 +465,7 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
     space also of the fine predictor's rollout."""
     Dv, h, Hmax = model.cfg.vis_dim, model.cfg.history, max(horizons)
     in_vis = not model.cfg.goal_features
+    fine_too = in_vis and model.cfg.predictor_ticks == 1    # the fine predictor's rollout beside it, tick by tick
     err, fine, base = ({n: [] for n in horizons} for _ in range(3))
     for ep, z in zip(test_eps, z_test):
         q, qd, qc, a = _episode_tensors(ep, device)
@@ -464,20 +473,20 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
         s = torch.arange(h - 1, len(z) - Hmax, device=z.device)
         if len(s) == 0:
             continue
-        if in_vis:
+        if fine_too:
             roll = model.rollout(torch.stack([z[i - h + 1:i + 1] for i in s]), torch.stack([a[i:i + Hmax] for i in s]))
         for n in horizons:
             pred = model.direct(z[s, :Dv], q[s], qd[s], qc[s + n] - q[s], a[s + n - 1])
             err[n].append(((pred - g[s + n]) ** 2).sum(-1))
             base[n].append(((g[s] - g[s + n]) ** 2).sum(-1))
-            if in_vis:
+            if fine_too:
                 fine[n].append(((roll[:, n - 1, :Dv] - g[s + n]) ** 2).sum(-1))
     out, space = {}, "vis" if in_vis else "goal"
     for n in horizons:
         e, b = torch.cat(err[n]).mean().item(), torch.cat(base[n]).mean().item()
         ratio = e / b if b > 0 else float("nan")
         out.update({f"direct_err_{space}_{n}": e, f"copy_err_{space}_{n}": b, f"direct_over_copy_{space}_{n}": ratio})
-        if in_vis:
+        if fine_too:
             f = torch.cat(fine[n]).mean().item()
             out.update({f"fine_err_vis_{n}": f, f"fine_over_copy_vis_{n}": f / b if b > 0 else float("nan")})
     return out
@@ -720,6 +729,7 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
 
     first, last = _fit(opt, cfg.refine_steps, cfg.refine_lr, loss_at, progress, clip=params)
     model.eval()
+    model.cfg = replace(model.cfg, predictor_ticks=1)       # the predictors now step one tick
     return {"refine_loss_first": first, "refine_loss_last": last, "refine_steps": cfg.refine_steps}
 
 

@@ -57,10 +57,15 @@ class ModelConfig:
                                   # feature map to token_dim numbers, which stage 1's token SIGReg keeps isotropic
     inverse_dim: int = 0          # > 0: a training-only inverse-dynamics head (hidden width inverse_dim) reads the
                                   # action between two frames off their z_vis; stage 1's inverse term trains it
+    predictor_ticks: int = 1      # control ticks one step of the fine predictor covers (its history's frames are
+                                  # that far apart, its action the commands of those ticks summed): stage 1's
+                                  # frame skip, until stage 2 trains the predictors at one tick
 
     def __post_init__(self):
         if self.goal_features < 0:
             raise ValueError(f"goal_features must be >= 0, not {self.goal_features}")
+        if self.predictor_ticks < 1:
+            raise ValueError(f"predictor_ticks must be >= 1, not {self.predictor_ticks}")
         if self.token_dim < 0 or self.inverse_dim < 0:
             raise ValueError(f"token_dim and inverse_dim must be >= 0, not {self.token_dim}, {self.inverse_dim}")
         if self.goal_features and not self.direct:

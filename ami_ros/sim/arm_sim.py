@@ -117,6 +117,11 @@ class ArmSim:
         """(7,) position xyz and quaternion wxyz."""
         return self.data.qpos[self._cube_q:self._cube_q + 7].copy()
 
+    def cube_yaw(self) -> float:
+        """The turn about the vertical (rad) of the cube standing on a face, as ``reset`` takes it."""
+        w, _, _, z = self.data.qpos[self._cube_q + 3:self._cube_q + 7]
+        return float(2.0 * np.arctan2(z, w))
+
     def cube_visible_fraction(self) -> float:
         """How much of the cube the camera sees, 0..1: the share of points on a 3 x 3 grid on each
         face turned to the camera that fall inside the image and that a ray from the camera meets
@@ -171,14 +176,16 @@ class ArmSim:
         """The arm clear of the table at joint positions q (:func:`clear_of_table`)."""
         return bool(clear_of_table(self.spec, q))
 
-    def reset(self, q: np.ndarray | None = None, cube_xy: np.ndarray | None = None) -> None:
-        """Put the arm at ``q`` (home if None) at rest, and the cube at ``cube_xy`` (random if None)."""
+    def reset(self, q: np.ndarray | None = None, cube_xy: np.ndarray | None = None,
+              cube_yaw: float | None = None) -> None:
+        """Put the arm at ``q`` (home if None) at rest, and the cube at ``cube_xy`` turned by
+        ``cube_yaw`` (rad about the vertical; each random if None)."""
         mujoco.mj_resetData(self.model, self.data)
         q = self.spec.home.copy() if q is None else self.spec.clip(np.asarray(q, dtype=np.float64))
         self.data.qpos[self._qadr] = q
         if cube_xy is None:
             cube_xy = (self.rng.uniform(*CUBE_X), self.rng.uniform(*CUBE_Y))
-        yaw = self.rng.uniform(-np.pi, np.pi)
+        yaw = self.rng.uniform(-np.pi, np.pi) if cube_yaw is None else float(cube_yaw)
         self.data.qpos[self._cube_q:self._cube_q + 7] = [cube_xy[0], cube_xy[1], self.cube_half[2],
                                                           np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
         self._set_command(q)

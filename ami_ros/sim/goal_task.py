@@ -17,6 +17,9 @@ The ``push`` task (:data:`PUSH`, :func:`run_push_episode`) is about the world, n
 the goal image shows the cube moved 5-15 cm on the table (the arm where it starts), and
 success is the cube's centre within 2 cm of the goal's at the end. References: random
 actions, and :class:`ScriptedPusher`, which reads the cube's true pose every step.
+``push-demo`` (:data:`PUSH_DEMO`) draws the same episodes and shows, as the goal, the frame
+:class:`ScriptedPusher`'s push ends on, the arm where the push left it: the convention of
+Push-T in LeWM and DINO-WM, whose goals are later frames of expert trajectories.
 """
 from __future__ import annotations
 
@@ -253,9 +256,16 @@ class Push:
     # (x, y) ranges of the cube's start and goal (m, base frame)
     region: tuple[tuple[float, float], tuple[float, float]] = ((0.33, 0.57), (-0.22, 0.22))
     tool_clearance: float = 0.10                         # m: the tool starts at least this far from the cube
+    # where the goal image shows the arm: "start" (where it starts), or "demo" (where the scripted
+    # pusher's push to the goal left it: the goal is the last frame of a demonstration, as Push-T's
+    # goals in LeWM and DINO-WM are later frames of expert trajectories)
+    goal_arm: str = "start"
 
 
 PUSH = Push()
+PUSH_DEMO = Push(goal_arm="demo")
+PUSH_SPLITS = {"push": PUSH, "push-demo": PUSH_DEMO}
+DEMO_DRAWS = 50      # push-demo: draws tried before giving up on an episode the scripted pusher can push
 
 
 def draw_push(sim, rng: np.random.Generator, task: Push = PUSH):
@@ -286,20 +296,59 @@ class PushResult:
     plan_times: list = field(default_factory=list)
     tool_closest: float = float("nan")   # m: the tool's closest approach to the cube's centre (did it go there?)
     targets: np.ndarray | None = None    # (steps, A) the joint targets commanded, one per control step
+    demo_steps: int | None = None        # push-demo: the control steps the demonstration took
+    demo_redraws: int = 0                # push-demo: draws left out before it (the scripted pusher failed them)
+
+
+def demonstrate_push(sim, goal: np.ndarray, action_bound: np.ndarray, dt: float, task: Push = PUSH):
+    """From the simulator's state, the scripted pusher pushes the cube towards ``goal`` (2,)
+    until its centre is within half the task's success radius of it, for at most the task's
+    steps. -> (the frame there (H, W, 3), the cube's pose there (7,), the steps taken), or None
+    when it did not get there. The simulator is left where the demonstration ended."""
+    pusher = ScriptedPusher(sim, action_bound)
+    pusher.push_goal = np.asarray(goal, dtype=np.float64)
+    q_cmd = sim.joint_positions()
+    for k in range(task.steps):
+        actions, _ = pusher.act(sim.time, None, sim.joint_positions(), sim.joint_velocities(), q_cmd)
+        q_cmd = command_actions(sim, q_cmd, actions, dt)
+        sim.step(dt)
+        if np.linalg.norm(sim.cube_pose()[:2] - goal) < task.success_radius / 2:
+            return sim.render(), sim.cube_pose(), k + 1
+    return None
 
 
 def run_push_episode(sim, agent, rng: np.random.Generator, dt: float = 0.1, task: Push = PUSH,
-                     watch: "CubeEnergyWatch | None" = None) -> PushResult:
+                     watch: "CubeEnergyWatch | None" = None, action_bound: np.ndarray | None = None) -> PushResult:
     """One push episode: the agent sees camera frames, joint states and the goal image (the
-    scene with the cube at its goal, the arm at its start); an agent with ``push_goal`` (the
-    scripted pusher) is also told the goal position. ``watch`` measures the scene each step."""
-    q0, start, goal = draw_push(sim, rng, task)
+    scene with the cube at its goal, the arm where ``task.goal_arm`` says); an agent with
+    ``push_goal`` (the scripted pusher) is also told the goal position. ``watch`` measures the
+    scene each step. A ``"demo"`` goal is the frame :func:`demonstrate_push` ends on (within
+    ``action_bound`` (A,) per step); draws it cannot push are left out (``demo_redraws``) and
+    the goal is where it brought the cube."""
+    if task.goal_arm not in ("start", "demo"):
+        raise ValueError(f"Push.goal_arm: 'start' or 'demo', not {task.goal_arm!r}")
+    if task.goal_arm == "demo" and action_bound is None:
+        raise ValueError("a push-demo episode needs the action bound its demonstration keeps to")
+    demo_steps = None
+    for redraws in range(DEMO_DRAWS):
+        q0, start, goal = draw_push(sim, rng, task)
+        sim.reset(q0, cube_xy=start)
+        if task.goal_arm == "start":
+            pose = sim.cube_pose()
+            pose[:2] = goal
+            goal_image = sim.render_configuration(q0, cube_pose=pose)
+            break
+        yaw = sim.cube_yaw()
+        demo = demonstrate_push(sim, goal, action_bound, dt, task)
+        if demo is not None:
+            goal_image, goal_pose, demo_steps = demo
+            goal = goal_pose[:2]
+            sim.reset(q0, cube_xy=start, cube_yaw=yaw)     # back where the demonstration started
+            break
+    else:
+        raise RuntimeError(f"the scripted pusher pushed none of {DEMO_DRAWS} drawn push episodes to its goal")
     if hasattr(agent, "set_keep_out"):
         agent.set_keep_out(())
-    sim.reset(q0, cube_xy=start)
-    pose = sim.cube_pose()
-    pose[:2] = goal
-    goal_image = sim.render_configuration(q0, cube_pose=pose)
     agent.reset(goal_image, None)
     if hasattr(agent, "push_goal"):
         agent.push_goal = goal
@@ -329,7 +378,8 @@ def run_push_episode(sim, agent, rng: np.random.Generator, dt: float = 0.1, task
             steps_ok = k + 1
     final = float(np.linalg.norm(cube() - goal))
     return PushResult(final < task.success_radius, steps_ok, final, d0, closest,
-                      float(np.linalg.norm(cube() - start)), times, tool_closest, np.array(targets))
+                      float(np.linalg.norm(cube() - start)), times, tool_closest, np.array(targets),
+                      demo_steps, redraws)
 
 
 class CubeEnergyWatch:

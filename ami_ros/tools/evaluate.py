@@ -36,8 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--planner", choices=["flat", "hier", "both"], default="flat")
     p.add_argument("--splits", default="near,far", help="comma list of near, far, wall (far goals across a keep-out "
                    "wall the planner is told of: the way around is a long-horizon search), push (the goal image shows "
-                   "the cube moved 5-15 cm; success: the cube within 2 cm of it; references random and a scripted "
-                   "pusher that reads the cube's true pose)")
+                   "the cube moved 5-15 cm, the arm where it starts; success: the cube within 2 cm of it; references "
+                   "random and a scripted pusher that reads the cube's true pose), push-demo (as push, the goal "
+                   "image the last frame of the scripted pusher's push there: the arm where the push left it, as "
+                   "Push-T's goals are expert trajectories' later frames)")
     p.add_argument("--method", choices=["cem", "mppi"], default=None, help="override the planner config's method")
     p.add_argument("--predictor", choices=["rollout", "direct"], default=None,
                    help="override the planner config's predictor")
@@ -85,12 +87,13 @@ def run(args) -> int:
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.sim.arm_sim import ArmSim
-    from ami_ros.sim.goal_task import (SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent, WorldModelAgent,
-                                      run_episode, tolerance_check)
+    from ami_ros.sim.goal_task import (PUSH_SPLITS, SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent,
+                                      WorldModelAgent, run_episode, tolerance_check)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
-    unknown = [s for s in splits if s not in (*SPLITS, "push")]
+    unknown = [s for s in splits if s not in (*SPLITS, *PUSH_SPLITS)]
     if unknown or not splits:
-        print(f"error: --splits: unknown {unknown or 'empty'}; choose from {', '.join(SPLITS)}, push", file=sys.stderr)
+        print(f"error: --splits: unknown {unknown or 'empty'}; choose from {', '.join([*SPLITS, *PUSH_SPLITS])}",
+              file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
     folder = resolve_model_path(args.model)
@@ -153,8 +156,8 @@ def run(args) -> int:
     try:
         for split in splits:
             results["splits"][split] = {}
-            if split == "push":
-                results["splits"][split] = _push_split(sim, agents, bound, dt, args)
+            if split in PUSH_SPLITS:
+                results["splits"][split] = _push_split(sim, agents, bound, dt, args, PUSH_SPLITS[split], split)
                 continue
             key = list(SPLITS).index(split) + 1     # near 1, far 2, wall 3
             for name, agent in agents.items():
@@ -228,20 +231,21 @@ def run(args) -> int:
     return 0
 
 
-def _push_split(sim, agents: dict, bound, dt: float, args) -> dict:
-    """The push split: the planners as configured (their goal, the goal image), random, and the
-    scripted pusher that reads the cube's true pose (in place of the oracle). Along the scripted
-    pusher's episodes, whether the first planner's goal energy sees the cube it moves
-    (``energy_sees_cube``, :class:`~ami_ros.sim.goal_task.CubeEnergyWatch`). The agents' targets
-    go to the simulator as in the other splits, without the gate; each agent's count of those the
-    gate's workspace test refuses (``targets_outside_workspace``) says which pushes the stack
-    could make."""
+def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str) -> dict:
+    """A push split (``task``, a :class:`~ami_ros.sim.goal_task.Push`): the planners as configured
+    (their goal, the goal image), random, and the scripted pusher that reads the cube's true pose
+    (in place of the oracle; on push-demo it is the demonstrator, so it says whether the episodes
+    replay). On push, along the scripted pusher's episodes, whether the first planner's goal
+    energy sees the cube it moves (``energy_sees_cube``,
+    :class:`~ami_ros.sim.goal_task.CubeEnergyWatch`: it scores the goal energy with the arm back
+    at its start, where push's goal image shows it). The agents' targets go to the simulator as in
+    the other splits, without the gate; each agent's count of those the gate's workspace test
+    refuses (``targets_outside_workspace``) says which pushes the stack could make."""
     import numpy as np
     from tqdm import tqdm
 
     from ami_ros.core.safety import SafetySpec
-    from ami_ros.sim.goal_task import (PUSH, CubeEnergyWatch, OracleAgent, ScriptedPusher, WorldModelAgent,
-                                      run_push_episode)
+    from ami_ros.sim.goal_task import CubeEnergyWatch, OracleAgent, ScriptedPusher, WorldModelAgent, run_push_episode
 
     safety = SafetySpec.load(None, arm=sim.spec)     # the gate's workspace, to count the targets it would refuse
     agents = {k: a for k, a in agents.items() if not isinstance(a, OracleAgent)}
@@ -252,15 +256,16 @@ def _push_split(sim, agents: dict, bound, dt: float, args) -> dict:
     for name, agent in agents.items():
         rng = np.random.default_rng([args.seed, 4])
         sim.rng = np.random.default_rng([args.seed, 4, 7])
-        watch = CubeEnergyWatch(planner.planner.encode_goal) if name == "scripted_pusher" and planner else None
-        eps = [run_push_episode(sim, agent, rng, dt, watch=watch)
-               for _ in tqdm(range(args.episodes), desc=f"push {name:14s}", unit="ep", leave=False)]
+        watch = (CubeEnergyWatch(planner.planner.encode_goal)
+                 if name == "scripted_pusher" and planner and task.goal_arm == "start" else None)
+        eps = [run_push_episode(sim, agent, rng, dt, task, watch=watch, action_bound=bound)
+               for _ in tqdm(range(args.episodes), desc=f"{split} {name:14s}", unit="ep", leave=False)]
         ok = [e for e in eps if e.success]
         times = np.array([t for e in eps for t in e.plan_times]) * 1000
         outside = [int((~safety.configurations_inside(e.targets)).sum()) for e in eps]
         r = out[name] = {
             "success_rate": len(ok) / len(eps), "successes": len(ok), "episodes": len(eps),
-            "success_radius_m": PUSH.success_radius,
+            "success_radius_m": task.success_radius,
             "steps_to_success_median": float(np.median([e.steps_to_success for e in ok])) if ok else None,
             "final_distance_m_median": float(np.median([e.final_distance for e in eps])),
             "start_distance_m_median": float(np.median([e.start_distance for e in eps])),
@@ -269,16 +274,20 @@ def _push_split(sim, agents: dict, bound, dt: float, args) -> dict:
             "targets_outside_workspace": sum(outside), "targets": sum(len(e.targets) for e in eps),
             "episodes_with_targets_outside_workspace": sum(n > 0 for n in outside),
             "plan_ms_median": float(np.median(times)) if len(times) else None,
+            **({"demo_steps_median": float(np.median([e.demo_steps for e in eps])),
+                "demo_redraws": sum(e.demo_redraws for e in eps)} if task.goal_arm == "demo" else {}),
             "per_episode": [{"success": e.success, "start_m": round(e.start_distance, 4),
                              "final_m": round(e.final_distance, 4), "closest_m": round(e.closest_distance, 4),
                              "moved_m": round(e.moved, 4), "tool_closest_m": round(e.tool_closest, 4)} for e in eps]}
-        print(f"push {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
+        print(f"{split} {name:14s} success {r['successes']:3d}/{r['episodes']:<3d} ({100 * r['success_rate']:5.1f}%)  "
               f"cube's final distance {100 * r['final_distance_m_median']:.1f} cm (start "
               f"{100 * r['start_distance_m_median']:.1f})  cube moved (> 1 cm) in {r['cube_moved_episodes']}  tool's closest "
               f"to it {100 * r['tool_closest_to_cube_m_median']:.1f} cm  targets the gate's workspace refuses "
               f"{r['targets_outside_workspace']} of {r['targets']} (in {r['episodes_with_targets_outside_workspace']} "
               f"episodes)"
-              + (f"  plan {r['plan_ms_median']:.1f} ms" if r["plan_ms_median"] is not None else ""), flush=True)
+              + (f"  plan {r['plan_ms_median']:.1f} ms" if r["plan_ms_median"] is not None else "")
+              + (f"  demonstrations {r['demo_steps_median']:.0f} steps (median), {r['demo_redraws']} draws it could "
+                 "not push left out" if "demo_steps_median" in r else ""), flush=True)
         if watch is not None:
             w = r["energy_sees_cube"] = watch.figures()
             fmt = lambda v: "-" if v is None else f"{v:.3g}"  # noqa: E731

@@ -247,13 +247,15 @@ def run(args) -> int:
                   goal_features=args.goal_features, tool_readout=args.tool_readout_steps > 0)
     try:
         if src is not None:  # the source's encoder config; only the predictors' options apply
-            mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, **direct)
-        elif init is not None:
-            mcfg = init.cfg
+            mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, **direct,
+                                       predictor_ticks=src.cfg.predictor_ticks if args.keep_predictors else 1)
+        elif init is not None:    # stage 1 trains its predictors further, at --frame-skip ticks a step
+            mcfg = dataclasses.replace(init.cfg, predictor_ticks=args.frame_skip)
         else:
             mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
                                prop_dim=args.prop_dim, token_dim=args.token_dim if args.token_sigreg else 0,
-                               inverse_dim=args.inverse_dim if args.inverse else 0, **direct)
+                               inverse_dim=args.inverse_dim if args.inverse else 0, predictor_ticks=args.frame_skip,
+                               **direct)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
