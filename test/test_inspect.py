@@ -119,6 +119,26 @@ def test_eval_bags_reports_the_prediction_figures(tiny_model, recordings, tmp_pa
     assert math.isfinite(r["probes"]["probe_r2_joints"])
 
 
+def test_eval_bags_scores_predictors_of_five_ticks_five_ticks_a_step(arm, recordings, tmp_path, capsys):
+    """A model whose predictors step 5 control ticks (stage 1 with --frame-skip 5, no stage 2) is
+    scored at the horizons that are whole steps of them, 5 and 10 ticks, not at 1."""
+    torch = pytest.importorskip("torch")
+    from ami_ros.core.model_io import save_model
+    from ami_ros.core.world_model import ModelConfig, WorldModel
+
+    cfg = ModelConfig(image_size=SIZE, dof=arm.dof, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32,
+                      pred_cond=16, pred_blocks=1, predictor_ticks=5)
+    torch.manual_seed(0)
+    folder = str(tmp_path / "five")
+    save_model(folder, WorldModel(cfg).eval(), {"joint_names": list(arm.joint_names), "control_dt": 0.1,
+                                                "robot": arm.card()})
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--bags", str(recordings), "--model", folder, "--json", str(out)]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert "pred_over_copy_1" not in m and all(math.isfinite(m[f"pred_over_copy_{n}"]) for n in (5, 10))
+    assert "pred/copy" in capsys.readouterr().out
+
+
 def test_eval_bags_refusals(tiny_model, recordings, tmp_path, capsys):
     """A folder without bags; a model of another arm (the UR5e names its joints alike, its kinematics differ)."""
     assert main(["eval", "--bags", str(tmp_path), "--model", tiny_model]) == 2

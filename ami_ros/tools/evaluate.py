@@ -342,8 +342,9 @@ def bag_figures(model, episodes) -> tuple[dict, dict]:
 
 
 def min_steps(model) -> int:
-    """Control steps an episode needs to be scored at the longest horizon (a history, then the steps)."""
-    return model.cfg.history + max(HORIZONS)
+    """Control steps an episode needs to be scored at the longest horizon (a history, its frames
+    the predictors' ticks apart, then the steps)."""
+    return (model.cfg.history - 1) * model.cfg.predictor_ticks + max(HORIZONS) + 1
 
 
 def long_enough(model, ep) -> bool:
@@ -357,7 +358,7 @@ def print_bag_figures(results: dict, card_metrics: dict) -> None:
     print(f"model {results['model']} on {results['bag_count']} bag(s) ({m['heldout_steps']} control steps), "
           f"actions from {results['profile']['action_source']}")
     print(f"{'steps ahead':>11s} {'predicted':>10s} {'copy-last':>10s} {'pred/copy':>10s} {'card':>8s}")
-    for n in HORIZONS:
+    for n in (n for n in HORIZONS if f"pred_err_{n}" in m):     # whole steps of the model's predictors
         card = card_metrics.get(f"pred_over_copy_{n}")
         print(f"{n:11d} {m[f'pred_err_{n}']:10.4g} {m[f'copy_err_{n}']:10.4g} {m[f'pred_over_copy_{n}']:10.3f} "
               f"{'-' if card is None else format(card, '8.3f'):>8s}")
