@@ -365,7 +365,8 @@ def test_push_demo_goal_is_the_scripted_pushers_last_frame_and_the_episode_start
     replays it. Without the action bound the demonstration needs, the episode is refused."""
     from ami_ros.core.stack_config import action_bound
     from ami_ros.sim.arm_sim import ArmSim
-    from ami_ros.sim.goal_task import PUSH_DEMO, ScriptedPusher, demonstrate_push, draw_push, run_push_episode
+    from ami_ros.sim.goal_task import (PUSH_DEMO, Push, ScriptedPusher, demonstrate_push, draw_push,
+                                      run_push_episode)
 
     arm = load_arm()
     bound = action_bound(arm, 0.1, 0.5)
@@ -402,6 +403,8 @@ def test_push_demo_goal_is_the_scripted_pushers_last_frame_and_the_episode_start
         assert all(r.success for r in ok), [round(r.final_distance, 3) for r in ok]
         with pytest.raises(ValueError, match="action bound"):
             run_push_episode(sim, pusher, np.random.default_rng(0), task=PUSH_DEMO)
+        with pytest.raises(ValueError, match="goal_arm"):
+            run_push_episode(sim, pusher, np.random.default_rng(0), task=Push(goal_arm="elsewhere"), action_bound=bound)
 
 
 def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_path):
