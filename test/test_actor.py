@@ -261,3 +261,26 @@ def test_warm_up_leaves_no_trace():
     c = warm.planner.config
     late = [a.step(1.0, time.perf_counter() - 1.0).plan.candidates for a in (warm, fresh)]
     assert late == [min(c.candidates, 2 * c.elites), c.candidates]
+
+
+def test_the_planner_gets_frames_as_far_apart_as_its_predictor_steps():
+    """Frames at twice the control rate: the planner's history holds the frames one control
+    period apart (a one-tick predictor) or k periods apart (a k-tick one, whose plan then
+    comes back tick by tick, H*k targets)."""
+    from test_planner import BlockModel
+
+    class Blocks(BlockModel):
+        encode_image = Model.encode_image
+
+    for ticks, model in ((1, Model()), (3, Blocks(3))):
+        planner = Planner(model, Cost(CostWeights(), Q_MIN, Q_MAX), PlannerConfig(predictor="rollout"), BOUND)
+        actor = Actor(model, Arm(), planner, DT, StopRules(0.0, 0, 0.02))
+        actor.set_goal_image(image(Q_GOAL))
+        seen, plan = [], planner.plan
+        planner.plan = lambda z_hist, *a, **kw: seen.append(z_hist) or plan(z_hist, *a, **kw)
+        for i in range(20):                                          # 20 Hz frames of poses i / 100
+            observe(actor, model, 1.0 + 0.05 * i, np.full(A, i / 100))
+        d = actor.step(1.0 + 0.05 * 19)
+        assert d.reason == "plan" and d.targets.shape == (planner.config.horizon * ticks, A)
+        older = 19 - 2 * ticks                                       # the frame ticks * DT before the latest
+        assert torch.allclose(seen[-1], model.embed(np.array([[older / 100] * A, [19 / 100] * A])), atol=1e-6)

@@ -266,7 +266,8 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     for k, v in a.torch_model.encoder.state_dict().items():      # learning rate 0: the weights it started from
         assert torch.equal(v, e.torch_model.encoder.state_dict()[k]), k
     # stage 1 alone with a frame skip: its predictors step that many ticks, which the card says, its
-    # prediction figures are scored at, and a one-tick planner refuses; stage 2 makes them one-tick
+    # prediction figures are scored at, and the planner plans in blocks of (flat; the hierarchy,
+    # which needs one-tick predictors, refuses); stage 2 makes them one-tick
     from ami_ros.core.arm import load_arm
     from ami_ros.core.stack_config import build_planner, load_stack_config
 
@@ -277,8 +278,10 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     assert f.cfg.predictor_ticks == 2 and f.card["config"]["predictor_ticks"] == 2
     assert "pred_over_copy_10" in f.card["metrics"] and "pred_over_copy_1" not in f.card["metrics"]
     arm, stack = load_arm(), load_stack_config(None)
-    with pytest.raises(ValueError, match="step 2"):
-        build_planner(f, arm, stack, 0.1, predictor="rollout")
+    p = build_planner(f, arm, stack, 0.1, predictor="rollout")
+    assert p.ticks == 2
+    with pytest.raises(ValueError, match="step 2 ticks"):
+        p.set_config(p.config.replace(mode="hier"))
     assert train(*common, "--out", seventh, "--encoder-from", sixth, "--keep-predictors") == 0
     g = load_model(seventh, "torch")
     assert g.cfg.predictor_ticks == 1 and "pred_over_copy_1" in g.card["metrics"]

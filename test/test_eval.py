@@ -167,10 +167,14 @@ def test_equal_compute_gives_the_hierarchical_planner_the_flat_planners_model_st
     tool.add_arguments(p)
     out = tmp_path / "eval.json"
     assert tool.run(p.parse_args(["--planner", "both", "--equal-compute", "--episodes", "1", "--splits", "near",
-                                  "--no-references", "--json", str(out)])) == 0
+                                  "--predictor", "rollout", "--no-references", "--json", str(out)])) == 0
     res = json.loads(out.read_text())
     flat, hier = res["splits"]["near"]["planner_flat"], res["splits"]["near"]["planner_hier"]
     assert res["equal_compute"] and flat["candidates"] == res["planner_config"]["candidates"]
+    run = res["planners"]                                  # the planners as run, overrides included
+    assert (run["planner_flat"]["mode"], run["planner_hier"]["mode"]) == ("flat", "hier")
+    assert run["planner_hier"]["candidates"] == hier["candidates"] and run["planner_flat"]["predictor"] == "rollout"
+    assert run["planner_flat"]["ticks"] == 1 and res["planner_config"]["predictor"] == "direct"   # the file's
     assert hier["model_steps_per_plan"] <= flat["model_steps_per_plan"]
     assert hier["candidates"] < flat["candidates"]        # the high level's search is paid for by the low level
     c = res["planner_config"]                              # one more low-level candidate would exceed the budget

@@ -3,6 +3,7 @@ toy linear world model: z = B q with B = [W; I] (a visual part W q, the goal dim
 and a proprio part q), so z' = z + B a exactly and a goal image is reachable."""
 import dataclasses
 import math
+import types
 
 import pytest
 import numpy as np
@@ -51,6 +52,21 @@ class ToyModel(torch.nn.Module):
     def rollout_direct(self, z_now, q, qd, q_cmd, actions, every=1):
         """The visual part of the commanded target's embedding (the toy arm follows its command exactly)."""
         return ((q_cmd + actions.cumsum(1)) @ self.B[:DV].T)[:, every - 1::every]
+
+
+class BlockModel(ToyModel):
+    """The toy world with a predictor that steps ``ticks`` control ticks at a time (a model of
+    stage 1 with a frame skip): its action is the sum of those ticks' actions. It keeps the
+    actions it was given."""
+
+    def __init__(self, ticks: int):
+        super().__init__()
+        self.cfg = types.SimpleNamespace(predictor_ticks=ticks)
+        self.seen = []
+
+    def rollout(self, z_hist, actions):
+        self.seen.append(actions.clone())
+        return super().rollout(z_hist, actions)
 
 
 #: the toy world's planner and cost, set here rather than taken from the shipped defaults: the rollout
@@ -309,9 +325,9 @@ def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
     assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 64
 
 
-@pytest.mark.parametrize("method, select, predictor", [("cem", "mean", "rollout"), ("mppi", "best", "rollout"),
-                                                        ("cem", "best", "direct")])
-def test_the_graphed_search_plans_as_the_eager_one(monkeypatch, method, select, predictor):
+@pytest.mark.parametrize("method, select, predictor, ticks", [("cem", "mean", "rollout", 1), ("mppi", "best", "rollout", 1),
+                                                               ("cem", "best", "direct", 1), ("cem", "mean", "rollout", 3)])
+def test_the_graphed_search_plans_as_the_eager_one(monkeypatch, method, select, predictor, ticks):
     """The flat search as one captured function (what a CUDA graph replays; on the CPU the same
     code runs without capture) gives the eager search's plans, costs and terms, cycle after cycle
     with the warm start; it is captured once, again when the cost weights or the number of keep-out
@@ -328,8 +344,8 @@ def test_the_graphed_search_plans_as_the_eager_one(monkeypatch, method, select, 
 
     monkeypatch.setattr(planner_mod, "CapturedGraph", Counted)
     cfg = toy_config(method=method, select=select, predictor=predictor, candidates=48, elites=6, seed=5)
-    graphed, model = make(cfg)
-    eager, _ = make(cfg.replace(cuda_graph=False))
+    graphed, model = make(cfg, model=BlockModel(ticks) if ticks > 1 else None)
+    eager, _ = make(cfg.replace(cuda_graph=False), model=BlockModel(ticks) if ticks > 1 else None)
     monkeypatch.setattr(Planner, "_graphable", lambda self: self.config.cuda_graph and self._graph_failed is None)
     q, goal = torch.zeros(A), model.embed(Q_FAR)
     if predictor == "direct":
@@ -344,6 +360,7 @@ def test_the_graphed_search_plans_as_the_eager_one(monkeypatch, method, select, 
         assert r1.terms.keys() == r2.terms.keys()
         assert all(r1.terms[k] == pytest.approx(r2.terms[k], rel=1e-5, abs=1e-9) for k in r1.terms)
         assert (r1.iterations, r1.candidates, r1.model_steps) == (r2.iterations, r2.candidates, r2.model_steps)
+        assert r1.actions.shape == (cfg.horizon * ticks, A)
         return q + r1.actions[0]
 
     for _ in range(4):
@@ -396,7 +413,56 @@ def test_actions_within_bound_and_set_config():
         planner.plan(zh[:, :3], model.embed(Q_FAR), torch.zeros(A), torch.zeros(A))
 
 
+def test_k_tick_predictors_plan_in_blocks_that_reach_k_times_as_far():
+    """A model whose predictor steps k ticks is planned in blocks of k actions: the plan comes back
+    tick by tick (H*k actions, each within the bound), the predictor is given each block's sum,
+    the cost's action terms see every tick, and H steps reach H*k ticks out: a goal 16 ticks away
+    at full speed, beyond a 4-tick plan's reach, is reached in about as many cycles. The
+    hierarchical mode, which needs one-tick predictors, is refused."""
+    H, k = 4, 4
+    cfg = toy_config(horizon=H, candidates=128, elites=16)
+    blocks, model = make(cfg, model=BlockModel(k))
+    assert blocks.ticks == k
+    zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
+    goal = model.embed(Q_FAR)[:DV]
+    r = blocks.plan(zh, goal, torch.zeros(A), torch.zeros(A))
+    assert r.actions.shape == (H * k, A) and r.predicted.shape == (H, model.embed_dim)
+    assert torch.all(r.actions.abs() <= BOUND + 1e-6)
+    final = model.seen[-1]                                    # the returned plan's evaluation: its blocks summed
+    assert final.shape == (1, H, A) and torch.allclose(final[0], r.actions.reshape(H, k, A).sum(1), atol=1e-6)
+    assert torch.allclose(r.predicted, model.embed(r.actions.cumsum(0)[k - 1::k]), atol=1e-5)
+    assert r.model_steps == blocks.model_steps_per_plan()
+    ticks_terms = blocks.cost.breakdown(r.predicted[None], r.actions[None], goal, torch.zeros(A), torch.zeros(A))
+    assert r.terms["effort"] == pytest.approx(float(ticks_terms["effort"][0]), rel=1e-5)
+    one_tick, _ = make(cfg)
+    r1 = one_tick.plan(zh, goal, torch.zeros(A), torch.zeros(A))
+    far = float(blocks.cost.goal_distance(r.predicted[-1], goal))
+    assert far < 0.75 * float(one_tick.cost.goal_distance(r1.predicted[-1], goal))   # a longer reach
+    blocks.reset()
+    dists, results, _ = run_cycles(blocks, model, torch.zeros(A), Q_FAR, 22)
+    assert max(dists[-3:]) < 2e-2 * dists[0], dists
+    with pytest.raises(ValueError, match="plan flat"):
+        blocks.set_config(cfg.replace(mode="hier"))
+    blocks.set_config(cfg.replace(predictor="direct"))       # the direct predictor steps one tick
+    assert blocks.ticks == 1
+
+
 # ---------------- memory ----------------
+def test_memory_history_is_spaced_as_the_predictors_frames():
+    """With a spacing, the history is the frames whose stamps lie nearest one, two, ... spacings
+    before the latest's (a camera faster than the control rate, a predictor of k-tick steps);
+    the oldest held stands in for older ones."""
+    mem = ShortTermMemory(history=3, capacity=40, embed_dim=1, action_dim=1)
+    mem.push_embedding(0.0, [0.0])
+    assert mem.z_hist(0.1)[:, 0].tolist() == [0.0, 0.0, 0.0]
+    for i in range(1, 31):                                    # 20 Hz frames, slightly jittered
+        mem.push_embedding(0.05 * i + (0.004 if i % 3 == 0 else 0.0), [float(i)])
+    assert mem.z_hist()[:, 0].tolist() == [28.0, 29.0, 30.0]         # no spacing: the latest three
+    assert mem.z_hist(0.1)[:, 0].tolist() == [26.0, 28.0, 30.0]      # 10 Hz control ticks
+    assert mem.z_hist(0.5)[:, 0].tolist() == [10.0, 20.0, 30.0]      # 5 ticks of 0.1 s
+    assert mem.z_hist(1.0)[:, 0].tolist() == [0.0, 10.0, 30.0]      # 2 s back: before the oldest held
+
+
 def test_memory_bounded_and_ordered():
     mem = ShortTermMemory(history=3, capacity=5, embed_dim=2, action_dim=2)
     with pytest.raises(LookupError):

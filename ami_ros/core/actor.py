@@ -287,7 +287,8 @@ class Actor:
             if self.q_cmd is not None and now - self.q_cmd[0] < 2.5 * self.dt \
                     and np.all(np.abs(self.q_cmd[1] - joint[1]) <= 3.0 * bound):
                 q0 = self.q_cmd[1]
-            z_hist = self.memory.z_hist()                                        # (h, D)
+            # (h, D): frames as far apart as the predictor's training frames, whatever the camera's rate
+            z_hist = self.memory.z_hist(self.planner.ticks * self.dt)
             # the joint state of the frame's instant: the predictor reads the frame's embedding with the
             # state the arm was in when it was taken (the newest measured state is later by the camera,
             # encoder and cycle latency)

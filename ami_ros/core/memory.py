@@ -76,12 +76,20 @@ class ShortTermMemory:
     def _order(self, head: int, count: int) -> Tensor:
         return (torch.arange(head - count, head) % self.capacity)
 
-    def z_hist(self) -> Tensor:
-        """(history, D), oldest first; the oldest held is repeated when fewer than h are held.
-        LookupError when empty."""
+    def z_hist(self, spacing: float = 0.0) -> Tensor:
+        """(history, D), oldest first, ending with the latest embedding. ``spacing`` (s) > 0: the
+        others are those whose stamps lie nearest ``spacing``, ``2 * spacing``, ... before the
+        latest's (the spacing of the frames the predictor was trained on: one control period, or
+        ``predictor_ticks`` of them, whatever the camera's rate); 0: the latest ``history`` held.
+        The oldest held stands in for frames older than it. LookupError when empty."""
         with self._lock:
             if self._nz == 0:
                 raise LookupError("short-term memory holds no embedding yet")
+            if spacing > 0:
+                idx = self._order(self._hz, self._nz)
+                stamps = self._stamps[idx]                                                 # (n,) oldest first
+                want = stamps[-1] - spacing * torch.arange(self.history - 1, -1, -1, dtype=torch.float64)
+                return self._z[idx[(stamps[None, :] - want[:, None]).abs().argmin(1)]].clone()
             n = min(self._nz, self.history)
             z = self._z[self._order(self._hz, n)]
         if n < self.history:

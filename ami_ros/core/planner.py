@@ -20,6 +20,15 @@ Warm start (receding horizon): the returned plan, shifted by the number of execu
 steps (``advance``, default 1) with zeros appended, is the next call's initial mean.
 :meth:`Planner.reset` drops it and re-seeds the sampler.
 
+Action blocks: a model whose fine predictor steps ``k`` control ticks at a time
+(``ModelConfig.predictor_ticks``: stage 1 with a frame skip, as LeWM plans Push-T in
+blocks of 5) is planned flat in steps of ``k`` ticks: the search's rows are ``(H, k*A)``,
+``k`` actions each, sampled with one noise draw per row (each tick of a block moves
+alike); the predictor steps each row's sum from a history ``k`` ticks apart, and the
+cost's action and kinematic terms see every tick. The plan is returned tick by tick
+(``(H*k, A)``), so ``horizon`` steps reach ``H*k`` ticks out, and the warm start
+shifts by the ticks executed. The hierarchical mode needs one-tick predictors.
+
 Predictions (``predictor``): ``'rollout'`` steps the fine predictor (and, for the
 high level, the coarse one) autoregressively from the recent embeddings;
 ``'direct'`` asks the model's direct predictor for each step's embedding straight
@@ -155,7 +164,8 @@ class PlannerConfig(ValidatedConfig):
     }
     RANGES: ClassVar[dict] = {
         "candidates": (2, 65536, "sampled action sequences per iteration (fine / flat level)"),
-        "horizon": (1, 1000, "control steps planned by the fine / flat level"),
+        "horizon": (1, 1000, "steps planned by the fine / flat level: control ticks, or with predictor rollout "
+                    "and a model of k-tick predictors (trained with a frame skip, no stage 2) k ticks each"),
         "iterations": (1, 100, "sampling iterations per plan (fine / flat level)"),
         "elites": (1, 65536, "CEM: lowest-cost candidates refitted (<= candidates)"),
         "temperature": (1e-4, 1e4, "MPPI: temperature in units of the candidates' cost std"),
@@ -195,9 +205,11 @@ class PlannerConfig(ValidatedConfig):
 
 @dataclass
 class PlanResult:
-    actions: Tensor                  # (H, A) planned actions (CPU, float32); actions[0] is executed next
+    actions: Tensor                  # (H*k, A) planned actions, one per control tick (CPU, float32; k: Planner.ticks);
+                                     # actions[0] is executed next
     cost: float                      # total cost of ``actions`` (fine / flat level)
-    predicted: Tensor                # (H, D) predicted embeddings for steps t+1..t+H ((H, G), goal space, if direct)
+    predicted: Tensor                # (H, D) predicted embeddings after steps 1..H, k ticks each ((H, G), goal space,
+                                     # if direct)
     subgoals: Tensor | None          # (Hc, D) hier subgoals, None when flat
     iterations: int                  # sampling iterations run (both levels)
     time_s: float                    # wall time of plan()
@@ -207,6 +219,11 @@ class PlanResult:
     cut: bool = False                # a deadline cut the search: fewer iterations or candidates than configured
     candidates: int = 0              # candidates sampled per iteration of the fine / flat level
     subgoal_tool: Tensor | None = None  # hier with a goal_tool reading: (3,) the tool point the low level aims at (m)
+
+
+def _predictor_ticks(model) -> int:
+    """Control ticks one step of the model's fine predictor covers (``ModelConfig.predictor_ticks``)."""
+    return int(getattr(getattr(model, "cfg", None), "predictor_ticks", 1))
 
 
 def _model_device(model) -> torch.device:
@@ -288,15 +305,23 @@ class Planner:
         if config.precision != "fp32" and getattr(self.model, "backend", "torch") != "torch":
             raise ValueError(f"precision={config.precision}: reduced precision is for the torch backend (ONNX Runtime: "
                              "the encoder node's trt_fp16)")
-        ticks = getattr(getattr(self.model, "cfg", None), "predictor_ticks", 1)
-        if config.predictor == "rollout" and ticks != 1:
-            raise ValueError(f"predictor='rollout' steps one control tick, and the model's predictors step {ticks} "
-                             f"(trained with --frame-skip {ticks} and no stage 2): train them at one tick "
-                             "(ami-ros train --encoder-from MODEL --refine-steps N)")
+        ticks = _predictor_ticks(self.model)
+        if config.predictor == "rollout" and config.mode == "hier" and ticks != 1:
+            raise ValueError(f"mode='hier' plans with one-tick fine predictors, and the model's step {ticks} ticks "
+                             f"(trained with --frame-skip {ticks} and no stage 2): plan flat (its horizon then spans "
+                             f"{ticks} ticks a step), or train one-tick predictors (ami-ros train --encoder-from MODEL "
+                             "--refine-steps N)")
         if config.predictor == "direct" and not getattr(self.model, "has_direct", False):
             raise ValueError("predictor='direct' but the model has no direct predictor (train it with "
                              "ami-ros train --direct, or plan with predictor='rollout')")
         return config
+
+    @property
+    def ticks(self) -> int:
+        """Control ticks one step of the configured predictor covers (the model's ``predictor_ticks``
+        with ``predictor='rollout'``; 1 with ``'direct'``): the history the planner takes is that
+        many control periods apart, and each planned step holds that many actions."""
+        return _predictor_ticks(self.model) if self.config.predictor == "rollout" else 1
 
     def precision_warning(self) -> str | None:
         """Why the configured precision may plan slower than fp32 here, or None: on a CPU, bf16 and
@@ -320,7 +345,7 @@ class Planner:
         self._tail.clear()
         self._graphs.clear()
         self._graph_failed = None
-        if self._warm is not None and self._warm.shape[0] != config.horizon:
+        if self._warm is not None and self._warm.shape != (config.horizon, self.ticks * self.model.action_dim):
             self._warm = None
         if self._warm_coarse is not None and self._warm_coarse.shape[0] != config.coarse_horizon:
             self._warm_coarse = None
@@ -378,14 +403,16 @@ class Planner:
         predict, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
         subgoals, coarse_cost, extra, subgoal_tool = None, None, None, None
         warm = self._shifted(self._warm, advance, A) if c.warm_start else None
+        k_t = self.ticks                                 # a step of the flat plan: k_t actions, one per tick
+        bound = self.bound.repeat(k_t)
         if c.mode == "flat":
-            mean0 = warm if warm is not None else torch.zeros(H, A, **f32)
+            mean0 = warm if warm is not None else torch.zeros(H, k_t * A, **f32)
             if self._graphable():
                 actions, cost, predicted, terms = self._graphed_flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean0)
                 self._warm = actions
                 steps, n = c.model_steps(), c.candidates
                 return PlanResult(
-                    actions=actions.cpu(), cost=cost, predicted=predicted.cpu(), subgoals=None,
+                    actions=actions.reshape(-1, A).cpu(), cost=cost, predicted=predicted.cpu(), subgoals=None,
                     iterations=c.iterations, time_s=time.perf_counter() - t0, model_steps=steps,
                     terms=dict(zip(TERMS, terms.tolist())), candidates=n)
             eval_fn = fine_eval
@@ -429,7 +456,7 @@ class Planner:
                 return fine_eval(cand, target, s, goal_tool)
 
         actions, cost, predicted, n, it, nc, loop_end = self._search(
-            eval_fn, mean0, self.bound, c.candidates, c.elites, c.iterations, extra, deadline=deadline)
+            eval_fn, mean0, bound, c.candidates, c.elites, c.iterations, extra, chunk=k_t, deadline=deadline)
         steps += n
         iters += it
         cut |= it < c.iterations or nc < c.candidates
@@ -439,7 +466,7 @@ class Planner:
         if deadline is not None:
             self._measured(self._tail, loop_end[0], time.perf_counter() - loop_end[1])
         return PlanResult(
-            actions=actions.cpu(), cost=cost, predicted=predicted.cpu(),
+            actions=actions.reshape(-1, A).cpu(), cost=cost, predicted=predicted.cpu(),
             subgoals=None if subgoals is None else subgoals.cpu(), iterations=iters,
             time_s=time.perf_counter() - t0, model_steps=steps,
             terms=dict(zip(terms, torch.cat(list(terms.values())).tolist())), coarse_cost=coarse_cost,
@@ -454,7 +481,7 @@ class Planner:
         direct = c.predictor == "direct"
         gdims = slice(None) if direct else None          # direct: predictions are the goal space itself
         low = PRECISION_DTYPES[c.precision]
-        A = m.action_dim
+        A, k_t = m.action_dim, self.ticks
 
         def predict(cand: Tensor, every: int = 1) -> Tensor:
             """cand (N, T, A) fine actions -> predicted embeddings (N, T // every, D), float32."""
@@ -470,11 +497,16 @@ class Planner:
             return z.float()
 
         def fine_eval(cand: Tensor, subgoal=None, s=-1, tool=goal_tool):
-            z = predict(cand)
-            return self.cost(z, cand, goal, q0, prev, subgoal, s, gdims, tool), z
+            """cand (N, T, k_t * A): T predictor steps of k_t actions each -> (cost (N,), predictions
+            (N, T, D)). The predictor steps each row's actions summed (a k_t-tick move); the cost's
+            action and kinematic terms see every tick."""
+            n, T = cand.shape[:2]
+            ticks = cand.reshape(n, T * k_t, A)
+            z = predict(ticks if k_t == 1 else cand.reshape(n, T, k_t, A).sum(2))
+            return self.cost(z, ticks, goal, q0, prev, subgoal, s, gdims, tool), z
 
         def terms(plan: Tensor, z: Tensor, subgoal=None, s=-1, tool=goal_tool) -> dict:
-            return self.cost.breakdown(z[None], plan[None], goal, q0, prev, subgoal, s, gdims, tool)
+            return self.cost.breakdown(z[None], plan.reshape(1, -1, A), goal, q0, prev, subgoal, s, gdims, tool)
 
         return predict, fine_eval, terms
 
@@ -508,14 +540,16 @@ class Planner:
                 lo0.copy_(lo)
                 hi0.copy_(hi)
             entry[2] = boxes
-        noise = [torch.randn((c.candidates, *mean0.shape), generator=self._gen, device=self.device)
+        T, C = mean0.shape
+        bound = self.bound.repeat(C // self.bound.shape[0])
+        noise = [torch.randn((c.candidates, T, self.bound.shape[0]), generator=self._gen, device=self.device)
                  for _ in range(c.iterations)]
 
         def flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean, *noise):
             _, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
-            st = self._search_begin(mean, self.bound)
+            st = self._search_begin(mean, bound)
             for eps in noise:
-                st = self._search_step(fine_eval, st, eps, self.bound, c.elites)
+                st = self._search_step(fine_eval, st, eps, bound, c.elites)
             plan, cost, z = self._search_end(fine_eval, st)
             terms = plan_terms(plan, z)
             return plan, cost, z, torch.cat([terms[k] for k in TERMS])

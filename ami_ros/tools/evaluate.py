@@ -143,6 +143,10 @@ def run(args) -> int:
                "settle_patience": stack["settle_patience"],
                "settle_min_improvement": stack["settle_min_improvement"],
                "planner_config": {k: stack["planner"][k] for k in stack["planner"]},
+               # the planners as run: the file's settings with this call's overrides (mode, method, predictor,
+               # --equal-compute's candidates), and the control ticks each planned step covers
+               "planners": {name: {**a.planner.config.to_dict(), "ticks": a.planner.ticks}
+                            for name, a in agents.items() if isinstance(a, WorldModelAgent)},
                "cost_weights": dict(stack["cost"]), "action_scale": stack["action_scale"],
                "config_file": os.path.basename(args.config) if args.config else None,
                "seed": args.seed, "equal_compute": bool(args.equal_compute),
