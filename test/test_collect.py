@@ -1,6 +1,7 @@
 """``ami-ros collect``: rates in the bags, alignment of the loaded episodes, determinism."""
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import os
 
@@ -261,19 +262,21 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     assert train(*common, "--out", fifth, "--init-from", first, "--epochs", "1", "--steps-per-epoch", "1",
                  "--lr", "0", "--vis-dim", "8", "--frame-skip", "2") == 0
     e = load_model(fifth, "torch")
-    assert e.cfg == a.cfg and e.card["init_from"]["model_id"] == a.model_id
+    assert e.cfg == dataclasses.replace(a.cfg, predictor_ticks=2)    # its predictors now step 2 ticks (stage 2's)
+    assert e.card["init_from"]["model_id"] == a.model_id
     assert e.card["training"]["frame_skip"] == 2
     for k, v in a.torch_model.encoder.state_dict().items():      # learning rate 0: the weights it started from
         assert torch.equal(v, e.torch_model.encoder.state_dict()[k]), k
     # stage 1 alone with a frame skip: its predictors step that many ticks, which the card says, its
     # prediction figures are scored at, and the planner plans in blocks of (flat; the hierarchy,
-    # which needs one-tick predictors, refuses); stage 2 makes them one-tick
+    # which needs one-tick predictors, refuses); stage 2 trains them at its own frame skip: one tick
+    # by default, or as many as stage 1's (its windows then span that many times as many ticks)
     from ami_ros.core.arm import load_arm
     from ami_ros.core.stack_config import build_planner, load_stack_config
 
     sixth, seventh = str(tmp_path / "sixth"), str(tmp_path / "seventh")
     assert train(*common, "--out", sixth, "--epochs", "1", "--steps-per-epoch", "1", "--frame-skip", "2",
-                 "--refine-steps", "0") == 0
+                 "--refine-steps", "0", "--k-coarse", "2") == 0
     f = load_model(sixth, "torch")
     assert f.cfg.predictor_ticks == 2 and f.card["config"]["predictor_ticks"] == 2
     assert "pred_over_copy_10" in f.card["metrics"] and "pred_over_copy_1" not in f.card["metrics"]
@@ -282,10 +285,20 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     assert p.ticks == 2
     with pytest.raises(ValueError, match="step 2 ticks"):
         p.set_config(p.config.replace(mode="hier"))
-    assert train(*common, "--out", seventh, "--encoder-from", sixth, "--keep-predictors") == 0
+    assert train(*common, "--out", seventh, "--encoder-from", sixth, "--keep-predictors", "--k-coarse", "2") == 0
     g = load_model(seventh, "torch")
     assert g.cfg.predictor_ticks == 1 and "pred_over_copy_1" in g.card["metrics"]
-    build_planner(g, arm, stack, 0.1, predictor="rollout")
+    build_planner(g, arm, stack, 0.1, predictor="rollout", mode="hier")
+    eighth = str(tmp_path / "eighth")
+    assert train(*common, "--out", eighth, "--encoder-from", sixth, "--keep-predictors", "--k-coarse", "2",
+                 "--frame-skip", "2") == 0
+    h = load_model(eighth, "torch")
+    assert h.cfg.predictor_ticks == 2 and h.card["metrics"]["refine_steps"] == 2
+    assert "pred_over_copy_10" in h.card["metrics"] and "pred_over_copy_1" not in h.card["metrics"]
+    fine, before = h.torch_model.fine.state_dict(), f.torch_model.fine.state_dict()
+    assert any(not torch.equal(v, before[n]) for n, v in fine.items())      # stage 2 trained them further
+    assert train(*common, "--out", str(tmp_path / "x"), "--encoder-from", sixth, "--keep-predictors",
+                 "--frame-skip", "9") == 2                                    # no recording spans 15 steps of 9 ticks
     assert train(*common, "--out", str(tmp_path / "x"), "--init-from", first, "--encoder-from", first) == 2
     assert train(*common, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "nowhere")) == 2
     assert train(*common, "--out", str(tmp_path / "x"), "--frame-skip", "0") == 2

@@ -325,8 +325,10 @@ def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
     assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 64
 
 
-@pytest.mark.parametrize("method, select, predictor, ticks", [("cem", "mean", "rollout", 1), ("mppi", "best", "rollout", 1),
-                                                               ("cem", "best", "direct", 1), ("cem", "mean", "rollout", 3)])
+@pytest.mark.parametrize("method, select, predictor, ticks", [("cem", "mean", "rollout", 1),
+                                                               ("mppi", "best", "rollout", 1),
+                                                               ("cem", "best", "direct", 1),
+                                                               ("cem", "mean", "rollout", 3)])
 def test_the_graphed_search_plans_as_the_eager_one(monkeypatch, method, select, predictor, ticks):
     """The flat search as one captured function (what a CUDA graph replays; on the CPU the same
     code runs without capture) gives the eager search's plans, costs and terms, cycle after cycle

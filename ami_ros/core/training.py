@@ -45,7 +45,8 @@ class TrainConfig:
     steps_per_epoch: int = 150
     batch: int = 32               # sequences per step (per rank)
     seq_len: int = 16             # control steps per sequence (>= 3 * k_coarse + 1)
-    frame_skip: int = 1           # stage 1: control ticks per step of a training sequence (SequenceData)
+    frame_skip: int = 1           # stages 1 and 2: control ticks per step of a training sequence (SequenceData),
+                                  # i.e. per step of the predictors they train (ModelConfig.predictor_ticks)
     rollout_steps: int = 8        # autoregressive fine steps in the loss
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -697,12 +698,21 @@ def _fit_steps(opt, steps, lr, loss_at, progress, clip) -> tuple[float | None, f
     return first, last
 
 
+def refine_window(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[int, int]:
+    """Stage 2's training window: (its steps L, the control ticks it spans)."""
+    L = max(model_cfg.history + cfg.refine_rollout, 3 * model_cfg.k_coarse + 1)
+    return L, (L - 1) * cfg.frame_skip + 1
+
+
 def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "cpu", progress=None) -> dict:
     """Stage 2: the encoder frozen, both predictors trained further on its embeddings.
 
     Embeddings are computed once, so a predictor step costs no convolution; the
     loss is stage 1's (teacher-forced and autoregressive, fine and coarse) with a
-    longer fine rollout. Seeded: a rerun after an interruption gives the same weights.
+    longer fine rollout. Its steps are ``frame_skip`` control ticks apart (the actions
+    of those ticks summed), as stage 1's: the predictors then step that many ticks
+    (``predictor_ticks``), and a rollout of ``refine_rollout`` steps spans that many
+    times as long. Seeded: a rerun after an interruption gives the same weights.
     """
     if cfg.refine_steps <= 0:
         return {}
@@ -710,9 +720,11 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
     with torch.no_grad():
         Z = [encode_episode(model, e, device) for e in train_eps]
     A = [torch.as_tensor(e.action, dtype=torch.float32, device=device) for e in train_eps]
-    h, k = model.cfg.history, model.cfg.k_coarse
-    L = max(h + cfg.refine_rollout, 3 * k + 1)
-    windows = np.array([(i, s) for i, z in enumerate(Z) for s in range(len(z) - L + 1)], dtype=np.int64)
+    kt = cfg.frame_skip
+    L, span = refine_window(model.cfg, cfg)
+    windows = np.array([(i, s) for i, z in enumerate(Z) for s in range(len(z) - span + 1)], dtype=np.int64)
+    if len(windows) == 0:
+        raise ValueError(f"stage 2: no recording is {span} ticks long ({L} steps of {kt} ticks)")
     params = list(model.fine.parameters()) + list(model.coarse.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.refine_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, 2])
@@ -722,14 +734,15 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
 
     def loss_at(step):
         idx = windows[rng.integers(0, len(windows), cfg.refine_batch)]
-        z = torch.stack([Z[i][s:s + L] for i, s in idx])                       # (B, L, D)
-        a = torch.stack([A[i][s:s + L - 1] for i, s in idx])                   # (B, L-1, A)
+        z = torch.stack([Z[i][s:s + span:kt] for i, s in idx])                 # (B, L, D)
+        a = torch.stack([A[i][s:s + span - 1] for i, s in idx])                # (B, (L-1)*kt, A) one per tick
+        a = a.reshape(a.shape[0], L - 1, kt, -1).sum(2)                        # (B, L-1, A) kt ticks summed
         pl = prediction_losses(model, z, a, cfg.refine_rollout)
         return sum(pl.values()) / len(pl)
 
     first, last = _fit(opt, cfg.refine_steps, cfg.refine_lr, loss_at, progress, clip=params)
     model.eval()
-    model.cfg = replace(model.cfg, predictor_ticks=1)       # the predictors now step one tick
+    model.cfg = replace(model.cfg, predictor_ticks=kt)      # the predictors now step kt ticks
     return {"refine_loss_first": first, "refine_loss_last": last, "refine_steps": cfg.refine_steps}
 
 

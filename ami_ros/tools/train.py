@@ -49,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "z_vis of its two frames by a training-only head of INVERSE_DIM (0: off)")
     p.add_argument("--inverse-dim", type=int, default=128, help="width of that head (with --inverse)")
     p.add_argument("--frame-skip", type=int, default=1, metavar="K",
-                   help="stage 1: control ticks between the steps of a training sequence; the predictors then "
-                        "learn K-tick moves, in which the arm moves more against what stays put (stages 2 and "
-                        "3 train the predictors at one tick)")
+                   help="stages 1 and 2: control ticks between the steps of a training sequence; the predictors "
+                        "then learn K-tick moves, in which the arm moves more against what stays put, and the "
+                        "planner plans in K-tick blocks (predictor rollout, flat)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lambda", dest="sigreg_lambda", type=float, default=0.1, help="SIGReg weight")
     p.add_argument("--image-size", type=int, default=64, choices=range(32, 129), metavar="32..128")
@@ -166,7 +166,7 @@ def run(args) -> int:
 
     from ami_ros.core.model_io import ModelError, load_model, save_model
     from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, refine_predictors,
-                                       split_episodes, train, train_direct, train_tool_readout)
+                                       refine_window, split_episodes, train, train_direct, train_tool_readout)
     from ami_ros.core.world_model import ModelConfig, WorldModel
     from ami_ros.data.bags import load_episodes
 
@@ -247,8 +247,8 @@ def run(args) -> int:
                   goal_features=args.goal_features, tool_readout=args.tool_readout_steps > 0)
     try:
         if src is not None:  # the source's encoder config; only the predictors' options apply
-            mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, **direct,
-                                       predictor_ticks=src.cfg.predictor_ticks if args.keep_predictors else 1)
+            ticks = src.cfg.predictor_ticks if args.keep_predictors else args.frame_skip
+            mcfg = dataclasses.replace(src.cfg, k_coarse=args.k_coarse, **direct, predictor_ticks=ticks)
         elif init is not None:    # stage 1 trains its predictors further, at --frame-skip ticks a step
             mcfg = dataclasses.replace(init.cfg, predictor_ticks=args.frame_skip)
         else:
@@ -297,6 +297,11 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
+    window, span = refine_window(mcfg, cfg)
+    if cfg.refine_steps > 0 and not any(len(e.q) >= span for e in train_eps):
+        print(f"error: stage 2 trains on windows of {window} steps of {cfg.frame_skip} ticks ({span} ticks), and no "
+              f"training recording is that long (the longest: {max(len(e.q) for e in train_eps)})", file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if rank == 0:
