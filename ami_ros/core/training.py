@@ -101,6 +101,22 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- data
+def tick_windows(lengths, steps: int, ticks: int) -> tuple[np.ndarray, int]:
+    """Every window of ``steps`` steps ``ticks`` control ticks apart inside episodes of these
+    lengths (ticks): ((W, 2) (episode, first tick), the ticks a window spans). ValueError when
+    no episode holds one."""
+    span = (steps - 1) * ticks + 1
+    windows = np.array([(i, s) for i, n in enumerate(lengths) for s in range(n - span + 1)], dtype=np.int64)
+    if len(windows) == 0:
+        raise ValueError(f"no episode is at least {span} control steps long ({steps} steps of {ticks} ticks)")
+    return windows, span
+
+
+def summed_ticks(actions: torch.Tensor, ticks: int) -> torch.Tensor:
+    """(..., T * ticks, A) one-tick commands -> (..., T, A): each step's ``ticks`` commands summed."""
+    return actions.reshape(*actions.shape[:-2], -1, ticks, actions.shape[-1]).sum(-2)
+
+
 class SequenceData:
     """Episodes as flat arrays plus the windows of ``seq_len`` steps inside each.
 
@@ -117,14 +133,9 @@ class SequenceData:
         self.q = [torch.as_tensor(e.q, dtype=torch.float32) for e in episodes]
         self.qd = [torch.as_tensor(e.qd, dtype=torch.float32) for e in episodes]
         self.act = [torch.as_tensor(e.action, dtype=torch.float32) for e in episodes]   # (T-1, A)
-        span = (seq_len - 1) * frame_skip + 1                                           # ticks a window covers
-        self.windows = np.array([(i, s) for i, e in enumerate(episodes)
-                                 for s in range(len(e.q) - span + 1)], dtype=np.int64)
+        self.windows, _ = tick_windows([len(e.q) for e in episodes], seq_len, frame_skip)
         self.seq_len, self.frame_skip = seq_len, frame_skip
         self.ticks = np.cumsum([0] + [len(e.q) for e in episodes])                       # (E+1,) episode starts
-        if len(self.windows) == 0:
-            raise ValueError(f"no episode is at least {span} control steps long "
-                             f"({seq_len} steps of {frame_skip} ticks)")
 
     def batch(self, rng: np.random.Generator, n: int):
         """-> frames (n,L,3,S,S) float, q, qd (n,L,A), actions (n,L-1,A)."""
@@ -135,7 +146,7 @@ class SequenceData:
         q = torch.stack([self.q[i][t] for (i, _), t in zip(idx, ticks)])
         qd = torch.stack([self.qd[i][t] for (i, _), t in zip(idx, ticks)])
         # a step's action: the k one-tick commands it spans, summed
-        a = torch.stack([self.act[i][s:s + (L - 1) * k].view(L - 1, k, -1).sum(1) for i, s in idx])
+        a = summed_ticks(torch.stack([self.act[i][s:s + (L - 1) * k] for i, s in idx]), k)
         return image_to_tensor(f), q, qd, a
 
     def frames_independent(self, rng: np.random.Generator, n: int):
@@ -371,7 +382,7 @@ def evaluate(model: WorldModel, train_eps, test_eps, device, horizons=(1, 5, 10)
         if len(starts) == 0:
             continue
         hist = torch.stack([z[s - (h - 1) * k:s + 1:k] for s in starts])                           # (N, h, D)
-        acts = torch.stack([a[s:s + Hmax].reshape(Hmax // k, k, -1).sum(1) for s in starts])      # (N, H/k, A)
+        acts = summed_ticks(torch.stack([a[s:s + Hmax] for s in starts]), k)                      # (N, H/k, A)
         pred = model.rollout(hist, acts)                                                         # (N, H/k, D)
         for n in steps:
             target = torch.stack([z[s + n] for s in starts])
@@ -698,10 +709,9 @@ def _fit_steps(opt, steps, lr, loss_at, progress, clip) -> tuple[float | None, f
     return first, last
 
 
-def refine_window(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[int, int]:
-    """Stage 2's training window: (its steps L, the control ticks it spans)."""
-    L = max(model_cfg.history + cfg.refine_rollout, 3 * model_cfg.k_coarse + 1)
-    return L, (L - 1) * cfg.frame_skip + 1
+def refine_steps_per_window(model_cfg: ModelConfig, cfg: TrainConfig) -> int:
+    """The steps of stage 2's training windows (each ``cfg.frame_skip`` ticks)."""
+    return max(model_cfg.history + cfg.refine_rollout, 3 * model_cfg.k_coarse + 1)
 
 
 def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "cpu", progress=None) -> dict:
@@ -720,11 +730,8 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
     with torch.no_grad():
         Z = [encode_episode(model, e, device) for e in train_eps]
     A = [torch.as_tensor(e.action, dtype=torch.float32, device=device) for e in train_eps]
-    kt = cfg.frame_skip
-    L, span = refine_window(model.cfg, cfg)
-    windows = np.array([(i, s) for i, z in enumerate(Z) for s in range(len(z) - span + 1)], dtype=np.int64)
-    if len(windows) == 0:
-        raise ValueError(f"stage 2: no recording is {span} ticks long ({L} steps of {kt} ticks)")
+    kt, L = cfg.frame_skip, refine_steps_per_window(model.cfg, cfg)
+    windows, span = tick_windows([len(z) for z in Z], L, kt)
     params = list(model.fine.parameters()) + list(model.coarse.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.refine_lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, 2])
@@ -735,8 +742,7 @@ def refine_predictors(model: WorldModel, cfg: TrainConfig, train_eps, device: st
     def loss_at(step):
         idx = windows[rng.integers(0, len(windows), cfg.refine_batch)]
         z = torch.stack([Z[i][s:s + span:kt] for i, s in idx])                 # (B, L, D)
-        a = torch.stack([A[i][s:s + span - 1] for i, s in idx])                # (B, (L-1)*kt, A) one per tick
-        a = a.reshape(a.shape[0], L - 1, kt, -1).sum(2)                        # (B, L-1, A) kt ticks summed
+        a = summed_ticks(torch.stack([A[i][s:s + span - 1] for i, s in idx]), kt)   # (B, L-1, A)
         pl = prediction_losses(model, z, a, cfg.refine_rollout)
         return sum(pl.values()) / len(pl)
 

@@ -58,8 +58,8 @@ class ModelConfig:
     inverse_dim: int = 0          # > 0: a training-only inverse-dynamics head (hidden width inverse_dim) reads the
                                   # action between two frames off their z_vis; stage 1's inverse term trains it
     predictor_ticks: int = 1      # control ticks one step of the fine predictor covers (its history's frames are
-                                  # that far apart, its action the commands of those ticks summed): stage 1's
-                                  # frame skip, until stage 2 trains the predictors at one tick
+                                  # that far apart, its action the commands of those ticks summed): the frame
+                                  # skip of the last stage that trained the predictors
 
     def __post_init__(self):
         if self.goal_features < 0:

@@ -166,7 +166,8 @@ def run(args) -> int:
 
     from ami_ros.core.model_io import ModelError, load_model, save_model
     from ami_ros.core.training import (CollapseError, TrainConfig, dataset_hash, evaluate, refine_predictors,
-                                       refine_window, split_episodes, train, train_direct, train_tool_readout)
+                                       refine_steps_per_window, split_episodes, tick_windows, train, train_direct,
+                                       train_tool_readout)
     from ami_ros.core.world_model import ModelConfig, WorldModel
     from ami_ros.data.bags import load_episodes
 
@@ -297,11 +298,13 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     train_eps, test_eps = split_episodes(episodes, cfg.holdout_frac)
-    window, span = refine_window(mcfg, cfg)
-    if cfg.refine_steps > 0 and not any(len(e.q) >= span for e in train_eps):
-        print(f"error: stage 2 trains on windows of {window} steps of {cfg.frame_skip} ticks ({span} ticks), and no "
-              f"training recording is that long (the longest: {max(len(e.q) for e in train_eps)})", file=sys.stderr)
-        return 2
+    if cfg.refine_steps > 0:     # before stage 1 spends its time
+        try:
+            tick_windows([len(e.q) for e in train_eps], refine_steps_per_window(mcfg, cfg), cfg.frame_skip)
+        except ValueError as err:
+            print(f"error: stage 2's training windows: {err} (the longest training recording: "
+                  f"{max(len(e.q) for e in train_eps)})", file=sys.stderr)
+            return 2
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.pt")
     if rank == 0:
