@@ -418,16 +418,21 @@ def test_actions_within_bound_and_set_config():
 def test_k_tick_predictors_plan_in_blocks_that_reach_k_times_as_far():
     """A model whose predictor steps k ticks is planned in blocks of k actions: the plan comes back
     tick by tick (H*k actions, each within the bound), the predictor is given each block's sum,
-    the cost's action terms see every tick, and H steps reach H*k ticks out: a goal 16 ticks away
-    at full speed, beyond a 4-tick plan's reach, is reached in about as many cycles. The
-    hierarchical mode, which needs one-tick predictors, is refused."""
+    the cost's action terms see every tick (those of the arm's volumes each block's end), and H
+    steps reach H*k ticks out: a goal 16 ticks away at full speed, beyond a 4-tick plan's reach,
+    is reached in about as many cycles. The hierarchical mode, which needs one-tick predictors,
+    is refused."""
     H, k = 4, 4
     cfg = toy_config(horizon=H, candidates=128, elites=16)
     blocks, model = make(cfg, model=BlockModel(k))
     assert blocks.ticks == k
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
     goal = model.embed(Q_FAR)[:DV]
+    every, breakdown = [], blocks.cost.breakdown      # the cost prices the arm's volumes at each block's end
+    blocks.cost.breakdown = lambda *a: (every.append(a[9]), breakdown(*a))[1]
     r = blocks.plan(zh, goal, torch.zeros(A), torch.zeros(A))
+    assert set(every) == {k}
+    del blocks.cost.breakdown
     assert r.actions.shape == (H * k, A) and r.predicted.shape == (H, model.embed_dim)
     assert torch.all(r.actions.abs() <= BOUND + 1e-6)
     final = model.seen[-1]                                    # the returned plan's evaluation: its blocks summed
@@ -938,6 +943,37 @@ def test_goal_tool_term_steers_the_tool_to_the_goals_reading():
         planner.plan(torch.zeros(1, 4), torch.zeros(4), q, torch.zeros(6), goal_tool=torch.tensor([0.1, math.nan, 0]))
     with pytest.raises(ValueError, match="goal_tool"):
         planner.plan(torch.zeros(1, 4), torch.zeros(4), q, torch.zeros(6), goal_tool=torch.zeros(2))
+
+
+def test_block_cost_prices_the_arms_volumes_at_each_blocks_end():
+    """every=k: the terms of the arm's volumes and tool point take the pose at the end of each
+    block of k ticks (those of a plan stepping each block's sum at once), the action and
+    joint-limit terms every tick; a k that does not divide the ticks is refused."""
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.safety import SafetySpec
+
+    arm = load_arm()
+    spec = SafetySpec.load(arm=arm)
+    zone = spec.keep_out[0]
+    cost = Cost(toy_weights(joint_limit=1.0, workspace=1.0, keep_out=1.0, goal_tool=100.0, goal_tool_radius=0.0),
+                arm.q_min, arm.q_max, arm=arm, workspace=(spec.workspace.lo, spec.workspace.hi),
+                keep_out=[(zone.lo, zone.hi)])
+    q0 = torch.tensor(arm.home, dtype=torch.float32)
+    acts = 0.08 * torch.randn(3, 8, 6, generator=torch.Generator().manual_seed(0))
+    acts[2, :, 1] = 0.1                                                  # towards the table: the workspace term > 0
+    z, goal, tool = torch.zeros(3, 2, 4), torch.zeros(4), torch.tensor([0.4, 0.1, 0.2])
+    k = 4
+    blocked = cost.breakdown(z, acts, goal, q0, torch.zeros(6), goal_tool=tool, every=k)
+    ends = cost.breakdown(z, acts.reshape(3, 2, k, 6).sum(2), goal, q0, torch.zeros(6), goal_tool=tool)
+    ticks = cost.breakdown(z, acts, goal, q0, torch.zeros(6), goal_tool=tool)
+    assert blocked["workspace"][2] > 0 and blocked["goal_tool"].min() > 0
+    for term in ("workspace", "keep_out", "goal_tool"):
+        torch.testing.assert_close(blocked[term], ends[term])
+    for term in ("smoothness", "effort", "joint_limit"):
+        torch.testing.assert_close(blocked[term], ticks[term])
+    assert not torch.allclose(blocked["goal_tool"], ticks["goal_tool"])
+    with pytest.raises(ValueError, match="every"):
+        cost.breakdown(z, acts, goal, q0, torch.zeros(6), goal_tool=tool, every=3)
 
 
 def test_cost_refuses_a_bad_keep_out_box():

@@ -279,14 +279,18 @@ class Cost:
 
     def breakdown(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
                   subgoal: Tensor | None = None, subgoal_step: int = -1,
-                  goal_dims: slice | None = None, goal_tool: Tensor | None = None) -> dict[str, Tensor]:
+                  goal_dims: slice | None = None, goal_tool: Tensor | None = None,
+                  every: int = 1) -> dict[str, Tensor]:
         """Weighted terms, each (B,), keyed by the names in ``TERMS``; their sum is the cost.
 
         z_pred (B, Hz, D), actions (B, H, A) (Hz may differ from H: the coarse level
         predicts one embedding per k actions), goal (D,) or (Dg,), q0 (A,) commanded
         joint target now, prev_action (A,) last executed action, subgoal (D,) or None;
         goal_dims overrides the bound goal dims; goal_tool (3,) the tool position read off
-        the goal image (m), or None.
+        the goal image (m), or None; every: the terms of the arm's volumes and tool point
+        (workspace, keep_out, goal_tool) take the commanded positions at every ``every``-th
+        tick only, the last of each block of ``every`` (H a multiple of it), where a
+        block planner's predictor steps; the action and joint-limit terms take every tick.
         """
         w = self._weights
         dev, dt = z_pred.device, z_pred.dtype
@@ -310,8 +314,10 @@ class Cost:
         use_ws = self.arm is not None and self.workspace is not None and w.workspace > 0
         use_ko = self.arm is not None and bool(self.keep_out) and w.keep_out > 0
         use_gt = self.arm is not None and goal_tool is not None and w.goal_tool > 0
-        if use_ws or use_ko or use_gt:       # one kinematics pass for all: (B, H, C, 3) x2, (C,), tool point last
-            ends_a, ends_b, radii = self.arm.capsules_at(q, tool_point=True)
+        if use_ws or use_ko or use_gt:   # one kinematics pass for all: (B, H // every, C, 3) x2, (C,), tool point last
+            if every < 1 or q.shape[1] % every:
+                raise ValueError(f"every: need a divisor of the {q.shape[1]} ticks, got {every}")
+            ends_a, ends_b, radii = self.arm.capsules_at(q[:, every - 1::every], tool_point=True)
         if self.q_min is not None and w.joint_limit > 0:
             m = w.joint_limit_margin
             lo = torch.relu(self.q_min.to(dev, dt) + m - q)
@@ -354,9 +360,10 @@ class Cost:
 
     def __call__(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
                  subgoal: Tensor | None = None, subgoal_step: int = -1, goal_dims: slice | None = None,
-                 goal_tool: Tensor | None = None) -> Tensor:
+                 goal_tool: Tensor | None = None, every: int = 1) -> Tensor:
         """Total cost (B,). Same arguments as :meth:`breakdown`."""
-        terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step, goal_dims, goal_tool)
+        terms = self.breakdown(z_pred, actions, goal, q0, prev_action, subgoal, subgoal_step, goal_dims, goal_tool,
+                               every)
         return torch.stack(list(terms.values())).sum(0)
 
     def _goal_tool_penalty(self, tool: Tensor, goal_tool: Tensor) -> Tensor:

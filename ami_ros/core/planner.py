@@ -24,9 +24,11 @@ Action blocks: a model whose fine predictor steps ``k`` control ticks at a time
 (``ModelConfig.predictor_ticks``: stage 1 with a frame skip, as LeWM plans Push-T in
 blocks of 5) is planned flat in steps of ``k`` ticks: the search's rows are ``(H, k*A)``,
 ``k`` actions each, sampled with one noise draw per row (each tick of a block moves
-alike); the predictor steps each row's sum from a history ``k`` ticks apart, and the
-cost's action and kinematic terms see every tick. The plan is returned tick by tick
-(``(H*k, A)``), so ``horizon`` steps reach ``H*k`` ticks out, and the warm start
+alike); the predictor steps each row's sum from a history ``k`` ticks apart. The
+cost's action and joint-limit terms see every tick; its terms of the arm's volumes
+(workspace, keep-out, goal_tool: forward kinematics, the cost's dearest part) see the
+pose at the end of each step, as the embedding's terms do (the gate checks every tick).
+The plan is returned tick by tick (``(H*k, A)``), so ``horizon`` steps reach ``H*k`` ticks out, and the warm start
 shifts by the ticks executed. The hierarchical mode needs one-tick predictors.
 
 Predictions (``predictor``): ``'rollout'`` steps the fine predictor (and, for the
@@ -499,14 +501,16 @@ class Planner:
         def fine_eval(cand: Tensor, subgoal=None, s=-1, tool=goal_tool):
             """cand (N, T, k_t * A): T predictor steps of k_t actions each -> (cost (N,), predictions
             (N, T, D)). The predictor steps each row's actions summed (a k_t-tick move); the cost's
-            action and kinematic terms see every tick."""
+            action and joint-limit terms see every tick, its terms of the arm's volumes the pose at
+            the end of each step, where the predictor predicts."""
             n, T = cand.shape[:2]
             ticks = cand.reshape(n, T * k_t, A)
             z = predict(ticks if k_t == 1 else cand.reshape(n, T, k_t, A).sum(2))
-            return self.cost(z, ticks, goal, q0, prev, subgoal, s, gdims, tool), z
+            return self.cost(z, ticks, goal, q0, prev, subgoal, s, gdims, tool, k_t), z
 
         def terms(plan: Tensor, z: Tensor, subgoal=None, s=-1, tool=goal_tool) -> dict:
-            return self.cost.breakdown(z[None], plan.reshape(1, -1, A), goal, q0, prev, subgoal, s, gdims, tool)
+            return self.cost.breakdown(z[None], plan.reshape(1, -1, A), goal, q0, prev, subgoal, s, gdims, tool,
+                                       k_t)
 
         return predict, fine_eval, terms
 
