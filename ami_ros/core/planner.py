@@ -28,8 +28,9 @@ alike); the predictor steps each row's sum from a history ``k`` ticks apart. The
 cost's action and joint-limit terms see every tick; its terms of the arm's volumes
 (workspace, keep-out, goal_tool: forward kinematics, the cost's dearest part) see the
 pose at the end of each step, as the embedding's terms do (the gate checks every tick).
-The plan is returned tick by tick (``(H*k, A)``), so ``horizon`` steps reach ``H*k`` ticks out, and the warm start
-shifts by the ticks executed. The hierarchical mode needs one-tick predictors.
+The plan is returned tick by tick (``(H*k, A)``), so ``horizon`` steps reach ``H*k``
+ticks out, and the warm start shifts by the ticks executed. The hierarchical mode
+needs one-tick predictors.
 
 Predictions (``predictor``): ``'rollout'`` steps the fine predictor (and, for the
 high level, the coarse one) autoregressively from the recent embeddings;
