@@ -100,6 +100,7 @@ import torch
 from torch import Tensor
 
 from .cost import TERMS, Cost, ValidatedConfig
+from .world_model import summed_ticks
 
 #: planner precision -> the autocast dtype of the predictor's arithmetic (None: plain fp32)
 PRECISION_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -506,7 +507,7 @@ class Planner:
             the end of each step, where the predictor predicts."""
             n, T = cand.shape[:2]
             ticks = cand.reshape(n, T * k_t, A)
-            z = predict(ticks if k_t == 1 else cand.reshape(n, T, k_t, A).sum(2))
+            z = predict(ticks if k_t == 1 else summed_ticks(ticks, k_t))
             return self.cost(z, ticks, goal, q0, prev, subgoal, s, gdims, tool, k_t), z
 
         def terms(plan: Tensor, z: Tensor, subgoal=None, s=-1, tool=goal_tool) -> dict:
@@ -545,9 +546,9 @@ class Planner:
                 lo0.copy_(lo)
                 hi0.copy_(hi)
             entry[2] = boxes
-        T, C = mean0.shape
-        bound = self.bound.repeat(C // self.bound.shape[0])
-        noise = [torch.randn((c.candidates, T, self.bound.shape[0]), generator=self._gen, device=self.device)
+        bound = self.bound.repeat(self.ticks)
+        noise = [torch.randn((c.candidates, mean0.shape[0], self.bound.shape[0]), generator=self._gen,
+                             device=self.device)
                  for _ in range(c.iterations)]
 
         def flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean, *noise):

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ami_ros.core.sigreg import collapse_stats, sigreg
-from ami_ros.core.world_model import ModelConfig, WorldModel, image_to_tensor
+from ami_ros.core.world_model import ModelConfig, WorldModel, image_to_tensor, summed_ticks
 
 log = logging.getLogger("ami_ros.train")
 
@@ -110,11 +110,6 @@ def tick_windows(lengths, steps: int, ticks: int) -> tuple[np.ndarray, int]:
     if len(windows) == 0:
         raise ValueError(f"no episode is at least {span} control steps long ({steps} steps of {ticks} ticks)")
     return windows, span
-
-
-def summed_ticks(actions: torch.Tensor, ticks: int) -> torch.Tensor:
-    """(..., T * ticks, A) one-tick commands -> (..., T, A): each step's ``ticks`` commands summed."""
-    return actions.reshape(*actions.shape[:-2], -1, ticks, actions.shape[-1]).sum(-2)
 
 
 class SequenceData:

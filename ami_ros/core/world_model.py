@@ -419,3 +419,8 @@ def image_to_tensor(frames) -> torch.Tensor:
     x = torch.as_tensor(frames)
     return x.movedim(-1, -3).float()
 
+
+def summed_ticks(actions: torch.Tensor, ticks: int) -> torch.Tensor:
+    """(..., T * ticks, A) one-tick commands -> (..., T, A): each step's ``ticks`` commands summed,
+    the action of a predictor that steps ``ticks`` control ticks (``ModelConfig.predictor_ticks``)."""
+    return actions.reshape(*actions.shape[:-2], -1, ticks, actions.shape[-1]).sum(-2)
