@@ -362,6 +362,49 @@ def test_push_task_goal_image_shows_the_cube_moved_and_the_scripted_pusher_moves
         assert sum(e.success for e in eps) == 0
 
 
+def test_recorded_push_episodes_load_as_the_frames_states_and_commands_the_agent_had(tmp_path):
+    """EpisodeRecorder: each push episode is a bag that loads as one control step a frame, the
+    frames the agent was given, the targets it commanded (replayed from the bag as training
+    replays collect's), and the cube where the simulator had it; index.yaml lists them."""
+    import yaml
+
+    from ami_ros.core.stack_config import action_bound
+    from ami_ros.data import load_episode
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import PUSH, ScriptedPusher, run_push_episode
+    from ami_ros.sim.recording import EpisodeRecorder
+
+    arm = load_arm()
+    bound = action_bound(arm, 0.1, 0.5)
+    with ArmSim(arm, width=32, height=32, seed=0) as sim:
+        pusher = ScriptedPusher(sim, bound)
+        seen = []
+        act = pusher.act
+
+        def spy(stamp, frame, *rest):
+            seen.append(frame.copy())
+            return act(stamp, frame, *rest)
+
+        pusher.act = spy
+        rec = EpisodeRecorder(tmp_path / "rec", sim, {"made_by": "test"})
+        eps = [run_push_episode(sim, pusher, np.random.default_rng([5, i]), recorder=rec) for i in range(2)]
+        pusher.act = lambda *a: (_ for _ in ()).throw(RuntimeError("planner failed"))
+        with pytest.raises(RuntimeError, match="planner failed"):    # an episode that fails leaves no folder
+            run_push_episode(sim, pusher, np.random.default_rng(9), recorder=rec)
+        rec.close()
+    assert sorted(os.listdir(tmp_path / "rec")) == ["episode_0000", "episode_0001", "index.yaml"]
+    index = yaml.safe_load((tmp_path / "rec" / "index.yaml").read_text())
+    assert index["made_by"] == "test" and [e["name"] for e in index["episodes"]] == ["episode_0000", "episode_0001"]
+    assert [e["success"] for e in index["episodes"]] == [e.success for e in eps]
+    assert any(e.moved > 0.01 for e in eps)
+    for i, e in enumerate(eps):
+        ep = load_episode(tmp_path / "rec" / f"episode_{i:04d}", joint_names=arm.joint_names)
+        assert len(ep.t) == PUSH.steps + 1 and index["episodes"][i]["commands"] == PUSH.steps
+        np.testing.assert_array_equal(ep.frames[:-1], np.stack(seen[i * PUSH.steps:(i + 1) * PUSH.steps]))
+        np.testing.assert_allclose(ep.q_cmd[1:], e.targets, atol=1e-9)       # tick k+1: the target sent at k
+        assert abs(np.linalg.norm(ep.cube[-1, :2] - ep.cube[0, :2]) - e.moved) < 1e-6
+
+
 def test_push_demo_goal_is_the_scripted_pushers_last_frame_and_the_episode_starts_where_it_did():
     """push-demo: the goal image is the frame the scripted pusher's push ends on (the arm moved,
     not only the cube), the goal is where that push left the cube, and the agent starts from the
@@ -431,11 +474,23 @@ def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_
         assert r["targets"] == 2 * 80 and 0 <= r["targets_outside_workspace"] <= r["targets"]
         assert r["episodes_with_targets_outside_workspace"] <= 2
         assert all(e["tool_closest_m"] > 0 for e in r["per_episode"])
-    assert tool.run(p.parse_args(["--episodes", "1", "--splits", "push-demo", "--no-references",
-                                  "--json", str(out)])) == 0
+    rec = tmp_path / "rec"
+    args = ["--episodes", "1", "--splits", "push-demo", "--no-references", "--json", str(out), "--record", str(rec)]
+    assert tool.run(p.parse_args(args)) == 0
     demo = json.loads(out.read_text())["splits"]["push-demo"]["planner_flat"]
     assert demo["episodes"] == 1 and 0 < demo["demo_steps_median"] <= 80 and demo["demo_redraws"] >= 0
     assert "energy_sees_cube" not in demo
+    # --record: the planner's episode as a bag training reads, its card part saying how it was made
+    from ami_ros.data import load_episodes
+    from ami_ros.tools.train import collection_record
+
+    assert os.listdir(rec) == ["push-demo-planner_flat"]
+    loaded, errors = load_episodes(rec, joint_names=load_arm().joint_names)
+    assert not errors and len({e.bag for e in loaded}) == 1
+    part = collection_record(str(rec))["parts"]["push-demo-planner_flat"]
+    assert part["made_by"] == "ami-ros eval" and part["agent"] == "planner_flat" and part["episodes"] == 1
+    assert part["model"].startswith("default@") and part["command"].startswith("ami-ros ")
+    assert tool.run(p.parse_args(args)) == 2                   # never into episodes already there
 
 
 def test_cube_energy_watch_tells_an_energy_that_sees_the_cube_from_one_that_does_not():

@@ -23,6 +23,7 @@ Push-T in LeWM and DINO-WM, whose goals are later frames of expert trajectories.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -87,11 +88,14 @@ def draw_episode(sim, split: str, rng: np.random.Generator):
     raise RuntimeError(f"could not draw a {split} episode")
 
 
-def command_actions(sim, q_cmd: np.ndarray, actions: np.ndarray, dt: float) -> np.ndarray:
-    """Send the planned actions as a trajectory from the current command; returns the next command."""
+def command_actions(sim, q_cmd: np.ndarray, actions: np.ndarray, dt: float, recorder=None) -> np.ndarray:
+    """Send the planned actions as a trajectory from the current command (and to ``recorder``,
+    an :class:`~ami_ros.sim.recording.EpisodeRecorder`); returns the next command."""
     targets = sim.spec.clip(q_cmd + np.cumsum(actions, 0))                    # (H, A)
     times = dt * np.arange(1, len(targets) + 1)
     sim.set_trajectory(Trajectory(sim.joint_names, times, targets))
+    if recorder is not None:
+        recorder.command(times, targets)
     return targets[0]
 
 
@@ -318,11 +322,13 @@ def demonstrate_push(sim, goal: np.ndarray, action_bound: np.ndarray, dt: float,
 
 
 def run_push_episode(sim, agent, rng: np.random.Generator, dt: float = 0.1, task: Push = PUSH,
-                     watch: "CubeEnergyWatch | None" = None, action_bound: np.ndarray | None = None) -> PushResult:
+                     watch: "CubeEnergyWatch | None" = None, action_bound: np.ndarray | None = None,
+                     recorder=None) -> PushResult:
     """One push episode: the agent sees camera frames, joint states and the goal image (the
     scene with the cube at its goal, the arm where ``task.goal_arm`` says); an agent with
     ``push_goal`` (the scripted pusher) is also told the goal position. ``watch`` measures the
-    scene each step. A ``"demo"`` goal is the frame :func:`demonstrate_push` ends on (within
+    scene each step; ``recorder`` (an :class:`~ami_ros.sim.recording.EpisodeRecorder`) writes
+    the episode as a bag. A ``"demo"`` goal is the frame :func:`demonstrate_push` ends on (within
     ``action_bound`` (A,) per step); draws it cannot push are left out (``demo_redraws``) and
     the goal is where it brought the cube."""
     if task.goal_arm not in ("start", "demo"):
@@ -360,26 +366,48 @@ def run_push_episode(sim, agent, rng: np.random.Generator, dt: float = 0.1, task
     steps_ok, times, closest = None, [], d0
     tool_closest = float(np.linalg.norm(sim.tool_position() - sim.cube_pose()[:3]))
     targets = []
-    for k in range(task.steps):
-        frame = sim.render()
-        if watch is not None:
-            watch.see(k, sim, frame)
-        t = time.perf_counter()
-        actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
-        if getattr(agent, "planning", True):
-            times.append(time.perf_counter() - t)
-        q_cmd = command_actions(sim, q_cmd, actions, dt)
-        targets.append(q_cmd)
-        sim.step(dt)
-        d = float(np.linalg.norm(cube() - goal))
-        closest = min(closest, d)
-        tool_closest = min(tool_closest, float(np.linalg.norm(sim.tool_position() - sim.cube_pose()[:3])))
-        if steps_ok is None and d < task.success_radius:
-            steps_ok = k + 1
-    final = float(np.linalg.norm(cube() - goal))
-    return PushResult(final < task.success_radius, steps_ok, final, d0, closest,
-                      float(np.linalg.norm(cube() - start)), times, tool_closest, np.array(targets),
-                      demo_steps, redraws)
+    with _recording(recorder):
+        for k in range(task.steps):
+            frame = sim.render()
+            if watch is not None:
+                watch.see(k, sim, frame)
+            if recorder is not None:
+                recorder.observe(frame)
+            t = time.perf_counter()
+            actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
+            if getattr(agent, "planning", True):
+                times.append(time.perf_counter() - t)
+            q_cmd = command_actions(sim, q_cmd, actions, dt, recorder)
+            targets.append(q_cmd)
+            sim.step(dt)
+            d = float(np.linalg.norm(cube() - goal))
+            closest = min(closest, d)
+            tool_closest = min(tool_closest, float(np.linalg.norm(sim.tool_position() - sim.cube_pose()[:3])))
+            if steps_ok is None and d < task.success_radius:
+                steps_ok = k + 1
+        final = float(np.linalg.norm(cube() - goal))
+        result = PushResult(final < task.success_radius, steps_ok, final, d0, closest,
+                            float(np.linalg.norm(cube() - start)), times, tool_closest, np.array(targets),
+                            demo_steps, redraws)
+        if recorder is not None:
+            recorder.observe()
+            recorder.end(success=result.success, start_m=round(d0, 4), final_m=round(final, 4),
+                         moved_m=round(result.moved, 4), goal_xy=[round(float(x), 4) for x in goal])
+    return result
+
+
+@contextlib.contextmanager
+def _recording(recorder):
+    """Begins the recorder's episode (when there is a recorder) and aborts it on an exception."""
+    if recorder is None:
+        yield
+        return
+    recorder.begin()
+    try:
+        yield
+    except BaseException:
+        recorder.abort()
+        raise
 
 
 class CubeEnergyWatch:
@@ -531,7 +559,9 @@ def along_line_of_sight(error, target, camera) -> float:
 
 
 def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.1,
-                success_radius: float = 0.05, max_steps: int | None = None) -> EpisodeResult:
+                success_radius: float = 0.05, max_steps: int | None = None, recorder=None) -> EpisodeResult:
+    """One goal-reaching episode of ``split``; ``recorder`` (an
+    :class:`~ami_ros.sim.recording.EpisodeRecorder`) writes it as a bag."""
     q0, qg, cube = draw_episode(sim, split, rng)
     boxes = SPLITS[split].keep_out
     if hasattr(agent, "set_keep_out"):
@@ -545,31 +575,38 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
     steps_ok, times, closest = None, [], start
     nearest = (np.inf, None)                       # (measured goal distance, tool distance at that frame)
     entered = False
-    for k in range(max_steps or SPLITS[split].steps):
-        frame = sim.render()
-        tool_now = float(np.linalg.norm(sim.tool_position() - goal_tool))
-        t = time.perf_counter()
-        actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
-        if getattr(agent, "planning", True):        # planning time: cycles that planned
-            times.append(time.perf_counter() - t)
-        measured = getattr(agent, "measured_distance", float("nan"))
-        if measured < nearest[0]:                  # NaN (not measured) never is
-            nearest = (measured, tool_now)
-        q_cmd = command_actions(sim, q_cmd, actions, dt)
-        if boxes:   # the arm's links against the boxes every 20 ms (the tool moves under 3 cm in that time)
-            for _ in range(max(1, round(dt / KEEP_OUT_CHECK_PERIOD))):
-                sim.step(KEEP_OUT_CHECK_PERIOD)
-                entered = entered or any(links_enter_box(sim.spec, sim.joint_positions(), b) for b in boxes)
-        else:
-            sim.step(dt)
-        d = float(np.linalg.norm(sim.tool_position() - goal_tool))
-        closest = min(closest, d)
-        if steps_ok is None and d < success_radius:
-            steps_ok = k + 1
-    final = float(np.linalg.norm(sim.tool_position() - goal_tool))
-    along = along_line_of_sight(sim.tool_position() - goal_tool, goal_tool, sim.camera_position())
-    return EpisodeResult(split, final < success_radius and not entered, steps_ok, final, start, times, closest,
-                         nearest[1], along, getattr(agent, "status", None), entered)
+    with _recording(recorder):
+        for k in range(max_steps or SPLITS[split].steps):
+            frame = sim.render()
+            if recorder is not None:
+                recorder.observe(frame)
+            tool_now = float(np.linalg.norm(sim.tool_position() - goal_tool))
+            t = time.perf_counter()
+            actions, _ = agent.act(sim.time, frame, sim.joint_positions(), sim.joint_velocities(), q_cmd)
+            if getattr(agent, "planning", True):        # planning time: cycles that planned
+                times.append(time.perf_counter() - t)
+            measured = getattr(agent, "measured_distance", float("nan"))
+            if measured < nearest[0]:                  # NaN (not measured) never is
+                nearest = (measured, tool_now)
+            q_cmd = command_actions(sim, q_cmd, actions, dt, recorder)
+            if boxes:   # the arm's links against the boxes every 20 ms (the tool moves under 3 cm in that time)
+                for _ in range(max(1, round(dt / KEEP_OUT_CHECK_PERIOD))):
+                    sim.step(KEEP_OUT_CHECK_PERIOD)
+                    entered = entered or any(links_enter_box(sim.spec, sim.joint_positions(), b) for b in boxes)
+            else:
+                sim.step(dt)
+            d = float(np.linalg.norm(sim.tool_position() - goal_tool))
+            closest = min(closest, d)
+            if steps_ok is None and d < success_radius:
+                steps_ok = k + 1
+        final = float(np.linalg.norm(sim.tool_position() - goal_tool))
+        along = along_line_of_sight(sim.tool_position() - goal_tool, goal_tool, sim.camera_position())
+        result = EpisodeResult(split, final < success_radius and not entered, steps_ok, final, start, times,
+                               closest, nearest[1], along, getattr(agent, "status", None), entered)
+        if recorder is not None:
+            recorder.observe()
+            recorder.end(success=result.success, start_m=round(start, 4), final_m=round(final, 4))
+    return result
 
 
 def tolerance_check(model, sim, split: str, rng: np.random.Generator, tolerance: float, goals: int = 25,

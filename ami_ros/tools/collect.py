@@ -208,6 +208,7 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
 
     from ami_ros.core.trajectory import Trajectory
     from ami_ros.data.bags import EpisodeWriter
+    from ami_ros.sim.recording import write_frame, write_joint_state
 
     sim_ss, gen_ss = np.random.SeedSequence(seed).spawn(2)
     sim.rng = np.random.default_rng(sim_ss)
@@ -223,9 +224,7 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
     end_ns = int(round(steps * control_dt * 1e9))
     periods = {"js": 1e9 / joint_state_hz, "cam": 1e9 / camera_hz, "ctrl": 1e9 / control_hz}
     count = {"js": 0, "cam": 0, "ctrl": 0}
-    K = sim.camera_matrix()
     n_phys = 0
-    efforts_ok = len(sim.joint_efforts()) == len(names)
 
     def due(stream: str) -> int | None:
         ns = int(round(count[stream] * periods[stream]))
@@ -246,13 +245,9 @@ def record_episode(sim, path: str, *, seed: int, steps: int, control_hz: float, 
             t = n_phys * phys_ns / 1e9  # exact on the physics grid (sim.time up to float rounding)
             now = [s for s, ns in pending.items() if math.ceil(ns / phys_ns) <= n_phys]
             if "js" in now:
-                w.write_joint_state(t, names, sim.joint_positions(), sim.joint_velocities(),
-                                    sim.joint_efforts() if efforts_ok else None)
+                write_joint_state(w, t, sim)
             if "cam" in now:
-                w.write_image(t, sim.render(), K)
-                w.write_cube_pose(t, sim.cube_pose())
-                w.write_cube_visible(t, sim.cube_visible_fraction())
-                w.write_tool_position(t, sim.tool_position())
+                write_frame(w, t, sim)
             if "ctrl" in now:  # decided from the state at t, after the observations at t
                 times, pos, vel = explorer.step(t)
                 sim.set_trajectory(Trajectory(names, times, pos, vel, start_time=t))

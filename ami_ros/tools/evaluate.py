@@ -66,6 +66,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a 2-core machine the "
                    "sim and the planner share the cores)")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--record", default=None, metavar="DIR",
+                   help="also write every simulated episode as a rosbag2 MCAP bag, as collect records them, to "
+                        "DIR/<split>-<agent>/episode_0000, ... with an index.yaml (DIR must not hold them yet): the "
+                        "frames each agent saw, its joint states and commands, one each control step; training "
+                        "data on the states the planner's own plans reach (train --data DIR)")
     add_variation_arguments(p, "goal reaching runs in that scene (e.g. a fleet cell's, with its model)")
     add_profile_arguments(p)
     add_split_arguments(p)
@@ -76,6 +81,7 @@ def run(args) -> int:
         return run_bags(args)
     import json
     import os
+    import shlex
     import sys
 
     import numpy as np
@@ -89,6 +95,7 @@ def run(args) -> int:
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import (PUSH_SPLITS, SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent,
                                       WorldModelAgent, run_episode, tolerance_check)
+    from ami_ros.sim.recording import EpisodeRecorder
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in (*SPLITS, *PUSH_SPLITS)]
     if unknown or not splits:
@@ -157,19 +164,49 @@ def run(args) -> int:
         first = next(iter(agents.values()))    # the same goal space as the (first) planner
         agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed,
                                                     encode_goal=first.planner.encode_goal)
+    recorders, index = {}, None
+    if args.record:
+        from ami_ros.sim.scene import scene_hash
+
+        taken = [f"{s}-{n}" for s in splits for n in _agent_names(agents, args, s)
+                 if os.path.exists(os.path.join(args.record, f"{s}-{n}"))]
+        if taken:
+            sim.close()
+            print(f"error: --record {args.record} already holds {', '.join(taken)}; choose another DIR",
+                  file=sys.stderr)
+            return 2
+        index = {"made_by": "ami-ros eval", "command": getattr(args, "command_line", None)
+                 or " ".join(["ami-ros", *map(shlex.quote, sys.argv[1:])]),
+                 "model": model.model_id, "robot": args.robot, "limits": args.limits, "arm": arm.card(),
+                 "scene": scene_hash(arm, variation),
+                 **({} if variation.is_default else {"variation": variation.as_dict()}),
+                 "joint_names": list(arm.joint_names), "seed": args.seed, "width": size, "height": size,
+                 "camera_hz": 1.0 / dt, "joint_state_hz": 1.0 / dt, "control_hz": 1.0 / dt}
+
+    def recorder(split: str, name: str):
+        """The recorder of the split's episodes by this agent (None without --record)."""
+        if index is None:
+            return None
+        steps = (PUSH_SPLITS[split] if split in PUSH_SPLITS else SPLITS[split]).steps
+        r = recorders[split, name] = EpisodeRecorder(os.path.join(args.record, f"{split}-{name}"), sim,
+                                                     {**index, "split": split, "agent": name, "steps": steps})
+        return r
+
     try:
         for split in splits:
             results["splits"][split] = {}
             if split in PUSH_SPLITS:
-                results["splits"][split] = _push_split(sim, agents, bound, dt, args, PUSH_SPLITS[split], split)
+                results["splits"][split] = _push_split(sim, agents, bound, dt, args, PUSH_SPLITS[split], split,
+                                                       recorder)
                 continue
             key = list(SPLITS).index(split) + 1     # near 1, far 2, wall 3
             for name, agent in agents.items():
                 rng = np.random.default_rng([args.seed, key])
                 sim.rng = np.random.default_rng([args.seed, key, 7])
                 eps = []
+                rec = recorder(split, name)
                 for _ in tqdm(range(args.episodes), desc=f"{split:4s} {name:14s}", unit="ep", leave=False):
-                    eps.append(run_episode(sim, agent, split, rng, dt, args.success_radius))
+                    eps.append(run_episode(sim, agent, split, rng, dt, args.success_radius, recorder=rec))
                 times = np.array([t for e in eps for t in e.plan_times]) * 1000
                 ok = [e for e in eps if e.success]
                 results["splits"][split][name] = {
@@ -228,14 +265,30 @@ def run(args) -> int:
                       + ", ".join(f"{b} {100 * tc[b]['under_tolerance']:.1f}% of {tc[b]['poses']}"
                                   for b in ("0-1cm", "1-2cm", "2-5cm", ">5cm") if tc[b]["poses"]), flush=True)
     finally:
+        for r in recorders.values():
+            r.close()
         sim.close()
+    if recorders:
+        n = sum(len(r.entries) for r in recorders.values())
+        print(f"recorded {n} episodes to {os.path.abspath(args.record)}: "
+              + ", ".join(f"{os.path.basename(r.out)} {len(r.entries)}" for r in recorders.values()), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
     return 0
 
 
-def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str) -> dict:
+def _agent_names(agents: dict, args, split: str) -> list[str]:
+    """The agents a split runs, by the names its results (and --record's folders) use."""
+    from ami_ros.sim.goal_task import PUSH_SPLITS, OracleAgent
+
+    if split not in PUSH_SPLITS:
+        return list(agents)
+    names = [k for k, a in agents.items() if not isinstance(a, OracleAgent)]
+    return names + ([] if args.no_references else ["scripted_pusher"])
+
+
+def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, recorder=lambda s, n: None) -> dict:
     """A push split (``task``, a :class:`~ami_ros.sim.goal_task.Push`): the planners as configured
     (their goal, the goal image), random, and the scripted pusher that reads the cube's true pose
     (in place of the oracle; on push-demo it is the demonstrator, so it says whether the episodes
@@ -262,7 +315,8 @@ def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str) -> 
         sim.rng = np.random.default_rng([args.seed, 4, 7])
         watch = (CubeEnergyWatch(planner.planner.encode_goal)
                  if name == "scripted_pusher" and planner and task.goal_arm == "start" else None)
-        eps = [run_push_episode(sim, agent, rng, dt, task, watch=watch, action_bound=bound)
+        rec = recorder(split, name)
+        eps = [run_push_episode(sim, agent, rng, dt, task, watch=watch, action_bound=bound, recorder=rec)
                for _ in tqdm(range(args.episodes), desc=f"{split} {name:14s}", unit="ep", leave=False)]
         ok = [e for e in eps if e.success]
         times = np.array([t for e in eps for t in e.plan_times]) * 1000

@@ -112,9 +112,9 @@ def card_header(name: str, arm, control_dt: float, action_source: str) -> dict:
 
 
 def collection_record(folder) -> dict | None:
-    """How `ami-ros collect` made the data (from its index.yaml), for the card; for a folder
-    of several collections, or a list of folders, {"parts": {folder name: record}}; None for
-    other bags."""
+    """How `ami-ros collect` (or `ami-ros eval --record`) made the data (from its index.yaml),
+    for the card; for a folder of several collections, or a list of folders, {"parts": {folder
+    name: record}}; None for other bags."""
     import os
 
     import yaml
@@ -131,6 +131,10 @@ def collection_record(folder) -> dict | None:
         return {"parts": parts} if parts else None
     with open(path) as f:
         idx = yaml.safe_load(f)
+    if idx.get("made_by") == "ami-ros eval":     # the episodes an evaluation's agent ran (eval --record)
+        return {k: idx.get(k) for k in ("made_by", "model", "split", "agent", "seed", "steps", "width", "height",
+                                        "control_hz")} | {"episodes": len(idx.get("episodes", [])),
+                                                          "command": idx.get("command")}
     keys = ("seed", "steps", "width", "height", "camera_hz", "joint_state_hz", "control_hz")
     rec = {k: idx.get(k) for k in keys}
     rec["push_prob"] = idx.get("push_prob", 0.0)
