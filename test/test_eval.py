@@ -491,6 +491,7 @@ def test_eval_push_split_reports_the_planner_random_and_the_scripted_pusher(tmp_
     assert part["made_by"] == "ami-ros eval" and part["agent"] == "planner_flat" and part["episodes"] == 1
     assert part["model"].startswith("default@") and part["command"].startswith("ami-ros ")
     assert tool.run(p.parse_args(args)) == 2                   # never into episodes already there
+    assert tool.run(p.parse_args(["--bags", str(rec), "--record", str(tmp_path / "r2")])) == 2
 
 
 def test_cube_energy_watch_tells_an_energy_that_sees_the_cube_from_one_that_does_not():

@@ -78,6 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     if args.bags:   # the recordings, no simulator
+        if args.record:
+            import sys
+
+            print("error: --record writes the simulated episodes; with --bags none are run", file=sys.stderr)
+            return 2
         return run_bags(args)
     import json
     import os
@@ -188,9 +193,9 @@ def run(args) -> int:
         if index is None:
             return None
         steps = (PUSH_SPLITS[split] if split in PUSH_SPLITS else SPLITS[split]).steps
-        r = recorders[split, name] = EpisodeRecorder(os.path.join(args.record, f"{split}-{name}"), sim,
-                                                     {**index, "split": split, "agent": name, "steps": steps})
-        return r
+        recorders[split, name] = EpisodeRecorder(os.path.join(args.record, f"{split}-{name}"), sim,
+                                                 {**index, "split": split, "agent": name, "steps": steps})
+        return recorders[split, name]
 
     try:
         for split in splits:
