@@ -173,7 +173,7 @@ def run(args) -> int:
     if args.record:
         from ami_ros.sim.scene import scene_hash
 
-        taken = [f"{s}-{n}" for s in splits for n in _agent_names(agents, args, s)
+        taken = [f"{s}-{n}" for s in splits for n in _split_agents(sim, agents, bound, args, s)
                  if os.path.exists(os.path.join(args.record, f"{s}-{n}"))]
         if taken:
             sim.close()
@@ -283,14 +283,17 @@ def run(args) -> int:
     return 0
 
 
-def _agent_names(agents: dict, args, split: str) -> list[str]:
-    """The agents a split runs, by the names its results (and --record's folders) use."""
-    from ami_ros.sim.goal_task import PUSH_SPLITS, OracleAgent
+def _split_agents(sim, agents: dict, bound, args, split: str) -> dict:
+    """The agents a split runs, by the names its results (and --record's folders) use: a push
+    split's put the scripted pusher in the oracle's place (neither with --no-references)."""
+    from ami_ros.sim.goal_task import PUSH_SPLITS, OracleAgent, ScriptedPusher
 
     if split not in PUSH_SPLITS:
-        return list(agents)
-    names = [k for k, a in agents.items() if not isinstance(a, OracleAgent)]
-    return names + ([] if args.no_references else ["scripted_pusher"])
+        return agents
+    out = {k: a for k, a in agents.items() if not isinstance(a, OracleAgent)}
+    if not args.no_references:
+        out["scripted_pusher"] = ScriptedPusher(sim, bound)
+    return out
 
 
 def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, recorder=lambda s, n: None) -> dict:
@@ -307,13 +310,11 @@ def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, rec
     from tqdm import tqdm
 
     from ami_ros.core.safety import SafetySpec
-    from ami_ros.sim.goal_task import CubeEnergyWatch, OracleAgent, ScriptedPusher, WorldModelAgent, run_push_episode
+    from ami_ros.sim.goal_task import CubeEnergyWatch, WorldModelAgent, run_push_episode
 
     safety = SafetySpec.load(None, arm=sim.spec)     # the gate's workspace, to count the targets it would refuse
-    agents = {k: a for k, a in agents.items() if not isinstance(a, OracleAgent)}
+    agents = _split_agents(sim, agents, bound, args, split)
     planner = next((a for a in agents.values() if isinstance(a, WorldModelAgent)), None)
-    if not args.no_references:
-        agents["scripted_pusher"] = ScriptedPusher(sim, bound)
     out = {}
     for name, agent in agents.items():
         rng = np.random.default_rng([args.seed, 4])
