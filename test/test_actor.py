@@ -213,16 +213,31 @@ def test_an_image_goals_tool_position_is_corrected_by_the_readouts_error_at_the_
     np.testing.assert_allclose(aims[-1].numpy(), read_goal.numpy(), atol=1e-6)
     assert np.isnan(actor.tool_correction)
 
-    for t, qt in ((0.1, q), (0.2, Q_GOAL)):
+    # the readings 1.1 x the tool's distance apart; radius 0.2 m: in full within 0.1 m of the goal's reading
+    planner.cost.set_weights(goal_tool_correction_radius=0.2)
+    step = np.array([1.0, -1.0, 0.5, 0.0]) / 1.5
+    for t, qt, weight in ((0.1, q, 0.0),                                   # 0.41 m away: not corrected
+                          (0.15, Q_GOAL + step * 0.15 / 1.1, 0.5),         # 0.15 m: half way along the ramp
+                          (0.18, Q_GOAL + step * 0.05 / 1.1, 1.0),         # 0.05 m: in full
+                          (0.2, Q_GOAL, 1.0)):                             # at the goal: exact
         observe(actor, model, t, qt)
         actor.observe_tool_reading(t, model.read_tool(image(qt))[0])
         assert actor.step(t).reason == "plan"
-        # the goal's reading less the readout's error at the frame's pose: off by the change of the
-        # error between the two poses, exact at the goal
-        want = Q_GOAL[:3] + 0.1 * (Q_GOAL[:3] - qt[:3])
+        # the goal's reading less (weight x) the readout's error at the frame's pose: in full, off by
+        # the change of the error between the two poses, exact at the goal
+        want = read_goal.numpy() - weight * ReadoutModel.error(qt[:3])
         np.testing.assert_allclose(aims[-1].numpy(), want, atol=1e-6)
         np.testing.assert_allclose(actor.goal_tool_aim.numpy(), want, atol=1e-6)
-        assert actor.tool_correction == pytest.approx(np.linalg.norm(0.04 + 0.1 * qt[:3]), abs=1e-6)
+        if weight:
+            assert actor.tool_correction == pytest.approx(weight * np.linalg.norm(ReadoutModel.error(qt[:3])), abs=1e-6)
+        else:
+            assert np.isnan(actor.tool_correction)
+    np.testing.assert_allclose(aims[-1].numpy(), Q_GOAL[:3], atol=1e-6)
+    planner.cost.set_weights(goal_tool_correction_radius=0.0)              # 0: never, not even at the goal
+    actor.step(0.2)
+    np.testing.assert_allclose(aims[-1].numpy(), read_goal.numpy(), atol=1e-6)
+    assert np.isnan(actor.tool_correction)
+    planner.cost.set_weights(goal_tool_correction_radius=0.2)
 
     # a reading older than max_embedding_age_s before the frame is not used
     observe(actor, model, 1.0, q)

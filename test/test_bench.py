@@ -186,3 +186,68 @@ def test_bench_gpu_section_rows(monkeypatch):
     fits = [c["candidates"] for c in sweep if c["frame_ms_p95"] <= gpu.FRAME_MS]
     assert r["max_candidates_within_30hz"]["fp32"] == max(fits, default=0)
     assert set(r["max_candidates_within_30hz"]) == {"fp32", "bf16", "fp32/eager"}
+
+
+def test_search_quality_plans_every_settings_file_on_the_same_first_frames(tiny_model, tmp_path):
+    """bench/search_quality.py: each settings file plans each episode's first frame once (the same
+    frame and goal for all), and the JSON holds every plan's cost and time and the comparison with
+    the first file; a settings argument without NAME= is refused."""
+    sq = _bench_script("search_quality")
+    files = {}
+    for name, (n, it) in {"wide": (16, 2), "deep": (4, 8)}.items():
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text("planner_node:\n  ros__parameters:\n    planner:\n      predictor: rollout\n"
+                               f"      candidates: {n}\n      elites: 2\n      iterations: {it}\n")
+    out = tmp_path / "sq.json"
+    assert sq.main(["--model", tiny_model, "--split", "near", "--episodes", "2", "--out", str(out),
+                    *(f"{k}={v}" for k, v in files.items())]) == 0
+    r = json.loads(out.read_text())
+    assert r["episodes"] == 2 and r["reference"] == "wide" and len(r["per_episode"]) == 2
+    assert r["summary"]["wide"]["cheaper_than_reference"] == 0
+    assert r["summary"]["wide"]["cost_over_reference_median"] == pytest.approx(1.0)
+    assert r["summary"]["deep"]["planner"]["candidates"] == 4 and r["summary"]["deep"]["planner"]["iterations"] == 8
+    for row in r["per_episode"]:
+        assert set(row) == {"wide", "deep"}
+        for plan in row.values():
+            assert plan["ms"] > 0 and plan["cost"] == plan["cost"] and plan["iterations"] in (2, 8)
+    with pytest.raises(SystemExit) as e:
+        sq.main(["--model", tiny_model, "--out", str(out), "wide.yaml"])
+    assert e.value.code == 2
+
+
+def _bench_script(name):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readout_agreement_bins_the_goal_aims_error_as_read_and_corrected(tiny_model, tmp_path):
+    """bench/readout_agreement.py on a model with a tool readout: every bin's figures, pairs from
+    every goal; a model without a readout is refused."""
+    import torch
+
+    from ami_ros.core.arm import load_arm
+    from ami_ros.core.model_io import save_model
+    from ami_ros.core.world_model import ModelConfig, WorldModel
+
+    ra = _bench_script("readout_agreement")
+    torch.manual_seed(0)
+    folder = str(tmp_path / "readout")
+    save_model(folder, WorldModel(ModelConfig(tool_readout=True)),
+               {"joint_names": load_arm().joint_names, "control_dt": 0.1})
+    out = tmp_path / "ra.json"
+    assert ra.main(["--model", folder, "--goals", "3", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["goals"] == 3 and r["robot"] == "ami_arm6" and r["readout_error_median_m"] > 0
+    assert 3 <= sum(b["pairs"] for b in r["bins"]) <= 3 * len(ra.FRACTIONS)
+    for b in r["bins"]:
+        assert b["lo_m"] < b["hi_m"] and b["as_read_median_m"] > 0 and b["corrected_median_m"] >= 0
+        assert 0.0 <= b["corrected_nearer"] <= 1.0
+    with pytest.raises(SystemExit) as e:
+        ra.main(["--model", tiny_model, "--goals", "1", "--out", str(out)])
+    assert e.value.code == 2

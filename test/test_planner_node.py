@@ -350,11 +350,12 @@ def test_a_cuda_device_that_is_not_there_is_refused_at_start(ros_domain_id):
 
 def test_the_goal_images_tool_reading_is_corrected_by_the_frames(ros_domain_id):
     """/ami/tool_reading (the encoder's reading of a frame) moves where the goal_tool term aims by the
-    readout's error at the frame's pose; a NaN reading is refused and counted."""
+    readout's error at the frame's pose (in full: the made-up goal image reads anywhere, so the
+    correction radius is set wide); a NaN reading is refused and counted."""
     from geometry_msgs.msg import PointStamped
 
     g = _Graph(ros_domain_id, {"goal_tolerance": 0.0, "settle_patience": 0, "max_embedding_age_s": 10.0,
-                               "max_joint_state_age_s": 10.0})
+                               "max_joint_state_age_s": 10.0, "cost.goal_tool_correction_radius": 10.0})
     goal_pub = g.probe.create_publisher(Image, "/ami/goal_image", qos.LATCHED)
     reading_pub = g.probe.create_publisher(PointStamped, "/ami/tool_reading", qos.RELIABLE_1)
     try:

@@ -143,13 +143,16 @@ class Actor:
         An image goal's tool position is the readout's reading of the goal image, off by the
         readout's error there. The readout's error at the arm's current pose (its reading of
         a recent frame minus the forward kinematics of the joint state measured when that
-        frame was taken) is taken off it: near the goal the two errors agree, so the arm
+        frame was taken) is taken off it near the goal, where the two errors agree, so the arm
         stops where its own image reads as the goal image does (image-based visual servoing's
-        fixed point), not where the readout misplaces the goal. A taught goal's position is
-        exact and kept. Without a reading within ``max_embedding_age_s`` of the frame, or
-        without the joint state of its instant, the goal image's reading is used as it is.
-        Sets :attr:`goal_tool_aim` to the result and :attr:`tool_correction` (m; NaN when none
-        was applied)."""
+        fixed point), not where the readout misplaces the goal. Farther away the errors are
+        unrelated (the correction then adds the frame's error to the goal's), so it is weighed
+        by the two readings' distance d against the cost's ``goal_tool_correction_radius`` r:
+        in full for d <= r / 2, not at all for d >= r, linearly between. A taught goal's
+        position is exact and kept. Without a reading within ``max_embedding_age_s`` of the
+        frame, or without the joint state of its instant, the goal image's reading is used as
+        it is. Sets :attr:`goal_tool_aim` to the result and :attr:`tool_correction` (m, the
+        length of the correction applied; NaN when none was)."""
         self.tool_correction = float("nan")
         self.goal_tool_aim = self.goal_tool
         if self.goal_tool is None or self.goal_source is None or self.goal_source[0] != "image":
@@ -160,10 +163,16 @@ class Actor:
         state = self.joint_history.state_at(reading[0])
         if state is None:
             return self.goal_tool
+        r = self.planner.cost.weights.goal_tool_correction_radius
+        d = float((reading[1].to(self.goal_tool.device) - self.goal_tool).norm())
+        weight = min(1.0, max(0.0, 2.0 - 2.0 * d / r)) if r > 0 else 0.0
+        if weight == 0.0:
+            return self.goal_tool
         error = reading[1] - torch.as_tensor(self.arm.tool_position(np.asarray(state[0], dtype=np.float64)),
                                              dtype=torch.float32, device=reading[1].device)
-        self.tool_correction = float(error.norm())
-        self.goal_tool_aim = self.goal_tool - error.to(self.goal_tool.device)
+        correction = weight * error.to(self.goal_tool.device)
+        self.tool_correction = float(correction.norm())
+        self.goal_tool_aim = self.goal_tool - correction
         return self.goal_tool_aim
 
     # ------------------------------------------------------------ goals

@@ -46,7 +46,8 @@ Terms (each multiplied by its weight in :class:`CostWeights`):
   tool point (forward kinematics of the commanded position ``q_t``), p_goal the model's
   tool readout of the goal image (:meth:`~ami_ros.core.world_model.WorldModel.read_tool`), less
   the readout's error at the arm's current pose where the caller has a reading of the
-  current frame (:meth:`~ami_ros.core.actor.Actor.goal_tool_from`). It steers
+  current frame near the goal's (``goal_tool_correction_radius``,
+  :meth:`~ami_ros.core.actor.Actor.goal_tool_from`). It steers
   from afar, where the image-goal distance guides poorly; within the radius (about
   the readout's error) it costs nothing and the image-goal distance alone places the
   arm. Off without an arm or a goal reading.
@@ -140,6 +141,7 @@ class CostWeights(ValidatedConfig):
     keep_out_margin: float = 0.05
     goal_tool: float = 400.0
     goal_tool_radius: float = 0.02
+    goal_tool_correction_radius: float = 0.06
 
     RANGES: ClassVar[dict] = {
         "goal_terminal": (0.0, 1e6, "weight of the mean squared goal distance (goal dims) at the last predicted step"),
@@ -165,6 +167,11 @@ class CostWeights(ValidatedConfig):
         "goal_tool_radius": (0.0, 1.0, "m; within this distance of the goal's tool position the goal_tool term is 0 "
                              "and the image distance alone places the arm (about the tool readout's error, held-out "
                              "p90 2.1 cm)"),
+        "goal_tool_correction_radius": (0.0, 10.0, "m; an image goal's tool reading is corrected by the readout's "
+                                        "error at the arm's pose where the frame's reading is within this distance "
+                                        "of the goal's: in full within half of it, not beyond it, linearly between "
+                                        "(the two errors agree near the goal, not farther: docs/results.md 8g); "
+                                        "0 = never"),
     }
 
 
