@@ -138,7 +138,7 @@ class CostWeights(ValidatedConfig):
     workspace: float = 10.0
     workspace_margin: float = 0.03
     keep_out: float = 10.0
-    keep_out_margin: float = 0.05
+    keep_out_margin: float = 0.03
     goal_tool: float = 400.0
     goal_tool_radius: float = 0.02
     goal_tool_correction_radius: float = 0.06
