@@ -91,9 +91,7 @@ def main(argv=None) -> int:
 
     sim = ArmSim(arm, width=model.cfg.image_size, height=model.cfg.image_size, seed=args.seed,
                  variation=variation_from_args(args))
-    key = 4 if push else list(gt.SPLITS).index(args.split) + 1      # as ami-ros eval seeds each split
-    rng = np.random.default_rng([args.seed, key])
-    sim.rng = np.random.default_rng([args.seed, key, 7])
+    rng, sim.rng = gt.episode_rngs(args.seed, args.split)                 # the episodes ami-ros eval draws
     first = FirstPlans()
     bound = next(iter(agents.values())).bound
     for ep in range(args.episodes):

@@ -269,6 +269,18 @@ class Push:
 PUSH = Push()
 PUSH_DEMO = Push(goal_arm="demo")
 PUSH_SPLITS = {"push": PUSH, "push-demo": PUSH_DEMO}
+
+
+def split_key(split: str) -> int:
+    """The number a split's seeds are drawn under (near 1, far 2, wall 3, the push splits 4)."""
+    return 4 if split in PUSH_SPLITS else list(SPLITS).index(split) + 1
+
+
+def episode_rngs(seed: int, split: str) -> tuple[np.random.Generator, np.random.Generator]:
+    """The generators ``ami-ros eval`` draws a split's episodes with: (the episodes' draws, the
+    simulator's own ``sim.rng``); made anew for each agent, so all see the same episodes."""
+    key = split_key(split)
+    return np.random.default_rng([seed, key]), np.random.default_rng([seed, key, 7])
 DEMO_DRAWS = 50      # push-demo: draws tried before giving up on an episode the scripted pusher can push
 
 

@@ -99,7 +99,7 @@ def run(args) -> int:
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import (PUSH_SPLITS, SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent,
-                                      WorldModelAgent, run_episode, tolerance_check)
+                                      WorldModelAgent, episode_rngs, run_episode, split_key, tolerance_check)
     from ami_ros.sim.recording import EpisodeRecorder
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in (*SPLITS, *PUSH_SPLITS)]
@@ -204,10 +204,8 @@ def run(args) -> int:
                 results["splits"][split] = _push_split(sim, agents, bound, dt, args, PUSH_SPLITS[split], split,
                                                        recorder)
                 continue
-            key = list(SPLITS).index(split) + 1     # near 1, far 2, wall 3
             for name, agent in agents.items():
-                rng = np.random.default_rng([args.seed, key])
-                sim.rng = np.random.default_rng([args.seed, key, 7])
+                rng, sim.rng = episode_rngs(args.seed, split)
                 eps = []
                 rec = recorder(split, name)
                 for _ in tqdm(range(args.episodes), desc=f"{split:4s} {name:14s}", unit="ep", leave=False):
@@ -263,7 +261,7 @@ def run(args) -> int:
                          if "ended" in r else ""),
                       flush=True)
             if args.tolerance_check > 0 and stack["goal_tolerance"] > 0:
-                rng = np.random.default_rng([args.seed, key, 11])
+                rng = np.random.default_rng([args.seed, split_key(split), 11])
                 tc = tolerance_check(model, sim, split, rng, stack["goal_tolerance"], goals=args.tolerance_check)
                 results.setdefault("tolerance_check", {})[split] = tc
                 print(f"{split:4s} goal_tolerance {tc['tolerance']}: poses under it by tool distance to the goal: "
@@ -310,15 +308,14 @@ def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, rec
     from tqdm import tqdm
 
     from ami_ros.core.safety import SafetySpec
-    from ami_ros.sim.goal_task import CubeEnergyWatch, WorldModelAgent, run_push_episode
+    from ami_ros.sim.goal_task import CubeEnergyWatch, WorldModelAgent, episode_rngs, run_push_episode
 
     safety = SafetySpec.load(None, arm=sim.spec)     # the gate's workspace, to count the targets it would refuse
     agents = _split_agents(sim, agents, bound, args, split)
     planner = next((a for a in agents.values() if isinstance(a, WorldModelAgent)), None)
     out = {}
     for name, agent in agents.items():
-        rng = np.random.default_rng([args.seed, 4])
-        sim.rng = np.random.default_rng([args.seed, 4, 7])
+        rng, sim.rng = episode_rngs(args.seed, split)
         watch = (CubeEnergyWatch(planner.planner.encode_goal)
                  if name == "scripted_pusher" and planner and task.goal_arm == "start" else None)
         rec = recorder(split, name)
