@@ -40,6 +40,34 @@ def test_true_dynamics_agent_takes_the_candidate_whose_image_is_the_goal(model):
     np.testing.assert_allclose(actions[0], drawn[5])
 
 
+def test_predicted_greedy_agent_draws_as_the_true_dynamics_agent_and_takes_the_predicted_nearest(model):
+    """The twin searches the same draws; its outcomes are the direct predictor's after the target
+    is held: with the goal set to one candidate's predicted outcome, that candidate is chosen."""
+    import torch
+
+    from ami_ros.core.world_model import image_to_tensor
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import PredictedGreedyAgent, TrueDynamicsAgent
+
+    arm = load_arm()
+    bound = arm.v_max * 0.1 * 0.5
+    with ArmSim(arm, width=64, height=64, seed=3) as sim:
+        sim.reset(arm.home)
+        twin = PredictedGreedyAgent(model, sim, bound, candidates=8, seed=1, encode_goal=model.encode_goal, hold=4)
+        true = TrueDynamicsAgent(model, sim, bound, candidates=8, seed=1, encode_goal=model.encode_goal)
+        q_cmd, qd, frame = sim.joint_positions(), np.zeros(arm.dof), sim.render()
+        cands = copy.deepcopy(twin.rng).uniform(-bound, bound, (8, arm.dof))
+        assert np.array_equal(cands, copy.deepcopy(true.rng).uniform(-bound, bound, (8, arm.dof)))
+        f = lambda x: torch.as_tensor(x, dtype=torch.float32)
+        acts = torch.cat([f(cands[2:3])[:, None], torch.zeros(1, 3, arm.dof)], 1)     # candidate 2, then held
+        z = model.encode(image_to_tensor(frame[None]), f(q_cmd[None]), f(qd[None]))
+        goal = model.rollout_direct(z, f(q_cmd), f(qd), f(q_cmd), acts)[0, -1]
+        twin.reset(frame)
+        twin.goal = goal
+        actions, _ = twin.act(0.0, frame, q_cmd, qd, q_cmd)
+    np.testing.assert_allclose(actions[0], cands[2])
+
+
 def test_world_model_agent_holds_once_the_goal_image_is_seen(model):
     """goal_tolerance: the agent plans while the frame is far from the goal image, and
     once a frame is within the tolerance it holds (zero actions) without planning again."""
@@ -122,7 +150,7 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     assert tool.run(args) == 0
     res = json.loads(out.read_text())
     near = res["splits"]["near"]
-    assert set(near) == {"planner_flat", "random", "oracle", "true_dynamics"}
+    assert set(near) == {"planner_flat", "random", "oracle", "true_dynamics", "predicted_greedy"}
     assert res["goal_tolerance"] > 0                        # the shipped planner config's goal-reached rule
     assert near["oracle"]["successes"] == 2                 # straight to the goal configuration
     for r in near.values():

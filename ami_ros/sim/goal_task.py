@@ -229,7 +229,8 @@ class TrueDynamicsAgent:
     with the arm at each candidate's next commanded target, encodes the images and takes
     the action whose image embedding is nearest the goal image's (greedy, one step). It
     separates the two halves of the world model: when it reaches the goals and the
-    planner does not, the embedding is good enough and the predictor is what fails."""
+    planner does not, the embedding is good enough and the predictor is what fails
+    (:class:`PredictedGreedyAgent` is the same search on the predictor's outcomes)."""
 
     def __init__(self, model, sim, action_bound, candidates: int = 48, seed: int = 0, encode_goal=None):
         self.model, self.sim, self.bound = model, sim, action_bound
@@ -243,12 +244,43 @@ class TrueDynamicsAgent:
     def set_keep_out(self, boxes) -> None:
         pass   # it scores images alone
 
-    def act(self, stamp, frame, q, qd, q_cmd):
-        cands = np.vstack([np.zeros(len(self.bound)), self.rng.uniform(-self.bound, self.bound, (self.n, len(self.bound)))])
+    def draw(self) -> np.ndarray:
+        """(N + 1, A): the zero action and ``candidates`` drawn uniformly within the bound."""
+        return np.vstack([np.zeros(len(self.bound)), self.rng.uniform(-self.bound, self.bound, (self.n, len(self.bound)))])
+
+    def outcomes(self, cands, frame, q, qd, q_cmd) -> torch.Tensor:
+        """(N + 1, A) candidates -> (N + 1, G): the goal-space embedding of the arm at each one's target."""
         imgs = np.stack([self.sim.render_configuration(self.sim.spec.clip(q_cmd + a)) for a in cands])
-        z = self.encode(image_to_tensor(imgs))                                         # (N+1, G)
+        return self.encode(image_to_tensor(imgs))
+
+    def act(self, stamp, frame, q, qd, q_cmd):
+        cands = self.draw()
+        z = self.outcomes(cands, frame, q, qd, q_cmd)                                   # (N+1, G)
         best = int(torch.argmin(((z - self.goal) ** 2).sum(-1)))
         return cands[best][None], None
+
+
+class PredictedGreedyAgent(TrueDynamicsAgent):
+    """:class:`TrueDynamicsAgent`'s search (the same draws, the same goal space, greedy) on the
+    model's direct predictor instead of the simulator: each candidate's outcome is the
+    predicted goal-space embedding after its target is held for ``hold`` control steps
+    (the arm settled there, as the rendered outcome shows it). The two differ in where the
+    outcomes come from alone, so the gap between them is the predictor's."""
+
+    def __init__(self, model, sim, action_bound, candidates: int = 48, seed: int = 0, encode_goal=None,
+                 hold: int = 8):
+        if not model.has_direct:
+            raise ValueError(f"model {model.model_id} has no direct predictor")
+        if hold < 1:
+            raise ValueError(f"hold must be >= 1 control step, not {hold}")
+        super().__init__(model, sim, action_bound, candidates, seed, encode_goal)
+        self.hold = hold
+
+    def outcomes(self, cands, frame, q, qd, q_cmd) -> torch.Tensor:
+        f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        z = self.model.encode(image_to_tensor(frame[None]), f(q[None]), f(qd[None]))       # (1, D)
+        acts = torch.cat([f(cands)[:, None], torch.zeros(len(cands), self.hold - 1, len(self.bound))], 1)
+        return self.model.rollout_direct(z, f(q), f(qd), f(q_cmd), acts)[:, -1]          # (N+1, G)
 
 
 # ---------------------------------------------------------------- push

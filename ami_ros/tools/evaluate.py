@@ -4,9 +4,10 @@ the world model's predictions on recorded episodes, with no simulator.
 For each split (near, far, wall) it runs the world-model planner and, in the same
 call and on the same episodes, two references: random actions, and an oracle
 that knows the goal's true joint configuration (an upper bound). With
-``--true-dynamics`` a third, diagnostic one: the model's goal energy with the
-simulator's outcomes instead of the predictor's (see
-``ami_ros.sim.goal_task.TrueDynamicsAgent``).
+``--true-dynamics`` two diagnostic ones, the same greedy search on the model's goal
+energy: with the simulator's outcomes (rendered and encoded) and with the direct
+predictor's (``ami_ros.sim.goal_task.TrueDynamicsAgent``, ``PredictedGreedyAgent``): the
+first tells whether the embedding suffices, the gap between them is the predictor's.
 
 With ``--bags DIR`` it reads the bags under DIR with the recording profile (the model's image
 size, control period and joints) and reports what training reports on held-out episodes
@@ -55,9 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-references", action="store_true",
                    help="skip the random and oracle references (push: random and the scripted pusher)")
     p.add_argument("--true-dynamics", action="store_true",
-                   help="also run a diagnostic reference that scores actions with the model's goal energy but "
-                        "takes their outcome from the simulator (rendered and encoded): it tells whether the "
-                        "embedding or the predictor limits the planner")
+                   help="also run two diagnostic references, one greedy search on the model's goal energy with "
+                        "each candidate's outcome from the simulator (rendered and encoded: true_dynamics) and "
+                        "from the direct predictor (predicted_greedy): they tell whether the embedding or the "
+                        "predictor limits the planner")
     p.add_argument("--tolerance-check", type=int, default=0, metavar="GOALS",
                    help="also check the goal-reached rule (goal_tolerance in the planner config) on GOALS goals "
                         "per split: the fraction of poses under the tolerance, by tool distance to the goal")
@@ -98,8 +100,9 @@ def run(args) -> int:
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.sim.arm_sim import ArmSim
-    from ami_ros.sim.goal_task import (PUSH_SPLITS, SPLITS, OracleAgent, RandomAgent, TrueDynamicsAgent,
-                                      WorldModelAgent, episode_rngs, run_episode, split_key, tolerance_check)
+    from ami_ros.sim.goal_task import (PUSH_SPLITS, SPLITS, OracleAgent, PredictedGreedyAgent, RandomAgent,
+                                       TrueDynamicsAgent, WorldModelAgent, episode_rngs, run_episode, split_key,
+                                       tolerance_check)
     from ami_ros.sim.recording import EpisodeRecorder
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     unknown = [s for s in splits if s not in (*SPLITS, *PUSH_SPLITS)]
@@ -169,6 +172,12 @@ def run(args) -> int:
         first = next(iter(agents.values()))    # the same goal space as the (first) planner
         agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed,
                                                     encode_goal=first.planner.encode_goal)
+        if first.planner.config.predictor == "direct":   # the same search on the predictor's outcomes
+            agents["predicted_greedy"] = PredictedGreedyAgent(
+                model, sim, bound, seed=args.seed, encode_goal=first.planner.encode_goal,
+                hold=first.planner.config.horizon * first.planner.ticks)
+        else:
+            print("--true-dynamics: no predicted_greedy twin (it needs the planner's direct predictor)")
     recorders, index = {}, None
     if args.record:
         from ami_ros.sim.scene import scene_hash
