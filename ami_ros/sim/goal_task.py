@@ -313,6 +313,8 @@ def episode_rngs(seed: int, split: str) -> tuple[np.random.Generator, np.random.
     simulator's own ``sim.rng``); made anew for each agent, so all see the same episodes."""
     key = split_key(split)
     return np.random.default_rng([seed, key]), np.random.default_rng([seed, key, 7])
+
+
 DEMO_DRAWS = 50      # push-demo: draws tried before giving up on an episode the scripted pusher can push
 
 
