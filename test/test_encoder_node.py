@@ -34,7 +34,7 @@ def _subscribed(node, topic):
             for t in types if name == topic]
 
 
-def test_compressed_frames_give_the_embedding_and_tool_reading_of_the_frame(ros_domain_id):
+def test_compressed_frames_give_the_embedding_tool_reading_and_goal_features_of_the_frame(ros_domain_id):
     import torch
 
     from ami_ros.nodes.encoder_node import EncoderNode
@@ -47,7 +47,7 @@ def test_compressed_frames_give_the_embedding_and_tool_reading_of_the_frame(ros_
         assert _subscribed(node, "/wrist/image/compressed") == ["sensor_msgs/msg/CompressedImage"]
         assert _subscribed(node, "/wrist/image") == []
         probe = Node("camera_probe", context=ctx)
-        got, readings, cond = [], [], threading.Condition()
+        got, readings, features, cond = [], [], [], threading.Condition()
 
         def on_embedding(msg):
             with cond:
@@ -61,6 +61,13 @@ def test_compressed_frames_give_the_embedding_and_tool_reading_of_the_frame(ros_
 
         probe.create_subscription(Image, "/ami/embedding", on_embedding, qos.RELIABLE_1)
         probe.create_subscription(PointStamped, "/ami/tool_reading", on_reading, qos.RELIABLE_1)
+
+        def on_features(msg):
+            with cond:
+                features.append(msg)
+                cond.notify_all()
+
+        probe.create_subscription(Image, "/ami/goal_features", on_features, qos.RELIABLE_1)
         js_pub = probe.create_publisher(JointState, "/joint_states", qos.RELIABLE_10)
         img_pub = probe.create_publisher(CompressedImage, "/wrist/image/compressed", 1)
         threads.add(node)
@@ -78,7 +85,7 @@ def test_compressed_frames_give_the_embedding_and_tool_reading_of_the_frame(ros_
             frame_msg.header.stamp = stamp
             img_pub.publish(frame_msg)
             with cond:
-                if cond.wait_for(lambda: got and readings, timeout=0.2):
+                if cond.wait_for(lambda: got and readings and features, timeout=0.2):
                     break
         assert got, "no embedding from a compressed frame"
         assert readings, "no tool reading from a compressed frame (the shipped model has a tool readout)"
@@ -92,6 +99,12 @@ def test_compressed_frames_give_the_embedding_and_tool_reading_of_the_frame(ros_
         np.testing.assert_allclose(msgs.point_from_msg(readings[0]), node.model.read_tool(img)[0].cpu().numpy(),
                                    atol=1e-5)
         assert msgs.stamp_to_seconds(readings[0].header.stamp) > 0
+        # its goal-space features (the shipped model has a direct predictor), stamped as the frame
+        assert features, "no goal features from a compressed frame"
+        assert features[0].header.frame_id == node.model_id
+        assert features[0].header.stamp == readings[0].header.stamp
+        np.testing.assert_allclose(msgs.embedding_from_msg(features[0]), node.model.encode_goal(img)[0].cpu().numpy(),
+                                   atol=1e-4)
     finally:
         threads.shutdown()
         rclpy.try_shutdown(context=ctx)

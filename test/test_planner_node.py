@@ -381,3 +381,43 @@ def test_the_goal_images_tool_reading_is_corrected_by_the_frames(ros_domain_id):
         assert _wait(lambda: planner.counts["refused_tool_reading"] == 1, 15), "NaN reading not refused"
     finally:
         g.close()
+
+
+def test_goal_features_reach_the_servo_and_bad_ones_are_refused(ros_domain_id):
+    """/ami/goal_features (the encoder's goal-space features of a frame) are what the actor's
+    feature servo measures: with it engaged (servo.engage_energy set live, the whole space) a
+    cycle steps the servo, not the planner; features of another model or of the wrong size are
+    refused and counted."""
+    from rclpy.parameter import Parameter
+
+    g = _Graph(ros_domain_id, {"goal_tolerance": 0.0, "settle_patience": 0, "max_embedding_age_s": 10.0,
+                               "max_joint_state_age_s": 10.0})
+    goal_pub = g.probe.create_publisher(Image, "/ami/goal_image", qos.LATCHED)
+    features_pub = g.probe.create_publisher(Image, "/ami/goal_features", qos.RELIABLE_1)
+    try:
+        planner, arm = g.planner, g.planner.arm
+        actor = planner.actor
+        assert actor.servo.config.engage_energy == 0.0                        # off by default
+        result = planner.set_parameters([Parameter("servo.engage_energy", value=1e6)])[0]
+        assert result.successful, result.reason
+        assert actor.servo.config.engage_energy == 1e6
+        assert not planner.set_parameters([Parameter("servo.back_ratio", value=0.5)])[0].successful
+        rgb = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        goal_pub.publish(msgs.image_msg(rgb))
+        assert _wait(lambda: actor.goal is not None, 15), "goal image not received"
+        n = actor.goal.numel()
+        t = g.clock()
+        g.publish_state(t, arm.home)
+        features = np.random.default_rng(4).normal(size=n).astype(np.float32)
+        features_pub.publish(msgs.embedding_msg(features, msgs.seconds_to_stamp(t), planner.model_id))
+        assert _wait(lambda: actor.goal_features is not None, 15), "goal features not received"
+        np.testing.assert_allclose(actor.goal_features[1].numpy(), features)
+        g.publish_embedding(t, np.random.default_rng(2).normal(size=planner.model.embed_dim).astype(np.float32))
+        assert _wait(lambda: planner.counts["servo_steps"] >= 1, 15), "the engaged servo did not step"
+        assert actor.servo.engaged
+        features_pub.publish(msgs.embedding_msg(features, msgs.seconds_to_stamp(t), "another-model"))
+        assert _wait(lambda: planner.counts["refused_goal_features"] == 1, 15), "another model's features not refused"
+        features_pub.publish(msgs.embedding_msg(features[:-1], msgs.seconds_to_stamp(t), planner.model_id))
+        assert _wait(lambda: planner.counts["refused_goal_features"] == 2, 15), "features of a wrong size not refused"
+    finally:
+        g.close()

@@ -13,11 +13,19 @@ once per control step, asks it what to do (:meth:`Actor.step`), which answers wi
   safety gate's watchdog holds the arm;
 - a plan toward the goal: the planner's actions from the commanded target the arm
   is following;
+- a servo step (near an image goal, with the feature servo on and the frame's goal-space
+  features observed, :meth:`Actor.observe_goal_features`): one change of the commanded
+  target that brings the frame's features toward the goal image's
+  (:mod:`ami_ros.core.servo`), in place of the plan. Once engaged, the servo has the goal
+  to itself: the stopping rules below no longer apply, the goal stays active while it
+  holds the arm where the frame matches the goal, and its own rule settles it;
 - back to the pose of the frame that showed the goal (reached: its measured goal
   distance under ``goal_tolerance``) or came closest to it (settled: no progress for
   ``settle_patience`` cycles): the frame is older than the measured state (camera,
   encoder and cycle latency), so the arm goes back to where it was when that frame
-  was taken, straight and within the action bound, and planning stops.
+  was taken, straight and within the action bound, and planning stops. The servo settles
+  the goal too, on the frame of the lowest goal energy it measured, once the energy rises
+  well above it.
 
 Times are seconds on one clock: frame and joint-state stamps (the instant each is
 of) and ``now`` (when the step runs).
@@ -32,6 +40,7 @@ import numpy as np
 import torch
 
 from ami_ros.core.memory import GoalMonitor, JointStateHistory, ShortTermMemory, StopRules
+from ami_ros.core.servo import FeatureServo, ServoConfig, outcome_jacobian, tool_residual
 from ami_ros.core.trajectory import Trajectory, straight_line_actions, trajectory_from_actions
 
 #: Decision.reason of a step that sends nothing
@@ -42,8 +51,9 @@ IDLE_REASONS = ("no_goal", "done", "no_embedding", "stale_embedding", "stale_joi
 class Decision:
     """What one :meth:`Actor.step` decided.
 
-    reason: ``plan`` (a plan toward the goal), ``reached`` / ``settled`` (the way back
-    to the frame's pose; the goal stops there), or why nothing is sent (:data:`IDLE_REASONS`).
+    reason: ``plan`` (a plan toward the goal), ``servo`` (a servo step toward it),
+    ``reached`` / ``settled`` (the way back to the frame's pose; the goal stops there), or why
+    nothing is sent (:data:`IDLE_REASONS`).
     """
 
     reason: str
@@ -74,13 +84,14 @@ class Actor:
     (joint order, limits, forward kinematics); planner: a
     :class:`~ami_ros.core.planner.Planner` over that model; dt: the control period (s).
     ``max_embedding_age_s`` / ``max_joint_state_age_s``: a step plans only from an
-    embedding and a joint state at most this old. Thread safe: every method holds
+    embedding and a joint state at most this old. ``servo``: the feature servo's settings
+    (default :class:`~ami_ros.core.servo.ServoConfig`). Thread safe: every method holds
     :attr:`lock` (callers hold it too while they change the planner's settings).
     """
 
     def __init__(self, model, arm, planner, dt: float, stop_rules: StopRules | None = None,
                  max_embedding_age_s: float = 0.5, max_joint_state_age_s: float = 0.5,
-                 memory_capacity: int = 64, joint_history_capacity: int = 2048):
+                 memory_capacity: int = 64, joint_history_capacity: int = 2048, servo: ServoConfig | None = None):
         rules = stop_rules or StopRules()
         self.model, self.arm, self.planner, self.dt = model, arm, planner, float(dt)
         self.max_embedding_age_s = float(max_embedding_age_s)
@@ -89,10 +100,12 @@ class Actor:
         self.memory = ShortTermMemory(model.history, memory_capacity, model.embed_dim, model.action_dim)
         self.joint_history = JointStateHistory(joint_history_capacity, arm.dof)  # where the arm was at each frame
         self.monitor = GoalMonitor(rules.goal_tolerance, rules.settle_patience, rules.settle_min_improvement)
+        self.servo = FeatureServo(servo)
         self.goal = None            # the planner's goal (Planner.encode_goal), tensor
         self.goal_vis = None        # (Dv,) the goal's z_vis: the measured goal distance
         self.goal_tool = None       # (3,) tensor: where the goal has the tool point (m), or None
         self.tool_reading = None    # (stamp, (3,) tensor): the tool readout's reading of the latest frame
+        self.goal_features = None   # (stamp, (G,) tensor): the latest frame's goal-space features (the servo's)
         self.tool_correction = float("nan")   # m: how far the last step moved the goal's tool position (NaN: not)
         self.goal_tool_aim = None   # (3,) tensor: where the last step's goal_tool term aimed (goal_tool_from)
         self.goal_source = None     # ("image", (1, 3, H, W)) or ("taught", z (D,), (q, qd)): re-encoded on
@@ -135,6 +148,18 @@ class Actor:
             raise ValueError(f"tool reading: need a finite (3,) position, got {tuple(tool.shape)}")
         with self.lock:
             self.tool_reading = (float(stamp), tool)
+
+    def observe_goal_features(self, stamp: float, g) -> None:
+        """The goal-space features (G,) of the camera frame taken at ``stamp`` (``encode_goal`` of the
+        loaded model): what the feature servo measures. ValueError (nothing kept) on a wrong
+        shape or NaN/Inf."""
+        g = torch.as_tensor(g, dtype=torch.float32).flatten()
+        if g.numel() == 0 or not bool(torch.isfinite(g).all()):
+            raise ValueError(f"goal features: need a finite vector, got {g.numel()} values")
+        with self.lock:
+            if self.goal is not None and g.shape != self.goal.shape:
+                raise ValueError(f"goal features: {g.numel()} values, the planner's goal space has {self.goal.numel()}")
+            self.goal_features = (float(stamp), g)
 
     def goal_tool_from(self, source_stamp: float) -> torch.Tensor | None:
         """Where the cost's ``goal_tool`` term aims when planning from the frame taken at
@@ -195,6 +220,7 @@ class Actor:
             self.goal_source = src
             self.planner.reset()
             self.monitor.reset()
+            self.servo.reset()
             self.status, self.goal_distance = "active", float("nan")
 
     def set_goal_image(self, image) -> None:
@@ -231,12 +257,17 @@ class Actor:
         with self.lock:
             self.monitor.configure(goal_tolerance, settle_patience, settle_min_improvement)
 
+    def set_servo(self, config: ServoConfig) -> None:
+        """The feature servo's settings, from the next step. ValueError (nothing changed) on a value out of range."""
+        with self.lock:
+            self.servo.configure(config)
+
     def forget(self) -> None:
         """Forget the embeddings, actions, joint states and commands seen (a new episode), keep the goal."""
         with self.lock:
             self.memory.clear()
             self.joint_history.clear()
-            self.joint = self.q_cmd = self.last_targets = self.tool_reading = None
+            self.joint = self.q_cmd = self.last_targets = self.tool_reading = self.goal_features = None
 
     def warm_up(self, image=None) -> float:
         """One step's work on made-up inputs (``image`` as the goal image, default a blank one
@@ -272,8 +303,9 @@ class Actor:
         return self.planner.bound.cpu().numpy().astype(np.float64)
 
     def step(self, now: float, deadline: float | None = None) -> Decision:
-        """One control step at ``now``: plan toward the goal, or go back to the frame's pose once
-        the stopping rules stop the goal, or send nothing (see the module's description).
+        """One control step at ``now``: plan toward the goal (or take a servo step near it), or go
+        back to the frame's pose once the stopping rules stop the goal, or send nothing (see the
+        module's description).
         ``deadline``: when the search should be done (:meth:`Planner.plan`), or None."""
         with self.lock:
             if self.goal is None:
@@ -307,10 +339,20 @@ class Actor:
             goal_tool = self.goal_tool_from(source_stamp)
             self.goal_distance = self.planner.cost.measured_goal_distance(z_hist[-1], self.goal_vis, state[0],
                                                                           goal_tool)
-            self.status = self.monitor.update(self.goal_distance, source_stamp)
-            if self.status != "active":
-                decision = self._back(joint[1], source_stamp, bound)
+            decision, why = None, None
+            # the stopping rules stop the search; once the servo is engaged its own rule stops it
+            servo = self._servo_engaged(source_stamp)
+            if not servo:
+                self.status = self.monitor.update(self.goal_distance, source_stamp)
             else:
+                decision = self._servo_step(z_hist[-1], state, q0, goal_tool, source_stamp, bound)
+                if decision is None:         # the servo settles the goal on its best frame
+                    self.status = self.monitor.settle(self.servo.best_stamp)
+                    why = (f"settled by the servo (its energy {self.servo.energy:.4g}, over "
+                           f"{self.servo.config.back_ratio:g} x its lowest {self.servo.best_energy:.4g})")
+            if self.status != "active":
+                decision = self._back(joint[1], source_stamp, bound, why)
+            elif decision is None:
                 t0 = time.perf_counter()
                 res = self.planner.plan(z_hist, self.goal, torch.as_tensor(q0, dtype=torch.float32),
                                         self.memory.last_action(), joint_state=state, goal_tool=goal_tool,
@@ -328,18 +370,58 @@ class Actor:
             self.last_targets = (now, decision.targets)
             return decision
 
-    def _back(self, q_now: np.ndarray, source_stamp: float, bound: np.ndarray) -> Decision:
+    def _servo_engaged(self, source_stamp: float) -> bool:
+        """Whether this step is the servo's: it is on, the planner plans on the direct predictor,
+        the source frame's goal-space features are here, and their goal energy (summed squares)
+        engages it (or did earlier for this goal)."""
+        if self.servo.config.engage_energy <= 0 or self.planner.config.predictor != "direct":
+            return False
+        if self.goal_features is None or self.goal_features[0] != source_stamp:
+            return False
+        g = self.goal_features[1]
+        if g.shape != self.goal.shape:      # features of another goal space (the planner's changed since)
+            return False
+        return self.servo.engage(float(((g - self.goal.to(g.device)) ** 2).sum()))
+
+    def _servo_step(self, z: torch.Tensor, state, q0: np.ndarray, goal_tool, source_stamp: float,
+                    bound: np.ndarray) -> Decision | None:
+        """One step of the feature servo from the source frame (its embedding z (D,), its joint
+        state, its goal-space features) and the commanded target q0 (A,); None when the servo
+        settles the goal."""
+        dev = self.planner.device
+        f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
+        hold = self.planner.config.horizon * self.planner.ticks
+        jac = outcome_jacobian(self.model, z.to(dev), f(state[0]), f(state[1]), f(q0), bound, hold,
+                               self.servo.config.fd_step)                                  # (G, A)
+        w = self.planner.cost.weights
+        scale = np.sqrt((w.goal_terminal + w.goal_running) / jac.shape[0])    # as the cost weighs the image
+        g = self.goal_features[1].double().cpu().numpy()
+        residual, jac = scale * (g - self.goal.double().cpu().numpy()), scale * jac
+        if goal_tool is not None and w.goal_tool > 0:
+            r_tool, j_tool = tool_residual(self.arm, state[0], q0, goal_tool.double().cpu().numpy(), w.goal_tool,
+                                           w.goal_tool_radius)
+            residual, jac = np.concatenate([residual, r_tool]), np.vstack([jac, j_tool])
+        delta = self.servo.step(jac, residual, bound, source_stamp)
+        if delta is None:
+            return None
+        self.memory.push_action(torch.as_tensor(delta, dtype=torch.float32))
+        return Decision("servo", self.status, self.goal_distance, q0=q0, actions=delta[None],
+                        source_stamp=source_stamp)
+
+    def _back(self, q_now: np.ndarray, source_stamp: float, bound: np.ndarray, why: str | None = None) -> Decision:
         """The way back from the measured q_now (A,) to where the arm was when the frame that
-        showed the goal (reached) or came closest to it (settled) was taken."""
+        showed the goal (reached) or came closest to it (settled; ``why``: by what, when not the
+        stopping rules) was taken."""
         q_seen = self.monitor.hold_position(self.joint_history)
         fallback = q_seen is None
         if fallback:
             q_seen = q_now
         back_to = self.arm.clip(q_seen)
         actions = straight_line_actions(q_now, back_to, bound)
-        how = "reached" if self.status == "reached" else \
-            f"settled after {self.monitor.stalled_cycles} cycles without progress"
-        message = (f"goal {how} (distance now {self.goal_distance:.4f}, closest {self.monitor.best_distance:.4f}): "
-                   f"back to the pose of that frame, {float(np.abs(q_seen - q_now).max()):.3f} rad away")
+        if why is None:
+            how = "reached" if self.status == "reached" else \
+                f"settled after {self.monitor.stalled_cycles} cycles without progress"
+            why = f"{how} (distance now {self.goal_distance:.4f}, closest {self.monitor.best_distance:.4f})"
+        message = f"goal {why}: back to the pose of that frame, {float(np.abs(q_seen - q_now).max()):.3f} rad away"
         return Decision(self.status, self.status, self.goal_distance, q0=q_now, actions=actions,
                         source_stamp=source_stamp, back_to=back_to, message=message, hold_fallback=fallback)

@@ -299,6 +299,13 @@ class GoalMonitor:
             self.status, self.hold_stamp = "settled", self.best_stamp
         return self.status
 
+    def settle(self, stamp: float | None) -> str:
+        """Settle now, on the frame at ``stamp`` (another rule's best frame: the feature servo's)
+        -> the status; a goal already reached or settled stays so."""
+        if self.status == "active":
+            self.status, self.hold_stamp = "settled", stamp
+        return self.status
+
     def hold_position(self, history: JointStateHistory):
         """Where the arm was when the frame at :attr:`hold_stamp` was taken, from ``history``
         (q (dof,)); None while active or when the history holds no state at that instant."""

@@ -231,6 +231,18 @@ class LoadedModel:
         return self._ort("encoder.onnx", image=image, q=q, qd=qd)
 
     @torch.no_grad()
+    def encode_with_goal(self, image, q, qd):
+        """As :meth:`encode`, and the image in the direct predictor's goal space (:meth:`encode_goal`):
+        -> z (B,D), g (B,G); with torch one pass of the image encoder."""
+        if not self.cfg.direct:
+            raise ModelError(f"model {self.model_id} has no direct predictor (and no goal space)")
+        if self.backend == "torch":
+            m = self.torch_model
+            z_vis, g = m.encode_vis_and_goal(image.to(self.device))
+            return torch.cat([z_vis, m.encoder.encode_prop(q.to(self.device), qd.to(self.device))], -1), g
+        return self.encode(image, q, qd), self.encode_goal(image)
+
+    @torch.no_grad()
     def encode_image(self, image):
         if self.backend == "torch":
             return self.torch_model.encoder.encode_image(image.to(self.device))

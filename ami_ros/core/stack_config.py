@@ -1,12 +1,13 @@
 """The stack's planning configuration: the defaults of :class:`PlannerConfig`,
-:class:`CostWeights`, :class:`StopRules` and :class:`ActionSettings` (the shipped
+:class:`CostWeights`, :class:`ServoConfig`, :class:`StopRules` and :class:`ActionSettings` (the shipped
 planner), overridden by a planner parameter file (config/planner.yaml, in the ROS 2
 parameter-file form) that the planner node, the evaluation and the demo all read,
 so every way in plans with the same settings.
 
 Parameter names (also the ROS parameter names): ``planner.<field>`` for
 :class:`~ami_ros.core.planner.PlannerConfig`, ``cost.<field>`` for
-:class:`~ami_ros.core.cost.CostWeights`, and the fields of
+:class:`~ami_ros.core.cost.CostWeights`, ``servo.<field>`` for
+:class:`~ami_ros.core.servo.ServoConfig`, and the fields of
 :class:`~ami_ros.core.memory.StopRules` and :class:`ActionSettings` unprefixed.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ami_ros.core.arm import ArmSpec, share_dir
 from ami_ros.core.cost import Cost, CostWeights, ValidatedConfig
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import Planner, PlannerConfig
+from ami_ros.core.servo import ServoConfig
 
 NODE = "planner_node"
 
@@ -42,7 +44,7 @@ def default_planner_file() -> str:
 
 
 def load_stack_config(path: str | None = None) -> dict:
-    """-> {'planner': {...}, 'cost': {...}, 'action_scale': float, the StopRules fields, ...other
+    """-> {'planner': {...}, 'cost': {...}, 'servo': {...}, 'action_scale': float, the StopRules fields, ...other
     params of the file}: the defaults, overridden by the file's planner_node parameters, validated."""
     path = path or default_planner_file()
     try:
@@ -51,6 +53,7 @@ def load_stack_config(path: str | None = None) -> dict:
         out = dict(params)
         out["planner"] = PlannerConfig.from_dict(params.get("planner") or {}).to_dict()
         out["cost"] = CostWeights.from_dict(params.get("cost") or {}).to_dict()
+        out["servo"] = ServoConfig.from_dict(params.get("servo") or {}).to_dict()
         out.update(ActionSettings.from_dict({k: params[k] for k in ActionSettings.RANGES if k in params}).to_dict())
         out.update(StopRules.from_dict({k: params[k] for k in StopRules.RANGES if k in params}).to_dict())
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:

@@ -11,6 +11,10 @@ Publishes
                      tool point, in the arm's base frame; stamped as the embedding, published before it.
                      The planner corrects its reading of the goal image by this reading's error
                      (core.actor.Actor.goal_tool_from)                                         reliable, depth 1
+  /ami/goal_features sensor_msgs/Image 32FC1, 1 x G (models with a direct predictor): the frame in the
+                     direct predictor's goal space (encode_goal), what the planner's feature servo
+                     measures near the goal (core.servo); stamped as the embedding, published before it
+                                                                                               reliable, depth 1
   /diagnostics       rates, encode times, and where the encoder runs (torch device, or the ONNX
                      Runtime provider that runs, e.g. TensorrtExecutionProvider)
 
@@ -103,6 +107,8 @@ class EncoderNode(Node):
         self._base_frame = arm.base_frame
         self._tool_pub = (self.create_publisher(PointStamped, "/ami/tool_reading", reliable1)
                           if self.model.has_tool_readout else None)
+        self._goal_pub = (self.create_publisher(Image, "/ami/goal_features", reliable1)
+                          if self.model.has_direct else None)
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable10)
         msgs.subscribe_camera(self, "/camera/image_raw", self._on_image, camera_qos, p["image_transport"])
         self.create_timer(1.0, self._on_diagnostics)
@@ -150,11 +156,17 @@ class EncoderNode(Node):
         t0 = time.perf_counter()
         torch = self._torch
         img = torch.from_numpy(frame).permute(2, 0, 1).unsqueeze(0).float()
-        z = self.model.encode(img, torch.as_tensor(joint[1][None], dtype=torch.float32),
-                              torch.as_tensor(joint[2][None], dtype=torch.float32))[0].cpu().numpy()
+        q, qd = torch.as_tensor(joint[1][None], dtype=torch.float32), torch.as_tensor(joint[2][None], dtype=torch.float32)
+        if self._goal_pub is not None:
+            z, g = self.model.encode_with_goal(img, q, qd)
+            z, g = z[0].cpu().numpy(), g[0].cpu().numpy()
+        else:
+            z = self.model.encode(img, q, qd)[0].cpu().numpy()
         if self._tool_pub is not None:
             self._tool_pub.publish(msgs.point_msg(self.model.read_tool(img)[0].cpu().numpy(), msg.header.stamp,
                                                   self._base_frame))
+        if self._goal_pub is not None:
+            self._goal_pub.publish(msgs.embedding_msg(g, msg.header.stamp, self.model_id))
         self._latency.append(time.perf_counter() - t0)
         self._pub.publish(msgs.embedding_msg(z, msg.header.stamp, self.model_id))
         self.counts["embeddings"] += 1

@@ -11,6 +11,9 @@ Subscribes
                     reading of a frame; its error there (against the forward kinematics of the joint
                     state of the frame's instant) is taken off the goal image's reading
                     (core.actor.Actor.goal_tool_from); without it the goal image's reading is used as is
+  /ami/goal_features sensor_msgs/Image 32FC1 (encoder_node, models with a direct predictor): a frame's
+                    goal-space features, stamped as its embedding; near the goal the feature servo
+                    (core.servo, ``servo.*``) steps on them instead of planning; without them it plans
 Services
   /ami/teach_goal   std_srvs/Trigger: the current embedding becomes the goal (a taught goal)
   /ami/clear_goal   std_srvs/Trigger: stop planning (the safety node then holds the arm)
@@ -36,10 +39,10 @@ iterations that would end later are skipped, and the first samples as many candi
 time left holds), so a busy or slow CPU plans with fewer iterations and candidates rather than
 missing cycles.
 
-Every parameter is a row of ``PARAMS`` (docs/parameters.md): cost weights (``cost.*``) and
-planner settings (``planner.*``) are declared, typed, range-checked parameters; a change
-passes validation of the whole configuration or is refused with the reason, and takes
-effect on the next planning cycle.
+Every parameter is a row of ``PARAMS`` (docs/parameters.md): cost weights (``cost.*``),
+planner settings (``planner.*``) and the feature servo's (``servo.*``) are declared, typed,
+range-checked parameters; a change passes validation of the whole configuration or is
+refused with the reason, and takes effect on the next planning cycle.
 """
 from __future__ import annotations
 
@@ -62,6 +65,7 @@ from ami_ros.core.devices import DEVICES
 from ami_ros.core.images import model_frame
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import PlannerConfig
+from ami_ros.core.servo import ServoConfig
 from ami_ros.core.stack_config import ActionSettings
 from ami_ros.nodes import diagnostics, msgs, qos
 from ami_ros.nodes import params as node_params
@@ -70,7 +74,7 @@ from ami_ros.nodes.params import ParamSpec, config_specs
 
 
 #: the planner node's parameter table: its own settings, then those of core (defaults, ranges and
-#: descriptions from StopRules, ActionSettings, PlannerConfig and CostWeights)
+#: descriptions from StopRules, ActionSettings, PlannerConfig, CostWeights and ServoConfig)
 PARAMS = [
     ParamSpec("model_path", "", "Model folder; empty = the package's models/default.", read_only=True),
     ParamSpec("backend", "torch", "Model backend for the predictor (the planner runs torch).", read_only=True,
@@ -95,7 +99,7 @@ PARAMS = [
     ParamSpec("threads", 1, "torch CPU threads (0 = torch's default); on a 2-core machine 1 and 0 plan about "
               "as fast on the graph (bench/README.md).", (0, 64), read_only=True),
 ] + config_specs("", ActionSettings) + config_specs("", StopRules) + config_specs("planner", PlannerConfig) \
-    + config_specs("cost", CostWeights)
+    + config_specs("cost", CostWeights) + config_specs("servo", ServoConfig)
 _SPECS = node_params.by_name(PARAMS)
 
 
@@ -149,11 +153,11 @@ class PlannerNode(Node):
             self.get_logger().warning(warning)
         rules = StopRules(p["goal_tolerance"], p["settle_patience"], p["settle_min_improvement"])
         self.actor = Actor(self.model, self.arm, self.planner, self.dt, rules, p["max_embedding_age_s"],
-                           p["max_joint_state_age_s"])
+                           p["max_joint_state_age_s"], servo=ServoConfig(**self._section(p, "servo")))
         warm_s = self.actor.warm_up()   # torch's first calls here, not in the first planning cycle
         self.counts = {"plans": 0, "refused_embedding_model": 0, "refused_embedding_stale": 0,
                        "refused_embedding_bad": 0, "refused_goal_image": 0, "refused_joint_state": 0,
-                       "refused_tool_reading": 0, "plans_cut": 0}
+                       "refused_tool_reading": 0, "refused_goal_features": 0, "plans_cut": 0, "servo_steps": 0}
         self._plan_ms: list[float] = []
         self._plan_iterations: list[int] = []    # sampling iterations of the same plans
         self._plan_candidates: list[int] = []    # candidates per fine / flat iteration of the same plans
@@ -174,6 +178,7 @@ class PlannerNode(Node):
         self.create_subscription(JointState, "/joint_states", self._on_joint_state, reliable1)
         self.create_subscription(Image, "/ami/goal_image", self._on_goal_image, latched)
         self.create_subscription(PointStamped, "/ami/tool_reading", self._on_tool_reading, reliable1)
+        self.create_subscription(Image, "/ami/goal_features", self._on_goal_features, reliable1)
         self.create_service(Trigger, "/ami/teach_goal", self._on_teach)
         self.create_service(Trigger, "/ami/clear_goal", self._on_clear)
         self.create_timer(self.dt, self._on_cycle)
@@ -185,6 +190,7 @@ class PlannerNode(Node):
         self.get_logger().info(f"planner ready: model {self.model_id}, {c.method} {c.mode}, predictor {c.predictor}, "
                                f"{self.planner.model_steps_per_plan()} model steps/plan (a first plan on made-up inputs: "
                                f"{1000 * warm_s:.0f} ms)")
+        self._say_servo()
 
     # ------------------------------------------------------------ the actor's state
     @property
@@ -271,6 +277,29 @@ class PlannerNode(Node):
             self.counts["refused_tool_reading"] += 1
             self.get_logger().warning(f"tool reading refused: {e}", throttle_duration_sec=2.0)
 
+    def _on_goal_features(self, msg: Image) -> None:
+        if msg.header.frame_id != self.model_id:
+            self.counts["refused_goal_features"] += 1
+            self.get_logger().error(f"goal features from model {msg.header.frame_id!r} refused; this planner runs "
+                                    f"{self.model_id!r}", throttle_duration_sec=2.0)
+            return
+        try:
+            self.actor.observe_goal_features(msgs.stamp_to_seconds(msg.header.stamp), msgs.embedding_from_msg(msg))
+        except ValueError as e:
+            self.counts["refused_goal_features"] += 1
+            self.get_logger().warning(f"goal features refused: {e}", throttle_duration_sec=2.0)
+
+    def _say_servo(self) -> None:
+        """Log whether the feature servo can run with the current settings."""
+        c = self.actor.servo.config
+        if c.engage_energy <= 0:
+            self.get_logger().info("feature servo off (servo.engage_energy 0)")
+        elif self.planner.config.predictor != "direct":
+            self.get_logger().info("feature servo off: it needs planner.predictor direct")
+        else:
+            self.get_logger().info(f"feature servo on: engages under goal energy {c.engage_energy:g} "
+                                   "(needs /ami/goal_features from encoder_node)")
+
     def _on_goal_image(self, msg: Image) -> None:
         try:
             frame = model_frame(msg, self.model.cfg.image_size)
@@ -320,7 +349,9 @@ class PlannerNode(Node):
                 self.get_logger().warning(f"a goal is set but {_MISSING[d.reason]}: not planning",
                                           throttle_duration_sec=5.0)
             return
-        if d.plan is not None:
+        if d.reason == "servo":
+            self.counts["servo_steps"] += 1
+        elif d.plan is not None:
             self._plan_ms.append(1000 * d.plan_s)
             self._plan_iterations.append(d.plan.iterations)
             self._plan_candidates.append(d.plan.candidates)
@@ -364,7 +395,7 @@ class PlannerNode(Node):
         reason = node_params.refusal(_SPECS, params)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
-        changes = {"planner": {}, "cost": {}}
+        changes = {"planner": {}, "cost": {}, "servo": {}}
         for prm in params:
             prefix, _, field = prm.name.partition(".")
             if prm.name in _SPECS and prefix in changes:
@@ -375,6 +406,8 @@ class PlannerNode(Node):
                     self.planner.check_config(self.planner.config.replace(**changes["planner"]))
                 if changes["cost"]:
                     self.planner.cost.weights.replace(**changes["cost"])
+                if changes["servo"]:
+                    self.actor.servo.config.replace(**changes["servo"])
         except ValueError as e:
             return SetParametersResult(successful=False, reason=str(e))
         return SetParametersResult(successful=True)
@@ -383,6 +416,9 @@ class PlannerNode(Node):
         with self.actor.lock:
             planner = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("planner.")}
             cost = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("cost.")}
+            servo = {p.name.split(".", 1)[1]: p.value for p in params if p.name.startswith("servo.")}
+            if servo:
+                self.actor.set_servo(self.actor.servo.config.replace(**servo))
             if planner:
                 self.planner.set_config(self.planner.config.replace(**planner))
                 if "precision" in planner and (warning := self.planner.precision_warning()):
@@ -404,8 +440,10 @@ class PlannerNode(Node):
                     self.planner.bound = self._torch.as_tensor(bound, dtype=self._torch.float32,
                                                                device=self.planner.device)
                     self.planner.cost.action_bound = self.planner.bound.clone()
-        if planner or cost:
-            self.get_logger().info(f"parameters changed for the next cycle: {planner or ''} {cost or ''}")
+        if planner or cost or servo:
+            self.get_logger().info(f"parameters changed for the next cycle: {planner or ''} {cost or ''} {servo or ''}")
+        if servo or "predictor" in planner:
+            self._say_servo()
 
     # ------------------------------------------------------------ diagnostics
     def _on_diagnostics(self) -> None:

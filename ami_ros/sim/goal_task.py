@@ -32,6 +32,7 @@ import torch
 
 from ami_ros.core.actor import Actor
 from ami_ros.core.memory import StopRules
+from ami_ros.core.servo import ServoConfig
 from ami_ros.core.planner import Planner
 from ami_ros.core.safety import Box, links_enter_box
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
@@ -110,17 +111,21 @@ class WorldModelAgent:
     ``settle_patience`` > 0: that many cycles without progress settle it), the way back to
     where the arm was when the frame that showed the goal (reached) or came closest to it
     (settled) was taken. After that it keeps the commanded target on its way to that pose,
-    within ``action_bound`` (A,) per step, and there, without planning again.
+    within ``action_bound`` (A,) per step, and there, without planning again. Near the goal
+    the actor's feature servo (``servo``, :mod:`ami_ros.core.servo`) takes over from the
+    search: with it on, each call also hands the actor the frame's goal-space features.
 
     The actions it returns are the changes of the commanded target from the caller's
     ``q_cmd``: the actor anchors its trajectory where the planner node would (the last
     commanded target while the arm follows it, else the measured position), and the
     caller sends ``q_cmd + cumsum(actions)``."""
 
-    def __init__(self, model, planner: Planner, arm, action_bound: np.ndarray, stop_rules: StopRules | None = None):
+    def __init__(self, model, planner: Planner, arm, action_bound: np.ndarray, stop_rules: StopRules | None = None,
+                 servo: ServoConfig | None = None):
         self.model, self.planner = model, planner
         self.bound = np.asarray(action_bound, dtype=np.float64)
-        self.actor = Actor(model, arm, planner, model.control_dt, stop_rules or StopRules(), joint_history_capacity=256)
+        self.actor = Actor(model, arm, planner, model.control_dt, stop_rules or StopRules(), joint_history_capacity=256,
+                           servo=servo)
         self.hold = None                        # (A,) the pose the commanded target goes back to and holds
         self.measured_distance = float("nan")   # measured goal distance of the latest frame (as goal_tolerance)
         self._keep_out = list(planner.cost.keep_out)   # the planner's own (the safety config's)
@@ -158,16 +163,20 @@ class WorldModelAgent:
             return straight_line_actions(q_cmd, self.hold, self.bound), None
         self.actor.observe_joint_state(stamp, q, qd, stamp)
         image = image_to_tensor(frame[None])
-        z = self.model.encode(image, torch.as_tensor(q[None], dtype=torch.float32),
-                              torch.as_tensor(qd[None], dtype=torch.float32))[0]
-        self.actor.observe_embedding(stamp, z)
+        state = torch.as_tensor(q[None], dtype=torch.float32), torch.as_tensor(qd[None], dtype=torch.float32)
+        if self.actor.servo.config.engage_energy > 0 and self.planner.config.predictor == "direct":
+            z, g = self.model.encode_with_goal(image, *state)
+            self.actor.observe_goal_features(stamp, g[0])
+        else:
+            z = self.model.encode(image, *state)
+        self.actor.observe_embedding(stamp, z[0])
         if self.model.has_tool_readout:
             self.actor.observe_tool_reading(stamp, self.model.read_tool(image)[0])
         d = self.actor.step(stamp)
         self.measured_distance = d.goal_distance
         if not d.send:
             raise RuntimeError(f"the actor sent nothing ({d.reason}) with a fresh frame and joint state")
-        if d.plan is None:                      # reached or settled: the way back ends at the frame's pose
+        if d.back_to is not None:               # reached or settled: the way back ends at the frame's pose
             self.hold = d.back_to
         if np.array_equal(d.q0, q_cmd):
             return d.actions, d.plan

@@ -96,6 +96,7 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ami_ros.core.memory import StopRules
+    from ami_ros.core.servo import ServoConfig
     from ami_ros.core.model_io import load_model
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.nodes.model_path import resolve_model_path
@@ -136,7 +137,7 @@ def run(args) -> int:
         if warning := planner.precision_warning():
             print(f"warning: {warning}", file=sys.stderr)
         rules = StopRules(stack["goal_tolerance"], stack["settle_patience"], stack["settle_min_improvement"])
-        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, arm, bound, rules)
+        agents[f"planner_{mode}"] = WorldModelAgent(model, planner, arm, bound, rules, ServoConfig(**stack["servo"]))
     if args.equal_compute:
         if args.planner != "both":
             print("error: --equal-compute compares the two planners: use it with --planner both", file=sys.stderr)
@@ -162,7 +163,7 @@ def run(args) -> int:
                # --equal-compute's candidates), and the control ticks each planned step covers
                "planners": {name: {**a.planner.config.to_dict(), "ticks": a.planner.ticks}
                             for name, a in agents.items() if isinstance(a, WorldModelAgent)},
-               "cost_weights": dict(stack["cost"]), "action_scale": stack["action_scale"],
+               "cost_weights": dict(stack["cost"]), "servo": dict(stack["servo"]), "action_scale": stack["action_scale"],
                "config_file": os.path.basename(args.config) if args.config else None,
                "seed": args.seed, "equal_compute": bool(args.equal_compute),
                **({} if variation.is_default else {"variation": variation.as_dict()}),
