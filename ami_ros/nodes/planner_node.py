@@ -248,11 +248,18 @@ class PlannerNode(Node):
             self.counts["refused_joint_state"] += 1
             self.get_logger().warning(f"joint state refused: {e}", throttle_duration_sec=2.0)
 
+    def _of_this_model(self, msg: Image, what: str, count: str) -> bool:
+        """Whether ``msg`` (an embedding or goal features) comes from this planner's model; if not,
+        refused: counted under ``count`` and logged."""
+        if msg.header.frame_id == self.model_id:
+            return True
+        self.counts[count] += 1
+        self.get_logger().error(f"{what} from model {msg.header.frame_id!r} refused; this planner runs "
+                                f"{self.model_id!r}", throttle_duration_sec=2.0)
+        return False
+
     def _on_embedding(self, msg: Image) -> None:
-        if msg.header.frame_id != self.model_id:
-            self.counts["refused_embedding_model"] += 1
-            self.get_logger().error(f"embedding from model {msg.header.frame_id!r} refused; this planner runs "
-                                    f"{self.model_id!r}", throttle_duration_sec=2.0)
+        if not self._of_this_model(msg, "embedding", "refused_embedding_model"):
             return
         stamp = msgs.stamp_to_seconds(msg.header.stamp)
         if self._now() - stamp > self.get_parameter("max_embedding_age_s").value:
@@ -278,10 +285,7 @@ class PlannerNode(Node):
             self.get_logger().warning(f"tool reading refused: {e}", throttle_duration_sec=2.0)
 
     def _on_goal_features(self, msg: Image) -> None:
-        if msg.header.frame_id != self.model_id:
-            self.counts["refused_goal_features"] += 1
-            self.get_logger().error(f"goal features from model {msg.header.frame_id!r} refused; this planner runs "
-                                    f"{self.model_id!r}", throttle_duration_sec=2.0)
+        if not self._of_this_model(msg, "goal features", "refused_goal_features"):
             return
         try:
             self.actor.observe_goal_features(msgs.stamp_to_seconds(msg.header.stamp), msgs.embedding_from_msg(msg))
