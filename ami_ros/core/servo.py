@@ -78,7 +78,6 @@ class FeatureServo:
         self.engaged = False
         self.best_energy, self.best_stamp = math.inf, None
         self.energy = math.nan      # the last step's |r|^2
-        self.steps = 0
 
     def engage(self, energy: float) -> bool:
         """A frame's goal energy (summed squares over the goal space) -> whether the servo is
@@ -102,7 +101,6 @@ class FeatureServo:
         lam = self.config.damping * np.trace(H) / len(bound)
         delta = -np.linalg.solve(H + (lam + 1e-12) * np.eye(len(bound)), jacobian.T @ residual)
         over = float(np.max(np.abs(delta) / bound))
-        self.steps += 1
         return delta / over if over > 1.0 else delta
 
 
