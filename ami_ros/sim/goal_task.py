@@ -32,9 +32,9 @@ import torch
 
 from ami_ros.core.actor import Actor
 from ami_ros.core.memory import StopRules
-from ami_ros.core.servo import ServoConfig
 from ami_ros.core.planner import Planner
 from ami_ros.core.safety import Box, links_enter_box
+from ami_ros.core.servo import ServoConfig
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.core.world_model import image_to_tensor
 

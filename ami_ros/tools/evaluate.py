@@ -96,8 +96,8 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from ami_ros.core.memory import StopRules
-    from ami_ros.core.servo import ServoConfig
     from ami_ros.core.model_io import load_model
+    from ami_ros.core.servo import ServoConfig
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.nodes.model_path import resolve_model_path
     from ami_ros.sim.arm_sim import ArmSim
