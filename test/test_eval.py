@@ -129,6 +129,35 @@ def test_world_model_agent_settles_back_at_the_closest_frame(model):
         assert res is None and not actions.any()
 
 
+def test_world_model_agent_servos_the_frame_to_the_goal_image(model):
+    """With the feature servo on (engaged from the first frame), the agent hands the actor the
+    frame's goal-space features and the servo, not the search, brings the simulated arm to the
+    goal image's pose, within the action bound at every step."""
+    from ami_ros.core.servo import ServoConfig
+    from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.sim.goal_task import WorldModelAgent, command_actions
+
+    arm, stack = load_arm(), load_stack_config()
+    bound = action_bound(arm, 0.1, stack["action_scale"])
+    stack["cost"]["goal_tool"] = 0.0                            # the image energy alone
+    agent = WorldModelAgent(model, build_planner(model, arm, stack, 0.1), arm, bound, StopRules(0.0, 0),
+                            ServoConfig(engage_energy=1e6))
+    with ArmSim(arm, width=64, height=64, seed=3) as sim:
+        q_goal = arm.home
+        sim.reset(arm.clip(q_goal + np.array([0.15, -0.1, 0.1, 0.0, 0.0, 0.0])))
+        agent.reset(sim.render_configuration(q_goal))
+        tool = lambda: float(np.linalg.norm(sim.tool_position() - arm.tool_position(q_goal)))
+        start, q_cmd = tool(), sim.joint_positions()
+        for k in range(15):
+            actions, res = agent.act(sim.time, sim.render(), sim.joint_positions(), sim.joint_velocities(), q_cmd)
+            assert res is None and np.all(np.abs(actions) <= bound + 1e-6)   # the planner keeps it in float32
+            q_cmd = command_actions(sim, q_cmd, actions, 0.1)
+            sim.step(0.1)
+        assert agent.actor.servo.engaged and agent.actor.goal_features is not None
+        assert tool() < 0.5 * start, (start, tool())
+
+
 def test_tolerance_check_separates_poses_near_the_goal_from_far_ones(model):
     from ami_ros.sim.arm_sim import ArmSim
     from ami_ros.sim.goal_task import tolerance_check
@@ -152,6 +181,7 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     near = res["splits"]["near"]
     assert set(near) == {"planner_flat", "random", "oracle", "true_dynamics", "predicted_greedy"}
     assert res["goal_tolerance"] > 0                        # the shipped planner config's goal-reached rule
+    assert res["servo"]["engage_energy"] == 0.0             # the feature servo off, as shipped
     assert near["oracle"]["successes"] == 2                 # straight to the goal configuration
     for r in near.values():
         assert r["episodes"] == 2 and np.isfinite(r["final_distance_m_median"])
