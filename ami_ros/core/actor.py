@@ -345,8 +345,8 @@ class Actor:
             if not servo:
                 self.status = self.monitor.update(self.goal_distance, source_stamp)
             else:
-                decision = self._servo_step(z_hist[-1], state, q0, goal_tool, source_stamp, bound)
-                if decision is None:         # the servo settles the goal on its best frame
+                decision, settle = self._servo_step(z_hist[-1], state, q0, goal_tool, source_stamp, bound)
+                if settle:                   # the servo settles the goal on its best frame
                     self.status = self.monitor.settle(self.servo.best_stamp)
                     why = (f"settled by the servo (its energy {self.servo.energy:.4g}, over "
                            f"{self.servo.config.back_ratio:g} x its lowest {self.servo.best_energy:.4g})")
@@ -384,10 +384,13 @@ class Actor:
         return self.servo.engage(float(((g - self.goal.to(g.device)) ** 2).sum()))
 
     def _servo_step(self, z: torch.Tensor, state, q0: np.ndarray, goal_tool, source_stamp: float,
-                    bound: np.ndarray) -> Decision | None:
+                    bound: np.ndarray) -> tuple[Decision | None, bool]:
         """One step of the feature servo from the source frame (its embedding z (D,), its joint
-        state, its goal-space features) and the commanded target q0 (A,); None when the servo
-        settles the goal."""
+        state, its goal-space features) and the commanded target q0 (A,) -> (the decision, whether
+        the servo settles the goal). No decision when it settles (the caller sends the arm back)
+        or when its step would go deeper into the cost's barriers (a joint limit's, the
+        workspace's or a keep-out box's margin, which the search prices): the search plans that
+        cycle."""
         dev = self.planner.device
         f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
         hold = self.planner.config.horizon * self.planner.ticks
@@ -403,10 +406,13 @@ class Actor:
             residual, jac = np.concatenate([residual, r_tool]), np.vstack([jac, j_tool])
         delta = self.servo.step(jac, residual, bound, source_stamp)
         if delta is None:
-            return None
+            return None, True
+        barriers = self.planner.cost.barriers(f(q0), f(np.stack([np.zeros_like(delta), delta]))[:, None])   # (2,)
+        if float(barriers[1]) > float(barriers[0]) + 1e-9:
+            return None, False
         self.memory.push_action(torch.as_tensor(delta, dtype=torch.float32))
         return Decision("servo", self.status, self.goal_distance, q0=q0, actions=delta[None],
-                        source_stamp=source_stamp)
+                        source_stamp=source_stamp), False
 
     def _back(self, q_now: np.ndarray, source_stamp: float, bound: np.ndarray, why: str | None = None) -> Decision:
         """The way back from the measured q_now (A,) to where the arm was when the frame that
