@@ -659,6 +659,9 @@ def test_keep_out_term_prices_plans_that_reach_into_a_keep_out_box():
     terms_stay = cost.breakdown(z, stay, torch.zeros(4), q0, torch.zeros(6))
     assert terms_stay["keep_out"].item() == 0.0
     assert terms_into["keep_out"].item() > 1.0
+    # the term alone, as the feature servo checks its step: the same values
+    torch.testing.assert_close(cost.keep_out_of(q0, torch.cat([stay, into])),
+                               torch.cat([terms_stay["keep_out"], terms_into["keep_out"]]))
 
 
 #: the link-volume terms alone, weight 1

@@ -159,19 +159,18 @@ def test_the_servo_settles_back_to_its_best_frame_when_the_frames_drift_away():
     np.testing.assert_allclose(back.back_to, poses[2])
 
 
-def test_the_servo_does_not_step_into_a_barrier_the_search_plans_there():
-    """A goal inside a joint limit's margin (joint 0 at 1.95, the margin from 1.9): the servo steps
-    toward it until its next step would enter the margin; that cycle the search plans, which
-    prices it."""
+def test_the_servo_does_not_step_deeper_into_a_keep_out_margin_the_search_plans_there():
+    """A goal inside a keep-out box's margin (the toy's stand-in for the cost's keep_out term:
+    joint 0 beyond 1.9): the servo steps toward it until its next step would go deeper; that
+    cycle the search plans, which prices it."""
     model = Model()
     actor = servo_actor(model)
-    q_goal = np.array([1.95, 0.0, 0.0, 0.0])
-    actor.set_goal_image(image(q_goal))
+    actor.planner.cost.keep_out_of = lambda q0, actions: torch.relu(q0[0] + actions[:, 0, 0] - 1.9) ** 2
+    actor.set_goal_image(image(np.array([1.95, 0.0, 0.0, 0.0])))
     decisions, _ = run(actor, model, np.array([1.6, 0.0, 0.0, 0.0]), 8)
     reasons = [d.reason for d in decisions]
     assert reasons[:2] == ["servo", "servo"] and "plan" in reasons
-    margin_from = float(Q_MAX[0]) - CostWeights().joint_limit_margin
-    assert all(d.targets[0][0] <= margin_from + 1e-6 for d in decisions if d.reason == "servo")
+    assert all(d.targets[0][0] <= 1.9 + 1e-6 for d in decisions if d.reason == "servo")
 
 
 def test_bad_goal_features_are_refused():

@@ -388,9 +388,8 @@ class Actor:
         """One step of the feature servo from the source frame (its embedding z (D,), its joint
         state, its goal-space features) and the commanded target q0 (A,) -> (the decision, whether
         the servo settles the goal). No decision when it settles (the caller sends the arm back)
-        or when its step would go deeper into the cost's barriers (a joint limit's, the
-        workspace's or a keep-out box's margin, which the search prices): the search plans that
-        cycle."""
+        or when its step would take the arm's volumes deeper into a keep-out box's margin (the
+        cost's ``keep_out`` term, which the search prices): the search plans that cycle."""
         dev = self.planner.device
         f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
         hold = self.planner.config.horizon * self.planner.ticks
@@ -407,8 +406,8 @@ class Actor:
         delta = self.servo.step(jac, residual, bound, source_stamp)
         if delta is None:
             return None, True
-        barriers = self.planner.cost.barriers(f(q0), f(np.stack([np.zeros_like(delta), delta]))[:, None])   # (2,)
-        if float(barriers[1]) > float(barriers[0]) + 1e-9:
+        keep_out = self.planner.cost.keep_out_of(f(q0), f(np.stack([np.zeros_like(delta), delta]))[:, None])   # (2,)
+        if float(keep_out[1]) > float(keep_out[0]) + 1e-9:
             return None, False
         self.memory.push_action(torch.as_tensor(delta, dtype=torch.float32))
         return Decision("servo", self.status, self.goal_distance, q0=q0, actions=delta[None],

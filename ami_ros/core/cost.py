@@ -365,15 +365,11 @@ class Cost:
             out["subgoal"] = torch.zeros(B, device=dev, dtype=dt)
         return out
 
-    #: the terms that keep a plan off the joint limits, the workspace's faces and the keep-out boxes
-    BARRIERS = ("joint_limit", "workspace", "keep_out")
-
-    def barriers(self, q0: Tensor, actions: Tensor) -> Tensor:
-        """The weighted :attr:`BARRIERS` terms of action sequences (B, H, A) from the commanded
-        target q0 (A,) -> (B,): what the cost charges for nearing a limit, a face or a box."""
+    def keep_out_of(self, q0: Tensor, actions: Tensor) -> Tensor:
+        """The weighted ``keep_out`` term alone of action sequences (B, H, A) from the commanded
+        target q0 (A,) -> (B,): what the cost charges for the arm's volumes nearing a keep-out box."""
         z = torch.zeros(actions.shape[0], 1, 1, dtype=actions.dtype, device=actions.device)   # no goal terms
-        terms = self.breakdown(z, actions, z[0, 0], q0, torch.zeros_like(actions[0, 0]), goal_dims=slice(0, 1))
-        return sum(terms[k] for k in self.BARRIERS)
+        return self.breakdown(z, actions, z[0, 0], q0, torch.zeros_like(actions[0, 0]), goal_dims=slice(0, 1))["keep_out"]
 
     def __call__(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
                  subgoal: Tensor | None = None, subgoal_step: int = -1, goal_dims: slice | None = None,
