@@ -19,14 +19,15 @@ term on, its residual (the tool point's miss beyond ``goal_tool_radius``, by for
 kinematics of the arm's pose) is stacked with the image's, each weighted as the cost weighs
 them, so the servo descends the energy the planner's terminal cost prices.
 
-A step that would take the arm's volumes deeper into a keep-out box's margin (the cost's
-``keep_out`` term) is not sent: the search plans that cycle (:class:`~ami_ros.core.actor.Actor`).
-Joint limits clip the target as for any plan, and the safety gate refuses what crosses its
-limits, as it does a plan's. It engages once a frame's goal energy (the summed
-squared residual in the goal space) is under ``engage_energy``, and stays engaged for the goal. Once the energy it descends (the
+It engages once a frame's goal energy (the summed squared residual in the goal space) is
+under ``engage_energy``, and stays engaged for the goal. Once the energy it descends (the
 stacked, weighted residual's) rises above ``back_ratio`` times the lowest it measured, the
 goal settles on the frame of that lowest energy (the caller sends the arm back to its pose):
-where the energy hardly changes, the features drift, and the arm with them.
+where the energy hardly changes, the features drift, and the arm with them. A step that would
+take the arm's volumes deeper into a keep-out box's margin (the cost's ``keep_out`` term) is
+not sent: the search plans that cycle (:class:`~ami_ros.core.actor.Actor`). Joint limits clip
+the target as for any plan, and the safety gate refuses what crosses its limits, as it does a
+plan's.
 """
 from __future__ import annotations
 
