@@ -38,6 +38,11 @@ class Arm:
     def tool_position(q):
         return np.asarray(q, dtype=np.float64)[..., :3]
 
+    @staticmethod
+    def jacobian(q):
+        """(6, A): the tool point moves with the first three joints, and does not turn."""
+        return np.vstack([np.eye(3, A), np.zeros((3, A))])
+
 
 def make_actor(tolerance=0.0, patience=0, min_improvement=0.02):
     model = Model()

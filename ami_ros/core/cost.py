@@ -369,7 +369,8 @@ class Cost:
         """The weighted ``keep_out`` term alone of action sequences (B, H, A) from the commanded
         target q0 (A,) -> (B,): what the cost charges for the arm's volumes nearing a keep-out box."""
         z = torch.zeros(actions.shape[0], 1, 1, dtype=actions.dtype, device=actions.device)   # no goal terms
-        return self.breakdown(z, actions, z[0, 0], q0, torch.zeros_like(actions[0, 0]), goal_dims=slice(0, 1))["keep_out"]
+        terms = self.breakdown(z, actions, z[0, 0], q0, torch.zeros_like(actions[0, 0]), goal_dims=slice(0, 1))
+        return terms["keep_out"]
 
     def __call__(self, z_pred: Tensor, actions: Tensor, goal: Tensor, q0: Tensor, prev_action: Tensor,
                  subgoal: Tensor | None = None, subgoal_step: int = -1, goal_dims: slice | None = None,

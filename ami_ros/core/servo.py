@@ -109,33 +109,37 @@ class FeatureServo:
 
 
 @torch.no_grad()
+def held_outcomes(model, z: torch.Tensor, q, qd, q_cmd, steps: torch.Tensor, hold: int) -> torch.Tensor:
+    """The direct predictor's goal-space outcome of each target step (N, A) from the commanded
+    target q_cmd, held ``hold`` control steps -> (N, G); from the frame's embedding z (D,) or
+    (1, D) and its joint state q, qd (A,) (tensors on the model's device)."""
+    n, A = steps.shape
+    actions = torch.cat([steps[:, None], torch.zeros(n, hold - 1, A, device=steps.device)], 1)   # (N, hold, A)
+    return model.rollout_direct(z.reshape(1, -1), q, qd, q_cmd, actions)[:, -1]
+
+
 def outcome_jacobian(model, z: torch.Tensor, q, qd, q_cmd, bound: np.ndarray, hold: int,
                      fd_step: float) -> np.ndarray:
-    """dg/dq_target (G, A): central differences of the direct predictor's goal-space outcome
-    after a target step of +-``fd_step`` x bound on each joint, held ``hold`` control steps,
-    from the frame's embedding z (D,), its joint state q, qd (A,) and the commanded target
-    q_cmd (A,) (tensors on the model's device)."""
+    """dg/dq_target (G, A): central differences of :func:`held_outcomes` for a target step of
+    +-``fd_step`` x bound on each joint."""
     A = len(bound)
     h = fd_step * np.asarray(bound, dtype=np.float64)                                  # (A,)
-    first = torch.as_tensor(np.vstack([np.diag(h), -np.diag(h)]), dtype=torch.float32, device=z.device)
-    actions = torch.cat([first[:, None], torch.zeros(2 * A, hold - 1, A, device=z.device)], 1)   # (2A, hold, A)
-    out = model.rollout_direct(z[None], q, qd, q_cmd, actions)[:, -1].double().cpu().numpy()     # (2A, G)
+    steps = torch.as_tensor(np.vstack([np.diag(h), -np.diag(h)]), dtype=torch.float32, device=z.device)
+    out = held_outcomes(model, z, q, qd, q_cmd, steps, hold).double().cpu().numpy()     # (2A, G)
     return ((out[:A] - out[A:]) / (2.0 * h[:, None])).T
 
 
-def tool_residual(arm, q: np.ndarray, q_cmd: np.ndarray, aim: np.ndarray, weight: float, radius: float,
-                  h: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+def tool_residual(arm, q: np.ndarray, q_cmd: np.ndarray, aim: np.ndarray, weight: float,
+                  radius: float) -> tuple[np.ndarray, np.ndarray]:
     """The cost's goal_tool term as one residual row: sqrt(weight) * relu(|p(q) - aim| - radius)
-    (p: the tool point of the measured pose q) and its derivative by the target, by forward
-    kinematics at q_cmd -> (r (1,), J (1, A))."""
-    fk = lambda x: np.asarray(arm.tool_position(np.asarray(x, dtype=np.float64)), dtype=np.float64)
-    d = fk(q) - np.asarray(aim, dtype=np.float64)
+    (p: the tool point of the measured pose q) and its derivative by the target (the arm's
+    Jacobian at q_cmd) -> (r (1,), J (1, A))."""
+    p = np.asarray(arm.tool_position(np.asarray(q, dtype=np.float64)), dtype=np.float64)
+    d = p - np.asarray(aim, dtype=np.float64)
     n = float(np.linalg.norm(d))
     miss = max(0.0, n - radius)
-    A = len(q_cmd)
     if miss == 0.0:
-        return np.zeros(1), np.zeros((1, A))
-    e = np.eye(A) * h
-    jac = np.stack([(fk(q_cmd + e[i]) - fk(q_cmd - e[i])) / (2 * h) for i in range(A)], 1)     # (3, A)
+        return np.zeros(1), np.zeros((1, len(q_cmd)))
+    jac = np.asarray(arm.jacobian(np.asarray(q_cmd, dtype=np.float64)), dtype=np.float64)[:3]   # (3, A): linear rows
     w = math.sqrt(weight)
     return np.array([w * miss]), (w * (d / n) @ jac)[None]

@@ -34,7 +34,7 @@ from ami_ros.core.actor import Actor
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import Planner
 from ami_ros.core.safety import Box, links_enter_box
-from ami_ros.core.servo import ServoConfig
+from ami_ros.core.servo import ServoConfig, held_outcomes
 from ami_ros.core.trajectory import Trajectory, straight_line_actions
 from ami_ros.core.world_model import image_to_tensor
 
@@ -288,8 +288,7 @@ class PredictedGreedyAgent(TrueDynamicsAgent):
     def outcomes(self, cands, frame, q, qd, q_cmd) -> torch.Tensor:
         f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32)
         z = self.model.encode(image_to_tensor(frame[None]), f(q[None]), f(qd[None]))       # (1, D)
-        acts = torch.cat([f(cands)[:, None], torch.zeros(len(cands), self.hold - 1, len(self.bound))], 1)
-        return self.model.rollout_direct(z, f(q), f(qd), f(q_cmd), acts)[:, -1]          # (N+1, G)
+        return held_outcomes(self.model, z, f(q), f(qd), f(q_cmd), f(cands), self.hold)   # (N+1, G)
 
 
 # ---------------------------------------------------------------- push
