@@ -487,6 +487,22 @@ def test_the_non_linear_probe_reads_a_curved_quantity_the_linear_one_misses():
     np.testing.assert_array_equal(mlp, _mlp_r2_each(X[:2400], Y[:2400], X[2400:], Y[2400:]))   # one seed, one probe
 
 
+def test_the_mlp_probe_reads_an_arms_forward_kinematics_off_its_joint_angles():
+    """The probe that says whether z_vis carries the tool must itself read the tool where it is an
+    exact function of the input: a four-joint arm's tip (a turning base, three pitch joints) from
+    its joint angles at R^2 >= 0.99 per coordinate, held out."""
+    from ami_ros.core.training import _mlp_r2_each
+
+    rng = np.random.default_rng(0)
+    q = rng.uniform(-2.0, 2.0, size=(20000, 6))
+    pitch = np.cumsum(q[:, 1:4], axis=1)
+    reach = sum(length * np.cos(pitch[:, i]) for i, length in enumerate((0.4, 0.4, 0.1)))
+    height = sum(length * np.sin(pitch[:, i]) for i, length in enumerate((0.4, 0.4, 0.1)))
+    tip = np.column_stack([reach * np.cos(q[:, 0]), reach * np.sin(q[:, 0]), height])
+    r2 = _mlp_r2_each(q[:16000], tip[:16000], q[16000:], tip[16000:])
+    assert (r2 >= 0.99).all(), r2
+
+
 def test_the_pixel_reference_reads_what_the_frame_shows_beside_the_embeddings_probes():
     """The probes from z_vis come with the same probes from the frame's pixels (``_from_pixels``):
     a square drawn where the tool is gives a pixel reading near 1, whatever the encoder makes of it;
@@ -506,6 +522,7 @@ def test_the_pixel_reference_reads_what_the_frame_shows_beside_the_embeddings_pr
     assert out["probe_r2_tool_x_from_pixels_mlp"] > 0.8, out
     assert out["probe_r2_tool_y_from_pixels"] is None and out["probe_r2_tool_z_from_pixels_mlp"] is None
     assert "probe_r2_tool_x_from_image" in out and "probe_r2_cube_x_from_pixels" not in out   # no cube recorded
+    assert "probe_r2_tool_x_from_joints_mlp" in out and out["probe_r2_tool_z_from_joints_mlp"] is None   # flat z
 
 
 def test_cube_probes_leave_out_frames_with_the_cube_off_the_table_or_hidden():
