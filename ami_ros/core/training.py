@@ -271,12 +271,13 @@ def _r2_each(Y, pred) -> np.ndarray:
 
 
 def _mlp_r2_each(Xtr, Ytr, Xte, Yte, hidden: int = 256, layers: int = 2, steps: int = 3000, batch: int = 512,
-                 seed: int = 0) -> np.ndarray:
+                 passes: int = 500, seed: int = 0) -> np.ndarray:
     """R^2 of a non-linear probe, per column of Y (NaN as :func:`_ridge_r2_each`): ``layers`` hidden
     layers of ``hidden`` (SiLU), inputs and targets standardised on the fit set, AdamW (lr 2e-3
-    decayed to 0 on a cosine, weight decay 1e-4) for ``steps`` batches of ``batch``, one seed. What a
-    linear probe misses of a quantity the embedding carries in a curved way (the tool's position is
-    not linear in the joint angles, nor in anything that carries them). Sized so that it reads the
+    decayed to 0 on a cosine, weight decay 1e-4) for ``steps`` batches of ``batch``, or ``passes``
+    passes over a small fit set if fewer, one seed. What a linear probe misses of a quantity the
+    embedding carries in a curved way (the tool's position is not linear in the joint angles, nor
+    in anything that carries them). Sized so that it reads the
     tool off the measured joint angles (forward kinematics, exact) of ami_arm6 and the UR5e at R^2
     0.98-1.00 (docs/results.md, 13ad); the card's ``probe_r2_tool_*_from_joints_mlp`` gives that
     reach for every model."""
@@ -296,11 +297,13 @@ def _mlp_r2_each(Xtr, Ytr, Xte, Yte, hidden: int = 256, layers: int = 2, steps: 
     for lin in lins[:-1]:
         mods += [lin, torch.nn.SiLU()]
     net = torch.nn.Sequential(*mods, lins[-1])
+    batch = min(batch, len(X))
+    steps = min(steps, passes * -(-len(X) // batch))
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     with torch.enable_grad():
         for _ in range(steps):
-            i = torch.randint(0, len(X), (min(batch, len(X)),), generator=g)
+            i = torch.randint(0, len(X), (batch,), generator=g)
             loss = ((net(X[i]) - Y[i]) ** 2).mean()
             opt.zero_grad()
             loss.backward()
