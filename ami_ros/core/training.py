@@ -277,10 +277,9 @@ def _mlp_r2_each(Xtr, Ytr, Xte, Yte, hidden: int = 256, layers: int = 2, steps: 
     decayed to 0 on a cosine, weight decay 1e-4) for ``steps`` batches of ``batch``, or ``passes``
     passes over a small fit set if fewer, one seed. What a linear probe misses of a quantity the
     embedding carries in a curved way (the tool's position is not linear in the joint angles, nor
-    in anything that carries them). Sized so that it reads the
-    tool off the measured joint angles (forward kinematics, exact) of ami_arm6 and the UR5e at R^2
-    0.98-1.00 (docs/results.md, 13ad); the card's ``probe_r2_tool_*_from_joints_mlp`` gives that
-    reach for every model."""
+    in anything that carries them). Sized so that it reads the tool off the measured joint angles
+    (forward kinematics, exact) of ami_arm6 and the UR5e at R^2 0.98-1.00 (docs/results.md, 13ad);
+    the card's ``probe_r2_tool_*_from_joints_mlp`` gives that reach for every model."""
     g = torch.Generator().manual_seed(seed)
     mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-6
     ym, ys = Ytr.mean(0), Ytr.std(0) + 1e-9
