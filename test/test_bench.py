@@ -98,6 +98,16 @@ def test_graph_latency_pairs_each_gated_plan_with_the_frame_of_its_plan():
     assert lat["n"] == 2 and lat["p50"] == pytest.approx((90.0 + 90.0) / 2)
 
 
+def test_graph_cpu_cores_are_cpu_seconds_over_the_window():
+    """Each process's share is its CPU seconds over the window's wall seconds; one that could not
+    be read (ended, or no /proc) is left out, not counted as 0."""
+    from ami_ros.tools.bench.graph import cpu_cores
+
+    r = cpu_cores({"sim": 10.0, "planner": 5.0, "safety": None, "bench": 1.0},
+                  {"sim": 70.0, "planner": 95.0, "safety": 3.0, "bench": 4.0}, 120.0, 2)
+    assert r == {"sim": 0.5, "planner": 0.75, "bench": 0.025, "total": 1.275, "cores": 2}
+
+
 def test_bench_graph_runs_the_nodes_as_launch_does(tmp_path, ros_domain_id):
     """The graph section starts the four node executables with the package's parameter files,
     sends goals and reads the planner's cycle counts; a node that cannot start is reported
@@ -119,6 +129,10 @@ def test_bench_graph_runs_the_nodes_as_launch_does(tmp_path, ros_domain_id):
     assert 0 <= g["planner"]["cycles_missed"] <= g["planner"]["cycles"]
     assert g["latency_ms"]["camera stamp -> gated command received"]["n"] >= 1
     assert g["exit_codes"] == {"sim": 0, "encoder": 0, "planner": 0, "safety": 0}   # SIGINT: a clean stop
+    cpu = g["cpu_cores"]          # every node process was read; the planner plans, so it kept a core partly busy
+    assert set(cpu) == {"sim", "encoder", "planner", "safety", "bench", "total", "cores"}, cpu
+    assert 0.05 < cpu["planner"] <= 1.5 and cpu["total"] == pytest.approx(
+        sum(v for k, v in cpu.items() if k not in ("total", "cores")), abs=0.01)
     # a double given as an integer: ROS refuses it, the planner exits saying why
     assert main(["bench", "--quick", "--sections", "graph", "--graph-seconds", "3", "--model", model,
                  "--graph-set", "planner:plan_budget:=0", "--domain-id", str(ros_domain_id),

@@ -217,13 +217,16 @@ def test_cycle_monitor_counts_late_and_overrunning_cycles():
     for start, end in ((0.0, 0.05), (0.1, 0.15), (0.2, 0.35), (0.35, 0.4), (0.6, 0.65), (0.7, 0.9)):
         m.start(start)
         r = m.end(end)
-    assert m.counts() == {"cycles": 6, "cycles_missed": 3, "cycles_late": 1, "cycles_overran": 2}
+    assert m.counts() == {"cycles": 6, "cycles_missed": 3, "cycles_late": 1, "cycles_overran": 2, "cycles_near": 0}
     # (0.2, 0.35) overran; (0.35, ...) was on time after it; (0.6, ...) started 0.15 s after it was due;
     # (0.7, 0.9) overran
     assert r.overran and not r.late and "overran" in r.describe(0.1)
-    m.start(1.2)
-    r = m.end(1.25)
-    assert r.late and not r.overran and "started 400 ms after it was due" in r.describe(0.1)
+    m.start(0.85)                         # on time (due at 0.8 + 0.1), 90 ms of its 100: near a miss, not one
+    r = m.end(0.94)
+    assert r.near and not r.missed and m.counts()["cycles_near"] == 1 and m.counts()["cycles_missed"] == 3
+    m.start(1.35)
+    r = m.end(1.4)
+    assert r.late and not r.overran and not r.near and "started 400 ms after it was due" in r.describe(0.1)
     with pytest.raises(ValueError):
         CycleMonitor(0.0)
 

@@ -45,3 +45,28 @@ def test_a_node_stops_cleanly_on_two_signals(tmp_path, sig):
             p.wait()
     text = log.read_text()
     assert rc == 0 and "Traceback" not in text, text[-3000:]
+
+
+def test_a_nodes_console_is_read_while_it_runs_without_breaking_its_writes():
+    """The bench reads a running node's captured console (its missed-cycle lines); reading must
+    not move the file offset the node writes at, or its next lines would overwrite the first."""
+    import sys
+    import tempfile
+
+    from ami_ros.nodes.stack import captured_text, process_cpu_seconds
+
+    with tempfile.TemporaryFile("w+") as log:
+        p = subprocess.Popen([sys.executable, "-u", "-c", "import sys, time\nprint('first line')\n"
+                              "sys.stdin.readline()\nprint('second line')"],
+                             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            t0 = time.monotonic()
+            while "first line" not in captured_text(log) and time.monotonic() - t0 < 30:
+                time.sleep(0.05)
+            assert captured_text(log) == "first line\n"
+            assert process_cpu_seconds(p.pid) >= 0.0
+            p.communicate("go\n", timeout=30)
+        finally:
+            p.kill()
+        assert captured_text(log) == "first line\nsecond line\n"
+        assert process_cpu_seconds(p.pid) is None          # gone: not readable, not 0

@@ -299,10 +299,9 @@ def test_a_deadline_cuts_the_iterations_and_says_so(mode):
 
 @pytest.mark.parametrize("mode", ["flat", "hier"])
 def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
-    """The iteration that always runs samples fewer candidates once the planner has measured its
-    speed and the time left does not hold them all (down to 2 x elites), and says it was cut; a
-    deadline far ahead, or none, samples them all; reset (a new goal) keeps the measured speed,
-    set_config forgets it."""
+    """The iteration that always runs evaluates its candidates in parts of 2 x elites and stops
+    when the time is up, and says it was cut; the later iterations sample as many as it
+    evaluated; a deadline far ahead, or none, takes them all."""
     import time
 
     cfg = toy_config(mode=mode, candidates=64, elites=8, iterations=2, coarse_candidates=48, coarse_elites=4)
@@ -310,19 +309,41 @@ def test_a_deadline_sizes_the_first_iteration_to_the_time_left(mode):
     zh = model.embed(torch.zeros(A)).expand(H_HIST, -1)
     args = (zh, model.embed(Q_FAR)[model.goal_dims], torch.zeros(A), torch.zeros(A))
     assert planner.plan(*args).candidates == 64                                # no deadline: all of them
-    first = planner.plan(*args, deadline=time.perf_counter() - 1.0)          # nothing measured yet
-    assert (first.candidates, first.iterations, first.cut) == (64, 2 if mode == "hier" else 1, True)
-    late = planner.plan(*args, deadline=time.perf_counter() - 1.0)           # measured: too slow for 64
-    assert (late.candidates, late.cut) == (16, True)
-    assert late.model_steps < first.model_steps
-    assert torch.all(late.actions.abs() <= BOUND + 1e-6) and math.isfinite(late.cost)
+    late = planner.plan(*args, deadline=time.perf_counter() - 1.0)           # no time left: the first part
+    assert (late.candidates, late.iterations, late.cut) == (16, 2 if mode == "hier" else 1, True)
     ample = planner.plan(*args, deadline=time.perf_counter() + 60.0)
-    assert (ample.candidates, ample.cut) == (64, False)
-    planner.reset()                                                          # a new goal: the speed stays
-    assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 16
-    planner.plan(*args, deadline=time.perf_counter() - 1.0)
-    planner.set_config(planner.config.replace(seed=1))
-    assert planner.plan(*args, deadline=time.perf_counter() - 1.0).candidates == 64
+    full = 2 + (cfg.coarse_iterations if mode == "hier" else 0)
+    assert (ample.candidates, ample.iterations, ample.cut) == (64, full, False)
+    assert late.model_steps < ample.model_steps
+    assert torch.all(late.actions.abs() <= BOUND + 1e-6) and math.isfinite(late.cost)
+
+
+def test_the_first_iteration_stops_at_the_part_that_would_end_after_the_deadline(monkeypatch):
+    """The parts against a clock the evaluation advances: each part is judged by the one before,
+    so a stall (a part three times as slow) stops the evaluation at the next part's start, and
+    the search then goes on with the candidates it has."""
+    import ami_ros.core.planner as planner_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(planner_mod.time, "perf_counter", lambda: clock[0])
+
+    def evaluate_taking(seconds):
+        def evaluate(cand):            # (N, T, C) -> cost (N,), predictions (N, T, 1)
+            clock[0] += seconds.pop(0)
+            return cand.sum((1, 2)), cand[..., :1]
+        return evaluate
+
+    cand = torch.arange(64.0).reshape(64, 1, 1).expand(64, 2, 3)
+    steady = planner_mod._Anytime(evaluate_taking([0.010] * 4), deadline=0.035, part=16)
+    cost, z = steady(cand)            # parts end at 10, 20, 30 ms; a fourth would end at 40 > 35
+    assert steady.evaluated == 48 and cost.shape == (48,) and z.shape == (48, 2, 1)
+    assert torch.equal(cost, cand[:48].sum((1, 2)))
+    clock[0] = 0.0
+    stalled = planner_mod._Anytime(evaluate_taking([0.010, 0.030, 0.010, 0.010]), deadline=0.035, part=16)
+    assert stalled(cand)[0].shape == (32,)    # 10 ms, then a 30 ms part: 40 + 30 > 35, no third
+    clock[0] = 0.0
+    first = planner_mod._Anytime(evaluate_taking([1.0]), deadline=0.035, part=16)
+    assert first(cand)[0].shape == (16,)      # the first part always runs
 
 
 @pytest.mark.parametrize("method, select, predictor, ticks", [("cem", "mean", "rollout", 1),

@@ -161,6 +161,20 @@ def test_camera_image_and_info(graph):
     assert info.p[3] == 0.0 and info.p[0] == info.k[0]
 
 
+def test_cube_pose_message_round_trip_and_refusal():
+    """The cube's pose crosses as geometry_msgs/PoseStamped, w first on both sides (MuJoCo's free
+    joint layout), so a goal image rendered from it (ami-ros demo, the bench's graph) puts the
+    cube where the simulator has it; NaN is refused."""
+    pose = np.array([0.45, -0.1, 0.025, np.cos(0.3), 0.0, 0.0, np.sin(0.3)])
+    msg = msgs.pose_msg(pose, msgs.seconds_to_stamp(12.5), "world")
+    assert msg.header.frame_id == "world" and msg.pose.orientation.w == pytest.approx(np.cos(0.3))
+    assert msg.pose.orientation.z == pytest.approx(np.sin(0.3))
+    np.testing.assert_array_equal(msgs.pose_from_msg(msg), pose)
+    msg.pose.position.y = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        msgs.pose_from_msg(msg)
+
+
 def test_joint_states(graph):
     sim, probe = graph
     probe.wait_for(lambda: len(probe.states) >= 3, 5.0, "joint states")

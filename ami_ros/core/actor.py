@@ -274,7 +274,8 @@ class Actor:
         of the model's size; zero embeddings; the arm at rest at zero), so that the first plan
         of a goal does not pay torch's first calls (several times a later plan: a planning cycle
         missed at the start), then a second plan under a distant deadline, so the planner has
-        measured its speed before the first cycle sizes a search to its deadline; -> the seconds.
+        measured the time its plans take after the search (what a deadline leaves room for)
+        before the first cycle; -> the seconds.
         Goal, memory and joint states stay as they were; the planner is reset, as at a new goal
         (call it before the first one)."""
         with self.lock:

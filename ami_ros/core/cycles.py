@@ -8,10 +8,16 @@ A cycle *misses its period* when it
 
 A cycle that does both counts once. A cycle that overran by several periods makes the
 next one late as well: the plan then went unrenewed for more than a period twice.
+
+A cycle that did not miss but took over ``NEAR`` of the period is *near* a miss: on a busy
+machine the margin such cycles leave is what the next stall eats, so their count says how
+close a loop runs to missing long before a miss shows in a short run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+NEAR = 0.8    # a cycle that took over this fraction of the period without missing it is near a miss
 
 
 @dataclass
@@ -22,6 +28,7 @@ class CycleReport:
     duration_s: float
     late: bool
     overran: bool
+    near: bool = False
 
     @property
     def missed(self) -> bool:
@@ -41,7 +48,7 @@ class CycleMonitor:
         if not period > 0:
             raise ValueError(f"period must be > 0 s, got {period}")
         self.period = float(period)
-        self.cycles = self.missed = self.late = self.overran = 0
+        self.cycles = self.missed = self.late = self.overran = self.near = 0
         self._prev_start: float | None = None
         self._start: float | None = None
 
@@ -55,8 +62,11 @@ class CycleMonitor:
         start, self._start = self._start, None
         late_s = 0.0 if self._prev_start is None else max(0.0, start - (self._prev_start + self.period))
         self._prev_start = start
-        report = CycleReport(late_s, float(t) - start, late_s > self.period, float(t) - start > self.period)
+        duration = float(t) - start
+        late, overran = late_s > self.period, duration > self.period
+        report = CycleReport(late_s, duration, late, overran, not (late or overran) and duration > NEAR * self.period)
         self.cycles += 1
+        self.near += report.near
         self.late += report.late
         self.overran += report.overran
         self.missed += report.missed
@@ -64,4 +74,4 @@ class CycleMonitor:
 
     def counts(self) -> dict:
         return {"cycles": self.cycles, "cycles_missed": self.missed, "cycles_late": self.late,
-                "cycles_overran": self.overran}
+                "cycles_overran": self.overran, "cycles_near": self.near}

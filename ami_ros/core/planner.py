@@ -65,14 +65,14 @@ Hierarchical mode (``mode='hier'``):
 A ``deadline`` (on :func:`time.perf_counter`'s clock) makes the search anytime, as a real-time
 loop needs it: each level stops starting iterations once the next one, as long as its last,
 would end after its share of the time left (the high level's share is its share of the model
-steps), with at least one iteration per level. The one iteration that always runs is sized to
-the time left too: from the seconds per candidate this planner measured on its earlier
-deadline plans (per level and shape, a running mean) and the time the fine level's plan took
-after its last iteration (the final evaluation, the cost's terms), it samples as many
-candidates as fit, at most the configured number and at least ``min(candidates, 2 * elites)``,
-so a machine too slow for one full iteration plans with fewer candidates rather than overrunning.
-:attr:`PlanResult.cut` says when either cut the search, :attr:`PlanResult.candidates` how many
-were sampled. Without one (the default, and ``ami-ros eval``), the configured iterations all run, so
+steps), with at least one iteration per level. The one iteration that always runs fits the
+time left too: it evaluates its candidates in parts of ``min(candidates, 2 * elites)`` and
+starts no part that would end after the deadline less the time the level's plan took after its
+last iteration the time before (the final evaluation, the cost's terms), judged by the part
+before; the later iterations sample as many as it evaluated. So a machine too slow for one full
+iteration, or one that stalls in the middle of it, plans with fewer candidates rather than
+overrunning. :attr:`PlanResult.cut` says when either cut the search, :attr:`PlanResult.candidates`
+how many were evaluated. Without one (the default, and ``ami-ros eval``), the configured iterations all run, so
 the same seed and inputs give the same plan on any machine. On a CUDA device each iteration is
 then synchronised to read the clock.
 
@@ -221,7 +221,7 @@ class PlanResult:
     terms: dict = field(default_factory=dict)  # weighted cost terms of ``actions`` (floats)
     coarse_cost: float | None = None  # hier: cost of the chosen chunks
     cut: bool = False                # a deadline cut the search: fewer iterations or candidates than configured
-    candidates: int = 0              # candidates sampled per iteration of the fine / flat level
+    candidates: int = 0              # candidates evaluated per iteration of the fine / flat level
     subgoal_tool: Tensor | None = None  # hier with a goal_tool reading: (3,) the tool point the low level aims at (m)
 
 
@@ -261,9 +261,8 @@ class Planner:
         cost.to(self.device)
         self.check_config(self.config)
         self._gen = torch.Generator(device=self.device)
-        # the search's measured speed, for deadlines: of this machine and config, kept across goals
-        self._rate: dict[tuple, float] = {}      # (chunk, T, C) -> seconds per candidate of one iteration
-        self._tail: dict[tuple, float] = {}      # the same key -> seconds from its last iteration to plan()'s end
+        # for deadlines: of this machine and config, kept across goals
+        self._tail: dict[tuple, float] = {}      # (chunk, T, C) -> seconds from a search's last iteration to plan()'s end
         self._graphs: dict[tuple, list] = {}     # CUDA graphs of the flat search (see _graphed_flat)
         self._graph_failed: str | None = None    # why a capture failed (the search then runs eagerly)
         self.reset()
@@ -271,7 +270,7 @@ class Planner:
     # ---- state ----
     def reset(self) -> None:
         """Drop the warm start and re-seed the sampler (next plan is as from a fresh planner, but
-        for the search speed measured for deadlines, which :meth:`set_config` forgets)."""
+        for the times measured for deadlines, which :meth:`set_config` forgets)."""
         self._warm: Tensor | None = None         # (H, A)
         self._warm_coarse: Tensor | None = None  # (Hc, k*A)
         self._gen.manual_seed(int(self.config.seed))
@@ -345,8 +344,7 @@ class Planner:
         """Swap settings between cycles (validated; the old ones stay on ValueError).
         The warm start is kept where its shape still fits."""
         self.config = self.check_config(config)
-        self._rate.clear()                       # precision, device or cost terms may have changed the speed
-        self._tail.clear()
+        self._tail.clear()                       # precision, device or cost terms may have changed the speed
         self._graphs.clear()
         self._graph_failed = None
         if self._warm is not None and self._warm.shape != (config.horizon, self.ticks * self.model.action_dim):
@@ -602,8 +600,10 @@ class Planner:
         """Sampling search over sequences (T, C) bounded by ``bound`` (C,); ``chunk``: each row holds
         that many actions of C / chunk values, and one noise draw serves them all. With a
         ``deadline`` (perf_counter), no iteration starts that would end after it, judged by the
-        last one, and the first (which always runs) samples only as many of the ``n`` candidates as
-        the time left holds at the measured rate (at least ``min(n, 2 * elites)``).
+        last one, and the first (which always runs) evaluates its ``n`` candidates in parts of
+        ``min(n, 2 * elites)``, stopping after the part that brings it near the deadline less the
+        time a plan takes after its last iteration (:class:`_Anytime`); the later ones sample as
+        many as it evaluated.
 
         Returns (plan (T, C), cost float, predicted embeddings, model steps spent, iterations run,
         candidates per iteration, (the speed table's key, perf_counter when the iterations ended) or
@@ -616,27 +616,25 @@ class Planner:
         T_, C_ = mean.shape
         ran, t_it, loop_end = 0, time.perf_counter(), None
         for it in range(iterations):
+            step_eval = evaluate
             if deadline is not None:
                 if sync:
                     torch.cuda.synchronize(mean.device)
                 t = time.perf_counter()
-                if it:
-                    self._measured(self._rate, key, (t - t_it) / n)
-                    if t + (t - t_it) > deadline:
-                        break
-                elif key in self._rate:   # the first iteration: as many candidates as the time left holds
-                    left = deadline - t - self._tail.get(key, 0.0)
-                    n = min(n, max(min(n, 2 * elites), int(left / self._rate[key])))
+                if it and t + (t - t_it) > deadline:
+                    break
+                if not it:   # the first iteration in parts, as many as the time left holds
+                    step_eval = _Anytime(evaluate, deadline - self._tail.get(key, 0.0), min(n, 2 * elites), sync)
                 t_it = t
             ran += 1
             eps = torch.randn((n, T_, C_ // chunk), generator=self._gen, device=mean.device)
-            st = self._search_step(evaluate, st, eps, bound, elites)
+            st = self._search_step(step_eval, st, eps, bound, elites)
+            if step_eval is not evaluate:
+                n = step_eval.evaluated
         if deadline is not None:
             if sync:
                 torch.cuda.synchronize(st[0].device)
             loop_end = (key, time.perf_counter())
-            if ran == iterations:   # the last iteration's rate (that of one cut short is measured above)
-                self._measured(self._rate, key, (loop_end[1] - t_it) / n)
         plan, cost, z = self._search_end(evaluate, st)
         steps = st[5] + z.shape[0]
         return plan, float(cost), z, steps, ran, n, loop_end
@@ -669,6 +667,8 @@ class Planner:
         cand[0] = mean
         cand = torch.maximum(torch.minimum(cand, bound), -bound)
         cost, z = evaluate(cand)
+        if cost.shape[0] < n:   # an anytime evaluation (_Anytime) stopped at its deadline: the first rows
+            n, cand = cost.shape[0], cand[: cost.shape[0]]
         steps += n * z.shape[1]
         if c.select == "best":   # the lowest-cost plan seen stays on the device
             i = torch.argmin(cost).reshape(1)
@@ -701,6 +701,36 @@ class Planner:
             return mean, cost, z
         better = best_c < cost
         return torch.where(better, best_a, mean), torch.where(better, best_c, cost), torch.where(better, best_z, z)
+
+
+class _Anytime:
+    """``evaluate`` over candidates (N, T, C) in parts of ``part`` rows, the first always, each
+    later one only if it should end by ``deadline`` (perf_counter), judged by the part before:
+    -> (cost, predictions) of the first ``evaluated`` rows. The search's first iteration, which
+    always runs, thus takes as many candidates as the time left holds at the speed the machine
+    has now: a stall in the middle of it costs candidates, not the planning cycle. ``sync``: wait
+    for the CUDA device before reading the clock."""
+
+    def __init__(self, evaluate: Callable[[Tensor], tuple[Tensor, Tensor]], deadline: float, part: int,
+                 sync: bool = False):
+        self.evaluate, self.deadline, self.part, self.sync = evaluate, deadline, max(1, int(part)), sync
+        self.evaluated = 0
+
+    def __call__(self, cand: Tensor) -> tuple[Tensor, Tensor]:
+        costs, zs, n = [], [], cand.shape[0]
+        while self.evaluated < n:
+            t = time.perf_counter()
+            k = min(self.part, n - self.evaluated)
+            cost, z = self.evaluate(cand[self.evaluated: self.evaluated + k])
+            costs.append(cost)
+            zs.append(z)
+            self.evaluated += k
+            if self.sync:
+                torch.cuda.synchronize(cand.device)
+            now = time.perf_counter()
+            if now + (now - t) > self.deadline:
+                break
+        return torch.cat(costs), torch.cat(zs)
 
 
 class CapturedGraph:

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration as DurationMsg
 from builtin_interfaces.msg import Time as TimeMsg
-from geometry_msgs.msg import PointStamped
+from geometry_msgs.msg import PointStamped, PoseStamped
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -197,6 +197,27 @@ def point_from_msg(msg: PointStamped) -> np.ndarray:
     if not np.all(np.isfinite(p)):
         raise ValueError("NaN or Inf in the point")
     return p
+
+
+def pose_msg(pose, stamp, frame_id: str) -> PoseStamped:
+    """(7,) position and quaternion, w first (MuJoCo's free joint layout: x, y, z, qw, qx, qy, qz)
+    -> geometry_msgs/PoseStamped in ``frame_id``."""
+    x, y, z, qw, qx, qy, qz = (float(v) for v in np.asarray(pose).reshape(7))
+    msg = PoseStamped()
+    msg.header.stamp, msg.header.frame_id = stamp, frame_id
+    msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = x, y, z
+    o = msg.pose.orientation
+    o.w, o.x, o.y, o.z = qw, qx, qy, qz
+    return msg
+
+
+def pose_from_msg(msg: PoseStamped) -> np.ndarray:
+    """Inverse of :func:`pose_msg` -> (7,); ValueError on NaN/Inf."""
+    p, o = msg.pose.position, msg.pose.orientation
+    pose = np.array([p.x, p.y, p.z, o.w, o.x, o.y, o.z], dtype=np.float64)
+    if not np.all(np.isfinite(pose)):
+        raise ValueError("NaN or Inf in the pose")
+    return pose
 
 
 def subscribe_camera(node, topic: str, callback, qos_profile, transport: str):

@@ -28,14 +28,15 @@ Publishes
                     no progress for settle_patience cycles, the arm back at the closest frame seen
   /diagnostics      plan times, where the model runs (``device``), and the planning cycles that missed
                     their period (started late or overran: ``core.cycles``; WARN when any did since the
-                    last report, and a throttled WARN line in the log); the plans the budget cut short
+                    last report, and a throttled WARN line in the log) and those near it (``cycles_near``:
+                    over 80 % of the period, on time); the plans the budget cut short
                     (``plans_cut``), the mean iterations and candidates per plan
 
 The goal-reaching step (plan, stopping rules, back to the frame's pose) is
 ``core.actor.Actor``'s, the same class the eval drives over the simulator; this node
 converts the messages, calls it once per control period and publishes its decision. The
 search gets ``plan_budget`` of the period from the cycle's start (``Planner.plan``'s deadline:
-iterations that would end later are skipped, and the first samples as many candidates as the
+iterations that would end later are skipped, and the first evaluates as many candidates as the
 time left holds), so a busy or slow CPU plans with fewer iterations and candidates rather than
 missing cycles.
 
@@ -90,8 +91,8 @@ PARAMS = [
     ParamSpec("control_rate_hz", 10.0, "Planning rate; must match the model card's control period.",
               (0.5, 100.0), read_only=True),
     ParamSpec("plan_budget", 0.6, "Fraction of the control period the search may take: it skips iterations that "
-              "would end later (at least one per level runs, with as many candidates as the time left holds at the "
-              "speed measured on earlier plans; plans_cut in the diagnostics counts the plans cut short), so a busy "
+              "would end later (at least one per level runs, evaluated in parts until the time is up, at least 2 x "
+              "elites candidates; plans_cut in the diagnostics counts the plans cut short), so a busy "
               "or slow CPU plans with fewer iterations and candidates rather than missing cycles. 0: every plan "
               "runs all its iterations and candidates, as ami-ros eval does.", (0.0, 1.0)),
     ParamSpec("max_embedding_age_s", 0.5, "Embeddings older than this are refused.", (0.01, 10.0)),
@@ -337,22 +338,26 @@ class PlannerNode(Node):
     def _on_cycle(self) -> None:
         self.cycles.start(time.monotonic())
         deadline = time.perf_counter() + self.plan_budget * self.dt if self.plan_budget > 0 else None
+        plan_s = None
         try:
-            self._cycle(deadline)
+            plan_s = self._cycle(deadline)
         finally:
             r = self.cycles.end(time.monotonic())
-            if r.missed:
-                self.get_logger().warning(f"planning cycle missed its period ({r.describe(self.dt)}); "
+            if r.missed:      # the plan's own time tells the search's share from the rest of the cycle
+                plan = "" if plan_s is None else f", of which the plan {1000 * plan_s:.0f} ms"
+                self.get_logger().warning(f"planning cycle missed its period ({r.describe(self.dt)}{plan}); "
                                           f"{self.cycles.missed} of {self.cycles.cycles} missed so far",
                                           throttle_duration_sec=5.0)
 
-    def _cycle(self, deadline: float | None = None) -> None:
+    def _cycle(self, deadline: float | None = None) -> float | None:
+        """One planning cycle: the actor's step, its decision published; -> the plan's seconds, or
+        None when no plan was made."""
         d = self.actor.step(self._now(), deadline)
         if not d.send:   # nothing to send: the safety watchdog holds the arm
             if d.reason in _MISSING:
                 self.get_logger().warning(f"a goal is set but {_MISSING[d.reason]}: not planning",
                                           throttle_duration_sec=5.0)
-            return
+            return None
         if d.reason == "servo":
             self.counts["servo_steps"] += 1
         elif d.plan is not None:
@@ -372,6 +377,7 @@ class PlannerNode(Node):
         subgoal_tool = None if d.plan is None or d.plan.subgoal_tool is None else d.plan.subgoal_tool.numpy()
         self._marker_pub.publish(self._markers(d.targets, msgs.seconds_to_stamp(d.source_stamp), subgoal_tool))
         self._publish_status()
+        return d.plan_s if d.plan is not None else None
 
     def _markers(self, targets: np.ndarray, stamp, subgoal_tool=None) -> MarkerArray:
         path = self.arm.tool_position(targets)                                   # (H, 3)

@@ -261,12 +261,7 @@ class SimNode(Node):
             stamp = msgs.seconds_to_stamp(self.ros_time_of(self.sim.time))
         self._joint_pub.publish(msgs.joint_state_msg(self.spec.joint_names, q, v, e, stamp))
         self._tool_pub.publish(msgs.point_msg(tool, stamp, WORLD_FRAME))
-        pose = PoseStamped()
-        pose.header.stamp, pose.header.frame_id = stamp, WORLD_FRAME
-        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(x) for x in cube[:3])
-        o = pose.pose.orientation
-        o.w, o.x, o.y, o.z = (float(x) for x in cube[3:])
-        self._cube_pub.publish(pose)
+        self._cube_pub.publish(msgs.pose_msg(cube, stamp, WORLD_FRAME))
         self._meters["joint_states"].tick()
 
     def _on_command(self, msg: JointTrajectory) -> None:

@@ -71,6 +71,24 @@ def split_sets(sets: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
+def captured_text(log) -> str:
+    """All a child process has written so far to ``log`` (a file it shares as its stdout), read
+    without moving the file offset the two share, so the child's next lines still append."""
+    fd = log.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system, s) process ``pid`` has used, from /proc/<pid>/stat; None when it
+    cannot be read (the process is gone, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()   # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime (fields 14, 15)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def stop_processes(procs, sig, timeout: float) -> None:
     """Send ``sig`` to each of ``procs`` still running, wait up to ``timeout`` s for each, kill
     the ones that do not end."""
@@ -123,12 +141,20 @@ class NodeProcesses:
         end of its console when captured)."""
         for kind, p in self.procs.items():
             if p.poll() is not None:
-                tail = ""
-                if self.logs.get(kind) is not None:
-                    self.logs[kind].seek(0)
-                    tail = ": " + self.logs[kind].read()[-600:].strip()
+                text = self.console(kind)
+                tail = ": " + text[-600:].strip() if self.logs.get(kind) is not None else ""
                 return f"{kind}_node exited ({p.returncode}){tail}"
         return ""
+
+    def console(self, kind: str) -> str:
+        """What node ``kind`` has written to its console so far ('' when not captured)."""
+        log = self.logs.get(kind)
+        return "" if log is None else captured_text(log)
+
+    def cpu_seconds(self) -> dict[str, float | None]:
+        """{kind: CPU time (user + system, s, all its threads) its process has used so far}; None for
+        one that has ended, or where /proc is not there (not Linux)."""
+        return {kind: process_cpu_seconds(p.pid) if p.poll() is None else None for kind, p in self.procs.items()}
 
     def exit_codes(self) -> dict[str, int | None]:
         return {kind: p.poll() for kind, p in self.procs.items()}

@@ -157,6 +157,12 @@ def run(args) -> int:
         except (KeyError, ValueError):      # another arm's, or malformed: not this demo's
             pass
 
+    def on_cube_pose(m):
+        try:
+            keep("cube")(msgs.pose_from_msg(m))
+        except ValueError:                  # NaN or Inf: the goal images keep the last good pose
+            pass
+
     def latest(key):
         with lock:
             return rec.get(key)
@@ -172,9 +178,7 @@ def run(args) -> int:
         probe = rclpy.create_node("ami_demo", context=ctx)
         probe.create_subscription(PointStamped, "/ami/tool_position",
                                   lambda m: keep("tool")(msgs.point_from_msg(m)), qos.RELIABLE_10)
-        probe.create_subscription(PoseStamped, "/ami/cube_pose", lambda m: keep("cube")(np.array(
-            [m.pose.position.x, m.pose.position.y, m.pose.position.z, m.pose.orientation.w, m.pose.orientation.x,
-             m.pose.orientation.y, m.pose.orientation.z])), qos.RELIABLE_10)
+        probe.create_subscription(PoseStamped, "/ami/cube_pose", on_cube_pose, qos.RELIABLE_10)
         probe.create_subscription(CameraInfo, "/camera/camera_info", lambda m: keep("camera")((m.width, m.height)),
                                   qos_profile_sensor_data)
         probe.create_subscription(JointState, "/joint_states", on_joint_state, qos.RELIABLE_10)

@@ -3,11 +3,13 @@ them (the node executables with the package's parameter files), in closed loop f
 the planner's cycles missed and plans cut (its /diagnostics), and the latency from the camera
 frame a plan started from to the gated command.
 
-A probe node in this process publishes a goal image (rendered here from the same scene) and
-the next one whenever the planner reports the goal reached or settled, or after ``GOAL_S``
-seconds, so the planner plans throughout. The latency of a gated command is its arrival at
-the probe minus the stamp of the camera frame its plan started from (the planner's
-``/ami/plan_markers`` carry it), the newest plan's markers received before the command."""
+A probe node in this process publishes a goal image (rendered here from the same scene, the
+cube where the simulator has it, as ``ami-ros demo`` renders its goals) and the next one
+whenever the planner reports the goal reached or settled, or after ``GOAL_S`` seconds, so the
+planner plans throughout. The latency of a gated command is its arrival at the probe minus the
+stamp of the camera frame its plan started from (the planner's ``/ami/plan_markers`` carry it),
+the newest plan's markers received before the command. The CPU each node's process kept busy
+over the window (``cpu_cores``) says how much of the machine the graph takes."""
 from __future__ import annotations
 
 from ami_ros.tools.bench.table import fmt, stats, table
@@ -48,13 +50,21 @@ def bench_graph(folder: str, args, out: dict) -> str:
               ["hop", "n", "p50", "p95", "p99"], rows)
     c = res["planner"]
     t += (f"\nplanning cycles: {c.get('cycles', '-')}, missed: {c.get('cycles_missed', '-')} (late "
-          f"{c.get('cycles_late', '-')}, overran {c.get('cycles_overran', '-')}); plans {c.get('plans', '-')}, cut "
+          f"{c.get('cycles_late', '-')}, overran {c.get('cycles_overran', '-')}), near a miss (over 80 % of the "
+          f"period) {c.get('cycles_near', '-')}; plans {c.get('plans', '-')}, cut "
           f"by the plan budget {c.get('plans_cut', '-')}; plan ms p50/p95 (planner) {fmt(c.get('plan_ms_p50'))}/"
           f"{fmt(c.get('plan_ms_p95'))}, iterations and candidates per plan (means of the last 100) "
           f"{fmt(c.get('plan_iterations_mean'))}, {fmt(c.get('plan_candidates_mean'))}; gated plans "
           f"{res['gated_commands']}, holds (and short ways back to rest) {res['holds']}; goals "
           f"{res['goals_sent']} sent, {res['goals_reached']} reached, {res['goals_settled']} settled; node exits "
           f"{res['exit_codes']}")
+    cpu = res.get("cpu_cores") or {}
+    if cpu:
+        t += ("\nCPU, cores kept busy over the window: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in cpu.items() if k not in ("total", "cores"))
+            + f"; total {cpu['total']:.2f} of {cpu['cores']}")
+    if res.get("missed_log"):
+        t += "\nthe planner's log of missed cycles (warm-up included):\n  " + "\n  ".join(res["missed_log"])
     return t
 
 
@@ -66,6 +76,7 @@ def run_graph(folder: str, args) -> dict:
     import numpy as np
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import PoseStamped
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState
@@ -88,7 +99,7 @@ def run_graph(folder: str, args) -> dict:
     nodes = NodeProcesses(node_params(folder, robot, extra), env=env, capture=True)
     exited = nodes.exited
 
-    rec = {"markers": [], "gated": [], "plans": 0, "status": "", "q": None, "diag": {}}
+    rec = {"markers": [], "gated": [], "plans": 0, "status": "", "q": None, "cube": None, "diag": {}}
     lock = threading.Lock()
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain)
@@ -120,6 +131,14 @@ def run_graph(folder: str, args) -> dict:
         with lock:
             rec["q"] = q
 
+    def on_cube_pose(m):
+        try:
+            cube = msgs.pose_from_msg(m)
+        except ValueError:
+            return
+        with lock:
+            rec["cube"] = cube
+
     def on_diag(m):
         for st in m.status:
             if st.name.endswith(": planner"):
@@ -131,6 +150,7 @@ def run_graph(folder: str, args) -> dict:
     probe.create_subscription(JointTrajectory, "/ami/plan", on_plan, qos.RELIABLE_10)
     probe.create_subscription(String, "/ami/goal_status", on_status, qos.LATCHED)
     probe.create_subscription(JointState, "/joint_states", on_js, qos.RELIABLE_10)
+    probe.create_subscription(PoseStamped, "/ami/cube_pose", on_cube_pose, qos.RELIABLE_10)
     probe.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
     goal_pub = probe.create_publisher(Image, "/ami/goal_image", qos.LATCHED)
     ex = SingleThreadedExecutor(context=ctx)
@@ -141,26 +161,33 @@ def run_graph(folder: str, args) -> dict:
     def counts():
         with lock:
             d = dict(rec["diag"])
-        return {k: int(d[k]) for k in ("cycles", "cycles_missed", "cycles_late", "cycles_overran", "plans",
-                                       "plans_cut") if k in d}
+        return {k: int(d[k]) for k in ("cycles", "cycles_missed", "cycles_late", "cycles_overran", "cycles_near",
+                                       "plans", "plans_cut") if k in d}
 
     res = {"seconds": seconds, "camera_rate_hz": 30.0, "processes": list(KINDS), "settings": extra, "goals_sent": 0,
            "goals_reached": 0, "goals_settled": 0}
     sim = None
     try:
         t_wait = time.monotonic()   # the planner plans once a goal, an embedding and a joint state are there
-        while (rec["q"] is None or "cycles" not in rec["diag"]) and time.monotonic() - t_wait < 90:
+
+        def ready():
+            with lock:
+                return rec["q"] is not None and rec["cube"] is not None and "cycles" in rec["diag"]
+
+        while not ready() and time.monotonic() - t_wait < 90:
             if exited():
                 raise RuntimeError(exited())
             time.sleep(0.1)
-        if rec["q"] is None or "cycles" not in rec["diag"]:
-            raise RuntimeError("no joint states or planner diagnostics within 90 s")
+        if not ready():
+            raise RuntimeError("no joint states, cube pose or planner diagnostics within 90 s")
         sim = ArmSim(arm, width=64, height=64, seed=0)
         rng, last = np.random.default_rng(0), [rec["q"]]
 
         def send_goal():               # each goal a short reach from the one before (the demo's rule)
             last[0] = goal_sequence(arm, last[0], 1, rng)[0]
-            goal_pub.publish(msgs.image_msg(sim.render_configuration(last[0]), probe.get_clock().now().to_msg(),
+            with lock:
+                cube = rec["cube"]
+            goal_pub.publish(msgs.image_msg(sim.render_configuration(last[0], cube), probe.get_clock().now().to_msg(),
                                             "goal"))
             with lock:
                 rec["status"] = "sent"
@@ -175,6 +202,7 @@ def run_graph(folder: str, args) -> dict:
                     rec["markers"].clear(), rec["gated"].clear()
                     rec["plans"] = 0
                 opened, t_start = True, now()
+                cpu0 = {**nodes.cpu_seconds(), "bench": time.process_time()}
                 res.update(goals_sent=0, goals_reached=0, goals_settled=0)
             if opened and now() - t_start >= seconds:
                 break
@@ -190,7 +218,10 @@ def run_graph(folder: str, args) -> dict:
                 raise RuntimeError(exited())
             time.sleep(0.05)
         c1 = _next_report(counts)              # the cycles of the window: up to the next report
+        cpu1 = {**nodes.cpu_seconds(), "bench": time.process_time()}
         t_end = now()
+        missed_log = [line.strip() for line in nodes.console("planner").splitlines()
+                      if "missed its period" in line][-10:]
         with lock:
             snap = {"markers": list(rec["markers"]), "gated": list(rec["gated"]), "plans": rec["plans"]}
     finally:
@@ -202,6 +233,8 @@ def run_graph(folder: str, args) -> dict:
         rclpy.try_shutdown(context=ctx)
         spinner.join(timeout=2)
     res["seconds"] = t_end - t_start
+    res["missed_log"] = missed_log      # the planner's log of missed cycles, warm-up included (one line per 5 s at most)
+    res["cpu_cores"] = cpu_cores(cpu0, cpu1, res["seconds"], len(os.sched_getaffinity(0)))
     res["planner"] = {k: c1[k] - c0.get(k, 0) for k in c1}
     res["planner"].update({k: float(rec["diag"][k]) for k in ("plan_ms_p50", "plan_ms_p95", "plan_iterations_mean",
                                                             "plan_candidates_mean")
@@ -209,6 +242,15 @@ def run_graph(folder: str, args) -> dict:
     res["exit_codes"] = exit_codes
     res.update(latency(snap))
     return res
+
+
+def cpu_cores(cpu0: dict, cpu1: dict, seconds: float, cores: int | None) -> dict:
+    """The cores each process kept busy over the window (CPU seconds / wall seconds), from
+    {name: CPU seconds} at its start and end (None: unreadable); ``total`` beside the machine's
+    ``cores``. ``bench`` is this process (the probe node, goal images, the bookkeeping)."""
+    used = {k: round((cpu1[k] - cpu0[k]) / seconds, 3) for k in cpu0
+            if cpu0[k] is not None and cpu1.get(k) is not None}
+    return {**used, "total": round(sum(used.values()), 3), "cores": cores}
 
 
 def _next_report(counts) -> dict:
