@@ -67,14 +67,14 @@ loop needs it: each level stops starting iterations once the next one, as long a
 would end after its share of the time left (the high level's share is its share of the model
 steps), with at least one iteration per level. The one iteration that always runs fits the
 time left too: it evaluates its candidates in parts of ``min(candidates, 2 * elites)`` and
-starts no part that would end after the deadline less the time the level's plan took after its
-last iteration the time before (the final evaluation, the cost's terms), judged by the part
-before; the later iterations sample as many as it evaluated. So a machine too slow for one full
+starts no part that, judged by the part before, would end after the deadline less the time
+that followed the last iteration in the level's plans before (the final evaluation, the cost's
+terms); the later iterations sample as many as it evaluated. So a machine too slow for one full
 iteration, or one that stalls in the middle of it, plans with fewer candidates rather than
 overrunning. :attr:`PlanResult.cut` says when either cut the search, :attr:`PlanResult.candidates`
-how many were evaluated. Without one (the default, and ``ami-ros eval``), the configured iterations all run, so
-the same seed and inputs give the same plan on any machine. On a CUDA device each iteration is
-then synchronised to read the clock.
+how many were evaluated. Without a deadline (the default, and ``ami-ros eval``), the configured
+iterations all run, so the same seed and inputs give the same plan on any machine. On a CUDA
+device each iteration and part is synchronised to read the clock.
 
 On a CUDA device the flat search runs as one CUDA graph (``cuda_graph``, on by default): its
 iterations, the final evaluation and the cost's terms are captured once per settings, cost
@@ -606,7 +606,7 @@ class Planner:
         many as it evaluated.
 
         Returns (plan (T, C), cost float, predicted embeddings, model steps spent, iterations run,
-        candidates per iteration, (the speed table's key, perf_counter when the iterations ended) or
+        candidates per iteration, (the tail table's key, perf_counter when the iterations ended) or
         None without a deadline).
         """
         st = self._search_begin(mean, bound, evaluate, extra)
