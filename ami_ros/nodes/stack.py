@@ -141,8 +141,7 @@ class NodeProcesses:
         end of its console when captured)."""
         for kind, p in self.procs.items():
             if p.poll() is not None:
-                text = self.console(kind)
-                tail = ": " + text[-600:].strip() if self.logs.get(kind) is not None else ""
+                tail = ": " + self.console(kind)[-600:].strip() if self.logs.get(kind) is not None else ""
                 return f"{kind}_node exited ({p.returncode}){tail}"
         return ""
 
