@@ -18,6 +18,7 @@ TINY = {
         {"name": "encoder", "data": ["a"],
          "train": {"epochs": 1, "steps_per_epoch": 2, "batch": 2, "seq_len": 8, "image_size": 32,
                    "refine_steps": 0}},
+        {"name": "predictors", "data": ["a"], "train": {"refine_steps": 2}},
         {"name": "head", "data": ["a", "b"],
          "train": {"keep_predictors": True, "refine_steps": 0, "direct": True, "direct_steps": 3,
                    "direct_width": 16, "tool_readout_steps": 2}},
@@ -43,16 +44,27 @@ def test_the_shipped_recipes_parse():
         assert recipe["stages"] and recipe["collect"]
 
 
-def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
+def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys, monkeypatch):
     from ami_ros.core.model_io import load_model
+    from ami_ros.data import bags
 
+    loads = []
+    real_load = bags.load_episodes
+    monkeypatch.setattr(bags, "load_episodes", lambda folder, **kw: loads.append(folder) or real_load(folder, **kw))
     recipe = _write(tmp_path / "tiny.yaml", TINY)
     work, out = str(tmp_path / "work"), str(tmp_path / "model")
     assert _train("--recipe", recipe, "--work", work, "--out", out, "--threads", "1", "--jobs", "2") == 0
+    assert sorted(os.path.basename(f) for f in loads) == ["a", "b"]    # each part read once for three stages
     m = load_model(out, "torch")
     assert m.has_direct and m.has_tool_readout
-    assert m.card["recipe"]["stage"] == "head" and m.card["recipe"]["stages"] == 2
-    assert m.card["encoder_from"]["recipe"]["stage"] == "encoder"
+    assert m.card["recipe"]["stage"] == "head" and m.card["recipe"]["stages"] == 3
+    assert m.card["encoder_from"]["recipe"]["stage"] == "predictors"
+    # the probes where the encoder is trained and on the model that ships, not on the stage between
+    cards = {s: load_model(os.path.join(work, "stages", s), "torch").card for s in ("encoder", "predictors")}
+    assert "probe_r2_joints" in cards["encoder"]["metrics"] and "probes" not in cards["encoder"]
+    assert "probe_r2_joints" in m.card["metrics"] and "probes" not in m.card
+    assert not any(k.startswith("probe_") for k in cards["predictors"]["metrics"])
+    assert "frozen" in cards["predictors"]["probes"] and "pred_over_copy_1" in cards["predictors"]["metrics"]
     assert sorted(m.card["data"]["collection"]["parts"]) == ["a", "b"]
     assert m.card["data"]["collection"]["parts"]["b"]["target_jitter"] == 0.2
     assert str(tmp_path) not in yaml.safe_dump(m.card)           # no machine path in the card
@@ -60,7 +72,7 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert _train("--recipe", recipe, "--work", work, "--out", str(tmp_path / "again"), "--threads", "1") == 0
     log = capsys.readouterr().out
-    assert "data a: reusing" in log and "stage 1/2 encoder: done before" in log
+    assert "data a: reusing" in log and "stage 1/3 encoder: done before" in log
     # data collected in another scene (another URDF or camera) is not taken for it either
     index = os.path.join(work, "data", "a", "index.yaml")
     with open(index) as f:

@@ -277,10 +277,18 @@ def run(args) -> int:
                   "--keep-predictors and the same --direct-* / --goal-features options)", file=sys.stderr)
             return 2
     # the configuration is settled before the (slow) loading of the episodes
+    cache = getattr(args, "episode_cache", None)  # the recipe runner's: a folder loaded once serves every stage
     episodes, errors = [], []
     for folder in args.data:
-        eps, errs = load_episodes(folder, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
-                                  image_size=args.image_size, profile=profile, **split)
+        key = (os.path.realpath(folder), args.control_hz, tuple(arm.joint_names), args.image_size, repr(profile),
+               repr(sorted(split.items())))
+        if cache is not None and key in cache:
+            eps, errs = cache[key]
+        else:
+            eps, errs = load_episodes(folder, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
+                                      image_size=args.image_size, profile=profile, **split)
+            if cache is not None:
+                cache[key] = (eps, errs)
         episodes += eps
         errors += errs
     for e in errors:
@@ -374,7 +382,10 @@ def run(args) -> int:
             bar.close()
     wall = time.time() - t0
     if rank == 0:
-        metrics = evaluate(model, train_eps, test_eps, device)
+        # a stage on a frozen encoder (--encoder-from) has that encoder's z_vis; the recipe runner asks for its
+        # probes only on the stage that trains the encoder and on the last, whose card ships
+        probes = getattr(args, "probes", True)
+        metrics = evaluate(model, train_eps, test_eps, device, probes=probes)
         metrics.update({f"stage1_{k}": v for k, v in stage1.items() if k.startswith("pred_over_copy")})
         metrics.update(refine)
         card = {
@@ -392,6 +403,8 @@ def run(args) -> int:
             "epochs": logs,
         }
         card["data"]["collection"] = collection_record(args.data)
+        if not probes:
+            card["probes"] = "not measured: the encoder is encoder_from's, frozen; its card has them"
         if getattr(args, "recipe_record", None):
             card["recipe"] = args.recipe_record
         if init is not None:  # what the training started from
