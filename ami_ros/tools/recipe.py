@@ -298,7 +298,6 @@ def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector
     train.add_arguments(parser)
     previous = None
     stages = recipe["stages"]
-    episodes: dict = {}            # each data part read off its bags once, for every stage that trains on it
     for i, stage in enumerate(stages):
         last = i == len(stages) - 1
         folder = out if last else os.path.join(work, "stages", stage["name"])
@@ -321,7 +320,6 @@ def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector
             argv += ["--encoder-from", previous]
         stage_args = parser.parse_args(argv)
         stage_args.recipe_record = stage_record
-        stage_args.episode_cache = episodes
         # the probes of what z_vis carries where the encoder is trained and on the model that ships; a stage
         # between them has the encoder of the stage before, frozen
         stage_args.probes = previous is None or last

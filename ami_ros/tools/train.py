@@ -277,18 +277,10 @@ def run(args) -> int:
                   "--keep-predictors and the same --direct-* / --goal-features options)", file=sys.stderr)
             return 2
     # the configuration is settled before the (slow) loading of the episodes
-    cache = getattr(args, "episode_cache", None)  # the recipe runner's: a folder loaded once serves every stage
     episodes, errors = [], []
     for folder in args.data:
-        key = (os.path.realpath(folder), args.control_hz, tuple(arm.joint_names), args.image_size, repr(profile),
-               repr(sorted(split.items())))
-        if cache is not None and key in cache:
-            eps, errs = cache[key]
-        else:
-            eps, errs = load_episodes(folder, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
-                                      image_size=args.image_size, profile=profile, **split)
-            if cache is not None:
-                cache[key] = (eps, errs)
+        eps, errs = load_episodes(folder, control_dt=1.0 / args.control_hz, joint_names=arm.joint_names,
+                                  image_size=args.image_size, profile=profile, **split)
         episodes += eps
         errors += errs
     for e in errors:
