@@ -12,6 +12,7 @@ the newest plan's markers received before the command. The CPU each node's proce
 over the window (``cpu_cores``) says how much of the machine the graph takes."""
 from __future__ import annotations
 
+from ami_ros.core.cycles import NEAR
 from ami_ros.tools.bench.table import fmt, stats, table
 
 GOAL_S = 15.0          # seconds on one goal before the next is sent
@@ -50,8 +51,8 @@ def bench_graph(folder: str, args, out: dict) -> str:
               ["hop", "n", "p50", "p95", "p99"], rows)
     c = res["planner"]
     t += (f"\nplanning cycles: {c.get('cycles', '-')}, missed: {c.get('cycles_missed', '-')} (late "
-          f"{c.get('cycles_late', '-')}, overran {c.get('cycles_overran', '-')}), near a miss (over 80 % of the "
-          f"period) {c.get('cycles_near', '-')}; plans {c.get('plans', '-')}, cut "
+          f"{c.get('cycles_late', '-')}, overran {c.get('cycles_overran', '-')}), near a miss (over {NEAR:.0%} of "
+          f"the period) {c.get('cycles_near', '-')}; plans {c.get('plans', '-')}, cut "
           f"by the plan budget {c.get('plans_cut', '-')}; plan ms p50/p95 (planner) {fmt(c.get('plan_ms_p50'))}/"
           f"{fmt(c.get('plan_ms_p95'))}, iterations and candidates per plan (means of the last 100) "
           f"{fmt(c.get('plan_iterations_mean'))}, {fmt(c.get('plan_candidates_mean'))}; gated plans "
