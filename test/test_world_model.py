@@ -185,30 +185,6 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     assert [e["epoch"] for e in logs] == [1, 2]
 
 
-def test_token_sigreg_trains_the_token_head_and_is_logged(tmp_path):
-    """With a token head, stage 1 also regularizes every feature-map location (tokens sampled
-    from the batch); the head only trains, the embedding is computed as without it."""
-    import dataclasses
-
-    eps = _episodes()
-    tok = dataclasses.replace(TINY, token_dim=8)
-    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, token_lambda=0.05, token_samples=64,
-                      model=tok)
-    torch.manual_seed(0)
-    start = WorldModel(tok).encoder.image.token_head.weight.clone()
-    model, logs = train(cfg, eps[:2], eps[2:], str(tmp_path / "t.pt"))
-    assert logs[0]["token_sigreg"] > 0
-    assert not torch.equal(model.encoder.image.token_head.weight, start)
-    img = image_to_tensor(eps[0].frames[:3])
-    z_vis, tokens = model.encoder.image.forward_with_tokens(img)
-    assert torch.allclose(z_vis, model.encoder.encode_image(img), atol=1e-5)
-    assert tokens.shape == (3 * 4 * 4, 8)                           # 32 px, three halvings: 4 x 4 locations
-    with pytest.raises(ValueError, match="token head"):
-        TrainConfig(token_lambda=0.05, model=TINY)
-    with pytest.raises(ValueError, match="token_dim"):
-        dataclasses.replace(TINY, token_dim=-1)
-
-
 def test_long_weight_weighs_the_terms_beyond_one_step():
     """pred is the weighted mean of the prediction terms: the one-step term at 1, the fine
     rollout and the coarse terms at long_weight (1: their plain mean, as before the option)."""
@@ -352,13 +328,14 @@ def test_a_card_with_a_retired_option_is_refused_naming_it(model_folder, tmp_pat
     shutil.copytree(model_folder, folder)
     path = os.path.join(folder, "card.yaml")
     card = yaml.safe_load(open(path))
-    card["config"].update(encoder="conv", keypoints=7, prop_encoder="mlp", vis_to_prop=False, direct_fourier=0)
+    card["config"].update(encoder="conv", keypoints=7, prop_encoder="mlp", vis_to_prop=False, direct_fourier=0,
+                          token_dim=0)
     yaml.safe_dump(card, open(path, "w"))
     assert load_model(folder, "torch").cfg == TINY
-    card["config"]["encoder"] = "keypoints"
-    yaml.safe_dump(card, open(path, "w"))
-    with pytest.raises(ModelError, match="encoder"):
-        load_model(folder, "torch")
+    for key, other in (("encoder", "keypoints"), ("token_dim", 8)):
+        yaml.safe_dump({**card, "config": {**card["config"], key: other}}, open(path, "w"))
+        with pytest.raises(ModelError, match=key):
+            load_model(folder, "torch")
 
 
 def test_predictor_refinement_lowers_the_prediction_loss_and_leaves_the_encoder(tmp_path):

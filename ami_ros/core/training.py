@@ -3,7 +3,6 @@
 loss = multi-step prediction error in embedding space (fine: teacher-forced one
 step + an autoregressive rollout; coarse: one jump + a chained rollout)
        + lambda * SIGReg(all embeddings of the batch)
-       [+ token_lambda * SIGReg(the image encoder's feature-map locations, through a head)]
 Sequences step ``frame_skip`` control ticks at a time (1: every tick).
 No reconstruction, no EMA teacher, no stop-gradient. Collapse is watched each
 epoch (SIGReg statistic, effective rank, per-dimension std) and stops training.
@@ -52,9 +51,6 @@ class TrainConfig:
     weight_decay: float = 1e-4
     sigreg_lambda: float = 0.1
     sigreg_proj: int = 256
-    token_lambda: float = 0.0     # weight of SIGReg on the image tokens (needs model.token_dim > 0): every location
-                                  # of the feature map must carry information, so a small object is kept
-    token_samples: int = 1536     # tokens per step it is measured on, drawn from the batch's
     sigreg_frames: int = 0        # > 0: SIGReg acts on this many frames drawn independently over the training ticks
                                   # instead of on the sequences' frames, whose within-sequence repeats SIGReg reads as
                                   # too few distinct samples (so it pushes out what stays put within a window: the cube)
@@ -82,10 +78,6 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self):
-        if self.token_lambda < 0 or self.token_samples < 1:
-            raise ValueError("token_lambda must be >= 0 and token_samples >= 1")
-        if self.token_lambda and not self.model.token_dim:
-            raise ValueError("token_lambda needs a model with a token head (token_dim > 0)")
         if self.sigreg_frames < 0:
             raise ValueError(f"sigreg_frames must be >= 0, not {self.sigreg_frames}")
         if self.long_weight < 0 or self.inverse_lambda < 0:
@@ -517,8 +509,7 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
 # ---------------------------------------------------------------- loop
 class _TrainStep(torch.nn.Module):
     """One forward of the training objective, so DistributedDataParallel can wrap it:
-    -> z (B, L, D), the prediction losses, the image tokens (B*L*s*s, token_dim) of a model
-    with a token head (None without), and the embeddings (N, D) of the independent frames
+    -> z (B, L, D), the prediction losses, and the embeddings (N, D) of the independent frames
     ``single`` (frames, q, qd) when given (None without)."""
 
     def __init__(self, model: WorldModel, rollout_steps: int, action_scale: torch.Tensor | None = None):
@@ -527,18 +518,12 @@ class _TrainStep(torch.nn.Module):
         self.register_buffer("action_scale", action_scale, persistent=False)
 
     def forward(self, frames, q, qd, a, single=None):
-        B, L = q.shape[:2]
-        if self.model.cfg.token_dim:
-            z, tokens = self.model.encoder.forward_with_tokens(frames.flatten(0, 1), q.flatten(0, 1),
-                                                               qd.flatten(0, 1))
-            z = z.view(B, L, -1)
-        else:
-            z, tokens = encode_sequence(self.model, frames, q, qd), None       # (B, L, D)
+        z = encode_sequence(self.model, frames, q, qd)                       # (B, L, D)
         z_single = None if single is None else self.model.encoder(*single)    # (N, D)
         losses = prediction_losses(self.model, z, a, self.rollout_steps)
         if self.action_scale is not None:                                    # the inverse term is on
             losses["inverse"] = inverse_loss(self.model, z, a, self.action_scale)
-        return z, losses, tokens, z_single
+        return z, losses, z_single
 
 
 def stage1_net(model: WorldModel, cfg: TrainConfig, data: "SequenceData", device) -> _TrainStep:
@@ -557,18 +542,18 @@ def stage1_batch(data: SequenceData, rng: np.random.Generator, cfg: TrainConfig)
 def train_step(net, model: WorldModel, opt, batch, gen: torch.Generator, cfg: TrainConfig, lr: float,
                device: str = "cpu", extra_loss=None):
     """One optimizer step of the stage-1 objective (prediction losses + lambda * SIGReg, and
-    token_lambda * SIGReg of ``token_samples`` image tokens drawn from the batch's) on ``batch``
+    inverse_lambda * the inverse term when it is on) on ``batch``
     (frames, q, qd, actions as SequenceData.batch gives them; then, with cfg.sigreg_frames, the
     independent frames SIGReg acts on, as SequenceData.frames_independent gives them) at
     learning rate ``lr``;
     ``extra_loss()``, when given, is added to the loss (e.g. a proximal term). ``net`` is the
     _TrainStep over ``model`` (or its DDP wrapper). Returns loss, pred, reg and the prediction
-    losses (tensors; with the token term, its value too, as ``token_sigreg``)."""
+    losses (tensors; with the inverse term, its value too, as ``inverse``)."""
     for g in opt.param_groups:
         g["lr"] = lr
     f, q, qd, a = (x.to(device) for x in batch[:4])
     single = tuple(x.to(device) for x in batch[4:]) or None
-    z, pl, tokens, z_single = net(f, q, qd, a, single)
+    z, pl, z_single = net(f, q, qd, a, single)
     inverse = pl.pop("inverse", None)
     weights = {k: 1.0 if k == "fine_1" else cfg.long_weight for k in pl}
     pred = sum(weights[k] * v for k, v in pl.items()) / sum(weights.values())
@@ -577,10 +562,6 @@ def train_step(net, model: WorldModel, opt, batch, gen: torch.Generator, cfg: Tr
     if inverse is not None:
         pl["inverse"] = inverse
         loss = loss + cfg.inverse_lambda * inverse
-    if cfg.token_lambda:
-        pick = torch.randperm(tokens.shape[0], generator=gen)[:cfg.token_samples].to(tokens.device)
-        pl["token_sigreg"] = sigreg(tokens[pick], cfg.sigreg_proj, gen)
-        loss = loss + cfg.token_lambda * pl["token_sigreg"]
     if extra_loss is not None:
         loss = loss + extra_loss()
     opt.zero_grad(set_to_none=True)

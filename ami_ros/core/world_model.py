@@ -53,8 +53,6 @@ class ModelConfig:
                                   # components of the image encoder's last feature map; 0: in z_vis
     tool_readout: bool = False    # a separate CNN reading the tool point's position (m, base frame) off an image
     tool_channels: tuple = (16, 32, 64, 128)  # its conv widths (all stride 2)
-    token_dim: int = 0            # > 0: a training-only linear head maps each location of the image encoder's last
-                                  # feature map to token_dim numbers, which stage 1's token SIGReg keeps isotropic
     inverse_dim: int = 0          # > 0: a training-only inverse-dynamics head (hidden width inverse_dim) reads the
                                   # action between two frames off their z_vis; stage 1's inverse term trains it
     predictor_ticks: int = 1      # control ticks one step of the fine predictor covers (its history's frames are
@@ -66,8 +64,8 @@ class ModelConfig:
             raise ValueError(f"goal_features must be >= 0, not {self.goal_features}")
         if self.predictor_ticks < 1:
             raise ValueError(f"predictor_ticks must be >= 1, not {self.predictor_ticks}")
-        if self.token_dim < 0 or self.inverse_dim < 0:
-            raise ValueError(f"token_dim and inverse_dim must be >= 0, not {self.token_dim}, {self.inverse_dim}")
+        if self.inverse_dim < 0:
+            raise ValueError(f"inverse_dim must be >= 0, not {self.inverse_dim}")
         if self.goal_features and not self.direct:
             raise ValueError("goal_features needs direct=True")
         if self.tool_readout and self.image_size % 2 ** len(self.tool_channels):
@@ -116,7 +114,7 @@ class ModelConfig:
 #: model options that were tried and retired (docs/results.md), with the value the code builds
 #: (None: the option had no effect on the models this code builds)
 RETIRED_OPTIONS = {"encoder": "conv", "keypoints": None, "prop_encoder": "mlp", "vis_to_prop": False,
-                   "predictor_reads_prop": False, "direct_fourier": 0}
+                   "predictor_reads_prop": False, "direct_fourier": 0, "token_dim": 0}
 
 
 def strided_convs(channels) -> nn.Sequential:
@@ -137,7 +135,6 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.conv = strided_convs(cfg.channels)
         self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
-        self.token_head = nn.Linear(cfg.channels[-1], cfg.token_dim) if cfg.token_dim else None
 
     def feature_map(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> the last feature map (B, C, s, s)."""
@@ -149,13 +146,6 @@ class ImageEncoder(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.proj(self.features(img))        # (B, Dv)
-
-    def forward_with_tokens(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) -> z_vis (B, Dv) and the token head's reading of every location of the
-        last feature map (B * s * s, token_dim): what stage 1's token SIGReg acts on."""
-        fmap = self.feature_map(img)                                           # (B, C, s, s)
-        tokens = self.token_head(fmap.flatten(2).transpose(1, 2).flatten(0, 1))  # (B*s*s, token_dim)
-        return self.proj(fmap.flatten(1)), tokens
 
 
 class ToolReadout(nn.Module):
@@ -210,10 +200,6 @@ class Encoder(nn.Module):
         """img (B, 3, S, S), q (B, A), qd (B, A) -> z (B, D)."""
         return torch.cat([self.image(img), self.encode_prop(q, qd)], -1)
 
-    def forward_with_tokens(self, img, q, qd) -> tuple[torch.Tensor, torch.Tensor]:
-        """As forward, and the image encoder's tokens (ImageEncoder.forward_with_tokens)."""
-        z_vis, tokens = self.image.forward_with_tokens(img)
-        return torch.cat([z_vis, self.encode_prop(q, qd)], -1), tokens
 
 
 class AdaLNBlock(nn.Module):

@@ -33,11 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=150)
     p.add_argument("--batch", type=int, default=32, help="sequences per step (per GPU under torchrun)")
     p.add_argument("--seq-len", type=int, default=16)
-    p.add_argument("--token-sigreg", type=float, default=0.0, metavar="LAMBDA",
-                   help="stage 1: also SIGReg, at this weight, on every location of the image encoder's last "
-                        "feature map (through a training-only linear head of TOKEN_DIM): each must carry "
-                        "information, so a small object such as the cube is kept (0: off)")
-    p.add_argument("--token-dim", type=int, default=64, help="width of that head (with --token-sigreg)")
     p.add_argument("--sigreg-frames", type=int, default=0, metavar="N",
                    help="stage 1: SIGReg on N frames drawn independently over the training recordings instead "
                         "of on the training sequences' frames (0: on those)")
@@ -258,9 +253,8 @@ def run(args) -> int:
             mcfg = dataclasses.replace(init.cfg, predictor_ticks=args.frame_skip)
         else:
             mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
-                               prop_dim=args.prop_dim, token_dim=args.token_dim if args.token_sigreg else 0,
-                               inverse_dim=args.inverse_dim if args.inverse else 0, predictor_ticks=args.frame_skip,
-                               **direct)
+                               prop_dim=args.prop_dim, inverse_dim=args.inverse_dim if args.inverse else 0,
+                               predictor_ticks=args.frame_skip, **direct)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -292,8 +286,8 @@ def run(args) -> int:
     try:
         cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch=args.batch,
                           seq_len=args.seq_len, frame_skip=args.frame_skip, lr=args.lr,
-                          sigreg_lambda=args.sigreg_lambda, token_lambda=args.token_sigreg if src is None else 0.0,
-                          sigreg_frames=args.sigreg_frames, long_weight=args.long_weight,
+                          sigreg_lambda=args.sigreg_lambda, sigreg_frames=args.sigreg_frames,
+                          long_weight=args.long_weight,
                           inverse_lambda=args.inverse if src is None else 0.0, seed=args.seed,
                           allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
                           direct_steps=args.direct_steps, direct_span=args.direct_span,
