@@ -45,7 +45,7 @@ mujoco = pytest.importorskip("mujoco")
 pytestmark = pytest.mark.filterwarnings("ignore:Attaching a spec with an empty prefix:UserWarning")
 
 from ami_ros.cli import main  # noqa: E402
-from ami_ros.core.arm import load_arm, shipped_robots  # noqa: E402
+from ami_ros.core.arm import load_arm, share_dir, shipped_robots  # noqa: E402
 
 N_CONFIGS = 1000
 FK_TOL = 1e-6          # m (and unitless for rotation-matrix entries)
@@ -352,6 +352,12 @@ def test_show_missing_file(tmp_path, capsys):
     rc, out, err = show(["--robot", missing, "--json"], capsys)
     assert rc == 2 and out == ""
     assert err.startswith("error: ") and "no_such_robot.urdf" in err and "no such file" in err, err
+
+
+def test_a_folder_named_as_a_shipped_arm_does_not_hide_it(tmp_path, monkeypatch):
+    (tmp_path / "ur5e").mkdir()                # e.g. the UR5e's recordings, where the command runs
+    monkeypatch.chdir(tmp_path)
+    assert load_arm("ur5e").joint_names == load_arm(os.path.join(share_dir(), "robots", "ur5e", "robot.yaml")).joint_names
 
 
 def test_show_widening_limits(tmp_path, capsys):

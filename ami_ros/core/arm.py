@@ -320,7 +320,8 @@ def load_arm(robot: str | None = None, *, limits: str | None = None, base_frame:
         urdf, source = robot, "robot_description"
     else:
         path = robot
-        if not os.path.exists(path) and os.sep not in robot and robot in shipped_robots():
+        if not os.path.isfile(path) and os.sep not in robot and robot in shipped_robots():
+            # a shipped arm's name; a folder of that name where the command runs (e.g. its recordings) is not an arm
             path = os.path.join(share_dir(), "robots", robot, "robot.yaml")
         if not os.path.isfile(path):
             known = ", ".join(shipped_robots()) or "none"
