@@ -302,17 +302,6 @@ def test_train_tool_end_to_end_and_encoder_from(out, tmp_path):
     assert train(*common, "--out", str(tmp_path / "x"), "--init-from", first, "--encoder-from", first) == 2
     assert train(*common, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "nowhere")) == 2
     assert train(*common, "--out", str(tmp_path / "x"), "--frame-skip", "0") == 2
-    ninth = str(tmp_path / "ninth")                 # the first epoch from two initial weights, both in the card
-    assert train(*common, "--out", ninth, "--epochs", "1", "--steps-per-epoch", "1", "--refine-steps", "0",
-                 "--init-candidates", "2", "--seed", "3") == 0
-    i = load_model(ninth, "torch")
-    assert i.card["training"]["init_candidates"] == 2
-    tried = i.card["epochs"][0]["init_candidates"]
-    assert [c["seed"] for c in tried] == [3, 4]
-    assert i.card["epochs"][0]["init_seed"] == max(tried, key=lambda c: c["effective_rank"])["seed"]
-    for bad in (["--init-candidates", "0"], ["--init-candidates", "2", "--init-from", first],
-                ["--init-candidates", "2", "--encoder-from", first]):
-        assert train(*common, "--out", str(tmp_path / "x"), *bad) == 2, bad
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 

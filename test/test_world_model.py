@@ -235,55 +235,6 @@ def test_inverse_dynamics_term_trains_its_head_and_is_logged(tmp_path):
         TrainConfig(inverse_lambda=0.5, model=TINY)
 
 
-def test_init_candidates_go_on_from_the_one_with_the_highest_held_out_rank(tmp_path, monkeypatch):
-    """With init_candidates, the first epoch is trained from the initial weights of seeds seed ..
-    seed + n - 1 (the same batches), and the candidate whose held-out embeddings have the highest
-    effective rank goes on: the run is then the plain run of its seed where that seed is ``seed``,
-    resumes as any run, and logs every candidate's monitors."""
-    import ami_ros.core.training as training
-
-    eps = _episodes()
-    plain = TrainConfig(epochs=2, steps_per_epoch=3, batch=4, seq_len=16, ckpt_every=2, seed=5, model=TINY)
-    cfg = TrainConfig(**{**plain.__dict__, "init_candidates": 3})
-    real = training.collapse_check
-    ranks = []
-
-    def check(model, episodes, device="cpu"):      # the candidates' ranks set by the test, the rest measured
-        stats = real(model, episodes, device)
-        return {**stats, "effective_rank": ranks.pop(0)} if ranks else stats
-
-    monkeypatch.setattr(training, "collapse_check", check)
-    base, base_logs = train(plain, eps[:2], eps[2:], str(tmp_path / "plain.pt"))
-    ranks[:] = [9.0, 5.0, 7.0]
-    first, logs = train(cfg, eps[:2], eps[2:], str(tmp_path / "first.pt"))
-    assert [c["seed"] for c in logs[0]["init_candidates"]] == [5, 6, 7]
-    assert [c["effective_rank"] for c in logs[0]["init_candidates"]] == [9.0, 5.0, 7.0]
-    assert logs[0]["init_seed"] == 5 and [e["epoch"] for e in logs] == [1, 2]
-    for k, v in base.state_dict().items():            # the first candidate chosen: the plain run
-        assert torch.equal(v, first.state_dict()[k]), k
-    assert logs[1]["effective_rank"] == base_logs[1]["effective_rank"]
-    ranks[:] = [5.0, 9.0, 7.0]
-    second, logs = train(cfg, eps[:2], eps[2:], str(tmp_path / "second.pt"))
-    assert logs[0]["init_seed"] == 6 and logs[0]["effective_rank"] == 9.0
-    assert any(not torch.equal(v, second.state_dict()[k]) for k, v in base.state_dict().items())
-
-    def kill(step, total, info):                       # candidates report steps 1-3; the run goes on at 4
-        if step == 5 and not ranks:
-            raise KeyboardInterrupt
-
-    ranks[:] = [5.0, 9.0, 7.0]
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, eps[:2], eps[2:], str(tmp_path / "cut.pt"), progress=kill)
-    resumed, logs = train(cfg, eps[:2], eps[2:], str(tmp_path / "cut.pt"))   # from step 4: no candidates again
-    assert logs[0]["init_seed"] == 6 and [e["epoch"] for e in logs] == [1, 2]
-    for k, v in second.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
-    with pytest.raises(ValueError, match="init_candidates"):
-        TrainConfig(init_candidates=0, model=TINY)
-    with pytest.raises(ValueError, match="init_state"):
-        train(cfg, eps[:2], eps[2:], str(tmp_path / "x.pt"), init_state=base.state_dict())
-
-
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
     eps = _episodes()
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=2, seq_len=16, model=TINY)

@@ -60,10 +60,6 @@ class TrainConfig:
                                   # action read off the z_vis of its two frames, so what the actions move is kept
     holdout_frac: float = 0.1
     seed: int = 0
-    init_candidates: int = 1      # > 1: the initial weights of seeds seed .. seed + n - 1 each train the first epoch
-                                  # (the batches and SIGReg directions of ``seed``); the one whose held-out embeddings
-                                  # have the highest effective rank goes on (no label): which start the encoder has
-                                  # decides what z_vis keeps (docs/results.md 19-20)
     ckpt_every: int = 25          # steps
     min_effective_rank: float = 4.0
     min_std: float = 1e-2
@@ -89,8 +85,6 @@ class TrainConfig:
                              f"{self.inverse_lambda}")
         if self.inverse_lambda and not self.model.inverse_dim:
             raise ValueError("inverse_lambda needs a model with an inverse-dynamics head (inverse_dim > 0)")
-        if self.init_candidates < 1:
-            raise ValueError(f"init_candidates must be >= 1, not {self.init_candidates}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -620,21 +614,16 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     are averaged by DistributedDataParallel and SIGReg sees the global batch.
     """
     rank, world = _rank()
-    if cfg.init_candidates > 1 and init_state is not None:
-        raise ValueError("init_candidates > 1 chooses among fresh initial weights; it does not go with init_state")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = WorldModel(cfg.model).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, rank])
     total = cfg.epochs * cfg.steps_per_epoch
-    data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
-    monitor = test_eps or train_eps[:2]
-    sched = lambda s: cfg.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / total))  # noqa: E731
-    gen = torch.Generator().manual_seed(cfg.seed)
-    resume = os.path.exists(ckpt_path)
-    if cfg.init_candidates > 1 and not resume:
-        model, opt, rng, net, entry = _choose_init(cfg, data, monitor, device, world, rank, sched, gen, progress)
-        step, logs = cfg.steps_per_epoch, []
-    else:
-        model, opt, rng, net = _start(cfg, cfg.seed, data, device, world, rank, init_state)
-        step, logs, entry = 0, [], None
-    if resume:
+    step, logs = 0, []
+    if os.path.exists(ckpt_path):
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck.get("train_config") != cfg.to_dict():
             raise ValueError(f"{ckpt_path}: checkpoint was made with another configuration; "
@@ -646,98 +635,38 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["python_rng"])
         log.info("resumed from %s at step %d", ckpt_path, step)
+    data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
+    net = stage1_net(model, cfg, data, device)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device != "cpu" else None)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sched = lambda s: cfg.lr * min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / total))  # noqa: E731
     model.train()
-    if entry is not None:   # the chosen candidate's first epoch, as the loop below would log it
-        logs.append(entry)
-        if on_epoch is not None:
-            on_epoch(entry)
-        if rank == 0:
-            _save_checkpoint(ckpt_path, model, opt, step, rng, {"logs": logs, "train_config": cfg.to_dict()})
     while step < total:
         gen.manual_seed(cfg.seed * 100003 + step)        # SIGReg directions: a function of the step
         loss, pred, reg, pl = train_step(net, model, opt, stage1_batch(data, rng, cfg), gen, cfg, sched(step), device)
         step += 1
         if step % cfg.steps_per_epoch == 0:
-            entry = _epoch_entry(model, monitor, device, step, cfg, loss, pred, reg, pl)
+            stats = collapse_check(model, test_eps or train_eps[:2], device)
+            entry = {"epoch": step // cfg.steps_per_epoch, "step": step, "loss": loss.item(), "pred": pred.item(),
+                     "sigreg_train": reg.item(), **{k: v.item() for k, v in pl.items()}, **stats}
             logs.append(entry)
             if on_epoch is not None:
                 on_epoch(entry)
+            collapsed = is_collapsed(stats, cfg)
             if rank == 0:
                 _save_checkpoint(ckpt_path, model, opt, step, rng, {"logs": logs, "train_config": cfg.to_dict()})
-            _stop_if_collapsed(entry, cfg)
+            if collapsed:
+                msg = (f"embeddings collapsed at epoch {entry['epoch']}: effective rank {stats['effective_rank']:.2f} "
+                       f"(min {cfg.min_effective_rank}), mean std {stats['std_mean']:.4f} (min {cfg.min_std})")
+                if not cfg.allow_collapse:
+                    raise CollapseError(msg + "; raise sigreg_lambda or check the data")
+                log.warning(msg)
         elif step % cfg.ckpt_every == 0 and rank == 0:
             _save_checkpoint(ckpt_path, model, opt, step, rng, {"logs": logs, "train_config": cfg.to_dict()})
         if progress is not None:
             progress(step, total, {"loss": loss.item(), "pred": pred.item(), "sigreg": reg.item()})
     return model, logs
-
-
-def _start(cfg: TrainConfig, seed: int, data: SequenceData, device, world: int, rank: int, init_state=None):
-    """A fresh model from the initial weights of ``seed`` (or ``init_state``), its optimizer, the batch
-    generator (of ``cfg.seed``: the same batches whatever the initial weights) and its training step."""
-    torch.manual_seed(seed)
-    random.seed(cfg.seed)
-    model = WorldModel(cfg.model).to(device)
-    if init_state is not None:
-        model.load_state_dict(init_state)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng([cfg.seed, rank])
-    net = stage1_net(model, cfg, data, device)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device != "cpu" else None)
-    return model, opt, rng, net
-
-
-def _epoch_entry(model, monitor, device, step: int, cfg: TrainConfig, loss, pred, reg, pl) -> dict:
-    """The log entry of the epoch that ends at ``step``: the last step's losses and the collapse monitors."""
-    return {"epoch": step // cfg.steps_per_epoch, "step": step, "loss": loss.item(), "pred": pred.item(),
-            "sigreg_train": reg.item(), **{k: v.item() for k, v in pl.items()}, **collapse_check(model, monitor, device)}
-
-
-def _stop_if_collapsed(entry: dict, cfg: TrainConfig):
-    if not is_collapsed(entry, cfg):
-        return
-    msg = (f"embeddings collapsed at epoch {entry['epoch']}: effective rank {entry['effective_rank']:.2f} "
-           f"(min {cfg.min_effective_rank}), mean std {entry['std_mean']:.4f} (min {cfg.min_std})")
-    if not cfg.allow_collapse:
-        raise CollapseError(msg + "; raise sigreg_lambda or check the data")
-    log.warning(msg)
-
-
-def _choose_init(cfg: TrainConfig, data: SequenceData, monitor, device, world: int, rank: int, sched, gen,
-                 progress=None):
-    """The first epoch from each of ``cfg.init_candidates`` initial weights (seeds cfg.seed, cfg.seed + 1, ...;
-    the same batches and SIGReg directions for each); the candidate whose embeddings of ``monitor`` (the held-out
-    episodes) have the highest effective rank goes on. Returns its model, optimizer, batch generator and training
-    step as they are after the epoch, and the epoch's log entry, with every candidate's monitors in it
-    (``init_candidates``) and the chosen one's seed (``init_seed``). The candidates are equal on every rank
-    (their gradients are averaged), so every rank chooses the same."""
-    best, tried = None, []
-    for c in range(cfg.init_candidates):
-        model, opt, rng, net = _start(cfg, cfg.seed + c, data, device, world, rank)
-        model.train()
-        for step in range(cfg.steps_per_epoch):
-            gen.manual_seed(cfg.seed * 100003 + step)
-            loss, pred, reg, pl = train_step(net, model, opt, stage1_batch(data, rng, cfg), gen, cfg, sched(step),
-                                             device)
-            if progress is not None:
-                progress(step + 1, cfg.epochs * cfg.steps_per_epoch,
-                         {"loss": loss.item(), "pred": pred.item(), "sigreg": reg.item()})
-        entry = _epoch_entry(model, monitor, device, cfg.steps_per_epoch, cfg, loss, pred, reg, pl)
-        tried.append({"seed": cfg.seed + c, **{k: entry[k] for k in ("effective_rank", "heldout_sigreg", "std_mean")}})
-        log.info("initial weights of seed %d: held-out effective rank %.2f after the first epoch%s", cfg.seed + c,
-                 entry["effective_rank"], " (collapsed)" if is_collapsed(entry, cfg) else "")
-        if not is_collapsed(entry, cfg) and (best is None or entry["effective_rank"] > best[-1]["effective_rank"]):
-            best = (model, opt, rng, net, torch.get_rng_state(), random.getstate(), {**entry, "init_seed": cfg.seed + c})
-        model.train()
-    if best is None:    # every candidate collapsed: the last one's entry stops the run (or warns)
-        _stop_if_collapsed(entry, cfg)
-        best = (model, opt, rng, net, torch.get_rng_state(), random.getstate(), {**entry, "init_seed": cfg.seed + c})
-    model, opt, rng, net, torch_rng, python_rng, entry = best
-    torch.set_rng_state(torch_rng)
-    random.setstate(python_rng)
-    entry["init_candidates"] = tried
-    return model, opt, rng, net, entry
 
 
 def _fit(opt, steps: int, lr: float, loss_at, progress=None, clip=None) -> tuple[float | None, float | None]:

@@ -55,10 +55,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vis-dim", type=int, default=32, help="image part of the embedding")
     p.add_argument("--prop-dim", type=int, default=16, help="joint-state part of the embedding")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init-candidates", type=int, default=1, metavar="N",
-                   help="stage 1: train the first epoch from N initial weights (seeds SEED .. SEED+N-1, the same "
-                        "batches) and go on with the one whose held-out embeddings have the highest effective rank "
-                        "(no label is read); the candidates' monitors are in the card's first epoch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--refine-steps", type=int, default=2000,
@@ -221,10 +217,6 @@ def run(args) -> int:
     if args.keep_predictors and not args.encoder_from:
         print("error: --keep-predictors needs --encoder-from", file=sys.stderr)
         return 2
-    if args.init_candidates < 1 or (args.init_candidates > 1 and (args.init_from or args.encoder_from)):
-        print("error: --init-candidates must be >= 1, and above 1 only for an encoder trained from fresh weights "
-              "(not with --init-from or --encoder-from)", file=sys.stderr)
-        return 2
     try:
         arm = arm_from_args(args)
         profile = profile_from_args(args)     # which topics of the bags hold what
@@ -297,7 +289,6 @@ def run(args) -> int:
                           sigreg_lambda=args.sigreg_lambda, sigreg_frames=args.sigreg_frames,
                           long_weight=args.long_weight,
                           inverse_lambda=args.inverse if src is None else 0.0, seed=args.seed,
-                          init_candidates=args.init_candidates,
                           allow_collapse=args.allow_collapse, refine_steps=args.refine_steps,
                           direct_steps=args.direct_steps, direct_span=args.direct_span,
                           tool_steps=args.tool_readout_steps, model=mcfg)
