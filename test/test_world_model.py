@@ -555,3 +555,44 @@ def test_a_card_written_before_predictor_ticks_reads_them_off_its_training_recor
     assert _predictor_ticks({"training": {"frame_skip": 1, "refine_steps": 2}, "encoder_from": kept}) == 1
     with pytest.raises(ValueError, match="predictor_ticks"):
         ModelConfig(predictor_ticks=0)
+
+
+def test_pixel_statistics_are_fit_on_the_training_frames_kept_on_resume_saved_and_exported(tmp_path):
+    """With pixel_std_floor the image encoder standardises each pixel by its mean and std over
+    the training frames (every 10th; the std floored): fit before stage 1, taken from the
+    checkpoint on resume (not fit again), saved with the weights and baked into the ONNX export."""
+    from dataclasses import replace
+
+    pix = replace(TINY_GOALF, pixel_std_floor=10.0)
+    eps = _episodes(n=4)
+    for e in eps:
+        e.frames[..., 0] = 40                                  # a channel that never varies: its std at the floor
+    cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, model=pix)
+    model, _ = train(cfg, eps[:2], eps[3:], str(tmp_path / "a.pt"))
+    image = model.encoder.image
+    f = np.concatenate([e.frames[::10] for e in eps[:2]]).astype(np.float64)     # (N, S, S, 3)
+    np.testing.assert_allclose(image.pixel_mean.permute(1, 2, 0).numpy(), f.mean(0), rtol=0, atol=1e-3)
+    np.testing.assert_allclose(image.pixel_std.permute(1, 2, 0).numpy(), np.maximum(f.std(0), 10.0), rtol=1e-4)
+    assert torch.all(image.pixel_std[0] == 10.0) and torch.all(image.pixel_std[1:] > 10.0)
+    mean_img = image.pixel_mean[None]
+    torch.testing.assert_close(image.normalize(mean_img), torch.zeros_like(mean_img))
+    # resumed from its checkpoint on other recordings: the statistics are the checkpoint's
+    resumed, _ = train(cfg, eps[1:3], eps[3:], str(tmp_path / "a.pt"))
+    assert torch.equal(resumed.encoder.image.pixel_mean, image.pixel_mean)
+    # saved and exported: torch and ONNX Runtime read a frame alike, through the statistics
+    folder = str(tmp_path / "m")
+    save_model(folder, model.eval(), {"joint_names": JOINTS, "control_dt": 0.1})
+    t, o = load_model(folder, "torch", "cpu"), load_model(folder, "onnx", "cpu")
+    assert t.cfg.pixel_std_floor == 10.0
+    assert torch.equal(t.torch_model.encoder.image.pixel_std, image.pixel_std)
+    img = image_to_tensor(eps[3].frames[:5])
+    tol = dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(o.encode_image(img), t.encode_image(img), **tol)
+    torch.testing.assert_close(o.encode_goal(img), t.encode_goal(img), **tol)
+    with torch.no_grad():     # the same weights reading frames scaled alike encode them otherwise
+        image.pixel_mean.fill_(127.5)
+        image.pixel_std.fill_(127.5)
+        assert not torch.allclose(image(img), t.encode_image(img), atol=1e-3)
+    for bad in (-1.0, float("nan"), 300.0):
+        with pytest.raises(ValueError, match="pixel_std_floor"):
+            replace(TINY, pixel_std_floor=bad)

@@ -607,7 +607,8 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     """Train (or resume from ``ckpt_path``). Returns the model and the epoch logs.
 
     ``init_state``: weights to start from (a state dict of a model of ``cfg.model``, e.g. a fleet's
-    global model that a cell fine-tunes on its own recordings); a fresh model otherwise. Entries
+    global model that a cell fine-tunes on its own recordings); a fresh model otherwise, whose pixel
+    statistics (``pixel_std_floor``) are fit on ``train_eps`` (:func:`fit_pixel_stats`). Entries
     the model does not have, or has in another shape, are an error.
 
     Works unchanged under torchrun: each rank draws its own batches, gradients
@@ -619,6 +620,8 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     model = WorldModel(cfg.model).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
+    elif cfg.model.pixel_std_floor > 0 and not os.path.exists(ckpt_path):   # (a checkpoint has them)
+        fit_pixel_stats(model, train_eps)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, rank])
     total = cfg.epochs * cfg.steps_per_epoch
@@ -834,6 +837,31 @@ def train_tool_readout(model: WorldModel, cfg: TrainConfig, train_eps, test_eps,
         out.update(tool_readout_err_cm_median=float(np.median(err)),
                    tool_readout_err_cm_p90=float(np.percentile(err, 90)))
     return out
+
+
+@torch.no_grad()
+def fit_pixel_stats(model: WorldModel, train_eps, every: int = 10) -> dict:
+    """Set the image encoder's per-pixel mean and std (0..255 units; the std floored at the
+    model's ``pixel_std_floor``) from every ``every``-th frame of the training recordings.
+    Summed per episode in float64: memory stays one image's worth."""
+    floor = model.cfg.pixel_std_floor
+    S = model.cfg.image_size
+    n, s1, s2 = 0, np.zeros((S, S, 3)), np.zeros((S, S, 3))
+    for e in train_eps:
+        f = np.asarray(e.frames[::every], dtype=np.float64)                    # (n, S, S, 3)
+        n, s1, s2 = n + len(f), s1 + f.sum(0), s2 + np.square(f).sum(0)
+    if n < 2:
+        raise ValueError(f"pixel statistics need at least 2 training frames, got {n}")
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - np.square(mean), 0.0))
+    image = model.encoder.image
+    image.pixel_mean.copy_(torch.from_numpy(mean).permute(2, 0, 1))           # (3, S, S)
+    image.pixel_std.copy_(torch.from_numpy(np.maximum(std, floor)).permute(2, 0, 1))
+    floored = float(np.mean(std < floor))
+    log.info("pixel statistics over %d training frames: std median %.1f, max %.1f; %.0f %% of the pixels "
+             "at the floor %.1f", n, float(np.median(std)), float(std.max()), 100 * floored, floor)
+    return {"pixel_stats_frames": int(n), "pixel_std_median": float(np.median(std)),
+            "pixel_std_floored_frac": floored}
 
 
 @torch.no_grad()

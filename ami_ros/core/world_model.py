@@ -58,6 +58,9 @@ class ModelConfig:
     predictor_ticks: int = 1      # control ticks one step of the fine predictor covers (its history's frames are
                                   # that far apart, its action the commands of those ticks summed): the frame
                                   # skip of the last stage that trained the predictors
+    pixel_std_floor: float = 0.0  # > 0: the image encoder standardises each pixel of a frame by its mean and std
+                                  # over the training frames (0..255 units), the std floored at this; 0: every
+                                  # pixel scaled alike to [-1, 1]
 
     def __post_init__(self):
         if self.goal_features < 0:
@@ -66,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"predictor_ticks must be >= 1, not {self.predictor_ticks}")
         if self.inverse_dim < 0:
             raise ValueError(f"inverse_dim must be >= 0, not {self.inverse_dim}")
+        if not 0.0 <= self.pixel_std_floor <= 255.0:      # (a NaN fails too)
+            raise ValueError(f"pixel_std_floor must be in [0, 255] (0: off), not {self.pixel_std_floor}")
         if self.goal_features and not self.direct:
             raise ValueError("goal_features needs direct=True")
         if self.tool_readout and self.image_size % 2 ** len(self.tool_channels):
@@ -129,16 +134,32 @@ def strided_convs(channels) -> nn.Sequential:
 
 class ImageEncoder(nn.Module):
     """(B, 3, S, S) uint8-range floats -> (B, Dv). Strided convs keep the layout
-    (where the arm is matters), flattened, then one linear map."""
+    (where the arm is matters), flattened, then one linear map.
+
+    With ``pixel_std_floor`` each pixel is first standardised by its mean and std over the
+    training frames (buffers, fit before training by :func:`ami_ros.core.training.fit_pixel_stats`,
+    saved with the weights and in the ONNX export): what moves (the arm, a pushed cube) then
+    weighs as much at the input as the static background, whose pixels barely vary."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.conv = strided_convs(cfg.channels)
         self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
+        self.standardised = cfg.pixel_std_floor > 0
+        if self.standardised:   # until fit: the same map as without, to [-1, 1]
+            S = cfg.image_size
+            self.register_buffer("pixel_mean", torch.full((3, S, S), 127.5))
+            self.register_buffer("pixel_std", torch.full((3, S, S), 127.5))
+
+    def normalize(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) 0..255 -> the convs' input (B, 3, S, S)."""
+        if self.standardised:
+            return (img - self.pixel_mean) / self.pixel_std
+        return img / 127.5 - 1.0
 
     def feature_map(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> the last feature map (B, C, s, s)."""
-        return self.conv(img / 127.5 - 1.0)
+        return self.conv(self.normalize(img))
 
     def features(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> the last feature map, flattened (B, F)."""

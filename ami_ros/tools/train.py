@@ -17,6 +17,8 @@ CONTROL_HZ = 10.0   # the control rate the bags are sampled at (--control-hz)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ami_ros.core.world_model import ModelConfig
+
     add_robot_arguments(p)
     p.add_argument("--data", nargs="+", default=None, metavar="DIR",
                    help="folder(s) of episode bags (ami-ros collect or ros2 bag record)")
@@ -47,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stages 1 and 2: control ticks between the steps of a training sequence; the predictors "
                         "then learn K-tick moves, in which the arm moves more against what stays put, and the "
                         "planner plans in K-tick blocks (predictor rollout, flat)")
+    p.add_argument("--pixel-std-floor", type=float, default=ModelConfig.pixel_std_floor, metavar="STD",
+                   help="stage 1: standardise each pixel of the encoder's input by its mean and std over the "
+                        "training frames (0..255 units), the std floored at STD; saved with the model (0: every "
+                        "pixel scaled alike)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lambda", dest="sigreg_lambda", type=float, default=0.1, help="SIGReg weight")
     p.add_argument("--image-size", type=int, default=64, choices=range(32, 129), metavar="32..128")
@@ -254,7 +260,7 @@ def run(args) -> int:
         else:
             mcfg = ModelConfig(image_size=args.image_size, dof=arm.dof, k_coarse=args.k_coarse, vis_dim=args.vis_dim,
                                prop_dim=args.prop_dim, inverse_dim=args.inverse_dim if args.inverse else 0,
-                               predictor_ticks=args.frame_skip, **direct)
+                               predictor_ticks=args.frame_skip, pixel_std_floor=args.pixel_std_floor, **direct)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
