@@ -840,7 +840,7 @@ def train_tool_readout(model: WorldModel, cfg: TrainConfig, train_eps, test_eps,
 
 
 @torch.no_grad()
-def fit_pixel_stats(model: WorldModel, train_eps, every: int = 10) -> dict:
+def fit_pixel_stats(model: WorldModel, train_eps, every: int = 10) -> None:
     """Set the image encoder's per-pixel mean and std (0..255 units; the std floored at the
     model's ``pixel_std_floor``) from every ``every``-th frame of the training recordings.
     Summed per episode in float64: memory stays one image's worth."""
@@ -860,8 +860,6 @@ def fit_pixel_stats(model: WorldModel, train_eps, every: int = 10) -> dict:
     floored = float(np.mean(std < floor))
     log.info("pixel statistics over %d training frames: std median %.1f, max %.1f; %.0f %% of the pixels "
              "at the floor %.1f", n, float(np.median(std)), float(std.max()), 100 * floored, floor)
-    return {"pixel_stats_frames": int(n), "pixel_std_median": float(np.median(std)),
-            "pixel_std_floored_frac": floored}
 
 
 @torch.no_grad()

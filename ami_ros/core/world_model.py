@@ -138,8 +138,9 @@ class ImageEncoder(nn.Module):
 
     With ``pixel_std_floor`` each pixel is first standardised by its mean and std over the
     training frames (buffers, fit before training by :func:`ami_ros.core.training.fit_pixel_stats`,
-    saved with the weights and in the ONNX export): what moves (the arm, a pushed cube) then
-    weighs as much at the input as the static background, whose pixels barely vary."""
+    saved with the weights and in the ONNX export): the still background goes to zero, and a
+    cube's few pixels, which change in few frames, count for more against the arm's sweep
+    (docs/results.md 20-21)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
