@@ -620,8 +620,6 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
     model = WorldModel(cfg.model).to(device)
     if init_state is not None:
         model.load_state_dict(init_state)
-    elif cfg.model.pixel_std_floor > 0 and not os.path.exists(ckpt_path):   # (a checkpoint has them)
-        fit_pixel_stats(model, train_eps)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, rank])
     total = cfg.epochs * cfg.steps_per_epoch
@@ -638,6 +636,8 @@ def train(cfg: TrainConfig, train_eps, test_eps, ckpt_path: str, device: str = "
         torch.set_rng_state(ck["torch_rng"])
         random.setstate(ck["python_rng"])
         log.info("resumed from %s at step %d", ckpt_path, step)
+    elif init_state is None and cfg.model.pixel_std_floor > 0:   # (buffers: the optimizer does not hold them)
+        fit_pixel_stats(model, train_eps)
     data = SequenceData(train_eps, cfg.seq_len, cfg.frame_skip)
     net = stage1_net(model, cfg, data, device)
     if world > 1:
