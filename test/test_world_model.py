@@ -558,9 +558,10 @@ def test_a_card_written_before_predictor_ticks_reads_them_off_its_training_recor
 
 
 def test_pixel_statistics_are_fit_on_the_training_frames_kept_on_resume_saved_and_exported(tmp_path):
-    """With pixel_std_floor the image encoder standardises each pixel by its mean and std over
-    the training frames (every 10th; the std floored): fit before stage 1, taken from the
-    checkpoint on resume (not fit again), saved with the weights and baked into the ONNX export."""
+    """With pixel_std_floor the image encoder reads each frame standardised per pixel by its mean
+    and std over the training frames (every 10th; the std floored) beside the plain frame: the
+    statistics fit before stage 1, taken from the checkpoint on resume (not fit again), saved
+    with the weights and baked into the ONNX export."""
     from dataclasses import replace
 
     pix = replace(TINY_GOALF, pixel_std_floor=10.0)
@@ -574,8 +575,12 @@ def test_pixel_statistics_are_fit_on_the_training_frames_kept_on_resume_saved_an
     np.testing.assert_allclose(image.pixel_mean.permute(1, 2, 0).numpy(), f.mean(0), rtol=0, atol=1e-3)
     np.testing.assert_allclose(image.pixel_std.permute(1, 2, 0).numpy(), np.maximum(f.std(0), 10.0), rtol=1e-4)
     assert torch.all(image.pixel_std[0] == 10.0) and torch.all(image.pixel_std[1:] > 10.0)
-    mean_img = image.pixel_mean[None]
-    torch.testing.assert_close(image.normalize(mean_img), torch.zeros_like(mean_img))
+    mean_img = image.pixel_mean[None]                          # (1, 3, S, S)
+    views = image.normalize(mean_img)                          # (1, 6, S, S): standardised, plain
+    assert image.conv[0].in_channels == 6 and views.shape[1] == 6
+    torch.testing.assert_close(views[:, :3], torch.zeros_like(mean_img))
+    torch.testing.assert_close(views[:, 3:], mean_img / 127.5 - 1.0)
+    assert WorldModel(TINY_GOALF).encoder.image.conv[0].in_channels == 3    # off: the plain frame alone
     # resumed from its checkpoint on other recordings: the statistics are the checkpoint's
     resumed, _ = train(cfg, eps[1:3], eps[3:], str(tmp_path / "a.pt"))
     assert torch.equal(resumed.encoder.image.pixel_mean, image.pixel_mean)

@@ -58,9 +58,9 @@ class ModelConfig:
     predictor_ticks: int = 1      # control ticks one step of the fine predictor covers (its history's frames are
                                   # that far apart, its action the commands of those ticks summed): the frame
                                   # skip of the last stage that trained the predictors
-    pixel_std_floor: float = 0.0  # > 0: the image encoder standardises each pixel of a frame by its mean and std
-                                  # over the training frames (0..255 units), the std floored at this; 0: every
-                                  # pixel scaled alike to [-1, 1]
+    pixel_std_floor: float = 0.0  # > 0: the image encoder reads each frame twice, standardised per pixel by its
+                                  # mean and std over the training frames (0..255 units; the std floored at
+                                  # this) and scaled alike to [-1, 1], as six channels; 0: the second alone
 
     def __post_init__(self):
         if self.goal_features < 0:
@@ -122,10 +122,10 @@ RETIRED_OPTIONS = {"encoder": "conv", "keypoints": None, "prop_encoder": "mlp", 
                    "predictor_reads_prop": False, "direct_fourier": 0, "token_dim": 0}
 
 
-def strided_convs(channels) -> nn.Sequential:
-    """(B, 3, S, S) -> (B, C_last, S / 2^n, S / 2^n): n = len(channels) 4x4 stride-2 convs, each
+def strided_convs(channels, c_in: int = 3) -> nn.Sequential:
+    """(B, c_in, S, S) -> (B, C_last, S / 2^n, S / 2^n): n = len(channels) 4x4 stride-2 convs, each
     with GroupNorm and SiLU."""
-    layers, c_in = [], 3
+    layers = []
     for c in channels:
         layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.GroupNorm(max(1, c // 16), c), nn.SiLU()]
         c_in = c
@@ -136,27 +136,30 @@ class ImageEncoder(nn.Module):
     """(B, 3, S, S) uint8-range floats -> (B, Dv). Strided convs keep the layout
     (where the arm is matters), flattened, then one linear map.
 
-    With ``pixel_std_floor`` each pixel is first standardised by its mean and std over the
-    training frames (buffers, fit before training by :func:`ami_ros.core.training.fit_pixel_stats`,
-    saved with the weights and in the ONNX export): the still background goes to zero, and a
-    cube's few pixels, which change in few frames, count for more against the arm's sweep
-    (docs/results.md 20-21)."""
+    With ``pixel_std_floor`` the convs read the frame twice: each pixel standardised by its mean
+    and std over the training frames (buffers, fit before training by
+    :func:`ami_ros.core.training.fit_pixel_stats`, saved with the weights and in the ONNX export),
+    where the still background goes to zero and a cube's few pixels, which change in few frames,
+    count for more against the arm's sweep; and the plain frame, where the arm keeps the contrast
+    it has (docs/results.md 20-22)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.conv = strided_convs(cfg.channels)
-        self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
         self.standardised = cfg.pixel_std_floor > 0
-        if self.standardised:   # until fit: the same map as without, to [-1, 1]
+        self.conv = strided_convs(cfg.channels, 6 if self.standardised else 3)
+        self.proj = nn.Linear(cfg.feature_map_dim, cfg.vis_dim)
+        if self.standardised:   # until fit: the same map as the plain view's, to [-1, 1]
             S = cfg.image_size
             self.register_buffer("pixel_mean", torch.full((3, S, S), 127.5))
             self.register_buffer("pixel_std", torch.full((3, S, S), 127.5))
 
     def normalize(self, img: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) 0..255 -> the convs' input (B, 3, S, S)."""
+        """(B, 3, S, S) 0..255 -> the convs' input: (B, 6, S, S) standardised then plain with
+        ``pixel_std_floor``, else (B, 3, S, S) plain."""
+        plain = img / 127.5 - 1.0
         if self.standardised:
-            return (img - self.pixel_mean) / self.pixel_std
-        return img / 127.5 - 1.0
+            return torch.cat([(img - self.pixel_mean) / self.pixel_std, plain], 1)
+        return plain
 
     def feature_map(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> the last feature map (B, C, s, s)."""

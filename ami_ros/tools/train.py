@@ -50,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "then learn K-tick moves, in which the arm moves more against what stays put, and the "
                         "planner plans in K-tick blocks (predictor rollout, flat)")
     p.add_argument("--pixel-std-floor", type=float, default=ModelConfig.pixel_std_floor, metavar="STD",
-                   help="stage 1: standardise each pixel of the encoder's input by its mean and std over the "
-                        "training frames (0..255 units), the std floored at STD; saved with the model (0: every "
-                        "pixel scaled alike)")
+                   help="stage 1: the image encoder reads each frame standardised per pixel by its mean and std "
+                        "over the training frames (0..255 units; the std floored at STD) beside the plain frame; "
+                        "the statistics are saved with the model (0: the plain frame alone)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lambda", dest="sigreg_lambda", type=float, default=0.1, help="SIGReg weight")
     p.add_argument("--image-size", type=int, default=64, choices=range(32, 129), metavar="32..128")
