@@ -58,9 +58,10 @@ class ModelConfig:
     predictor_ticks: int = 1      # control ticks one step of the fine predictor covers (its history's frames are
                                   # that far apart, its action the commands of those ticks summed): the frame
                                   # skip of the last stage that trained the predictors
-    pixel_std_floor: float = 0.0  # > 0: the image encoder reads each frame twice, standardised per pixel by its
-                                  # mean and std over the training frames (0..255 units; the std floored at
-                                  # this) and scaled alike to [-1, 1], as six channels; 0: the second alone
+    pixel_std_floor: float = 0.0  # > 0: the image encoder reads each frame twice, as six channels: standardised
+                                  # per pixel by its mean and std over the training frames (0..255 units; the
+                                  # std floored at this), and plain (every pixel scaled alike to [-1, 1]);
+                                  # 0: the plain frame alone
 
     def __post_init__(self):
         if self.goal_features < 0:
