@@ -13,7 +13,7 @@ model_dir, data_dir, robot = sys.argv[1], sys.argv[2], sys.argv[3]
 arm = load_arm(robot)
 m = load_model(model_dir, device="cpu", arm=arm).torch_model.eval()
 eps = sorted(glob.glob(data_dir + "/episode_*"))[-165:][::2]   # part f's held-out episodes, every 2nd
-rz, rg, step_z, spread_z, step_g, spread_g = [], [], [], [], [], []
+rz, rg, step_z, step_g = [], [], [], []
 allz, allg = [], []
 for p in eps:
     e = load_episode(p, joint_names=arm.joint_names)
