@@ -87,7 +87,7 @@ def test_e2e_analysis_matches_chains():
 
 def test_graph_latency_pairs_each_gated_plan_with_the_frame_of_its_plan():
     """camera -> gated command: a planned command against the newest plan markers before it;
-    holds (and short ways back to rest, ``core.safety.is_hold``) are counted apart."""
+    the gate's holds (``msgs.is_hold_command``) are counted apart."""
     from ami_ros.tools.bench.graph import latency
 
     snap = {"markers": [(10.060, 9.990), (10.160, 10.095)], "plans": 2,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ami_ros.core.gate import STATES, SafetyGate
-from ami_ros.core.safety import SafetySpec
+from ami_ros.core.safety import SafetySpec, is_hold
 from ami_ros.core.trajectory import Trajectory, TrajectoryError, TrajectorySampler
 
 SPEC = SafetySpec.load()
@@ -29,13 +29,18 @@ def line(q0, dq, n=10, dt=0.1):
 
 
 class Probe:
-    """A SafetyGate with its outputs recorded: what went to the controller and each state change."""
+    """A SafetyGate with its outputs recorded: what went to the controller (and whether as a hold)
+    and each state change."""
 
     def __init__(self, watch_camera=False):
-        self.sent, self.states, self.logs = [], [], []
-        self.g = SafetyGate(SPEC, watch_camera, 0.15, send=self.sent.append, on_state=self.states.append,
+        self.sent, self.held, self.states, self.logs = [], [], [], []
+        self.g = SafetyGate(SPEC, watch_camera, 0.15, send=self.send, on_state=self.states.append,
                             log=lambda level, what, msg, throttle: self.logs.append((level, msg)))
         self.g.update_state(0.0, force=True)
+
+    def send(self, traj, hold):
+        self.sent.append(traj)
+        self.held.append(hold)
 
     def fresh(self, t, q=HOME):
         self.g.observe_joint_state(t, q, ZERO)
@@ -72,6 +77,18 @@ def test_a_passed_plan_is_sent_and_a_refused_one_rejects_until_the_next_passes()
     assert p.states == ["holding", "ok", "rejecting", "ok"]
 
 
+def test_a_short_passed_plan_is_sent_as_a_plan_though_it_is_shaped_like_a_hold():
+    """A plan of a few points that slows to rest (the planner's short way back to a pose) has a
+    hold's shape once through the gate: only the send's hold flag (on the controller's topic,
+    ``msgs.HOLD_FRAME_ID``) tells the gate's holds from it."""
+    p = Probe()
+    p.fresh(0.0)
+    p.g.on_plan(0.0, line(HOME, [0.01] * DOF, n=2))
+    assert len(p.sent) == 1 and p.held == [False] and is_hold(p.sent[0])
+    p.g.trip("test", 0.05)
+    assert p.held == [False, True] and is_hold(p.sent[1])
+
+
 def test_stale_input_during_motion_holds_once_and_a_new_plan_clears_it():
     p = Probe(watch_camera=True)
     p.fresh(0.0)
@@ -81,6 +98,7 @@ def test_stale_input_during_motion_holds_once_and_a_new_plan_clears_it():
     assert len(p.sent) == 1
     p.g.tick(0.3)                                                # 0.3 s > joint_state_timeout: hold
     assert p.g.state == "holding" and len(p.sent) == 2 and p.g.holds_published == 1
+    assert p.held == [False, True]                               # sent as a plan, then as a hold
     hold = p.sent[-1]
     assert len(hold.times) >= 1 and not hold.velocities[-1].any()
     assert "joint_state" in p.g.hold_reason
@@ -180,7 +198,7 @@ def test_in_measured_mode_a_hold_allows_for_what_the_arm_gained_since_its_joint_
     durations = {}
     for mode in ("commanded", "measured"):
         sent = []
-        g = SafetyGate(SPEC, False, 0.15, send=sent.append, controller_start=mode)
+        g = SafetyGate(SPEC, False, 0.15, send=lambda traj, hold: sent.append(traj), controller_start=mode)
         g.observe_joint_state(0.0, HOME, v, stamp=0.0)
         g.on_plan(0.0, line(HOME, [0.05] * DOF))
         g.trip("/ami/trip_estop", 0.04)
@@ -194,7 +212,7 @@ def test_in_measured_mode_the_arm_state_is_carried_forward_with_its_references_a
     """Between joint states the arm follows the reference it was sent: the estimate the gate
     starts a measured-mode trajectory from moves with the reference's change of velocity, not at
     the last measured velocity alone."""
-    g = SafetyGate(SPEC, False, 0.15, send=lambda t: None, controller_start="measured")
+    g = SafetyGate(SPEC, False, 0.15, send=lambda traj, hold: None, controller_start="measured")
     g.observe_joint_state(0.0, HOME, np.zeros(DOF), stamp=0.0)
     g.on_plan(0.0, line(HOME, [0.05] * DOF))
     q_then, v_then = g.sent.sample(0.0)
@@ -241,7 +259,7 @@ def test_commanded_start_gates_from_the_controllers_reference_and_reports_an_arm
 
 def test_measured_start_gates_from_the_joint_state_carried_forward_by_its_velocity():
     p = Probe()
-    p.g = SafetyGate(SPEC, False, 0.15, send=p.sent.append, controller_start="measured")
+    p.g = SafetyGate(SPEC, False, 0.15, send=p.send, controller_start="measured")
     v = np.full(DOF, 0.05)
     p.g.observe_joint_state(1.0, HOME, v, stamp=0.98)             # measured 20 ms before it arrived
     q0, v0 = p.g.command_state(1.0)
@@ -378,7 +396,7 @@ def test_a_hold_is_stamped_with_the_instant_it_brakes_from_so_a_late_arrival_joi
     for late in (0.01, 0.02):
         g, switches = replan_through_gate(spec, 20, np.random.default_rng(1))
         sent = []
-        g._send_cb = sent.append
+        g._send_cb = lambda traj, hold: sent.append(traj)
         t_hold = switches[-1][0] + 0.05                        # mid-plan, the arm moving
         old = g.sent
         g.trip("test", t_hold)

@@ -63,13 +63,14 @@ def _locked(method):
 
 
 class SafetyGate:
-    """The gate's decisions over time. ``send(traj)``: publish ``traj`` to the controller;
+    """The gate's decisions over time. ``send(traj, hold)``: publish ``traj`` to the controller
+    (``hold``: it is one of the gate's holds, not a passed plan);
     ``on_state(state)``: the state changed (or a refresh was forced); ``log(level, message,
     what, message, throttle_s)``: level ``info`` | ``warning`` | ``error``; messages of one
     ``what`` (a short name of the event) at most once per ``throttle_s`` (0: every one)."""
 
     def __init__(self, spec: SafetySpec, watch_camera: bool = True, tracking_tolerance: float = 0.15,
-                 send: Callable[[Trajectory], None] | None = None,
+                 send: Callable[[Trajectory, bool], None] | None = None,
                  on_state: Callable[[str], None] | None = None,
                  log: Callable[[str, str, str, float], None] | None = None, *,
                  controller_start: str = CONTROLLER_STARTS[0], active: bool = True):
@@ -85,7 +86,7 @@ class SafetyGate:
         self.watch_camera = bool(watch_camera)
         self.tracking_tolerance = float(tracking_tolerance)
         self.watchdog = Watchdog(spec.deadlines(self.watch_camera))
-        self._send_cb = send or (lambda traj: None)
+        self._send_cb = send or (lambda traj, hold: None)
         self._state_cb = on_state or (lambda state: None)
         self._log = log or _quiet
         self.sent: TrajectorySampler | None = None  # what the controller is tracking (as far as we sent it)
@@ -212,9 +213,9 @@ class SafetyGate:
     def in_motion(self, now: float) -> bool:
         return not self._holding and self._moving_until is not None and now <= self._moving_until
 
-    def _send(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, now: float) -> None:
-        """Send to the controller and remember what it will track."""
-        self._send_cb(traj)
+    def _send(self, traj: Trajectory, q0: np.ndarray, v0: np.ndarray, now: float, hold: bool = False) -> None:
+        """Send to the controller (``hold``: one of the gate's holds) and remember what it will track."""
+        self._send_cb(traj, hold)
         self._epoch += 1
         self.sent = TrajectorySampler(traj, q0, v0, traj.start_time if traj.start_time > 0 else now, t_state=now)
 
@@ -232,7 +233,7 @@ class SafetyGate:
         hold = self.gate.hold(q0, v0, self.start_uncertainty(now), self.command_derivatives(now))
         # stamped with the instant it brakes from: the controller joins it where the command it replaces
         # is when it arrives (a brake's first phase is short: started late from there, it would jerk)
-        self._send(replace(hold, start_time=now) if now > 0 else hold, q0, v0, now)
+        self._send(replace(hold, start_time=now) if now > 0 else hold, q0, v0, now, hold=True)
         self.holds_published += 1
         self._log("warning", "hold", f"holding: {reason}", 0.0)
 

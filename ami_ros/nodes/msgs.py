@@ -66,9 +66,16 @@ def trajectory_from_msg(msg: JointTrajectory) -> Trajectory:
     return Trajectory(names, times, pos, vel, stamp_to_seconds(msg.header.stamp))
 
 
+HOLD_FRAME_ID = "hold"
+"""header.frame_id of the safety gate's holds on the controller's topic (its passed plans: "");
+joint_trajectory_controller ignores it."""
+
+
 def is_hold_command(msg: JointTrajectory) -> bool:
-    """Whether a command on the controller's topic is one of the gate's holds (``core.safety.is_hold``)."""
-    return bool(msg.points) and is_hold(trajectory_from_msg(msg))
+    """Whether a command on the controller's topic is one of the gate's holds: sent as one
+    (``HOLD_FRAME_ID``) and shaped as one (only brakes to rest, ``core.safety.is_hold``). The
+    shape alone does not tell: a passed plan of a few points that slows down has it too."""
+    return msg.header.frame_id == HOLD_FRAME_ID and bool(msg.points) and is_hold(trajectory_from_msg(msg))
 
 
 def trajectory_to_msg(traj: Trajectory, frame_id: str = "") -> JointTrajectory:

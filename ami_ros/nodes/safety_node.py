@@ -17,7 +17,8 @@ thread of their own, so no check delays the joint states, the watchdog or an e-s
 50 Hz watchdog holds the arm (one braking hold trajectory from that same state) when the
 joint states, the camera (if watched) or, during motion, the plans go stale, and whenever
 the latched e-stop trips (/ami/estop true or /ami/trip_estop); only /ami/reset_estop
-clears the latch. Until a fresh joint state arrives it publishes nothing to the controller.
+clears the latch. A hold carries header.frame_id "hold" (``msgs.HOLD_FRAME_ID``), a passed
+plan "". Until a fresh joint state arrives it publishes nothing to the controller.
 Missing inputs and a command topic nobody subscribes to are said on the console as well as
 in /diagnostics.
 
@@ -323,8 +324,8 @@ class SafetyNode(LifecycleNode):
     def _publish_state(self, state: str) -> None:
         self._state_pub.publish(String(data=state))
 
-    def _publish_command(self, traj: Trajectory) -> None:
-        self._cmd_pub.publish(msgs.trajectory_to_msg(traj))
+    def _publish_command(self, traj: Trajectory, hold: bool) -> None:
+        self._cmd_pub.publish(msgs.trajectory_to_msg(traj, msgs.HOLD_FRAME_ID if hold else ""))
 
     def _log(self, level: str, what: str, message: str, throttle_s: float) -> None:
         """The gate's log lines; those of one ``what`` at most once per ``throttle_s`` (0: every one)."""

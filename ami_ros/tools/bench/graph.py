@@ -265,7 +265,7 @@ def _next_report(counts) -> dict:
 
 
 def latency(snap: dict) -> dict:
-    """camera frame -> gated command per planned command (holds, ``core.safety.is_hold``, apart):
+    """camera frame -> gated command per planned command (the gate's holds, ``msgs.is_hold_command``, apart):
     the command's arrival minus the source stamp of the newest plan markers received before it."""
     import bisect
 
