@@ -316,10 +316,15 @@ def _clear_goal_and_settle(stack, what):
 def restored(stack):
     """The stack as at start: e-stop clear, camera at its rate, planner + encoder spinning, no goal, arm at rest."""
     s, probe = stack, stack["probe"]
-    if s["planner"] is None:
+    made = s["planner"] is None
+    if made:
         s["planner"] = s["make_planner"]()
     _add(s, "planner")
     _add(s, "encoder")
+    if made:
+        # a planner made anew gets the last test's goal image (latched) once it joins the graph: a clear
+        # before that would leave it moving the arm into the next test
+        _wait(lambda: s["planner"].actor.goal is not None, 5)
     probe.estop_pub.publish(Bool(data=False))
     if s["safety"].estop.latched:
         assert probe.call(probe.reset_estop).success
@@ -328,7 +333,8 @@ def restored(stack):
     assert probe.call(probe.clear_goal, timeout=10).success
     n_err = len(s["errors"])
     t = time.monotonic()
-    _wait(lambda: len(probe.js) and probe.js[-1][0] > t + 1.2 and _still_now(probe), 6)
+    assert _wait(lambda: len(probe.js) and probe.js[-1][0] > t + 1.2 and _still_now(probe), 6), \
+        "the arm is not at rest before the test (a goal left from the last one?)"
     yield s
     assert s["errors"][n_err:] == [], ("a callback raised (a node would have crashed): "
                                        f"{s['errors'][n_err:]}\n{''.join(s['tracebacks'][n_err:][:2])}")
