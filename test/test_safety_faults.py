@@ -294,12 +294,12 @@ def _holds_since(probe, t):
     return [(tc, m) for tc, m in probe.commands_since(t) if msgs.is_hold_command(m)]
 
 
-def _moving_since(probe, t_hold):
-    """'' when every gated command from t_hold on is a hold, else those that are not: (s after
-    t_hold, frame_id, points)."""
+def _only_holds_since(probe, t_hold, what=""):
+    """Every gated command from t_hold on is a hold; else AssertionError naming those that are
+    not: (s after t_hold, frame_id, points)."""
     bad = [(round(tc - t_hold, 3), m.header.frame_id, len(m.points))
            for tc, m in probe.commands_since(t_hold) if not msgs.is_hold_command(m)]
-    return f"commands after the hold that are not holds (s after it, frame_id, points): {bad}" if bad else ""
+    assert not bad, f"{what}commands after the hold that are not holds (s after it, frame_id, points): {bad}"
 
 
 def _clear_goal_and_settle(stack, what):
@@ -384,7 +384,7 @@ def test_planner_killed_mid_motion_holds(restored):
     vals = _check_report(probe, t_kill, "holding", "plan")
     assert "plan" in vals["stale_inputs"] and int(vals["holds_published"]) >= 1
     # nothing but holds after the hold
-    assert not _moving_since(probe, t_hold), _moving_since(probe, t_hold)
+    _only_holds_since(probe, t_hold)
     _within_limits(s, t_kill)
     print(f"planner killed: hold {t_hold - t_last:.3f} s after the last plan, arm still "
           f"{t_still - t_last:.3f} s after it")
@@ -410,7 +410,7 @@ def test_camera_stall_holds(restored):
     assert "camera" in vals["stale_inputs"]
     # while the camera is stalled nothing moving is commanded
     time.sleep(0.5)
-    assert not _moving_since(probe, t_hold), _moving_since(probe, t_hold)
+    _only_holds_since(probe, t_hold)
     _within_limits(s, t_stall)
     assert all(r.successful for r in probe.set_sim_params(camera_rate_hz=20.0))
     print(f"camera stalled: hold {t_hold - t_img:.3f} s after the last frame, arm still "
@@ -646,7 +646,7 @@ def test_estop_during_motion_latches_until_reset(restored):
     assert _wait(lambda: safety.gate.rejections["estop_latched"] >= n_latched + 3, 20), \
         safety.gate.rejections["estop_latched"] - n_latched
     assert safety.estop.latched and probe.state() == "e-stopped"
-    assert not _moving_since(probe, t_hold), f"something moving passed the latch: {_moving_since(probe, t_hold)}"
+    _only_holds_since(probe, t_hold, "something moving passed the latch: ")
     T, Q, V = probe.joint_series(t_still)
     assert np.max(np.abs(Q - Q[0])) <= POS_TOL and np.abs(V).max() <= VEL_TOL, \
         f"the arm moved while latched: {np.ptp(Q, axis=0)}"
@@ -707,7 +707,7 @@ def test_embeddings_of_another_model_stop_planning_and_hold(restored):
         n = planner.counts["plans"]
         time.sleep(0.5)
         assert planner.counts["plans"] == n
-        assert not _moving_since(probe, t_hold), _moving_since(probe, t_hold)
+        _only_holds_since(probe, t_hold)
     finally:
         stop.set()
         th.join(timeout=2)
