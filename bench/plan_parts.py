@@ -55,7 +55,7 @@ def main() -> int:
         for _ in range(args.plans):
             t0 = time.perf_counter()
             res = planner.plan(z_hist, goal, q, torch.zeros(model.action_dim), joint_state=state,
-                               goal_tool=goal_tool, deadline=t0 + 10.0)
+                               goal_tool=goal_tool, deadline=t0 + 10.0, g_now=goal)
             times.append(1000 * (time.perf_counter() - t0))
         planner_mod._Anytime = parts
         t = np.array(times[10:])

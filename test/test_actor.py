@@ -13,7 +13,7 @@ from ami_ros.core.actor import Actor
 from ami_ros.core.cost import Cost, CostWeights
 from ami_ros.core.memory import StopRules
 from ami_ros.core.planner import Planner, PlannerConfig
-from test_planner import BOUND, Q_MAX, Q_MIN, A, ToyModel
+from test_planner import BOUND, Q_MAX, Q_MIN, A, ResidualToy, ToyModel
 
 DT = 0.1
 B64 = BOUND.numpy().astype(np.float64)
@@ -44,8 +44,8 @@ class Arm:
         return np.vstack([np.eye(3, A), np.zeros((3, A))])
 
 
-def make_actor(tolerance=0.0, patience=0, min_improvement=0.02):
-    model = Model()
+def make_actor(tolerance=0.0, patience=0, min_improvement=0.02, model_class=None):
+    model = (model_class or Model)()
     planner = Planner(model, Cost(CostWeights(), Q_MIN, Q_MAX), PlannerConfig(), BOUND)
     return Actor(model, Arm(), planner, DT, StopRules(tolerance, patience, min_improvement)), model
 
@@ -185,6 +185,48 @@ def test_a_taught_goal_is_the_frame_and_the_pose_it_was_taken_at():
     d = actor.step(0.2)                                                    # that frame is the goal: reached
     assert d.reason == "reached"
     np.testing.assert_allclose(d.back_to, Q_GOAL)
+
+
+class ResidualModel(ResidualToy, Model):
+    """A model whose direct predictor predicts the change of the frame's goal features."""
+
+
+def test_a_residual_direct_predictor_plans_from_the_frames_goal_features():
+    """With a model whose direct predictor reads the frame's goal features (goal_residual), the
+    actor sends nothing until those of the latest frame came (whichever of the two arrives
+    first), then plans from them: with the frame's own features, as the model that predicts
+    the features themselves plans. A goal is taught only with the frame's features."""
+    actor, model = make_actor(model_class=ResidualModel)
+    plain, plain_model = make_actor()
+    q = np.array([0.05, 0.0, -0.05, 0.1])
+    features = lambda q: model.encode_goal(image(q))[0]
+    assert not actor.teach_goal()
+    for a in (actor, plain):
+        a.set_goal_image(image(Q_GOAL))
+    observe(actor, model, 1.0, q)
+    observe(plain, plain_model, 1.0, q)
+    d = actor.step(1.0)
+    assert d.reason == "no_goal_features" and not d.send
+    assert not actor.teach_goal()                                  # no features of that frame either
+    actor.observe_goal_features(0.9, features(q))                  # of an older frame: not the latest's
+    assert actor.step(1.0).reason == "no_goal_features"
+    actor.observe_goal_features(1.0, features(q))
+    actor.observe_goal_features(1.1, features(q + 0.1))           # the next frame's, before its embedding
+    d, d_plain = actor.step(1.0), plain.step(1.0)
+    assert d.reason == d_plain.reason == "plan"
+    np.testing.assert_allclose(d.actions, d_plain.actions, atol=1e-6)
+    observe(actor, model, 1.1, q + 0.1)
+    assert actor.step(1.1).reason == "plan"                       # its features came first
+    assert actor.teach_goal() and actor.status == "active"
+    np.testing.assert_allclose(actor.goal.numpy(), features(q + 0.1).numpy(), atol=1e-6)   # staying there
+    actor.warm_up(image(q))                                        # made-up inputs, features too
+    # taught while planning on the rollout predictor, without features: the switch to direct drops it
+    actor.planner.set_config(PlannerConfig(predictor="rollout"))
+    observe(actor, model, 1.2, q)
+    assert actor.teach_goal()
+    actor.planner.set_config(PlannerConfig(predictor="direct"))
+    why = actor.reencode_goal()
+    assert "goal_residual" in why and actor.goal is None and actor.status == "none"
 
 
 class ReadoutModel(Model):

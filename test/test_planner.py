@@ -49,7 +49,7 @@ class ToyModel(torch.nn.Module):
         """Toy 'image' = the joint configuration it shows -> its visual part."""
         return self.embed(image)[..., :DV]
 
-    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every=1):
+    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every=1, g_now=None):
         """The visual part of the commanded target's embedding (the toy arm follows its command exactly)."""
         return ((q_cmd + actions.cumsum(1)) @ self.B[:DV].T)[:, every - 1::every]
 
@@ -877,6 +877,50 @@ def test_direct_predictor_refusals():
     with pytest.raises(ValueError, match="no direct predictor"):
         rollout_planner.set_config(toy_config(predictor="direct"))
     assert rollout_planner.config.predictor == "rollout"     # the old settings stay
+
+
+class ResidualToy(ToyModel):
+    """The toy world with a direct predictor of the change of the frame's goal features (a
+    model with goal_residual): g_now plus the visual part of the commanded move."""
+    goal_residual = True
+
+    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every=1, g_now=None):
+        if g_now is None:
+            raise ValueError("needs g_now")
+        move = (q_cmd - q).reshape(-1, 1, A) + actions.cumsum(1)
+        return (g_now + move @ self.B[:DV].T)[:, every - 1::every]
+
+
+@pytest.mark.parametrize("mode", ["flat", "hier"])
+def test_a_residual_direct_predictor_plans_from_the_frames_goal_features(mode):
+    """A model whose direct predictor predicts the change of the frame's goal features
+    (goal_residual) plans from the features it is given: the frame's own give the plans of
+    the toy model that predicts the features themselves; other features other plans; none,
+    or of a wrong size or not finite, are refused naming them, and so is a taught goal
+    without them. A model without goal_residual ignores them."""
+    q, q_goal = torch.tensor([0.1, 0.0, -0.1, 0.05]), Q_NEAR
+    z = ToyModel().embed(q)[None].repeat(H_HIST, 1)
+    g_frame = ToyModel().embed(q)[:DV]
+    plans = {}
+    for name, model, g_now in (("absolute", ToyModel(), None), ("residual", ResidualToy(), g_frame),
+                               ("absolute+g", ToyModel(), g_frame + 5.0), ("shifted", ResidualToy(), g_frame + 0.3)):
+        planner, _ = make(toy_config(predictor="direct", mode=mode, seed=3), model=model)
+        assert planner.needs_goal_features() == (name in ("residual", "shifted"))
+        goal = model.embed(q_goal)[model.goal_dims]
+        plans[name] = planner.plan(z, goal, q, torch.zeros(A), joint_state=(q, torch.zeros(A)), g_now=g_now)
+    torch.testing.assert_close(plans["residual"].actions, plans["absolute"].actions)
+    torch.testing.assert_close(plans["absolute+g"].actions, plans["absolute"].actions)
+    assert not torch.allclose(plans["shifted"].actions, plans["absolute"].actions)
+    planner, model = make(toy_config(predictor="direct", mode=mode), model=ResidualToy())
+    goal = model.embed(q_goal)[model.goal_dims]
+    for bad, match in ((None, "goal_residual"), (torch.zeros(DV + 1), "g_now"), (torch.full((DV,), math.nan), "g_now")):
+        with pytest.raises(ValueError, match=match):
+            planner.plan(z, goal, q, torch.zeros(A), joint_state=(q, torch.zeros(A)), g_now=bad)
+        with pytest.raises(ValueError, match=match):
+            planner.goal_from_embedding(z[-1], (q, torch.zeros(A)), bad)
+    taught = planner.goal_from_embedding(z[-1], (q, torch.zeros(A)), g_frame)
+    torch.testing.assert_close(taught, g_frame)            # staying there: the frame's own features
+    assert not make(toy_config(predictor="rollout"), model=ResidualToy())[0].needs_goal_features()
 
 
 @pytest.mark.parametrize("value", ["-0.1", "nan", "'x'"])

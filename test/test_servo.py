@@ -82,8 +82,8 @@ class OffModel(Model):
     """The toy world with a predictor that is wrong: its outcomes are scaled, rotated a little
     and shifted, as a learnt predictor's are near the goal."""
 
-    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every=1):
-        out = super().rollout_direct(z_now, q, qd, q_cmd, actions, every)
+    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every=1, g_now=None):
+        out = super().rollout_direct(z_now, q, qd, q_cmd, actions, every, g_now)
         mix = torch.eye(DV) + 0.2 * torch.roll(torch.eye(DV), 1, 0)
         return 1.3 * out @ mix.T + 0.7
 

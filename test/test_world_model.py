@@ -21,6 +21,8 @@ TINY_DIRECT = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_
 TINY_GOALF = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
                          pred_blocks=1, direct=True, direct_width=32, goal_features=5,
                          tool_readout=True, tool_channels=(8, 16))
+TINY_GRES = ModelConfig(image_size=32, channels=(8, 16, 16), vis_dim=16, prop_dim=8, pred_width=32, pred_cond=16,
+                        pred_blocks=1, direct=True, direct_width=32, goal_features=5, goal_residual=True)
 
 
 def _episodes(n=3, T=40, size=32, seed=0):
@@ -255,7 +257,8 @@ def model_folder(tmp_path_factory):
     return _save_tiny(str(tmp_path_factory.mktemp("models") / "tiny"), TINY)
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_DIRECT, TINY_GOALF], ids=["plain", "direct", "goal_features"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_DIRECT, TINY_GOALF, TINY_GRES],
+                         ids=["plain", "direct", "goal_features", "goal_residual"])
 def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
     folder = _save_tiny(str(tmp_path / "tiny"), cfg)
     t, o = load_model(folder, "torch", "cpu"), load_model(folder, "onnx", "cpu")
@@ -276,14 +279,25 @@ def test_onnx_runtime_agrees_with_torch(cfg, tmp_path):
     if cfg.direct:  # per candidate from now; any horizon; every k-th step for the coarse level
         q0, qd0, qc = (torch.randn(6, generator=g) for _ in range(3))
         acts = torch.randn(7, 10, 6, generator=g) * 0.1
-        full = t.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts)
+        g0 = torch.randn(cfg.goal_dim, generator=g)       # the frame's goal features (read with goal_residual)
+        assert o.goal_residual == t.goal_residual == cfg.goal_residual
+        full = t.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, g_now=g0)
         assert full.shape == (7, 10, cfg.goal_dim)
         torch.testing.assert_close(o.encode_goal(img), t.encode_goal(img), **tol)
         assert t.encode_goal(img).shape == (5, cfg.goal_dim)
-        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts), full, **tol)
-        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts[:, :3]), full[:, :3], **tol)
-        torch.testing.assert_close(t.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, every=5), full[:, 4::5], **tol)
-        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, every=5), full[:, 4::5], **tol)
+        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, g_now=g0), full, **tol)
+        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts[:, :3], g_now=g0), full[:, :3],
+                                   **tol)
+        torch.testing.assert_close(t.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, every=5, g_now=g0),
+                                   full[:, 4::5], **tol)
+        torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, every=5, g_now=g0),
+                                   full[:, 4::5], **tol)
+        if cfg.goal_residual:   # a residual on the frame's goal features: they shift the outcomes alike
+            torch.testing.assert_close(o.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts, g_now=g0 + 1.0), full + 1.0,
+                                       **tol)
+            for m in (o, t):
+                with pytest.raises(ValueError, match="needs them"):
+                    m.rollout_direct(z_hist[:, -1], q0, qd0, qc, acts)
     else:
         with pytest.raises(ModelError, match="no direct predictor"):
             o.rollout_direct(z_hist[:, -1], q[0], qd[0], q[0], acts)
@@ -402,15 +416,17 @@ def test_tool_readout_learns_where_the_tool_is_and_leaves_the_rest(tmp_path):
         ModelConfig(image_size=40, tool_readout=True)
 
 
-def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):
+@pytest.mark.parametrize("mcfg", [TINY_GOALF, TINY_GRES], ids=["absolute", "goal_residual"])
+def test_goal_features_are_the_feature_maps_principal_axes(mcfg, tmp_path):
     """With goal_features = G, stage 3 fits the mean and the top-G principal axes of the image
     encoder's feature maps (orthonormal, most variance first) and trains the direct predictor
-    to predict those coordinates; goals are encoded the same way."""
+    to predict those coordinates (with goal_residual: their change from the frame's own);
+    goals are encoded the same way, and the held-out error is the planner's rollout's."""
     from ami_ros.core.training import evaluate, fit_goal_features, train_direct
 
     eps = _arm_episodes()
     cfg = TrainConfig(epochs=1, steps_per_epoch=2, batch=4, seq_len=16, direct_steps=300, direct_batch=32,
-                      direct_span=5, model=TINY_GOALF)
+                      direct_span=5, model=mcfg)
     model, _ = train(cfg, eps[:2], [], str(tmp_path / "g.pt"))
     fit_goal_features(model, eps[:2], "cpu")          # the basis alone (train_direct fits it again, the same)
     before = evaluate(model, [], eps[:2], "cpu", horizons=(1, 5), probes=False)
@@ -426,8 +442,20 @@ def test_goal_features_are_the_feature_maps_principal_axes(tmp_path):
     torch.testing.assert_close(g, (f - model.feature_mean) @ B)
     var = g.var(0)
     assert var[0] >= var[-1]                            # most variance first
-    assert after["direct_err_goal_5"] < 0.5 * before["direct_err_goal_5"], (before, after)
+    # the residual starts near copying the frame's features (an error near the copy's), the absolute far off
+    assert after["direct_err_goal_5"] < (0.75 if mcfg.goal_residual else 0.5) * before["direct_err_goal_5"], \
+        (before, after)
     assert after["copy_err_goal_5"] > 0 and "fine_err_vis_5" not in after
+    with torch.no_grad():        # the error of the planner's call (rollout_direct, from each start's own features)
+        e = eps[0]
+        q, a = (torch.as_tensor(x, dtype=torch.float32) for x in (e.q, e.action))
+        s0 = torch.arange(model.cfg.history - 1, len(q) - 5)
+        z = model.encoder(image_to_tensor(e.frames), q, torch.zeros_like(q))
+        g = model.encode_goal(image_to_tensor(e.frames))
+        pred = torch.stack([model.rollout_direct(z[i:i + 1], q[i], q[i] * 0, q[i], a[i:i + 5][None], 5, g[i])[0, 0]
+                            for i in s0])
+    one = evaluate(model, [], eps[:1], "cpu", horizons=(5,), probes=False)
+    assert ((pred - g[s0 + 5]) ** 2).sum(-1).mean().item() == pytest.approx(one["direct_err_goal_5"], rel=1e-4)
 
 
 def test_probes_are_reported_per_coordinate_as_well_as_averaged():

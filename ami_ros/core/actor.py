@@ -9,8 +9,9 @@ once per control step, asks it what to do (:meth:`Actor.step`), which answers wi
 :class:`Decision`:
 
 - nothing to send (no goal; the goal reached or settled and the way back already
-  sent; no embedding or joint state fresh enough): the caller sends nothing, and the
-  safety gate's watchdog holds the arm;
+  sent; no embedding or joint state fresh enough; with a model whose direct predictor
+  reads the frame's goal features, none observed for the latest frame): the caller sends
+  nothing, and the safety gate's watchdog holds the arm;
 - a plan toward the goal: the planner's actions from the commanded target the arm
   is following;
 - a servo step (near an image goal, with the feature servo on and the frame's goal-space
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +46,7 @@ from ami_ros.core.servo import FeatureServo, ServoConfig, outcome_jacobian, tool
 from ami_ros.core.trajectory import Trajectory, straight_line_actions, trajectory_from_actions
 
 #: Decision.reason of a step that sends nothing
-IDLE_REASONS = ("no_goal", "done", "no_embedding", "stale_embedding", "stale_joint_state")
+IDLE_REASONS = ("no_goal", "done", "no_embedding", "stale_embedding", "stale_joint_state", "no_goal_features")
 
 
 @dataclass
@@ -106,9 +108,10 @@ class Actor:
         self.goal_tool = None       # (3,) tensor: where the goal has the tool point (m), or None
         self.tool_reading = None    # (stamp, (3,) tensor): the tool readout's reading of the latest frame
         self.goal_features = None   # (stamp, (G,) tensor): the latest frame's goal-space features (the servo's)
+        self.recent_goal_features = deque(maxlen=8)   # the last few such pairs: a frame's, whichever arrives first
         self.tool_correction = float("nan")   # m: how far the last step moved the goal's tool position (NaN: not)
         self.goal_tool_aim = None   # (3,) tensor: where the last step's goal_tool term aimed (goal_tool_from)
-        self.goal_source = None     # ("image", (1, 3, H, W)) or ("taught", z (D,), (q, qd)): re-encoded on
+        self.goal_source = None     # ("image", (1, 3, H, W)) or ("taught", z (D,), (q, qd), g): re-encoded on
                                     # a change of the planner's goal space (planner.predictor)
         self.status = "none"        # none | active | reached | settled
         self.goal_distance = float("nan")
@@ -160,6 +163,15 @@ class Actor:
             if self.goal is not None and g.shape != self.goal.shape:
                 raise ValueError(f"goal features: {g.numel()} values, the planner's goal space has {self.goal.numel()}")
             self.goal_features = (float(stamp), g)
+            self.recent_goal_features.append(self.goal_features)
+
+    def goal_features_of(self, stamp: float) -> torch.Tensor | None:
+        """The goal-space features (G,) observed for the frame taken at ``stamp``, if among the
+        last few observed; else None."""
+        for s, g in reversed(self.recent_goal_features):
+            if s == stamp:
+                return g
+        return None
 
     def goal_tool_from(self, source_stamp: float) -> torch.Tensor | None:
         """Where the cost's ``goal_tool`` term aims when planning from the frame taken at
@@ -208,12 +220,14 @@ class Actor:
             return (self.planner.encode_goal(src[1])[0], self.model.encode_image(src[1])[0, self.model.goal_dims],
                     self.planner.read_goal_tool(src[1]))
         tool = self.arm.tool_position(np.asarray(src[2][0], dtype=np.float64))
-        return (self.planner.goal_from_embedding(src[1], src[2]), src[1][self.model.goal_dims],
+        return (self.planner.goal_from_embedding(src[1], src[2], src[3]), src[1][self.model.goal_dims],
                 torch.as_tensor(tool, dtype=torch.float32))
 
     def set_goal(self, src) -> None:
-        """A new goal: ``("image", image (1, 3, H, W) float tensor)`` or ``("taught", z (D,), (q, qd))``.
-        The planner's warm start and the stopping rules start over."""
+        """A new goal: ``("image", image (1, 3, H, W) float tensor)`` or ``("taught", z (D,), (q, qd),
+        g (G,) or None)``: a frame's embedding, joint state and goal-space features. The planner's
+        warm start and the stopping rules start over. ValueError (nothing changed) when the
+        planner cannot encode it (a taught goal without the goal features its model reads)."""
         with self.lock:
             self.goal, self.goal_vis, self.goal_tool = self._encode_goal(src)
             self.goal_tool_aim = self.goal_tool
@@ -229,14 +243,18 @@ class Actor:
 
     def teach_goal(self) -> bool:
         """The latest embedding becomes the goal, with the joint state the arm had when its frame
-        was taken (the latest measured one when none is held at that instant); False (nothing
-        changed) when no embedding or no joint state has arrived yet."""
+        was taken (the latest measured one when none is held at that instant) and the frame's
+        goal features; False (nothing changed) when no embedding or no joint state has arrived
+        yet, or the planner's model reads goal features and none came for that frame."""
         with self.lock:
             if len(self.memory) == 0 or self.joint is None:
                 return False
-            z = self.memory.z_hist()[-1].clone()
-            state = self.joint_history.state_at(self.memory.latest_stamp()) or (self.joint[1], self.joint[2])
-            self.set_goal(("taught", z, state))
+            stamp = self.memory.latest_stamp()
+            z, g = self.memory.z_hist()[-1].clone(), self.goal_features_of(stamp)
+            if g is None and self.planner.needs_goal_features():
+                return False
+            state = self.joint_history.state_at(stamp) or (self.joint[1], self.joint[2])
+            self.set_goal(("taught", z, state, g))
         return True
 
     def clear_goal(self) -> None:
@@ -245,12 +263,19 @@ class Actor:
             self.goal = self.goal_vis = self.goal_tool = self.goal_source = self.goal_tool_aim = None
             self.status = "none"
 
-    def reencode_goal(self) -> None:
-        """Encode the goal again (after the planner's goal space changed); the search goes on."""
+    def reencode_goal(self) -> str | None:
+        """Encode the goal again (after the planner's goal space changed); the search goes on.
+        -> None, or why the goal was dropped (a taught goal without the goal features the
+        planner now needs): no goal then."""
         with self.lock:
             if self.goal_source is not None:
-                self.goal, self.goal_vis, self.goal_tool = self._encode_goal(self.goal_source)
+                try:
+                    self.goal, self.goal_vis, self.goal_tool = self._encode_goal(self.goal_source)
+                except ValueError as e:
+                    self.clear_goal()
+                    return str(e)
                 self.goal_tool_aim = self.goal_tool
+        return None
 
     def set_stop_rules(self, goal_tolerance: float, settle_patience: int, settle_min_improvement: float) -> None:
         """ValueError (nothing changed) on a value out of range (:class:`StopRules`)."""
@@ -268,6 +293,7 @@ class Actor:
             self.memory.clear()
             self.joint_history.clear()
             self.joint = self.q_cmd = self.last_targets = self.tool_reading = self.goal_features = None
+            self.recent_goal_features.clear()
 
     def warm_up(self, image=None) -> float:
         """One step's work on made-up inputs (``image`` as the goal image, default a blank one
@@ -291,7 +317,7 @@ class Actor:
             for deadline in (None, time.perf_counter() + 3600.0):
                 res = self.planner.plan(z_hist, goal, torch.as_tensor(q, dtype=torch.float32),
                                         torch.zeros(self.model.action_dim), joint_state=state, goal_tool=goal_tool,
-                                        deadline=deadline)
+                                        deadline=deadline, g_now=torch.zeros_like(goal))
             trajectory_from_actions(self.arm.joint_names, q, res.actions.numpy().astype(np.float64), self.dt,
                                     self.arm.clip)
             self.planner.reset()
@@ -321,6 +347,9 @@ class Actor:
             joint = self.joint
             if joint is None or now - joint[0] > self.max_joint_state_age_s:
                 return Decision("stale_joint_state", self.status, self.goal_distance, source_stamp=source_stamp)
+            g_now = self.goal_features_of(source_stamp)       # the frame's goal features, or None
+            if g_now is None and self.planner.needs_goal_features():
+                return Decision("no_goal_features", self.status, self.goal_distance, source_stamp=source_stamp)
             bound = self.bound
             # anchor: the last commanded target while the arm follows it (commanded within the last two
             # cycles and within a few steps of the measured position); else the measured position (the
@@ -346,7 +375,7 @@ class Actor:
             if not servo:
                 self.status = self.monitor.update(self.goal_distance, source_stamp)
             else:
-                decision, settle = self._servo_step(z_hist[-1], state, q0, goal_tool, source_stamp, bound)
+                decision, settle = self._servo_step(z_hist[-1], state, q0, goal_tool, source_stamp, bound, g_now)
                 if settle:                   # the servo settles the goal on its best frame
                     self.status = self.monitor.settle(self.servo.best_stamp)
                     why = (f"settled by the servo (its energy {self.servo.energy:.4g}, over "
@@ -357,7 +386,7 @@ class Actor:
                 t0 = time.perf_counter()
                 res = self.planner.plan(z_hist, self.goal, torch.as_tensor(q0, dtype=torch.float32),
                                         self.memory.last_action(), joint_state=state, goal_tool=goal_tool,
-                                        deadline=deadline)
+                                        deadline=deadline, g_now=g_now)
                 plan_s = time.perf_counter() - t0
                 self.memory.push_action(res.actions[0])
                 self.memory.set_plan(res)
@@ -377,17 +406,15 @@ class Actor:
         engages it (or did earlier for this goal)."""
         if self.servo.config.engage_energy <= 0 or self.planner.config.predictor != "direct":
             return False
-        if self.goal_features is None or self.goal_features[0] != source_stamp:
-            return False
-        g = self.goal_features[1]
-        if g.shape != self.goal.shape:      # features of another goal space (the planner's changed since)
+        g = self.goal_features_of(source_stamp)
+        if g is None or g.shape != self.goal.shape:    # none, or of another goal space (the planner's changed since)
             return False
         return self.servo.engage(float(((g - self.goal.to(g.device)) ** 2).sum()))
 
     def _servo_step(self, z: torch.Tensor, state, q0: np.ndarray, goal_tool, source_stamp: float,
-                    bound: np.ndarray) -> tuple[Decision | None, bool]:
+                    bound: np.ndarray, g_now: torch.Tensor) -> tuple[Decision | None, bool]:
         """One step of the feature servo from the source frame (its embedding z (D,), its joint
-        state, its goal-space features) and the commanded target q0 (A,) -> (the decision, whether
+        state, its goal-space features g_now (G,)) and the commanded target q0 (A,) -> (the decision, whether
         the servo settles the goal). No decision when it settles (the caller sends the arm back)
         or when its step would take the arm's volumes deeper into a keep-out box's margin (the
         cost's ``keep_out`` term, which the search prices): the search plans that cycle."""
@@ -395,10 +422,10 @@ class Actor:
         f = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float32, device=dev)
         hold = self.planner.config.horizon * self.planner.ticks
         jac = outcome_jacobian(self.model, z.to(dev), f(state[0]), f(state[1]), f(q0), bound, hold,
-                               self.servo.config.fd_step)                                  # (G, A)
+                               self.servo.config.fd_step, g_now.to(dev))                  # (G, A)
         w = self.planner.cost.weights
         scale = np.sqrt((w.goal_terminal + w.goal_running) / jac.shape[0])    # as the cost weighs the image
-        g = self.goal_features[1].double().cpu().numpy()
+        g = g_now.double().cpu().numpy()
         residual, jac = scale * (g - self.goal.double().cpu().numpy()), scale * jac
         if goal_tool is not None and w.goal_tool > 0:
             r_tool, j_tool = tool_residual(self.arm, state[0], q0, goal_tool.double().cpu().numpy(), w.goal_tool,

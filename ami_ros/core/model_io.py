@@ -7,7 +7,8 @@ A model folder holds
   predictor.onnx          (z_hist (B,h,D), action (B,A)) -> z_next (B,D)
   predictor_coarse.onnx   (z (B,1,D), actions (B,k*A)) -> z_next (B,D)
   predictor_direct.onnx   (models with a direct predictor) (z (B,D), q, qd, q_cmd (B,A),
-                          actions (B,H,A)) -> goal-space embeddings (B,H,G), H dynamic
+                          actions (B,H,A)[, g_now (B,G) with goal_residual]) -> goal-space
+                          embeddings (B,H,G), H dynamic
   encoder_goal.onnx       (models with a direct predictor) image -> goal-space embedding (B,G)
   card.yaml               config, joint names, control period, data set hash,
                           metrics, code version, and the sha256 of every file.
@@ -87,14 +88,16 @@ def save_model(folder: str, model: WorldModel, card: dict) -> dict:
 
 
 class _Method(torch.nn.Module):
-    """One method of a module as the forward of an exportable module."""
+    """One method of a module as the forward of an exportable module; the last inputs are
+    passed as the ``keywords`` named."""
 
-    def __init__(self, owner: torch.nn.Module, method: str):
+    def __init__(self, owner: torch.nn.Module, method: str, keywords: tuple[str, ...] = ()):
         super().__init__()
-        self.owner, self.method = owner, method
+        self.owner, self.method, self.keywords = owner, method, keywords
 
     def forward(self, *args):
-        return getattr(self.owner, self.method)(*args)
+        n = len(args) - len(self.keywords)
+        return getattr(self.owner, self.method)(*args[:n], **dict(zip(self.keywords, args[n:])))
 
 
 def export_onnx(folder: str, model: WorldModel) -> None:
@@ -113,8 +116,11 @@ def export_onnx(folder: str, model: WorldModel) -> None:
     ]
     axes = {}
     if cfg.direct:
-        jobs.append((DIRECT_ONNX[0], _Method(model, "rollout_direct"), (torch.zeros(2, D), q, q, q, torch.zeros(2, 3, A)),
-                     ["z", "q", "qd", "q_cmd", "actions"], ["z_pred"]))
+        args, names = (torch.zeros(2, D), q, q, q, torch.zeros(2, 3, A)), ["z", "q", "qd", "q_cmd", "actions"]
+        keywords = ("g_now",) if cfg.goal_residual else ()      # the frame's goal features too
+        if keywords:
+            args, names = (*args, torch.zeros(2, cfg.goal_dim)), [*names, "g_now"]
+        jobs.append((DIRECT_ONNX[0], _Method(model, "rollout_direct", keywords), args, names, ["z_pred"]))
         jobs.append((DIRECT_ONNX[1], _Method(model, "encode_goal"), (img,), ["image"], ["goal"]))
         axes = {"actions": {0: "batch", 1: "horizon"}, "z_pred": {0: "batch", 1: "horizon"}}
     if cfg.tool_readout:
@@ -213,6 +219,8 @@ class LoadedModel:
     @property
     def goal_dim(self) -> int: return self.cfg.goal_dim
     @property
+    def goal_residual(self) -> bool: return bool(self.cfg.goal_residual)
+    @property
     def has_tool_readout(self) -> bool: return bool(self.cfg.tool_readout)
     @property
     def joint_names(self) -> list[str]: return list(self.card["joint_names"])
@@ -284,17 +292,25 @@ class LoadedModel:
         return self._ort(TOOL_ONNX, image=image)
 
     @torch.no_grad()
-    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every: int = 1):
-        """z_now (B,D), q, qd, q_cmd ((A,) or (B,A)), actions (B,T,A) -> (B,T//every,G);
-        see WorldModel.rollout_direct."""
+    def rollout_direct(self, z_now, q, qd, q_cmd, actions, every: int = 1, g_now=None):
+        """z_now (B,D), q, qd, q_cmd ((A,) or (B,A)), actions (B,T,A)[, g_now ((G,) or (B,G)), the
+        frame's goal features, with goal_residual] -> (B,T//every,G); see WorldModel.rollout_direct."""
         if not self.cfg.direct:
             raise ModelError(f"model {self.model_id} has no direct predictor")
         if self.backend == "torch":
             d = self.device
-            return self.torch_model.rollout_direct(z_now.to(d), q.to(d), qd.to(d), q_cmd.to(d), actions.to(d), every)
+            return self.torch_model.rollout_direct(z_now.to(d), q.to(d), qd.to(d), q_cmd.to(d), actions.to(d), every,
+                                                   None if g_now is None else g_now.to(d))
         B = actions.shape[0]
         rows = lambda x: x.reshape(-1, x.shape[-1]).expand(B, x.shape[-1])
-        z = self._ort(DIRECT_ONNX[0], z=rows(z_now), q=rows(q), qd=rows(qd), q_cmd=rows(q_cmd), actions=actions)
+        extra = {}
+        if self.cfg.goal_residual:
+            if g_now is None:
+                raise ValueError("this direct predictor predicts the change of the frame's goal features: "
+                                 "it needs them (g_now)")
+            extra["g_now"] = rows(g_now)
+        z = self._ort(DIRECT_ONNX[0], z=rows(z_now), q=rows(q), qd=rows(qd), q_cmd=rows(q_cmd), actions=actions,
+                      **extra)
         return z[:, every - 1::every]
 
     @torch.no_grad()

@@ -121,7 +121,8 @@ class WorldModelProtocol(Protocol):
 
     # models with a direct predictor (``predictor: direct``) also have has_direct = True, goal_dim = G,
     # encode_goal(image (B,3,S,S)) -> (B,G) and
-    # rollout_direct(z_now (B,D), q, qd, q_cmd (A,), actions (B,T,A), every) -> (B,T//every,G)
+    # rollout_direct(z_now (B,D), q, qd, q_cmd (A,), actions (B,T,A), every, g_now) -> (B,T//every,G),
+    # where g_now (G,), the frame's goal features, is read by models with goal_residual = True
 
 
 @dataclass(frozen=True)
@@ -292,15 +293,37 @@ class Planner:
         return self.model.read_tool(image.to(self.device))[0]
 
     @torch.no_grad()
-    def goal_from_embedding(self, z: Tensor, joint_state) -> Tensor:
+    def goal_from_embedding(self, z: Tensor, joint_state, g_now: Tensor | None = None) -> Tensor:
         """A goal taught from an embedding z (D,) and the joint state (q, qd) it was seen with:
         z's goal dims, or (``predictor='direct'``) the direct predictor's goal-space
-        embedding of staying there."""
+        embedding of staying there (from g_now (G,) too, the frame's goal features, with a
+        model that reads them: :meth:`needs_goal_features`)."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device).flatten()
         if self.config.predictor != "direct":
             return z[self.model.goal_dims]
         q, qd = (torch.as_tensor(x, dtype=torch.float32, device=self.device).flatten() for x in joint_state)
-        return self.model.rollout_direct(z[None], q, qd, q, torch.zeros(1, 1, q.shape[0], device=self.device))[0, 0]
+        g_now = self._goal_features(g_now)
+        return self.model.rollout_direct(z[None], q, qd, q, torch.zeros(1, 1, q.shape[0], device=self.device),
+                                         1, g_now)[0, 0]
+
+    def needs_goal_features(self, config: PlannerConfig | None = None) -> bool:
+        """Whether planning (under ``config``, default: current) needs the source frame's goal
+        features: the direct predictor of a model with ``goal_residual`` reads them."""
+        return (config or self.config).predictor == "direct" and bool(getattr(self.model, "goal_residual", False))
+
+    def _goal_features(self, g_now) -> Tensor | None:
+        """The frame's goal features as a (G,) tensor on the device, checked, when the model reads
+        them (else None); ValueError when they are missing, of another size or not finite."""
+        if not self.needs_goal_features():
+            return None
+        if g_now is None:
+            raise ValueError("this model's direct predictor predicts the change of the frame's goal features "
+                             "(goal_residual): plan needs them (g_now, the encoder's /ami/goal_features)")
+        g_now = torch.as_tensor(g_now, dtype=torch.float32, device=self.device).flatten()
+        if g_now.shape != (self.model.goal_dim,) or not bool(torch.isfinite(g_now).all()):
+            raise ValueError(f"g_now: need the frame's {self.model.goal_dim} finite goal features, "
+                             f"got {tuple(g_now.shape)}")
+        return g_now
 
     def check_config(self, config: PlannerConfig) -> PlannerConfig:
         """``config`` validated and servable by this planner's model, or ValueError saying why not."""
@@ -359,7 +382,7 @@ class Planner:
     # ---- planning ----
     @torch.no_grad()
     def plan(self, z_hist: Tensor, goal: Tensor, q0, prev_action, advance: int = 1,
-             joint_state=None, goal_tool=None, deadline: float | None = None) -> PlanResult:
+             joint_state=None, goal_tool=None, deadline: float | None = None, g_now=None) -> PlanResult:
         """Plan from the recent embeddings ``z_hist`` (h, D) towards ``goal`` (D,) or (Dg,).
 
         q0 (A,): commanded joint target now; prev_action (A,): last executed action;
@@ -367,7 +390,8 @@ class Planner:
         joint_state: measured (q, qd), each (A,); needed by ``predictor='direct'``;
         goal_tool: (3,) the tool position read off the goal image (m) for the cost's
         ``goal_tool`` term (:meth:`read_goal_tool`), or None; deadline: when the search should
-        be done (:func:`time.perf_counter`), or None (see the module docstring).
+        be done (:func:`time.perf_counter`), or None (see the module docstring); g_now: (G,) the
+        source frame's goal features, needed when :meth:`needs_goal_features` (else unused).
         """
         t0 = time.perf_counter()
         c, m, dev = self.config, self.model, self.device
@@ -401,8 +425,9 @@ class Planner:
                 raise ValueError(f"joint_state: need two finite ({A},) vectors")
         else:
             jq = jqd = None
+        g_now = self._goal_features(g_now)
 
-        predict, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
+        predict, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool, g_now)
         subgoals, coarse_cost, extra, subgoal_tool = None, None, None, None
         warm = self._shifted(self._warm, advance, A) if c.warm_start else None
         k_t = self.ticks                                 # a step of the flat plan: k_t actions, one per tick
@@ -410,7 +435,8 @@ class Planner:
         if c.mode == "flat":
             mean0 = warm if warm is not None else torch.zeros(H, k_t * A, **f32)
             if self._graphable():
-                actions, cost, predicted, terms = self._graphed_flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean0)
+                actions, cost, predicted, terms = self._graphed_flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, g_now,
+                                                                     mean0)
                 self._warm = actions
                 steps, n = c.model_steps(), c.candidates
                 return PlanResult(
@@ -474,9 +500,9 @@ class Planner:
             terms=dict(zip(terms, torch.cat(list(terms.values())).tolist())), coarse_cost=coarse_cost,
             subgoal_tool=None if subgoal_tool is None else subgoal_tool.cpu(), cut=cut, candidates=nc)
 
-    def _evaluators(self, z_hist, goal, q0, prev, jq, jqd, goal_tool):
+    def _evaluators(self, z_hist, goal, q0, prev, jq, jqd, goal_tool, g_now):
         """The model and cost calls of one plan, over its inputs (:meth:`plan`'s, as tensors on the
-        device; jq, jqd None unless ``predictor='direct'``): ``predict(cand, every)`` and
+        device; jq, jqd None unless ``predictor='direct'``, g_now unless the model reads it): ``predict(cand, every)`` and
         ``fine_eval(cand, subgoal, s, goal_tool)`` -> (cost (N,), predictions), and ``terms(plan, z,
         subgoal, s, goal_tool)``: the cost's weighted terms of one plan (T, A) and its predictions."""
         c, m = self.config, self.model
@@ -491,7 +517,7 @@ class Planner:
             # no autocast cache: a cast cached while a CUDA graph is captured would not be replayed
             with torch.autocast(cand.device.type, dtype=low, enabled=low is not None, cache_enabled=False):
                 if direct:
-                    z = m.rollout_direct(z_hist[-1].expand(n, -1), jq, jqd, q0, cand, every)
+                    z = m.rollout_direct(z_hist[-1].expand(n, -1), jq, jqd, q0, cand, every, g_now)
                 elif every == 1:
                     z = m.rollout(z_hist.expand(n, -1, -1), cand)
                 else:
@@ -529,14 +555,14 @@ class Planner:
             return f"cuda graph ({len(self._graphs)} captured)"
         return "eager"
 
-    def _graphed_flat(self, z_hist, goal, q0, prev, jq, jqd, goal_tool, mean0):
+    def _graphed_flat(self, z_hist, goal, q0, prev, jq, jqd, goal_tool, g_now, mean0):
         """The flat search (all iterations, then the final mean's cost and terms) replayed from a CUDA
         graph captured per settings, cost weights, number of keep-out boxes and input shapes (new
         boxes are copied into the captured ones). The noise is drawn
         from the planner's generator outside the graph, in the order the eager search draws it, so
         the seed means what it means there. Returns (plan (H, A), cost float, predictions, terms)."""
         c, w, boxes = self.config, self.cost.weights, self.cost.keep_out
-        inputs = (z_hist, goal, q0, prev, jq, jqd, goal_tool, mean0)
+        inputs = (z_hist, goal, q0, prev, jq, jqd, goal_tool, g_now, mean0)
         key = (c, w, len(boxes), tuple(None if x is None else tuple(x.shape) for x in inputs))
         entry = self._graphs.get(key)
         if entry is not None and entry[2] is not boxes:    # new keep-out boxes, as many: into the captured ones
@@ -549,8 +575,8 @@ class Planner:
                              device=self.device)
                  for _ in range(c.iterations)]
 
-        def flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, mean, *noise):
-            _, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool)
+        def flat(z_hist, goal, q0, prev, jq, jqd, goal_tool, g_now, mean, *noise):
+            _, fine_eval, plan_terms = self._evaluators(z_hist, goal, q0, prev, jq, jqd, goal_tool, g_now)
             st = self._search_begin(mean, bound)
             for eps in noise:
                 st = self._search_step(fine_eval, st, eps, bound, c.elites)

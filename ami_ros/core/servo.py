@@ -109,23 +109,25 @@ class FeatureServo:
 
 
 @torch.no_grad()
-def held_outcomes(model, z: torch.Tensor, q, qd, q_cmd, steps: torch.Tensor, hold: int) -> torch.Tensor:
+def held_outcomes(model, z: torch.Tensor, q, qd, q_cmd, steps: torch.Tensor, hold: int,
+                  g_now: torch.Tensor | None = None) -> torch.Tensor:
     """The direct predictor's goal-space outcome of each target step (N, A) from the commanded
     target q_cmd, held ``hold`` control steps -> (N, G); from the frame's embedding z (D,) or
-    (1, D) and its joint state q, qd (A,) (tensors on the model's device)."""
+    (1, D), its joint state q, qd (A,) and, for a model that reads them, its goal features
+    g_now (G,) (tensors on the model's device)."""
     n, A = steps.shape
     actions = torch.cat([steps[:, None], torch.zeros(n, hold - 1, A, device=steps.device)], 1)   # (N, hold, A)
-    return model.rollout_direct(z.reshape(1, -1), q, qd, q_cmd, actions)[:, -1]
+    return model.rollout_direct(z.reshape(1, -1), q, qd, q_cmd, actions, 1, g_now)[:, -1]
 
 
 def outcome_jacobian(model, z: torch.Tensor, q, qd, q_cmd, bound: np.ndarray, hold: int,
-                     fd_step: float) -> np.ndarray:
+                     fd_step: float, g_now: torch.Tensor | None = None) -> np.ndarray:
     """dg/dq_target (G, A): central differences of :func:`held_outcomes` for a target step of
     +-``fd_step`` x bound on each joint."""
     A = len(bound)
     h = fd_step * np.asarray(bound, dtype=np.float64)                                  # (A,)
     steps = torch.as_tensor(np.vstack([np.diag(h), -np.diag(h)]), dtype=torch.float32, device=z.device)
-    out = held_outcomes(model, z, q, qd, q_cmd, steps, hold).double().cpu().numpy()     # (2A, G)
+    out = held_outcomes(model, z, q, qd, q_cmd, steps, hold, g_now).double().cpu().numpy()   # (2A, G)
     return ((out[:A] - out[A:]) / (2.0 * h[:, None])).T
 
 

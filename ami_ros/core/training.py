@@ -492,7 +492,7 @@ def evaluate_direct(model: WorldModel, test_eps, z_test, horizons, device) -> di
         if fine_too:
             roll = model.rollout(torch.stack([z[i - h + 1:i + 1] for i in s]), torch.stack([a[i:i + Hmax] for i in s]))
         for n in horizons:
-            pred = model.direct(z[s, :Dv], q[s], qd[s], qc[s + n] - q[s], a[s + n - 1])
+            pred = model.direct(z[s, :Dv], q[s], qd[s], qc[s + n] - q[s], a[s + n - 1], g[s])
             err[n].append(((pred - g[s + n]) ** 2).sum(-1))
             base[n].append(((g[s] - g[s + n]) ** 2).sum(-1))
             if fine_too:
@@ -786,8 +786,8 @@ def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "
         t, u = torch.as_tensor(t, device=device), torch.as_tensor(t + j, device=device)
         x = model.direct.features(Z[t], q[t], qd[t], qc[u] - q[t], act[u - 1])   # (n, Din)
         pred = model.direct.members(x.view(E, cfg.direct_batch, -1))              # (E, B, G)
-        if model.direct.residual:
-            pred = pred + Z[t].view(E, -1, Dv)
+        if model.direct.residual:                                                  # on z_vis or g_now
+            pred = pred + model.direct.anchor(Z[t], Y[t]).view(E, cfg.direct_batch, -1)
         return ((pred - Y[u].view(E, -1, G)) ** 2).sum(-1).mean()
 
     first, last = _fit(opt, cfg.direct_steps, cfg.direct_lr, loss_at, progress)

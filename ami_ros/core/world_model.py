@@ -19,7 +19,9 @@ space*: z_vis, or with ``goal_features = G`` the top G principal components of
 the image encoder's last feature map (a spatial map that tells arm poses apart
 better than the 32 numbers of z_vis; DINO-WM plans on patch features for the same
 reason), and goal images are encoded into the same space
-(:meth:`WorldModel.encode_goal`). The planner uses it with ``predictor: direct``.
+(:meth:`WorldModel.encode_goal`); on z_vis it predicts the change from z_vis now, on
+goal features the features themselves or (``goal_residual``) their change from the
+frame's own, which it then reads. The planner uses it with ``predictor: direct``.
 With ``tool_readout`` a separate small CNN reads the tool point's position off an
 image (:class:`ToolReadout`); the planner steers by its reading of the goal image.
 Nothing is ever predicted in pixel space.
@@ -51,6 +53,9 @@ class ModelConfig:
     direct_ensemble: int = 1      # its members (MLPs averaged)
     goal_features: int = 0        # G > 0: the direct predictor predicts, and goals are compared in, the top G principal
                                   # components of the image encoder's last feature map; 0: in z_vis
+    goal_residual: bool = False   # with goal_features: the direct predictor predicts their change from the frame's
+                                  # own goal features (a residual, as it is on z_vis), which it then reads; False:
+                                  # the features themselves
     tool_readout: bool = False    # a separate CNN reading the tool point's position (m, base frame) off an image
     tool_channels: tuple = (16, 32, 64, 128)  # its conv widths (all stride 2)
     inverse_dim: int = 0          # > 0: a training-only inverse-dynamics head (hidden width inverse_dim) reads the
@@ -74,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"pixel_std_floor must be in [0, 255] (0: off), not {self.pixel_std_floor}")
         if self.goal_features and not self.direct:
             raise ValueError("goal_features needs direct=True")
+        if self.goal_residual and not self.goal_features:
+            raise ValueError("goal_residual needs goal_features > 0 (on z_vis the direct predictor is a residual always)")
         if self.tool_readout and self.image_size % 2 ** len(self.tool_channels):
             raise ValueError(f"tool_readout: image_size {self.image_size} must be a multiple of "
                              f"{2 ** len(self.tool_channels)} (one halving per tool channel)")
@@ -274,7 +281,8 @@ class DirectPredictor(nn.Module):
     """z_vis now (B, Dv), joint state q, qd (B, A), commanded target offset
     dq = q_cmd[t+j] - q[t] (B, A) and the action into step t+j (B, A, the commanded
     velocity then) -> the goal-space embedding at t+j (B, G): z_vis (a residual on
-    z_vis now) or, with ``goal_features``, the image's goal features.
+    z_vis now) or, with ``goal_features``, the image's goal features (with
+    ``goal_residual`` a residual on the frame's own, g_now (B, G); else absolute).
 
     z_vis now carries the scene (where the cube is); the joint state and the target
     say where the arm will be. An ensemble of E MLPs (``direct_ensemble``)
@@ -284,7 +292,8 @@ class DirectPredictor(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         E, W = cfg.direct_ensemble, cfg.direct_width
-        self.residual = not cfg.goal_features       # z_vis -> z_vis: a residual; -> goal features: absolute
+        self.goal_residual = cfg.goal_residual      # a residual on g_now, the frame's goal features
+        self.residual = not cfg.goal_features or cfg.goal_residual   # else absolute goal features
         dims = [cfg.vis_dim + 4 * cfg.dof, W, W, W, cfg.goal_dim]
         self.weight = nn.ParameterList()
         self.bias = nn.ParameterList()
@@ -306,10 +315,20 @@ class DirectPredictor(nn.Module):
         """(B, Dv), four (B, A) -> the MLP input (B, Dv + 4A)."""
         return torch.cat([z_vis, q, qd, dq, action], -1)
 
-    def forward(self, z_vis, q, qd, dq, action):
-        """-> (B, G) the goal-space prediction (G = goal_dim)."""
+    def anchor(self, z_vis, g_now):
+        """What the residual is on: g_now (B, G) with ``goal_residual``, else z_vis (B, Dv)."""
+        if not self.goal_residual:
+            return z_vis
+        if g_now is None:
+            raise ValueError("this direct predictor predicts the change of the frame's goal features: "
+                             "it needs them (g_now)")
+        return g_now
+
+    def forward(self, z_vis, q, qd, dq, action, g_now=None):
+        """-> (B, G) the goal-space prediction (G = goal_dim); g_now (B, G): the frame's goal
+        features, read with ``goal_residual`` only."""
         out = self.members(self.features(z_vis, q, qd, dq, action)).mean(0)
-        return z_vis + out if self.residual else out
+        return self.anchor(z_vis, g_now) + out if self.residual else out
 
 
 def direct_inputs(z_now, q, qd, q_cmd, actions, every: int = 1):
@@ -408,14 +427,23 @@ class WorldModel(nn.Module):
         f = self.encoder.image.features(img)                                  # (B, F)
         return self.encoder.image.proj(f), (f - self.feature_mean) @ self.feature_basis
 
+    @property
+    def goal_residual(self) -> bool:
+        """Whether rollout_direct needs the frame's goal features (g_now)."""
+        return bool(self.cfg.goal_residual)
+
     def rollout_direct(self, z_now: torch.Tensor, q: torch.Tensor, qd: torch.Tensor, q_cmd: torch.Tensor,
-                       actions: torch.Tensor, every: int = 1) -> torch.Tensor:
+                       actions: torch.Tensor, every: int = 1, g_now: torch.Tensor | None = None) -> torch.Tensor:
         """z_now (B, D), joint state q, qd and commanded target q_cmd now ((A,) or (B, A)),
         actions (B, T, A) -> (B, H, G), the goal-space embeddings (see :meth:`encode_goal`)
         at the steps every-1, 2*every-1, ... (H = T // every; every = k_coarse gives the
-        coarse steps)."""
+        coarse steps). g_now ((G,) or (B, G)): the frame's goal features, needed with
+        ``goal_residual`` (:attr:`goal_residual`), else unused."""
         inputs = direct_inputs(z_now[..., :self.cfg.vis_dim], q, qd, q_cmd, actions, every)
-        return self.direct(*inputs).view(actions.shape[0], actions.shape[1] // every, -1)
+        B, H = actions.shape[0], actions.shape[1] // every
+        if g_now is not None and self.goal_residual:
+            g_now = g_now.reshape(-1, 1, g_now.shape[-1]).expand(B, H, -1).reshape(B * H, -1)
+        return self.direct(*inputs, g_now).view(B, H, -1)
 
     def rollout_coarse(self, z_now: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """z_now (B, D), actions (B, Hc, k*A) -> (B, Hc, D)."""

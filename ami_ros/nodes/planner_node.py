@@ -13,7 +13,9 @@ Subscribes
                     (core.actor.Actor.goal_tool_from); without it the goal image's reading is used as is
   /ami/goal_features sensor_msgs/Image 32FC1 (encoder_node, models with a direct predictor): a frame's
                     goal-space features, stamped as its embedding; near the goal the feature servo
-                    (core.servo, ``servo.*``) steps on them instead of planning; without them it plans
+                    (core.servo, ``servo.*``) steps on them instead of planning; without them it plans.
+                    A model whose direct predictor predicts their change (``goal_residual``) needs
+                    them to plan: without the latest frame's it sends nothing (the gate holds the arm)
 Services
   /ami/teach_goal   std_srvs/Trigger: the current embedding becomes the goal (a taught goal)
   /ami/clear_goal   std_srvs/Trigger: stop planning (the safety node then holds the arm)
@@ -117,7 +119,9 @@ def _sphere(header, ns: str, marker_id: int, position, diameter: float, rgba) ->
 #: why a goal gets no plans, as a user reads it (the Actor's idle reasons about missing inputs)
 _MISSING = {"no_embedding": "no embedding has arrived (is encoder_node running and the camera publishing?)",
             "stale_embedding": "the embeddings are stale (the camera or encoder_node stalled)",
-            "stale_joint_state": "the joint states are stale (is the arm driver publishing /joint_states?)"}
+            "stale_joint_state": "the joint states are stale (is the arm driver publishing /joint_states?)",
+            "no_goal_features": "the frame's goal features have not arrived (this model's direct predictor reads "
+                                "them: /ami/goal_features, from encoder_node)"}
 
 
 class PlannerNode(Node):
@@ -433,8 +437,10 @@ class PlannerNode(Node):
                 self.planner.set_config(self.planner.config.replace(**planner))
                 if "precision" in planner and (warning := self.planner.precision_warning()):
                     self.get_logger().warning(warning)
-                if "predictor" in planner:  # the goal lives in its space
-                    self.actor.reencode_goal()
+                if "predictor" in planner and (why := self.actor.reencode_goal()):  # the goal lives in its space
+                    self.get_logger().error(f"goal dropped: it cannot be encoded for planner.predictor "
+                                            f"{self.planner.config.predictor}: {why}")
+                    self._publish_status()
             if cost:
                 self.planner.cost.set_weights(**cost)
             rules = tuple(StopRules.RANGES)                  # goal_tolerance, settle_patience, settle_min_improvement

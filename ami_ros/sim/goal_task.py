@@ -164,7 +164,8 @@ class WorldModelAgent:
         self.actor.observe_joint_state(stamp, q, qd, stamp)
         image = image_to_tensor(frame[None])
         state = torch.as_tensor(q[None], dtype=torch.float32), torch.as_tensor(qd[None], dtype=torch.float32)
-        if self.actor.servo.config.engage_energy > 0 and self.planner.config.predictor == "direct":
+        servo = self.actor.servo.config.engage_energy > 0 and self.planner.config.predictor == "direct"
+        if servo or self.planner.needs_goal_features():
             z, g = self.model.encode_with_goal(image, *state)
             self.actor.observe_goal_features(stamp, g[0])
         else:

@@ -76,7 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-predictors", action="store_true",
                    help="with --encoder-from: start the fine and coarse predictors from that model's too "
                         "(--refine-steps trains them further; 0 keeps them), and its direct predictor where the "
-                        "--direct-* and --goal-features options match (--direct-steps 0 keeps it as is)")
+                        "--direct-* and --goal-* options match (--direct-steps 0 keeps it as is)")
     p.add_argument("--direct", action="store_true",
                    help="also train a direct predictor (stage 3, on the frozen encoder's embeddings): from the "
                         "current image embedding and joint state to the image's embedding j steps ahead (z_vis, or "
@@ -88,6 +88,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--goal-features", type=int, default=0, metavar="G",
                    help="with --direct: predict and compare goals in the top G principal components of the image "
                         "encoder's last feature map (conv encoder) instead of in z_vis (0)")
+    p.add_argument("--goal-residual", action="store_true",
+                   help="with --goal-features: the direct predictor predicts the goal features' change from the "
+                        "frame's own (which the planner then takes from the encoder, /ami/goal_features)")
     p.add_argument("--direct-span", type=int, default=16, help="control steps ahead the direct predictor learns")
     p.add_argument("--tool-readout-steps", type=int, default=0, metavar="N",
                    help="also train a tool readout for N steps (stage 4): a CNN reading the tool point's position off "
@@ -250,7 +253,8 @@ def run(args) -> int:
             return 2
         args.image_size = init.cfg.image_size
     direct = dict(direct=args.direct, direct_width=args.direct_width, direct_ensemble=args.direct_ensemble,
-                  goal_features=args.goal_features, tool_readout=args.tool_readout_steps > 0)
+                  goal_features=args.goal_features, goal_residual=args.goal_residual,
+                  tool_readout=args.tool_readout_steps > 0)
     try:
         if src is not None:  # the source's encoder config; only the predictors' options apply
             ticks = src.cfg.predictor_ticks if args.keep_predictors else args.frame_skip
@@ -269,12 +273,12 @@ def run(args) -> int:
             print("error: --keep-predictors: --k-coarse differs from the source model's", file=sys.stderr)
             return 2
         args.epochs = 0
-        direct_keys = ("direct", "direct_width", "direct_ensemble", "goal_features")
+        direct_keys = ("direct", "direct_width", "direct_ensemble", "goal_features", "goal_residual")
         keep_direct = args.keep_predictors and mcfg.direct and all(
             getattr(mcfg, k) == getattr(src.cfg, k) for k in direct_keys)
         if mcfg.direct and args.direct_steps == 0 and not keep_direct:
             print("error: --direct-steps 0 leaves the direct predictor untrained (keep the source's with "
-                  "--keep-predictors and the same --direct-* / --goal-features options)", file=sys.stderr)
+                  "--keep-predictors and the same --direct-* / --goal-* options)", file=sys.stderr)
             return 2
     # the configuration is settled before the (slow) loading of the episodes
     episodes, errors = [], []

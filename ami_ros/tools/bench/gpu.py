@@ -71,7 +71,8 @@ def bench_gpu(folder: str, args, out: dict, accel: str = "cuda") -> str:
     def planner(dev, **over):
         pl = build_planner(models[dev], arm, stack, dt, **over)
         goal, tool = pl.encode_goal(img.to(kind[dev]))[0], pl.read_goal_tool(img)
-        return pl, (lambda: pl.plan(z_hist, goal, q0, prev, joint_state=(q0, 0 * q0), goal_tool=tool))
+        return pl, (lambda: pl.plan(z_hist, goal, q0, prev, joint_state=(q0, 0 * q0), goal_tool=tool,
+                                                 g_now=goal))
 
     # the cuda rows: the search as one CUDA graph (planner.cuda_graph, the default) and eager (one launch per op)
     rows, res["planner_default"] = [], {}

@@ -59,8 +59,8 @@ def bench_planner(folder: str, args, out: dict) -> str:
     def time_plan(**over):
         pl = build_planner(model, arm, stack, dt, **{**base, **over})
         goal = goal_for(pl)
-        ts = time_calls(lambda: pl.plan(z_hist, goal, q0, prev, joint_state=joint_state), min_reps, max_reps,
-                         budget, warmup=1)
+        ts = time_calls(lambda: pl.plan(z_hist, goal, q0, prev, joint_state=joint_state, g_now=goal), min_reps,
+                        max_reps, budget, warmup=1)
         return stats(ts), pl.model_steps_per_plan()
 
     # --- threads 1 vs 2 (default config, flat CEM) ---
@@ -109,8 +109,8 @@ def bench_planner(folder: str, args, out: dict) -> str:
                 continue
             pl = build_planner(onnx_model, arm, stack, dt, method=method, mode=mode, predictor=predictor)
             goal = goal_for(pl)
-            s = stats(time_calls(lambda: pl.plan(z_hist, goal, q0, prev, joint_state=joint_state), min_reps,
-                                   max_reps, budget, 1))
+            s = stats(time_calls(lambda: pl.plan(z_hist, goal, q0, prev, joint_state=joint_state, g_now=goal),
+                                 min_reps, max_reps, budget, 1))
             steps = pl.model_steps_per_plan()
         else:
             s, steps = time_plan(method=method, mode=mode, predictor=predictor)
