@@ -756,7 +756,7 @@ def train_direct(model: WorldModel, cfg: TrainConfig, train_eps, device: str = "
     if model.direct is None or cfg.direct_steps <= 0:
         return {}
     model.eval()
-    Dv, J, E, G = model.cfg.vis_dim, cfg.direct_span, model.cfg.direct_ensemble, model.cfg.goal_dim
+    J, E, G = cfg.direct_span, model.cfg.direct_ensemble, model.cfg.goal_dim
     with torch.no_grad():
         pca = fit_goal_features(model, train_eps, device) if model.cfg.goal_features else {}
         parts = [encode_vis_and_goal_episode(model, e, device) for e in train_eps]
