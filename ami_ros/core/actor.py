@@ -107,8 +107,8 @@ class Actor:
         self.goal_vis = None        # (Dv,) the goal's z_vis: the measured goal distance
         self.goal_tool = None       # (3,) tensor: where the goal has the tool point (m), or None
         self.tool_reading = None    # (stamp, (3,) tensor): the tool readout's reading of the latest frame
-        self.goal_features = None   # (stamp, (G,) tensor): the latest frame's goal-space features (the servo's)
-        self.recent_goal_features = deque(maxlen=8)   # the last few such pairs: a frame's, whichever arrives first
+        self.recent_goal_features = deque(maxlen=8)   # (stamp, (G,) tensor): the last few frames' goal-space
+                                    # features (the servo's; a frame's whether they or its embedding arrive first)
         self.tool_correction = float("nan")   # m: how far the last step moved the goal's tool position (NaN: not)
         self.goal_tool_aim = None   # (3,) tensor: where the last step's goal_tool term aimed (goal_tool_from)
         self.goal_source = None     # ("image", (1, 3, H, W)) or ("taught", z (D,), (q, qd), g): re-encoded on
@@ -162,8 +162,12 @@ class Actor:
         with self.lock:
             if self.goal is not None and g.shape != self.goal.shape:
                 raise ValueError(f"goal features: {g.numel()} values, the planner's goal space has {self.goal.numel()}")
-            self.goal_features = (float(stamp), g)
-            self.recent_goal_features.append(self.goal_features)
+            self.recent_goal_features.append((float(stamp), g))
+
+    @property
+    def goal_features(self) -> tuple[float, torch.Tensor] | None:
+        """(stamp, (G,) tensor): the goal-space features observed last, or None."""
+        return self.recent_goal_features[-1] if self.recent_goal_features else None
 
     def goal_features_of(self, stamp: float) -> torch.Tensor | None:
         """The goal-space features (G,) observed for the frame taken at ``stamp``, if among the
@@ -292,7 +296,7 @@ class Actor:
         with self.lock:
             self.memory.clear()
             self.joint_history.clear()
-            self.joint = self.q_cmd = self.last_targets = self.tool_reading = self.goal_features = None
+            self.joint = self.q_cmd = self.last_targets = self.tool_reading = None
             self.recent_goal_features.clear()
 
     def warm_up(self, image=None) -> float:

@@ -27,7 +27,7 @@ import torch
 import yaml
 
 from ami_ros.core.devices import Placement
-from ami_ros.core.world_model import ModelConfig, WorldModel
+from ami_ros.core.world_model import NEEDS_G_NOW, ModelConfig, WorldModel
 
 ONNX_FILES = ("encoder.onnx", "encoder_image.onnx", "predictor.onnx", "predictor_coarse.onnx")
 DIRECT_ONNX = ("predictor_direct.onnx", "encoder_goal.onnx")
@@ -306,8 +306,7 @@ class LoadedModel:
         extra = {}
         if self.cfg.goal_residual:
             if g_now is None:
-                raise ValueError("this direct predictor predicts the change of the frame's goal features: "
-                                 "it needs them (g_now)")
+                raise ValueError(NEEDS_G_NOW)
             extra["g_now"] = rows(g_now)
         z = self._ort(DIRECT_ONNX[0], z=rows(z_now), q=rows(q), qd=rows(qd), q_cmd=rows(q_cmd), actions=actions,
                       **extra)

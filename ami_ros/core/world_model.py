@@ -124,6 +124,9 @@ class ModelConfig:
         return cls(**d)  # fields a card written before them lacks take the defaults above
 
 
+#: the refusal of a prediction without the frame's goal features by a model that reads them (``goal_residual``)
+NEEDS_G_NOW = "this direct predictor predicts the change of the frame's goal features: it needs them (g_now)"
+
 #: model options that were tried and retired (docs/results.md), with the value the code builds
 #: (None: the option had no effect on the models this code builds)
 RETIRED_OPTIONS = {"encoder": "conv", "keypoints": None, "prop_encoder": "mlp", "vis_to_prop": False,
@@ -320,8 +323,7 @@ class DirectPredictor(nn.Module):
         if not self.goal_residual:
             return z_vis
         if g_now is None:
-            raise ValueError("this direct predictor predicts the change of the frame's goal features: "
-                             "it needs them (g_now)")
+            raise ValueError(NEEDS_G_NOW)
         return g_now
 
     def forward(self, z_vis, q, qd, dq, action, g_now=None):
