@@ -68,6 +68,14 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
     assert _train("--recipe", recipe, "--work", work, "--out", str(tmp_path / "again"), "--threads", "1") == 0
     log = capsys.readouterr().out
     assert "data a: reusing" in log and "stage 1/3 encoder: done before" in log
+    # another recipe file that changes only the last stage reuses the two before it, made by the first
+    head = dict(TINY, stages=[*TINY["stages"][:2], {**TINY["stages"][2], "train": {
+        **TINY["stages"][2]["train"], "direct_steps": 4}}])
+    assert _train("--recipe", _write(tmp_path / "head.yaml", head), "--work", work, "--out",
+                  str(tmp_path / "head"), "--threads", "1") == 0
+    log = capsys.readouterr().out
+    assert "stage 1/3 encoder: done before" in log and "stage 2/3 predictors: done before" in log
+    assert "(by tiny.yaml, same settings)" in log and "stage 3/3 head: ami-ros train" in log
     # data collected in another scene (another URDF or camera) is not taken for it either
     index = os.path.join(work, "data", "a", "index.yaml")
     with open(index) as f:
@@ -89,6 +97,27 @@ def test_a_recipe_builds_a_model_from_nothing_and_resumes(tmp_path, capsys):
     assert "--command-topic none" in capsys.readouterr().out
     assert load_model(str(tmp_path / "m"), "torch").card["action_source"] == "measured"
     assert m.card["action_source"] == "commands"
+
+
+def test_a_stage_is_known_by_its_settings_and_those_of_the_stages_before_it(tmp_path):
+    from ami_ros.tools.recipe import stage_keys
+
+    def keys(recipe, scene="s" * 16):
+        return stage_keys(load_recipe(_write(tmp_path / "r.yaml", recipe)), scene)
+
+    base = keys(TINY)
+    assert len(set(base)) == 3
+    assert keys(dict(TINY, description="other words")) == base
+    later = dict(TINY, stages=[*TINY["stages"][:2], {**TINY["stages"][2], "train": {"refine_steps": 0}}])
+    assert keys(later)[:2] == base[:2] and keys(later)[2] != base[2]
+    first = dict(TINY, stages=[{**TINY["stages"][0], "train": {**TINY["stages"][0]["train"], "seed": 1}},
+                               *TINY["stages"][1:]])
+    assert all(a != b for a, b in zip(keys(first), base))
+    b_other = dict(TINY, collect={**TINY["collect"], "b": {"episodes": 2, "seed": 21}})
+    assert keys(b_other)[:2] == base[:2] and keys(b_other)[2] != base[2]   # part b is read by the last only
+    for other in (dict(TINY, actions="measured"), dict(TINY, robot="ur5e")):
+        assert all(a != b for a, b in zip(keys(other), base))
+    assert all(a != b for a, b in zip(keys(TINY, scene="t" * 16), base))
 
 
 @pytest.mark.parametrize("bad, match", [

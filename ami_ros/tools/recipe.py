@@ -27,10 +27,12 @@ model folder. The parts are collected into ``WORK/data/<part>`` in the backgroun
 (``--jobs`` processes at a time, one fewer while a stage trains): a stage starts as
 soon as its own parts are in, and the later parts are collected while it trains,
 on the cores it leaves free. A part already there with the same settings is reused, and a stage whose
-model is already in ``WORK/stages/<stage>`` from the same recipe is not run again,
-so an interrupted rebuild continues where it stopped. Each card records the
-recipe (its path as given and its sha256) and the stage; the data is named by its
-parts and hash, not by a folder of this machine.
+model is already in ``WORK/stages/<stage>`` made with the same settings is not run again: the
+same arm and scene, actions, and, for it and every stage before it, the same data parts (their
+collect options) and train options (``settings_sha256`` in its card). So an interrupted rebuild
+continues where it stopped, and a recipe changed in a later stage retrains from that stage on.
+Each card records the recipe (its path as given and its sha256) and the stage; the data is
+named by its parts and hash, not by a folder of this machine.
 """
 from __future__ import annotations
 
@@ -141,6 +143,22 @@ def _sha256(path: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def stage_keys(recipe: dict, scene: str) -> list[str]:
+    """For each stage, the sha256 of what its model is made from: the arm, the scene
+    (:func:`~ami_ros.sim.scene.scene_hash`), the actions, and for it and every stage before it
+    its name, its data parts' collect options and its train options."""
+    import json
+
+    keys, chain = [], []
+    for stage in recipe["stages"]:
+        chain.append({"name": stage["name"], "data": {p: recipe["collect"][p] for p in stage["data"]},
+                      "train": stage.get("train") or {}})
+        what = {"robot": recipe.get("robot"), "scene": scene, "actions": recipe.get("actions", "commands"),
+                "stages": chain}
+        keys.append(hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest())
+    return keys
+
+
 def _collected(folder: str, opts: dict, scene: str) -> bool:
     """Whether ``folder`` holds a finished collection made with these options in the scene
     ``scene`` (:func:`~ami_ros.sim.scene.scene_hash`: the arm's URDF, the camera and the servo)."""
@@ -175,7 +193,7 @@ class Collector:
         self.pending, self.done, self.failed = [], set(), None
         self.finished = None
         robot = _robot_argv(recipe)
-        scene = scene_hash(load_arm(recipe.get("robot")))
+        scene = self.scene = scene_hash(load_arm(recipe.get("robot")))
         for part, opts in recipe["collect"].items():
             folder = os.path.join(work, "data", part)
             if _collected(folder, {**opts, "robot": recipe.get("robot")}, scene):
@@ -298,17 +316,21 @@ def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector
     train.add_arguments(parser)
     previous = None
     stages = recipe["stages"]
+    keys = stage_keys(recipe, collector.scene)
     for i, stage in enumerate(stages):
         last = i == len(stages) - 1
         folder = out if last else os.path.join(work, "stages", stage["name"])
-        stage_record = {**record, "stage": stage["name"], "stage_index": i + 1, "stages": len(stages)}
+        stage_record = {**record, "stage": stage["name"], "stage_index": i + 1, "stages": len(stages),
+                        "settings_sha256": keys[i]}
         card_path = os.path.join(folder, "card.yaml")
         if not last and os.path.isfile(card_path):
             with open(card_path) as f:
-                if (yaml.safe_load(f) or {}).get("recipe") == stage_record:
-                    log(f"stage {i + 1}/{len(stages)} {stage['name']}: done before, {folder}")
-                    previous = folder
-                    continue
+                made = (yaml.safe_load(f) or {}).get("recipe") or {}
+            if made.get("settings_sha256") == keys[i]:
+                by = "" if made.get("sha256") == record["sha256"] else f" (by {made.get('file')}, same settings)"
+                log(f"stage {i + 1}/{len(stages)} {stage['name']}: done before, {folder}{by}")
+                previous = folder
+                continue
         collector.wait_for(stage["data"])
         options = _argv(stage.get("train") or {}, actions, stage["name"])
         if recipe.get("actions") == "measured":
