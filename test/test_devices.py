@@ -29,9 +29,10 @@ REFERENCE_CONFIGS = {
 }
 
 
-def reference_plans(device: str = "cpu") -> dict:
+def reference_plans(device: str = "cpu", plans: int = 3) -> dict:
     """{config/plan/field: array}: three warm-started plans per config of REFERENCE_CONFIGS on the
-    shipped model, from seeded random embeddings and a goal encoded from a seeded random image."""
+    shipped model, from seeded random embeddings and a goal encoded from a seeded random image
+    (the first ``plans`` of them)."""
     from ami_ros.core.arm import load_arm
     from ami_ros.core.model_io import load_model
     from ami_ros.core.stack_config import build_planner, load_stack_config
@@ -51,7 +52,7 @@ def reference_plans(device: str = "cpu") -> dict:
         goal = planner.encode_goal(image)[0]
         goal_tool = planner.read_goal_tool(image)
         prev = torch.zeros(A)
-        for i, z_hist in enumerate(z_hists):
+        for i, z_hist in enumerate(z_hists[:plans]):
             res = planner.plan(z_hist, goal, q, prev, joint_state=(q, qd), goal_tool=goal_tool)
             prev = res.actions[0]
             out[f"{name}/{i}/actions"] = res.actions.numpy()
@@ -278,24 +279,27 @@ def test_reduced_precision_on_a_cpu_without_it_is_flagged(monkeypatch):
 
 
 def test_bf16_plans_stay_near_the_fp32_plans(monkeypatch):
-    """The reference plans (four configurations, three warm-started plans each) with the
-    predictor under bf16 autocast on the CPU: not bit for bit fp32's (the precision is applied),
-    and within 10 % of their cost and a fifth of the action bound of their actions (measured
-    here: at most 2.7 % and 0.0097 rad of 0.125)."""
+    """The reference plans (four configurations, the first two warm-started plans of each: bf16
+    on this CPU takes 5 s a plan) with the predictor under bf16 autocast on the CPU: not bit for
+    bit fp32's (the precision is applied), and within 10 % of their cost and a fifth of the action
+    bound of their actions (measured here over three plans: at most 2.7 % and 0.0097 rad of 0.125).
+    The fp32 plans are the stored reference (the test above holds today's fp32 plans to it)."""
     import ami_ros.core.stack_config as stack_config
 
+    ref = np.load(REFERENCE)
+    fp32 = {k: ref[k] for k in ref.files if k not in ("torch_version", "machine")}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        fp32 = reference_plans()
         build = stack_config.build_planner
         monkeypatch.setattr(stack_config, "build_planner", lambda *a, **k: build(*a, precision="bf16", **k))
-        bf16 = reference_plans()
+        bf16 = reference_plans(plans=2)
     finally:
         torch.set_num_threads(threads)
     bound = 0.125
-    assert any(not np.array_equal(fp32[k], bf16[k]) for k in fp32 if k.endswith("/actions"))
-    for k in fp32:
+    assert len(bf16) and set(bf16) < set(fp32)
+    assert any(not np.array_equal(fp32[k], bf16[k]) for k in bf16 if k.endswith("/actions"))
+    for k in bf16:
         if k.endswith("/cost"):
             assert abs(bf16[k] - fp32[k]) <= 0.1 * abs(fp32[k]), k
         if k.endswith("/actions"):

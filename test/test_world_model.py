@@ -489,7 +489,8 @@ def test_the_non_linear_probe_reads_a_curved_quantity_the_linear_one_misses():
     mlp = _mlp_r2_each(X[:2400], Y[:2400], X[2400:], Y[2400:])
     assert lin[0] < 0.2 and mlp[0] > 0.9, (lin, mlp)
     assert mlp[1] < 0.1 and np.isnan(mlp[2]) and np.isnan(lin[2])
-    np.testing.assert_array_equal(mlp, _mlp_r2_each(X[:2400], Y[:2400], X[2400:], Y[2400:]))   # one seed, one probe
+    short = [_mlp_r2_each(X[:600], Y[:600], X[2400:], Y[2400:], steps=200) for _ in range(2)]
+    np.testing.assert_array_equal(*short)                                                     # one seed, one probe
 
 
 def test_the_mlp_probe_reads_an_arms_forward_kinematics_off_its_joint_angles():

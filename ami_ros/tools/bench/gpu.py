@@ -9,6 +9,8 @@ from ami_ros.tools.bench.table import stats, table, time_calls
 
 FRAME_MS = 1000.0 / 30.0            # one camera frame at 30 Hz
 PRECISIONS = ("fp32", "bf16", "fp16")
+CANDIDATES = (256, 1024, 2560, 4096, 8192, 16384, 32768)   # the sweep of candidates per plan
+QUICK_CANDIDATES = (256, 1024)                               # with --quick
 
 
 def bench_gpu(folder: str, args, out: dict, accel: str = "cuda") -> str:
@@ -110,7 +112,7 @@ def bench_gpu(folder: str, args, out: dict, accel: str = "cuda") -> str:
 
     # --- how many candidates fit in one camera frame (encoder + plan within 33.3 ms) ---
     enc_ms = {p: res["encoder"][f"cuda/{p}"]["batch1_ms"]["p50"] for p in PRECISIONS}
-    sizes = [256, 1024] if quick else [256, 1024, 2560, 4096, 8192, 16384, 32768]
+    sizes = QUICK_CANDIDATES if quick else CANDIDATES
     rows, res["candidates"] = [], []
     for prec, graph in [(p, True) for p in PRECISIONS] + [("fp32", False)]:
         for n in sizes:
