@@ -183,6 +183,10 @@ def test_eval_writes_every_agent_and_the_oracle_reaches_near_goals(tmp_path):
     assert res["goal_tolerance"] > 0                        # the shipped planner config's goal-reached rule
     assert res["servo"]["engage_energy"] == 0.0             # the feature servo off, as shipped
     assert near["oracle"]["successes"] == 1                 # straight to the goal configuration
+    for r in near.values():                                 # every target counted against the gate's workspace
+        assert r["targets"] == 40 and 0 <= r["targets_outside_workspace"] <= r["targets"]
+        assert r["episodes_with_targets_outside_workspace"] == (r["targets_outside_workspace"] > 0)
+    assert near["oracle"]["targets_outside_workspace"] == 0  # a goal drawn clear of the table, straight there
     for r in near.values():
         assert r["episodes"] == 1 and np.isfinite(r["final_distance_m_median"])
         assert r["successes"] <= r["passed_within_radius"] <= 1        # an episode that ends inside passed inside
@@ -275,6 +279,25 @@ def test_run_episode_records_the_closest_approach_and_the_frame_measured_nearest
     assert r.closest_distance <= r.nearest_image_distance               # frames are taken between steps
     assert plain.nearest_image_distance is None and plain.closest_distance < 0.05
     assert 0.0 <= r.error_along_sight <= 1.0
+
+
+def test_workspace_refusals_count_the_targets_the_gate_would_refuse():
+    """The evals' targets bypass the gate: those its workspace test refuses are counted, per target
+    and per episode (a target with the tool in the table is; the arm's home is not)."""
+    from types import SimpleNamespace
+
+    from ami_ros.core.safety import SafetySpec
+    from ami_ros.sim.arm_sim import ArmSim
+    from ami_ros.tools.evaluate import workspace_refusals
+
+    arm = load_arm()
+    safety = SafetySpec.load(None, arm=arm)
+    with ArmSim(arm, render=False, seed=2) as sim:
+        low = next(q for q in (sim.spec.clip(arm.home + np.random.default_rng(i).uniform(-1.5, 1.5, arm.dof))
+                               for i in range(10000)) if arm.tool_position(q)[2] < -0.02)
+    eps = [SimpleNamespace(targets=np.stack([arm.home, low, low])), SimpleNamespace(targets=np.stack([arm.home] * 4))]
+    assert workspace_refusals(safety, eps) == {"targets_outside_workspace": 2, "targets": 7,
+                                               "episodes_with_targets_outside_workspace": 1}
 
 
 def test_along_line_of_sight_and_the_camera_position():

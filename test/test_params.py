@@ -45,7 +45,7 @@ SHIPPED = {
         "planner.cuda_graph": True,
         "cost.goal_terminal": 1.0, "cost.goal_running": 0.1, "cost.goal_discount": 1.0, "cost.smoothness": 0.01,
         "cost.effort": 0.001, "cost.joint_limit": 10.0, "cost.joint_limit_margin": 0.1, "cost.subgoal": 1.0,
-        "cost.workspace": 10.0, "cost.workspace_margin": 0.03, "cost.keep_out": 10.0, "cost.keep_out_margin": 0.03,
+        "cost.workspace": 10.0, "cost.workspace_margin": 0.01, "cost.keep_out": 10.0, "cost.keep_out_margin": 0.03,
         "cost.goal_tool": 400.0, "cost.goal_tool_radius": 0.02, "cost.goal_tool_correction_radius": 0.06,
         "servo.engage_energy": 0.0, "servo.damping": 0.01, "servo.back_ratio": 2.0, "servo.fd_step": 0.5,
     },

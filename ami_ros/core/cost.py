@@ -136,7 +136,7 @@ class CostWeights(ValidatedConfig):
     joint_limit_margin: float = 0.1
     subgoal: float = 1.0
     workspace: float = 10.0
-    workspace_margin: float = 0.03
+    workspace_margin: float = 0.01
     keep_out: float = 10.0
     keep_out_margin: float = 0.03
     goal_tool: float = 400.0
@@ -155,7 +155,8 @@ class CostWeights(ValidatedConfig):
         "workspace": (0.0, 1e6, "weight of the barrier keeping the arm's link volumes (the gate's capsules) and tool "
                       "point inside the workspace box"),
         "workspace_margin": (1e-3, 0.5, "m; the workspace barrier acts where a link volume comes within this "
-                             "distance of a face"),
+                             "distance of a face of the box the gate keeps (a wider band prices poses near the table "
+                             "the gate accepts and holds the arm above such goals: docs/results.md 28)"),
         "keep_out": (0.0, 1e6, "weight of the barrier keeping the arm's link volumes (the gate's capsules) out of the "
                      "keep-out boxes"),
         "keep_out_margin": (1e-3, 0.5, "m; the keep-out barrier acts where a link volume comes within this "

@@ -602,6 +602,7 @@ class EpisodeResult:
                                                   # to the goal (1: all of it in depth, what one camera sees worst)
     status: str | None = None                     # how the agent ended: active | reached | settled (None: no rule)
     entered_keep_out: bool = False                # a link entered one of the split's keep-out boxes (a failure)
+    targets: np.ndarray | None = None             # (steps, A) the joint targets commanded, one per control step
 
 
 def along_line_of_sight(error, target, camera) -> float:
@@ -627,7 +628,7 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
     agent.reset(goal_img, qg)
     q_cmd = sim.joint_positions()
     start = float(np.linalg.norm(sim.tool_position() - goal_tool))
-    steps_ok, times, closest = None, [], start
+    steps_ok, times, closest, targets = None, [], start, []
     nearest = (np.inf, None)                       # (measured goal distance, tool distance at that frame)
     entered = False
     with _recording(recorder):
@@ -644,6 +645,7 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
             if measured < nearest[0]:                  # NaN (not measured) never is
                 nearest = (measured, tool_now)
             q_cmd = command_actions(sim, q_cmd, actions, dt, recorder)
+            targets.append(q_cmd)
             if boxes:   # the arm's links against the boxes every 20 ms (the tool moves under 3 cm in that time)
                 for _ in range(max(1, round(dt / KEEP_OUT_CHECK_PERIOD))):
                     sim.step(KEEP_OUT_CHECK_PERIOD)
@@ -657,7 +659,8 @@ def run_episode(sim, agent, split: str, rng: np.random.Generator, dt: float = 0.
         final = float(np.linalg.norm(sim.tool_position() - goal_tool))
         along = along_line_of_sight(sim.tool_position() - goal_tool, goal_tool, sim.camera_position())
         result = EpisodeResult(split, final < success_radius and not entered, steps_ok, final, start, times,
-                               closest, nearest[1], along, getattr(agent, "status", None), entered)
+                               closest, nearest[1], along, getattr(agent, "status", None), entered,
+                               np.array(targets))
         if recorder is not None:
             recorder.observe()
             recorder.end(success=result.success, start_m=round(start, 4), final_m=round(final, 4))

@@ -8,6 +8,8 @@ that knows the goal's true joint configuration (an upper bound). With
 energy: with the simulator's outcomes (rendered and encoded) and with the direct
 predictor's (``ami_ros.sim.goal_task.TrueDynamicsAgent``, ``PredictedGreedyAgent``): the
 first tells whether the embedding suffices, the gap between them is the predictor's.
+The agents' targets go to the simulator without the safety gate; each split counts those the
+gate's workspace test would have refused (``targets_outside_workspace``).
 
 With ``--bags DIR`` it reads the bags under DIR with the recording profile (the model's image
 size, control period and joints) and reports what training reports on held-out episodes
@@ -65,8 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "per split: the fraction of poses under the tolerance, by tool distance to the goal")
     p.add_argument("--success-radius", type=float, default=0.05, help="metres (default 0.05)")
     p.add_argument("--seed", type=int, default=123)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a 2-core machine the "
-                   "sim and the planner share the cores)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, for two evaluations side by "
+                   "side on a 2-core machine; the loop renders, encodes and plans one after the other, so one "
+                   "evaluation alone plans faster with 2: the plan times in the results are at this count)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--record", default=None, metavar="DIR",
                    help="also write every simulated episode as a rosbag2 MCAP bag, as collect records them, to "
@@ -97,6 +100,7 @@ def run(args) -> int:
 
     from ami_ros.core.memory import StopRules
     from ami_ros.core.model_io import load_model
+    from ami_ros.core.safety import SafetySpec
     from ami_ros.core.servo import ServoConfig
     from ami_ros.core.stack_config import action_bound, build_planner, load_stack_config
     from ami_ros.nodes.model_path import resolve_model_path
@@ -165,10 +169,11 @@ def run(args) -> int:
                             for name, a in agents.items() if isinstance(a, WorldModelAgent)},
                "cost_weights": dict(stack["cost"]), "servo": dict(stack["servo"]), "action_scale": stack["action_scale"],
                "config_file": os.path.basename(args.config) if args.config else None,
-               "seed": args.seed, "equal_compute": bool(args.equal_compute),
+               "seed": args.seed, "threads": args.threads, "equal_compute": bool(args.equal_compute),
                **({} if variation.is_default else {"variation": variation.as_dict()}),
                "splits": {}}
     sim = ArmSim(arm, width=size, height=size, seed=args.seed, variation=variation)
+    safety = SafetySpec.load(None, arm=arm)     # the gate's workspace: the targets it would refuse are counted
     if args.true_dynamics:
         first = next(iter(agents.values()))    # the same goal space as the (first) planner
         agents["true_dynamics"] = TrueDynamicsAgent(model, sim, bound, seed=args.seed,
@@ -212,7 +217,7 @@ def run(args) -> int:
             results["splits"][split] = {}
             if split in PUSH_SPLITS:
                 results["splits"][split] = _push_split(sim, agents, bound, dt, args, PUSH_SPLITS[split], split,
-                                                       recorder)
+                                                       safety, recorder)
                 continue
             for name, agent in agents.items():
                 rng, sim.rng = episode_rngs(args.seed, split)
@@ -237,6 +242,9 @@ def run(args) -> int:
                 # measured nearest the goal image showed the tool within it (what a stopping rule could get)
                 results["splits"][split][name]["passed_within_radius"] = sum(
                     e.closest_distance < args.success_radius for e in eps)
+                # the targets went to the simulator without the gate: those its workspace test refuses (a link volume
+                # or the tool point under the table's margin, ...) would not have reached a real arm
+                results["splits"][split][name].update(workspace_refusals(safety, eps))
                 if SPLITS[split].keep_out:   # episodes in which a link entered a keep-out box (failures)
                     results["splits"][split][name]["entered_keep_out"] = sum(e.entered_keep_out for e in eps)
                 if all(e.nearest_image_distance is not None for e in eps):
@@ -265,6 +273,9 @@ def run(args) -> int:
                       + (f", nearest image within {r['nearest_image_within_radius']}"
                          if "nearest_image_within_radius" in r else "")
                       + (f"  entered keep-out {r['entered_keep_out']}" if "entered_keep_out" in r else "")
+                      + (f"  targets the gate's workspace refuses {r['targets_outside_workspace']} of {r['targets']}"
+                         f" (in {r['episodes_with_targets_outside_workspace']} episodes)"
+                         if r["targets_outside_workspace"] else "")
                       + (f"  misses along sight {r['misses_along_sight_median']:.2f}"
                          if r["misses_along_sight_median"] is not None else "")
                       + ("  ended " + ", ".join(f"{k} {v['successes']}/{v['episodes']}" for k, v in r["ended"].items())
@@ -304,23 +315,32 @@ def _split_agents(sim, agents: dict, bound, args, split: str) -> dict:
     return out
 
 
-def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, recorder=lambda s, n: None) -> dict:
+def workspace_refusals(safety, eps) -> dict:
+    """Of the episodes' commanded targets (each episode's ``targets``, (steps, A)), those the gate's
+    workspace test refuses (``safety``, a :class:`~ami_ros.core.safety.SafetySpec`: a link volume or the
+    tool point outside the workspace less its margin, e.g. into the table): the evals send targets to the
+    simulator without the gate, so these are moves the stack would not have made."""
+    outside = [int((~safety.configurations_inside(e.targets)).sum()) for e in eps]
+    return {"targets_outside_workspace": sum(outside), "targets": sum(len(e.targets) for e in eps),
+            "episodes_with_targets_outside_workspace": sum(n > 0 for n in outside)}
+
+
+def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, safety,
+                recorder=lambda s, n: None) -> dict:
     """A push split (``task``, a :class:`~ami_ros.sim.goal_task.Push`): the planners as configured
     (their goal, the goal image), random, and the scripted pusher that reads the cube's true pose
     (in place of the oracle; on push-demo it is the demonstrator, so it says whether the episodes
     replay). On push, along the scripted pusher's episodes, whether the first planner's goal
     energy sees the cube it moves (``energy_sees_cube``,
     :class:`~ami_ros.sim.goal_task.CubeEnergyWatch`: it scores the goal energy with the arm back
-    at its start, where push's goal image shows it). The agents' targets go to the simulator as in
-    the other splits, without the gate; each agent's count of those the gate's workspace test
-    refuses (``targets_outside_workspace``) says which pushes the stack could make."""
+    at its start, where push's goal image shows it). As in the other splits each agent's targets the
+    gate's workspace test (``safety``) refuses are counted (:func:`workspace_refusals`): which pushes
+    the stack could make."""
     import numpy as np
     from tqdm import tqdm
 
-    from ami_ros.core.safety import SafetySpec
     from ami_ros.sim.goal_task import CubeEnergyWatch, WorldModelAgent, episode_rngs, run_push_episode
 
-    safety = SafetySpec.load(None, arm=sim.spec)     # the gate's workspace, to count the targets it would refuse
     agents = _split_agents(sim, agents, bound, args, split)
     planner = next((a for a in agents.values() if isinstance(a, WorldModelAgent)), None)
     out = {}
@@ -333,7 +353,6 @@ def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, rec
                for _ in tqdm(range(args.episodes), desc=f"{split} {name:14s}", unit="ep", leave=False)]
         ok = [e for e in eps if e.success]
         times = np.array([t for e in eps for t in e.plan_times]) * 1000
-        outside = [int((~safety.configurations_inside(e.targets)).sum()) for e in eps]
         r = out[name] = {
             "success_rate": len(ok) / len(eps), "successes": len(ok), "episodes": len(eps),
             "success_radius_m": task.success_radius,
@@ -342,8 +361,7 @@ def _push_split(sim, agents: dict, bound, dt: float, args, task, split: str, rec
             "start_distance_m_median": float(np.median([e.start_distance for e in eps])),
             "cube_moved_episodes": sum(e.moved > 0.01 for e in eps),
             "tool_closest_to_cube_m_median": float(np.median([e.tool_closest for e in eps])),
-            "targets_outside_workspace": sum(outside), "targets": sum(len(e.targets) for e in eps),
-            "episodes_with_targets_outside_workspace": sum(n > 0 for n in outside),
+            **workspace_refusals(safety, eps),
             "plan_ms_median": float(np.median(times)) if len(times) else None,
             **({"demo_steps_median": float(np.median([e.demo_steps for e in eps])),
                 "demo_redraws": sum(e.demo_redraws for e in eps)} if task.goal_arm == "demo" else {}),
