@@ -68,6 +68,28 @@ def test_the_servo_feeds_the_references_velocity_forward():
         np.testing.assert_allclose(sim.joint_velocities()[0], 0.2, atol=0.01)
 
 
+@pytest.mark.parametrize("robot", ["ami_arm6", "ur5e"])
+def test_the_servo_and_its_feed_forward_stay_within_the_effort_limit_together(robot):
+    """A pan ramp at the planner's action bound, started from rest (the reference's velocity jumps):
+    the arm follows within 5 cm of arc, no joint's two drives exceed its effort limit together. Fed
+    forward beyond the limit, the UR5e's pan ran 2 rad ahead of its reference into its joint limit."""
+    from ami_ros.core.arm import load_arm
+
+    arm = load_arm(robot)
+    with ArmSim(arm, render=False) as sim:
+        q, step = arm.home.copy(), np.r_[arm.v_max[0] * 0.1 * 0.5, np.zeros(arm.dof - 1)]
+        worst, effort = 0.0, 0.0
+        for _ in range(10):
+            q = q + step
+            sim.set_trajectory(Trajectory(sim.joint_names, np.array([0.1]), q[None]))
+            for _ in range(10):
+                sim.step(0.01)
+                effort = max(effort, float(np.max(np.abs(sim.joint_efforts()) / [lim.max_effort for lim in arm.limits])))
+            worst = max(worst, float(np.abs(sim.joint_positions() - q).max()))
+        assert worst < 0.05
+        assert effort <= 1.0 + 1e-9
+
+
 def test_a_cell_variation_changes_the_scene_and_its_hash_and_the_default_is_the_shipped_scene():
     from ami_ros.core.arm import load_arm
     from ami_ros.sim.scene import Variation, scene_hash

@@ -3,7 +3,8 @@
 Position-controlled actuators track the desired state of the active joint
 trajectory, sampled at every physics step as joint_trajectory_controller does, with
 the desired velocity fed forward as a drive does (a PD servo on position and velocity
-error: at a constant velocity the arm does not lag its reference);
+error: at a constant velocity the arm does not lag its reference), the two within the
+joint's effort limit together;
 a new trajectory replaces the active one from its start time, starting from the
 controller's reference (``controller_start="commanded"``) or from the arm's
 measured state (``"measured"``, JTC's default). Seeded and
@@ -80,6 +81,11 @@ class ArmSim:
         # feed-forward torque per rad/s of desired velocity: the position servo's damping plus the joint's own,
         # so that they resist only the velocity error
         self._ff_gain = -self.model.actuator_biasprm[self._pos, 2] + self.model.dof_damping[self._vadr]
+        # the joint's effort limit bounds the servo's and the feed-forward's torques together, as a drive's does
+        self._kp = self.model.actuator_gainprm[self._pos, 0].copy()
+        self._kv = -self.model.actuator_biasprm[self._pos, 2].copy()
+        limited = self.model.actuator_forcelimited[self._pos].astype(bool)
+        self._effort = np.where(limited, self.model.actuator_forcerange[self._pos, 1], np.inf)
         self._cube_q = self.model.jnt_qposadr[self.model.joint("cube").id]
         self._cube_geom = self.model.geom("cube").id
         self._tool = self.model.site(self.spec.tool_frame).id
@@ -219,9 +225,21 @@ class ArmSim:
             mujoco.mj_step(self.model, self.data)
 
     def _set_command(self, q: np.ndarray, v: np.ndarray | None = None) -> None:
-        """The servo's desired position q and velocity v (dof,) (None: at rest)."""
+        """The servo's desired position q and velocity v (dof,) (None: at rest).
+
+        The position actuator's torque, ``kp (q - q_now) - kv qdot``, is clipped at the joint's effort
+        limit by MuJoCo; the feed-forward ``kv v`` is clipped here so that the two together stay
+        within it: the feed-forward alone, unclipped, kept pushing an arm that ran ahead of its
+        reference once the damping had filled the limit (the UR5e's pan past 1.3 rad/s)."""
         self.data.ctrl[self._pos] = q
-        self.data.ctrl[self._ff] = 0.0 if v is None else self._ff_gain * v
+        if v is None:
+            self.data.ctrl[self._ff] = 0.0
+            return
+        ff = self._ff_gain * v
+        servo = self._kp * (q - self.data.qpos[self._qadr]) - self._kv * self.data.qvel[self._vadr]
+        within = (np.abs(servo) <= self._effort) & (np.abs(servo + ff) <= self._effort)
+        self.data.ctrl[self._ff] = np.where(within, ff, np.clip(servo + ff, -self._effort, self._effort)
+                                            - np.clip(servo, -self._effort, self._effort))
 
     # ---------------- camera ----------------
     def render(self) -> np.ndarray:

@@ -56,7 +56,7 @@ def camera_of(spec: ArmSpec) -> tuple:
 
 
 #: how the simulated joints are driven (ArmSim): part of the scene hash, since it shapes the recorded motion
-SERVO = "position PD, velocity fed forward"
+SERVO = "position PD, velocity fed forward, together within the effort limit"
 
 
 @dataclass(frozen=True)

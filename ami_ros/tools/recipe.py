@@ -31,7 +31,8 @@ model is already in ``WORK/stages/<stage>`` made with the same settings is not r
 same arm and scene, actions, and, for it and every stage before it, the same data parts (their
 collect options) and train options (``settings_sha256`` in its card). So an interrupted rebuild
 continues where it stopped, and a recipe changed in a later stage retrains from that stage on.
-Each card records the recipe (its path as given and its sha256) and the stage; the data is
+Each card records the recipe (its path as given and its sha256), the stage and the scene
+(:func:`~ami_ros.sim.scene.scene_hash`) it was made in; the data is
 named by its parts and hash, not by a folder of this machine.
 """
 from __future__ import annotations
@@ -321,7 +322,7 @@ def _run_stages(args, recipe: dict, record: dict, out: str, work: str, collector
         last = i == len(stages) - 1
         folder = out if last else os.path.join(work, "stages", stage["name"])
         stage_record = {**record, "stage": stage["name"], "stage_index": i + 1, "stages": len(stages),
-                        "settings_sha256": keys[i]}
+                        "scene": collector.scene, "settings_sha256": keys[i]}
         card_path = os.path.join(folder, "card.yaml")
         if not last and os.path.isfile(card_path):
             with open(card_path) as f:
