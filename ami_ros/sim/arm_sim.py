@@ -229,8 +229,8 @@ class ArmSim:
 
         The position actuator's torque, ``kp (q - q_now) - kv qdot``, is clipped at the joint's effort
         limit by MuJoCo; the feed-forward ``kv v`` is clipped here so that the two together stay
-        within it: the feed-forward alone, unclipped, kept pushing an arm that ran ahead of its
-        reference once the damping had filled the limit (the UR5e's pan past 1.3 rad/s)."""
+        within it, as one drive's torque does (unclipped, it would push on an arm running ahead of its
+        reference once the damping fills the limit: the UR5e's pan above 1.3 rad/s)."""
         self.data.ctrl[self._pos] = q
         if v is None:
             self.data.ctrl[self._ff] = 0.0
