@@ -71,7 +71,7 @@ def test_the_servo_feeds_the_references_velocity_forward():
 @pytest.mark.parametrize("robot", ["ami_arm6", "ur5e"])
 def test_the_servo_and_its_feed_forward_stay_within_the_effort_limit_together(robot):
     """A pan ramp at the planner's action bound, started from rest (the reference's velocity jumps):
-    the arm follows within 5 cm of arc, no joint's two drives exceed its effort limit together. Fed
+    the arm follows within 0.05 rad, no joint's two drives exceed its effort limit together. Fed
     forward beyond the limit, the UR5e's pan ran 2 rad ahead of its reference into its joint limit."""
     from ami_ros.core.arm import load_arm
 

@@ -763,8 +763,9 @@ def test_workspace_term_prices_a_link_volume_below_the_floor(robot):
 def test_the_shipped_workspace_term_leaves_poses_the_gate_accepts_with_room_to_spare(robot):
     """A pose whose lowest link volume is 1.2-2.8 cm above the floor the gate keeps (the workspace less
     its margin) is one the gate accepts, and a goal the arm must be able to reach (a tool near the
-    table, as the demo draws them): the shipped cost does not price it. A 3 cm margin did, at 10-70
-    times a goal term near the goal, so the planner held such goals' arm 3-5 cm up (docs/results.md 28)."""
+    table, as the demo draws them): the shipped cost does not price it. A 3 cm margin did, at ten to
+    twenty times the goal terms near the goal, so the planner held the tool 3-5 cm above such goals
+    (docs/results.md 28)."""
     from ami_ros.core.arm import load_arm
     from ami_ros.core.safety import SafetySpec
 
