@@ -78,12 +78,13 @@ class ArmSim:
         self._vadr = np.array([self.model.jnt_dofadr[self.model.joint(n).id] for n in self.spec.joint_names])
         self._pos = np.array([self.model.actuator(f"{n}_pos").id for n in self.spec.joint_names])
         self._ff = np.array([self.model.actuator(f"{n}_ff").id for n in self.spec.joint_names])
-        # feed-forward torque per rad/s of desired velocity: the position servo's damping plus the joint's own,
-        # so that they resist only the velocity error
-        self._ff_gain = -self.model.actuator_biasprm[self._pos, 2] + self.model.dof_damping[self._vadr]
-        # the joint's effort limit bounds the servo's and the feed-forward's torques together, as a drive's does
+        # the position servo's gains: torque kp (q_ref - q) - kv qdot
         self._kp = self.model.actuator_gainprm[self._pos, 0].copy()
         self._kv = -self.model.actuator_biasprm[self._pos, 2].copy()
+        # feed-forward torque per rad/s of desired velocity: the position servo's damping plus the joint's own,
+        # so that they resist only the velocity error
+        self._ff_gain = self._kv + self.model.dof_damping[self._vadr]
+        # the joint's effort limit bounds the servo's and the feed-forward's torques together, as a drive's does
         limited = self.model.actuator_forcelimited[self._pos].astype(bool)
         self._effort = np.where(limited, self.model.actuator_forcerange[self._pos, 1], np.inf)
         self._cube_q = self.model.jnt_qposadr[self.model.joint("cube").id]
