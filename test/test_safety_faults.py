@@ -398,13 +398,17 @@ def test_camera_stall_holds(restored):
     _start_motion(s)
     t_stall = time.monotonic()
     assert all(r.successful for r in probe.set_sim_params(camera_rate_hz=0.1))  # next frame in 10 s
-    holds = _wait(lambda: _holds_since(probe, t_stall), cam_timeout + JITTER + 1)
-    assert holds, "no hold after the camera stalled"
-    t_hold = holds[0][0]
+    time.sleep(0.2)
     t_img = probe.last_image()
     assert t_img <= t_stall + 0.2, "the camera did not stall"
-    assert t_hold - t_img <= cam_timeout + JITTER, \
-        f"hold {t_hold - t_img:.3f} s after the last frame (deadline {cam_timeout} + {JITTER} s)"
+    # the gate holds by the camera's deadline; the hold in force then is the last one by it (a plan late
+    # on a loaded machine may have made the gate hold before the camera went stale, and a plan that came
+    # while the camera was still fresh may have moved the arm again, rightly)
+    deadline = t_img + cam_timeout + JITTER
+    time.sleep(max(0.0, deadline - time.monotonic()) + 0.05)
+    holds = [h for h in _holds_since(probe, t_stall) if h[0] <= deadline]
+    assert holds, f"no hold within {cam_timeout} + {JITTER} s of the last frame"
+    t_hold = holds[-1][0]
     t_still = _arm_still(probe, t_img, cam_timeout + SETTLE + JITTER, "camera stalled")
     vals = _check_report(probe, t_stall, "holding", "camera")
     assert "camera" in vals["stale_inputs"]
